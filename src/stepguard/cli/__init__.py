@@ -1,0 +1,1 @@
+"""The `stepguard` command line: serve, demo, config, policy, users, audit, db."""

@@ -1,0 +1,32 @@
+"""The `stepguard` command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from stepguard.cli import policy_cmd
+from stepguard.cli.output import console, fail_with_problems
+from stepguard.config.load import load_config
+from stepguard.core.errors import ConfigError
+
+app = typer.Typer(help="Stepguard: step-up authentication for any web application.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+app.add_typer(policy_cmd.app, name="policy")
+config_app = typer.Typer(help="Check configuration files.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("validate")
+def config_validate(file: Path = typer.Argument(Path("stepguard.yaml"))) -> None:
+    """Check a server config and its policy; print every problem and exit 2 if there is any."""
+    try:
+        loaded = load_config(file)
+    except ConfigError as exc:
+        fail_with_problems(exc, str(file))
+    console.print(f"{file}: valid (policy {loaded.policy_path}: {len(loaded.policy.rules)} rules)")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""Configuration: one typed schema with every default in one place, YAML loading, validation."""

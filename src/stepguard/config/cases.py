@@ -1,0 +1,117 @@
+"""Turn the plain request / session / risk / grant descriptions of policy tests and of
+`stepguard policy explain` into core values. Times are relative to a fixed `now`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from stepguard.core.canonical import canonical_host, canonical_method, canonical_path, split_target
+from stepguard.core.context import AuthEvent, RequestContext, SessionState, Subject
+from stepguard.core.durations import parse_duration
+from stepguard.core.grant import Grant, binding_digest
+from stepguard.core.levels import FACTOR_AMR, Level
+from stepguard.core.risk import RiskAssessment, RiskSettings, Signal, risk_level
+
+FIXED_NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z: policy tests never read the clock
+
+
+class CaseError(ValueError):
+    """A test case or explain input that does not describe a request properly."""
+
+
+@dataclass(frozen=True)
+class Case:
+    request: RequestContext
+    session: SessionState | None
+    risk: RiskAssessment
+    grants: tuple[Grant, ...]
+    now: float
+
+
+def build_case(spec: Mapping[str, Any], *, settings: RiskSettings | None = None,
+               now: float = FIXED_NOW) -> Case:
+    """Core values for one case: `request`, optional `session`, `risk` and `grants`."""
+    request = build_request(_mapping(spec.get("request"), "request"))
+    session = build_session(spec.get("session"), now=now)
+    risk = build_risk(spec.get("risk"), settings or RiskSettings())
+    grants = tuple(_grant(g, request, session, now) for g in spec.get("grants") or [])
+    return Case(request, session, risk, grants, now)
+
+
+def build_request(spec: Mapping[str, Any]) -> RequestContext:
+    raw_path, query = split_target(str(spec.get("path", "/")))
+    return RequestContext(
+        method=canonical_method(str(spec.get("method", "GET"))),
+        host=canonical_host(str(spec.get("host", "localhost"))),
+        path=canonical_path(raw_path),
+        scheme=str(spec.get("scheme", "https")),
+        query=str(spec.get("query", query)),
+        client_ip=str(spec.get("ip", "")),
+        user_agent=str(spec.get("user_agent", "")),
+        device_id=str(spec.get("device", "")),
+        action=str(spec.get("action", "")),
+        attributes=dict(_mapping(spec.get("attributes", {}), "request.attributes")),
+    )
+
+
+def build_session(spec: Any, *, now: float) -> SessionState | None:
+    """`null` = anonymous; else user, groups, and either `events` or a shorthand level/age."""
+    if spec is None:
+        return None
+    spec = _mapping(spec, "session")
+    subject = Subject(str(spec.get("user", "alice")), str(spec.get("name", "")),
+                      str(spec.get("email", "")), frozenset(spec.get("groups", [])))
+    events = spec.get("events") or [{k: spec[k] for k in ("factor", "level", "age") if k in spec}]
+    built = tuple(_event(_mapping(e, "session.events[]"), now) for e in events)
+    created = now - max((now - e.at for e in built), default=0.0)
+    idle = parse_duration(spec.get("idle", 0))
+    return SessionState(str(spec.get("id", "s1")), subject, created, now - idle,
+                        str(spec.get("ip", "")), str(spec.get("user_agent", "")), built)
+
+
+def _event(spec: Mapping[str, Any], now: float) -> AuthEvent:
+    level = Level.parse(str(spec.get("level", "aal1")))
+    factor = str(spec.get("factor", "password" if level is Level.AAL1 else "totp"))
+    if factor not in FACTOR_AMR:
+        raise CaseError(f"unknown factor {factor!r}")
+    return AuthEvent(factor, FACTOR_AMR[factor], level, now - parse_duration(spec.get("age", 0)))
+
+
+def build_risk(spec: Any, settings: RiskSettings) -> RiskAssessment:
+    """`signals: [names]` (scored with the configured weights) and/or an explicit `score`."""
+    if spec is None:
+        return RiskAssessment()
+    spec = _mapping(spec, "risk")
+    signals = tuple(Signal(n, settings.weights.get(n, 0), _signal_reason(n))
+                    for n in spec.get("signals", []))
+    score = int(spec.get("score", min(100, sum(s.weight for s in signals))))
+    level = str(spec.get("level", risk_level(score, settings.thresholds)))
+    return RiskAssessment(score, level, signals)
+
+
+def _signal_reason(name: str) -> str:
+    return f"Risk signal: {name.replace('_', ' ')}."
+
+
+def _grant(spec: Any, request: RequestContext, session: SessionState | None, now: float) -> Grant:
+    spec = _mapping(spec, "grants[]")
+    if session is None:
+        raise CaseError("a grant needs a session")
+    binding = ""
+    if spec.get("bind"):
+        binding = binding_digest(method=request.method, path=request.path, fields=spec["bind"],
+                                 attributes=spec.get("attributes", request.attributes))
+    granted = now - parse_duration(spec.get("age", 0))
+    factor = str(spec.get("factor", "totp"))
+    return Grant(str(spec.get("id", "g1")), session.subject.id, session.id, str(spec["scope"]),
+                 Level.parse(str(spec.get("level", "aal2"))), FACTOR_AMR.get(factor, ()), granted,
+                 granted + parse_duration(spec.get("ttl", "5m")), bool(spec.get("single_use")),
+                 binding, factor)
+
+
+def _mapping(value: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise CaseError(f"expected a mapping for {what}")
+    return value

@@ -1,0 +1,1 @@
+"""The pure decision core: no clock, no I/O, no framework. Values in, a decision out."""

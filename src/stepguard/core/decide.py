@@ -1,0 +1,259 @@
+"""`decide()` and `explain()`: the whole decision, from values, with no clock and no I/O.
+
+The first rule whose match and condition hold decides; when none does, the default decides. A
+condition that cannot be evaluated for this request (a missing attribute, say) counts as holding:
+the stricter rule applies (fail closed). A requirement is met by the session's authentication
+events, unless it needs a grant (scope, single use, binding or `max_age: 0`), in which case only
+a grant for this subject, session, scope and binding digest will do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from stepguard.core.context import AuthEvent, RequestContext, SessionState, Subject
+from stepguard.core.decision import Decision, Outcome, Requirement
+from stepguard.core.durations import describe_duration
+from stepguard.core.errors import EvaluationError
+from stepguard.core.expression import EvalEnv
+from stepguard.core.grant import Grant, binding_digest
+from stepguard.core.levels import Level, LevelSettings
+from stepguard.core.policy import Policy, Rule
+from stepguard.core.reason import reason_values, render
+from stepguard.core.risk import NO_RISK, RiskAssessment
+
+
+@dataclass(slots=True)
+class TraceStep:
+    """One line of an explanation: a rule, whether it was looked at, matched, and why."""
+
+    rule: str
+    looked_at: bool
+    matched: bool
+    why: str
+
+
+@dataclass(slots=True)
+class Explanation:
+    decision: Decision
+    trace: list[TraceStep] = field(default_factory=list)
+
+
+def decide(
+    policy: Policy,
+    context: RequestContext,
+    session: SessionState | None = None,
+    risk: RiskAssessment = NO_RISK,
+    grants: Sequence[Grant] = (),
+    now: float = 0.0,
+) -> Decision:
+    """Allow, step up or deny this request."""
+    rule, failed = _select(policy, context, session, risk, now, None)
+    return _apply(policy, rule, context, session, risk, grants, now, failed)
+
+
+def explain(
+    policy: Policy,
+    context: RequestContext,
+    session: SessionState | None = None,
+    risk: RiskAssessment = NO_RISK,
+    grants: Sequence[Grant] = (),
+    now: float = 0.0,
+) -> Explanation:
+    """The same decision as `decide()`, with a trace of every rule and why it did or did not match."""
+    trace: list[TraceStep] = []
+    rule, failed = _select(policy, context, session, risk, now, trace)
+    decision = _apply(policy, rule, context, session, risk, grants, now, failed)
+    return Explanation(decision, trace)
+
+
+def _select(policy: Policy, context: RequestContext, session: SessionState | None,
+            risk: RiskAssessment, now: float, trace: list[TraceStep] | None) -> tuple[Rule, bool]:
+    subject = session.subject if session is not None else None
+    candidates = policy.candidates(context)
+    if trace is not None:
+        _trace_skipped(policy, candidates, trace)
+    env: EvalEnv | None = None
+    for rule in candidates:
+        if not _static_match(rule, context, subject, trace):
+            continue
+        if rule.when is None:
+            _note(trace, rule, True, "matched")
+            return rule, False
+        if env is None:
+            env = EvalEnv(request=context, session=session, risk=risk, now=now)
+        try:
+            holds = rule.when(env)
+        except EvaluationError as exc:
+            _note(trace, rule, True, f"condition could not be evaluated ({exc}); applied (fail closed)")
+            return rule, True
+        if holds:
+            _note(trace, rule, True, f"matched; condition {rule.when.source!r} holds")
+            return rule, False
+        _note(trace, rule, False, f"condition {rule.when.source!r} does not hold")
+    _note(trace, policy.default, True, "no rule matched: the default applies")
+    return policy.default, False
+
+
+def _static_match(rule: Rule, context: RequestContext, subject: Subject | None,
+                  trace: list[TraceStep] | None) -> bool:
+    for check, label in rule.checks:
+        if not check(context, subject):
+            _note(trace, rule, False, f"{label} does not match")
+            return False
+    return True
+
+
+def _note(trace: list[TraceStep] | None, rule: Rule, matched: bool, why: str) -> None:
+    if trace is not None:
+        trace.append(TraceStep(rule.name, True, matched, why))
+
+
+def _trace_skipped(policy: Policy, candidates: tuple[Rule, ...], trace: list[TraceStep]) -> None:
+    looked = {id(r) for r in candidates}
+    for rule in policy.rules:
+        if id(rule) not in looked:
+            trace.append(TraceStep(rule.name, False, False, "skipped by the index (host or path)"))
+
+
+def _apply(policy: Policy, rule: Rule, context: RequestContext, session: SessionState | None,
+           risk: RiskAssessment, grants: Sequence[Grant], now: float, failed: bool) -> Decision:
+    if rule.deny is not None:
+        return Decision(Outcome.DENY, rule.name, (render(rule.deny, _values(context, risk)),))
+    requirement = rule.requirement
+    if requirement is None:
+        return Decision(Outcome.ALLOW, rule.name, level=_session_level(policy, session, now))
+    if session is None:
+        reasons = (_reason(rule, requirement, _values(context, risk)), "Sign in to continue.")
+        return Decision(Outcome.STEP_UP, rule.name, _dedupe(reasons), requirement,
+                        _scope(rule, requirement), login=True)
+    return _judge(policy, rule, requirement, context, session, risk, grants, now, failed)
+
+
+def _values(context: RequestContext, risk: RiskAssessment) -> dict[str, object]:
+    return reason_values(context=context, risk=risk)
+
+
+def _judge(policy: Policy, rule: Rule, requirement: Requirement, context: RequestContext,
+           session: SessionState, risk: RiskAssessment, grants: Sequence[Grant], now: float,
+           failed: bool) -> Decision:
+    scope = _scope(rule, requirement)
+    digest = _digest(requirement, context)
+    if not requirement.needs_grant:
+        event = _satisfying_event(policy.levels, session, requirement, now)
+        if event is not None:
+            return Decision(Outcome.ALLOW, rule.name, scope=scope, level=event.level)
+    grant = _satisfying_grant(session, requirement, scope, digest, grants, now)
+    if grant is not None:
+        return Decision(Outcome.ALLOW, rule.name, scope=scope, binding=digest, grant_id=grant.id,
+                        consume_grant=grant.id if grant.single_use else "", level=grant.level)
+    values = _values(context, risk)
+    reasons = _step_up_reasons(policy, rule, requirement, session, risk, now, values, failed)
+    bound = tuple((name, _text(context.attributes.get(name))) for name in requirement.bind)
+    return Decision(Outcome.STEP_UP, rule.name, reasons, requirement, scope, digest, bound)
+
+
+def _scope(rule: Rule, requirement: Requirement) -> str:
+    return requirement.scope or rule.name
+
+
+def _digest(requirement: Requirement, context: RequestContext) -> str:
+    if not requirement.bind:
+        return ""
+    return binding_digest(method=context.method, path=context.path, fields=requirement.bind,
+                          attributes=context.attributes)
+
+
+def valid_events(levels: Mapping[Level, LevelSettings], session: SessionState,
+                 now: float) -> list[AuthEvent]:
+    """Events still inside their level's absolute and idle session lifetimes."""
+    idle = now - session.last_seen
+    return [e for e in session.events if _alive(levels.get(e.level), e, idle, now)]
+
+
+def _alive(setting: LevelSettings | None, event: AuthEvent, idle: float, now: float) -> bool:
+    if setting is None:
+        return True
+    return now - event.at <= setting.max_session and idle <= setting.idle
+
+
+def _satisfying_event(levels: Mapping[Level, LevelSettings], session: SessionState, requirement: Requirement,
+                      now: float) -> AuthEvent | None:
+    for event in reversed(valid_events(levels, session, now)):
+        if event.level < requirement.level:
+            continue
+        if requirement.methods and event.factor not in requirement.methods:
+            continue
+        if requirement.max_age is not None and now - event.at > requirement.max_age:
+            continue
+        return event
+    return None
+
+
+def _satisfying_grant(session: SessionState, requirement: Requirement, scope: str, digest: str,
+                      grants: Sequence[Grant], now: float) -> Grant | None:
+    for grant in grants:
+        if (grant.subject_id == session.subject.id and grant.session_id == session.id
+                and grant.scope == scope and grant.expires_at > now
+                and grant.level >= requirement.level and grant.binding == digest
+                and (not requirement.methods or grant.factor in requirement.methods)):
+            return grant
+    return None
+
+
+def _session_level(policy: Policy, session: SessionState | None, now: float) -> Level:
+    if session is None:
+        return Level.AAL0
+    events = valid_events(policy.levels, session, now)
+    return max((e.level for e in events), default=Level.AAL0)
+
+
+def _step_up_reasons(policy: Policy, rule: Rule, requirement: Requirement, session: SessionState,
+                     risk: RiskAssessment, now: float, values: dict[str, object],
+                     failed: bool) -> tuple[str, ...]:
+    reasons = [_reason(rule, requirement, values)]
+    if rule.uses_risk or risk.level in ("high", "critical"):
+        reasons.extend(risk.reasons)
+    reasons.append(_freshness(policy, requirement, session, now))
+    if failed:
+        reasons.append("Some details of this request could not be checked, so it is treated "
+                       "as sensitive.")
+    return _dedupe(reasons)
+
+
+def _reason(rule: Rule, requirement: Requirement, values: dict[str, object]) -> str:
+    if requirement.reason:
+        return render(requirement.reason, values)
+    if rule.name == "default":
+        return "Sign in to continue."
+    return f"This action needs a stronger proof of who you are ({requirement.level.label})."
+
+
+def _freshness(policy: Policy, requirement: Requirement, session: SessionState, now: float) -> str:
+    if requirement.single_use or requirement.max_age == 0:
+        return "Confirm this specific request; the approval is used once."
+    best = _session_level(policy, session, now)
+    if best < requirement.level:
+        return (f"Your current sign-in is {best.label}; this needs {requirement.level.label}"
+                f"{_methods_text(requirement)}.")
+    if requirement.max_age is not None:
+        return (f"Your last sign-in at this level is older than "
+                f"{describe_duration(requirement.max_age)}.")
+    return f"This needs a fresh proof{_methods_text(requirement)}."
+
+
+def _methods_text(requirement: Requirement) -> str:
+    if not requirement.methods:
+        return ""
+    names = {"webauthn": "a passkey", "totp": "an authenticator code", "push": "a push approval",
+             "recovery": "a recovery code", "password": "your password"}
+    return " with " + " or ".join(names[m] for m in sorted(requirement.methods))
+
+
+def _text(value: object) -> str:
+    return "(not given)" if value is None else str(value)
+
+
+def _dedupe(reasons: Sequence[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(r for r in reasons if r))

@@ -1,0 +1,1 @@
+"""The shell around the core: load state, decide, save, audit; challenges, grants, sessions, throttling."""

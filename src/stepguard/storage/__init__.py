@@ -1,0 +1,1 @@
+"""Storage behind small role interfaces; one SQLAlchemy implementation for SQLite and PostgreSQL."""

@@ -1,0 +1,161 @@
+"""What is stored: users, factors, recovery codes, sessions, challenges, grants, throttle state.
+
+Records are frozen values with keyword-only constructors. Times are float epoch seconds supplied by
+the caller: storage never reads the clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+from stepguard.core.context import AuthEvent, SessionState, Subject
+from stepguard.core.decision import Requirement
+from stepguard.core.grant import Grant
+
+FactorKind = Literal["password", "totp", "webauthn", "recovery", "push"]
+ChallengeStatus = Literal["pending", "passed", "abandoned", "expired"]
+
+FACTOR_KINDS: frozenset[str] = frozenset({"password", "totp", "webauthn", "recovery", "push"})
+HELD_BODY_LIMIT = 64 * 1024  # bytes of a held request body a challenge may keep
+SESSION_EVENT_LIMIT = 64  # newest authentication events kept per session
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UserRecord:
+    """One user account. `password_hash` is an argon2id PHC string ("" = no password)."""
+
+    id: str
+    username: str
+    display_name: str = ""
+    email: str = ""
+    groups: frozenset[str] = frozenset()
+    password_hash: str = ""
+    disabled: bool = False
+    created: float
+
+    def subject(self) -> Subject:
+        """The user as the decision core sees it."""
+        return Subject(
+            id=self.id, name=self.display_name or self.username, email=self.email, groups=self.groups
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FactorRecord:
+    """One registered factor. `secret` is the sealed TOTP seed ("" for other kinds)."""
+
+    id: str
+    user_id: str
+    kind: FactorKind
+    label: str = ""
+    created: float
+    last_used: float | None = None
+    secret: str = ""
+    credential_id: bytes = b""
+    public_key: bytes = b""
+    sign_count: int = 0
+    last_step: int | None = None
+    data: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+
+    def __post_init__(self) -> None:
+        if self.kind not in FACTOR_KINDS:
+            raise ValueError(f"unknown factor kind {self.kind!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecoveryCodeRecord:
+    """One recovery code of a user's current set, stored only as its hash."""
+
+    user_id: str
+    code_hash: str
+    created: float
+    used_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionRecord:
+    """One signed-in browser or client; the token itself is never stored, only its hash."""
+
+    id: str
+    token_hash: str
+    user_id: str
+    created: float
+    last_seen: float
+    ip: str = ""
+    user_agent: str = ""
+    revoked_at: float | None = None
+    device_id: str = ""
+    events: tuple[AuthEvent, ...] = ()
+
+    def state(self, subject: Subject) -> SessionState:
+        """The session as the decision core sees it."""
+        return SessionState(
+            id=self.id,
+            subject=subject,
+            created=self.created,
+            last_seen=self.last_seen,
+            ip=self.ip,
+            user_agent=self.user_agent,
+            events=self.events,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChallengeRecord:
+    """A pending step-up with the request it holds (method, headers, bounded body).
+
+    `ceremony` is the factor's single-use in-flight state (WebAuthn challenge, push request),
+    read and cleared at once with `Challenges.take_ceremony`.
+    """
+
+    id: str
+    user_id: str | None
+    session_id: str | None
+    requirement: Requirement
+    reasons: tuple[str, ...] = ()
+    rule: str = ""
+    login: bool = False
+    scope: str = ""
+    binding: str = ""
+    bound_values: tuple[tuple[str, str], ...] = ()
+    return_url: str = ""
+    held_method: str = "GET"
+    held_headers: tuple[tuple[str, str], ...] = ()
+    held_body: bytes = b""
+    created: float
+    expires: float
+    attempts: int = 0
+    status: ChallengeStatus = "pending"
+    ceremony: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.held_body) > HELD_BODY_LIMIT:
+            raise ValueError(f"held request body exceeds {HELD_BODY_LIMIT} bytes")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GrantRecord:
+    """A stored grant and, for a single-use grant, when it was consumed."""
+
+    grant: Grant
+    consumed_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ThrottleState:
+    """Failures counted under one throttle key and the lock they caused.
+
+    `locked_until` is an epoch time (0 = not locked); `hard_locked` stays set until `reset`.
+    """
+
+    consecutive: int = 0
+    locked_until: float = 0.0
+    hard_locked: bool = False
+
+    def locked(self, now: float) -> bool:
+        return self.hard_locked or now < self.locked_until

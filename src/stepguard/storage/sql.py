@@ -1,0 +1,65 @@
+"""`SqlStore`: every storage role on one SQLAlchemy engine (SQLite or PostgreSQL).
+
+Tables come from the Alembic migrations (`stepguard.storage.migrate.upgrade`), never from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from stepguard.service.throttle import ThrottleSettings
+from stepguard.storage.engine import make_engine
+from stepguard.storage.sql_base import Database
+from stepguard.storage.sql_challenges import SqlChallenges
+from stepguard.storage.sql_factors import SqlFactors
+from stepguard.storage.sql_grants import SqlGrants
+from stepguard.storage.sql_history import SqlHistory
+from stepguard.storage.sql_sessions import SqlSessions
+from stepguard.storage.sql_throttle import SqlThrottle
+from stepguard.storage.sql_users import SqlUsers
+
+PING_TIMEOUT_MS = 2000
+
+
+class SqlStore:
+    """One object holding every role: `store.users`, `store.sessions`, ... (see `interfaces`)."""
+
+    def __init__(self, engine: Engine, *, throttle: ThrottleSettings | None = None) -> None:
+        self._db = Database(engine)
+        self.users = SqlUsers(self._db)
+        self.factors = SqlFactors(self._db)
+        self.sessions = SqlSessions(self._db)
+        self.challenges = SqlChallenges(self._db)
+        self.grants = SqlGrants(self._db)
+        self.throttle = SqlThrottle(self._db, throttle or ThrottleSettings())
+        self.history = SqlHistory(self._db)
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, throttle: ThrottleSettings | None = None, connect_timeout: float = 5.0
+    ) -> SqlStore:
+        return cls(make_engine(url, connect_timeout=connect_timeout), throttle=throttle)
+
+    @property
+    def engine(self) -> Engine:
+        return self._db.engine
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Run several role calls (in this thread or task) in one transaction: all or nothing."""
+        with self._db.write():
+            yield
+
+    def ping(self) -> None:
+        """Raise `StoreUnavailable` unless the store answers a trivial query promptly."""
+        with self._db.read() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(text(f"SET LOCAL statement_timeout = {PING_TIMEOUT_MS}"))
+            connection.execute(text("SELECT 1"))
+
+    def close(self) -> None:
+        self._db.engine.dispose()

@@ -1,0 +1,91 @@
+"""One engine, one transaction per operation (or per `Store.transaction()`), driver errors mapped.
+
+Every role method runs inside `Database.write()` or `Database.read()`. When a caller has opened
+`Store.transaction()`, every role method in the same thread (or task) joins that one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+from sqlalchemy import exc
+from sqlalchemy.engine import Connection, Engine
+
+from stepguard.core.errors import StoreUnavailable
+
+READ_ONLY = "stepguard_read_only"  # execution option: SQLite may BEGIN DEFERRED (no write lock)
+
+_UNAVAILABLE = (
+    exc.OperationalError,
+    exc.InterfaceError,
+    exc.DisconnectionError,
+    exc.TimeoutError,
+)
+
+
+class Database:
+    """The engine plus the transaction the current context has open, if any."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._current: ContextVar[Connection | None] = ContextVar(
+            f"stepguard_store_{id(self)}", default=None
+        )
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A connection inside a transaction that commits on success and rolls back on error."""
+        with self._transaction(read_only=False) as connection:
+            yield connection
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """Like `write`, but may skip the write lock when no transaction is open yet."""
+        with self._transaction(read_only=True) as connection:
+            yield connection
+
+    @contextmanager
+    def _transaction(self, *, read_only: bool) -> Iterator[Connection]:
+        current = self._current.get()
+        if current is not None:
+            yield current
+            return
+        with unavailable_on_driver_error(), self.engine.connect() as connection:
+            if read_only:
+                connection = connection.execution_options(**{READ_ONLY: True})
+            with connection.begin():
+                token = self._current.set(connection)
+                try:
+                    yield connection
+                finally:
+                    self._current.reset(token)
+
+
+@contextmanager
+def unavailable_on_driver_error() -> Iterator[None]:
+    """Turn connection-level driver failures into `StoreUnavailable` so callers fail closed."""
+    try:
+        yield
+    except _UNAVAILABLE as error:
+        raise StoreUnavailable("the store is unavailable") from error
+
+
+def dumps(value: Any) -> str:
+    """Compact, deterministic JSON text."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def loads(text: str) -> Any:
+    return json.loads(text)
+
+
+def is_conflict(error: exc.IntegrityError) -> bool:
+    """Whether an integrity error is a duplicate key (as opposed to e.g. a missing parent row)."""
+    sqlstate = getattr(error.orig, "sqlstate", None)
+    if sqlstate is not None:
+        return bool(sqlstate == "23505")
+    return "UNIQUE constraint failed" in str(error.orig)

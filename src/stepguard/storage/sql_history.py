@@ -1,0 +1,123 @@
+"""Each user's risk history in SQL: one bounded JSON document per user, updated under a row lock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from stepguard.core.risk import EMPTY_HISTORY, Location, RiskHistory
+from stepguard.storage import tables as t
+from stepguard.storage.sql_base import Database, dumps, loads
+
+HISTORY_ITEMS = 50  # newest devices, networks, countries and amounts kept per user
+FAILURE_WINDOW = 3600.0  # failures older than this (before the newest event) are dropped
+
+_H = t.risk_history.c
+Document = dict[str, Any]
+
+
+class SqlHistory:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def load(self, user_id: str) -> RiskHistory:
+        """The user's history; an empty one for a user never seen."""
+        with self._db.read() as connection:
+            text = connection.execute(select(_H.data).where(_H.user_id == user_id)).scalar()
+        return EMPTY_HISTORY if text is None else _history(loads(text))
+
+    def record_success(
+        self,
+        user_id: str,
+        *,
+        device_id: str,
+        network_prefix: str,
+        country: str,
+        location: Location | None,
+        at: float,
+        hour: int,
+        amount: float | None = None,
+    ) -> None:
+        """Remember what a successful sign-in or step-up looked like.
+
+        Without a `location` the last known place and its time are kept as they were.
+        """
+        if not 0 <= hour < 24:
+            raise ValueError("hour must be a UTC hour from 0 to 23")
+
+        def change(doc: Document) -> None:
+            _remember(doc, "devices", device_id)
+            _remember(doc, "networks", network_prefix)
+            _remember(doc, "countries", country)
+            if amount is not None:
+                doc["amounts"] = [*doc.get("amounts", []), amount][-HISTORY_ITEMS:]
+            hours = doc.get("hours") or [0] * 24
+            hours[hour] += 1
+            doc["hours"] = hours
+            if location is not None:  # last place and time stay paired for impossible travel
+                doc["location"] = _location_doc(location)
+                doc["seen"] = at
+
+        self._change(user_id, change)
+
+    def record_failure(self, user_id: str, *, at: float) -> None:
+        """Remember a failed attempt; only those within the last hour are kept."""
+
+        def change(doc: Document) -> None:
+            failures = [when for when in doc.get("failures", []) if when > at - FAILURE_WINDOW]
+            doc["failures"] = [*failures, at][-HISTORY_ITEMS * 2 :]
+
+        self._change(user_id, change)
+
+    def _change(self, user_id: str, change: Callable[[Document], None]) -> None:
+        with self._db.write() as connection:
+            _ensure_row(connection, user_id)
+            text = connection.execute(
+                select(_H.data).where(_H.user_id == user_id).with_for_update()
+            ).scalar_one()
+            doc = loads(text)
+            change(doc)
+            connection.execute(
+                update(t.risk_history).where(_H.user_id == user_id).values(data=dumps(doc))
+            )
+
+
+def _ensure_row(connection: Connection, user_id: str) -> None:
+    dialect: Any = postgresql if connection.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(t.risk_history).values(user_id=user_id, data="{}")
+    connection.execute(statement.on_conflict_do_nothing(index_elements=[_H.user_id]))
+
+
+def _remember(doc: Document, name: str, value: str) -> None:
+    """Move `value` to the newest end of a bounded list (empty values are not remembered)."""
+    if not value:
+        return
+    values = [known for known in doc.get(name, []) if known != value]
+    doc[name] = [*values, value][-HISTORY_ITEMS:]
+
+
+def _location_doc(location: Location) -> Document:
+    return {
+        "country": location.country,
+        "city": location.city,
+        "latitude": location.latitude,
+        "longitude": location.longitude,
+    }
+
+
+def _history(doc: Document) -> RiskHistory:
+    location = doc.get("location")
+    return RiskHistory(
+        known_devices=frozenset(doc.get("devices", ())),
+        known_networks=frozenset(doc.get("networks", ())),
+        known_countries=frozenset(doc.get("countries", ())),
+        last_location=None if location is None else Location(**location),
+        last_seen_at=doc.get("seen"),
+        recent_failures=tuple(doc.get("failures", ())),
+        hour_histogram=tuple(doc.get("hours", ())),
+        amounts=tuple(doc.get("amounts", ())),
+    )
