@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from urllib.parse import urljoin, urlsplit
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -238,6 +241,18 @@ def test_literal_dot_segments_resolve_like_rfc_3986(segments: list[str], up: int
     raw = "/" + "/".join([*segments, *([".."] * up), "x"])
     kept = [s for s in segments[: len(segments) - up]]
     assert canonical_path(raw) == "/" + "/".join([*kept, "x"])
+
+
+@given(st.lists(st.sampled_from(["a", "b", "", ".", ".."]), max_size=8))
+def test_merge_slashes_and_rfc_3986_servers_agree_with_the_result(segments: list[str]) -> None:
+    """Whether a server merges `//` before or after resolving dots, it reaches our path."""
+    raw = "/a/" + "/".join(segments)
+    path = _refused_or(raw)
+    if path is None:
+        return
+    rfc_first = re.sub("/+", "/", urlsplit(urljoin("http://h/", raw)).path)
+    merge_first = urlsplit(urljoin("http://h/", re.sub("/+", "/", raw))).path
+    assert path == rfc_first == merge_first
 
 
 # --- canonical_host -------------------------------------------------------------------------

@@ -43,7 +43,9 @@ def test_real_owasp_hash_is_argon2id_with_those_parameters_and_verifies() -> Non
 
 def test_right_password_passes_without_rehash() -> None:
     stored = hash_password("s3cret-enough", settings=FAST)
-    assert verify_password(stored_hash=stored, password="s3cret-enough", settings=FAST).rehash is None
+    assert (
+        verify_password(stored_hash=stored, password="s3cret-enough", settings=FAST).rehash is None
+    )
 
 
 def test_wrong_password_raises_without_echoing_it() -> None:
@@ -60,9 +62,12 @@ def test_changed_parameters_return_a_rehash_that_verifies_under_the_new_ones() -
     check = verify_password(stored_hash=stored, password="s3cret-enough", settings=stronger)
     assert check.rehash is not None and check.rehash != stored
     assert extract_parameters(check.rehash).memory_cost == 2048
-    assert verify_password(
-        stored_hash=check.rehash, password="s3cret-enough", settings=stronger
-    ).rehash is None
+    assert (
+        verify_password(
+            stored_hash=check.rehash, password="s3cret-enough", settings=stronger
+        ).rehash
+        is None
+    )
 
 
 def test_a_corrupt_stored_hash_fails_closed() -> None:

@@ -50,8 +50,13 @@ def test_a_stored_code_verifies_and_names_its_hash() -> None:
 
 
 @pytest.mark.parametrize(
-    "variant", [str.upper, lambda c: c.replace("-", ""), lambda c: c.replace("-", " "),
-                lambda c: f"  {c.upper()}\t"]
+    "variant",
+    [
+        str.upper,
+        lambda c: c.replace("-", ""),
+        lambda c: c.replace("-", " "),
+        lambda c: f"  {c.upper()}\t",
+    ],
 )
 def test_case_dashes_and_spaces_are_ignored(variant) -> None:
     code = generate_recovery_codes(1)[0]

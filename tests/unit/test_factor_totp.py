@@ -81,9 +81,7 @@ def test_rfc6238_vectors_verify(unix_time: int, algorithm: str, expected: str) -
 
 def test_rfc6238_vector_refused_with_the_wrong_algorithm() -> None:
     with pytest.raises(VerificationFailed):
-        verify_totp(
-            secret=b32(SEEDS["sha1"]), code="46119246", now=59.0, last_step=None, digits=8
-        )
+        verify_totp(secret=b32(SEEDS["sha1"]), code="46119246", now=59.0, last_step=None, digits=8)
 
 
 # SECURITY.md case 6: with a fixed clock, t-1, t, t+1 pass and t±2 fail.
@@ -116,9 +114,7 @@ def test_skew_zero_accepts_only_the_current_step() -> None:
 
 def test_a_client_sent_time_is_not_a_parameter() -> None:
     names = set(inspect.signature(verify_totp).parameters)
-    assert names == {
-        "secret", "code", "now", "last_step", "digits", "period", "skew", "algorithm"
-    }
+    assert names == {"secret", "code", "now", "last_step", "digits", "period", "skew", "algorithm"}
     with pytest.raises(TypeError):
         verify_totp(  # type: ignore[call-arg]
             secret=SECRET, code=code_for(STEP), now=NOW, last_step=None, client_time=NOW

@@ -3,7 +3,8 @@
 No clock and no I/O: the caller gives every time (`at`, float epoch seconds, UTC). An entry's
 hash is SHA-256 over a canonical JSON form (sorted keys, no whitespace, floats as `repr`) of every
 field and the previous entry's hash, so editing, deleting, inserting or reordering an entry breaks
-the chain at that entry. A signed checkpoint lets a pruned ledger still verify from where it was cut.
+the chain at that entry. A signed checkpoint lets a pruned ledger still verify from where it was
+cut.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import re
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
@@ -48,20 +49,32 @@ _ENTRY_DOMAIN = b"stepguard-audit-entry-v1\n"
 _CHECKPOINT_DOMAIN = b"stepguard-audit-checkpoint-v1\n"
 _KIND = re.compile(r"[a-z][a-z0-9_.-]{0,31}")
 _HASH = re.compile(r"[0-9a-f]{64}")
+_SESSION_REF = re.compile(r"s:[0-9a-f]{24}")
 _SEAL_SEARCH = 512  # how far from its label an entry's sealed seq is searched for (diagnosis)
 _RECENT_HASHES = 4096  # hashes remembered to recognise a replayed (duplicated) entry
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+_TEXT_LIMITS = {"subject": 255, "decision": 32, "rule": 255, "factor": 32, "outcome": 64}
 
 # Keys whose values are never written to the ledger (SECURITY 17). Long markers match anywhere in
 # the key (separators removed); short ones match a whole word or a word's end (`passcode`, `totp`).
 _SECRET_SUBSTRINGS = (
-    "password", "passwd", "passphrase", "secret", "token", "credential", "assertion",
-    "cookie", "authorization", "apikey", "privatekey",
-)  # fmt: skip
+    "password",
+    "passwd",
+    "passphrase",
+    "secret",
+    "token",
+    "credential",
+    "assertion",
+    "cookie",
+    "authorization",
+    "apikey",
+    "privatekey",
+)
 _SECRET_WORD_ENDS = ("code", "otp", "seed", "pin")
 _SECRET_VALUE = re.compile(
     r"^\s*(bearer|basic|digest)\s+\S"
-    r"|(password|passwd|secret|token|code|otp|credential|assertion)=",
+    r"|(password|passwd|secret|token|code|otp|credential|assertion)="
+    r"|PRIVATE KEY-----",
     re.IGNORECASE,
 )
 
@@ -85,10 +98,7 @@ def is_secret_key(key: str) -> bool:
     if any(marker in joined for marker in _SECRET_SUBSTRINGS):
         return True
     words = [word for word in re.split(r"[^a-z0-9]+", spaced) if word]
-    return any(
-        word.endswith(marker) or word.startswith("otp") for word in words
-        for marker in _SECRET_WORD_ENDS
-    )  # fmt: skip
+    return any(word.endswith(_SECRET_WORD_ENDS) or word.startswith("otp") for word in words)
 
 
 def _is_secret_value(value: Any) -> bool:
@@ -170,12 +180,17 @@ class AuditEvent:
     def __post_init__(self) -> None:
         if not _KIND.fullmatch(self.kind):
             raise ValueError(f"invalid audit entry kind {self.kind!r}")
+        if self.session and not _SESSION_REF.fullmatch(self.session):
+            raise ValueError("an audit event's session must be a session_ref(), never a raw id")
         object.__setattr__(self, "at", normalise_time(self.at))
         object.__setattr__(self, "request", _clean_request(self.request))
         object.__setattr__(self, "reasons", _clean_reasons(self.reasons))
         object.__setattr__(self, "detail", MappingProxyType(_json_normal(redact(self.detail))))
-        for name in ("subject", "session", "decision", "rule", "factor", "outcome"):
-            object.__setattr__(self, name, str(getattr(self, name)))
+        for name, limit in _TEXT_LIMITS.items():
+            value = str(getattr(self, name))
+            if len(value) > limit:
+                raise ValueError(f"an audit event's {name} is longer than {limit} characters")
+            object.__setattr__(self, name, value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +224,7 @@ def normalise_time(at: float) -> float:
 def _clean_request(request: Mapping[str, Any]) -> Mapping[str, str]:
     kept = {name: str(request.get(name, "") or "") for name in REQUEST_FIELDS}
     kept["path"] = kept["path"].split("?", 1)[0].split("#", 1)[0]
-    return MappingProxyType({k: v for k, v in kept.items() if not _is_secret_value(v)})
+    return MappingProxyType({k: v for k, v in kept.items() if v and not _is_secret_value(v)})
 
 
 def _clean_reasons(reasons: Iterable[str]) -> tuple[str, ...]:
@@ -291,8 +306,12 @@ def seal_chain(
 
 def entry_record(entry: AuditEntry) -> dict[str, Any]:
     """Every field of the entry as JSON-ready values, in field order."""
-    return {"seq": entry.seq, **content_fields(entry), "prev_hash": entry.prev_hash,
-            "hash": entry.hash}  # fmt: skip
+    return {
+        "seq": entry.seq,
+        **content_fields(entry),
+        "prev_hash": entry.prev_hash,
+        "hash": entry.hash,
+    }
 
 
 def entry_from_record(record: Mapping[str, Any]) -> AuditEntry:
@@ -373,15 +392,20 @@ def sign_checkpoint(
 def verify_checkpoint(checkpoint: Checkpoint, *, public_key: Ed25519PublicKey) -> None:
     """Raise `VerificationFailed` unless the checkpoint carries a valid signature by this key."""
     payload = checkpoint_payload(
-        seq=checkpoint.seq, hash=checkpoint.hash, at=checkpoint.at,
+        seq=checkpoint.seq,
+        hash=checkpoint.hash,
+        at=checkpoint.at,
         count_pruned=checkpoint.count_pruned,
-    )  # fmt: skip
+    )
     try:
-        signature = base64.urlsafe_b64decode(checkpoint.signature + "=" * (-len(checkpoint.signature) % 4))
+        signature = base64.urlsafe_b64decode(
+            checkpoint.signature + "=" * (-len(checkpoint.signature) % 4)
+        )
         public_key.verify(signature, payload)
     except (InvalidSignature, ValueError):
-        raise VerificationFailed("the audit checkpoint signature is not valid",
-                                 code="checkpoint") from None  # fmt: skip
+        raise VerificationFailed(
+            "the audit checkpoint signature is not valid", code="checkpoint"
+        ) from None
 
 
 def load_signing_key(pem: bytes, *, password: bytes | None = None) -> Ed25519PrivateKey:
@@ -410,7 +434,7 @@ def public_key_pem(signing_key: Ed25519PrivateKey) -> bytes:
 # --------------------------------------------------------------------------- verification
 
 
-class ChainFault(str, Enum):
+class ChainFault(StrEnum):
     """What is wrong at the first bad entry."""
 
     EDITED = "edited"  # its content no longer matches its hash
@@ -537,11 +561,15 @@ def _check_entry(
 ) -> _Fault | None:
     sealed = _sealed_seq(entry)
     if sealed is None:
-        return _Fault(ChainFault.EDITED, entry.seq,
-                      f"entry {entry.seq}'s content does not match its hash")  # fmt: skip
+        return _Fault(
+            ChainFault.EDITED, entry.seq, f"entry {entry.seq}'s content does not match its hash"
+        )
     if head is not None and entry.seq > head.seq:
-        return _Fault(ChainFault.INSERTED, entry.seq,
-                      f"entry {entry.seq} lies beyond the chain head (entry {head.seq})")  # fmt: skip
+        return _Fault(
+            ChainFault.INSERTED,
+            entry.seq,
+            f"entry {entry.seq} lies beyond the chain head (entry {head.seq})",
+        )
     if sealed == entry.seq and entry.seq == prev.seq + 1 and entry.prev_hash == prev.hash:
         return _check_time(entry, prev, tolerance)
     return _diagnose(entry, sealed, prev, stream, recent)
@@ -550,15 +578,17 @@ def _check_entry(
 def _sealed_seq(entry: AuditEntry) -> int | None:
     """The seq under which the entry's hash verifies: its own, a nearby one (moved), or None."""
     content = content_fields(entry)
-    candidates = [entry.seq] + [
-        entry.seq + sign * step for step in range(1, _SEAL_SEARCH + 1) for sign in (-1, 1)
-    ]
-    for seq in candidates:
-        if seq >= 1 and hmac.compare_digest(
-            entry_hash(content, seq=seq, prev_hash=entry.prev_hash), entry.hash
-        ):
+    for seq in _seal_candidates(entry.seq):
+        digest = entry_hash(content, seq=seq, prev_hash=entry.prev_hash)
+        if hmac.compare_digest(digest, entry.hash):
             return seq
     return None
+
+
+def _seal_candidates(seq: int) -> Iterator[int]:
+    yield seq
+    for step in range(1, _SEAL_SEARCH + 1):
+        yield from (candidate for candidate in (seq - step, seq + step) if candidate >= 1)
 
 
 def _check_time(entry: AuditEntry, prev: _Link, tolerance: float) -> _Fault | None:
@@ -586,9 +616,12 @@ def _diagnose(
     if entry.seq < expected:
         return _backwards(entry, prev, recent)
     if prev.prev_hash is None:
-        return _Fault(ChainFault.INSERTED, entry.seq,
-                      f"entry {entry.seq} does not continue from the chain's start "
-                      f"({'checkpoint' if prev.seq else 'genesis'} at entry {prev.seq})")  # fmt: skip
+        return _Fault(
+            ChainFault.INSERTED,
+            entry.seq,
+            f"entry {entry.seq} does not continue from the chain's start "
+            f"({'checkpoint' if prev.seq else 'genesis'} at entry {prev.seq})",
+        )
     return _Fault(
         ChainFault.INSERTED,
         entry.seq,
@@ -598,57 +631,89 @@ def _diagnose(
 
 
 def _fork(entry: AuditEntry, prev: _Link, stream: _Lookahead) -> _Fault:
-    """Two entries claim the same predecessor: the one the chain does not continue from is foreign."""
+    """Two entries claim one predecessor: the one the chain does not continue from is foreign."""
     following = stream.peek()
     if following is not None and following.prev_hash == entry.hash:
-        return _Fault(ChainFault.INSERTED, prev.seq,
-                      f"entry {prev.seq} is not part of the chain: entry {entry.seq} "
-                      f"links past it", blames_previous=True)  # fmt: skip
-    return _Fault(ChainFault.INSERTED, entry.seq,
-                  f"entry {entry.seq} is not part of the chain: it links to the same "
-                  f"predecessor as entry {prev.seq}")  # fmt: skip
+        return _Fault(
+            ChainFault.INSERTED,
+            prev.seq,
+            f"entry {prev.seq} is not part of the chain: entry {entry.seq} links past it",
+            blames_previous=True,
+        )
+    return _Fault(
+        ChainFault.INSERTED,
+        entry.seq,
+        f"entry {entry.seq} is not part of the chain: it links to the same "
+        f"predecessor as entry {prev.seq}",
+    )
 
 
 def _relabelled(entry: AuditEntry, sealed: int, prev: _Link, stream: _Lookahead) -> _Fault:
     """The entry's content is genuine but was sealed as entry `sealed`, not `entry.seq`."""
     if stream.any_later(lambda later: later.hash == entry.prev_hash):
-        return _Fault(ChainFault.REORDERED_SEQ, entry.seq,
-                      f"entry {entry.seq} holds the content sealed as entry {sealed}")  # fmt: skip
+        return _Fault(
+            ChainFault.REORDERED_SEQ,
+            entry.seq,
+            f"entry {entry.seq} holds the content sealed as entry {sealed}",
+        )
     expected = prev.seq + 1
     if sealed > entry.seq:
-        return _Fault(ChainFault.DELETED, expected,
-                      f"entry {expected} is missing (later entries were renumbered down)")  # fmt: skip
-    return _Fault(ChainFault.INSERTED, expected,
-                  f"an entry was inserted at {expected} (later entries were renumbered up)")  # fmt: skip
+        return _Fault(
+            ChainFault.DELETED,
+            expected,
+            f"entry {expected} is missing (later entries were renumbered down)",
+        )
+    return _Fault(
+        ChainFault.INSERTED,
+        expected,
+        f"an entry was inserted at {expected} (later entries were renumbered up)",
+    )
 
 
 def _gap(entry: AuditEntry, expected: int, stream: _Lookahead) -> _Fault:
     if stream.any_later(lambda later: expected <= later.seq < entry.seq):
-        return _Fault(ChainFault.REORDERED_SEQ, entry.seq,
-                      f"entry {entry.seq} appears before entry {expected}")  # fmt: skip
-    missing = f"entry {expected}" if entry.seq == expected + 1 else (
-        f"entries {expected}–{entry.seq - 1}")  # fmt: skip
+        return _Fault(
+            ChainFault.REORDERED_SEQ,
+            entry.seq,
+            f"entry {entry.seq} appears before entry {expected}",
+        )
+    missing = (
+        f"entry {expected} is"
+        if entry.seq == expected + 1
+        else f"entries {expected}–{entry.seq - 1} are"
+    )
     return _Fault(ChainFault.DELETED, expected, f"{missing} missing before entry {entry.seq}")
 
 
 def _backwards(entry: AuditEntry, prev: _Link, recent: dict[str, int]) -> _Fault:
     if prev.prev_hash is None:
-        return _Fault(ChainFault.INSERTED, entry.seq,
-                      f"entry {entry.seq} precedes the checkpoint at entry {prev.seq}")  # fmt: skip
+        return _Fault(
+            ChainFault.INSERTED,
+            entry.seq,
+            f"entry {entry.seq} precedes the checkpoint at entry {prev.seq}",
+        )
     if entry.hash in recent:
-        return _Fault(ChainFault.INSERTED, entry.seq,
-                      f"entry {entry.seq} appears a second time after entry {prev.seq}")  # fmt: skip
-    return _Fault(ChainFault.REORDERED_SEQ, entry.seq,
-                  f"entry {entry.seq} appears after entry {prev.seq}")  # fmt: skip
+        return _Fault(
+            ChainFault.INSERTED,
+            entry.seq,
+            f"entry {entry.seq} appears a second time after entry {prev.seq}",
+        )
+    return _Fault(
+        ChainFault.REORDERED_SEQ, entry.seq, f"entry {entry.seq} appears after entry {prev.seq}"
+    )
 
 
 def _check_head(last: _Link, head: ChainHead | None) -> _Fault | None:
     if head is None:
         return None
     if last.seq < head.seq:
-        return _Fault(ChainFault.DELETED, last.seq + 1,
-                      f"entries {last.seq + 1}–{head.seq} are missing (the tail was cut)")  # fmt: skip
+        return _Fault(
+            ChainFault.DELETED,
+            last.seq + 1,
+            f"entries {last.seq + 1}–{head.seq} are missing (the tail was cut)",
+        )
     if not hmac.compare_digest(last.hash, head.hash):
-        return _Fault(ChainFault.EDITED, head.seq,
-                      f"entry {head.seq} does not match the recorded chain head")  # fmt: skip
+        return _Fault(
+            ChainFault.EDITED, head.seq, f"entry {head.seq} does not match the recorded chain head"
+        )
     return None

@@ -16,13 +16,13 @@ from stepguard.core.policy import Policy, compile_policy
 
 def load_policy(path: str | Path, *, text: str | None = None) -> Policy:
     """Compile a policy file; raise PolicyError listing every problem."""
-    source = read_source(path, text=text)
     try:
-        return compile_policy(source.data, source=str(path), locate=source.locate)
+        source = read_source(path, text=text)
     except PolicyError:
         raise
-    except ConfigError as exc:  # e.g. YAML problems re-raised as policy problems
+    except ConfigError as exc:  # unreadable file or bad YAML: still a policy problem
         raise PolicyError(exc.problems) from exc
+    return compile_policy(source.data, source=str(path), locate=source.locate)
 
 
 @dataclass(frozen=True)

@@ -110,3 +110,11 @@ class Conflict(StepguardError):
 
 class AuditIntegrityError(StepguardError):
     """The audit ledger (or an export of it) is malformed or its hash chain does not verify."""
+
+
+class CsrfRejected(StepguardError):
+    """A state-changing request without a valid CSRF token, or from a foreign or `null` origin."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)

@@ -16,8 +16,9 @@ never handed to `eval`; a hand-written tokenizer and recursive-descent parser bu
 which is type-checked and turned into plain Python closures over an `EvalEnv`.
 
 Runtime rules: a bare attribute reads `request.attributes[name]` and is coerced to its declared
-type (numbers may arrive as strings such as "1200.50" and are then compared exactly, as
-`Decimal`; booleans as "true"/"false"). A missing or uncoercible attribute raises
+type (numbers may arrive as strings such as "1200.50"; integers stay exact, decimals become
+floats exactly as the literals in the condition do, so "0.1" equals 0.1; booleans may arrive as
+"true"/"false"). A missing or uncoercible attribute raises
 `EvaluationError`, and so does an equality test on a missing or malformed client IP; such an IP is
 simply in no network. The caller treats a rule whose condition raised as matching (fail closed).
 """
@@ -321,6 +322,9 @@ def _number_token(text: str, position: int) -> _Token:
         bad = text[position : tail.end() if tail else number.end()]
         raise _error(text, position, f"invalid number {bad!r} (durations look like 30s, 5m, 2h "
                                      "or 1d)")
+    if text.startswith(".", number.end()):
+        raise _error(text, position, f"invalid number {source + '.'!r} (expected digits after "
+                                     "the '.')")
     if len(source) > 40:
         raise _error(text, position, "number literal is too long (at most 40 characters)")
     value: int | float = float(source) if "." in source else int(source)
@@ -504,8 +508,9 @@ class _Parser:
         if op is None:
             return left
         right = self._unary()
+        second = self._peek()
         if self._comparison_operator() is not None:
-            raise self._fail(op_token, "comparisons do not chain; combine them with 'and'")
+            raise self._fail(second, "comparisons do not chain; combine them with 'and'")
         return _Compare(op, left, right, op_token.start, left.start, right.end)
 
     def _comparison_operator(self) -> str | None:
@@ -729,7 +734,8 @@ class _Compiler:
         if name in self._attribute_types:
             return self._attribute(node)
         candidates = [*NAME_TYPES, *self._attribute_types, *self._network_lists, *_KEYWORDS]
-        raise self._fail(node, f"unknown name '{name}'{_suggest(name, candidates)}")
+        hint = _suggest(name, candidates)
+        raise self._fail(node, f"unknown name '{_shorten(name)}'{hint}")
 
     def _attribute(self, node: _Name) -> _Typed:
         kind = self._attribute_types[node.name]
@@ -1142,18 +1148,18 @@ def _to_number(name: str, value: Any) -> Any:
     if isinstance(value, str):
         text = value.strip()
         if _DECIMAL_TEXT.fullmatch(text):
-            return Decimal(text) if "." in text else int(text)
+            return float(text) if "." in text else int(text)
     elif isinstance(value, bool):
         pass
-    elif isinstance(value, int) or _is_finite(value):
+    elif isinstance(value, int | float) and _is_finite(value):
         return value
+    elif isinstance(value, Decimal) and _is_finite(value):
+        return int(value) if value == value.to_integral_value() else float(value)
     raise EvaluationError(f"attribute '{name}' is not a number")
 
 
-def _is_finite(value: Any) -> bool:
-    if isinstance(value, float):
-        return math.isfinite(value)
-    return isinstance(value, Decimal) and value.is_finite()
+def _is_finite(value: float | Decimal) -> bool:
+    return value.is_finite() if isinstance(value, Decimal) else math.isfinite(value)
 
 
 def _to_string(name: str, value: Any) -> str:

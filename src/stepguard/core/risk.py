@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import statistics
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from stepguard.core.context import RequestContext, SessionState
@@ -91,11 +92,21 @@ def network_prefix(ip: str) -> str:
     IPv4-mapped IPv6 addresses (`::ffff:192.0.2.7`) count as IPv4. Raise `BadRequest` for
     anything that is not an IP address.
     """
+    prefix = _prefix_or_empty(ip)
+    if not prefix:
+        raise BadRequest("not an IP address")
+    return prefix
+
+
+@functools.lru_cache(maxsize=4096)
+def _prefix_or_empty(ip: str) -> str:
+    """`network_prefix(ip)`, or "" when `ip` is not an address (cached: it runs per request)."""
     address = _parse_ip(ip)
     if address is None:
-        raise BadRequest("not an IP address")
-    bits = 24 if address.version == 4 else 64
-    return str(ipaddress.ip_network((address, bits), strict=False))
+        return ""
+    if address.version == 4:
+        return f"{ipaddress.IPv4Address(int(address) & ~0xFF)}/24"
+    return f"{ipaddress.IPv6Address(int(address) >> 64 << 64)}/64"
 
 
 # --- Settings: every default in one place ------------------------------------------------------
@@ -138,21 +149,22 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 class RiskSettings:
     """Weights, thresholds and tuning of the risk engine; the config schema reads its defaults.
 
-    `weights` may name only some signals (the rest keep their defaults); weight 0 turns a signal
-    off. `thresholds` gives the lowest score of `medium`, `high` and `critical`.
-    `travel_slack_km` absorbs the inaccuracy of IP location (city records can be 100+ km off), so
-    two nearby lookups seconds apart are not "impossible travel". An amount is unusual when it is
-    above `amount_factor` × the median of the user's recent amounts (the median ignores a few
-    outliers; a spread-based rule such as median + k·MAD fires on everything for a user who
-    always pays the same sum). An hour is unusual when the user's sign-ins in that UTC hour and
-    the hour either side make up less than `hour_min_share` of all (the neighbours absorb
-    "usually 9:00, today 8:55").
+    - `weights` may name only some signals (the rest keep their defaults); 0 turns a signal off.
+    - `thresholds` gives the lowest score of `medium`, `high` and `critical`.
+    - `travel_slack_km` absorbs the inaccuracy of IP location (mobile and ISP ranges are often
+      placed several hundred km off), so nearby lookups seconds apart are not impossible travel.
+    - An amount is unusual above `amount_factor` × the median of the user's recent amounts: the
+      median ignores a few outliers, while a spread rule such as median + k·MAD would fire on
+      every change for a user who always pays the same sum.
+    - An hour is unusual when the user's sign-ins in that UTC hour and the hour either side make
+      up less than `hour_min_share` of all (the neighbours absorb "usually 9:00, today 8:55").
+    - `trusted_networks` empty turns `untrusted_network` off.
     """
 
-    weights: Mapping[str, int] = DEFAULT_WEIGHTS
-    thresholds: Mapping[str, int] = DEFAULT_THRESHOLDS
+    weights: Mapping[str, int] = field(default_factory=lambda: DEFAULT_WEIGHTS)
+    thresholds: Mapping[str, int] = field(default_factory=lambda: DEFAULT_THRESHOLDS)
     max_speed_kmh: float = 900.0
-    travel_slack_km: float = 200.0
+    travel_slack_km: float = 500.0
     failure_window: float = 900.0
     failure_burst: int = 5
     hour_min_samples: int = 20
@@ -423,13 +435,6 @@ def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
-
-
-def _prefix_or_empty(ip: str) -> str:
-    try:
-        return network_prefix(ip)
-    except BadRequest:
-        return ""
 
 
 def _number(value: object) -> float | None:

@@ -1,1 +1,1 @@
-"""The shell around the core: load state, decide, save, audit; challenges, grants, sessions, throttling."""
+"""The shell around the core: load, decide, save, audit; challenges, grants, sessions, throttle."""

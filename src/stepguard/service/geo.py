@@ -1,4 +1,4 @@
-"""Location lookup for risk signals: where a client IP is (MaxMind database, static table, chain)."""
+"""Location lookup for risk signals: where a client IP is (MaxMind database, static table)."""
 
 from __future__ import annotations
 
@@ -35,9 +35,10 @@ class MaxMindLocator:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         try:
             self._reader = maxminddb.open_database(os.fspath(path))
-        except (OSError, ValueError) as error:
-            problem = Problem(os.fspath(path), "geo.database", f"cannot open: {error}")
-            raise ConfigError([problem]) from None
+        except OSError as error:
+            raise _database_error(path, (error.strerror or "unreadable").lower()) from None
+        except (ValueError, maxminddb.InvalidDatabaseError):
+            raise _database_error(path, "not a MaxMind DB file") from None
 
     def locate(self, ip: str) -> Location | None:
         address = _parse_ip(ip)
@@ -113,6 +114,12 @@ class ChainLocator:
         return None
 
 
+def _database_error(path: str | os.PathLike[str], what: str) -> ConfigError:
+    return ConfigError(
+        [Problem(os.fspath(path), "geo.database", f"cannot open the GeoIP database: {what}")]
+    )
+
+
 def _parse_ip(text: str) -> IPAddress | None:
     """An address (IPv4-mapped IPv6 unwrapped to IPv4), or None when `text` is not one."""
     try:
@@ -129,7 +136,8 @@ def _location(record: Mapping[str, Any]) -> Location | None:
 
     Falls back to `registered_country` when `country` is absent (as for some anycast ranges).
     """
-    country = _text(record, "country", "iso_code") or _text(record, "registered_country", "iso_code")
+    country = _text(record, "country", "iso_code")
+    country = country or _text(record, "registered_country", "iso_code")
     city = _text(record, "city", "names", "en")
     latitude = _coordinate(record, "latitude", 90.0)
     longitude = _coordinate(record, "longitude", 180.0)

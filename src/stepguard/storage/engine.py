@@ -1,4 +1,4 @@
-"""Create the SQLAlchemy engine for a store URL: SQLite (WAL, one file) or PostgreSQL (psycopg 3)."""
+"""The SQLAlchemy engine for a store URL: SQLite (WAL, one file) or PostgreSQL (psycopg 3)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,9 @@ from stepguard.storage.sql_base import unavailable_on_driver_error
 def alembic_config(url: str) -> Config:
     """An in-memory Alembic config; the URL travels as an attribute (no `%` escaping issues)."""
     config = Config()
-    config.set_main_option("script_location", str(resources.files("stepguard.storage") / "migrations"))
+    config.set_main_option(
+        "script_location", str(resources.files("stepguard.storage") / "migrations")
+    )
     config.attributes["url"] = url
     return config
 

@@ -41,7 +41,10 @@ class UserRecord:
     def subject(self) -> Subject:
         """The user as the decision core sees it."""
         return Subject(
-            id=self.id, name=self.display_name or self.username, email=self.email, groups=self.groups
+            id=self.id,
+            name=self.display_name or self.username,
+            email=self.email,
+            groups=self.groups,
         )
 
 

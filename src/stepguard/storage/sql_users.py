@@ -27,7 +27,7 @@ class SqlUsers:
         self.import_many([user])
 
     def import_many(self, users: Iterable[UserRecord]) -> int:
-        """Insert all users in one transaction; raise `Conflict` (and insert none) on a duplicate."""
+        """Insert all users in one transaction; on a duplicate raise `Conflict`, inserting none."""
         rows = [_row(user) for user in users]
         if not rows:
             return 0

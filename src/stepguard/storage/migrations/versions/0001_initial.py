@@ -51,7 +51,10 @@ def upgrade() -> None:
     op.create_table(
         "recovery_codes",
         sa.Column(
-            "user_id", sa.String(ID), sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+            "user_id",
+            sa.String(ID),
+            sa.ForeignKey("users.id", ondelete="CASCADE"),
+            primary_key=True,
         ),
         sa.Column("code_hash", sa.String(255), primary_key=True),
         sa.Column("created", sa.Double, nullable=False),

@@ -1,0 +1,208 @@
+"""The audit writer: entries leave the request's hot path but are never dropped.
+
+`submit` puts an event on a bounded queue and returns; a background thread drains the queue in
+batches through the sink's `append_many`. When the queue is full, `submit` blocks (the request
+waits rather than losing its audit entry). When the store is down, the thread keeps the batch and
+retries with capped exponential back-off until the store returns; `flush` and `close` wait for
+everything submitted to be written, and say so (raise) if it was not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from stepguard.audit.ledger import AuditEntry, AuditEvent
+from stepguard.core.errors import StoreUnavailable
+
+log = logging.getLogger("stepguard.audit")
+
+
+class AuditSink(Protocol):
+    """Where the writer puts batches (`SqlAuditLog` is one): all events in one transaction."""
+
+    def append_many(self, events: Sequence[AuditEvent]) -> list[AuditEntry]: ...
+
+
+def _log_error(error: Exception, retry_in: float) -> None:
+    # The error's class only: driver messages may quote statements or parameters.
+    log.warning("audit write failed (%s); retrying in %.2fs", type(error).__name__, retry_in)
+
+
+class AuditWriter:
+    """A bounded queue plus one background thread that writes batches to an `AuditSink`."""
+
+    def __init__(
+        self,
+        sink: AuditSink,
+        *,
+        capacity: int = 10_000,
+        batch_size: int = 256,
+        retry_initial: float = 0.05,
+        retry_max: float = 5.0,
+        on_error: Callable[[Exception, float], None] = _log_error,
+    ) -> None:
+        if capacity < 1 or batch_size < 1:
+            raise ValueError("capacity and batch_size must be at least 1")
+        self._sink = sink
+        self._capacity = capacity
+        self._batch_size = batch_size
+        self._retry_initial = retry_initial
+        self._retry_max = retry_max
+        self._on_error = on_error
+        self._lock = threading.Lock()
+        self._not_empty = threading.Condition(self._lock)
+        self._not_full = threading.Condition(self._lock)
+        self._progress = threading.Condition(self._lock)
+        self._queue: deque[AuditEvent] = deque()
+        self._in_flight: list[AuditEvent] = []
+        self._submitted = 0
+        self._written = 0
+        self._closing = False
+        self._abandoned = threading.Event()
+        self._last_error: Exception | None = None
+        self._thread = threading.Thread(target=self._run, name="stepguard-audit", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ producers
+
+    def submit(self, event: AuditEvent, *, timeout: float | None = None) -> None:
+        """Queue the event; block while the queue is full (raise `StoreUnavailable` on timeout)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._not_full:
+            while self._accepting() and len(self._queue) >= self._capacity:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise StoreUnavailable("the audit queue is full and not draining")
+                self._not_full.wait(remaining)
+            self._enqueue(event)
+
+    async def asubmit(self, event: AuditEvent) -> None:
+        """`submit` for async code: never blocks the event loop, even when the queue is full."""
+        with self._lock:
+            if self._accepting() and len(self._queue) < self._capacity:
+                self._enqueue(event)
+                return
+        await asyncio.to_thread(self.submit, event)
+
+    def _accepting(self) -> bool:
+        if self._closing:
+            raise StoreUnavailable("the audit writer is closed")
+        return True
+
+    def _enqueue(self, event: AuditEvent) -> None:
+        self._queue.append(event)
+        self._submitted += 1
+        self._not_empty.notify()
+
+    # ------------------------------------------------------------------ waiting
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until everything submitted so far is written; raise `StoreUnavailable` if not."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._progress:
+            target = self._submitted
+            while self._written < target and not self._abandoned.is_set():
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                self._progress.wait(remaining)
+            missing = target - self._written
+        if missing > 0:
+            raise StoreUnavailable(f"{missing} audit entries are not written yet")
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop accepting events and write everything queued.
+
+        If that does not finish within `timeout` (the store stays down), the thread stops and
+        `StoreUnavailable` is raised; the events that were not written stay in `unwritten()`.
+        """
+        with self._lock:
+            self._closing = True
+            self._not_empty.notify_all()
+            self._not_full.notify_all()
+        try:
+            self.flush(timeout)
+        except StoreUnavailable:
+            self._abandoned.set()
+            with self._lock:
+                self._not_empty.notify_all()
+            self._thread.join()
+            raise StoreUnavailable(
+                f"{len(self.unwritten())} audit entries could not be written"
+            ) from None
+        self._thread.join()
+
+    def __enter__(self) -> AuditWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def backlog(self) -> int:
+        """Events submitted but not yet written."""
+        with self._lock:
+            return self._submitted - self._written
+
+    @property
+    def last_error(self) -> Exception | None:
+        """The error of the most recent failed write, or None once a write succeeds again."""
+        return self._last_error
+
+    def unwritten(self) -> list[AuditEvent]:
+        """Events not (yet) written, oldest first: after a failed `close`, what must be saved."""
+        with self._lock:
+            return [*self._in_flight, *self._queue]
+
+    # ------------------------------------------------------------------ the thread
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take()
+            if not batch or not self._write(batch):
+                return
+            with self._lock:
+                self._in_flight = []
+                self._written += len(batch)
+                self._progress.notify_all()
+
+    def _take(self) -> list[AuditEvent]:
+        with self._not_empty:
+            while not self._queue and not self._closing:
+                self._not_empty.wait()
+            if self._abandoned.is_set():
+                return []
+            count = min(self._batch_size, len(self._queue))
+            self._in_flight = [self._queue.popleft() for _ in range(count)]
+            self._not_full.notify_all()
+            return list(self._in_flight)
+
+    def _write(self, batch: list[AuditEvent]) -> bool:
+        """Write the batch, retrying until it succeeds; False if the writer was abandoned."""
+        delay = self._retry_initial
+        while not self._abandoned.is_set():
+            try:
+                self._sink.append_many(batch)
+            except Exception as error:  # any failure: keep the batch and try again
+                self._last_error = error
+                self._report(error, delay)
+                self._abandoned.wait(delay)
+                delay = min(delay * 2, self._retry_max)
+                continue
+            self._last_error = None
+            return True
+        return False
+
+    def _report(self, error: Exception, delay: float) -> None:
+        try:
+            self._on_error(error, delay)
+        except Exception:  # a failing callback must not stop the writer
+            log.exception("audit writer error callback failed")

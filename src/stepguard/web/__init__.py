@@ -1,0 +1,1 @@
+"""The portal: templates, static assets, and the web security helpers (headers, CSRF, redirects)."""

@@ -1,0 +1,52 @@
+"""The protected application in proxy tests: answers every request with what it received.
+
+Any method, any path: a JSON object with `method`, `path` (as the proxy sent it, still
+percent-encoded), `query`, `body` (decoded as UTF-8 with replacement) and `headers`, a list of
+[name, value] pairs exactly as they arrived (lower-cased by the HTTP parser, duplicates and
+underscores kept), so a test can prove a forged identity header never got through.
+
+Run: `python -m uvicorn tests.support.upstream_app:app`.
+"""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+async def echo(request: Request) -> Response:
+    body = await request.body()
+    scope = request.scope
+    return JSONResponse(
+        {
+            "method": request.method,
+            "path": scope.get("raw_path", b"").decode("latin-1") or scope["path"],
+            "query": scope.get("query_string", b"").decode("latin-1"),
+            "body": body.decode("utf-8", errors="replace"),
+            "headers": [
+                [name.decode("latin-1"), value.decode("latin-1")]
+                for name, value in scope["headers"]
+            ],
+        },
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def received_headers(echoed: dict[str, object], name: str) -> list[str]:
+    """Values of every header the upstream received whose name equals `name` when case and
+    `_`/`-` are ignored (`Remote-User`, `remote_user`, `REMOTE-USER` are one name here)."""
+    wanted = _normalised(name)
+    headers = echoed["headers"]
+    assert isinstance(headers, list)
+    return [value for key, value in headers if _normalised(key) == wanted]
+
+
+def _normalised(name: str) -> str:
+    return name.lower().replace("_", "-")
+
+
+app = Starlette(routes=[Route("/{path:path}", echo, methods=METHODS)])
