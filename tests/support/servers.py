@@ -93,6 +93,19 @@ def ensure_packages(*names: str) -> dict[str, str]:
     return {name: path for name, path in paths.items() if path is not None}
 
 
+def require_binaries(*names: str) -> dict[str, str]:
+    """In a test: `ensure_packages(*names)`, skipping the test if they cannot be installed —
+    except on CI (`CI` set), where a missing server fails the test instead of hiding it."""
+    import pytest
+
+    try:
+        return ensure_packages(*names)
+    except PackageUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must have these servers: {exc}")
+        pytest.skip(str(exc))
+
+
 def python_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """This process's environment with the repository's `src` and root on PYTHONPATH."""
     paths = [str(REPO_ROOT / "src"), str(REPO_ROOT)]
@@ -351,7 +364,7 @@ class Nginx(Process):
 
 
 def _listen_port(text: str, prefix: str) -> int:
-    match = re.search(prefix + r"(?:[\d.]+:)?(\d+)", text)
+    match = re.search(prefix + r"(?:[\d.]+:)?(\d+)", _without_comments(text))
     if match is None:
         raise ValueError("no listen port found in the config; pass port=")
     return int(match.group(1))
@@ -364,7 +377,6 @@ _CADDY_GLOBALS = """\
 {{
 \tadmin off
 \tauto_https off
-\tpersist_config off
 \tstorage file_system {dir}/storage
 }}
 

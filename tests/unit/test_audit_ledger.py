@@ -568,3 +568,13 @@ def test_request_summary_drops_the_query_and_can_pseudonymise() -> None:
     }
     hidden = request_summary(request, ip_key=KEY)
     assert hidden["client_ip"] == pseudonymise_ip("203.0.113.9", key=KEY)
+
+
+def test_the_package_exports_exactly_its_public_api() -> None:
+    import stepguard.audit as audit
+
+    assert sorted(audit.__all__) == audit.__all__
+    for name in audit.__all__:
+        assert getattr(audit, name).__module__.startswith("stepguard.audit."), name
+    public = {name for name in vars(audit) if not name.startswith("_")}
+    assert public - set(audit.__all__) <= {"commands", "export", "ledger", "writer"}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from stepguard.cli import policy_cmd
+from stepguard.cli import policy_cmd, server_cmd
 from stepguard.cli.output import console, fail_with_problems
 from stepguard.config.load import load_config
 from stepguard.core.errors import ConfigError
@@ -16,6 +16,7 @@ app = typer.Typer(help="Stepguard: step-up authentication for any web applicatio
 app.add_typer(policy_cmd.app, name="policy")
 config_app = typer.Typer(help="Check configuration files.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+server_cmd.register(app)
 
 
 @config_app.command("validate")

@@ -65,6 +65,8 @@ def explain(
     trace: list[TraceStep] = []
     rule, failed = _select(policy, context, session, risk, now, trace)
     decision = _apply(policy, rule, context, session, risk, grants, now, failed)
+    order = {r.name: r.position for r in policy.rules}
+    trace.sort(key=lambda step: order.get(step.rule, len(order)))
     return Explanation(decision, trace)
 
 
@@ -84,7 +86,7 @@ def _select(policy: Policy, context: RequestContext, session: SessionState | Non
         if env is None:
             env = EvalEnv(request=context, session=session, risk=risk, now=now)
         try:
-            holds = rule.when(env)
+            holds = rule.when.evaluate(env)
         except EvaluationError as exc:
             _note(trace, rule, True, f"condition could not be evaluated ({exc}); applied (fail closed)")
             return rule, True

@@ -25,7 +25,7 @@ from stepguard.core.matching import (
     literal_first_segments,
     path_matcher,
 )
-from stepguard.core.reason import check_template
+from stepguard.core.reason import REASON_NAMES, check_template
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Path = tuple[str | int, ...]
@@ -38,8 +38,6 @@ _RULE = frozenset({"name", "description", "match", "when", "require", "deny", "a
 _MATCH = frozenset({"hosts", "methods", "paths", "users", "groups", "actions", "networks"})
 _REQUIRE = frozenset({"level", "max_age", "methods", "scope", "single_use", "bind", "reason"})
 _LEVEL = frozenset({"acr", "max_session", "idle"})
-_REASON_NAMES = ("request.method", "request.host", "request.path", "request.action", "risk.level",
-                 "risk.score", "risk.reasons", "user.name", "user.email", "level", "max_age")
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,7 +335,7 @@ def _names(value: Any, path: Path, env: _Env) -> list[str]:
 
 
 def _template(path: Path, text: str, env: _Env) -> None:
-    known = [*_REASON_NAMES, *env.attributes]
+    known = [*REASON_NAMES, *env.attributes]
     for message in check_template(text, known=known):
         env.problems.add(path, message)
 

@@ -99,8 +99,13 @@ def _parse(template: str) -> tuple[tuple[_Segment, ...], tuple[tuple[int, str], 
     return tuple(segments), tuple(problems)
 
 
-def _placeholder(template: str, start: int, segments: list[_Segment],
-                 problems: list[tuple[int, str]], text: list[str]) -> int:
+def _placeholder(
+    template: str,
+    start: int,
+    segments: list[_Segment],
+    problems: list[tuple[int, str]],
+    text: list[str],
+) -> int:
     """Handle the `{` at `start`; return the index after what it consumed."""
     close = template.find("}", start + 1)
     reopen = template.find("{", start + 1)

@@ -37,6 +37,13 @@ class SqlChallenges:
             row = connection.execute(select(t.challenges).where(_C.id == challenge_id)).first()
         return None if row is None else _record(row._mapping)
 
+    def pending_for_session(self, session_id: str, *, now: float) -> tuple[ChallengeRecord, ...]:
+        """Live challenges started by one session (newest first), e.g. to find push requests."""
+        query = (select(t.challenges).where(_C.session_id == session_id, _C.status == "pending",
+                                            _C.expires > now).order_by(_C.created.desc()).limit(20))
+        with self._db.read() as connection:
+            return tuple(_record(row._mapping) for row in connection.execute(query))
+
     def record_attempt(self, challenge_id: str, *, now: float) -> int:
         """Count one verification attempt on a live challenge; the new count (0: not live)."""
         query = (

@@ -1,0 +1,464 @@
+"""Gateway load benchmark (DESIGN.md §10), driven by wrk, each result beside its anchor.
+
+(a) **forward-auth alone**: Stepguard's `GET /api/authz/forward-auth` for a signed-in user
+    (allowed, 200, empty body) vs `bench/noop_app.py` (an ASGI app answering 200 empty). Both are
+    served by uvicorn on 127.0.0.1 with the same worker count and hit with the same wrk settings.
+    Target: Stepguard ≥ 0.6× the no-op app's req/s.
+(b) **behind nginx auth_request**: nginx with deploy/nginx/stepguard.conf (auth subrequest to
+    Stepguard, then the no-op app as the protected upstream) vs the same nginx proxying straight
+    to the no-op app. Targets: ≥ 0.75× the req/s, p99 at most 1 ms higher.
+
+Every measured run is preceded by a 1 s warm-up; a run with any non-2xx answer or socket error
+is reported as invalid (exit status 1). Whole run: about 40 s with the defaults.
+
+Run: `python bench/gateway.py` (`--help` for options, `--json` for machine-readable output).
+The two functions under "ADJUST HERE" are how the bench starts and signs in to Stepguard.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, replace
+from functools import partial
+from pathlib import Path
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO_ROOT / "src"), str(REPO_ROOT)]
+
+from tests.support.servers import (  # noqa: E402
+    Nginx,
+    Process,
+    UvicornServer,
+    ensure_packages,
+    free_port,
+    nginx_conf,
+    python_env,
+)
+
+FORWARD_AUTH_RATIO_TARGET = 0.6
+NGINX_RATIO_TARGET = 0.75
+NGINX_P99_EXTRA_TARGET_MS = 1.0
+SITE = "app.test"
+FORWARD_AUTH_PATH = "/api/authz/forward-auth"
+
+
+# ================================================================================================
+# ADJUST HERE (1/2): how the bench starts Stepguard — the command, its config and the seeded user.
+# ================================================================================================
+
+BENCH_USERNAME = "bench-user"
+
+
+def start_stepguard(workdir: Path, *, port: int, workers: int, password: str) -> Process:
+    """Write a config + policy into `workdir`, seed one user, start `stepguard serve`."""
+    (workdir / "policy.yaml").write_text((REPO_ROOT / "examples" / "policy.yaml").read_text())
+    database = f"sqlite:///{workdir / 'stepguard.db'}"
+    (workdir / "stepguard.yaml").write_text(
+        f"""\
+policy: policy.yaml
+server:
+  host: 127.0.0.1
+  port: {port}
+  public_url: http://127.0.0.1:{port}
+  trusted_proxies: [127.0.0.1/32]
+  server: uvicorn
+  workers: {workers}
+store:
+  url: {database}
+secrets:
+  cookie_key: {secrets.token_urlsafe(32)}
+portal:
+  protected_domains: [{SITE}]
+"""
+    )
+    seed_user(database, username=BENCH_USERNAME, password=password)
+    argv = [
+        sys.executable, "-m", "stepguard.cli.main", "serve",
+        "--config", str(workdir / "stepguard.yaml"),
+    ]
+    return Process(
+        argv,
+        port=port,
+        workdir=workdir,
+        name="stepguard",
+        env=python_env(),
+        cwd=workdir,
+        ready_path="/healthz",
+        ready_timeout=30.0,
+    )
+
+
+def seed_user(database_url: str, *, username: str, password: str) -> None:
+    """Create the store's tables and one user with a password (through the storage API)."""
+    from stepguard.factors.password import hash_password
+    from stepguard.storage.migrate import upgrade
+    from stepguard.storage.records import UserRecord
+    from stepguard.storage.sql import SqlStore
+
+    upgrade(database_url)
+    store = SqlStore.from_url(database_url)
+    try:
+        store.users.add(
+            UserRecord(
+                id=str(uuid.uuid4()),
+                username=username,
+                display_name="Bench User",
+                email="bench@example.test",
+                password_hash=hash_password(password),
+                created=time.time(),
+            )
+        )
+    finally:
+        store.close()
+
+
+# ================================================================================================
+# ADJUST HERE (2/2): signing in. Returns the cookies of a signed-in session.
+# ================================================================================================
+
+
+def obtain_session_cookie(base_url: str, *, username: str, password: str) -> dict[str, str]:
+    """Sign in through the portal (GET /login for any CSRF token, then POST /login)."""
+    with httpx.Client(base_url=base_url, follow_redirects=False, timeout=30.0) as client:
+        page = client.get("/login")
+        form = {"username": username, "password": password}
+        for name, value in re.findall(
+            r'<input[^>]*name="([^"]*csrf[^"]*)"[^>]*value="([^"]*)"', page.text
+        ):
+            form[name] = value
+        answer = client.post("/login", data=form, headers={"Origin": base_url})
+        if answer.status_code >= 400:
+            raise RuntimeError(f"POST /login answered {answer.status_code}: {answer.text[:300]}")
+        return dict(client.cookies.items())
+
+
+# ================================================================================================
+# wrk
+# ================================================================================================
+
+
+@dataclass(frozen=True)
+class WrkSettings:
+    threads: int = 2
+    connections: int = 32
+    duration: int = 5
+    warmup: int = 1
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    label: str
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    bad_responses: int
+    socket_errors: int
+
+    @property
+    def valid(self) -> bool:
+        return self.requests > 0 and self.bad_responses == 0 and self.socket_errors == 0
+
+
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def parse_wrk(label: str, output: str) -> WrkResult:
+    """Requests/sec, the 50% and 99% latencies, and any non-2xx/3xx or socket errors."""
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    total = re.search(r"(\d+) requests in", output)
+    if rps is None or total is None:
+        raise RuntimeError(f"cannot read wrk's output:\n{output}")
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    return WrkResult(
+        label=label,
+        requests_per_second=float(rps.group(1)),
+        p50_ms=_percentile_ms(output, "50"),
+        p99_ms=_percentile_ms(output, "99"),
+        requests=int(total.group(1)),
+        bad_responses=int(bad.group(1)) if bad else 0,
+        socket_errors=sum(int(count) for count in errors.groups()) if errors else 0,
+    )
+
+
+def _percentile_ms(output: str, percent: str) -> float:
+    found = re.search(rf"^\s+{percent}%\s+([\d.]+)(us|ms|s|m)\s*$", output, re.MULTILINE)
+    if found is None:
+        raise RuntimeError(f"no {percent}% latency in wrk's output (was --latency given?)")
+    return float(found.group(1)) * _UNITS_MS[found.group(2)]
+
+
+def run_wrk(
+    wrk: str, label: str, url: str, headers: dict[str, str], settings: WrkSettings
+) -> WrkResult:
+    header_args = [arg for name, value in headers.items() for arg in ("-H", f"{name}: {value}")]
+
+    def wrk_for(seconds: int) -> str:
+        argv = [
+            wrk, f"-t{settings.threads}", f"-c{settings.connections}", f"-d{seconds}s",
+            "--latency", *header_args, url,
+        ]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
+        if done.returncode != 0:
+            raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr}")
+        return done.stdout
+
+    if settings.warmup:
+        wrk_for(settings.warmup)
+    return parse_wrk(label, wrk_for(settings.duration))
+
+
+# ================================================================================================
+# the benchmark
+# ================================================================================================
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """`subject` beside `anchor`; a target left None is not judged (a reference row)."""
+
+    name: str
+    subject: WrkResult
+    anchor: WrkResult
+    ratio_target: float | None = None
+    p99_extra_target_ms: float | None = None
+
+    @property
+    def ratio(self) -> float:
+        return self.subject.requests_per_second / self.anchor.requests_per_second
+
+    @property
+    def p99_extra_ms(self) -> float:
+        return self.subject.p99_ms - self.anchor.p99_ms
+
+    @property
+    def met(self) -> bool | None:
+        checks = []
+        if self.ratio_target is not None:
+            checks.append(self.ratio >= self.ratio_target)
+        if self.p99_extra_target_ms is not None:
+            checks.append(self.p99_extra_ms <= self.p99_extra_target_ms)
+        return all(checks) if checks else None
+
+
+def plain_nginx_conf(*, listen_port: int, stepguard_port: int) -> str:
+    """The anchor for (b): the same nginx settings, proxying straight to the upstream (here
+    `stepguard_port` is the no-op app's: the only backend)."""
+    return f"""\
+upstream bench_upstream {{
+    server 127.0.0.1:{stepguard_port};
+    keepalive 32;
+}}
+
+server {{
+    listen 127.0.0.1:{listen_port};
+    server_name {SITE};
+
+    location / {{
+        proxy_pass http://bench_upstream;
+        proxy_set_header Host $host;
+        proxy_set_header X-Forwarded-For $remote_addr;
+        proxy_set_header X-Forwarded-Proto $scheme;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+    }}
+}}
+"""
+
+
+def forward_auth_headers(cookies: dict[str, str]) -> dict[str, str]:
+    return {
+        "X-Forwarded-Method": "GET",
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": SITE,
+        "X-Forwarded-Uri": "/orders?page=2",
+        "X-Forwarded-For": "198.51.100.7",
+        "Accept": "text/html",
+        "Cookie": cookie_header(cookies),
+    }
+
+
+def cookie_header(cookies: dict[str, str]) -> str:
+    return "; ".join(f"{name}={value}" for name, value in cookies.items())
+
+
+def check_allowed(url: str, headers: dict[str, str]) -> None:
+    """Refuse to time anything but an allowed, signed-in request."""
+    answer = httpx.get(url, headers=headers, timeout=10.0)
+    user = answer.headers.get("remote-user", "")
+    if answer.status_code != 200 or not user:
+        raise RuntimeError(
+            f"GET {url} is not an allowed signed-in request: {answer.status_code}, "
+            f"Remote-User={user!r}, Location={answer.headers.get('location')!r}"
+        )
+
+
+def noop_server(workdir: Path, workers: int, name: str) -> UvicornServer:
+    bench_dir = str(REPO_ROOT / "bench")
+    return UvicornServer(
+        "noop_app:app", workdir / name, workers=workers, extra_args=["--app-dir", bench_dir],
+        name=name,
+    )
+
+
+@dataclass(frozen=True)
+class Servers:
+    noop: UvicornServer  # the protected upstream, and the anchor of (a)
+    noop_auth: UvicornServer  # a second no-op app: the auth endpoint of the reference row
+    stepguard: Process
+    cookies: dict[str, str]
+
+
+@contextmanager
+def servers(workdir: Path, workers: int) -> Iterator[Servers]:
+    with ExitStack() as stack:
+        noop = stack.enter_context(noop_server(workdir, workers, "noop"))
+        noop_auth = stack.enter_context(noop_server(workdir, workers, "noop-auth"))
+        password = secrets.token_urlsafe(18)
+        (workdir / "stepguard").mkdir()
+        stepguard = start_stepguard(
+            workdir / "stepguard", port=free_port(), workers=workers, password=password
+        )
+        stack.enter_context(stepguard)
+        cookies = obtain_session_cookie(stepguard.url, username=BENCH_USERNAME, password=password)
+        yield Servers(noop, noop_auth, stepguard, cookies)
+
+
+def bench(settings: WrkSettings, workers: int, workdir: Path) -> list[Comparison]:
+    binaries = ensure_packages("wrk", "nginx")
+    wrk = binaries["wrk"]
+    unloaded = replace(settings, threads=1, connections=1)
+    with servers(workdir, workers) as running:
+        noop, stepguard, cookies = running.noop, running.stepguard, running.cookies
+        headers = forward_auth_headers(cookies)
+        check_allowed(stepguard.url + FORWARD_AUTH_PATH, headers)
+        noop_direct = run_wrk(wrk, "no-op app", noop.url + "/", {}, settings)
+        forward_auth = run_wrk(
+            wrk, "forward-auth", stepguard.url + FORWARD_AUTH_PATH, headers, settings
+        )
+        browser = {"Host": SITE, "Accept": "text/html", "Cookie": cookie_header(cookies)}
+        guarded_conf = partial(nginx_conf, upstream_port=noop.port, server_name=SITE)
+        with proxy(workdir / "nginx-guarded", guarded_conf, stepguard.port) as url:
+            guarded = run_wrk(wrk, "nginx auth_request", url, browser, settings)
+            guarded_unloaded = run_wrk(wrk, "nginx auth_request c1", url, browser, unloaded)
+        with proxy(workdir / "nginx-plain", plain_nginx_conf, noop.port) as url:
+            plain = run_wrk(wrk, "nginx → no-op", url, browser, settings)
+            plain_unloaded = run_wrk(wrk, "nginx → no-op c1", url, browser, unloaded)
+        with proxy(workdir / "nginx-floor", guarded_conf, running.noop_auth.port) as url:
+            floor = run_wrk(wrk, "auth_request no-op auth", url, browser, settings)
+    return [
+        Comparison("forward-auth endpoint alone", forward_auth, noop_direct,
+                   ratio_target=FORWARD_AUTH_RATIO_TARGET),
+        Comparison("behind nginx auth_request, saturated", guarded, plain,
+                   ratio_target=NGINX_RATIO_TARGET),
+        Comparison("behind nginx auth_request, one connection", guarded_unloaded,
+                   plain_unloaded, p99_extra_target_ms=NGINX_P99_EXTRA_TARGET_MS),
+        Comparison("(reference) auth_request to a no-op auth app", floor, plain),
+    ]
+
+
+@contextmanager
+def proxy(workdir: Path, conf: Callable[..., str], auth_port: int) -> Iterator[str]:
+    """A private nginx with `conf(listen_port=, stepguard_port=)`; yields the URL to load."""
+    port = free_port()
+    text = conf(listen_port=port, stepguard_port=auth_port)
+    with Nginx(text, workdir, access_log=False, log_level="warn"):
+        yield f"http://127.0.0.1:{port}/orders?page=2"
+
+
+def report(comparisons: Sequence[Comparison], settings: WrkSettings, workers: int) -> str:
+    lines = [
+        f"gateway benchmark: wrk -t{settings.threads} -c{settings.connections} "
+        f"-d{settings.duration}s --latency; uvicorn workers={workers}; "
+        f"{os.cpu_count()} CPUs; Python {platform.python_version()}",
+        "",
+        f"{'run':<26}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'valid':>7}",
+    ]
+    results = {r.label: r for c in comparisons for r in (c.subject, c.anchor)}
+    lines += [
+        f"{r.label:<26}{r.requests_per_second:>10.0f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}"
+        f"{'yes' if r.valid else 'NO':>7}"
+        for r in results.values()
+    ]
+    lines.append("")
+    for comparison in comparisons:
+        lines.append(_verdict_line(comparison))
+    lines.append(
+        "\np99 is judged on one connection: under saturation latency is queueing "
+        "(connections ÷ req/s), so it follows the req/s ratio."
+    )
+    return "\n".join(lines)
+
+
+def _verdict_line(comparison: Comparison) -> str:
+    parts = [f"{comparison.ratio:.2f}× the anchor's req/s"]
+    if comparison.ratio_target is not None:
+        parts[0] += f" (target ≥ {comparison.ratio_target}×)"
+    parts.append(f"p99 {comparison.p99_extra_ms:+.2f} ms")
+    if comparison.p99_extra_target_ms is not None:
+        parts[1] += f" (target ≤ +{comparison.p99_extra_target_ms} ms)"
+    verdict = {True: "met", False: "MISSED", None: "reference"}[comparison.met]
+    return f"{comparison.name}: {', '.join(parts)} — {verdict}"
+
+
+def as_json(comparisons: Sequence[Comparison]) -> str:
+    return json.dumps(
+        [
+            {
+                "name": c.name,
+                "ratio": round(c.ratio, 3),
+                "ratio_target": c.ratio_target,
+                "p99_extra_ms": round(c.p99_extra_ms, 3),
+                "p99_extra_target_ms": c.p99_extra_target_ms,
+                "met": c.met,
+                "subject": asdict(c.subject),
+                "anchor": asdict(c.anchor),
+            }
+            for c in comparisons
+        ],
+        indent=2,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=WrkSettings.threads)
+    parser.add_argument("--connections", type=int, default=WrkSettings.connections)
+    parser.add_argument("--duration", type=int, default=WrkSettings.duration, help="seconds")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers for both apps")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs)")
+    args = parser.parse_args(argv)
+    settings = WrkSettings(args.threads, args.connections, args.duration)
+    workdir = Path(tempfile.mkdtemp(prefix="sg-bench-gateway-"))
+    try:
+        comparisons = bench(settings, args.workers, workdir)
+    except Exception as exc:
+        print(f"gateway benchmark failed: {exc}\n(configs and logs kept in {workdir})",
+              file=sys.stderr)
+        return 1
+    if not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(as_json(comparisons) if args.json else report(comparisons, settings, args.workers))
+    results = [r for c in comparisons for r in (c.subject, c.anchor)]
+    return 0 if all(result.valid for result in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""`stepguard serve`, `stepguard db upgrade`, `stepguard keys generate`, users and audit commands."""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import sys
+from pathlib import Path
+
+import typer
+
+from stepguard.cli.output import console, errors, fail_with_problems
+from stepguard.config.load import Loaded, load_config
+from stepguard.core.errors import ConfigError, StepguardError
+
+CONFIG = typer.Option(Path("stepguard.yaml"), "--config", "-c", help="server configuration file")
+
+
+def load(config: Path) -> Loaded:
+    try:
+        return load_config(config)
+    except ConfigError as exc:
+        fail_with_problems(exc, str(config))
+
+
+def runtime_for(config: Path):  # type: ignore[no-untyped-def]
+    from stepguard.service.runtime import build_runtime
+
+    try:
+        return build_runtime(load(config))
+    except ConfigError as exc:
+        fail_with_problems(exc, str(config))
+
+
+def serve(config: Path = CONFIG, host: str | None = None, port: int | None = None) -> None:
+    """Run the gateway (forward-auth, portal, reverse proxy) under uvicorn."""
+    import uvicorn
+
+    from stepguard.web.app import create_app
+
+    runtime = runtime_for(config)
+    settings = runtime.config.server
+    app = create_app(runtime)
+    uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_level="warning",
+                access_log=False, proxy_headers=False, server_header=False)
+
+
+def db_upgrade(config: Path = CONFIG) -> None:
+    """Apply the database migrations (Alembic) to the configured store."""
+    from stepguard.service.runtime import _store_url
+    from stepguard.storage.migrate import upgrade
+
+    loaded = load(config)
+    upgrade(_store_url(loaded.config.store.url, loaded.path.parent))
+    console.print("store is at the latest schema")
+
+
+def keys_generate() -> None:
+    """Print fresh secrets for the configuration (cookie key, TOTP key, audit signing key)."""
+    from stepguard.audit.commands import generate_signing_key_pem
+
+    console.print(f"cookie_key: {secrets.token_urlsafe(32)}", markup=False)
+    console.print(f"totp key:   {base64.b64encode(os.urandom(32)).decode()}", markup=False)
+    console.print(generate_signing_key_pem().decode(), markup=False)
+
+
+def users_add(username: str, config: Path = CONFIG,
+              password: str = typer.Option(..., prompt=True, hide_input=True),
+              name: str = "", email: str = "", group: list[str] = typer.Option([])) -> None:
+    """Add a user."""
+    from stepguard.service.accounts import Accounts
+
+    runtime = runtime_for(config)
+    try:
+        user = Accounts(runtime).add_user(username, password=password, display_name=name,
+                                          email=email, groups=tuple(group))
+    except StepguardError as exc:
+        errors.print(f"cannot add {username}: {exc}")
+        raise typer.Exit(1) from exc
+    finally:
+        runtime.close()
+    console.print(f"added {user.username} ({user.id})")
+
+
+def users_list(config: Path = CONFIG) -> None:
+    """List users."""
+    runtime = runtime_for(config)
+    for user in runtime.store.users.list(limit=10_000):
+        flag = " [disabled]" if user.disabled else ""
+        console.print(f"{user.username}\t{user.id}\t{','.join(sorted(user.groups))}{flag}",
+                      markup=False)
+    runtime.close()
+
+
+def users_disable(username: str, config: Path = CONFIG) -> None:
+    """Disable a user and end all their sessions."""
+    from stepguard.service.accounts import Accounts
+
+    runtime = runtime_for(config)
+    user = runtime.store.users.by_username(username)
+    if user is None:
+        errors.print(f"no user {username}")
+        raise typer.Exit(1)
+    Accounts(runtime).disable_user(user.id)
+    runtime.close()
+    console.print(f"disabled {username}; their sessions are ended")
+
+
+def users_reset_factors(username: str, config: Path = CONFIG) -> None:
+    """Remove a user's second factors and recovery codes, and end their sessions."""
+    from stepguard.service.accounts import Accounts
+
+    runtime = runtime_for(config)
+    user = runtime.store.users.by_username(username)
+    if user is None:
+        errors.print(f"no user {username}")
+        raise typer.Exit(1)
+    count = Accounts(runtime).reset_factors(user.id)
+    runtime.close()
+    console.print(f"removed {count} factor(s) of {username}")
+
+
+def audit_verify(config: Path = CONFIG, public_key: Path | None = None) -> None:
+    """Verify the hash chain of the audit ledger; name the first bad entry."""
+    from stepguard.audit.commands import verify_store
+    from stepguard.service.runtime import _store_url
+
+    loaded = load(config)
+    url = _store_url(loaded.config.store.url, loaded.path.parent)
+    report = verify_store(url, public_key_pem=public_key.read_bytes() if public_key else None)
+    if report.ok:
+        console.print(f"ledger intact: {report.count} entries")
+        return
+    errors.print(f"ledger BROKEN at entry {report.first_bad_seq}: "
+                 f"{report.problem.value if report.problem else ''} {report.detail}")
+    raise typer.Exit(1)
+
+
+def audit_export(config: Path = CONFIG, since: int = 0,
+                 format: str = typer.Option("jsonl", "--format")) -> None:
+    """Export the audit ledger as JSON Lines to standard output."""
+    from stepguard.audit.commands import export_store
+    from stepguard.service.runtime import _store_url
+
+    if format != "jsonl":
+        errors.print("only --format jsonl is supported")
+        raise typer.Exit(2)
+    loaded = load(config)
+    export_store(_store_url(loaded.config.store.url, loaded.path.parent), sys.stdout,
+                 since_seq=since)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+    db = typer.Typer(help="Database migrations.", no_args_is_help=True)
+    db.command("upgrade")(db_upgrade)
+    app.add_typer(db, name="db")
+    keys = typer.Typer(help="Secrets.", no_args_is_help=True)
+    keys.command("generate")(keys_generate)
+    app.add_typer(keys, name="keys")
+    users = typer.Typer(help="Manage users.", no_args_is_help=True)
+    users.command("add")(users_add)
+    users.command("list")(users_list)
+    users.command("disable")(users_disable)
+    users.command("reset-factors")(users_reset_factors)
+    app.add_typer(users, name="users")
+    audit = typer.Typer(help="The audit ledger.", no_args_is_help=True)
+    audit.command("verify")(audit_verify)
+    audit.command("export")(audit_export)
+    app.add_typer(audit, name="audit")

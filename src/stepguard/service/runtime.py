@@ -1,0 +1,169 @@
+"""Everything a running Stepguard needs, built once from a validated configuration."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from stepguard.audit.ledger import AuditEvent, session_ref
+from stepguard.audit.writer import AuditWriter
+from stepguard.config.load import Loaded
+from stepguard.config.schema import StepguardConfig
+from stepguard.core.errors import ConfigError, Problem
+from stepguard.core.policy import Policy
+from stepguard.core.risk import Location, RiskSettings
+from stepguard.factors.secretbox import Keyring
+from stepguard.factors.webauthn import RelyingParty
+from stepguard.service.geo import ChainLocator, Locator, MaxMindLocator, StaticLocator
+from stepguard.service.throttle import ThrottleSettings
+from stepguard.storage.audit_store import SqlAuditLog
+from stepguard.storage.migrate import upgrade
+from stepguard.storage.sql import SqlStore
+
+
+class Clock(Protocol):
+    def __call__(self) -> float: ...
+
+
+@dataclass
+class Runtime:
+    """The shell around the core: config, policy, store, keys, audit writer and the clock."""
+
+    config: StepguardConfig
+    policy: Policy
+    store: SqlStore
+    audit_log: SqlAuditLog
+    audit: AuditWriter
+    keyring: Keyring
+    rp: RelyingParty
+    risk: RiskSettings
+    locator: Locator
+    cookie_key: bytes
+    ip_key: bytes | None
+    clock: Callable[[], float] = time.time
+    password_slots: threading.BoundedSemaphore = field(
+        default_factory=lambda: threading.BoundedSemaphore(2))
+
+    def now(self) -> float:
+        return self.clock()
+
+    def session_ref(self, session_id: str) -> str:
+        return session_ref(session_id, key=self.cookie_key) if session_id else ""
+
+    def record(self, **fields: object) -> None:
+        """Queue one audit entry (never dropped: the writer blocks when its queue is full)."""
+        session = fields.pop("session_id", "")
+        event = AuditEvent(at=self.now(), session=self.session_ref(str(session)), **fields)  # type: ignore[arg-type]
+        self.audit.submit(event)
+
+    def close(self) -> None:
+        self.audit.close(timeout=10)
+        self.store.close()
+
+
+def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,
+                  migrate: bool | None = None) -> Runtime:
+    """Open the store (migrating SQLite automatically), keys and audit writer."""
+    config = loaded.config
+    url = _store_url(config.store.url, loaded.path.parent)
+    if migrate if migrate is not None else (config.store.auto_migrate and url.startswith("sqlite")):
+        upgrade(url)
+    store = SqlStore.from_url(url, throttle=_throttle(config), connect_timeout=config.store.connect_timeout)
+    audit_log = SqlAuditLog(store.engine)
+    return Runtime(
+        config=config, policy=loaded.policy, store=store, audit_log=audit_log,
+        audit=AuditWriter(audit_log), keyring=_keyring(config), rp=_rp(config),
+        risk=_risk(config), locator=_locator(config, loaded.path.parent),
+        cookie_key=_key(config.secrets.cookie_key, "secrets.cookie_key"),
+        ip_key=_key(config.secrets.ip_pseudonym_key, "secrets.ip_pseudonym_key")
+        if config.audit.pseudonymise_ips else None,
+        clock=clock,
+    )
+
+
+def _store_url(url: str, base: Path) -> str:
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+        path = base / url[len(prefix):]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return prefix + str(path)
+    return url
+
+
+def _throttle(config: StepguardConfig) -> ThrottleSettings:
+    t = config.throttle
+    return ThrottleSettings(base_delay=t.base_delay, max_delay=t.max_delay,
+                            hard_limit=t.hard_lock_after)
+
+
+def _key(value: str, path: str) -> bytes:
+    if not value:
+        raise ConfigError([Problem("", path, "expected a secret key (use file: or ${ENV}); "
+                                             "generate one with `stepguard keys generate`")])
+    return hashlib.sha256(value.encode()).digest()
+
+
+def _keyring(config: StepguardConfig) -> Keyring:
+    keys, current = config.secrets.totp_keys, config.secrets.totp_current
+    if not keys or current not in keys:
+        raise ConfigError([Problem("", "secrets.totp_keys", "expected at least one base64 32-byte "
+                                   "key and secrets.totp_current naming one of them")])
+    return Keyring.from_config(keys, current)
+
+
+def _rp(config: StepguardConfig) -> RelyingParty:
+    w = config.webauthn
+    return RelyingParty(w.rp_id, w.rp_name, tuple(w.origins))
+
+
+def _risk(config: StepguardConfig) -> RiskSettings:
+    r = config.risk
+    return RiskSettings(
+        weights=r.weights, thresholds={"medium": r.medium, "high": r.high, "critical": r.critical},
+        max_speed_kmh=r.max_speed_kmh,
+        trusted_networks=tuple(ipaddress.ip_network(n, strict=False) for n in r.trusted_networks),
+    )
+
+
+def _locator(config: StepguardConfig, base: Path) -> Locator:
+    static = StaticLocator([(e.network, Location(e.country, e.city, e.latitude, e.longitude))
+                            for e in config.risk.locations])
+    if config.risk.geoip_database:
+        return ChainLocator([static, MaxMindLocator(base / config.risk.geoip_database)])
+    return static
+
+
+def new_token() -> str:
+    """An opaque session token: 256 bits from `secrets`."""
+    return secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_id() -> str:
+    return secrets.token_urlsafe(16)
+
+
+def sign(key: bytes, value: str) -> str:
+    """`value.mac` — a value that the client holds but cannot forge (the device cookie)."""
+    mac = hmac.new(key, value.encode(), hashlib.sha256).digest()[:16]
+    return f"{value}.{base64.urlsafe_b64encode(mac).decode().rstrip('=')}"
+
+
+def unsign(key: bytes, signed: str | None) -> str:
+    """The value of a signed string, or "" when missing or forged (constant-time check)."""
+    if not signed or "." not in signed:
+        return ""
+    value = signed.rsplit(".", 1)[0]
+    return value if hmac.compare_digest(sign(key, value), signed) else ""

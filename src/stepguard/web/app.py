@@ -1,0 +1,104 @@
+"""The gateway: one ASGI application with forward-auth, the portal, health and metrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from stepguard.adapters.forward_auth import CaddyStrategy, ForwardAuth, NginxStrategy
+from stepguard.core.errors import StoreUnavailable
+from stepguard.service.accounts import Accounts
+from stepguard.service.guard import Guard
+from stepguard.service.runtime import Runtime
+from stepguard.service.stepup import StepUp
+from stepguard.web.portal import Portal
+from stepguard.web.security import SecurityHeadersMiddleware
+
+STATIC = Path(__file__).parent / "static"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.decisions = Counter("stepguard_decisions_total", "Forward-auth decisions",
+                                 ["outcome"], registry=self.registry)
+        self.latency = Histogram("stepguard_forward_auth_seconds", "Forward-auth latency",
+                                 registry=self.registry,
+                                 buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25, 1.0))
+
+
+def create_app(runtime: Runtime) -> Starlette:
+    guard, stepup, accounts = Guard(runtime), StepUp(runtime), Accounts(runtime)
+    forward = ForwardAuth(runtime, guard, stepup)
+    portal = Portal(runtime, guard, stepup, accounts)
+    metrics = Metrics()
+    caddy, nginx = CaddyStrategy(), NginxStrategy()
+
+    async def forward_auth(request: Request) -> Response:
+        return await _timed(metrics, forward.handle(request, caddy))
+
+    async def auth_request(request: Request) -> Response:
+        return await _timed(metrics, forward.handle(request, nginx))
+
+    async def healthz(_: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    async def readyz(_: Request) -> Response:
+        try:
+            await run_in_threadpool(runtime.store.ping)
+        except StoreUnavailable:
+            return JSONResponse({"ready": False, "store": "unavailable"}, 503)
+        return JSONResponse({"ready": True, "store": "ok", "audit_backlog": runtime.audit.backlog})
+
+    async def metrics_page(_: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def well_known(_: Request) -> Response:
+        levels = runtime.policy.levels
+        return JSONResponse({"acr_values_supported": [levels[k].acr for k in sorted(levels)],
+                             "portal": runtime.config.server.public_url})
+
+    async def root(_: Request) -> Response:
+        from starlette.responses import RedirectResponse
+
+        return RedirectResponse("/account", 303)
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        yield
+        runtime.close()
+
+    routes = [
+        Route("/api/authz/forward-auth", forward_auth, methods=["GET", "HEAD", "POST", "PUT",
+                                                                 "PATCH", "DELETE", "OPTIONS"]),
+        Route("/api/authz/auth-request", auth_request, methods=["GET", "HEAD"]),
+        Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics_page),
+        Route("/.well-known/stepguard-configuration", well_known),
+        Route("/", root),
+        *portal.routes(),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.runtime, app.state.guard, app.state.stepup = runtime, guard, stepup
+    app.state.accounts, app.state.portal = accounts, portal
+    https = runtime.config.server.public_url.startswith("https://")
+    app.add_middleware(SecurityHeadersMiddleware, https=https)
+    return app
+
+
+async def _timed(metrics: Metrics, pending: object) -> Response:
+    start = time.perf_counter()
+    response: Response = await pending  # type: ignore[misc]
+    metrics.latency.observe(time.perf_counter() - start)
+    metrics.decisions.labels(str(response.status_code)).inc()
+    return response

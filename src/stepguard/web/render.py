@@ -1,0 +1,126 @@
+"""Jinja2 rendering for the portal pages: autoescaped, strict about missing context.
+
+Every page receives `title`, `csrf_token` (required: pass "" only where no form is possible),
+`user` (None or {name, email}), `flash`, `error` and `static_prefix`; the page-specific context is
+listed in each template's header comment. A missing variable raises (`StrictUndefined`) instead
+of rendering an empty string. Only `qr_svg` in `enrol_totp.html` is marked safe: it must be
+segno output (`qr.svg_inline(...)`), never text from a request.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, Undefined
+
+TEMPLATES_DIR = Path(__file__).parent / "templates"
+STATIC_DIR = Path(__file__).parent / "static"
+
+LEVEL_WORDS = {
+    "aal1": "your password",
+    "aal2": "a second proof, such as a passkey or a code from your authenticator app",
+    "aal3": "a passkey or security key that checks your PIN or fingerprint",
+}
+METHOD_NAMES = {
+    "password": "Password",
+    "totp": "Authenticator app",
+    "webauthn": "Passkey or security key",
+    "recovery": "Recovery code",
+    "push": "Approval on another device",
+}
+_PAGE_DEFAULTS: dict[str, Any] = {"user": None, "flash": None, "error": None}
+
+
+class Renderer:
+    """Renders the portal's templates; one instance per application."""
+
+    def __init__(
+        self,
+        templates_dir: str | Path = TEMPLATES_DIR,
+        *,
+        title: str = "Stepguard",
+        static_prefix: str = "/static",
+    ) -> None:
+        self.title = title
+        self.static_prefix = static_prefix
+        self.environment = Environment(
+            loader=FileSystemLoader(str(templates_dir)),
+            autoescape=True,
+            undefined=StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.environment.filters.update(
+            duration=duration_text,
+            group4=group_by_four,
+            level_words=level_words,
+            method_name=method_name,
+            as_text=as_text,
+        )
+        self.environment.globals["require"] = require
+
+    def render(self, name: str, **context: Any) -> str:
+        """Render template `name`; `context` overrides the page defaults."""
+        page = {
+            "title": self.title,
+            "static_prefix": self.static_prefix,
+            **_PAGE_DEFAULTS,
+            **context,
+        }
+        return self.environment.get_template(name).render(page)
+
+
+def require(*values: object) -> str:
+    """Fail now for any missing value, even one the page would only use in some branch.
+
+    Templates call `{{ require(url_a, url_b) }}` for context that is needed only sometimes (a URL
+    used when the list it serves is not empty), so a wiring mistake shows on every render.
+    """
+    for value in values:
+        if isinstance(value, Undefined):
+            str(value)  # StrictUndefined raises UndefinedError naming the variable
+    return ""
+
+
+def duration_text(seconds: float) -> str:
+    """Plain words for a remaining time: "45 seconds", "5 minutes", "1 hour 30 minutes"."""
+    total = max(0, math.ceil(seconds))
+    if total < 60:
+        return _plural(total, "second")
+    minutes = math.ceil(total / 60)
+    if minutes < 60:
+        return _plural(minutes, "minute")
+    hours, rest = divmod(minutes, 60)
+    return _plural(hours, "hour") + (f" {_plural(rest, 'minute')}" if rest else "")
+
+
+def group_by_four(secret: str) -> str:
+    """A TOTP secret in groups of four for manual entry: "JBSW Y3DP EHPK 3PXP"."""
+    compact = "".join(secret.split())
+    return " ".join(compact[i : i + 4] for i in range(0, len(compact), 4))
+
+
+def level_words(label: str) -> str:
+    """What an assurance level asks of the user, in plain words."""
+    return LEVEL_WORDS.get(label, label)
+
+
+def method_name(method: str) -> str:
+    """A factor or step-up method's display name."""
+    return METHOD_NAMES.get(method, method)
+
+
+def as_text(value: str | Iterable[Any] | None, separator: str = "; ") -> str:
+    """A string as is, a list joined (groups, reasons), None as ""."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return separator.join(str(item) for item in value)
+
+
+def _plural(count: int, unit: str) -> str:
+    return f"{count} {unit}" if count == 1 else f"{count} {unit}s"

@@ -1,0 +1,337 @@
+/*
+ * Stepguard portal: WebAuthn ceremonies and push-approval polling. No framework, no build step.
+ * Loaded with <script src defer>; reads everything from data-* attributes and the
+ * <meta name="csrf-token"> tag, so the page needs no inline script (strict CSP).
+ *
+ * WebAuthn buttons: data-webauthn="authenticate" | "register", data-begin-url, data-finish-url,
+ *   and for registration data-label-input (id of the label field).
+ *   1. POST begin URL (JSON body; {"label"} when registering) -> py_webauthn options_to_json output
+ *      (or {"publicKey": ...}); base64url fields are decoded into ArrayBuffers.
+ *   2. navigator.credentials.create/get with a 60 s AbortController.
+ *   3. POST the credential as py_webauthn's parse_*_credential_json expects (base64url fields;
+ *      registration also carries a top-level "label") -> {"redirect": url} or {"error": text}.
+ * Push polling: an element with data-push-status-url and data-push-expires-in (seconds); GET every
+ *   2 s until the JSON answer has a redirect or a final status (approved/denied/expired).
+ * Errors go to the role="alert" region (#sg-alert), progress to #sg-status.
+ */
+(function () {
+  "use strict";
+
+  var CEREMONY_TIMEOUT_MS = 60000;
+  var POLL_INTERVAL_MS = 2000;
+
+  // --- base64url <-> ArrayBuffer ---------------------------------------------------------------
+
+  function base64urlToBuffer(text) {
+    var base64 = text.replace(/-/g, "+").replace(/_/g, "/");
+    while (base64.length % 4) {
+      base64 += "=";
+    }
+    var binary = window.atob(base64);
+    var bytes = new Uint8Array(binary.length);
+    for (var i = 0; i < binary.length; i++) {
+      bytes[i] = binary.charCodeAt(i);
+    }
+    return bytes.buffer;
+  }
+
+  function bufferToBase64url(buffer) {
+    var bytes = new Uint8Array(buffer);
+    var binary = "";
+    for (var i = 0; i < bytes.length; i++) {
+      binary += String.fromCharCode(bytes[i]);
+    }
+    return window.btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  }
+
+  // --- page helpers ----------------------------------------------------------------------------
+
+  function csrfToken() {
+    var meta = document.querySelector('meta[name="csrf-token"]');
+    return meta ? meta.getAttribute("content") || "" : "";
+  }
+
+  function showError(message) {
+    var region = document.getElementById("sg-alert");
+    if (region) {
+      region.textContent = message;
+      region.focus();
+    }
+    showStatus("");
+  }
+
+  function clearError() {
+    var region = document.getElementById("sg-alert");
+    if (region) {
+      region.textContent = "";
+    }
+  }
+
+  function showStatus(message) {
+    var region = document.getElementById("sg-status");
+    if (region && region.textContent !== message) {
+      region.textContent = message;
+    }
+  }
+
+  function followRedirect(url) {
+    var target = new URL(url, window.location.href);
+    if (target.protocol !== "https:" && target.protocol !== "http:") {
+      throw new Error("The server sent an address this page will not open.");
+    }
+    window.location.assign(target.href);
+  }
+
+  function readJson(response) {
+    return response.text().then(function (text) {
+      var data = {};
+      if (text) {
+        try {
+          data = JSON.parse(text);
+        } catch (ignored) {
+          data = {};
+        }
+      }
+      if (!response.ok) {
+        throw new Error(data.error || data.message ||
+          "The server refused the request (HTTP " + response.status + ").");
+      }
+      return data;
+    });
+  }
+
+  function postJson(url, body) {
+    return window.fetch(url, {
+      method: "POST",
+      credentials: "same-origin",
+      cache: "no-store",
+      headers: {
+        "Accept": "application/json",
+        "Content-Type": "application/json",
+        "X-CSRF-Token": csrfToken()
+      },
+      body: JSON.stringify(body)
+    }).then(readJson);
+  }
+
+  // --- WebAuthn: options in --------------------------------------------------------------------
+
+  function withIds(descriptors) {
+    return (descriptors || []).map(function (descriptor) {
+      return Object.assign({}, descriptor, { id: base64urlToBuffer(descriptor.id) });
+    });
+  }
+
+  function creationOptions(json) {
+    var options = Object.assign({}, json);
+    options.challenge = base64urlToBuffer(json.challenge);
+    options.user = json.user;
+    options.excludeCredentials = withIds(json.excludeCredentials);
+    return options;
+  }
+
+  function requestOptions(json) {
+    var options = Object.assign({}, json);
+    options.challenge = base64urlToBuffer(json.challenge);
+    options.allowCredentials = withIds(json.allowCredentials);
+    return options;
+  }
+
+  // --- WebAuthn: credential out (py_webauthn parse_*_credential_json) --------------------------
+
+  function commonFields(credential) {
+    return {
+      id: credential.id,
+      rawId: bufferToBase64url(credential.rawId),
+      type: credential.type,
+      authenticatorAttachment: credential.authenticatorAttachment || null,
+      clientExtensionResults: typeof credential.getClientExtensionResults === "function"
+        ? credential.getClientExtensionResults() : {}
+    };
+  }
+
+  function registrationJson(credential) {
+    var response = credential.response;
+    var payload = commonFields(credential);
+    payload.response = {
+      clientDataJSON: bufferToBase64url(response.clientDataJSON),
+      attestationObject: bufferToBase64url(response.attestationObject),
+      transports: typeof response.getTransports === "function" ? response.getTransports() : []
+    };
+    return payload;
+  }
+
+  function authenticationJson(credential) {
+    var response = credential.response;
+    var payload = commonFields(credential);
+    payload.response = {
+      clientDataJSON: bufferToBase64url(response.clientDataJSON),
+      authenticatorData: bufferToBase64url(response.authenticatorData),
+      signature: bufferToBase64url(response.signature),
+      userHandle: response.userHandle ? bufferToBase64url(response.userHandle) : null
+    };
+    return payload;
+  }
+
+  // --- WebAuthn: ceremony ----------------------------------------------------------------------
+
+  function ceremonyMessage(error, aborted) {
+    if (aborted) {
+      return "No passkey answered within 60 seconds. Try again.";
+    }
+    switch (error && error.name) {
+      case "NotAllowedError":
+        return "The passkey request was cancelled or timed out. Try again, or choose another way.";
+      case "InvalidStateError":
+        return "This passkey is already registered for your account.";
+      case "SecurityError":
+        return "Passkeys cannot be used on this address.";
+      case "NotSupportedError":
+        return "This browser or authenticator does not support the requested passkey.";
+      default:
+        return (error && error.message) || "Something went wrong. Try again.";
+    }
+  }
+
+  function labelFor(button) {
+    var input = document.getElementById(button.getAttribute("data-label-input") || "");
+    return input ? input.value.trim() : "";
+  }
+
+  function runCeremony(button) {
+    var register = button.getAttribute("data-webauthn") === "register";
+    var label = register ? labelFor(button) : "";
+    var controller = new AbortController();
+    var timer = window.setTimeout(function () { controller.abort(); }, CEREMONY_TIMEOUT_MS);
+    button.disabled = true;
+    clearError();
+    showStatus("Preparing…");
+    return postJson(button.getAttribute("data-begin-url"), register ? { label: label } : {})
+      .then(function (data) {
+        var json = data.publicKey || data;
+        showStatus("Follow your browser's prompt to use your passkey.");
+        return register
+          ? navigator.credentials.create({ publicKey: creationOptions(json), signal: controller.signal })
+          : navigator.credentials.get({ publicKey: requestOptions(json), signal: controller.signal });
+      })
+      .then(function (credential) {
+        if (!credential) {
+          throw new Error("No passkey was chosen.");
+        }
+        var payload = register ? registrationJson(credential) : authenticationJson(credential);
+        if (register) {
+          payload.label = label;
+        }
+        showStatus("Checking…");
+        return postJson(button.getAttribute("data-finish-url"), payload);
+      })
+      .then(function (result) {
+        if (result.redirect) {
+          showStatus("Done. Continuing…");
+          followRedirect(result.redirect);
+        } else {
+          showStatus("Done.");
+        }
+      })
+      .catch(function (error) {
+        showError(ceremonyMessage(error, controller.signal.aborted));
+      })
+      .finally(function () {
+        window.clearTimeout(timer);
+        button.disabled = false;
+      });
+  }
+
+  function setUpWebauthn() {
+    var buttons = document.querySelectorAll("[data-webauthn]");
+    var supported = typeof window.PublicKeyCredential === "function" && !!navigator.credentials;
+    buttons.forEach(function (button) {
+      if (supported) {
+        button.hidden = false;
+        button.addEventListener("click", function () { runCeremony(button); });
+      }
+    });
+    if (!supported) {
+      document.querySelectorAll("[data-webauthn-unsupported]").forEach(function (note) {
+        note.hidden = false;
+      });
+    }
+  }
+
+  // --- push approval polling -------------------------------------------------------------------
+
+  var PUSH_TEXT = {
+    pending: "Waiting for your answer on your other device…",
+    approved: "Approved. Continuing…",
+    denied: "The request was denied on your other device. Choose another way, or send a new push.",
+    expired: "The push request expired. Send a new one, or choose another way."
+  };
+
+  function pollPush(element) {
+    var url = element.getAttribute("data-push-status-url");
+    var seconds = Number(element.getAttribute("data-push-expires-in") || "120");
+    if (!isFinite(seconds)) {
+      seconds = 120;
+    }
+    var deadline = Date.now() + seconds * 1000;
+
+    function setText(text) {
+      if (element.textContent !== text) {
+        element.textContent = text;
+      }
+    }
+
+    function schedule() {
+      if (Date.now() >= deadline) {
+        setText(PUSH_TEXT.expired);
+        return;
+      }
+      window.setTimeout(tick, POLL_INTERVAL_MS);
+    }
+
+    function tick() {
+      window.fetch(url, {
+        credentials: "same-origin",
+        cache: "no-store",
+        headers: { "Accept": "application/json" }
+      })
+        .then(readJson)
+        .then(function (data) {
+          if (data.redirect) {
+            setText(PUSH_TEXT.approved);
+            followRedirect(data.redirect);
+            return;
+          }
+          var status = data.status || "pending";
+          setText(data.message || PUSH_TEXT[status] || PUSH_TEXT.pending);
+          if (status === "pending") {
+            schedule();
+          }
+        })
+        .catch(function (error) {
+          if (error instanceof TypeError) {
+            schedule();  // network hiccup: try again until the push expires
+          } else {
+            showError(error.message || "Could not check the push request.");
+          }
+        });
+    }
+
+    schedule();
+  }
+
+  function setUpPush() {
+    document.querySelectorAll("[data-push-status-url]").forEach(pollPush);
+  }
+
+  function start() {
+    setUpWebauthn();
+    setUpPush();
+  }
+
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", start);
+  } else {
+    start();
+  }
+})();
