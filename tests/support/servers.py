@@ -15,6 +15,7 @@ install.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import http.client
 import os
 import re
@@ -274,10 +275,8 @@ def _wait_exit(process: subprocess.Popen[bytes], timeout: float) -> bool:
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)  # our own session: pgid == the PID we started
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 @atexit.register

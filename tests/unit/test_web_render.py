@@ -115,16 +115,38 @@ PAGES: dict[str, dict[str, Any]] = {
         "user": USER,
         "flash": EVIL,
         "factors": [
-            {"id": "f1", "kind": "webauthn", "label": EVIL, "created_text": "1 May",
-             "last_used_text": "today"},
-            {"id": "f2", "kind": "totp", "label": "Phone", "created_text": "2 May",
-             "last_used_text": None},
+            {
+                "id": "f1",
+                "kind": "webauthn",
+                "label": EVIL,
+                "created_text": "1 May",
+                "last_used_text": "today",
+            },
+            {
+                "id": "f2",
+                "kind": "totp",
+                "label": "Phone",
+                "created_text": "2 May",
+                "last_used_text": None,
+            },
         ],
         "sessions": [
-            {"id": "s1", "current": True, "ip": "203.0.113.7", "user_agent": "Firefox",
-             "created_text": "today", "last_seen_text": "now"},
-            {"id": "s2", "current": False, "ip": "198.51.100.2", "user_agent": EVIL,
-             "created_text": "yesterday", "last_seen_text": "1 hour ago"},
+            {
+                "id": "s1",
+                "current": True,
+                "ip": "203.0.113.7",
+                "user_agent": "Firefox",
+                "created_text": "today",
+                "last_seen_text": "now",
+            },
+            {
+                "id": "s2",
+                "current": False,
+                "ip": "198.51.100.2",
+                "user_agent": EVIL,
+                "created_text": "yesterday",
+                "last_seen_text": "1 hour ago",
+            },
         ],
         "devices": [{"id": "d-3f2a", "last_seen_text": "now"}],
         "events": [{"at_text": "14:02", "kind": "step_up", "outcome": "passed", "detail": EVIL}],
@@ -158,16 +180,36 @@ PAGES: dict[str, dict[str, Any]] = {
     "admin.html": {
         "user": USER,
         "users": [
-            {"id": "u1", "username": "alice", "display_name": EVIL, "groups": ["admins", "ops"],
-             "disabled": False, "factor_count": 2},
-            {"id": "u2", "username": "bob", "display_name": "Bob", "groups": [],
-             "disabled": True, "factor_count": 0},
+            {
+                "id": "u1",
+                "username": "alice",
+                "display_name": EVIL,
+                "groups": ["admins", "ops"],
+                "disabled": False,
+                "factor_count": 2,
+            },
+            {
+                "id": "u2",
+                "username": "bob",
+                "display_name": "Bob",
+                "groups": [],
+                "disabled": True,
+                "factor_count": 0,
+            },
         ],
         "sessions": [{"id": "s9", "user": "alice", "ip": "203.0.113.7", "last_seen_text": "now"}],
         "entries": [
-            {"seq": 7, "at_text": "14:02", "kind": "decision", "subject": "alice",
-             "rule": "large-transfer", "decision": "step_up", "outcome": "challenged",
-             "factor": None, "reasons": [EVIL, "new device"]},
+            {
+                "seq": 7,
+                "at_text": "14:02",
+                "kind": "decision",
+                "subject": "alice",
+                "rule": "large-transfer",
+                "decision": "step_up",
+                "outcome": "challenged",
+                "factor": None,
+                "reasons": [EVIL, "new device"],
+            },
         ],
         "filters": {"user": EVIL, "rule": "", "outcome": ""},
         "revoke_url": "/admin/sessions/revoke",
@@ -251,7 +293,9 @@ def test_post_forms_carry_the_csrf_token(renderer: Renderer, name: str) -> None:
     for form in page.forms:
         tokens = [f for f in form["fields"] if f.get("name") == "csrf_token"]
         if form["method"] == "post":
-            assert tokens == [{"tag": "input", "type": "hidden", "name": "csrf_token", "value": TOKEN}]
+            assert tokens == [
+                {"tag": "input", "type": "hidden", "name": "csrf_token", "value": TOKEN}
+            ]
             assert form["action"], f"a POST form without action in {name}"
         else:
             assert tokens == [], "a GET form must not leak the token into the URL"
@@ -272,7 +316,9 @@ def test_pages_fit_a_strict_content_security_policy(renderer: Renderer, name: st
     for script in page.scripts:
         assert script["text"].strip() == ""
         assert script["attrs"] == {"src": "/static/stepguard.js", "defer": None}
-    assert page.with_attr("rel", "stylesheet") == [{"rel": "stylesheet", "href": "/static/stepguard.css"}]
+    assert page.with_attr("rel", "stylesheet") == [
+        {"rel": "stylesheet", "href": "/static/stepguard.css"}
+    ]
 
 
 @pytest.mark.parametrize("name", sorted(PAGES))
@@ -299,8 +345,11 @@ def test_hostile_text_is_escaped(renderer: Renderer, name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(PAGES))
 def test_missing_context_raises(renderer: Renderer, name: str) -> None:
-    required = [k for k in PAGES[name] if k not in {"error", "user", "flash", "push", "link",
-                                                    "challenge_id", "reasons"}]
+    required = [
+        k
+        for k in PAGES[name]
+        if k not in {"error", "user", "flash", "push", "link", "challenge_id", "reasons"}
+    ]
     for key in required:
         context = {k: v for k, v in PAGES[name].items() if k != key}
         with pytest.raises(UndefinedError):
@@ -314,7 +363,10 @@ def test_csrf_token_is_required(renderer: Renderer) -> None:
 
 def test_error_goes_to_the_alert_region_and_flash_to_a_status(renderer: Renderer) -> None:
     html = render(renderer, "account.html", error="Wrong code, try again.")
-    assert '<div class="alert" id="sg-alert" role="alert" tabindex="-1">Wrong code, try again.</div>' in html
+    assert (
+        '<div class="alert" id="sg-alert" role="alert" tabindex="-1">Wrong code, try again.</div>'
+        in html
+    )
     assert f'<p class="flash" role="status">{ESCAPED}</p>' in html
 
 
@@ -457,11 +509,19 @@ def test_account_forms(renderer: Renderer) -> None:
     by_action: dict[str, list[dict[str, Any]]] = {}
     for form in page.forms:
         by_action.setdefault(form["action"], []).append(form)
-    revoked = [f.get("value") for form in by_action["/account/sessions/revoke"] for f in form["fields"]
-               if f.get("name") == "session_id"]
+    revoked = [
+        f.get("value")
+        for form in by_action["/account/sessions/revoke"]
+        for f in form["fields"]
+        if f.get("name") == "session_id"
+    ]
     assert revoked == ["s2"]  # never the current session
-    removed = [f.get("value") for form in by_action["/account/factors/remove"] for f in form["fields"]
-               if f.get("name") == "factor_id"]
+    removed = [
+        f.get("value")
+        for form in by_action["/account/factors/remove"]
+        for f in form["fields"]
+        if f.get("name") == "factor_id"
+    ]
     assert removed == ["f1", "f2"]
     assert len(by_action["/account/recovery"]) == 1 and len(by_action["/logout"]) == 1
     assert page.with_attr("href", "/account/totp") and page.with_attr("href", "/account/passkey")
@@ -473,7 +533,9 @@ def test_enrol_totp_trusts_only_the_qr_svg(renderer: Renderer) -> None:
     assert QR in html
     assert len(Page(html).all("svg")) == 1
     assert "JBSW Y3DP EHPK 3PXP" in html
-    assert 'href="otpauth://totp/Stepguard:alice?secret=JBSWY3DPEHPK3PXP&amp;issuer=Stepguard"' in html
+    assert (
+        'href="otpauth://totp/Stepguard:alice?secret=JBSWY3DPEHPK3PXP&amp;issuer=Stepguard"' in html
+    )
 
 
 def test_enrol_passkey_button(renderer: Renderer) -> None:
@@ -495,10 +557,19 @@ def test_admin_page(renderer: Renderer) -> None:
     page = Page(html)
     (filters,) = [f for f in page.forms if f["method"] == "get"]
     assert filters["action"] is None  # submits to the page itself
-    assert [f.get("name") for f in filters["fields"] if f["tag"] == "input"] == ["user", "rule", "outcome"]
+    assert [f.get("name") for f in filters["fields"] if f["tag"] == "input"] == [
+        "user",
+        "rule",
+        "outcome",
+    ]
     assert page.with_attr("id", "filter-user")[0]["value"] == EVIL  # attribute round-trips escaped
-    disabled = [f.get("value") for form in page.forms if form["action"] == "/admin/users/disable"
-                for f in form["fields"] if f.get("name") == "user_id"]
+    disabled = [
+        f.get("value")
+        for form in page.forms
+        if form["action"] == "/admin/users/disable"
+        for f in form["fields"]
+        if f.get("name") == "user_id"
+    ]
     assert disabled == ["u1"]
     assert "<td>admins, ops</td>" in html and f"{ESCAPED}; new device" in html
     assert "None" not in html
@@ -515,9 +586,19 @@ def test_message_page_link_is_optional(renderer: Renderer) -> None:
 
 @pytest.mark.parametrize(
     ("seconds", "text"),
-    [(0, "0 seconds"), (1, "1 second"), (45, "45 seconds"), (59.2, "1 minute"), (60, "1 minute"),
-     (61, "2 minutes"), (300, "5 minutes"), (3600, "1 hour"), (5400, "1 hour 30 minutes"),
-     (7260, "2 hours 1 minute"), (-5, "0 seconds")],
+    [
+        (0, "0 seconds"),
+        (1, "1 second"),
+        (45, "45 seconds"),
+        (59.2, "1 minute"),
+        (60, "1 minute"),
+        (61, "2 minutes"),
+        (300, "5 minutes"),
+        (3600, "1 hour"),
+        (5400, "1 hour 30 minutes"),
+        (7260, "2 hours 1 minute"),
+        (-5, "0 seconds"),
+    ],
 )
 def test_duration_text(seconds: float, text: str) -> None:
     assert duration_text(seconds) == text
@@ -550,7 +631,9 @@ function ab(text) {
 }
 function hex(buffer) { return Buffer.from(new Uint8Array(buffer)).toString("hex"); }
 function attrs(map) {
-  return function (name) { return Object.prototype.hasOwnProperty.call(map, name) ? map[name] : null; };
+  return function (name) {
+    return Object.prototype.hasOwnProperty.call(map, name) ? map[name] : null;
+  };
 }
 
 const regions = {
@@ -567,7 +650,10 @@ const unsupported = { hidden: true };
 const pushElement = { textContent: "Waiting", getAttribute: attrs(input.push || {}) };
 
 globalThis.window = globalThis;
-window.location = { href: "https://portal.example.com/step-up/c1", assign(url) { out.assigned = url; } };
+window.location = {
+  href: "https://portal.example.com/step-up/c1",
+  assign(url) { out.assigned = url; },
+};
 if (input.supported !== false) { window.PublicKeyCredential = function PublicKeyCredential() {}; }
 globalThis.setTimeout = function (fn, delay) {
   out.delays.push(delay);
@@ -576,7 +662,8 @@ globalThis.setTimeout = function (fn, delay) {
 globalThis.document = {
   readyState: "complete",
   querySelector(selector) {
-    return selector === 'meta[name="csrf-token"]' ? { getAttribute() { return input.csrf; } } : null;
+    const meta = { getAttribute() { return input.csrf; } };
+    return selector === 'meta[name="csrf-token"]' ? meta : null;
   },
   querySelectorAll(selector) {
     if (selector === "[data-webauthn]") { return input.button ? [button] : []; }
@@ -612,7 +699,8 @@ function answer(options, register) {
   out.hasSignal = options.signal instanceof AbortSignal;
   if (input.hang) {
     return new Promise((resolve, reject) => {
-      options.signal.addEventListener("abort", () => reject(new DOMException("aborted", "AbortError")));
+      const abort = () => reject(new DOMException("aborted", "AbortError"));
+      options.signal.addEventListener("abort", abort);
     });
   }
   return Promise.resolve(credentialObject(input.credential, register));
@@ -660,9 +748,15 @@ def run_js(tmp_path: Path, **spec: Any) -> dict[str, Any]:
     harness = tmp_path / "harness.js"
     harness.write_text(HARNESS)
     spec_file = tmp_path / "spec.json"
-    spec_file.write_text(json.dumps({"script": str(STATIC_DIR / "stepguard.js"), "csrf": TOKEN, **spec}))
+    spec_file.write_text(
+        json.dumps({"script": str(STATIC_DIR / "stepguard.js"), "csrf": TOKEN, **spec})
+    )
     done = subprocess.run(  # noqa: S603
-        [str(NODE), str(harness), str(spec_file)], capture_output=True, text=True, timeout=30, check=False
+        [str(NODE), str(harness), str(spec_file)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     result: dict[str, Any] = json.loads(done.stdout)
@@ -711,8 +805,10 @@ def test_js_registration_round_trip_verifies_with_py_webauthn(tmp_path: Path) ->
         button=REGISTER_BUTTON,
         label="  Work laptop ",
         credential=credential,
-        replies=[{"status": 200, "body": json.loads(options_json)},
-                 {"status": 200, "body": {"redirect": "/account"}}],
+        replies=[
+            {"status": 200, "body": json.loads(options_json)},
+            {"status": 200, "body": {"redirect": "/account"}},
+        ],
     )
     assert out["alert"] == "" and out["buttonHidden"] is False and out["hasSignal"] is True
     assert out["seen"]["challenge"] == options.challenge.hex() and out["seen"]["challengeIsBuffer"]
@@ -758,8 +854,10 @@ def test_js_authentication_round_trip_verifies_with_py_webauthn(tmp_path: Path) 
         tmp_path,
         button=AUTH_BUTTON,
         credential=json.loads(soft.get(options_json)),
-        replies=[{"status": 200, "body": {"publicKey": json.loads(options_json)}},
-                 {"status": 200, "body": {"redirect": "https://app.example.com/transfer"}}],
+        replies=[
+            {"status": 200, "body": {"publicKey": json.loads(options_json)}},
+            {"status": 200, "body": {"redirect": "https://app.example.com/transfer"}},
+        ],
     )
     assert out["alert"] == ""
     assert out["seen"]["allowCredentials"] == [registered.credential_id.hex()]
@@ -789,8 +887,10 @@ def test_js_shows_the_servers_refusal(tmp_path: Path) -> None:
         tmp_path,
         button=REGISTER_BUTTON,
         credential=json.loads(soft.create(options_json)),
-        replies=[{"status": 200, "body": json.loads(options_json)},
-                 {"status": 400, "body": {"error": "the passkey response is malformed"}}],
+        replies=[
+            {"status": 200, "body": json.loads(options_json)},
+            {"status": 400, "body": {"error": "the passkey response is malformed"}},
+        ],
     )
     assert out["alert"] == "the passkey response is malformed"
     assert out["assigned"] is None and out["status"] == ""
@@ -804,8 +904,10 @@ def test_js_refuses_to_follow_a_script_redirect(tmp_path: Path) -> None:
         tmp_path,
         button=REGISTER_BUTTON,
         credential=json.loads(soft.create(options_json)),
-        replies=[{"status": 200, "body": json.loads(options_json)},
-                 {"status": 200, "body": {"redirect": "javascript:alert(1)"}}],
+        replies=[
+            {"status": 200, "body": json.loads(options_json)},
+            {"status": 200, "body": {"redirect": "javascript:alert(1)"}},
+        ],
     )
     assert out["assigned"] is None
     assert "will not open" in out["alert"]
@@ -843,9 +945,11 @@ def test_js_polls_push_until_approved_then_follows_redirect(tmp_path: Path) -> N
         tmp_path,
         push=PUSH,
         fastTimers=True,
-        replies=[{"status": 200, "body": {"status": "pending"}},
-                 {"status": 200, "body": {"status": "pending"}},
-                 {"status": 200, "body": {"status": "approved", "redirect": "/step-up/c1/confirm"}}],
+        replies=[
+            {"status": 200, "body": {"status": "pending"}},
+            {"status": 200, "body": {"status": "pending"}},
+            {"status": 200, "body": {"status": "approved", "redirect": "/step-up/c1/confirm"}},
+        ],
     )
     assert [f["url"] for f in out["fetches"]] == ["/step-up/c1/push/status"] * 3
     assert {f["method"] for f in out["fetches"]} == {"GET"}

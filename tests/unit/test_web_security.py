@@ -35,7 +35,12 @@ OTHER_KEY = b"q" * 32
 BINDING = "session-7f3a"
 PORTAL = "https://portal.example.com"
 ALLOWED_ORIGINS = [PORTAL, "http://localhost:9091"]
-DOMAINS = ["app.example.com", "*.corp.example.org", "pinned.example.net:8443", "xn--bcher-kva.example"]
+DOMAINS = [
+    "app.example.com",
+    "*.corp.example.org",
+    "pinned.example.net:8443",
+    "xn--bcher-kva.example",
+]
 DEFAULT = "/account"
 
 
@@ -185,7 +190,9 @@ def _check(**overrides: object) -> None:
         (PORTAL, "https://evil.com/"),  # Origin decides when present
     ],
 )
-def test_csrf_accepts_valid_token_from_allowed_origin(origin: str | None, referer: str | None) -> None:
+def test_csrf_accepts_valid_token_from_allowed_origin(
+    origin: str | None, referer: str | None
+) -> None:
     _check(origin=origin, referer=referer)
 
 
@@ -361,9 +368,21 @@ def test_parse_domain_entry(entry: str, parsed: DomainEntry) -> None:
 
 @pytest.mark.parametrize(
     "entry",
-    ["", "*", "*.com", "https://app.example.com", "app.example.com/path", "app.example.com:0",
-     "app.example.com:70000", "-app.example.com", "app..example.com", "app.example.com.",
-     "bücher.example", "user@app.example.com", "*app.example.com"],
+    [
+        "",
+        "*",
+        "*.com",
+        "https://app.example.com",
+        "app.example.com/path",
+        "app.example.com:0",
+        "app.example.com:70000",
+        "-app.example.com",
+        "app..example.com",
+        "app.example.com.",
+        "bücher.example",
+        "user@app.example.com",
+        "*app.example.com",
+    ],
 )
 def test_parse_domain_entry_refuses(entry: str) -> None:
     with pytest.raises(ValueError):
@@ -520,7 +539,10 @@ def test_invalid_domain_entries_match_nothing() -> None:
 
 
 def test_no_protected_domains_allows_only_paths() -> None:
-    assert safe_return_url("https://app.example.com/", protected_domains=[], default=DEFAULT) == DEFAULT
+    assert (
+        safe_return_url("https://app.example.com/", protected_domains=[], default=DEFAULT)
+        == DEFAULT
+    )
     assert safe_return_url("/x", protected_domains=[], default=DEFAULT) == "/x"
 
 
@@ -543,8 +565,26 @@ def _lands_safely(result: str) -> bool:
 
 URL_ALPHABET = st.sampled_from(
     list(string.ascii_letters + string.digits + "/\\:@.%?#&=-_~ \t\n\r\x00")
-    + ["%2f", "%2F", "%5c", "%5C", "%40", "%09", "%0a", "//", "/\\", "javascript:", "data:",
-       "https://", "http://", "app.example.com", "evil.com", "corp.example.org", "\u0430", "\u3002"]
+    + [
+        "%2f",
+        "%2F",
+        "%5c",
+        "%5C",
+        "%40",
+        "%09",
+        "%0a",
+        "//",
+        "/\\",
+        "javascript:",
+        "data:",
+        "https://",
+        "http://",
+        "app.example.com",
+        "evil.com",
+        "corp.example.org",
+        "\u0430",
+        "\u3002",
+    ]
 )
 
 
@@ -568,7 +608,9 @@ LABEL = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(LABEL, min_size=1, max_size=3), st.sampled_from(["http", "https"]))
-def test_safe_return_url_accepts_any_subdomain_of_a_wildcard(labels: list[str], scheme: str) -> None:
+def test_safe_return_url_accepts_any_subdomain_of_a_wildcard(
+    labels: list[str], scheme: str
+) -> None:
     url = f"{scheme}://{'.'.join(labels)}.corp.example.org/x"
     assert safe_return_url(url, protected_domains=DOMAINS, default=DEFAULT) == url
 
@@ -579,8 +621,14 @@ def test_safe_return_url_refuses_other_hosts(labels: list[str]) -> None:
     host = ".".join(labels)
     if _allowed_host(host):
         return
-    for url in (f"https://{host}/", f"https://{host}/app.example.com", f"//{host}", f"/\\{host}",
-                f"https://app.example.com@{host}/", f"https://{host}#@app.example.com"):
+    for url in (
+        f"https://{host}/",
+        f"https://{host}/app.example.com",
+        f"//{host}",
+        f"/\\{host}",
+        f"https://app.example.com@{host}/",
+        f"https://{host}#@app.example.com",
+    ):
         assert safe_return_url(url, protected_domains=DOMAINS, default=DEFAULT) == DEFAULT
 
 

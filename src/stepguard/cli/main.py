@@ -29,5 +29,14 @@ def config_validate(file: Path = typer.Argument(Path("stepguard.yaml"))) -> None
     console.print(f"{file}: valid (policy {loaded.policy_path}: {len(loaded.policy.rules)} rules)")
 
 
+@app.command("demo")
+def demo(data: Path = typer.Option(Path("data"), help="folder for the SQLite store and config"),
+         port: int = 9091) -> None:
+    """Run Acme Bank behind the gateway on 127.0.0.1 with seeded users."""
+    from stepguard.demo.run import run
+
+    run(data, port)
+
+
 if __name__ == "__main__":
     app()

@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from stepguard.adapters.proxy import ReverseProxy
 from stepguard.adapters.forward_auth import CaddyStrategy, ForwardAuth, NginxStrategy
 from stepguard.core.errors import StoreUnavailable
 from stepguard.service.accounts import Accounts
@@ -84,11 +85,17 @@ def create_app(runtime: Runtime) -> Starlette:
         Route("/api/authz/auth-request", auth_request, methods=["GET", "HEAD"]),
         Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics_page),
         Route("/.well-known/stepguard-configuration", well_known),
-        Route("/", root),
+        *([] if runtime.config.upstreams else [Route("/", root)]),
         *portal.routes(),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
+    if runtime.config.upstreams:
+        proxy = ReverseProxy(runtime, guard, stepup, cookie_name=portal.cookie_name)
+        routes.append(Route("/{path:path}", proxy.handle, methods=[
+            "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]))
     app = Starlette(routes=routes, lifespan=lifespan)
+    if runtime.config.upstreams:
+        app.state.replay = proxy.replay
     app.state.runtime, app.state.guard, app.state.stepup = runtime, guard, stepup
     app.state.accounts, app.state.portal = accounts, portal
     https = runtime.config.server.public_url.startswith("https://")

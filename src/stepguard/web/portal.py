@@ -68,6 +68,7 @@ class Portal:
             r("/step-up/{cid}/webauthn/finish", self.webauthn_finish, methods=["POST"]),
             r("/step-up/{cid}/push", self.push_start, methods=["POST"]),
             r("/step-up/{cid}/push/status", self.push_status, methods=["GET"]),
+            r("/step-up/{cid}/confirm", self.confirm_page, methods=["GET"]),
             r("/step-up/{cid}/confirm", self.confirm_held, methods=["POST"]),
             r("/account", self.account_page, methods=["GET"]),
             r("/account/sessions/revoke", self.revoke_session, methods=["POST"]),
@@ -205,7 +206,14 @@ class Portal:
         except ChallengeGone as exc:
             return self.message(request, "Confirmation expired", str(exc), 410)
         return self._step_up(request, session, user, challenge, methods,
-                             error=request.query_params.get("error"))
+                             error=request.query_params.get("error"),
+                             push=self._pending_push(challenge))
+
+    def _pending_push(self, challenge: Any) -> dict[str, int] | None:
+        data = dict(challenge.ceremony or {}).get("push")
+        if not data or data.get("status") != "pending" or data["expires"] <= self.rt.now():
+            return None
+        return {"number": int(data["number"]), "expires_in": int(data["expires"] - self.rt.now())}
 
     def _step_up(self, request: Request, session: SessionRecord, user: UserRecord, challenge: Any,
                  methods: list[str], error: str | None = None, push: Any = None,
@@ -255,21 +263,28 @@ class Portal:
         methods = await run_in_threadpool(self.stepup.methods_for, challenge, user.id)
         return self._step_up(request, session, user, challenge, methods, error=error, status=status)
 
-    def _after_pass(self, request: Request, passed: Passed) -> Response:
+    def _next_url(self, passed: Passed) -> str:
+        """After a pass: the confirmation page of a held request, else the return URL."""
         challenge = passed.challenge
-        target = self.safe(challenge.return_url)
         if challenge.held_method not in ("GET", "HEAD") and challenge.held_body:
-            fields = _form_fields(challenge.held_body)
-            response: Response = self.page(
-                request, "confirm.html", None, None, 200,
-                held={"method": challenge.held_method, "url": target, "fields": fields,
-                      "size": len(challenge.held_body)},
-                confirm_url=f"/step-up/{challenge.id}/confirm", cancel_url="/account")
-            return self._rebind(self.with_token(response, passed.token), passed)
-        return self.with_token(RedirectResponse(target, 303), passed.token)
+            return f"/step-up/{challenge.id}/confirm"
+        return self.safe(challenge.return_url)
 
-    def _rebind(self, response: Response, passed: Passed) -> Response:
-        return response
+    def _after_pass(self, request: Request, passed: Passed) -> Response:
+        return self.with_token(RedirectResponse(self._next_url(passed), 303), passed.token)
+
+    async def confirm_page(self, request: Request) -> Response:
+        found = await self._signed_in(request)
+        if isinstance(found, Response):
+            return found
+        session, user = found
+        challenge = await run_in_threadpool(self.rt.store.challenges.get, request.path_params["cid"])
+        if challenge is None or challenge.status != "passed" or challenge.session_id != session.id:
+            return self.message(request, "Nothing to send", "There is no request to send.", 404)
+        held = {"method": challenge.held_method, "url": self.safe(challenge.return_url),
+                "fields": _form_fields(challenge.held_body), "size": len(challenge.held_body)}
+        return self.page(request, "confirm.html", session, user, held=held,
+                         confirm_url=f"/step-up/{challenge.id}/confirm", cancel_url="/account")
 
     async def step_up_totp(self, request: Request) -> Response:
         cid, ip = request.path_params["cid"], self.client_ip(request)
@@ -318,13 +333,7 @@ class Portal:
         return await self._json_call(request, finish)
 
     def _json_pass(self, request: Request, passed: Passed) -> Response:
-        challenge = passed.challenge
-        if challenge.held_method not in ("GET", "HEAD") and challenge.held_body:
-            url = f"/step-up/{challenge.id}/confirm"
-            self.rt.store.challenges  # the confirm page is rendered by GET below
-            return self.with_token(JSONResponse({"redirect": f"{url}?show=1"}), passed.token)
-        return self.with_token(JSONResponse({"redirect": self.safe(challenge.return_url)}),
-                               passed.token)
+        return self.with_token(JSONResponse({"redirect": self._next_url(passed)}), passed.token)
 
     async def push_start(self, request: Request) -> Response:
         found = await self.session(request)
@@ -334,7 +343,7 @@ class Portal:
         session, user = found
         try:
             await self.form(request, session)
-            push = await run_in_threadpool(self.stepup.start_push, cid, session)
+            await run_in_threadpool(self.stepup.start_push, cid, session)
         except CsrfRejected:
             return self.message(request, "Request refused", "The form expired. Try again.", 403)
         except ChallengeGone as exc:
@@ -342,11 +351,7 @@ class Portal:
         except (Throttled, VerificationFailed) as exc:
             text = _throttle_text(exc) if isinstance(exc, Throttled) else exc.reason
             return await self._retry(request, session, user, cid, text, 429)
-        challenge = await run_in_threadpool(self.stepup.live, cid, session)
-        methods = await run_in_threadpool(self.stepup.methods_for, challenge, user.id)
-        return self._step_up(request, session, user, challenge, methods,
-                             push={"number": push.number,
-                                   "expires_in": int(push.expires - self.rt.now())})
+        return RedirectResponse(f"/step-up/{cid}", 303)  # the page shows the number to pick
 
     async def push_status(self, request: Request) -> Response:
         found = await self.session(request)

@@ -35,6 +35,22 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stepguard.core.errors import CsrfRejected
 
+__all__ = [
+    "CONTENT_SECURITY_POLICY",
+    "CSRF_FIELD",
+    "CSRF_HEADER",
+    "CsrfRejected",
+    "DomainEntry",
+    "SecurityHeadersMiddleware",
+    "check_csrf",
+    "cookie_attributes",
+    "csrf_token",
+    "is_exempt_path",
+    "parse_domain_entry",
+    "safe_return_url",
+    "security_headers",
+]
+
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
@@ -149,7 +165,9 @@ def check_csrf(
     _check_token(key=key, session_binding=session_binding, token=token)
 
 
-def _check_origin(*, origin: str | None, referer: str | None, allowed_origins: Sequence[str]) -> None:
+def _check_origin(
+    *, origin: str | None, referer: str | None, allowed_origins: Sequence[str]
+) -> None:
     allowed = {o for o in map(_origin_of, allowed_origins) if o is not None}
     if origin:
         if origin.strip().lower() == "null":

@@ -125,7 +125,7 @@
   function creationOptions(json) {
     var options = Object.assign({}, json);
     options.challenge = base64urlToBuffer(json.challenge);
-    options.user = json.user;
+    options.user = Object.assign({}, json.user, { id: base64urlToBuffer(json.user.id) });
     options.excludeCredentials = withIds(json.excludeCredentials);
     return options;
   }

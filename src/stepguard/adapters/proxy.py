@@ -1,0 +1,196 @@
+"""Reverse-proxy mode: Stepguard fronts an upstream app itself (`upstreams:` in the config).
+
+Client-sent identity headers are stripped; the identity headers are added. Route attributes for
+`when` and `bind` come from the query, form fields or JSON body (declared per route). A POST that
+triggers a step-up is held server-side (bounded) and, once the user passes and confirms, replayed
+— so form data is not lost. The replay is decided again, so a single-use grant is spent by it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import httpx
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response, StreamingResponse
+
+from stepguard.adapters.forward_auth import DEVICE_COOKIE, identity_headers, rfc9470
+from stepguard.adapters.http_context import build_context, is_identity_header, wants_html
+from stepguard.config.schema import Upstream, UpstreamRoute
+from stepguard.core.context import RequestContext
+from stepguard.core.decision import Outcome
+from stepguard.core.errors import BadRequest, StoreUnavailable
+from stepguard.core.matching import path_matcher
+from stepguard.service.guard import Guard, with_attributes
+from stepguard.service.runtime import Runtime, unsign
+from stepguard.service.stepup import HeldRequest, StepUp
+from stepguard.storage.records import HELD_BODY_LIMIT, SessionRecord
+
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+              "trailers", "transfer-encoding", "upgrade", "host", "content-length", "cookie"}
+
+
+class ReverseProxy:
+    def __init__(self, runtime: Runtime, guard: Guard, stepup: StepUp, *, cookie_name: str) -> None:
+        self.rt, self.guard, self.stepup = runtime, guard, stepup
+        self.cookie_name = cookie_name
+        self.client = httpx.AsyncClient(timeout=runtime.config.server.request_timeout,
+                                        follow_redirects=False)
+        self.upstreams = list(runtime.config.upstreams)
+
+    def upstream_for(self, host: str) -> Upstream | None:
+        return next((u for u in self.upstreams if u.host in (host, "*")), None)
+
+    async def handle(self, request: Request) -> Response:
+        upstream = self.upstream_for(request.url.hostname or "")
+        if upstream is None:
+            return Response("no upstream for this host\n", 404)
+        body = await request.body()
+        if len(body) > HELD_BODY_LIMIT * 16:
+            return Response("request body too large\n", 413)
+        try:
+            context = self._context(request, upstream, body)
+        except BadRequest as exc:
+            return Response(f"bad request: {exc}\n", 400)
+        try:
+            check = await run_in_threadpool(self.guard.check, context, self._token(request))
+        except StoreUnavailable:
+            return Response("the session store is unavailable\n", 503, headers={"Retry-After": "5"})
+        if check.decision.outcome is Outcome.ALLOW:
+            return await self.forward(request.method, _target(request), request.headers.items(),
+                                      body, upstream, identity_headers(check, self.rt))
+        if check.decision.outcome is Outcome.DENY:
+            return Response(" ".join(check.decision.reasons) + "\n", 403)
+        return await self._challenge(request, check, body)
+
+    def _token(self, request: Request) -> str | None:
+        return request.cookies.get(self.cookie_name)
+
+    def _context(self, request: Request, upstream: Upstream, body: bytes) -> RequestContext:
+        context = build_context(method=request.method, scheme=request.url.scheme,
+                                host=request.headers.get("host", ""), target=_target(request),
+                                client_ip=request.client.host if request.client else "",
+                                headers=request.headers,
+                                device_id=unsign(self.rt.cookie_key, request.cookies.get(DEVICE_COOKIE)))
+        route = _route(upstream, context.path)
+        if route is None:
+            return context
+        attributes = _attributes(route, context.query, body, request.headers.get("content-type", ""))
+        context = with_attributes(context, attributes)
+        if route.action:
+            context = replace(context, action=route.action)
+        return context
+
+    async def _challenge(self, request: Request, check: Any, body: bytes) -> Response:
+        url = str(request.url)
+        base = self.rt.config.server.public_url.rstrip("/")
+        if check.session is None:
+            location = f"/login?rd={_quote(url)}"
+        else:
+            held = HeldRequest(request.method, _held_headers(request), body[:HELD_BODY_LIMIT])
+            challenge = await run_in_threadpool(
+                lambda: self.stepup.start(check.decision, check.context, check.session,
+                                          return_url=url, held=held))
+            location = f"/step-up/{challenge.id}"
+        if wants_html(request.headers):
+            return RedirectResponse(location, 302 if request.method in ("GET", "HEAD") else 303)
+        return rfc9470(check.decision, base + location, self.rt)
+
+    async def replay(self, request: Request, challenge_id: str, session: SessionRecord) -> Response:
+        """Send the held request, decided again now that the grant exists."""
+        challenge = await run_in_threadpool(self.rt.store.challenges.get, challenge_id)
+        if challenge is None or challenge.status != "passed" or challenge.session_id != session.id:
+            return Response("nothing to replay\n", 404)
+        parts = urlsplit(challenge.return_url)
+        upstream = self.upstream_for(parts.hostname or "")
+        if upstream is None:
+            return Response("no upstream for this request\n", 404)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        headers = list(challenge.held_headers)
+        context = self._replay_context(request, upstream, parts.netloc, target, challenge)
+        check = await run_in_threadpool(self.guard.check, context, self._token(request))
+        if check.decision.outcome is not Outcome.ALLOW:
+            return Response("the confirmation no longer covers this request\n", 403)
+        return await self.forward(challenge.held_method, target, headers, challenge.held_body,
+                                  upstream, identity_headers(check, self.rt))
+
+    def _replay_context(self, request: Request, upstream: Upstream, host: str, target: str,
+                        challenge: Any) -> RequestContext:
+        headers = dict(challenge.held_headers)
+        context = build_context(method=challenge.held_method, scheme="http", host=host,
+                                target=target, client_ip=request.client.host if request.client else "",
+                                headers=request.headers)
+        route = _route(upstream, context.path)
+        if route is None:
+            return context
+        attrs = _attributes(route, context.query, challenge.held_body,
+                            headers.get("content-type", ""))
+        return with_attributes(context, attrs)
+
+    async def forward(self, method: str, target: str, headers: Any, body: bytes,
+                      upstream: Upstream, identity: dict[str, str]) -> Response:
+        out = [(k, v) for k, v in headers if k.lower() not in HOP_BY_HOP and not is_identity_header(k)]
+        out += list(identity.items())
+        request = self.client.build_request(method, upstream.url.rstrip("/") + target,
+                                            headers=out, content=body)
+        try:
+            upstream_response = await self.client.send(request, stream=True)
+        except httpx.HTTPError:
+            return Response("the upstream application is unreachable\n", 502)
+        kept = [(k, v) for k, v in upstream_response.headers.items()
+                if k.lower() not in HOP_BY_HOP - {"cookie"}]
+        return StreamingResponse(upstream_response.aiter_raw(), upstream_response.status_code,
+                                 headers=dict(kept), background=BackgroundTask(upstream_response.aclose))
+
+
+def _target(request: Request) -> str:
+    raw = request.scope.get("raw_path") or request.url.path.encode()
+    query = request.scope.get("query_string", b"")
+    return raw.decode("latin-1") + (f"?{query.decode('latin-1')}" if query else "")
+
+
+def _route(upstream: Upstream, path: str) -> UpstreamRoute | None:
+    return next((r for r in upstream.routes if path_matcher(r.paths)(path)), None)
+
+
+def _attributes(route: UpstreamRoute, query: str, body: bytes, content_type: str) -> dict[str, Any]:
+    sources = {"query": dict(parse_qsl(query))}
+    if "application/x-www-form-urlencoded" in content_type:
+        sources["form"] = dict(parse_qsl(body.decode("utf-8", "replace")))
+    elif "json" in content_type:
+        try:
+            loaded = json.loads(body or b"null")
+            sources["json"] = loaded if isinstance(loaded, dict) else {}
+        except ValueError:
+            sources["json"] = {}
+    found: dict[str, Any] = {}
+    for name, spec in route.attributes.items():
+        kind, _, key = spec.partition(":")
+        value = _dig(sources.get(kind, {}), key)
+        if value is not None:
+            found[name] = value
+    return found
+
+
+def _dig(data: Any, key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return None
+        data = data[part]
+    return data
+
+
+def _held_headers(request: Request) -> tuple[tuple[str, str], ...]:
+    keep = ("content-type", "accept", "user-agent", "accept-language")
+    return tuple((k, v) for k, v in request.headers.items() if k.lower() in keep)
+
+
+def _quote(url: str) -> str:
+    from urllib.parse import quote
+
+    return quote(url, safe="")

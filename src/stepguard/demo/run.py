@@ -1,0 +1,114 @@
+"""`stepguard demo`: Acme Bank behind the gateway on 127.0.0.1, seeded users, a walk-through."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pyotp
+import uvicorn
+
+from stepguard.config.load import load_config
+from stepguard.demo.bank import create_bank
+from stepguard.service.accounts import Accounts
+from stepguard.service.runtime import build_runtime
+from stepguard.web.app import create_app
+
+POLICY = Path(__file__).parents[3] / "examples" / "policy.yaml"
+USERS = [("alice", "Alice Admin", ["admins"]), ("bob", "Bob Teller", ["tellers"])]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(data: Path, *, port: int, bank_port: int) -> Path:
+    """A complete config in the data folder (kept across runs, secrets generated once)."""
+    data.mkdir(parents=True, exist_ok=True)
+    secrets_file = data / "secrets.env"
+    if not secrets_file.exists():
+        secrets_file.write_text(f"{secrets.token_urlsafe(32)}\n{base64.b64encode(secrets.token_bytes(32)).decode()}\n")
+        secrets_file.chmod(0o600)
+    cookie, totp = secrets_file.read_text().split()
+    policy = (data / "policy.yaml")
+    policy.write_text(_policy_text())
+    config = data / "stepguard.yaml"
+    config.write_text(f"""# Written by `stepguard demo`.
+policy: policy.yaml
+server: {{host: 127.0.0.1, port: {port}, public_url: "http://localhost:{port}"}}
+store: {{url: "sqlite:///stepguard.db"}}
+secrets: {{cookie_key: "{cookie}", totp_keys: {{k1: "{totp}"}}, totp_current: k1}}
+webauthn: {{rp_id: localhost, rp_name: Acme Bank, origins: ["http://localhost:{port}"]}}
+portal: {{title: Acme Bank, protected_domains: [localhost, 127.0.0.1]}}
+upstreams:
+  - host: "*"
+    url: "http://127.0.0.1:{bank_port}"
+    routes:
+      - paths: ["/transfers"]
+        action: payments.transfer
+        attributes: {{amount: "form:amount", payee: "form:payee"}}
+""")
+    return config
+
+
+def _policy_text() -> str:
+    text = POLICY.read_text() if POLICY.exists() else ""
+    if not text:
+        from importlib.resources import files
+
+        text = (files("stepguard.demo") / "policy.yaml").read_text()
+    return text
+
+
+def seed(accounts: Accounts) -> list[tuple[str, str, str]]:
+    """Users with a password and a TOTP secret each (printed: this is a demo)."""
+    seeded = []
+    for username, name, groups in USERS:
+        if accounts.rt.store.users.by_username(username) is not None:
+            continue
+        password = secrets.token_urlsafe(9)
+        user = accounts.add_user(username, password=password, display_name=name,
+                                 email=f"{username}@acme.example", groups=tuple(groups))
+        secret = pyotp.random_base32(32)
+        accounts.add_totp_secret(user, secret)
+        seeded.append((username, password, secret))
+    return seeded
+
+
+def run(data: Path = Path("data"), port: int = 9091) -> None:
+    bank_port = free_port()
+    config = write_config(data, port=port, bank_port=bank_port)
+    runtime = build_runtime(load_config(config))
+    seeded = seed(Accounts(runtime))
+    (data / "users.txt").open("a").writelines(f"{u} {p} {s}\n" for u, p, s in seeded)
+    bank = uvicorn.Server(uvicorn.Config(create_bank(), host="127.0.0.1", port=bank_port,
+                                         log_level="warning"))
+    threading.Thread(target=bank.run, daemon=True).start()
+    _walkthrough(port, data)
+    uvicorn.run(create_app(runtime), host="127.0.0.1", port=port, log_level="warning")
+
+
+def _walkthrough(port: int, data: Path) -> None:
+    url = f"http://localhost:{port}"
+    print(f"\nAcme Bank behind Stepguard: {url}   (store: {data / 'stepguard.db'})\n")
+    print("Users (username password totp-secret) — also in", data / "users.txt")
+    for line in (data / "users.txt").read_text().splitlines():
+        user, password, secret = line.split()
+        print(f"  {user:6} {password:14} {secret}   code now: {pyotp.TOTP(secret).now()}")
+    print(f"""
+Walk-through:
+  1. Open {url}/ and sign in as alice: the dashboard needs only the password (aal1).
+  2. {url}/transfers: send 50 to Bob (passes), then 5000 to Bob — Stepguard holds the POST,
+     asks for a code, shows "Approve a transfer of 5000 to Bob", then replays it once.
+  3. {url}/customers/export needs a passkey (aal3): add one at {url}/account first.
+  4. {url}/admin shows users, sessions and the hash-chained audit ledger.
+  Codes: python -c "import pyotp; print(pyotp.TOTP('SECRET').now())"
+  Verify the ledger: .venv/bin/stepguard audit verify -c {data / 'stepguard.yaml'}
+""", flush=True)
+    time.sleep(0)
