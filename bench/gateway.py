@@ -22,6 +22,7 @@ The two functions under "ADJUST HERE" are how the bench starts and signs in to S
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import platform
@@ -31,8 +32,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -69,10 +68,11 @@ BENCH_USERNAME = "bench-user"
 
 
 def start_stepguard(workdir: Path, *, port: int, workers: int, password: str) -> Process:
-    """Write a config + policy into `workdir`, seed one user, start `stepguard serve`."""
+    """Write a config + policy into `workdir`, add one user, start `stepguard serve`."""
     (workdir / "policy.yaml").write_text((REPO_ROOT / "examples" / "policy.yaml").read_text())
-    database = f"sqlite:///{workdir / 'stepguard.db'}"
-    (workdir / "stepguard.yaml").write_text(
+    totp_key = base64.b64encode(secrets.token_bytes(32)).decode()
+    config = workdir / "stepguard.yaml"
+    config.write_text(
         f"""\
 policy: policy.yaml
 server:
@@ -82,21 +82,24 @@ server:
   trusted_proxies: [127.0.0.1/32]
   server: uvicorn
   workers: {workers}
-store:
-  url: {database}
-secrets:
-  cookie_key: {secrets.token_urlsafe(32)}
-portal:
-  protected_domains: [{SITE}]
+store: {{url: "sqlite:///stepguard.db"}}
+secrets: {{cookie_key: "{secrets.token_urlsafe(32)}", totp_keys: {{k1: "{totp_key}"}},
+           totp_current: k1}}
+portal: {{protected_domains: [{SITE}, 127.0.0.1]}}
 """
     )
-    seed_user(database, username=BENCH_USERNAME, password=password)
-    argv = [
-        sys.executable, "-m", "stepguard.cli.main", "serve",
-        "--config", str(workdir / "stepguard.yaml"),
-    ]
+    stepguard = [sys.executable, "-m", "stepguard.cli.main"]
+    for command in (
+        ["db", "upgrade", "--config", str(config)],
+        ["users", "add", BENCH_USERNAME, "--config", str(config), "--password", password],
+    ):
+        done = subprocess.run(
+            [*stepguard, *command], env=python_env(), cwd=workdir, capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"stepguard {command[0]} failed: {done.stdout}{done.stderr}")
     return Process(
-        argv,
+        [*stepguard, "serve", "--config", str(config)],
         port=port,
         workdir=workdir,
         name="stepguard",
@@ -105,30 +108,6 @@ portal:
         ready_path="/healthz",
         ready_timeout=30.0,
     )
-
-
-def seed_user(database_url: str, *, username: str, password: str) -> None:
-    """Create the store's tables and one user with a password (through the storage API)."""
-    from stepguard.factors.password import hash_password
-    from stepguard.storage.migrate import upgrade
-    from stepguard.storage.records import UserRecord
-    from stepguard.storage.sql import SqlStore
-
-    upgrade(database_url)
-    store = SqlStore.from_url(database_url)
-    try:
-        store.users.add(
-            UserRecord(
-                id=str(uuid.uuid4()),
-                username=username,
-                display_name="Bench User",
-                email="bench@example.test",
-                password_hash=hash_password(password),
-                created=time.time(),
-            )
-        )
-    finally:
-        store.close()
 
 
 # ================================================================================================

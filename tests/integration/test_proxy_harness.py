@@ -19,7 +19,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tests.support.servers import (
+    DEPLOY_DIR,
     IDENTITY_HEADERS,
+    REPO_ROOT,
     Caddy,
     Nginx,
     UvicornServer,
@@ -370,3 +372,15 @@ def test_caddy_fails_closed_when_stepguard_is_down(
     )
     with Caddy(text, tmp_path) as proxy:
         assert send(proxy, "/orders", mode="ok").status_code == 502
+
+
+# --- the docs show the tested files ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "config", ["nginx/stepguard.conf", "caddy/Caddyfile", "traefik/stepguard.yml"]
+)
+def test_docs_include_each_deploy_file_verbatim(config: str) -> None:
+    docs = (REPO_ROOT / "docs" / "proxies.md").read_text()
+
+    assert (DEPLOY_DIR / config).read_text().rstrip("\n") + "\n```" in docs

@@ -10,10 +10,11 @@ import dataclasses
 
 import pytest
 
-pytest.importorskip("cedarpy")
+cedarpy = pytest.importorskip("cedarpy")
 
 from bench import decision as bench  # noqa: E402
 
+from stepguard.core.decide import decide  # noqa: E402
 from stepguard.core.decision import Outcome  # noqa: E402
 
 
@@ -38,9 +39,9 @@ def test_generation_is_deterministic_and_sized() -> None:
 
 def test_a_wrong_engine_is_reported() -> None:
     sample = bench.prepare(40, 300, seed=11)
-    results = [bench.cedarpy.is_authorized(*call) for call in sample.cedar_calls]
+    results = [cedarpy.is_authorized(*call) for call in sample.cedar_calls]
     victim = next(c for c in sample.stepguard_calls
-                  if bench.decide(*c).outcome is Outcome.ALLOW)[1]
+                  if decide(*c).outcome is Outcome.ALLOW)[1]
 
     def lenient_floor(b: bench.Bench, i: int) -> bench.Verdict:
         verdict = bench.floor_verdict(b, i)
@@ -60,7 +61,7 @@ def test_overlapping_rules_are_reported() -> None:
     spec = bench.PolicySpec((*spec.rules, twin), spec.hosts)
     cases = bench.generate_cases(spec, 400, seed=5)
     sample = bench.prepare_spec(spec, cases)
-    results = [bench.cedarpy.is_authorized(*call) for call in sample.cedar_calls]
+    results = [cedarpy.is_authorized(*call) for call in sample.cedar_calls]
     disagreements, _ = bench.check_agreement(sample, results)
     assert disagreements
     assert any("matches 2 rules" in d.note for d in disagreements)

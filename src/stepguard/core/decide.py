@@ -199,7 +199,8 @@ def _satisfying_grant(session: SessionState, requirement: Requirement, scope: st
         if (grant.subject_id == session.subject.id and grant.session_id == session.id
                 and grant.scope == scope and grant.expires_at > now
                 and grant.level >= requirement.level and grant.binding == digest
-                and (not requirement.methods or grant.factor in requirement.methods)):
+                and (not requirement.methods or grant.factor in requirement.methods)
+                and (not requirement.max_age or now - grant.granted_at <= requirement.max_age)):
             return grant
     return None
 

@@ -71,7 +71,7 @@ class VerificationFailed(StepguardError):
 class ReplayDetected(VerificationFailed):
     """A one-time value (OTP step, challenge, recovery code) used a second time."""
 
-    def __init__(self, reason: str = "this code or challenge was already used") -> None:
+    def __init__(self, reason: str = "This code or challenge was already used.") -> None:
         super().__init__(reason, code="replay")
 
 

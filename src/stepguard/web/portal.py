@@ -206,7 +206,7 @@ class Portal:
         except ChallengeGone as exc:
             return self.message(request, "Confirmation expired", str(exc), 410)
         return self._step_up(request, session, user, challenge, methods,
-                             error=request.query_params.get("error"),
+                             error=_error_text(request.query_params.get("error")),
                              push=self._pending_push(challenge))
 
     def _pending_push(self, challenge: Any) -> dict[str, int] | None:
@@ -227,7 +227,7 @@ class Portal:
                 "expires_in": max(0, int(challenge.expires - self.rt.now())),
                 "held_method": challenge.held_method, "return_url": challenge.return_url}
         return self.page(request, "step_up.html", session, user, status, challenge=view,
-                         error=_error_text(error), push=push, totp_url=f"{base}/totp",
+                         error=error, push=push, totp_url=f"{base}/totp",
                          recovery_url=f"{base}/recovery",
                          webauthn_begin_url=f"{base}/webauthn/begin",
                          webauthn_finish_url=f"{base}/webauthn/finish",

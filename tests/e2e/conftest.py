@@ -1,0 +1,111 @@
+"""Browser fixtures: one `stepguard demo` server and one headless Chromium per module.
+
+Each test gets a fresh browser context (its own cookies) opened on `http://localhost:PORT` (the
+WebAuthn RP id is `localhost`; Chromium maps it to 127.0.0.1, where the demo listens). `page`
+collects console errors, uncaught exceptions and CSP violations; every test ends by asserting
+there were none. `shot(page, name)` saves a full-page screenshot under test-output/screenshots/.
+Follows /work/shared/TOOLING.md: Debian's /usr/bin/chromium, never `playwright install`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, ConsoleMessage, Error, Page, sync_playwright
+
+from tests.support.demo_server import CHROMIUM_HOST_RULES, DemoServer
+from tests.support.servers import REPO_ROOT, require_binaries
+
+SCREENSHOTS = REPO_ROOT / "test-output" / "screenshots"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 CHROMIUM_HOST_RULES]
+TIMEOUT_MS = 10_000
+# Reports CSP violations to the console, where the error collector sees them.
+CSP_REPORTER = """document.addEventListener("securitypolicyviolation", function (e) {
+  console.error("CSP violation: " + e.violatedDirective + " blocked " + e.blockedURI);
+});"""
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
+    with DemoServer(tmp_path_factory.mktemp("demo")) as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _demo_log_on_failure(request: pytest.FixtureRequest, demo: DemoServer) -> Iterator[None]:
+    yield
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        print(f"--- stepguard demo output (tail) ---\n{demo.log_tail(60)}")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    require_binaries("chromium")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                                             args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+class PageProblems:
+    """Console errors, uncaught page errors and CSP violations seen by one page."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def console(self, message: ConsoleMessage) -> None:
+        if message.type == "error":
+            self.items.append(f"console error on {message.location.get('url')}: {message.text}")
+
+    def page_error(self, error: Error) -> None:
+        self.items.append(f"uncaught exception: {error}")
+
+
+@pytest.fixture
+def problems() -> PageProblems:
+    return PageProblems()
+
+
+@pytest.fixture
+def page(browser: Browser, demo: DemoServer, problems: PageProblems) -> Iterator[Page]:
+    context = browser.new_context(base_url=demo.base_url, viewport={"width": 1100, "height": 800})
+    context.set_default_timeout(TIMEOUT_MS)
+    context.add_init_script(CSP_REPORTER)
+    page = context.new_page()
+    page.on("console", problems.console)
+    page.on("pageerror", problems.page_error)
+    yield page
+    context.close()
+    assert problems.items == [], "the browser reported problems:\n" + "\n".join(problems.items)
+
+
+@pytest.fixture
+def shot(request: pytest.FixtureRequest) -> Callable[[Page, str], Path]:
+    """`shot(page, "step-up")` -> test-output/screenshots/<test>-<nn>-step-up.png (full page)."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    test = re.sub(r"[^a-z0-9]+", "-", request.node.name.removeprefix("test_").lower()).strip("-")
+    taken: list[Path] = []
+
+    def take(page: Page, name: str) -> Path:
+        path = SCREENSHOTS / f"{test}-{len(taken) + 1:02d}-{name}.png"
+        page.screenshot(path=str(path), full_page=True)
+        taken.append(path)
+        return path
+
+    return take

@@ -1,0 +1,183 @@
+"""The portal in a real browser: `stepguard demo` (Acme Bank behind the gateway) and Chromium.
+
+Covers sign-in through the form, a large transfer held for a bound, single-use TOTP step-up and
+replayed once, a passkey enrolled on a CDP virtual authenticator and then used for the customer
+export (aal3), and that the step-up page is readable and free of console errors / CSP violations.
+alice and bob each use one TOTP code, so no test trips the code-replay check of another.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyotp
+import pytest
+from playwright.sync_api import CDPSession, Page, expect
+
+from tests.support.demo_server import DemoServer, DemoUser
+
+pytestmark = pytest.mark.browser
+
+Shot = Callable[[Page, str], Path]
+CEREMONY_TIMEOUT_MS = 15_000
+VIRTUAL_AUTHENTICATOR = {"protocol": "ctap2", "transport": "internal", "hasResidentKey": True,
+                         "hasUserVerification": True, "isUserVerified": True,
+                         "automaticPresenceSimulation": True}
+
+
+# --- steps ------------------------------------------------------------------------------------
+
+
+def sign_in(page: Page, user: DemoUser, shot: Shot) -> None:
+    page.goto("/")
+    expect(page).to_have_url(re.compile(r"/login\?rd="))
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    shot(page, "login")
+    page.get_by_label("Username").fill(user.username)
+    page.get_by_label("Password").fill(user.password)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#user")).to_have_text(user.username)
+    expect(page.get_by_role("heading", name="Dashboard")).to_be_visible()
+
+
+def submit_transfer(page: Page, *, amount: str, payee: str, shot: Shot) -> None:
+    page.get_by_role("link", name="Transfer").click()
+    expect(page.get_by_role("heading", name="New transfer")).to_be_visible()
+    page.get_by_label("Amount").fill(amount)
+    page.get_by_label("Payee").fill(payee)
+    shot(page, "transfer-form")
+    page.get_by_role("button", name="Send").click()
+    expect(page).to_have_url(re.compile(r"/step-up/[^/]+$"))
+    expect(page.get_by_role("heading", name="Confirm it's you")).to_be_visible()
+
+
+def confirm_with_totp(page: Page, user: DemoUser) -> None:
+    page.get_by_label("6-digit code from your authenticator app").fill(pyotp.TOTP(user.totp_secret).now())
+    page.get_by_role("button", name="Confirm with code").click()
+
+
+def bound_values(page: Page) -> dict[str, str]:
+    table = page.get_by_role("region", name="You are approving").locator("table")
+    return facts(table)
+
+
+def facts(table: Any) -> dict[str, str]:
+    rows = table.locator("tr")
+    return {rows.nth(i).locator("th").inner_text().strip(): rows.nth(i).locator("td").inner_text().strip()
+            for i in range(rows.count())}
+
+
+def add_virtual_authenticator(page: Page) -> tuple[CDPSession, str]:
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("WebAuthn.enable")
+    answer = cdp.send("WebAuthn.addVirtualAuthenticator", {"options": VIRTUAL_AUTHENTICATOR})
+    return cdp, answer["authenticatorId"]
+
+
+# --- tests ------------------------------------------------------------------------------------
+
+
+def test_sign_in_shows_the_dashboard(page: Page, demo: DemoServer, shot: Shot) -> None:
+    sign_in(page, demo.user("alice"), shot)
+    expect(page.get_by_text("Balance: 12,345.67")).to_be_visible()
+    expect(page.locator("header")).to_contain_text("acr urn:stepguard:aal1")  # password only
+    shot(page, "dashboard")
+
+
+def test_step_up_page_is_readable(page: Page, demo: DemoServer, shot: Shot) -> None:
+    sign_in(page, demo.user("alice"), shot)
+    submit_transfer(page, amount="2500", payee="Carol", shot=shot)
+    reason = page.get_by_role("region", name="Why am I asked?").get_by_text(
+        "Approve a transfer of 2500 to Carol", exact=True)
+    expect(reason).to_be_visible()
+    expect(reason).to_be_in_viewport()  # no scrolling needed to read why
+    style = reason.evaluate("e => { const s = getComputedStyle(e);"
+                            " return {size: parseFloat(s.fontSize), color: s.color,"
+                            " background: getComputedStyle(document.body).backgroundColor}; }")
+    assert style["size"] >= 14
+    assert style["color"] != style["background"]
+    assert page.evaluate("document.styleSheets.length") >= 1  # the CSS loaded under the CSP
+    expect(page.locator("#sg-alert")).to_be_empty()  # no error shown on a fresh page
+    expect(page.get_by_text("Your form submission (POST) is kept.")).to_be_visible()
+    assert bound_values(page) == {"amount": "2500", "payee": "Carol"}
+    shot(page, "step-up")
+
+
+def test_large_transfer_is_approved_once_with_totp(page: Page, demo: DemoServer, shot: Shot) -> None:
+    alice = demo.user("alice")
+    sign_in(page, alice, shot)
+    page.get_by_role("link", name="Transfer").click()
+    page.get_by_label("Amount").fill("50")
+    page.get_by_label("Payee").fill("Bob")
+    page.get_by_role("button", name="Send").click()
+    expect(page.locator("#result")).to_have_text("Sent 50 to Bob.")  # small: no step-up
+    shot(page, "small-transfer-sent")
+
+    submit_transfer(page, amount="5000", payee="Bob", shot=shot)
+    expect(page.get_by_role("region", name="Why am I asked?")).to_contain_text(
+        "Approve a transfer of 5000 to Bob")
+    assert bound_values(page) == {"amount": "5000", "payee": "Bob"}
+    shot(page, "step-up")
+
+    confirm_with_totp(page, alice)
+    expect(page).to_have_url(re.compile(r"/step-up/[^/]+/confirm$"))
+    expect(page.get_by_role("heading", name="Send your request?")).to_be_visible()
+    assert facts(page.get_by_role("table", name="Form fields")) == {"amount": "5000", "payee": "Bob"}
+    shot(page, "confirm")
+
+    page.get_by_role("button", name="Send the request").click()
+    expect(page.locator("#result")).to_have_text("Sent 5000 to Bob.")
+    expect(page.locator("header")).to_contain_text("amr pwd otp")
+    shot(page, "sent")
+
+    page.go_back()  # the confirmation page again: sending a second time must not work
+    expect(page.get_by_role("button", name="Send the request")).to_be_visible()
+    page.get_by_role("button", name="Send the request").click()
+    expect(page.locator("body")).to_contain_text("no longer covers this request")
+    expect(page.locator("#result")).to_have_count(0)
+    shot(page, "second-send-refused")
+
+
+def test_passkey_enrolment_then_customer_export(page: Page, demo: DemoServer, shot: Shot) -> None:
+    bob = demo.user("bob")
+    sign_in(page, bob, shot)
+    cdp, authenticator = add_virtual_authenticator(page)
+
+    # Adding a passkey needs an aal2 proof from the last 10 minutes: a TOTP step-up gives one.
+    page.goto("/account/passkey")
+    page.get_by_label("Name for this passkey").fill("Test laptop")
+    page.get_by_role("button", name="Create passkey").click()
+    expect(page.locator("#sg-alert")).to_contain_text("Confirm it's you")
+    shot(page, "passkey-needs-fresh-proof")
+    submit_transfer(page, amount="1500", payee="Alice", shot=shot)
+    confirm_with_totp(page, bob)
+    expect(page.get_by_role("heading", name="Send your request?")).to_be_visible()
+
+    page.goto("/account/passkey")
+    shot(page, "passkey-form")
+    page.get_by_label("Name for this passkey").fill("Test laptop")
+    page.get_by_role("button", name="Create passkey").click()
+    expect(page).to_have_url(re.compile(r"/account\?m=Passkey"), timeout=CEREMONY_TIMEOUT_MS)
+    expect(page.get_by_text("Passkey added.")).to_be_visible()
+    expect(page.get_by_text("Test laptop")).to_be_visible()
+    shot(page, "account-with-passkey")
+    stored = cdp.send("WebAuthn.getCredentials", {"authenticatorId": authenticator})["credentials"]
+    assert len(stored) == 1 and stored[0]["isResidentCredential"]
+
+    page.goto("/customers/export")
+    expect(page).to_have_url(re.compile(r"/step-up/[^/]+$"))
+    expect(page.get_by_role("region", name="Why am I asked?")).to_contain_text("Exporting customer data")
+    use = page.get_by_role("button", name="Use your passkey")
+    expect(use).to_be_visible()  # the script un-hid it: WebAuthn is available
+    expect(page.get_by_role("button", name="Confirm with code")).to_have_count(0)  # passkey only
+    shot(page, "export-step-up")
+    with page.expect_download(timeout=CEREMONY_TIMEOUT_MS) as download:
+        use.click()
+    csv = Path(download.value.path()).read_text()
+    assert csv.splitlines()[0] == "id,name,email"
+    assert "ada@example.com" in csv
+    assert cdp.send("WebAuthn.getCredentials", {"authenticatorId": authenticator})[
+        "credentials"][0]["signCount"] >= 1
