@@ -877,7 +877,7 @@ def per_call_ns(fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]], overhe
 
 def batched_mean_ns(fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]],
                     repeats: int) -> float:
-    """Median over `repeats` passes of (one pass's time / calls)."""
+    """Median over `repeats` passes of (one pass's time / calls), in ns."""
     clock, means = time.perf_counter_ns, []
     for _ in range(repeats):
         start = clock()
@@ -891,22 +891,35 @@ Engine = tuple[Callable[..., Any], Sequence[tuple[Any, ...]]]
 Measured = tuple[Timing, list[int], list[Any]]
 
 
+CHUNK = 1000  # calls per timed batch
+
+
 def measure(engines: Sequence[Engine], overhead: int, repeats: int) -> list[Measured]:
-    """A per-call pass per engine (p99, results), then batched passes taken in turns (A B A B …)
-    so that a change in machine load hits every engine alike; mean = median of the passes."""
+    """A per-call pass per engine (p99 and results), then the batched mean.
+
+    The batched passes run chunk by chunk, engines in turns (A B A B …), `repeats` times; each
+    chunk's time is the median of its repeats, and the mean is their sum over all calls. A burst
+    of load from another process then spoils one repeat of one chunk, not a whole pass, and
+    drift in machine load hits every engine alike.
+    """
     for fn, calls in engines:
         batched_mean_ns(fn, calls[: max(1, len(calls) // 10)], 1)  # warm up
     passes = []
     for fn, calls in engines:
         gc.collect()
         passes.append(per_call_ns(fn, calls, overhead))
-    means: list[list[float]] = [[] for _ in engines]
+    chunk_times: list[dict[int, list[float]]] = [{} for _ in engines]
+    gc.collect()
     for _ in range(repeats):
-        for k, (fn, calls) in enumerate(engines):
-            gc.collect()
-            means[k].append(batched_mean_ns(fn, calls, 1))
-    return [(Timing(statistics.median(m) / 1000, _p99(samples) / 1000), samples, results)
-            for m, (samples, results) in zip(means, passes, strict=True)]
+        for start in range(0, len(engines[0][1]), CHUNK):
+            for k, (fn, calls) in enumerate(engines):
+                chunk = calls[start:start + CHUNK]
+                took = batched_mean_ns(fn, chunk, 1) * len(chunk)
+                chunk_times[k].setdefault(start, []).append(took)
+    means = [sum(statistics.median(t) for t in times.values()) / len(calls)
+             for times, (_, calls) in zip(chunk_times, engines, strict=True)]
+    return [(Timing(mean / 1000, _p99(samples) / 1000), samples, results)
+            for mean, (samples, results) in zip(means, passes, strict=True)]
 
 
 def _p99(samples: Sequence[int]) -> float:
@@ -1054,8 +1067,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     overhead = timer_overhead_ns()
     print(f"# decision benchmark — {machine_note()}")
     print(f"# {args.requests} requests per size, seed {args.seed}; per-call p99 from "
-          f"perf_counter_ns (timer overhead {overhead} ns subtracted), mean from a batched loop "
-          "(median of 5 passes; cedarpy: mean of the per-call pass); GC on.")
+          f"perf_counter_ns (timer overhead {overhead} ns subtracted), mean from batched loops "
+          f"(median of 5 per {CHUNK}-call chunk, engines in turns; cedarpy: mean of the per-call "
+          "pass); GC on.")
     print("# rule matches are mutually exclusive by construction (checked on every request), so "
           "first-match (stepguard, floor) and unordered permit/forbid (Cedar) must agree.")
     print("# cedarpy: PolicySet/Entities parsed once; request context (lowercased path segments, "

@@ -11,12 +11,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pyotp
 import pytest
-from playwright.sync_api import CDPSession, Page, expect
+from playwright.sync_api import CDPSession, Locator, Page, expect
 
+from tests.e2e.conftest import PageProblems
 from tests.support.demo_server import DemoServer, DemoUser
 
 pytestmark = pytest.mark.browser
@@ -41,6 +41,7 @@ def sign_in(page: Page, user: DemoUser, shot: Shot) -> None:
     page.get_by_role("button", name="Sign in").click()
     expect(page.locator("#user")).to_have_text(user.username)
     expect(page.get_by_role("heading", name="Dashboard")).to_be_visible()
+    shot(page, "dashboard")
 
 
 def submit_transfer(page: Page, *, amount: str, payee: str, shot: Shot) -> None:
@@ -55,7 +56,8 @@ def submit_transfer(page: Page, *, amount: str, payee: str, shot: Shot) -> None:
 
 
 def confirm_with_totp(page: Page, user: DemoUser) -> None:
-    page.get_by_label("6-digit code from your authenticator app").fill(pyotp.TOTP(user.totp_secret).now())
+    code = pyotp.TOTP(user.totp_secret).now()
+    page.get_by_label("6-digit code from your authenticator app").fill(code)
     page.get_by_role("button", name="Confirm with code").click()
 
 
@@ -64,10 +66,11 @@ def bound_values(page: Page) -> dict[str, str]:
     return facts(table)
 
 
-def facts(table: Any) -> dict[str, str]:
-    rows = table.locator("tr")
-    return {rows.nth(i).locator("th").inner_text().strip(): rows.nth(i).locator("td").inner_text().strip()
-            for i in range(rows.count())}
+def facts(table: Locator) -> dict[str, str]:
+    """A `th: td` table as a dict."""
+    rows = [table.locator("tr").nth(i) for i in range(table.locator("tr").count())]
+    return {row.locator("th").inner_text().strip(): row.locator("td").inner_text().strip()
+            for row in rows}
 
 
 def add_virtual_authenticator(page: Page) -> tuple[CDPSession, str]:
@@ -84,7 +87,6 @@ def test_sign_in_shows_the_dashboard(page: Page, demo: DemoServer, shot: Shot) -
     sign_in(page, demo.user("alice"), shot)
     expect(page.get_by_text("Balance: 12,345.67")).to_be_visible()
     expect(page.locator("header")).to_contain_text("acr urn:stepguard:aal1")  # password only
-    shot(page, "dashboard")
 
 
 def test_step_up_page_is_readable(page: Page, demo: DemoServer, shot: Shot) -> None:
@@ -106,7 +108,8 @@ def test_step_up_page_is_readable(page: Page, demo: DemoServer, shot: Shot) -> N
     shot(page, "step-up")
 
 
-def test_large_transfer_is_approved_once_with_totp(page: Page, demo: DemoServer, shot: Shot) -> None:
+def test_large_transfer_is_approved_once_with_totp(page: Page, demo: DemoServer, shot: Shot,
+                                                   problems: PageProblems) -> None:
     alice = demo.user("alice")
     sign_in(page, alice, shot)
     page.get_by_role("link", name="Transfer").click()
@@ -125,15 +128,17 @@ def test_large_transfer_is_approved_once_with_totp(page: Page, demo: DemoServer,
     confirm_with_totp(page, alice)
     expect(page).to_have_url(re.compile(r"/step-up/[^/]+/confirm$"))
     expect(page.get_by_role("heading", name="Send your request?")).to_be_visible()
-    assert facts(page.get_by_role("table", name="Form fields")) == {"amount": "5000", "payee": "Bob"}
+    held = facts(page.get_by_role("table", name="Form fields"))
+    assert held == {"amount": "5000", "payee": "Bob"}
     shot(page, "confirm")
 
     page.get_by_role("button", name="Send the request").click()
     expect(page.locator("#result")).to_have_text("Sent 5000 to Bob.")
-    expect(page.locator("header")).to_contain_text("amr pwd otp")
+    expect(page.locator("header")).to_contain_text("acr urn:stepguard:aal2; amr pwd,otp")
     shot(page, "sent")
 
     page.go_back()  # the confirmation page again: sending a second time must not work
+    problems.expect(r"/confirm: Failed to load resource: .* status of 403")
     expect(page.get_by_role("button", name="Send the request")).to_be_visible()
     page.get_by_role("button", name="Send the request").click()
     expect(page.locator("body")).to_contain_text("no longer covers this request")
@@ -141,7 +146,8 @@ def test_large_transfer_is_approved_once_with_totp(page: Page, demo: DemoServer,
     shot(page, "second-send-refused")
 
 
-def test_passkey_enrolment_then_customer_export(page: Page, demo: DemoServer, shot: Shot) -> None:
+def test_passkey_enrolment_then_customer_export(page: Page, demo: DemoServer, shot: Shot,
+                                                problems: PageProblems) -> None:
     bob = demo.user("bob")
     sign_in(page, bob, shot)
     cdp, authenticator = add_virtual_authenticator(page)
@@ -149,12 +155,16 @@ def test_passkey_enrolment_then_customer_export(page: Page, demo: DemoServer, sh
     # Adding a passkey needs an aal2 proof from the last 10 minutes: a TOTP step-up gives one.
     page.goto("/account/passkey")
     page.get_by_label("Name for this passkey").fill("Test laptop")
+    problems.expect(r"/account/passkey/begin: Failed to load resource: .* status of 410")
     page.get_by_role("button", name="Create passkey").click()
     expect(page.locator("#sg-alert")).to_contain_text("Confirm it's you")
     shot(page, "passkey-needs-fresh-proof")
+    page.goto("/")
     submit_transfer(page, amount="1500", payee="Alice", shot=shot)
+    shot(page, "transfer-step-up")
     confirm_with_totp(page, bob)
     expect(page.get_by_role("heading", name="Send your request?")).to_be_visible()
+    shot(page, "transfer-confirm")  # not sent: the step-up was only for the fresh proof
 
     page.goto("/account/passkey")
     shot(page, "passkey-form")
@@ -162,14 +172,15 @@ def test_passkey_enrolment_then_customer_export(page: Page, demo: DemoServer, sh
     page.get_by_role("button", name="Create passkey").click()
     expect(page).to_have_url(re.compile(r"/account\?m=Passkey"), timeout=CEREMONY_TIMEOUT_MS)
     expect(page.get_by_text("Passkey added.")).to_be_visible()
-    expect(page.get_by_text("Test laptop")).to_be_visible()
+    expect(page.get_by_role("cell", name="Test laptop", exact=True)).to_be_visible()
     shot(page, "account-with-passkey")
     stored = cdp.send("WebAuthn.getCredentials", {"authenticatorId": authenticator})["credentials"]
     assert len(stored) == 1 and stored[0]["isResidentCredential"]
 
     page.goto("/customers/export")
     expect(page).to_have_url(re.compile(r"/step-up/[^/]+$"))
-    expect(page.get_by_role("region", name="Why am I asked?")).to_contain_text("Exporting customer data")
+    why = page.get_by_role("region", name="Why am I asked?")
+    expect(why).to_contain_text("Exporting customer data")
     use = page.get_by_role("button", name="Use your passkey")
     expect(use).to_be_visible()  # the script un-hid it: WebAuthn is available
     expect(page.get_by_role("button", name="Confirm with code")).to_have_count(0)  # passkey only

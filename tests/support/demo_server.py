@@ -30,7 +30,8 @@ class DemoUser:
 class DemoServer(Process):
     """The demo gateway + bank on 127.0.0.1:port with an embedded SQLite store in `workdir/data`."""
 
-    def __init__(self, workdir: Path, *, port: int | None = None, ready_timeout: float = 30.0) -> None:
+    def __init__(self, workdir: Path, *, port: int | None = None,
+                 ready_timeout: float = 30.0) -> None:
         port = port or free_port()
         self.data = Path(workdir) / "data"
         super().__init__(

@@ -29,6 +29,14 @@ def config_validate(file: Path = typer.Argument(Path("stepguard.yaml"))) -> None
     console.print(f"{file}: valid (policy {loaded.policy_path}: {len(loaded.policy.rules)} rules)")
 
 
+@config_app.command("reference")
+def config_reference() -> None:
+    """Print the configuration reference (Markdown) generated from the schema."""
+    from stepguard.config.reference import reference_markdown
+
+    print(reference_markdown(), end="")
+
+
 @app.command("demo")
 def demo(data: Path = typer.Option(Path("data"), help="folder for the SQLite store and config"),
          port: int = 9091) -> None:

@@ -34,16 +34,22 @@ def runtime_for(config: Path):  # type: ignore[no-untyped-def]
 
 
 def serve(config: Path = CONFIG, host: str | None = None, port: int | None = None) -> None:
-    """Run the gateway (forward-auth, portal, reverse proxy) under uvicorn."""
+    """Run the gateway (forward-auth, portal, reverse proxy) under uvicorn or granian."""
+    settings = load(config).config.server
+    bind_host, bind_port = host or settings.host, port or settings.port
+    os.environ["STEPGUARD_CONFIG"] = str(config.resolve())
+    runtime_for(config).close()  # validate, open and migrate once before any worker starts
+    if settings.server == "granian":
+        from granian import Granian
+
+        Granian("stepguard.web.factory:app_from_env", address=bind_host, port=bind_port,
+                interface="asgi", factory=True, workers=settings.workers).serve()
+        return
     import uvicorn
 
-    from stepguard.web.app import create_app
-
-    runtime = runtime_for(config)
-    settings = runtime.config.server
-    app = create_app(runtime)
-    uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_level="warning",
-                access_log=False, proxy_headers=False, server_header=False)
+    uvicorn.run("stepguard.web.factory:app_from_env", factory=True, host=bind_host,
+                port=bind_port, workers=settings.workers, log_level="warning", access_log=False,
+                proxy_headers=False, server_header=False)
 
 
 def db_upgrade(config: Path = CONFIG) -> None:

@@ -27,14 +27,15 @@ def _check_networks(values: list[str]) -> list[str]:
 
 
 class ServerSettings(Section):
-    host: str = "127.0.0.1"
-    port: int = Field(9091, ge=1, le=65535)
-    public_url: str = "http://localhost:9091"
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(9091, ge=1, le=65535, description="port to listen on")
+    public_url: str = Field("http://localhost:9091",
+                            description="where users reach the portal (scheme, host, port)")
     trusted_proxies: list[str] = Field(default_factory=list,
                                        description="CIDRs whose X-Forwarded-* headers are honoured; empty = none")
-    server: Literal["uvicorn", "granian"] = "uvicorn"
-    workers: int = Field(1, ge=1, le=64)
-    request_timeout: Duration = 30.0
+    server: Literal["uvicorn", "granian"] = Field("uvicorn", description="ASGI server for `serve`")
+    workers: int = Field(1, ge=1, le=64, description="worker processes for `serve`")
+    request_timeout: Duration = Field(30.0, description="upstream timeout in reverse-proxy mode")
 
     _networks = field_validator("trusted_proxies")(_check_networks)
 
@@ -42,41 +43,36 @@ class ServerSettings(Section):
 class StoreSettings(Section):
     url: str = Field("sqlite:///data/stepguard.db",
                      description="sqlite:///path.db (embedded) or postgresql://user@host/db")
-    connect_timeout: Duration = 5.0
-    auto_migrate: bool = True
-
-
-class RedisSettings(Section):
-    url: str | None = None
-    timeout: Duration = 1.0
+    connect_timeout: Duration = Field(5.0, description="give up reaching the store after this")
+    auto_migrate: bool = Field(True, description="apply migrations at start (SQLite only)")
 
 
 class SecretSettings(Section):
     cookie_key: str = Field("", description="HMAC key for signed cookies (device id); use file: or ${ENV}")
     totp_keys: dict[str, str] = Field(default_factory=dict,
                                       description="id -> base64 32-byte AES-GCM key for TOTP seeds")
-    totp_current: str = ""
+    totp_current: str = Field("", description="id of the key in totp_keys that seals new seeds")
     audit_signing_key: str = Field("", description="PEM Ed25519 private key for ledger checkpoints")
-    ip_pseudonym_key: str = ""
+    ip_pseudonym_key: str = Field("", description="HMAC key for pseudonymised IPs in the ledger")
 
 
 class SessionSettings(Section):
-    cookie_name: str = "stepguard_session"
-    cookie_domain: str = ""
-    secure: Literal["auto", "always", "never"] = "auto"
-    token_bytes: int = Field(32, ge=16, le=64)
+    cookie_name: str = Field("stepguard_session",
+                             description="session cookie (prefixed __Host- on https)")
+    cookie_domain: str = Field("", description="share the session across subdomains, e.g. example.com")
 
 
 class PortalSettings(Section):
-    title: str = "Stepguard"
+    title: str = Field("Stepguard", description="name shown in the portal and authenticator apps")
     protected_domains: list[str] = Field(default_factory=list,
                                          description="hosts (or *.suffix) allowed as return URLs")
 
 
 class WebauthnSettings(Section):
-    rp_id: str = "localhost"
-    rp_name: str = "Stepguard"
-    origins: list[str] = Field(default_factory=lambda: ["http://localhost:9091"])
+    rp_id: str = Field("localhost", description="WebAuthn relying party id (a registrable domain)")
+    rp_name: str = Field("Stepguard", description="name shown by the authenticator")
+    origins: list[str] = Field(default_factory=lambda: ["http://localhost:9091"],
+                               description="origins (with port) where the portal is served")
 
 
 class LocationEntry(Section):
@@ -91,54 +87,134 @@ class LocationEntry(Section):
 
 class RiskSection(Section):
     weights: dict[str, int] = Field(default_factory=dict, description="signal name -> points")
-    medium: int = Field(30, ge=0, le=100)
-    high: int = Field(60, ge=0, le=100)
-    critical: int = Field(90, ge=0, le=100)
-    max_speed_kmh: float = 900.0
-    trusted_networks: list[str] = Field(default_factory=list)
-    geoip_database: str | None = None
-    locations: list[LocationEntry] = Field(default_factory=list)
+    medium: int = Field(30, ge=0, le=100, description="lowest score of risk level medium")
+    high: int = Field(60, ge=0, le=100, description="lowest score of risk level high")
+    critical: int = Field(90, ge=0, le=100, description="lowest score of risk level critical")
+    max_speed_kmh: float = Field(900.0, description="faster travel between sign-ins is impossible")
+    trusted_networks: list[str] = Field(default_factory=list,
+                                        description="CIDRs; outside them `untrusted_network` fires")
+    geoip_database: str | None = Field(None, description="MaxMind-format .mmdb file (City or Country)")
+    locations: list[LocationEntry] = Field(default_factory=list,
+                                           description="static network -> place entries")
 
     _networks = field_validator("trusted_networks")(_check_networks)
 
 
 class ThrottleSection(Section):
-    base_delay: Duration = 1.0
-    max_delay: Duration = 900.0
-    hard_lock_after: int = Field(100, ge=1, le=100)
-    ip_base_delay: Duration = 1.0
-    ip_max_delay: Duration = 3600.0
+    base_delay: Duration = Field(1.0, description="first back-off after a failure (doubles)")
+    max_delay: Duration = Field(900.0, description="longest back-off between attempts")
+    hard_lock_after: int = Field(100, ge=1, le=100,
+                                 description="consecutive failures per user+factor that lock it")
+    ip_forget_after: Duration = Field(3600.0, description="an IP's failures are forgotten after this")
 
 
 class AuditSection(Section):
-    pseudonymise_ips: bool = False
-    retention: Duration | None = None
+    pseudonymise_ips: bool = Field(False, description="store keyed hashes instead of client IPs")
+    retention: Duration | None = Field(None, description="`stepguard audit prune` keeps this much")
 
 
 class ChallengeSection(Section):
-    ttl: Duration = 600.0
-    held_body_limit: int = Field(1_048_576, ge=0)
-    grant_ttl: Duration = 300.0
+    ttl: Duration = Field(600.0, description="how long a step-up challenge stays open")
+    held_body_limit: int = Field(65536, ge=0, le=65536,
+                                 description="bytes of a POST body held across a step-up")
+    grant_ttl: Duration = Field(300.0, description="grant lifetime when the rule has no max_age")
 
 
 class UpstreamRoute(Section):
-    paths: list[str] = Field(default_factory=lambda: ["/**"])
-    action: str = ""
+    paths: list[str] = Field(default_factory=lambda: ["/**"], description="path globs")
+    action: str = Field("", description="action name given to matching requests")
     attributes: dict[str, str] = Field(default_factory=dict,
                                        description="attribute -> query:name | form:name | json:path")
 
 
 class Upstream(Section):
-    host: str
-    url: str
+    host: str = Field(description="Host header this upstream serves ('*' = any)")
+    url: str = Field(description="base URL of the upstream application")
     routes: list[UpstreamRoute] = Field(default_factory=list)
 
 
+ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+                         "ES256", "ES384", "ES512", "EdDSA")
+
+
+def _as_list(value: object) -> object:
+    return [value] if isinstance(value, str) else value
+
+
+def _check_issuer_url(value: str | None) -> str | None:
+    """https, or http only on a loopback host (tests, a local provider)."""
+    from urllib.parse import urlsplit
+
+    if not value:
+        return value
+    parts = urlsplit(value)
+    loopback = parts.hostname in ("localhost", "127.0.0.1", "::1")
+    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+        raise ValueError("expected an https URL (http only on localhost or 127.0.0.1)")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError("expected a URL without query, fragment or user information")
+    return value
+
+
+class BearerSection(Section):
+    """OAuth resource-server mode: JWT access tokens from one issuer (see docs/bearer.md)."""
+
+    issuer: str = Field("", description="the tokens' `iss`; empty = bearer tokens are refused")
+    audience: Annotated[list[str], BeforeValidator(_as_list)] = Field(
+        default_factory=list, validate_default=True,
+        description="accepted `aud` values; a token must name one")
+    jwks_uri: str | None = Field(None, description="default: from the issuer's OpenID discovery")
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256", "EdDSA"],
+                                  description="signature algorithms allowed (asymmetric only)")
+    leeway: Duration = Field(30.0, description="clock skew allowed on exp, nbf, iat")
+    jwks_ttl: Duration = Field(300.0, description="how long a fetched key set is used")
+    jwks_refetch_interval: Duration = Field(
+        30.0, description="at most one refetch per interval on an unknown `kid` (rotation)")
+    http_timeout: Duration = Field(2.0, description="timeout of discovery and JWKS requests")
+    acr_levels: dict[str, str] = Field(
+        default_factory=dict,
+        description="acr URI -> aal1..aal3; empty = the policy's `levels` acr URIs")
+    groups_claim: str = Field("", description="claim holding the subject's groups, e.g. groups")
+    fresh_window: Duration = Field(
+        60.0, description="how old `auth_time` may be to count as `max_age: 0s` (prove it now)")
+
+    _urls = field_validator("issuer", "jwks_uri")(_check_issuer_url)
+
+    @field_validator("algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("expected at least one algorithm")
+        refused = [a for a in value if a not in ASYMMETRIC_ALGORITHMS]
+        if refused:
+            allowed = ", ".join(ASYMMETRIC_ALGORITHMS)
+            raise ValueError(f"only asymmetric algorithms are allowed ({allowed}); "
+                             f"refused: {', '.join(refused)}")
+        return value
+
+    @field_validator("acr_levels")
+    @classmethod
+    def _levels(cls, value: dict[str, str]) -> dict[str, str]:
+        from stepguard.core.levels import Level
+
+        for acr, level in value.items():
+            if Level.parse(level) is Level.AAL0:
+                raise ValueError(f"acr {acr!r}: expected aal1, aal2 or aal3")
+        return value
+
+    @field_validator("audience")
+    @classmethod
+    def _audience_with_issuer(cls, value: list[str], info: object) -> list[str]:
+        data = getattr(info, "data", {})
+        if data.get("issuer") and not value:
+            raise ValueError("expected at least one audience when an issuer is set")
+        return value
+
+
 class StepguardConfig(Section):
-    policy: str = "policy.yaml"
+    policy: str = Field("policy.yaml", description="policy file, relative to this file")
     server: ServerSettings = ServerSettings()
     store: StoreSettings = StoreSettings()
-    redis: RedisSettings = RedisSettings()
     secrets: SecretSettings = SecretSettings()
     session: SessionSettings = SessionSettings()
     portal: PortalSettings = PortalSettings()
@@ -148,3 +224,13 @@ class StepguardConfig(Section):
     audit: AuditSection = AuditSection()
     challenge: ChallengeSection = ChallengeSection()
     upstreams: list[Upstream] = Field(default_factory=list)
+    api: "ApiSection" = Field(default_factory=lambda: ApiSection())
+    bearer: BearerSection = BearerSection()
+
+
+class ApiSection(Section):
+    """The decision API (`POST /api/v1/decide`) for applications in any language."""
+
+    enabled: bool = Field(True, description="serve /api/v1/decide and /api/v1/openapi.json")
+    max_body: int = Field(65_536, ge=1024, le=1_048_576,
+                          description="largest decide request body accepted, in bytes")

@@ -118,3 +118,20 @@ class CsrfRejected(StepguardError):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+class InvalidToken(VerificationFailed):
+    """A bearer token that is malformed, wrongly signed, expired, not yet valid, or meant for
+    another issuer or audience (RFC 6750 `invalid_token`; `invalid_request` when the header
+    itself is malformed). The reason is safe to show and never contains the token."""
+
+    def __init__(self, reason: str, *, code: str = "invalid_token") -> None:
+        super().__init__(reason, code=code)
+
+
+class IssuerUnavailable(StoreUnavailable):
+    """The token issuer's discovery document or key set cannot be fetched: callers fail closed."""
+
+
+class DecisionUnavailable(StoreUnavailable):
+    """A remote decision API could not be reached or gave no valid answer; callers fail closed."""

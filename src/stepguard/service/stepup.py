@@ -64,7 +64,8 @@ class StepUp:
         assert decision.requirement is not None
         now = self.rt.now()
         held = held or HeldRequest(context.method)
-        body = held.body if len(held.body) <= HELD_BODY_LIMIT else b""
+        limit = min(HELD_BODY_LIMIT, self.rt.config.challenge.held_body_limit)
+        body = held.body if len(held.body) <= limit else b""
         challenge = ChallengeRecord(
             id=new_id(), user_id=session.user_id if session else None,
             session_id=session.id if session else None, requirement=decision.requirement,

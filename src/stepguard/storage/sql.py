@@ -54,6 +54,18 @@ class SqlStore:
         with self._db.write():
             yield
 
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Run several reads in one read transaction (one connection, one consistent snapshot)."""
+        with self._db.read():
+            yield
+
+    def epoch(self) -> int:
+        """The store epoch (see `tables.store_epoch`): one primary-key read."""
+        with self._db.read() as connection:
+            value = connection.exec_driver_sql("SELECT value FROM store_epoch WHERE id = 1").scalar()
+        return int(value or 0)
+
     def ping(self) -> None:
         """Raise `StoreUnavailable` unless the store answers a trivial query promptly."""
         with self._db.read() as connection:

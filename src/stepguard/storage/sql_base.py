@@ -61,8 +61,11 @@ class Database:
                 token = self._current.set(connection)
                 try:
                     yield connection
+                    if connection.info.pop(_BUMP_KEY, False):
+                        connection.exec_driver_sql(_BUMP)  # last, so no lock cycle can form
                 finally:
                     self._current.reset(token)
+                    connection.info.pop(_BUMP_KEY, None)
 
 
 @contextmanager
@@ -89,3 +92,16 @@ def is_conflict(error: exc.IntegrityError) -> bool:
     if sqlstate is not None:
         return bool(sqlstate == "23505")
     return "UNIQUE constraint failed" in str(error.orig)
+
+
+_BUMP = "UPDATE store_epoch SET value = value + 1 WHERE id = 1"
+_BUMP_KEY = "stepguard_bump_epoch"
+
+
+def bump_epoch(connection: Connection) -> None:
+    """Mark decision-relevant state as changed (see `tables.store_epoch`).
+
+    The counter is raised once, as the transaction's last statement: every transaction then
+    takes the epoch row's lock last, so no lock cycle (deadlock) can include it.
+    """
+    connection.info[_BUMP_KEY] = True

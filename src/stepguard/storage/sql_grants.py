@@ -11,7 +11,7 @@ from stepguard.core.grant import Grant
 from stepguard.core.levels import Level
 from stepguard.storage import tables as t
 from stepguard.storage.records import GrantRecord
-from stepguard.storage.sql_base import Database, dumps, is_conflict, loads
+from stepguard.storage.sql_base import bump_epoch, Database, dumps, is_conflict, loads
 
 _G = t.grants.c
 
@@ -24,6 +24,7 @@ class SqlGrants:
         with self._db.write() as connection:
             try:
                 connection.execute(insert(t.grants).values(**_row(grant)))
+                bump_epoch(connection)
             except exc.IntegrityError as error:
                 if is_conflict(error):
                     raise Conflict("a grant with this id already exists") from None
@@ -57,7 +58,9 @@ class SqlGrants:
             .values(consumed_at=now)
         )
         with self._db.write() as connection:
-            return connection.execute(query).rowcount == 1
+            spent = connection.execute(query).rowcount == 1
+            bump_epoch(connection)
+            return spent
 
     def purge(self, *, expired_before: float) -> int:
         with self._db.write() as connection:

@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection
 
 from stepguard.core.risk import EMPTY_HISTORY, Location, RiskHistory
 from stepguard.storage import tables as t
-from stepguard.storage.sql_base import Database, dumps, loads
+from stepguard.storage.sql_base import bump_epoch, Database, dumps, loads
 
 HISTORY_ITEMS = 50  # newest devices, networks, countries and amounts kept per user
 FAILURE_WINDOW = 3600.0  # failures older than this (before the newest event) are dropped
@@ -75,6 +75,7 @@ class SqlHistory:
 
     def _change(self, user_id: str, change: Callable[[Document], None]) -> None:
         with self._db.write() as connection:
+            bump_epoch(connection)  # deferred to the end of the transaction
             _ensure_row(connection, user_id)
             text = connection.execute(
                 select(_H.data).where(_H.user_id == user_id).with_for_update()

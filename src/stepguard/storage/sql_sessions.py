@@ -13,7 +13,7 @@ from stepguard.core.errors import Conflict
 from stepguard.core.levels import Level
 from stepguard.storage import tables as t
 from stepguard.storage.records import SESSION_EVENT_LIMIT, SessionRecord
-from stepguard.storage.sql_base import Database, dumps, is_conflict, loads
+from stepguard.storage.sql_base import bump_epoch, Database, dumps, is_conflict, loads
 
 _S = t.sessions.c
 _E = t.session_events.c
@@ -56,10 +56,10 @@ class SqlSessions:
 
     def rotate(self, session_id: str, new_token_hash: str, *, now: float) -> bool:
         """Replace the token hash (the old token stops working at once)."""
-        return self._set(session_id, token_hash=new_token_hash, last_seen=now)
+        return self._set(session_id, bump=True, token_hash=new_token_hash, last_seen=now)
 
     def revoke(self, session_id: str, *, now: float) -> bool:
-        return self._set(session_id, revoked_at=now)
+        return self._set(session_id, bump=True, revoked_at=now)
 
     def revoke_all_for_user(
         self, user_id: str, *, now: float, except_session: str | None = None
@@ -68,7 +68,9 @@ class SqlSessions:
         if except_session is not None:
             query = query.where(_S.id != except_session)
         with self._db.write() as connection:
-            return int(connection.execute(query.values(revoked_at=now)).rowcount)
+            count = int(connection.execute(query.values(revoked_at=now)).rowcount)
+            bump_epoch(connection)
+            return count
 
     def add_event(self, session_id: str, event: AuthEvent) -> bool:
         """Append an authentication event to a live session, keeping the newest few."""
@@ -80,6 +82,7 @@ class SqlSessions:
                 return False
             _insert_events(connection, session_id, [event])
             _prune_events(connection, session_id)
+            bump_epoch(connection)
             return True
 
     def _one(self, condition: Any) -> SessionRecord | None:
@@ -88,10 +91,13 @@ class SqlSessions:
             found = _with_events(connection, list(connection.execute(query).mappings()))
         return found[0] if found else None
 
-    def _set(self, session_id: str, **values: Any) -> bool:
+    def _set(self, session_id: str, *, bump: bool = False, **values: Any) -> bool:
         query = update(t.sessions).where(_S.id == session_id, _S.revoked_at.is_(None))
         with self._db.write() as connection:
-            return connection.execute(query.values(**values)).rowcount == 1
+            changed = connection.execute(query.values(**values)).rowcount == 1
+            if bump:
+                bump_epoch(connection)
+            return changed
 
 
 def _insert_events(connection: Connection, session_id: str, events: Iterable[AuthEvent]) -> None:

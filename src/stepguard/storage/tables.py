@@ -163,6 +163,17 @@ risk_history = Table(
     Column("data", Text, nullable=False),
 )
 
+# One row whose value grows whenever something a decision depends on changes (a session revoked,
+# rotated or stepped up, a user disabled, a grant added or spent, risk history updated). Every
+# instance compares it with the value its in-process cache was filled at: a mismatch empties
+# the cache, so a revocation anywhere takes effect on the next request everywhere.
+store_epoch = Table(
+    "store_epoch",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)
+
 TABLES = (
     users,
     factors,
@@ -173,4 +184,5 @@ TABLES = (
     grants,
     throttle,
     risk_history,
+    store_epoch,
 )
