@@ -55,7 +55,7 @@ def test_security_headers_over_http() -> None:
             "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
         ),
         "X-Content-Type-Options": "nosniff",
-        "Referrer-Policy": "no-referrer",
+        "Referrer-Policy": "same-origin",
         "Cache-Control": "no-store",
         "X-Frame-Options": "DENY",
         "Cross-Origin-Opener-Policy": "same-origin",

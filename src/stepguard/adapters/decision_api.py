@@ -58,9 +58,11 @@ class _Model(BaseModel):
 class DecideRequest(_Model):
     """One request to decide, as the application saw it."""
 
-    method: str = Field(min_length=1, max_length=16, examples=["POST"])
-    host: str = Field(min_length=1, max_length=261, examples=["bank.example.com"])
-    path: str = Field(min_length=1, max_length=4096, examples=["/transfers"],
+    method: str = Field(min_length=1, max_length=16, pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$",
+                        examples=["POST"])
+    host: str = Field(min_length=1, max_length=261, pattern=r"^[^\s/@\\]+$",
+                      examples=["bank.example.com"])
+    path: str = Field(min_length=1, max_length=4096, pattern=r"^/", examples=["/transfers"],
                       description="the raw (still percent-encoded) path; Stepguard canonicalises "
                                   "it and answers 400 when it is ambiguous")
     scheme: Literal["http", "https"] = "https"

@@ -24,6 +24,7 @@ elsewhere on the same host).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
@@ -172,7 +173,7 @@ class StepguardMiddleware:
                 method=scope.get("method", "GET"), host=_host(scope, headers),
                 path=_raw_path(scope), scheme="https" if scope["scheme"] in ("https", "wss")
                 else "http", query=scope.get("query_string", b"").decode("latin-1"),
-                client_ip=self.proxies.client_ip(peer, headers.get("x-forwarded-for")),
+                client_ip=_ip_or_empty(self.proxies.client_ip(peer, headers.get("x-forwarded-for"))),
                 user_agent=headers.get("user-agent", "")[:512],
                 device_cookie=cookies.get(DEVICE_COOKIE, "")[:256], action=action,
                 attributes={k: _scalar(v) for k, v in attributes.items()},
@@ -258,6 +259,14 @@ def _raw_path(scope: Scope) -> str:
     if raw:
         return str(raw.partition(b"?")[0].decode("utf-8"))
     return quote(scope["path"], safe="/:@!$&'()*+,;=-._~")
+
+
+def _ip_or_empty(text: str) -> str:
+    """The client's IP, or "" when the peer is not an IP (a Unix socket, a test client)."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return ""
 
 
 def _session_token(cookies: Mapping[str, str], name: str) -> str | None:

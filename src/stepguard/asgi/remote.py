@@ -1,7 +1,8 @@
 """Remote mode: ask a Stepguard server's decision API over HTTP, and fail closed on any error.
 
 One `httpx.AsyncClient` per decider (created on first use, inside the running event loop) keeps
-connections alive between requests; every call has a short total timeout. Anything but a valid
+connections alive between requests; each call has a total deadline (default 0.5 s) enforced
+around the whole exchange, whatever the transport. Anything but a valid
 `200` answer — a timeout, a refused connection, a 5xx, a 401 for a wrong API key, a body that
 does not match the schema — raises `DecisionUnavailable`, which the middleware turns into a 503.
 A `400` (the request itself is ambiguous, e.g. an encoded slash) raises `BadRequest`.
@@ -9,6 +10,7 @@ A `400` (the request itself is ambiguous, e.g. an encoded slash) raises `BadRequ
 
 from __future__ import annotations
 
+import anyio
 import httpx
 from pydantic import ValidationError
 
@@ -27,6 +29,7 @@ class RemoteDecider:
         self.forward_bearer = forward_bearer
         self._headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
         self._timeout = httpx.Timeout(timeout)
+        self._deadline = timeout
         self._limits = httpx.Limits(max_connections=max_connections,
                                     max_keepalive_connections=max_connections)
         self._transport = transport
@@ -45,9 +48,10 @@ class RemoteDecider:
     async def decide(self, request: DecideRequest) -> DecideResponse:
         body = request.model_dump_json(exclude_none=True)
         try:
-            answer = await self.client.post(self.url, content=body,
-                                            headers={"Content-Type": "application/json"})
-        except httpx.HTTPError as exc:
+            with anyio.fail_after(self._deadline):  # a total deadline, whatever the transport
+                answer = await self.client.post(self.url, content=body,
+                                                headers={"Content-Type": "application/json"})
+        except (httpx.HTTPError, TimeoutError) as exc:
             raise DecisionUnavailable(f"decision API unreachable ({type(exc).__name__})") from None
         if answer.status_code == 400:
             raise BadRequest("the decision API refused the request as malformed")

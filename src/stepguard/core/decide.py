@@ -10,6 +10,7 @@ a grant for this subject, session, scope and binding digest will do.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from dataclasses import dataclass, field
 
 from stepguard.core.context import AuthEvent, RequestContext, SessionState, Subject
@@ -122,12 +123,12 @@ def _trace_skipped(policy: Policy, candidates: tuple[Rule, ...], trace: list[Tra
 def _apply(policy: Policy, rule: Rule, context: RequestContext, session: SessionState | None,
            risk: RiskAssessment, grants: Sequence[Grant], now: float, failed: bool) -> Decision:
     if rule.deny is not None:
-        return Decision(Outcome.DENY, rule.name, (render(rule.deny, _values(context, risk)),))
+        return Decision(Outcome.DENY, rule.name, (_text_of(rule.deny, context, risk),))
     requirement = rule.requirement
     if requirement is None:
-        return Decision(Outcome.ALLOW, rule.name, level=_session_level(policy, session, now))
+        return _allowed(rule.name, "", _session_level(policy, session, now))
     if session is None:
-        reasons = (_reason(rule, requirement, _values(context, risk)), "Sign in to continue.")
+        reasons = (_reason(rule, requirement, context, risk), "Sign in to continue.")
         return Decision(Outcome.STEP_UP, rule.name, _dedupe(reasons), requirement,
                         _scope(rule, requirement), login=True)
     return _judge(policy, rule, requirement, context, session, risk, grants, now, failed)
@@ -135,6 +136,17 @@ def _apply(policy: Policy, rule: Rule, context: RequestContext, session: Session
 
 def _values(context: RequestContext, risk: RiskAssessment) -> dict[str, object]:
     return reason_values(context=context, risk=risk)
+
+
+def _text_of(template: str, context: RequestContext, risk: RiskAssessment) -> str:
+    """A rendered reason; the values are built only when the template has placeholders."""
+    return render(template, _values(context, risk)) if "{" in template else template
+
+
+@lru_cache(maxsize=4096)
+def _allowed(rule: str, scope: str, level: Level) -> Decision:
+    """Allow decisions without a grant are the same every time: build each once."""
+    return Decision(Outcome.ALLOW, rule, scope=scope, level=level)
 
 
 def _judge(policy: Policy, rule: Rule, requirement: Requirement, context: RequestContext,
@@ -145,13 +157,12 @@ def _judge(policy: Policy, rule: Rule, requirement: Requirement, context: Reques
     if not requirement.needs_grant:
         event = _satisfying_event(policy.levels, session, requirement, now)
         if event is not None:
-            return Decision(Outcome.ALLOW, rule.name, scope=scope, level=event.level)
+            return _allowed(rule.name, scope, event.level)
     grant = _satisfying_grant(session, requirement, scope, digest, grants, now)
     if grant is not None:
         return Decision(Outcome.ALLOW, rule.name, scope=scope, binding=digest, grant_id=grant.id,
                         consume_grant=grant.id if grant.single_use else "", level=grant.level)
-    values = _values(context, risk)
-    reasons = _step_up_reasons(policy, rule, requirement, session, risk, now, values, failed)
+    reasons = _step_up_reasons(policy, rule, requirement, context, session, risk, now, failed)
     bound = tuple((name, _text(context.attributes.get(name))) for name in requirement.bind)
     return Decision(Outcome.STEP_UP, rule.name, reasons, requirement, scope, digest, bound)
 
@@ -180,10 +191,11 @@ def _alive(setting: LevelSettings | None, event: AuthEvent, idle: float, now: fl
     return now - event.at <= setting.max_session and idle <= setting.idle
 
 
-def _satisfying_event(levels: Mapping[Level, LevelSettings], session: SessionState, requirement: Requirement,
-                      now: float) -> AuthEvent | None:
-    for event in reversed(valid_events(levels, session, now)):
-        if event.level < requirement.level:
+def _satisfying_event(levels: Mapping[Level, LevelSettings], session: SessionState,
+                      requirement: Requirement, now: float) -> AuthEvent | None:
+    idle = now - session.last_seen
+    for event in reversed(session.events):
+        if event.level < requirement.level or not _alive(levels.get(event.level), event, idle, now):
             continue
         if requirement.methods and event.factor not in requirement.methods:
             continue
@@ -212,10 +224,10 @@ def _session_level(policy: Policy, session: SessionState | None, now: float) -> 
     return max((e.level for e in events), default=Level.AAL0)
 
 
-def _step_up_reasons(policy: Policy, rule: Rule, requirement: Requirement, session: SessionState,
-                     risk: RiskAssessment, now: float, values: dict[str, object],
-                     failed: bool) -> tuple[str, ...]:
-    reasons = [_reason(rule, requirement, values)]
+def _step_up_reasons(policy: Policy, rule: Rule, requirement: Requirement,
+                     context: RequestContext, session: SessionState, risk: RiskAssessment,
+                     now: float, failed: bool) -> tuple[str, ...]:
+    reasons = [_reason(rule, requirement, context, risk)]
     if rule.uses_risk or risk.level in ("high", "critical"):
         reasons.extend(risk.reasons)
     reasons.append(_freshness(policy, requirement, session, now))
@@ -225,9 +237,10 @@ def _step_up_reasons(policy: Policy, rule: Rule, requirement: Requirement, sessi
     return _dedupe(reasons)
 
 
-def _reason(rule: Rule, requirement: Requirement, values: dict[str, object]) -> str:
+def _reason(rule: Rule, requirement: Requirement, context: RequestContext,
+            risk: RiskAssessment) -> str:
     if requirement.reason:
-        return render(requirement.reason, values)
+        return _text_of(requirement.reason, context, risk)
     if rule.name == "default":
         return "Sign in to continue."
     return f"This action needs a stronger proof of who you are ({requirement.level.label})."

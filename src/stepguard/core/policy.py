@@ -248,7 +248,8 @@ def _rule(spec: Any, i: int, env: _Env) -> Rule | None:
     checks = _match(spec.get("match"), (*path, "match"), env)
     when = _when(spec.get("when"), (*path, "when"), env)
     requirement, deny = _outcome(spec, path, name, env)
-    match = spec.get("match") if isinstance(spec.get("match"), Mapping) else {}
+    raw_match = spec.get("match")
+    match: Mapping[str, Any] = raw_match if isinstance(raw_match, Mapping) else {}
     return Rule(name, i, checks, when, requirement, deny, str(spec.get("description", "")),
                 _index_hosts(match.get("hosts")), _index_segments(match.get("paths")))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from stepguard.core.context import AuthEvent, RequestContext
-from stepguard.core.decision import Requirement
+from stepguard.core.decision import Decision, Outcome, Requirement
 from stepguard.core.errors import StepguardError, VerificationFailed
 from stepguard.core.levels import FACTOR_AMR, Level
 from stepguard.core.risk import network_prefix
@@ -17,7 +17,7 @@ from stepguard.factors.totp import new_totp_secret, provisioning_uri, qr_svg, ve
 from stepguard.service.runtime import Runtime, hash_token, new_id, new_token
 from stepguard.service.throttle import check as check_throttle
 from stepguard.service.throttle import ip_key, user_factor_key
-from stepguard.service.stepup import ceremony_data, ceremony_from
+from stepguard.service.stepup import StepUp, ceremony_data, ceremony_from
 from stepguard.storage.records import ChallengeRecord, FactorRecord, SessionRecord, UserRecord
 
 FRESH_FOR_ENROLMENT = 600.0  # seconds: adding or removing a factor needs a proof this recent
@@ -162,6 +162,17 @@ class Accounts:
         wanted = Level.AAL2 if has_second or not first_factor_ok else Level.AAL1
         if not any(e.level >= wanted and now - e.at <= FRESH_FOR_ENROLMENT for e in session.events):
             raise NeedsFreshProof("Confirm it's you before changing how you sign in.")
+
+    def fresh_proof_challenge(self, session: SessionRecord, context: RequestContext,
+                              return_to: str) -> ChallengeRecord | None:
+        """A step-up challenge for a factor change, or None when only a new sign-in will do."""
+        if not any(f.kind != "password" for f in self.rt.store.factors.for_user(session.user_id)):
+            return None  # no second factor yet: a fresh password sign-in is the proof
+        requirement = Requirement(level=Level.AAL2, max_age=FRESH_FOR_ENROLMENT)
+        decision = Decision(Outcome.STEP_UP, "factor-change",
+                            ("Confirm it's you before changing how you sign in.",), requirement,
+                            "factor-change")
+        return StepUp(self.rt).start(decision, context, session, return_url=return_to)
 
     def begin_totp(self, session: SessionRecord, user: UserRecord) -> TotpEnrolment:
         self.require_fresh(session)

@@ -376,7 +376,12 @@ class Portal:
             await self.form(request, found[0])
         except CsrfRejected:
             return self.message(request, "Request refused", "The form expired.", 403)
-        return await replay(request, request.path_params["cid"], found[0])
+        response: Response = await replay(request, request.path_params["cid"], found[0])
+        if response.status_code in (403, 404):
+            return self.message(request, "Not sent", "This confirmation no longer covers the "
+                                "request: it was already sent, or it changed. Start again.",
+                                response.status_code)
+        return response
 
     # ------------------------------------------------------------------ account
 
@@ -443,6 +448,15 @@ class Portal:
         return await self._account_post(request, lambda s, u, f: (
             "Removed." if self.accounts.remove_factor(s, f.get("factor_id", "")) else "Not found."))
 
+    async def confirm_first(self, request: Request, session: SessionRecord, user: UserRecord,
+                            exc: NeedsFreshProof, return_to: str) -> Response:
+        """A factor change needs a fresh proof: a step-up (or a fresh sign-in) comes first."""
+        challenge = await run_in_threadpool(self.accounts.fresh_proof_challenge, session,
+                                            self.context(request), return_to)
+        if challenge is None:
+            return RedirectResponse(f"/login?rd={quote(return_to, safe='')}", 303)
+        return RedirectResponse(f"/step-up/{challenge.id}", 303)
+
     async def totp_begin(self, request: Request) -> Response:
         found = await self._signed_in(request)
         if isinstance(found, Response):
@@ -451,8 +465,7 @@ class Portal:
         try:
             enrolment = await run_in_threadpool(self.accounts.begin_totp, session, user)
         except NeedsFreshProof as exc:
-            return self.message(request, "Confirm it's you", str(exc), 403,
-                                {"href": "/login?rd=%2Faccount%2Ftotp", "text": "Sign in again"})
+            return await self.confirm_first(request, session, user, exc, "/account/totp")
         return self.page(request, "enrol_totp.html", session, user, qr_svg=enrolment.svg,
                          secret=enrolment.secret, otpauth_uri=enrolment.uri,
                          confirm_url=f"/account/totp?f={enrolment.factor_id}")
@@ -473,6 +486,10 @@ class Portal:
         found = await self._signed_in(request)
         if isinstance(found, Response):
             return found
+        try:
+            await run_in_threadpool(self.accounts.require_fresh, found[0])
+        except NeedsFreshProof as exc:
+            return await self.confirm_first(request, found[0], found[1], exc, "/account/passkey")
         return self.page(request, "enrol_passkey.html", *found, begin_url="/account/passkey/begin",
                          finish_url="/account/passkey/finish")
 

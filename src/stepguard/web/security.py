@@ -86,7 +86,9 @@ def security_headers(*, https: bool) -> list[tuple[str, str]]:
     headers = [
         ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
         ("X-Content-Type-Options", "nosniff"),
-        ("Referrer-Policy", "no-referrer"),
+        # same-origin, not no-referrer: with no-referrer browsers send `Origin: null` on
+        # same-origin POSTs, which the CSRF check (rightly) refuses.
+        ("Referrer-Policy", "same-origin"),
         ("Cache-Control", "no-store"),
         ("X-Frame-Options", "DENY"),
         ("Cross-Origin-Opener-Policy", "same-origin"),
