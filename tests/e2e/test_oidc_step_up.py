@@ -81,6 +81,12 @@ default: {level: aal1}
 """
 
 
+@pytest.fixture(autouse=True)
+def _demo_log_on_failure() -> None:
+    """Overrides tests/e2e/conftest.py's autouse fixture of the same name, which would start
+    the browser tests' demo server for these tests too; they need no demo."""
+
+
 # --- Node.js and the provider -------------------------------------------------------------------
 
 
@@ -307,11 +313,12 @@ def test_rfc9470_step_up_with_a_real_openid_provider(api: TestClient,
     assert claims_of(reused)["acr"] == AAL1 and "auth_time" in claims_of(reused)
     assert api.get("/payments/42", headers=bearer(reused)).status_code == 401
 
-    # Asking for the acr as an essential claim makes the provider authenticate again.
+    # Asking for the acr as an essential claim (OpenID Core §5.5.1.1) makes the provider
+    # authenticate again. (Sent beside `acr_values`, oidc-provider lets `acr_values` replace it
+    # with a voluntary request; `prompt=login` would also do.)
     wanted = asked["acr_values"].split()
     essential = json.dumps({"id_token": {"acr": {"essential": True, "values": wanted}}})
-    strong = client.authorize(acr_values=asked["acr_values"], max_age=asked["max_age"],
-                              claims=essential)
+    strong = client.authorize(claims=essential, max_age=asked["max_age"])
     stepped = claims_of(strong)
     assert stepped["acr"] == AAL2 and stepped["amr"] == ["pwd", "otp"]
     assert abs(stepped["auth_time"] - time.time()) < 30

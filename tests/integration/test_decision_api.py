@@ -70,9 +70,9 @@ class Env:
     api_key: str
 
 
-def make_env(folder: Path, *, policy: str = TEST_POLICY) -> Env:
+def make_env(folder: Path, *, policy: str = TEST_POLICY, public_url: str = BASE) -> Env:
     clock = Clock()
-    runtime = make_runtime(folder, clock=clock, policy=policy)
+    runtime = make_runtime(folder, clock=clock, policy=policy, public_url=public_url)
     alice = seed_user(runtime)
     key = ApiKeys(runtime).create("test-client").key
     return Env(runtime, clock, alice, key)

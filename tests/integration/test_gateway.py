@@ -29,17 +29,29 @@ def clock() -> Clock:
 def gateway(tmp_path: Path, clock: Clock) -> Iterator[tuple[TestClient, Seeded]]:
     runtime = make_runtime(tmp_path, clock=clock)
     alice = seed_user(runtime)
-    with TestClient(create_app(runtime), base_url=BASE, client=PEER,
-                    follow_redirects=False) as client:
+    with TestClient(
+        create_app(runtime), base_url=BASE, client=PEER, follow_redirects=False
+    ) as client:
         yield client, alice
     runtime.close()
 
 
-def caddy_headers(path: str, method: str = "GET", *, html: bool = True, ip: str = "203.0.113.7",
-                  host: str = "app.test") -> dict[str, str]:
-    return {"X-Forwarded-Method": method, "X-Forwarded-Proto": "https",
-            "X-Forwarded-Host": host, "X-Forwarded-Uri": path, "X-Forwarded-For": ip,
-            "Accept": "text/html" if html else "application/json"}
+def caddy_headers(
+    path: str,
+    method: str = "GET",
+    *,
+    html: bool = True,
+    ip: str = "203.0.113.7",
+    host: str = "app.test",
+) -> dict[str, str]:
+    return {
+        "X-Forwarded-Method": method,
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": host,
+        "X-Forwarded-Uri": path,
+        "X-Forwarded-For": ip,
+        "Accept": "text/html" if html else "application/json",
+    }
 
 
 def csrf(html: str) -> str:
@@ -50,8 +62,14 @@ def csrf(html: str) -> str:
 
 def sign_in(client: TestClient, user: Seeded) -> str:
     page = client.get("/login")
-    response = client.post("/login", data={"username": user.user.username,
-                                           "password": user.password, "csrf_token": csrf(page.text)})
+    response = client.post(
+        "/login",
+        data={
+            "username": user.user.username,
+            "password": user.password,
+            "csrf_token": csrf(page.text),
+        },
+    )
     assert response.status_code == 303, response.text
     return client.cookies["stepguard_session"]
 
@@ -68,7 +86,8 @@ def test_anonymous_browser_is_sent_to_sign_in_and_api_client_gets_rfc9470(gatewa
     api = forward(client, "/dashboard", html=False)
     assert api.status_code == 401
     assert api.headers["www-authenticate"].startswith(
-        'Bearer error="insufficient_user_authentication"')
+        'Bearer error="insufficient_user_authentication"'
+    )
     assert 'acr_values="urn:stepguard:aal1"' in api.headers["www-authenticate"]
     assert api.json()["challenge_url"].startswith(f"{BASE}/login")
 
@@ -93,8 +112,9 @@ def test_step_up_with_totp_then_allowed_then_stale_again(gateway, clock: Clock) 
     page_url = stepped.headers["location"].removeprefix(BASE)
     page = client.get(page_url)
     assert page.status_code == 200 and "Changing someone" in page.text
-    done = client.post(page_url + "/totp", data={"code": alice.code(clock.now),
-                                                 "csrf_token": csrf(page.text)})
+    done = client.post(
+        page_url + "/totp", data={"code": alice.code(clock.now), "csrf_token": csrf(page.text)}
+    )
     assert done.status_code == 303
     assert done.headers["location"] == "https://app.test/admin/users/bob/roles"
     assert client.cookies["stepguard_session"] != first_token  # rotated (case 11)
@@ -108,7 +128,9 @@ def test_the_pre_rotation_token_is_useless(gateway, clock: Clock) -> None:  # ty
     old = sign_in(client, alice)
     page_url = forward(client, "/admin/audit").headers["location"].removeprefix(BASE)
     page = client.get(page_url)
-    client.post(page_url + "/totp", data={"code": alice.code(clock.now), "csrf_token": csrf(page.text)})
+    client.post(
+        page_url + "/totp", data={"code": alice.code(clock.now), "csrf_token": csrf(page.text)}
+    )
     client.cookies.clear()
     client.cookies.set("stepguard_session", old)
     assert forward(client, "/dashboard").status_code == 302  # back to sign-in
@@ -123,8 +145,10 @@ def test_the_same_totp_code_is_refused_the_second_time(gateway, clock: Clock) ->
     first = forward(client, "/admin/audit").headers["location"].removeprefix(BASE)
     second = forward(other, "/admin/audit").headers["location"].removeprefix(BASE)
     page = client.get(first)
-    assert client.post(first + "/totp", data={"code": code, "csrf_token": csrf(page.text)}
-                       ).status_code == 303
+    assert (
+        client.post(first + "/totp", data={"code": code, "csrf_token": csrf(page.text)}).status_code
+        == 303
+    )
     page = other.get(second)
     replay = other.post(second + "/totp", data={"code": code, "csrf_token": csrf(page.text)})
     assert replay.status_code == 401 and "already used" in replay.text
@@ -132,9 +156,14 @@ def test_the_same_totp_code_is_refused_the_second_time(gateway, clock: Clock) ->
 
 def test_nginx_gets_401_with_location_instead_of_a_redirect(gateway) -> None:  # type: ignore[no-untyped-def]
     client, _ = gateway
-    response = client.get("/api/authz/auth-request", headers={
-        "X-Original-URL": "https://app.test/dashboard", "X-Original-Method": "GET",
-        "Accept": "text/html"})
+    response = client.get(
+        "/api/authz/auth-request",
+        headers={
+            "X-Original-URL": "https://app.test/dashboard",
+            "X-Original-Method": "GET",
+            "Accept": "text/html",
+        },
+    )
     assert response.status_code == 401
     assert response.headers["location"].startswith(f"{BASE}/login?rd=")
 
@@ -149,30 +178,57 @@ def test_forwarded_headers_from_an_untrusted_peer_change_nothing(tmp_path: Path)
     runtime.close()
 
 
-@pytest.mark.parametrize("path", ["/admin%2fusers/bob/roles", "/admin/users/bob/roles%00",
-                                  "/admin\\users", "/%2e%2e/admin", "/admin;x=1/users"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/admin%2fusers/bob/roles",
+        "/admin/users/bob/roles%00",
+        "/admin\\users",
+        "/%2e%2e/admin",
+        "/admin;x=1/users",
+    ],
+)
 def test_ambiguous_paths_are_refused(gateway, path: str) -> None:  # type: ignore[no-untyped-def]
     client, alice = gateway
     sign_in(client, alice)
     assert forward(client, path, "POST").status_code == 400
 
 
-@pytest.mark.parametrize("path", ["/admin//users/bob/roles", "/ADMIN/users/bob/roles",
-                                  "/x/../admin/users/bob/roles", "/admin/./users/bob/roles"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/admin//users/bob/roles",
+        "/ADMIN/users/bob/roles",
+        "/x/../admin/users/bob/roles",
+        "/admin/./users/bob/roles",
+    ],
+)
 def test_path_tricks_get_the_canonical_decision(gateway, path: str) -> None:  # type: ignore[no-untyped-def]
     client, alice = gateway
     sign_in(client, alice)
     assert forward(client, path, "POST").status_code == 303  # step-up, never the default allow
 
 
-@pytest.mark.parametrize("rd", ["https://evil.example/", "//evil.example", "/\\evil.example",
-                                "javascript:alert(1)", "https://app.test@evil.example/",
-                                "%2F%2Fevil.example", "https://app.test.evil.example/"])
+@pytest.mark.parametrize(
+    "rd",
+    [
+        "https://evil.example/",
+        "//evil.example",
+        "/\\evil.example",
+        "javascript:alert(1)",
+        "https://app.test@evil.example/",
+        "%2F%2Fevil.example",
+        "https://app.test.evil.example/",
+    ],
+)
 def test_open_redirects_are_refused(gateway, rd: str) -> None:  # type: ignore[no-untyped-def]
     client, alice = gateway
     page = client.get("/login", params={"rd": rd})
-    response = client.post("/login", params={"rd": rd}, data={
-        "username": "alice", "password": alice.password, "csrf_token": csrf(page.text)})
+    response = client.post(
+        "/login",
+        params={"rd": rd},
+        data={"username": "alice", "password": alice.password, "csrf_token": csrf(page.text)},
+    )
     assert response.status_code == 303
     assert response.headers["location"] == "/account"
 
@@ -180,14 +236,22 @@ def test_open_redirects_are_refused(gateway, rd: str) -> None:  # type: ignore[n
 def test_allowed_return_url_is_kept(gateway) -> None:  # type: ignore[no-untyped-def]
     client, alice = gateway
     page = client.get("/login", params={"rd": "https://app.test/x"})
-    response = client.post("/login", params={"rd": "https://app.test/x"}, data={
-        "username": "alice", "password": alice.password, "csrf_token": csrf(page.text)})
+    response = client.post(
+        "/login",
+        params={"rd": "https://app.test/x"},
+        data={"username": "alice", "password": alice.password, "csrf_token": csrf(page.text)},
+    )
     assert response.headers["location"] == "https://app.test/x"
 
 
-@pytest.mark.parametrize("headers, with_token", [
-    ({}, False), ({"Origin": "https://evil.example"}, True), ({"Origin": "null"}, True),
-])
+@pytest.mark.parametrize(
+    "headers, with_token",
+    [
+        ({}, False),
+        ({"Origin": "https://evil.example"}, True),
+        ({"Origin": "null"}, True),
+    ],
+)
 def test_csrf_is_refused(gateway, headers: dict[str, str], with_token: bool) -> None:  # type: ignore[no-untyped-def]
     client, alice = gateway
     page = client.get("/login")
@@ -213,12 +277,18 @@ def test_wrong_passwords_are_throttled(gateway) -> None:  # type: ignore[no-unty
     statuses = []
     for _ in range(3):
         page = client.get("/login")
-        statuses.append(client.post("/login", data={"username": "alice", "password": "nope",
-                                                    "csrf_token": csrf(page.text)}).status_code)
+        statuses.append(
+            client.post(
+                "/login",
+                data={"username": "alice", "password": "nope", "csrf_token": csrf(page.text)},
+            ).status_code
+        )
     assert statuses[0] == 401 and 429 in statuses
     page = client.get("/login")
-    blocked = client.post("/login", data={"username": "alice", "password": alice.password,
-                                          "csrf_token": csrf(page.text)})
+    blocked = client.post(
+        "/login",
+        data={"username": "alice", "password": alice.password, "csrf_token": csrf(page.text)},
+    )
     assert blocked.status_code == 429 and "Too many attempts" in blocked.text
 
 

@@ -29,7 +29,9 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[str]:
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(echo_app, host="127.0.0.1", port=port, log_level="error"))
+    server = uvicorn.Server(
+        uvicorn.Config(echo_app, host="127.0.0.1", port=port, log_level="error")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 10
@@ -53,8 +55,9 @@ def proxy(tmp_path: Path, upstream: str) -> Iterator[tuple[TestClient, Seeded, C
 """
     runtime = make_runtime(tmp_path, clock=clock, extra=extra)
     alice = seed_user(runtime)
-    with TestClient(create_app(runtime), base_url=BASE, client=("203.0.113.5", 1000),
-                    follow_redirects=False) as client:
+    with TestClient(
+        create_app(runtime), base_url=BASE, client=("203.0.113.5", 1000), follow_redirects=False
+    ) as client:
         yield client, alice, clock
     runtime.close()
 
@@ -67,8 +70,13 @@ def csrf(html: str) -> str:
 
 def sign_in(client: TestClient, user: Seeded) -> None:
     page = client.get("/login")
-    assert client.post("/login", data={"username": "alice", "password": user.password,
-                                       "csrf_token": csrf(page.text)}).status_code == 303
+    assert (
+        client.post(
+            "/login",
+            data={"username": "alice", "password": user.password, "csrf_token": csrf(page.text)},
+        ).status_code
+        == 303
+    )
 
 
 def headers_named(echoed: dict, name: str) -> list[str]:  # type: ignore[type-arg]
@@ -79,8 +87,15 @@ def headers_named(echoed: dict, name: str) -> list[str]:  # type: ignore[type-ar
 def test_client_sent_identity_headers_never_reach_the_upstream(proxy) -> None:  # type: ignore[no-untyped-def]
     client, alice, _ = proxy
     sign_in(client, alice)
-    echoed = client.get("/dashboard", headers={"Remote-User": "mallory", "remote_user": "mallory",
-                                               "REMOTE-GROUPS": "admins", "Accept": "text/html"}).json()
+    echoed = client.get(
+        "/dashboard",
+        headers={
+            "Remote-User": "mallory",
+            "remote_user": "mallory",
+            "REMOTE-GROUPS": "admins",
+            "Accept": "text/html",
+        },
+    ).json()
     assert headers_named(echoed, "remote-user") == ["alice"]
     assert headers_named(echoed, "remote-groups") == ["admins"]
     assert not any("mallory" in v for _, v in echoed["headers"])
@@ -89,26 +104,35 @@ def test_client_sent_identity_headers_never_reach_the_upstream(proxy) -> None:  
 
 def test_anonymous_api_client_gets_rfc9470_and_browser_the_sign_in(proxy) -> None:  # type: ignore[no-untyped-def]
     client, _, _ = proxy
-    assert client.get("/dashboard", headers={"Accept": "text/html"}).headers["location"] \
+    assert (
+        client.get("/dashboard", headers={"Accept": "text/html"})
+        .headers["location"]
         .startswith("/login?rd=")
+    )
     api = client.get("/dashboard", headers={"Accept": "application/json"})
-    assert api.status_code == 401 and "insufficient_user_authentication" in api.headers[
-        "www-authenticate"]
+    assert (
+        api.status_code == 401
+        and "insufficient_user_authentication" in api.headers["www-authenticate"]
+    )
 
 
 def test_held_post_is_replayed_once_after_step_up(proxy) -> None:  # type: ignore[no-untyped-def]
     client, alice, clock = proxy
     sign_in(client, alice)
-    small = client.post("/transfers", data={"amount": "50", "payee": "Bob"},
-                        headers={"Accept": "text/html"})
+    small = client.post(
+        "/transfers", data={"amount": "50", "payee": "Bob"}, headers={"Accept": "text/html"}
+    )
     assert small.status_code == 200 and small.json()["body"] == "amount=50&payee=Bob"
-    held = client.post("/transfers", data={"amount": "5000", "payee": "Bob"},
-                       headers={"Accept": "text/html"})
+    held = client.post(
+        "/transfers", data={"amount": "5000", "payee": "Bob"}, headers={"Accept": "text/html"}
+    )
     assert held.status_code == 303
     page = client.get(held.headers["location"])
     assert "Approve a transfer of 5000 to Bob" in page.text
-    passed = client.post(held.headers["location"] + "/totp",
-                         data={"code": alice.code(clock.now), "csrf_token": csrf(page.text)})
+    passed = client.post(
+        held.headers["location"] + "/totp",
+        data={"code": alice.code(clock.now), "csrf_token": csrf(page.text)},
+    )
     confirm_url = passed.headers["location"]
     confirm = client.get(confirm_url)
     assert confirm.status_code == 200 and "5000" in confirm.text and "Bob" in confirm.text
@@ -119,22 +143,28 @@ def test_held_post_is_replayed_once_after_step_up(proxy) -> None:  # type: ignor
     assert headers_named(echoed, "remote-user") == ["alice"]
     again = client.post(confirm_url, data={"csrf_token": csrf(confirm.text)})
     assert again.status_code == 403  # the single-use grant is spent
-    direct = client.post("/transfers", data={"amount": "5000", "payee": "Bob"},
-                         headers={"Accept": "text/html"})
+    direct = client.post(
+        "/transfers", data={"amount": "5000", "payee": "Bob"}, headers={"Accept": "text/html"}
+    )
     assert direct.status_code == 303  # and cannot be reused directly either
 
 
 def test_a_grant_for_bob_does_not_cover_mallory(proxy) -> None:  # type: ignore[no-untyped-def]
     client, alice, clock = proxy
     sign_in(client, alice)
-    held = client.post("/transfers", data={"amount": "100", "payee": "Bob"},
-                       headers={"Accept": "text/html"})
+    held = client.post(
+        "/transfers", data={"amount": "100", "payee": "Bob"}, headers={"Accept": "text/html"}
+    )
     assert held.status_code == 200  # small: no step-up
-    big = client.post("/transfers", data={"amount": "1500", "payee": "Bob"},
-                      headers={"Accept": "text/html"})
+    big = client.post(
+        "/transfers", data={"amount": "1500", "payee": "Bob"}, headers={"Accept": "text/html"}
+    )
     page = client.get(big.headers["location"])
-    client.post(big.headers["location"] + "/totp",
-                data={"code": alice.code(clock.now), "csrf_token": csrf(page.text)})
-    other = client.post("/transfers", data={"amount": "10000", "payee": "Mallory"},
-                        headers={"Accept": "text/html"})
+    client.post(
+        big.headers["location"] + "/totp",
+        data={"code": alice.code(clock.now), "csrf_token": csrf(page.text)},
+    )
+    other = client.post(
+        "/transfers", data={"amount": "10000", "payee": "Mallory"}, headers={"Accept": "text/html"}
+    )
     assert other.status_code == 303  # a different transaction needs its own approval

@@ -14,15 +14,23 @@ ROOT = Path(__file__).parents[2]
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("rules: [\n", "invalid YAML"),
-    ("rules:\n  - name: a\n    colour: red\n    allow: true\n", "unknown field 'colour'"),
-    ("attributes: {amount: number}\nrules:\n  - name: a\n    when: \"amout > 1\"\n"
-     "    require: {level: aal2}\n", "did you mean 'amount'"),
-    ("networks: {office: [10.0.0.0/40]}\nrules: []\n", "CIDR"),
-    ("rules:\n  - name: a\n    require: {level: aal9}\n", "aal9"),
-])
-def test_broken_policy_exits_2_with_a_clear_report(tmp_path: Path, text: str, fragment: str) -> None:
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("rules: [\n", "invalid YAML"),
+        ("rules:\n  - name: a\n    colour: red\n    allow: true\n", "unknown field 'colour'"),
+        (
+            'attributes: {amount: number}\nrules:\n  - name: a\n    when: "amout > 1"\n'
+            "    require: {level: aal2}\n",
+            "did you mean 'amount'",
+        ),
+        ("networks: {office: [10.0.0.0/40]}\nrules: []\n", "CIDR"),
+        ("rules:\n  - name: a\n    require: {level: aal9}\n", "aal9"),
+    ],
+)
+def test_broken_policy_exits_2_with_a_clear_report(
+    tmp_path: Path, text: str, fragment: str
+) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text(text)
     result = runner.invoke(app, ["policy", "validate", str(policy)])
@@ -33,15 +41,20 @@ def test_broken_policy_exits_2_with_a_clear_report(tmp_path: Path, text: str, fr
 
 def test_all_problems_are_listed_together(tmp_path: Path) -> None:
     policy = tmp_path / "policy.yaml"
-    policy.write_text("networks: {office: [bad]}\nrules:\n  - name: a\n    require: {level: aal9}\n"
-                      "  - name: a\n    deny: ''\n")
+    policy.write_text(
+        "networks: {office: [bad]}\nrules:\n  - name: a\n    require: {level: aal9}\n"
+        "  - name: a\n    deny: ''\n"
+    )
     result = runner.invoke(app, ["policy", "validate", str(policy)])
     assert result.exit_code == 2
     assert "4 problems" in result.output or "3 problems" in result.output
 
 
 def test_example_policy_validates_and_its_tests_pass() -> None:
-    assert runner.invoke(app, ["policy", "validate", str(ROOT / "examples/policy.yaml")]).exit_code == 0
+    assert (
+        runner.invoke(app, ["policy", "validate", str(ROOT / "examples/policy.yaml")]).exit_code
+        == 0
+    )
     result = runner.invoke(app, ["policy", "test", str(ROOT / "examples/policy.tests.yaml")])
     assert result.exit_code == 0, result.output
     assert "0 failed" in result.output
@@ -49,41 +62,60 @@ def test_example_policy_validates_and_its_tests_pass() -> None:
 
 def test_a_failing_policy_test_exits_1(tmp_path: Path) -> None:
     (tmp_path / "policy.yaml").write_text((ROOT / "examples/policy.yaml").read_text())
-    (tmp_path / "t.yaml").write_text("cases:\n  - name: wrong\n    request: {path: /healthz}\n"
-                                     "    expect: {outcome: deny}\n")
+    (tmp_path / "t.yaml").write_text(
+        "cases:\n  - name: wrong\n    request: {path: /healthz}\n    expect: {outcome: deny}\n"
+    )
     result = runner.invoke(app, ["policy", "test", str(tmp_path / "t.yaml")])
     assert result.exit_code == 1 and "FAIL wrong" in result.output
 
 
 def test_explain_prints_the_trace_and_decision() -> None:
-    result = runner.invoke(app, [
-        "policy", "explain", str(ROOT / "examples/policy.yaml"),
-        "--request", '{"method":"POST","host":"bank.example.com","path":"/transfers",'
-                     '"attributes":{"amount":5000,"payee":"Bob"}}',
-        "--session", '{"user":"alice","level":"aal1","age":"1m"}'])
+    result = runner.invoke(
+        app,
+        [
+            "policy",
+            "explain",
+            str(ROOT / "examples/policy.yaml"),
+            "--request",
+            '{"method":"POST","host":"bank.example.com","path":"/transfers",'
+            '"attributes":{"amount":5000,"payee":"Bob"}}',
+            "--session",
+            '{"user":"alice","level":"aal1","age":"1m"}',
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "large-transfer" in result.output and "STEP_UP" in result.output
     assert "Approve a transfer of 5000 to Bob" in result.output
 
 
 def test_explain_reports_a_bad_request() -> None:
-    result = runner.invoke(app, ["policy", "explain", str(ROOT / "examples/policy.yaml"),
-                                 "--request", '{"path":"/a%2fb"}'])
+    result = runner.invoke(
+        app,
+        ["policy", "explain", str(ROOT / "examples/policy.yaml"), "--request", '{"path":"/a%2fb"}'],
+    )
     assert result.exit_code == 0 and "400" in result.output
 
 
 def test_config_validate_lists_config_and_policy_problems(tmp_path: Path) -> None:
     (tmp_path / "policy.yaml").write_text("rules:\n  - name: a\n    require: {level: aal7}\n")
     (tmp_path / "stepguard.yaml").write_text(
-        "server: {port: 99999, trusted_proxies: [nope]}\nsecrets: {cookie_key: \"${NO_SUCH_VAR}\"}\n"
-        "unknown: 1\n")
+        'server: {port: 99999, trusted_proxies: [nope]}\nsecrets: {cookie_key: "${NO_SUCH_VAR}"}\n'
+        "unknown: 1\n"
+    )
     result = runner.invoke(app, ["config", "validate", str(tmp_path / "stepguard.yaml")])
     assert result.exit_code == 2
-    for fragment in ("server.port", "server.trusted_proxies", "NO_SUCH_VAR", "unknown field",
-                     "aal7", "policy.yaml"):
+    for fragment in (
+        "server.port",
+        "server.trusted_proxies",
+        "NO_SUCH_VAR",
+        "unknown field",
+        "aal7",
+        "policy.yaml",
+    ):
         assert fragment in result.output, fragment
 
 
 def test_configuration_reference_is_up_to_date() -> None:
-    assert (ROOT / "docs/configuration.md").read_text() == reference_markdown(), \
+    assert (ROOT / "docs/configuration.md").read_text() == reference_markdown(), (
         "run: stepguard config reference > docs/configuration.md"
+    )

@@ -28,8 +28,12 @@ def ctx(path: str = "/dashboard", method: str = "GET", **kw: object) -> RequestC
     return RequestContext(method=method, host="bank.example.com", path=path, **kw)  # type: ignore[arg-type]
 
 
-def session(*events: tuple[str, Level, float], idle: float = 0, groups: frozenset[str] = frozenset(),
-            sid: str = "s1") -> SessionState:
+def session(
+    *events: tuple[str, Level, float],
+    idle: float = 0,
+    groups: frozenset[str] = frozenset(),
+    sid: str = "s1",
+) -> SessionState:
     built = tuple(AuthEvent(f, FACTOR_AMR[f], lvl, NOW - age) for f, lvl, age in events)
     return SessionState(sid, Subject("alice", groups=groups), NOW - 7200, NOW - idle, events=built)
 
@@ -70,8 +74,9 @@ def test_methods_restrict_which_factor_counts() -> None:
 
 
 def test_idle_session_loses_its_level() -> None:
-    policy = compile_policy({"rules": [{"name": "r", "match": {"paths": ["/x"]},
-                                        "require": {"level": "aal2"}}]})
+    policy = compile_policy(
+        {"rules": [{"name": "r", "match": {"paths": ["/x"]}, "require": {"level": "aal2"}}]}
+    )
     active = session(PASSWORD, ("totp", Level.AAL2, 600.0), idle=60)
     idle = session(PASSWORD, ("totp", Level.AAL2, 600.0), idle=3601)
     assert decide(policy, ctx("/x"), active, now=NOW).allowed
@@ -80,11 +85,31 @@ def test_idle_session_loses_its_level() -> None:
     assert any("current sign-in is aal1" in r for r in decision.reasons)
 
 
-def grant(scope: str, *, binding: str = "", single_use: bool = False, age: float = 10,
-          ttl: float = 300, sid: str = "s1", subject: str = "alice", level: Level = Level.AAL2,
-          factor: str = "totp") -> Grant:
-    return Grant("g1", subject, sid, scope, level, FACTOR_AMR[factor], NOW - age, NOW - age + ttl,
-                 single_use, binding, factor)
+def grant(
+    scope: str,
+    *,
+    binding: str = "",
+    single_use: bool = False,
+    age: float = 10,
+    ttl: float = 300,
+    sid: str = "s1",
+    subject: str = "alice",
+    level: Level = Level.AAL2,
+    factor: str = "totp",
+) -> Grant:
+    return Grant(
+        "g1",
+        subject,
+        sid,
+        scope,
+        level,
+        FACTOR_AMR[factor],
+        NOW - age,
+        NOW - age + ttl,
+        single_use,
+        binding,
+        factor,
+    )
 
 
 def transfer(amount: object, payee: str) -> RequestContext:
@@ -92,8 +117,12 @@ def transfer(amount: object, payee: str) -> RequestContext:
 
 
 def bound(amount: object, payee: str) -> str:
-    return binding_digest(method="POST", path="/transfers", fields=("amount", "payee"),
-                          attributes={"amount": amount, "payee": payee})
+    return binding_digest(
+        method="POST",
+        path="/transfers",
+        fields=("amount", "payee"),
+        attributes={"amount": amount, "payee": payee},
+    )
 
 
 def test_single_use_grant_is_bound_to_the_transaction() -> None:
@@ -105,25 +134,33 @@ def test_single_use_grant_is_bound_to_the_transaction() -> None:
     good = grant("large-transfer", binding=bound("5000.00", "Bob"), single_use=True)
     allowed = decide(POLICY, transfer(5000, "Bob"), s, grants=[good], now=NOW)
     assert allowed.allowed and allowed.consume_grant == "g1"
-    assert decide(POLICY, transfer(9000, "Mallory"), s, grants=[good], now=NOW).outcome \
+    assert (
+        decide(POLICY, transfer(9000, "Mallory"), s, grants=[good], now=NOW).outcome
         is Outcome.STEP_UP
+    )
 
 
-@pytest.mark.parametrize("bad", [
-    grant("large-transfer", binding=bound(5000, "Bob"), single_use=True, sid="other"),
-    grant("large-transfer", binding=bound(5000, "Bob"), single_use=True, subject="mallory"),
-    grant("admin", binding=bound(5000, "Bob"), single_use=True),
-    grant("large-transfer", binding=bound(5000, "Bob"), single_use=True, age=400),
-    grant("large-transfer", binding=bound(5000, "Bob"), single_use=True, level=Level.AAL1),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        grant("large-transfer", binding=bound(5000, "Bob"), single_use=True, sid="other"),
+        grant("large-transfer", binding=bound(5000, "Bob"), single_use=True, subject="mallory"),
+        grant("admin", binding=bound(5000, "Bob"), single_use=True),
+        grant("large-transfer", binding=bound(5000, "Bob"), single_use=True, age=400),
+        grant("large-transfer", binding=bound(5000, "Bob"), single_use=True, level=Level.AAL1),
+    ],
+)
 def test_grant_must_match_subject_session_scope_expiry_and_level(bad: Grant) -> None:
-    assert decide(POLICY, transfer(5000, "Bob"), session(PASSWORD), grants=[bad],
-                  now=NOW).outcome is Outcome.STEP_UP
+    assert (
+        decide(POLICY, transfer(5000, "Bob"), session(PASSWORD), grants=[bad], now=NOW).outcome
+        is Outcome.STEP_UP
+    )
 
 
 def test_a_condition_that_cannot_be_evaluated_applies_the_rule() -> None:
-    explanation = explain(POLICY, ctx("/transfers", "POST", attributes={"amount": "lots"}),
-                          session(PASSWORD), now=NOW)
+    explanation = explain(
+        POLICY, ctx("/transfers", "POST", attributes={"amount": "lots"}), session(PASSWORD), now=NOW
+    )
     assert explanation.decision.rule == "large-transfer"
     assert explanation.decision.outcome is Outcome.STEP_UP
     assert any("could not be checked" in r for r in explanation.decision.reasons)
@@ -131,8 +168,11 @@ def test_a_condition_that_cannot_be_evaluated_applies_the_rule() -> None:
 
 
 def test_risk_reasons_are_shown_and_critical_risk_denies() -> None:
-    high = RiskAssessment(65, "high", (Signal("new_device", 20, "New device."),
-                                       Signal("new_country", 45, "New country.")))
+    high = RiskAssessment(
+        65,
+        "high",
+        (Signal("new_device", 20, "New device."), Signal("new_country", 45, "New country.")),
+    )
     decision = decide(POLICY, ctx(), session(PASSWORD), high, now=NOW)
     assert decision.rule == "risky-context" and "New device." in decision.reasons
     critical = RiskAssessment(95, "critical", high.signals)
@@ -152,18 +192,28 @@ def test_explain_shows_skipped_looked_at_and_matched_rules() -> None:
     assert by_rule["admin-roles"].matched
     assert by_rule["large-transfer"].looked_at is False
     assert "does not hold" in by_rule["critical-risk"].why
-    assert explanation.decision == decide(POLICY, ctx("/admin/users/bob/roles", "POST"),
-                                          session(PASSWORD), now=NOW)
+    assert explanation.decision == decide(
+        POLICY, ctx("/admin/users/bob/roles", "POST"), session(PASSWORD), now=NOW
+    )
 
 
 def test_group_and_user_matches() -> None:
-    policy = compile_policy({"rules": [
-        {"name": "ops", "match": {"groups": ["ops"]}, "require": {"level": "aal2"}},
-        {"name": "bob", "match": {"users": ["bob"]}, "deny": "no"},
-        {"name": "api", "match": {"hosts": ["*.example.com"], "actions": ["payments.*"]},
-         "require": {"level": "aal3"}},
-    ]})
-    assert decide(policy, ctx(), session(PASSWORD, groups=frozenset({"ops"})), now=NOW).rule == "ops"
+    policy = compile_policy(
+        {
+            "rules": [
+                {"name": "ops", "match": {"groups": ["ops"]}, "require": {"level": "aal2"}},
+                {"name": "bob", "match": {"users": ["bob"]}, "deny": "no"},
+                {
+                    "name": "api",
+                    "match": {"hosts": ["*.example.com"], "actions": ["payments.*"]},
+                    "require": {"level": "aal3"},
+                },
+            ]
+        }
+    )
+    assert (
+        decide(policy, ctx(), session(PASSWORD, groups=frozenset({"ops"})), now=NOW).rule == "ops"
+    )
     assert decide(policy, ctx(), session(PASSWORD), now=NOW).rule == "default"
     assert decide(policy, ctx(action="payments.refund"), session(PASSWORD), now=NOW).rule == "api"
 
@@ -177,9 +227,9 @@ def _encode(ch: str, how: int) -> str:
     if ch == "/":
         return ch
     if how == 1:
-        return "%{:02X}".format(ord(ch))
+        return f"%{ord(ch):02X}"
     if how == 2:
-        return "%{:02x}".format(ord(ch))
+        return f"%{ord(ch):02x}"
     if how == 3:
         return ch.upper()
     return ch
@@ -190,10 +240,13 @@ def tricked(draw: st.DrawFn) -> tuple[str, str]:
     base = draw(st.sampled_from(PROTECTED))
     chars = [_encode(c, draw(st.integers(0, 4))) for c in base]
     raw = "".join(chars)
-    trick = draw(st.sampled_from(["", "//", "/./", "/x/../", "/%2e/", "/%2e%2e/", "%2f", ";a=1",
-                                  "%00", "\\", "/.%2e/"]))
+    trick = draw(
+        st.sampled_from(
+            ["", "//", "/./", "/x/../", "/%2e/", "/%2e%2e/", "%2f", ";a=1", "%00", "\\", "/.%2e/"]
+        )
+    )
     at = draw(st.integers(0, len(raw)))
-    if trick and raw[at - 1:at] == "/" or at == 0:
+    if trick and raw[at - 1 : at] == "/" or at == 0:
         at = max(at, 1)
     return base, raw[:at] + trick + raw[at:]
 
@@ -207,18 +260,35 @@ def test_no_request_is_weaker_than_its_canonical_form(case: tuple[str, str], met
     except BadRequest:
         return  # refused with a 400: never a weaker decision
     s = session(PASSWORD)
-    canonical = decide(POLICY, RequestContext(method=method.upper(), host="bank.example.com",
-                                              path=path), s, now=NOW)
+    canonical = decide(
+        POLICY,
+        RequestContext(method=method.upper(), host="bank.example.com", path=path),
+        s,
+        now=NOW,
+    )
     if path.lower() == base.lower():
-        plain = decide(POLICY, RequestContext(method=method.upper(), host="bank.example.com",
-                                              path=base), s, now=NOW)
+        plain = decide(
+            POLICY,
+            RequestContext(method=method.upper(), host="bank.example.com", path=base),
+            s,
+            now=NOW,
+        )
         assert STRENGTH[canonical.outcome] >= STRENGTH[plain.outcome]
         assert canonical.rule == plain.rule
 
 
 @pytest.mark.parametrize("host", ["BANK.EXAMPLE.COM", "bank.example.com.", "Bank.Example.Com.:443"])
 def test_host_variants_get_the_same_rule(host: str) -> None:
-    policy = compile_policy({"rules": [{"name": "bank", "match": {"hosts": ["bank.example.com"]},
-                                        "require": {"level": "aal2"}}]})
+    policy = compile_policy(
+        {
+            "rules": [
+                {
+                    "name": "bank",
+                    "match": {"hosts": ["bank.example.com"]},
+                    "require": {"level": "aal2"},
+                }
+            ]
+        }
+    )
     context = RequestContext(method="GET", host=canonical_host(host), path="/")
     assert decide(policy, context, session(PASSWORD), now=NOW).rule == "bank"

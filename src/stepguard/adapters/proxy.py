@@ -31,16 +31,28 @@ from stepguard.service.runtime import Runtime, unsign
 from stepguard.service.stepup import HeldRequest, StepUp
 from stepguard.storage.records import HELD_BODY_LIMIT, SessionRecord
 
-HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
-              "trailers", "transfer-encoding", "upgrade", "host", "content-length", "cookie"}
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "cookie",
+}
 
 
 class ReverseProxy:
     def __init__(self, runtime: Runtime, guard: Guard, stepup: StepUp, *, cookie_name: str) -> None:
         self.rt, self.guard, self.stepup = runtime, guard, stepup
         self.cookie_name = cookie_name
-        self.client = httpx.AsyncClient(timeout=runtime.config.server.request_timeout,
-                                        follow_redirects=False)
+        self.client = httpx.AsyncClient(
+            timeout=runtime.config.server.request_timeout, follow_redirects=False
+        )
         self.upstreams = list(runtime.config.upstreams)
 
     def upstream_for(self, host: str) -> Upstream | None:
@@ -62,8 +74,14 @@ class ReverseProxy:
         except StoreUnavailable:
             return Response("the session store is unavailable\n", 503, headers={"Retry-After": "5"})
         if check.decision.outcome is Outcome.ALLOW:
-            return await self.forward(request.method, _target(request), request.headers.items(),
-                                      body, upstream, identity_headers(check, self.rt))
+            return await self.forward(
+                request.method,
+                _target(request),
+                request.headers.items(),
+                body,
+                upstream,
+                identity_headers(check, self.rt),
+            )
         if check.decision.outcome is Outcome.DENY:
             return Response(" ".join(check.decision.reasons) + "\n", 403)
         return await self._challenge(request, check, body)
@@ -72,15 +90,21 @@ class ReverseProxy:
         return request.cookies.get(self.cookie_name)
 
     def _context(self, request: Request, upstream: Upstream, body: bytes) -> RequestContext:
-        context = build_context(method=request.method, scheme=request.url.scheme,
-                                host=request.headers.get("host", ""), target=_target(request),
-                                client_ip=request.client.host if request.client else "",
-                                headers=request.headers,
-                                device_id=unsign(self.rt.cookie_key, request.cookies.get(DEVICE_COOKIE)))
+        context = build_context(
+            method=request.method,
+            scheme=request.url.scheme,
+            host=request.headers.get("host", ""),
+            target=_target(request),
+            client_ip=request.client.host if request.client else "",
+            headers=request.headers,
+            device_id=unsign(self.rt.cookie_key, request.cookies.get(DEVICE_COOKIE)),
+        )
         route = _route(upstream, context.path)
         if route is None:
             return context
-        attributes = _attributes(route, context.query, body, request.headers.get("content-type", ""))
+        attributes = _attributes(
+            route, context.query, body, request.headers.get("content-type", "")
+        )
         context = with_attributes(context, attributes)
         if route.action:
             context = replace(context, action=route.action)
@@ -94,8 +118,10 @@ class ReverseProxy:
         else:
             held = HeldRequest(request.method, _held_headers(request), body[:HELD_BODY_LIMIT])
             challenge = await run_in_threadpool(
-                lambda: self.stepup.start(check.decision, check.context, check.session,
-                                          return_url=url, held=held))
+                lambda: self.stepup.start(
+                    check.decision, check.context, check.session, return_url=url, held=held
+                )
+            )
             location = f"/step-up/{challenge.id}"
         if wants_html(request.headers):
             return RedirectResponse(location, 302 if request.method in ("GET", "HEAD") else 303)
@@ -116,36 +142,66 @@ class ReverseProxy:
         check = await run_in_threadpool(self.guard.check, context, self._token(request))
         if check.decision.outcome is not Outcome.ALLOW:
             return Response("the confirmation no longer covers this request\n", 403)
-        return await self.forward(challenge.held_method, target, headers, challenge.held_body,
-                                  upstream, identity_headers(check, self.rt))
+        return await self.forward(
+            challenge.held_method,
+            target,
+            headers,
+            challenge.held_body,
+            upstream,
+            identity_headers(check, self.rt),
+        )
 
-    def _replay_context(self, request: Request, upstream: Upstream, host: str, target: str,
-                        challenge: Any) -> RequestContext:
+    def _replay_context(
+        self, request: Request, upstream: Upstream, host: str, target: str, challenge: Any
+    ) -> RequestContext:
         headers = dict(challenge.held_headers)
-        context = build_context(method=challenge.held_method, scheme="http", host=host,
-                                target=target, client_ip=request.client.host if request.client else "",
-                                headers=request.headers)
+        context = build_context(
+            method=challenge.held_method,
+            scheme="http",
+            host=host,
+            target=target,
+            client_ip=request.client.host if request.client else "",
+            headers=request.headers,
+        )
         route = _route(upstream, context.path)
         if route is None:
             return context
-        attrs = _attributes(route, context.query, challenge.held_body,
-                            headers.get("content-type", ""))
+        attrs = _attributes(
+            route, context.query, challenge.held_body, headers.get("content-type", "")
+        )
         return with_attributes(context, attrs)
 
-    async def forward(self, method: str, target: str, headers: Any, body: bytes,
-                      upstream: Upstream, identity: dict[str, str]) -> Response:
-        out = [(k, v) for k, v in headers if k.lower() not in HOP_BY_HOP and not is_identity_header(k)]
+    async def forward(
+        self,
+        method: str,
+        target: str,
+        headers: Any,
+        body: bytes,
+        upstream: Upstream,
+        identity: dict[str, str],
+    ) -> Response:
+        out = [
+            (k, v) for k, v in headers if k.lower() not in HOP_BY_HOP and not is_identity_header(k)
+        ]
         out += list(identity.items())
-        request = self.client.build_request(method, upstream.url.rstrip("/") + target,
-                                            headers=out, content=body)
+        request = self.client.build_request(
+            method, upstream.url.rstrip("/") + target, headers=out, content=body
+        )
         try:
             upstream_response = await self.client.send(request, stream=True)
         except httpx.HTTPError:
             return Response("the upstream application is unreachable\n", 502)
-        kept = [(k, v) for k, v in upstream_response.headers.items()
-                if k.lower() not in HOP_BY_HOP - {"cookie"}]
-        return StreamingResponse(upstream_response.aiter_raw(), upstream_response.status_code,
-                                 headers=dict(kept), background=BackgroundTask(upstream_response.aclose))
+        kept = [
+            (k, v)
+            for k, v in upstream_response.headers.items()
+            if k.lower() not in HOP_BY_HOP - {"cookie"}
+        ]
+        return StreamingResponse(
+            upstream_response.aiter_raw(),
+            upstream_response.status_code,
+            headers=dict(kept),
+            background=BackgroundTask(upstream_response.aclose),
+        )
 
 
 def _target(request: Request) -> str:

@@ -34,9 +34,11 @@ def create(name: str, config: Path = CONFIG) -> None:
 
 
 @app.command("rotate")
-def rotate(name: str, config: Path = CONFIG,
-           grace: str = typer.Option("0s", help="how long the old key keeps working, e.g. 10m")
-           ) -> None:
+def rotate(
+    name: str,
+    config: Path = CONFIG,
+    grace: str = typer.Option("0s", help="how long the old key keeps working, e.g. 10m"),
+) -> None:
     """Give a client a new key; the old one stops working after the grace period."""
     from stepguard.core.durations import parse_duration
     from stepguard.service.api_keys import ApiKeys
@@ -77,8 +79,11 @@ def list_keys(config: Path = CONFIG) -> None:
     try:
         for key in ApiKeys(runtime).list():
             state = "revoked" if key.revoked_at else "active"
-            console.print(f"{key.name}\t{key.id}\t{state}\tcreated {_when(key.created)}\t"
-                          f"last used {_when(key.last_used)}", markup=False)
+            console.print(
+                f"{key.name}\t{key.id}\t{state}\tcreated {_when(key.created)}\t"
+                f"last used {_when(key.last_used)}",
+                markup=False,
+            )
     finally:
         runtime.close()
 

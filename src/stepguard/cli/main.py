@@ -11,8 +11,11 @@ from stepguard.cli.output import console, fail_with_problems
 from stepguard.config.load import load_config
 from stepguard.core.errors import ConfigError
 
-app = typer.Typer(help="Stepguard: step-up authentication for any web application.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Stepguard: step-up authentication for any web application.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 app.add_typer(policy_cmd.app, name="policy")
 config_app = typer.Typer(help="Check configuration files.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
@@ -38,8 +41,10 @@ def config_reference() -> None:
 
 
 @app.command("demo")
-def demo(data: Path = typer.Option(Path("data"), help="folder for the SQLite store and config"),
-         port: int = 9091) -> None:
+def demo(
+    data: Path = typer.Option(Path("data"), help="folder for the SQLite store and config"),
+    port: int = 9091,
+) -> None:
     """Run Acme Bank behind the gateway on 127.0.0.1 with seeded users."""
     from stepguard.demo.run import run
 

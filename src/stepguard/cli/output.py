@@ -55,8 +55,12 @@ def print_explanation(explanation: Explanation) -> None:
     table.add_column("matched")
     table.add_column("why")
     for step in explanation.trace:
-        table.add_row(step.rule, "yes" if step.looked_at else "no",
-                      "[green]yes[/]" if step.matched else "no", step.why)
+        table.add_row(
+            step.rule,
+            "yes" if step.looked_at else "no",
+            "[green]yes[/]" if step.matched else "no",
+            step.why,
+        )
     console.print(table)
     print_decision(explanation.decision)
 

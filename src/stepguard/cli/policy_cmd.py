@@ -47,8 +47,12 @@ def explain_cmd(
         policy = load_policy(file)
     except ConfigError as exc:
         fail_with_problems(exc, str(file))
-    spec = {"request": _json(request, "--request"), "session": _json(session, "--session"),
-            "risk": _json(risk, "--risk"), "grants": _json(grants, "--grants")}
+    spec = {
+        "request": _json(request, "--request"),
+        "session": _json(session, "--session"),
+        "risk": _json(risk, "--risk"),
+        "grants": _json(grants, "--grants"),
+    }
     try:
         case = build_case(spec, now=FIXED_NOW)
     except BadRequest as exc:
@@ -57,8 +61,7 @@ def explain_cmd(
     except (CaseError, ValueError) as exc:
         errors.print(f"invalid input: {exc}")
         raise typer.Exit(2) from exc
-    print_explanation(explain(policy, case.request, case.session, case.risk, case.grants,
-                              case.now))
+    print_explanation(explain(policy, case.request, case.session, case.risk, case.grants, case.now))
 
 
 @app.command("test")
@@ -87,5 +90,3 @@ def _json(text: str, option: str) -> Any:
         except yaml.YAMLError:
             errors.print(f"{option}: expected JSON ({exc.msg} at column {exc.colno})")
             raise typer.Exit(2) from exc
-
-

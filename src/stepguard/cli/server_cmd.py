@@ -1,4 +1,4 @@
-"""`stepguard serve`, `stepguard db upgrade`, `stepguard keys generate`, users and audit commands."""
+"""`stepguard serve`, `db upgrade`, `keys generate`, and the users and audit commands."""
 
 from __future__ import annotations
 
@@ -42,14 +42,28 @@ def serve(config: Path = CONFIG, host: str | None = None, port: int | None = Non
     if settings.server == "granian":
         from granian import Granian
 
-        Granian("stepguard.web.factory:app_from_env", address=bind_host, port=bind_port,
-                interface="asgi", factory=True, workers=settings.workers).serve()
+        Granian(
+            "stepguard.web.factory:app_from_env",
+            address=bind_host,
+            port=bind_port,
+            interface="asgi",
+            factory=True,
+            workers=settings.workers,
+        ).serve()
         return
     import uvicorn
 
-    uvicorn.run("stepguard.web.factory:app_from_env", factory=True, host=bind_host,
-                port=bind_port, workers=settings.workers, log_level="warning", access_log=False,
-                proxy_headers=False, server_header=False)
+    uvicorn.run(
+        "stepguard.web.factory:app_from_env",
+        factory=True,
+        host=bind_host,
+        port=bind_port,
+        workers=settings.workers,
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,
+        server_header=False,
+    )
 
 
 def db_upgrade(config: Path = CONFIG) -> None:
@@ -71,16 +85,22 @@ def keys_generate() -> None:
     console.print(generate_signing_key_pem().decode(), markup=False)
 
 
-def users_add(username: str, config: Path = CONFIG,
-              password: str = typer.Option(..., prompt=True, hide_input=True),
-              name: str = "", email: str = "", group: list[str] = typer.Option([])) -> None:
+def users_add(
+    username: str,
+    config: Path = CONFIG,
+    password: str = typer.Option(..., prompt=True, hide_input=True),
+    name: str = "",
+    email: str = "",
+    group: list[str] = typer.Option([]),
+) -> None:
     """Add a user."""
     from stepguard.service.accounts import Accounts
 
     runtime = runtime_for(config)
     try:
-        user = Accounts(runtime).add_user(username, password=password, display_name=name,
-                                          email=email, groups=tuple(group))
+        user = Accounts(runtime).add_user(
+            username, password=password, display_name=name, email=email, groups=tuple(group)
+        )
     except StepguardError as exc:
         errors.print(f"cannot add {username}: {exc}")
         raise typer.Exit(1) from exc
@@ -94,8 +114,9 @@ def users_list(config: Path = CONFIG) -> None:
     runtime = runtime_for(config)
     for user in runtime.store.users.list(limit=10_000):
         flag = " [disabled]" if user.disabled else ""
-        console.print(f"{user.username}\t{user.id}\t{','.join(sorted(user.groups))}{flag}",
-                      markup=False)
+        console.print(
+            f"{user.username}\t{user.id}\t{','.join(sorted(user.groups))}{flag}", markup=False
+        )
     runtime.close()
 
 
@@ -138,13 +159,16 @@ def audit_verify(config: Path = CONFIG, public_key: Path | None = None) -> None:
     if report.ok:
         console.print(f"ledger intact: {report.count} entries")
         return
-    errors.print(f"ledger BROKEN at entry {report.first_bad_seq}: "
-                 f"{report.problem.value if report.problem else ''} {report.detail}")
+    errors.print(
+        f"ledger BROKEN at entry {report.first_bad_seq}: "
+        f"{report.problem.value if report.problem else ''} {report.detail}"
+    )
     raise typer.Exit(1)
 
 
-def audit_export(config: Path = CONFIG, since: int = 0,
-                 format: str = typer.Option("jsonl", "--format")) -> None:
+def audit_export(
+    config: Path = CONFIG, since: int = 0, format: str = typer.Option("jsonl", "--format")
+) -> None:
     """Export the audit ledger as JSON Lines to standard output."""
     from stepguard.audit.commands import export_store
     from stepguard.service.runtime import _store_url
@@ -153,8 +177,9 @@ def audit_export(config: Path = CONFIG, since: int = 0,
         errors.print("only --format jsonl is supported")
         raise typer.Exit(2)
     loaded = load(config)
-    export_store(_store_url(loaded.config.store.url, loaded.path.parent), sys.stdout,
-                 since_seq=since)
+    export_store(
+        _store_url(loaded.config.store.url, loaded.path.parent), sys.stdout, since_seq=since
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -30,8 +30,9 @@ class Case:
     now: float
 
 
-def build_case(spec: Mapping[str, Any], *, settings: RiskSettings | None = None,
-               now: float = FIXED_NOW) -> Case:
+def build_case(
+    spec: Mapping[str, Any], *, settings: RiskSettings | None = None, now: float = FIXED_NOW
+) -> Case:
     """Core values for one case: `request`, optional `session`, `risk` and `grants`."""
     request = build_request(_mapping(spec.get("request"), "request"))
     session = build_session(spec.get("session"), now=now)
@@ -61,14 +62,25 @@ def build_session(spec: Any, *, now: float) -> SessionState | None:
     if spec is None:
         return None
     spec = _mapping(spec, "session")
-    subject = Subject(str(spec.get("user", "alice")), str(spec.get("name", "")),
-                      str(spec.get("email", "")), frozenset(spec.get("groups", [])))
+    subject = Subject(
+        str(spec.get("user", "alice")),
+        str(spec.get("name", "")),
+        str(spec.get("email", "")),
+        frozenset(spec.get("groups", [])),
+    )
     events = spec.get("events") or [{k: spec[k] for k in ("factor", "level", "age") if k in spec}]
     built = tuple(_event(_mapping(e, "session.events[]"), now) for e in events)
     created = now - max((now - e.at for e in built), default=0.0)
     idle = parse_duration(spec.get("idle", 0))
-    return SessionState(str(spec.get("id", "s1")), subject, created, now - idle,
-                        str(spec.get("ip", "")), str(spec.get("user_agent", "")), built)
+    return SessionState(
+        str(spec.get("id", "s1")),
+        subject,
+        created,
+        now - idle,
+        str(spec.get("ip", "")),
+        str(spec.get("user_agent", "")),
+        built,
+    )
 
 
 def _event(spec: Mapping[str, Any], now: float) -> AuthEvent:
@@ -84,8 +96,9 @@ def build_risk(spec: Any, settings: RiskSettings) -> RiskAssessment:
     if spec is None:
         return RiskAssessment()
     spec = _mapping(spec, "risk")
-    signals = tuple(Signal(n, settings.weights.get(n, 0), _signal_reason(n))
-                    for n in spec.get("signals", []))
+    signals = tuple(
+        Signal(n, settings.weights.get(n, 0), _signal_reason(n)) for n in spec.get("signals", [])
+    )
     score = int(spec.get("score", min(100, sum(s.weight for s in signals))))
     level = str(spec.get("level", risk_level(score, settings.thresholds)))
     return RiskAssessment(score, level, signals)
@@ -101,14 +114,27 @@ def _grant(spec: Any, request: RequestContext, session: SessionState | None, now
         raise CaseError("a grant needs a session")
     binding = ""
     if spec.get("bind"):
-        binding = binding_digest(method=request.method, path=request.path, fields=spec["bind"],
-                                 attributes=spec.get("attributes", request.attributes))
+        binding = binding_digest(
+            method=request.method,
+            path=request.path,
+            fields=spec["bind"],
+            attributes=spec.get("attributes", request.attributes),
+        )
     granted = now - parse_duration(spec.get("age", 0))
     factor = str(spec.get("factor", "totp"))
-    return Grant(str(spec.get("id", "g1")), session.subject.id, session.id, str(spec["scope"]),
-                 Level.parse(str(spec.get("level", "aal2"))), FACTOR_AMR.get(factor, ()), granted,
-                 granted + parse_duration(spec.get("ttl", "5m")), bool(spec.get("single_use")),
-                 binding, factor)
+    return Grant(
+        str(spec.get("id", "g1")),
+        session.subject.id,
+        session.id,
+        str(spec["scope"]),
+        Level.parse(str(spec.get("level", "aal2"))),
+        FACTOR_AMR.get(factor, ()),
+        granted,
+        granted + parse_duration(spec.get("ttl", "5m")),
+        bool(spec.get("single_use")),
+        binding,
+        factor,
+    )
 
 
 def _mapping(value: Any, what: str) -> Mapping[str, Any]:

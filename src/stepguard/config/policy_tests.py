@@ -27,8 +27,9 @@ from stepguard.core.durations import parse_duration
 from stepguard.core.errors import BadRequest, ConfigError
 from stepguard.core.policy import Policy
 
-_EXPECT = frozenset({"outcome", "rule", "level", "login", "reason_contains", "max_age",
-                     "single_use", "consume"})
+_EXPECT = frozenset(
+    {"outcome", "rule", "level", "login", "reason_contains", "max_age", "single_use", "consume"}
+)
 
 
 @dataclass(frozen=True)
@@ -100,12 +101,12 @@ def _compare(decision: Decision, expect: Mapping[str, Any]) -> list[str]:
     for key, wanted in expect.items():
         if key == "reason_contains":
             if not any(str(wanted) in r for r in decision.reasons):
-                problems.append(f"no reason contains {wanted!r} (reasons: {list(decision.reasons)})")
+                problems.append(
+                    f"no reason contains {wanted!r} (reasons: {list(decision.reasons)})"
+                )
         elif key == "max_age":
             if actual["max_age"] != parse_duration(wanted):
                 problems.append(f"max_age: expected {wanted}, got {actual['max_age']}")
         elif actual[key] != wanted:
             problems.append(f"{key}: expected {wanted!r}, got {actual[key]!r}")
     return problems
-
-

@@ -85,8 +85,9 @@ def _build(node: yaml.Node, path: DataPath, positions: dict[DataPath, tuple[int,
     return yaml.SafeLoader("").construct_object(node)  # type: ignore[no-untyped-call]
 
 
-def resolve_secrets(source: Source, *, environ: Mapping[str, str] | None = None,
-                    base: Path | None = None) -> list[Problem]:
+def resolve_secrets(
+    source: Source, *, environ: Mapping[str, str] | None = None, base: Path | None = None
+) -> list[Problem]:
     """Replace `${ENV}` and `file:` values in place; return the problems found."""
     env = os.environ if environ is None else environ
     problems: list[Problem] = []
@@ -94,11 +95,18 @@ def resolve_secrets(source: Source, *, environ: Mapping[str, str] | None = None,
     return problems
 
 
-def _resolve(value: Any, path: DataPath, source: Source, env: Mapping[str, str],
-             base: Path | None, problems: list[Problem]) -> Any:
+def _resolve(
+    value: Any,
+    path: DataPath,
+    source: Source,
+    env: Mapping[str, str],
+    base: Path | None,
+    problems: list[Problem],
+) -> Any:
     if isinstance(value, dict):
-        return {k: _resolve(v, (*path, str(k)), source, env, base, problems)
-                for k, v in value.items()}
+        return {
+            k: _resolve(v, (*path, str(k)), source, env, base, problems) for k, v in value.items()
+        }
     if isinstance(value, list):
         return [_resolve(v, (*path, i), source, env, base, problems) for i, v in enumerate(value)]
     if isinstance(value, str):
@@ -106,8 +114,14 @@ def _resolve(value: Any, path: DataPath, source: Source, env: Mapping[str, str],
     return value
 
 
-def _resolve_text(text: str, path: DataPath, source: Source, env: Mapping[str, str],
-                  base: Path | None, problems: list[Problem]) -> str:
+def _resolve_text(
+    text: str,
+    path: DataPath,
+    source: Source,
+    env: Mapping[str, str],
+    base: Path | None,
+    problems: list[Problem],
+) -> str:
     def substitute(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
         if name in env:

@@ -10,8 +10,8 @@ a grant for this subject, session, scope and binding digest will do.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from stepguard.core.context import AuthEvent, RequestContext, SessionState, Subject
 from stepguard.core.decision import Decision, Outcome, Requirement
@@ -62,7 +62,7 @@ def explain(
     grants: Sequence[Grant] = (),
     now: float = 0.0,
 ) -> Explanation:
-    """The same decision as `decide()`, with a trace of every rule and why it did or did not match."""
+    """The same decision as `decide()`, with a trace of every rule and why it matched or not."""
     trace: list[TraceStep] = []
     rule, failed = _select(policy, context, session, risk, now, trace)
     decision = _apply(policy, rule, context, session, risk, grants, now, failed)
@@ -71,8 +71,14 @@ def explain(
     return Explanation(decision, trace)
 
 
-def _select(policy: Policy, context: RequestContext, session: SessionState | None,
-            risk: RiskAssessment, now: float, trace: list[TraceStep] | None) -> tuple[Rule, bool]:
+def _select(
+    policy: Policy,
+    context: RequestContext,
+    session: SessionState | None,
+    risk: RiskAssessment,
+    now: float,
+    trace: list[TraceStep] | None,
+) -> tuple[Rule, bool]:
     subject = session.subject if session is not None else None
     candidates = policy.candidates(context)
     if trace is not None:
@@ -89,7 +95,12 @@ def _select(policy: Policy, context: RequestContext, session: SessionState | Non
         try:
             holds = rule.when.evaluate(env)
         except EvaluationError as exc:
-            _note(trace, rule, True, f"condition could not be evaluated ({exc}); applied (fail closed)")
+            _note(
+                trace,
+                rule,
+                True,
+                f"condition could not be evaluated ({exc}); applied (fail closed)",
+            )
             return rule, True
         if holds:
             _note(trace, rule, True, f"matched; condition {rule.when.source!r} holds")
@@ -99,8 +110,9 @@ def _select(policy: Policy, context: RequestContext, session: SessionState | Non
     return policy.default, False
 
 
-def _static_match(rule: Rule, context: RequestContext, subject: Subject | None,
-                  trace: list[TraceStep] | None) -> bool:
+def _static_match(
+    rule: Rule, context: RequestContext, subject: Subject | None, trace: list[TraceStep] | None
+) -> bool:
     for check, label in rule.checks:
         if not check(context, subject):
             _note(trace, rule, False, f"{label} does not match")
@@ -120,8 +132,16 @@ def _trace_skipped(policy: Policy, candidates: tuple[Rule, ...], trace: list[Tra
             trace.append(TraceStep(rule.name, False, False, "skipped by the index (host or path)"))
 
 
-def _apply(policy: Policy, rule: Rule, context: RequestContext, session: SessionState | None,
-           risk: RiskAssessment, grants: Sequence[Grant], now: float, failed: bool) -> Decision:
+def _apply(
+    policy: Policy,
+    rule: Rule,
+    context: RequestContext,
+    session: SessionState | None,
+    risk: RiskAssessment,
+    grants: Sequence[Grant],
+    now: float,
+    failed: bool,
+) -> Decision:
     if rule.deny is not None:
         return Decision(Outcome.DENY, rule.name, (_text_of(rule.deny, context, risk),))
     requirement = rule.requirement
@@ -129,8 +149,14 @@ def _apply(policy: Policy, rule: Rule, context: RequestContext, session: Session
         return _allowed(rule.name, "", _session_level(policy, session, now))
     if session is None:
         reasons = (_reason(rule, requirement, context, risk), "Sign in to continue.")
-        return Decision(Outcome.STEP_UP, rule.name, _dedupe(reasons), requirement,
-                        _scope(rule, requirement), login=True)
+        return Decision(
+            Outcome.STEP_UP,
+            rule.name,
+            _dedupe(reasons),
+            requirement,
+            _scope(rule, requirement),
+            login=True,
+        )
     return _judge(policy, rule, requirement, context, session, risk, grants, now, failed)
 
 
@@ -149,9 +175,17 @@ def _allowed(rule: str, scope: str, level: Level) -> Decision:
     return Decision(Outcome.ALLOW, rule, scope=scope, level=level)
 
 
-def _judge(policy: Policy, rule: Rule, requirement: Requirement, context: RequestContext,
-           session: SessionState, risk: RiskAssessment, grants: Sequence[Grant], now: float,
-           failed: bool) -> Decision:
+def _judge(
+    policy: Policy,
+    rule: Rule,
+    requirement: Requirement,
+    context: RequestContext,
+    session: SessionState,
+    risk: RiskAssessment,
+    grants: Sequence[Grant],
+    now: float,
+    failed: bool,
+) -> Decision:
     scope = _scope(rule, requirement)
     digest = _digest(requirement, context)
     if not requirement.needs_grant:
@@ -160,8 +194,15 @@ def _judge(policy: Policy, rule: Rule, requirement: Requirement, context: Reques
             return _allowed(rule.name, scope, event.level)
     grant = _satisfying_grant(session, requirement, scope, digest, grants, now)
     if grant is not None:
-        return Decision(Outcome.ALLOW, rule.name, scope=scope, binding=digest, grant_id=grant.id,
-                        consume_grant=grant.id if grant.single_use else "", level=grant.level)
+        return Decision(
+            Outcome.ALLOW,
+            rule.name,
+            scope=scope,
+            binding=digest,
+            grant_id=grant.id,
+            consume_grant=grant.id if grant.single_use else "",
+            level=grant.level,
+        )
     reasons = _step_up_reasons(policy, rule, requirement, context, session, risk, now, failed)
     bound = tuple((name, _text(context.attributes.get(name))) for name in requirement.bind)
     return Decision(Outcome.STEP_UP, rule.name, reasons, requirement, scope, digest, bound)
@@ -174,12 +215,17 @@ def _scope(rule: Rule, requirement: Requirement) -> str:
 def _digest(requirement: Requirement, context: RequestContext) -> str:
     if not requirement.bind:
         return ""
-    return binding_digest(method=context.method, path=context.path, fields=requirement.bind,
-                          attributes=context.attributes)
+    return binding_digest(
+        method=context.method,
+        path=context.path,
+        fields=requirement.bind,
+        attributes=context.attributes,
+    )
 
 
-def valid_events(levels: Mapping[Level, LevelSettings], session: SessionState,
-                 now: float) -> list[AuthEvent]:
+def valid_events(
+    levels: Mapping[Level, LevelSettings], session: SessionState, now: float
+) -> list[AuthEvent]:
     """Events still inside their level's absolute and idle session lifetimes."""
     idle = now - session.last_seen
     return [e for e in session.events if _alive(levels.get(e.level), e, idle, now)]
@@ -191,8 +237,12 @@ def _alive(setting: LevelSettings | None, event: AuthEvent, idle: float, now: fl
     return now - event.at <= setting.max_session and idle <= setting.idle
 
 
-def _satisfying_event(levels: Mapping[Level, LevelSettings], session: SessionState,
-                      requirement: Requirement, now: float) -> AuthEvent | None:
+def _satisfying_event(
+    levels: Mapping[Level, LevelSettings],
+    session: SessionState,
+    requirement: Requirement,
+    now: float,
+) -> AuthEvent | None:
     idle = now - session.last_seen
     for event in reversed(session.events):
         if event.level < requirement.level or not _alive(levels.get(event.level), event, idle, now):
@@ -205,14 +255,25 @@ def _satisfying_event(levels: Mapping[Level, LevelSettings], session: SessionSta
     return None
 
 
-def _satisfying_grant(session: SessionState, requirement: Requirement, scope: str, digest: str,
-                      grants: Sequence[Grant], now: float) -> Grant | None:
+def _satisfying_grant(
+    session: SessionState,
+    requirement: Requirement,
+    scope: str,
+    digest: str,
+    grants: Sequence[Grant],
+    now: float,
+) -> Grant | None:
     for grant in grants:
-        if (grant.subject_id == session.subject.id and grant.session_id == session.id
-                and grant.scope == scope and grant.expires_at > now
-                and grant.level >= requirement.level and grant.binding == digest
-                and (not requirement.methods or grant.factor in requirement.methods)
-                and (not requirement.max_age or now - grant.granted_at <= requirement.max_age)):
+        if (
+            grant.subject_id == session.subject.id
+            and grant.session_id == session.id
+            and grant.scope == scope
+            and grant.expires_at > now
+            and grant.level >= requirement.level
+            and grant.binding == digest
+            and (not requirement.methods or grant.factor in requirement.methods)
+            and (not requirement.max_age or now - grant.granted_at <= requirement.max_age)
+        ):
             return grant
     return None
 
@@ -224,21 +285,30 @@ def _session_level(policy: Policy, session: SessionState | None, now: float) -> 
     return max((e.level for e in events), default=Level.AAL0)
 
 
-def _step_up_reasons(policy: Policy, rule: Rule, requirement: Requirement,
-                     context: RequestContext, session: SessionState, risk: RiskAssessment,
-                     now: float, failed: bool) -> tuple[str, ...]:
+def _step_up_reasons(
+    policy: Policy,
+    rule: Rule,
+    requirement: Requirement,
+    context: RequestContext,
+    session: SessionState,
+    risk: RiskAssessment,
+    now: float,
+    failed: bool,
+) -> tuple[str, ...]:
     reasons = [_reason(rule, requirement, context, risk)]
     if rule.uses_risk or risk.level in ("high", "critical"):
         reasons.extend(risk.reasons)
     reasons.append(_freshness(policy, requirement, session, now))
     if failed:
-        reasons.append("Some details of this request could not be checked, so it is treated "
-                       "as sensitive.")
+        reasons.append(
+            "Some details of this request could not be checked, so it is treated as sensitive."
+        )
     return _dedupe(reasons)
 
 
-def _reason(rule: Rule, requirement: Requirement, context: RequestContext,
-            risk: RiskAssessment) -> str:
+def _reason(
+    rule: Rule, requirement: Requirement, context: RequestContext, risk: RiskAssessment
+) -> str:
     if requirement.reason:
         return _text_of(requirement.reason, context, risk)
     if rule.name == "default":
@@ -251,19 +321,28 @@ def _freshness(policy: Policy, requirement: Requirement, session: SessionState, 
         return "Confirm this specific request; the approval is used once."
     best = _session_level(policy, session, now)
     if best < requirement.level:
-        return (f"Your current sign-in is {best.label}; this needs {requirement.level.label}"
-                f"{_methods_text(requirement)}.")
+        return (
+            f"Your current sign-in is {best.label}; this needs {requirement.level.label}"
+            f"{_methods_text(requirement)}."
+        )
     if requirement.max_age is not None:
-        return (f"Your last sign-in at this level is older than "
-                f"{describe_duration(requirement.max_age)}.")
+        return (
+            f"Your last sign-in at this level is older than "
+            f"{describe_duration(requirement.max_age)}."
+        )
     return f"This needs a fresh proof{_methods_text(requirement)}."
 
 
 def _methods_text(requirement: Requirement) -> str:
     if not requirement.methods:
         return ""
-    names = {"webauthn": "a passkey", "totp": "an authenticator code", "push": "a push approval",
-             "recovery": "a recovery code", "password": "your password"}
+    names = {
+        "webauthn": "a passkey",
+        "totp": "an authenticator code",
+        "push": "a push approval",
+        "recovery": "a recovery code",
+        "password": "your password",
+    }
     return " with " + " or ".join(names[m] for m in sorted(requirement.methods))
 
 

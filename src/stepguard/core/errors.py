@@ -11,7 +11,7 @@ class StepguardError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    """One configuration or policy problem: where (file, path, line/column) and what was expected."""
+    """One configuration or policy problem: where (file, path, line, column) and what was wanted."""
 
     file: str
     path: str
@@ -56,7 +56,7 @@ class EvaluationError(StepguardError):
 
 
 class BadRequest(StepguardError):
-    """An ambiguous or malformed request (400-class): encoded slash, NUL, bad UTF-8, dot segments."""
+    """An ambiguous or malformed request (400): encoded slash, NUL, bad UTF-8, dot segments."""
 
 
 class VerificationFailed(StepguardError):

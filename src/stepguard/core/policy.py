@@ -88,7 +88,10 @@ class _Problems:
         where = self.locate(path) if self.locate else None
         line, column = where if where else (None, None)
         if offset and line is not None and column is not None:
-            line, column = line + offset[0] - 1, (column + offset[1] if offset[0] == 1 else offset[1])
+            line, column = (
+                line + offset[0] - 1,
+                (column + offset[1] if offset[0] == 1 else offset[1]),
+            )
         self.items.append(Problem(self.source, _render_path(path), message, line, column))
 
 
@@ -125,8 +128,9 @@ class _Env:
     problems: _Problems
 
 
-def _unknown_keys(data: Mapping[str, Any], allowed: frozenset[str], path: Path,
-                  problems: _Problems) -> None:
+def _unknown_keys(
+    data: Mapping[str, Any], allowed: frozenset[str], path: Path, problems: _Problems
+) -> None:
     for key in data:
         if key not in allowed:
             expected = ", ".join(sorted(allowed))
@@ -151,8 +155,9 @@ def _levels(data: Any, problems: _Problems) -> dict[Level, LevelSettings]:
     return levels
 
 
-def _level_settings(spec: Any, base: LevelSettings, path: Path,
-                    problems: _Problems) -> LevelSettings:
+def _level_settings(
+    spec: Any, base: LevelSettings, path: Path, problems: _Problems
+) -> LevelSettings:
     if not isinstance(spec, Mapping):
         problems.add(path, "expected a mapping with acr, max_session and idle")
         return base
@@ -181,7 +186,9 @@ def _networks(data: Any, problems: _Problems) -> dict[str, tuple[Network, ...]]:
     for name, cidrs in data.items():
         path: Path = ("networks", str(name))
         if not str(name).isidentifier():
-            problems.add(path, f"expected a network name made of letters, digits and _, got {name!r}")
+            problems.add(
+                path, f"expected a network name made of letters, digits and _, got {name!r}"
+            )
         items = cidrs if isinstance(cidrs, list) else [cidrs]
         parsed = [_cidr(c, (*path, i), problems) for i, c in enumerate(items)]
         networks[str(name)] = tuple(n for n in parsed if n is not None)
@@ -192,7 +199,9 @@ def _cidr(value: Any, path: Path, problems: _Problems) -> Network | None:
     try:
         return ipaddress.ip_network(str(value), strict=False)
     except ValueError:
-        problems.add(path, f"expected a CIDR block such as 10.0.0.0/8 or 2001:db8::/32, got {value!r}")
+        problems.add(
+            path, f"expected a CIDR block such as 10.0.0.0/8 or 2001:db8::/32, got {value!r}"
+        )
         return None
 
 
@@ -207,8 +216,10 @@ def _attributes(data: Any, problems: _Problems) -> dict[str, str]:
         if not str(name).isidentifier():
             problems.add(("attributes", str(name)), f"expected an identifier, got {name!r}")
         elif kind not in ATTRIBUTE_TYPES:
-            problems.add(("attributes", str(name)),
-                         f"expected one of {', '.join(ATTRIBUTE_TYPES)}, got {kind!r}")
+            problems.add(
+                ("attributes", str(name)),
+                f"expected one of {', '.join(ATTRIBUTE_TYPES)}, got {kind!r}",
+            )
         else:
             attributes[str(name)] = str(kind)
     return attributes
@@ -250,12 +261,22 @@ def _rule(spec: Any, i: int, env: _Env) -> Rule | None:
     requirement, deny = _outcome(spec, path, name, env)
     raw_match = spec.get("match")
     match: Mapping[str, Any] = raw_match if isinstance(raw_match, Mapping) else {}
-    return Rule(name, i, checks, when, requirement, deny, str(spec.get("description", "")),
-                _index_hosts(match.get("hosts")), _index_segments(match.get("paths")))
+    return Rule(
+        name,
+        i,
+        checks,
+        when,
+        requirement,
+        deny,
+        str(spec.get("description", "")),
+        _index_hosts(match.get("hosts")),
+        _index_segments(match.get("paths")),
+    )
 
 
-def _outcome(spec: Mapping[str, Any], path: Path, name: str,
-             env: _Env) -> tuple[Requirement | None, str | None]:
+def _outcome(
+    spec: Mapping[str, Any], path: Path, name: str, env: _Env
+) -> tuple[Requirement | None, str | None]:
     if "deny" in spec:
         deny = spec["deny"]
         if not isinstance(deny, str) or not deny.strip():
@@ -320,8 +341,11 @@ def _methods(value: Any, path: Path, problems: _Problems) -> frozenset[str]:
     items = value if isinstance(value, list) else [value]
     unknown = [m for m in items if m not in FACTORS]
     if unknown:
-        problems.add(path, f"unknown method(s) {', '.join(map(repr, unknown))} "
-                           f"(expected some of: {', '.join(FACTORS)})")
+        problems.add(
+            path,
+            f"unknown method(s) {', '.join(map(repr, unknown))} "
+            f"(expected some of: {', '.join(FACTORS)})",
+        )
     return frozenset(str(m) for m in items if m in FACTORS)
 
 
@@ -330,8 +354,10 @@ def _names(value: Any, path: Path, env: _Env) -> list[str]:
     for item in items:
         if item not in env.attributes:
             declared = ", ".join(sorted(env.attributes)) or "none declared"
-            env.problems.add(path, f"unknown attribute {item!r}: declare it under 'attributes' "
-                                   f"(declared: {declared})")
+            env.problems.add(
+                path,
+                f"unknown attribute {item!r}: declare it under 'attributes' (declared: {declared})",
+            )
     return [str(i) for i in items]
 
 
@@ -345,7 +371,7 @@ def _when(value: Any, path: Path, env: _Env) -> CompiledExpression | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        env.problems.add(path, "expected an expression as text, e.g. \"amount > 1000\"")
+        env.problems.add(path, 'expected an expression as text, e.g. "amount > 1000"')
         return None
     try:
         return compile_expression(value, attributes=env.attributes, networks=env.networks)
@@ -358,8 +384,9 @@ def _match(spec: Any, path: Path, env: _Env) -> tuple[tuple[Check, str], ...]:
     if spec is None:
         return ()
     if not isinstance(spec, Mapping):
-        env.problems.add(path, "expected a mapping of hosts, methods, paths, users, groups, "
-                               "actions, networks")
+        env.problems.add(
+            path, "expected a mapping of hosts, methods, paths, users, groups, actions, networks"
+        )
         return ()
     _unknown_keys(spec, _MATCH, path, env.problems)
     checks: list[tuple[Check, str]] = []
@@ -440,8 +467,12 @@ def _groups_check(items: list[str], _env: _Env) -> Check:
 
 
 _CHECKS: dict[str, Callable[[list[str], _Env], Check]] = {
-    "methods": _methods_check, "hosts": _hosts_check, "paths": _paths_check,
-    "actions": _actions_check, "networks": _networks_check, "users": _users_check,
+    "methods": _methods_check,
+    "hosts": _hosts_check,
+    "paths": _paths_check,
+    "actions": _actions_check,
+    "networks": _networks_check,
+    "users": _users_check,
     "groups": _groups_check,
 }
 

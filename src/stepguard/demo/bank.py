@@ -28,10 +28,14 @@ async def dashboard(request: Request) -> Response:
 
 
 async def transfer_form(request: Request) -> Response:
-    return _page(request, "New transfer", """<form method="post" action="/transfers">
+    return _page(
+        request,
+        "New transfer",
+        """<form method="post" action="/transfers">
 <label>Amount <input name="amount" inputmode="decimal"></label>
 <label>Payee <input name="payee"></label><button>Send</button></form>
-<p>Transfers above 1000 need a one-time approval bound to the amount and payee.</p>""")
+<p>Transfers above 1000 need a one-time approval bound to the amount and payee.</p>""",
+    )
 
 
 async def transfer(request: Request) -> Response:
@@ -46,18 +50,25 @@ async def roles(request: Request) -> Response:
 
 
 async def export(request: Request) -> Response:
-    return Response("id,name,email\n1,Ada,ada@example.com\n2,Alan,alan@example.com\n",
-                    media_type="text/csv")
+    return Response(
+        "id,name,email\n1,Ada,ada@example.com\n2,Alan,alan@example.com\n", media_type="text/csv"
+    )
 
 
 async def audit(request: Request) -> Response:
-    return _page(request, "Admin audit", "<p>See the full ledger at <a href='/admin'>/admin</a>.</p>")
+    return _page(
+        request, "Admin audit", "<p>See the full ledger at <a href='/admin'>/admin</a>.</p>"
+    )
 
 
 def create_bank() -> Starlette:
-    return Starlette(routes=[
-        Route("/", dashboard), Route("/transfers", transfer_form, methods=["GET"]),
-        Route("/transfers", transfer, methods=["POST"]),
-        Route("/admin/users/{user}/roles", roles, methods=["POST"]),
-        Route("/customers/export", export), Route("/admin/audit", audit),
-    ])
+    return Starlette(
+        routes=[
+            Route("/", dashboard),
+            Route("/transfers", transfer_form, methods=["GET"]),
+            Route("/transfers", transfer, methods=["POST"]),
+            Route("/admin/users/{user}/roles", roles, methods=["POST"]),
+            Route("/customers/export", export),
+            Route("/admin/audit", audit),
+        ]
+    )

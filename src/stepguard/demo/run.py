@@ -33,10 +33,12 @@ def write_config(data: Path, *, port: int, bank_port: int) -> Path:
     data.mkdir(parents=True, exist_ok=True)
     secrets_file = data / "secrets.env"
     if not secrets_file.exists():
-        secrets_file.write_text(f"{secrets.token_urlsafe(32)}\n{base64.b64encode(secrets.token_bytes(32)).decode()}\n")
+        secrets_file.write_text(
+            f"{secrets.token_urlsafe(32)}\n{base64.b64encode(secrets.token_bytes(32)).decode()}\n"
+        )
         secrets_file.chmod(0o600)
     cookie, totp = secrets_file.read_text().split()
-    policy = (data / "policy.yaml")
+    policy = data / "policy.yaml"
     policy.write_text(_policy_text())
     config = data / "stepguard.yaml"
     config.write_text(f"""# Written by `stepguard demo`.
@@ -73,8 +75,13 @@ def seed(accounts: Accounts) -> list[tuple[str, str, str]]:
         if accounts.rt.store.users.by_username(username) is not None:
             continue
         password = secrets.token_urlsafe(9)
-        user = accounts.add_user(username, password=password, display_name=name,
-                                 email=f"{username}@acme.example", groups=tuple(groups))
+        user = accounts.add_user(
+            username,
+            password=password,
+            display_name=name,
+            email=f"{username}@acme.example",
+            groups=tuple(groups),
+        )
         secret = pyotp.random_base32(32)
         accounts.add_totp_secret(user, secret)
         seeded.append((username, password, secret))
@@ -87,8 +94,9 @@ def run(data: Path = Path("data"), port: int = 9091) -> None:
     runtime = build_runtime(load_config(config))
     seeded = seed(Accounts(runtime))
     (data / "users.txt").open("a").writelines(f"{u} {p} {s}\n" for u, p, s in seeded)
-    bank = uvicorn.Server(uvicorn.Config(create_bank(), host="127.0.0.1", port=bank_port,
-                                         log_level="warning"))
+    bank = uvicorn.Server(
+        uvicorn.Config(create_bank(), host="127.0.0.1", port=bank_port, log_level="warning")
+    )
     threading.Thread(target=bank.run, daemon=True).start()
     _walkthrough(port, data)
     uvicorn.run(create_app(runtime), host="127.0.0.1", port=port, log_level="warning")
@@ -101,7 +109,8 @@ def _walkthrough(port: int, data: Path) -> None:
     for line in (data / "users.txt").read_text().splitlines():
         user, password, secret = line.split()
         print(f"  {user:6} {password:14} {secret}   code now: {pyotp.TOTP(secret).now()}")
-    print(f"""
+    print(
+        f"""
 Walk-through:
   1. Open {url}/ and sign in as alice: the dashboard needs only the password (aal1).
   2. {url}/transfers: send 50 to Bob (passes), then 5000 to Bob — Stepguard holds the POST,
@@ -109,6 +118,8 @@ Walk-through:
   3. {url}/customers/export needs a passkey (aal3): add one at {url}/account first.
   4. {url}/admin shows users, sessions and the hash-chained audit ledger.
   Codes: python -c "import pyotp; print(pyotp.TOTP('SECRET').now())"
-  Verify the ledger: .venv/bin/stepguard audit verify -c {data / 'stepguard.yaml'}
-""", flush=True)
+  Verify the ledger: .venv/bin/stepguard audit verify -c {data / "stepguard.yaml"}
+""",
+        flush=True,
+    )
     time.sleep(0)

@@ -15,9 +15,9 @@ from stepguard.factors.recovery import generate_recovery_codes, hash_recovery_co
 from stepguard.factors.secretbox import open_sealed, seal, seed_aad
 from stepguard.factors.totp import new_totp_secret, provisioning_uri, qr_svg, verify_totp
 from stepguard.service.runtime import Runtime, hash_token, new_id, new_token
+from stepguard.service.stepup import StepUp, ceremony_data, ceremony_from
 from stepguard.service.throttle import check as check_throttle
 from stepguard.service.throttle import ip_key, user_factor_key
-from stepguard.service.stepup import StepUp, ceremony_data, ceremony_from
 from stepguard.storage.records import ChallengeRecord, FactorRecord, SessionRecord, UserRecord
 
 FRESH_FOR_ENROLMENT = 600.0  # seconds: adding or removing a factor needs a proof this recent
@@ -48,14 +48,28 @@ class Accounts:
 
     # ------------------------------------------------------------------ users (admin)
 
-    def add_user(self, username: str, *, password: str, display_name: str = "", email: str = "",
-                 groups: tuple[str, ...] = ()) -> UserRecord:
-        user = UserRecord(id=new_id(), username=username, display_name=display_name, email=email,
-                          groups=frozenset(groups), password_hash=hash_password(password),
-                          created=self.rt.now())
+    def add_user(
+        self,
+        username: str,
+        *,
+        password: str,
+        display_name: str = "",
+        email: str = "",
+        groups: tuple[str, ...] = (),
+    ) -> UserRecord:
+        user = UserRecord(
+            id=new_id(),
+            username=username,
+            display_name=display_name,
+            email=email,
+            groups=frozenset(groups),
+            password_hash=hash_password(password),
+            created=self.rt.now(),
+        )
         self.rt.store.users.add(user)
-        self.rt.record(kind="admin", subject=user.id, outcome="user_added",
-                       detail={"username": username})
+        self.rt.record(
+            kind="admin", subject=user.id, outcome="user_added", detail={"username": username}
+        )
         return user
 
     def disable_user(self, user_id: str, *, by: str = "cli") -> bool:
@@ -70,8 +84,12 @@ class Accounts:
                 self.rt.store.factors.remove(factor.id, user_id=user_id)
             self.rt.store.factors.replace_recovery_codes(user_id, [], now=self.rt.now())
             self.rt.store.sessions.revoke_all_for_user(user_id, now=self.rt.now())
-        self.rt.record(kind="admin", subject=user_id, outcome="factors_reset",
-                       detail={"by": by, "count": len(factors)})
+        self.rt.record(
+            kind="admin",
+            subject=user_id,
+            outcome="factors_reset",
+            detail={"by": by, "count": len(factors)},
+        )
         return len(factors)
 
     # ------------------------------------------------------------------ sign-in
@@ -96,8 +114,9 @@ class Accounts:
         with self.rt.password_slots:  # bounded: argon2id is memory-hard
             if user is None or user.disabled or not user.password_hash:
                 verify_dummy(password)
-            check = verify_password(stored_hash=user.password_hash, password=password,
-                                    settings=OWASP)
+            check = verify_password(
+                stored_hash=user.password_hash, password=password, settings=OWASP
+            )
         if check.rehash:
             self.rt.store.users.set_password_hash(user.id, check.rehash)
 
@@ -107,23 +126,40 @@ class Accounts:
             self.rt.store.throttle.record_failure(key, now=now)
         if user is not None:
             self.rt.store.history.record_failure(user.id, at=now)
-        self.rt.record(kind="verification", subject=user.id if user else "", factor="password",
-                       outcome="failed:invalid", request={"client_ip": context.client_ip})
+        self.rt.record(
+            kind="verification",
+            subject=user.id if user else "",
+            factor="password",
+            outcome="failed:invalid",
+            request={"client_ip": context.client_ip},
+        )
 
     def _open_session(self, user: UserRecord, context: RequestContext) -> SignedIn:
         now, token = self.rt.now(), new_token()
         session = SessionRecord(
-            id=new_id(), token_hash=hash_token(token), user_id=user.id, created=now,
-            last_seen=now, ip=context.client_ip, user_agent=context.user_agent[:512],
+            id=new_id(),
+            token_hash=hash_token(token),
+            user_id=user.id,
+            created=now,
+            last_seen=now,
+            ip=context.client_ip,
+            user_agent=context.user_agent[:512],
             device_id=context.device_id,
-            events=(AuthEvent("password", FACTOR_AMR["password"], Level.AAL1, now),))
+            events=(AuthEvent("password", FACTOR_AMR["password"], Level.AAL1, now),),
+        )
         with self.rt.store.transaction():
             self.rt.store.sessions.add(session)
             for key in (user_factor_key(user.id, "password"),):
                 self.rt.store.throttle.reset(key)
         self._remember(user, context)
-        self.rt.record(kind="session", subject=user.id, session_id=session.id, factor="password",
-                       outcome="signed_in", request={"client_ip": context.client_ip})
+        self.rt.record(
+            kind="session",
+            subject=user.id,
+            session_id=session.id,
+            factor="password",
+            outcome="signed_in",
+            request={"client_ip": context.client_ip},
+        )
         return SignedIn(session, token, user)
 
     def _remember(self, user: UserRecord, context: RequestContext) -> None:
@@ -133,57 +169,89 @@ class Accounts:
         except StepguardError:
             prefix = ""
         self.rt.store.history.record_success(
-            user.id, device_id=context.device_id, network_prefix=prefix,
-            country=location.country if location else "", location=location, at=self.rt.now(),
-            hour=int(self.rt.now() // 3600 % 24))
+            user.id,
+            device_id=context.device_id,
+            network_prefix=prefix,
+            country=location.country if location else "",
+            location=location,
+            at=self.rt.now(),
+            hour=int(self.rt.now() // 3600 % 24),
+        )
 
     # ------------------------------------------------------------------ sessions
 
     def sign_out(self, session: SessionRecord) -> None:
         self.rt.store.sessions.revoke(session.id, now=self.rt.now())
-        self.rt.record(kind="session", subject=session.user_id, session_id=session.id,
-                       outcome="signed_out")
+        self.rt.record(
+            kind="session", subject=session.user_id, session_id=session.id, outcome="signed_out"
+        )
 
-    def revoke_session(self, owner: SessionRecord | None, session_id: str, *, admin: str = "") -> bool:
+    def revoke_session(
+        self, owner: SessionRecord | None, session_id: str, *, admin: str = ""
+    ) -> bool:
         target = self.rt.store.sessions.get(session_id)
         if target is None or (not admin and (owner is None or target.user_id != owner.user_id)):
             return False
         done = self.rt.store.sessions.revoke(session_id, now=self.rt.now())
-        self.rt.record(kind="admin" if admin else "session", subject=target.user_id,
-                       session_id=session_id, outcome="revoked", detail={"by": admin or "owner"})
+        self.rt.record(
+            kind="admin" if admin else "session",
+            subject=target.user_id,
+            session_id=session_id,
+            outcome="revoked",
+            detail={"by": admin or "owner"},
+        )
         return done
 
     # ------------------------------------------------------------------ enrolment
 
     def require_fresh(self, session: SessionRecord, *, first_factor_ok: bool = True) -> None:
-        """A factor change needs a proof from the last 10 minutes (aal2 once a second factor exists)."""
+        """A factor change needs a proof from the last 10 minutes (aal2 once one exists)."""
         now = self.rt.now()
-        has_second = any(f.kind != "password" for f in self.rt.store.factors.for_user(session.user_id))
+        has_second = any(
+            f.kind != "password" for f in self.rt.store.factors.for_user(session.user_id)
+        )
         wanted = Level.AAL2 if has_second or not first_factor_ok else Level.AAL1
         if not any(e.level >= wanted and now - e.at <= FRESH_FOR_ENROLMENT for e in session.events):
             raise NeedsFreshProof("Confirm it's you before changing how you sign in.")
 
-    def fresh_proof_challenge(self, session: SessionRecord, context: RequestContext,
-                              return_to: str) -> ChallengeRecord | None:
+    def fresh_proof_challenge(
+        self, session: SessionRecord, context: RequestContext, return_to: str
+    ) -> ChallengeRecord | None:
         """A step-up challenge for a factor change, or None when only a new sign-in will do."""
         if not any(f.kind != "password" for f in self.rt.store.factors.for_user(session.user_id)):
             return None  # no second factor yet: a fresh password sign-in is the proof
         requirement = Requirement(level=Level.AAL2, max_age=FRESH_FOR_ENROLMENT)
-        decision = Decision(Outcome.STEP_UP, "factor-change",
-                            ("Confirm it's you before changing how you sign in.",), requirement,
-                            "factor-change")
+        decision = Decision(
+            Outcome.STEP_UP,
+            "factor-change",
+            ("Confirm it's you before changing how you sign in.",),
+            requirement,
+            "factor-change",
+        )
         return StepUp(self.rt).start(decision, context, session, return_url=return_to)
 
     def begin_totp(self, session: SessionRecord, user: UserRecord) -> TotpEnrolment:
         self.require_fresh(session)
         factor_id, secret = new_id(), new_totp_secret()
-        sealed = seal(keyring=self.rt.keyring, plaintext=secret.encode(),
-                      aad=seed_aad(user_id=user.id, factor_id=factor_id))
-        self.rt.store.factors.add(FactorRecord(id=factor_id, user_id=user.id, kind="totp",
-                                               label="Authenticator app", created=self.rt.now(),
-                                               secret=sealed, data={"confirmed": False}))
-        uri = provisioning_uri(secret=secret, account=user.username,
-                               issuer=self.rt.config.portal.title)
+        sealed = seal(
+            keyring=self.rt.keyring,
+            plaintext=secret.encode(),
+            aad=seed_aad(user_id=user.id, factor_id=factor_id),
+        )
+        self.rt.store.factors.add(
+            FactorRecord(
+                id=factor_id,
+                user_id=user.id,
+                kind="totp",
+                label="Authenticator app",
+                created=self.rt.now(),
+                secret=sealed,
+                data={"confirmed": False},
+            )
+        )
+        uri = provisioning_uri(
+            secret=secret, account=user.username, issuer=self.rt.config.portal.title
+        )
         return TotpEnrolment(factor_id, secret, uri, qr_svg(uri))
 
     def confirm_totp(self, session: SessionRecord, factor_id: str, code: str) -> None:
@@ -191,63 +259,116 @@ class Accounts:
         factor = self.rt.store.factors.get(factor_id)
         if factor is None or factor.user_id != session.user_id or factor.kind != "totp":
             raise VerificationFailed("Start the set-up again.")
-        secret = open_sealed(keyring=self.rt.keyring, token=factor.secret,
-                             aad=seed_aad(user_id=factor.user_id, factor_id=factor.id)).decode()
+        secret = open_sealed(
+            keyring=self.rt.keyring,
+            token=factor.secret,
+            aad=seed_aad(user_id=factor.user_id, factor_id=factor.id),
+        ).decode()
         accepted = verify_totp(secret=secret, code=code, now=self.rt.now(), last_step=None)
         with self.rt.store.transaction():
             self.rt.store.factors.remove(factor.id, user_id=factor.user_id)
-            self.rt.store.factors.add(FactorRecord(
-                id=factor.id, user_id=factor.user_id, kind="totp", label=factor.label,
-                created=self.rt.now(), secret=factor.secret, last_step=accepted.step))
+            self.rt.store.factors.add(
+                FactorRecord(
+                    id=factor.id,
+                    user_id=factor.user_id,
+                    kind="totp",
+                    label=factor.label,
+                    created=self.rt.now(),
+                    secret=factor.secret,
+                    last_step=accepted.step,
+                )
+            )
         self._factor_changed(session, "totp", "enrolled")
 
-    def add_totp_secret(self, user: UserRecord, secret: str, *, label: str = "Authenticator app") -> None:
+    def add_totp_secret(
+        self, user: UserRecord, secret: str, *, label: str = "Authenticator app"
+    ) -> None:
         """Seed a known TOTP secret (demo and import); normal users enrol through the portal."""
         factor_id = new_id()
-        sealed = seal(keyring=self.rt.keyring, plaintext=secret.encode(),
-                      aad=seed_aad(user_id=user.id, factor_id=factor_id))
-        self.rt.store.factors.add(FactorRecord(id=factor_id, user_id=user.id, kind="totp",
-                                               label=label, created=self.rt.now() - 1,
-                                               secret=sealed))
+        sealed = seal(
+            keyring=self.rt.keyring,
+            plaintext=secret.encode(),
+            aad=seed_aad(user_id=user.id, factor_id=factor_id),
+        )
+        self.rt.store.factors.add(
+            FactorRecord(
+                id=factor_id,
+                user_id=user.id,
+                kind="totp",
+                label=label,
+                created=self.rt.now() - 1,
+                secret=sealed,
+            )
+        )
 
     def begin_passkey(self, session: SessionRecord, user: UserRecord) -> tuple[str, str]:
         """Registration options and the id of the stored, single-use ceremony."""
         self.require_fresh(session)
-        existing = [f.credential_id for f in self.rt.store.factors.for_user(user.id, kind="webauthn")]
+        existing = [
+            f.credential_id for f in self.rt.store.factors.for_user(user.id, kind="webauthn")
+        ]
         options, ceremony = wa.begin_registration(
-            rp=self.rt.rp, user_id=user.id, user_name=user.username,
-            display_name=user.display_name or user.username, exclude_credential_ids=existing,
-            session_id=session.id, now=self.rt.now(), require_uv=True)
+            rp=self.rt.rp,
+            user_id=user.id,
+            user_name=user.username,
+            display_name=user.display_name or user.username,
+            exclude_credential_ids=existing,
+            session_id=session.id,
+            now=self.rt.now(),
+            require_uv=True,
+        )
         now = self.rt.now()
-        record = ChallengeRecord(id=new_id(), user_id=user.id, session_id=session.id,
-                                 requirement=Requirement(), rule="enrol-passkey", created=now,
-                                 expires=ceremony.expires)
+        record = ChallengeRecord(
+            id=new_id(),
+            user_id=user.id,
+            session_id=session.id,
+            requirement=Requirement(),
+            rule="enrol-passkey",
+            created=now,
+            expires=ceremony.expires,
+        )
         self.rt.store.challenges.add(record)
         self.rt.store.challenges.set_ceremony(record.id, ceremony_data(ceremony), now=now)
         return options, record.id
 
-    def finish_passkey(self, session: SessionRecord, enrolment_id: str, credential_json: str,
-                       label: str) -> None:
+    def finish_passkey(
+        self, session: SessionRecord, enrolment_id: str, credential_json: str, label: str
+    ) -> None:
         self.require_fresh(session)
         record = self.rt.store.challenges.get(enrolment_id)
         data = self.rt.store.challenges.take_ceremony(enrolment_id, now=self.rt.now())
         if record is None or data is None or record.session_id != session.id:
             raise VerificationFailed("Start adding the passkey again.")
         ceremony = ceremony_from(data)
-        new = wa.finish_registration(rp=self.rt.rp, ceremony=ceremony,
-                                     credential_json=credential_json, user_id=session.user_id,
-                                     session_id=session.id, now=self.rt.now())
-        self.rt.store.factors.add(FactorRecord(
-            id=new_id(), user_id=session.user_id, kind="webauthn", label=label[:60] or "Passkey",
-            created=self.rt.now(), credential_id=new.credential_id, public_key=new.public_key,
-            sign_count=new.sign_count, data={"uv": new.uv, "aaguid": new.aaguid}))
+        new = wa.finish_registration(
+            rp=self.rt.rp,
+            ceremony=ceremony,
+            credential_json=credential_json,
+            user_id=session.user_id,
+            session_id=session.id,
+            now=self.rt.now(),
+        )
+        self.rt.store.factors.add(
+            FactorRecord(
+                id=new_id(),
+                user_id=session.user_id,
+                kind="webauthn",
+                label=label[:60] or "Passkey",
+                created=self.rt.now(),
+                credential_id=new.credential_id,
+                public_key=new.public_key,
+                sign_count=new.sign_count,
+                data={"uv": new.uv, "aaguid": new.aaguid},
+            )
+        )
         self._factor_changed(session, "webauthn", "enrolled")
 
     def regenerate_recovery_codes(self, session: SessionRecord) -> list[str]:
         self.require_fresh(session)
         codes = generate_recovery_codes()
         self.rt.store.factors.replace_recovery_codes(
-            session.user_id, [hash_recovery_code(c) for c in codes], now=self.rt.now())
+            session.user_id, [hash_recovery_code(c) for c in codes], now=self.rt.now()
+        )
         self._factor_changed(session, "recovery", "regenerated")
         return codes
 
@@ -260,7 +381,13 @@ class Accounts:
 
     def _factor_changed(self, session: SessionRecord, factor: str, what: str) -> None:
         """Any factor change ends the user's other sessions (SECURITY.md: revoke-all)."""
-        self.rt.store.sessions.revoke_all_for_user(session.user_id, now=self.rt.now(),
-                                                   except_session=session.id)
-        self.rt.record(kind="enrolment", subject=session.user_id, session_id=session.id,
-                       factor=factor, outcome=what)
+        self.rt.store.sessions.revoke_all_for_user(
+            session.user_id, now=self.rt.now(), except_session=session.id
+        )
+        self.rt.record(
+            kind="enrolment",
+            subject=session.user_id,
+            session_id=session.id,
+            factor=factor,
+            outcome=what,
+        )

@@ -63,7 +63,9 @@ class SqlStore:
     def epoch(self) -> int:
         """The store epoch (see `tables.store_epoch`): one primary-key read."""
         with self._db.read() as connection:
-            value = connection.exec_driver_sql("SELECT value FROM store_epoch WHERE id = 1").scalar()
+            value = connection.exec_driver_sql(
+                "SELECT value FROM store_epoch WHERE id = 1"
+            ).scalar()
         return int(value or 0)
 
     def ping(self) -> None:

@@ -11,7 +11,7 @@ from stepguard.core.grant import Grant
 from stepguard.core.levels import Level
 from stepguard.storage import tables as t
 from stepguard.storage.records import GrantRecord
-from stepguard.storage.sql_base import bump_epoch, Database, dumps, is_conflict, loads
+from stepguard.storage.sql_base import Database, bump_epoch, dumps, is_conflict, loads
 
 _G = t.grants.c
 

@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection
 
 from stepguard.core.risk import EMPTY_HISTORY, Location, RiskHistory
 from stepguard.storage import tables as t
-from stepguard.storage.sql_base import bump_epoch, Database, dumps, loads
+from stepguard.storage.sql_base import Database, bump_epoch, dumps, loads
 
 HISTORY_ITEMS = 50  # newest devices, networks, countries and amounts kept per user
 FAILURE_WINDOW = 3600.0  # failures older than this (before the newest event) are dropped

@@ -13,7 +13,7 @@ from stepguard.core.errors import Conflict
 from stepguard.core.levels import Level
 from stepguard.storage import tables as t
 from stepguard.storage.records import SESSION_EVENT_LIMIT, SessionRecord
-from stepguard.storage.sql_base import bump_epoch, Database, dumps, is_conflict, loads
+from stepguard.storage.sql_base import Database, bump_epoch, dumps, is_conflict, loads
 
 _S = t.sessions.c
 _E = t.session_events.c

@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection
 from stepguard.core.errors import Conflict
 from stepguard.storage import tables as t
 from stepguard.storage.records import UserRecord
-from stepguard.storage.sql_base import bump_epoch, Database, dumps, is_conflict, loads
+from stepguard.storage.sql_base import Database, bump_epoch, dumps, is_conflict, loads
 
 
 def username_key(username: str) -> str:

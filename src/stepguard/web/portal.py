@@ -46,12 +46,16 @@ class Portal:
         self.renderer = Renderer(title=runtime.config.portal.title)
         self.https = runtime.config.server.public_url.startswith("https://")
         self.cookie_name, self.cookie_kwargs = cookie_attributes(
-            name=runtime.config.session.cookie_name, https=self.https,
-            domain=runtime.config.session.cookie_domain)
+            name=runtime.config.session.cookie_name,
+            https=self.https,
+            domain=runtime.config.session.cookie_domain,
+        )
         self.proxies = TrustedProxies.parse(runtime.config.server.trusted_proxies)
         origin = urlsplit(runtime.config.server.public_url)
-        self.origins = [f"{origin.scheme}://{origin.netloc}",
-                        *[o.rstrip("/") for o in runtime.config.webauthn.origins]]
+        self.origins = [
+            f"{origin.scheme}://{origin.netloc}",
+            *[o.rstrip("/") for o in runtime.config.webauthn.origins],
+        ]
 
     # ------------------------------------------------------------------ plumbing
 
@@ -91,10 +95,14 @@ class Portal:
         return self.proxies.client_ip(peer, request.headers.get("x-forwarded-for"))
 
     def context(self, request: Request) -> RequestContext:
-        return RequestContext(method=request.method, host=request.url.hostname or "",
-                              path=request.url.path, client_ip=self.client_ip(request),
-                              user_agent=request.headers.get("user-agent", "")[:512],
-                              device_id=unsign(self.rt.cookie_key, request.cookies.get(DEVICE_COOKIE)))
+        return RequestContext(
+            method=request.method,
+            host=request.url.hostname or "",
+            path=request.url.path,
+            client_ip=self.client_ip(request),
+            user_agent=request.headers.get("user-agent", "")[:512],
+            device_id=unsign(self.rt.cookie_key, request.cookies.get(DEVICE_COOKIE)),
+        )
 
     def token(self, request: Request) -> str | None:
         return request.cookies.get(self.cookie_name)
@@ -105,8 +113,15 @@ class Portal:
     def binding(self, request: Request, session: SessionRecord | None) -> str:
         return session.id if session else request.cookies.get(PRE_SESSION_COOKIE, "")
 
-    def page(self, request: Request, name: str, session: SessionRecord | None = None,
-             user: UserRecord | None = None, status: int = 200, **context: Any) -> HTMLResponse:
+    def page(
+        self,
+        request: Request,
+        name: str,
+        session: SessionRecord | None = None,
+        user: UserRecord | None = None,
+        status: int = 200,
+        **context: Any,
+    ) -> HTMLResponse:
         binding = self.binding(request, session)
         fresh = not binding
         if fresh:
@@ -116,25 +131,46 @@ class Portal:
         html = self.renderer.render(name, csrf_token=token, user=who, **context)
         response = HTMLResponse(html, status)
         if fresh:
-            response.set_cookie(PRE_SESSION_COOKIE, binding, httponly=True, samesite="strict",
-                                secure=self.https, path="/")
+            response.set_cookie(
+                PRE_SESSION_COOKIE,
+                binding,
+                httponly=True,
+                samesite="strict",
+                secure=self.https,
+                path="/",
+            )
         return response
 
     async def form(self, request: Request, session: SessionRecord | None) -> dict[str, str]:
         """The POSTed form, after the CSRF check (token + Origin/Referer)."""
         form = await request.form()
         header_token = request.headers.get("x-csrf-token")
-        check_csrf(key=self.rt.cookie_key, session_binding=self.binding(request, session),
-                   token=str(form.get("csrf_token") or header_token or ""),
-                   origin=request.headers.get("origin"), referer=request.headers.get("referer"),
-                   allowed_origins=self.origins)
+        check_csrf(
+            key=self.rt.cookie_key,
+            session_binding=self.binding(request, session),
+            token=str(form.get("csrf_token") or header_token or ""),
+            origin=request.headers.get("origin"),
+            referer=request.headers.get("referer"),
+            allowed_origins=self.origins,
+        )
         return {k: str(v) for k, v in form.items() if isinstance(v, str)}
 
-    def message(self, request: Request, heading: str, message: str, status: int,
-                link: dict[str, str] | None = None) -> HTMLResponse:
-        return self.page(request, "message.html", heading=heading, message=message,
-                         link=link or {"href": "/account", "text": "Go to your account"},
-                         status=status)
+    def message(
+        self,
+        request: Request,
+        heading: str,
+        message: str,
+        status: int,
+        link: dict[str, str] | None = None,
+    ) -> HTMLResponse:
+        return self.page(
+            request,
+            "message.html",
+            heading=heading,
+            message=message,
+            link=link or {"href": "/account", "text": "Go to your account"},
+            status=status,
+        )
 
     def with_token(self, response: Response, token: str) -> Response:
         response.set_cookie(self.cookie_name, token, **self.cookie_kwargs)
@@ -151,19 +187,28 @@ class Portal:
 
     async def login_page(self, request: Request) -> Response:
         rd = self.safe(request.query_params.get("rd"))
-        return self.page(request, "login.html", action_url=f"/login?rd={quote(rd, safe='')}",
-                         challenge_id="", reasons=["Sign in to continue."], error=None)
+        return self.page(
+            request,
+            "login.html",
+            action_url=f"/login?rd={quote(rd, safe='')}",
+            challenge_id="",
+            reasons=["Sign in to continue."],
+            error=None,
+        )
 
     async def login_submit(self, request: Request) -> Response:
         rd = self.safe(request.query_params.get("rd"))
         try:
             form = await self.form(request, None)
         except CsrfRejected:
-            return self.message(request, "Request refused", "The form expired. Please try again.", 403)
+            return self.message(
+                request, "Request refused", "The form expired. Please try again.", 403
+            )
         context = self.context(request)
         try:
-            signed = await run_in_threadpool(self.accounts.sign_in, form.get("username", ""),
-                                             form.get("password", ""), context)
+            signed = await run_in_threadpool(
+                self.accounts.sign_in, form.get("username", ""), form.get("password", ""), context
+            )
         except Throttled as exc:
             return self._login_error(request, rd, _throttle_text(exc), 429)
         except VerificationFailed:
@@ -171,14 +216,27 @@ class Portal:
         response = self.with_token(RedirectResponse(rd, 303), signed.token)
         response.delete_cookie(PRE_SESSION_COOKIE, path="/")
         if not context.device_id:
-            response.set_cookie(DEVICE_COOKIE, sign(self.rt.cookie_key, new_id()),
-                                max_age=400 * 86400, httponly=True, secure=self.https,
-                                samesite="lax", path="/")
+            response.set_cookie(
+                DEVICE_COOKIE,
+                sign(self.rt.cookie_key, new_id()),
+                max_age=400 * 86400,
+                httponly=True,
+                secure=self.https,
+                samesite="lax",
+                path="/",
+            )
         return response
 
     def _login_error(self, request: Request, rd: str, error: str, status: int) -> Response:
-        return self.page(request, "login.html", action_url=f"/login?rd={quote(rd, safe='')}",
-                         challenge_id="", reasons=[], error=error, status=status)
+        return self.page(
+            request,
+            "login.html",
+            action_url=f"/login?rd={quote(rd, safe='')}",
+            challenge_id="",
+            reasons=[],
+            error=error,
+            status=status,
+        )
 
     async def logout(self, request: Request) -> Response:
         found = await self.session(request)
@@ -205,9 +263,15 @@ class Portal:
             methods = await run_in_threadpool(self.stepup.methods_for, challenge, user.id)
         except ChallengeGone as exc:
             return self.message(request, "Confirmation expired", str(exc), 410)
-        return self._step_up(request, session, user, challenge, methods,
-                             error=_error_text(request.query_params.get("error")),
-                             push=self._pending_push(challenge))
+        return self._step_up(
+            request,
+            session,
+            user,
+            challenge,
+            methods,
+            error=_error_text(request.query_params.get("error")),
+            push=self._pending_push(challenge),
+        )
 
     def _pending_push(self, challenge: Any) -> dict[str, int] | None:
         data = dict(challenge.ceremony or {}).get("push")
@@ -215,27 +279,51 @@ class Portal:
             return None
         return {"number": int(data["number"]), "expires_in": int(data["expires"] - self.rt.now())}
 
-    def _step_up(self, request: Request, session: SessionRecord, user: UserRecord, challenge: Any,
-                 methods: list[str], error: str | None = None, push: Any = None,
-                 status: int = 200) -> Response:
+    def _step_up(
+        self,
+        request: Request,
+        session: SessionRecord,
+        user: UserRecord,
+        challenge: Any,
+        methods: list[str],
+        error: str | None = None,
+        push: Any = None,
+        status: int = 200,
+    ) -> Response:
         allowed = challenge.requirement.methods or {"webauthn", "totp", "push", "recovery"}
         base = f"/step-up/{challenge.id}"
-        view = {"id": challenge.id, "reasons": list(challenge.reasons),
-                "bound_values": list(challenge.bound_values),
-                "level_label": challenge.requirement.level.label, "methods": methods,
-                "not_set_up": [m for m in ("webauthn", "totp") if m in allowed and m not in methods],
-                "expires_in": max(0, int(challenge.expires - self.rt.now())),
-                "held_method": challenge.held_method, "return_url": challenge.return_url}
-        return self.page(request, "step_up.html", session, user, status, challenge=view,
-                         error=error, push=push, totp_url=f"{base}/totp",
-                         recovery_url=f"{base}/recovery",
-                         webauthn_begin_url=f"{base}/webauthn/begin",
-                         webauthn_finish_url=f"{base}/webauthn/finish",
-                         push_start_url=f"{base}/push", push_status_url=f"{base}/push/status",
-                         account_url="/account")
+        view = {
+            "id": challenge.id,
+            "reasons": list(challenge.reasons),
+            "bound_values": list(challenge.bound_values),
+            "level_label": challenge.requirement.level.label,
+            "methods": methods,
+            "not_set_up": [m for m in ("webauthn", "totp") if m in allowed and m not in methods],
+            "expires_in": max(0, int(challenge.expires - self.rt.now())),
+            "held_method": challenge.held_method,
+            "return_url": challenge.return_url,
+        }
+        return self.page(
+            request,
+            "step_up.html",
+            session,
+            user,
+            status,
+            challenge=view,
+            error=error,
+            push=push,
+            totp_url=f"{base}/totp",
+            recovery_url=f"{base}/recovery",
+            webauthn_begin_url=f"{base}/webauthn/begin",
+            webauthn_finish_url=f"{base}/webauthn/finish",
+            push_start_url=f"{base}/push",
+            push_status_url=f"{base}/push/status",
+            account_url="/account",
+        )
 
-    async def _verify(self, request: Request, method: str,
-                      call: Callable[[SessionRecord, dict[str, str]], Passed]) -> Response:
+    async def _verify(
+        self, request: Request, method: str, call: Callable[[SessionRecord, dict[str, str]], Passed]
+    ) -> Response:
         found = await self.session(request)
         cid = request.path_params["cid"]
         if found is None:
@@ -254,8 +342,15 @@ class Portal:
             return await self._retry(request, session, user, cid, exc.reason, 401)
         return self._after_pass(request, passed)
 
-    async def _retry(self, request: Request, session: SessionRecord, user: UserRecord, cid: str,
-                     error: str, status: int) -> Response:
+    async def _retry(
+        self,
+        request: Request,
+        session: SessionRecord,
+        user: UserRecord,
+        cid: str,
+        error: str,
+        status: int,
+    ) -> Response:
         try:
             challenge = await run_in_threadpool(self.stepup.live, cid, session)
         except ChallengeGone as exc:
@@ -278,35 +373,59 @@ class Portal:
         if isinstance(found, Response):
             return found
         session, user = found
-        challenge = await run_in_threadpool(self.rt.store.challenges.get, request.path_params["cid"])
+        challenge = await run_in_threadpool(
+            self.rt.store.challenges.get, request.path_params["cid"]
+        )
         if challenge is None or challenge.status != "passed" or challenge.session_id != session.id:
             return self.message(request, "Nothing to send", "There is no request to send.", 404)
-        held = {"method": challenge.held_method, "url": self.safe(challenge.return_url),
-                "fields": _form_fields(challenge.held_body), "size": len(challenge.held_body)}
-        return self.page(request, "confirm.html", session, user, held=held,
-                         confirm_url=f"/step-up/{challenge.id}/confirm", cancel_url="/account")
+        held = {
+            "method": challenge.held_method,
+            "url": self.safe(challenge.return_url),
+            "fields": _form_fields(challenge.held_body),
+            "size": len(challenge.held_body),
+        }
+        return self.page(
+            request,
+            "confirm.html",
+            session,
+            user,
+            held=held,
+            confirm_url=f"/step-up/{challenge.id}/confirm",
+            cancel_url="/account",
+        )
 
     async def step_up_totp(self, request: Request) -> Response:
         cid, ip = request.path_params["cid"], self.client_ip(request)
-        return await self._verify(request, "totp", lambda s, f: self.stepup.verify_totp(
-            cid, s, f.get("code", ""), client_ip=ip))
+        return await self._verify(
+            request,
+            "totp",
+            lambda s, f: self.stepup.verify_totp(cid, s, f.get("code", ""), client_ip=ip),
+        )
 
     async def step_up_recovery(self, request: Request) -> Response:
         cid, ip = request.path_params["cid"], self.client_ip(request)
-        return await self._verify(request, "recovery", lambda s, f: self.stepup.verify_recovery(
-            cid, s, f.get("code", ""), client_ip=ip))
+        return await self._verify(
+            request,
+            "recovery",
+            lambda s, f: self.stepup.verify_recovery(cid, s, f.get("code", ""), client_ip=ip),
+        )
 
-    async def _json_call(self, request: Request,
-                         call: Callable[[SessionRecord, UserRecord, bytes], Any]) -> Response:
+    async def _json_call(
+        self, request: Request, call: Callable[[SessionRecord, UserRecord, bytes], Any]
+    ) -> Response:
         found = await self.session(request)
         if found is None:
             return JSONResponse({"error": "Sign in first."}, 401)
         session, user = found
         try:
-            check_csrf(key=self.rt.cookie_key, session_binding=session.id,
-                       token=request.headers.get("x-csrf-token"),
-                       origin=request.headers.get("origin"), referer=request.headers.get("referer"),
-                       allowed_origins=self.origins)
+            check_csrf(
+                key=self.rt.cookie_key,
+                session_binding=session.id,
+                token=request.headers.get("x-csrf-token"),
+                origin=request.headers.get("origin"),
+                referer=request.headers.get("referer"),
+                allowed_origins=self.origins,
+            )
             body = await request.body()
             return await run_in_threadpool(call, session, user, body)
         except CsrfRejected:
@@ -320,8 +439,12 @@ class Portal:
 
     async def webauthn_begin(self, request: Request) -> Response:
         cid = request.path_params["cid"]
-        return await self._json_call(request, lambda s, u, b: Response(
-            self.stepup.begin_webauthn(cid, s), media_type="application/json"))
+        return await self._json_call(
+            request,
+            lambda s, u, b: Response(
+                self.stepup.begin_webauthn(cid, s), media_type="application/json"
+            ),
+        )
 
     async def webauthn_finish(self, request: Request) -> Response:
         cid, ip = request.path_params["cid"], self.client_ip(request)
@@ -378,9 +501,13 @@ class Portal:
             return self.message(request, "Request refused", "The form expired.", 403)
         response: Response = await replay(request, request.path_params["cid"], found[0])
         if response.status_code in (403, 404):
-            return self.message(request, "Not sent", "This confirmation no longer covers the "
-                                "request: it was already sent, or it changed. Start again.",
-                                response.status_code)
+            return self.message(
+                request,
+                "Not sent",
+                "This confirmation no longer covers the "
+                "request: it was already sent, or it changed. Start again.",
+                response.status_code,
+            )
         return response
 
     # ------------------------------------------------------------------ account
@@ -397,33 +524,71 @@ class Portal:
             return found
         session, user = found
         view = await run_in_threadpool(self._account_view, session, user)
-        return self.page(request, "account.html", session, user, flash=request.query_params.get("m"),
-                         revoke_url="/account/sessions/revoke",
-                         remove_factor_url="/account/factors/remove", enrol_totp_url="/account/totp",
-                         enrol_passkey_url="/account/passkey", recovery_url="/account/recovery",
-                         logout_url="/logout", **view)
+        return self.page(
+            request,
+            "account.html",
+            session,
+            user,
+            flash=request.query_params.get("m"),
+            revoke_url="/account/sessions/revoke",
+            remove_factor_url="/account/factors/remove",
+            enrol_totp_url="/account/totp",
+            enrol_passkey_url="/account/passkey",
+            recovery_url="/account/recovery",
+            logout_url="/logout",
+            **view,
+        )
 
     def _account_view(self, session: SessionRecord, user: UserRecord) -> dict[str, Any]:
         store = self.rt.store
-        factors = [{"id": f.id, "kind": f.kind, "label": f.label, "created_text": _when(f.created),
-                    "last_used_text": _when(f.last_used) if f.last_used else "never"}
-                   for f in store.factors.for_user(user.id) if f.data.get("confirmed", True)]
-        sessions = [{"id": s.id, "current": s.id == session.id, "ip": s.ip,
-                     "user_agent": s.user_agent[:80], "created_text": _when(s.created),
-                     "last_seen_text": _when(s.last_seen)} for s in store.sessions.list_for_user(user.id)]
+        factors = [
+            {
+                "id": f.id,
+                "kind": f.kind,
+                "label": f.label,
+                "created_text": _when(f.created),
+                "last_used_text": _when(f.last_used) if f.last_used else "never",
+            }
+            for f in store.factors.for_user(user.id)
+            if f.data.get("confirmed", True)
+        ]
+        sessions = [
+            {
+                "id": s.id,
+                "current": s.id == session.id,
+                "ip": s.ip,
+                "user_agent": s.user_agent[:80],
+                "created_text": _when(s.created),
+                "last_seen_text": _when(s.last_seen),
+            }
+            for s in store.sessions.list_for_user(user.id)
+        ]
         history = store.history.load(user.id)
         devices = [{"id": d[:8] + "…", "last_seen_text": ""} for d in sorted(history.known_devices)]
-        events = [{"at_text": _when(e.at), "kind": e.kind, "outcome": e.outcome,
-                   "detail": e.factor or e.rule} for e in
-                  list(self.rt.audit_log.entries(subject=user.id))[-15:][::-1]]
-        pushes = [{"id": c.id, "url": f"/account/push/{c.id}"}
-                  for c, _ in self.stepup.pending_pushes(session)]
-        return {"factors": factors, "sessions": sessions, "devices": devices, "events": events,
-                "pending_pushes": pushes}
+        events = [
+            {
+                "at_text": _when(e.at),
+                "kind": e.kind,
+                "outcome": e.outcome,
+                "detail": e.factor or e.rule,
+            }
+            for e in list(self.rt.audit_log.entries(subject=user.id))[-15:][::-1]
+        ]
+        pushes = [
+            {"id": c.id, "url": f"/account/push/{c.id}"}
+            for c, _ in self.stepup.pending_pushes(session)
+        ]
+        return {
+            "factors": factors,
+            "sessions": sessions,
+            "devices": devices,
+            "events": events,
+            "pending_pushes": pushes,
+        }
 
-    async def _account_post(self, request: Request,
-                            action: Callable[[SessionRecord, UserRecord, dict[str, str]], str]
-                            ) -> Response:
+    async def _account_post(
+        self, request: Request, action: Callable[[SessionRecord, UserRecord, dict[str, str]], str]
+    ) -> Response:
         found = await self._signed_in(request)
         if isinstance(found, Response):
             return found
@@ -434,25 +599,47 @@ class Portal:
         except CsrfRejected:
             return self.message(request, "Request refused", "The form expired.", 403)
         except NeedsFreshProof as exc:
-            return self.message(request, "Confirm it's you", str(exc) + " Sign in again, or "
-                                "confirm with a second factor, then retry.", 403,
-                                {"href": "/login?rd=%2Faccount", "text": "Sign in again"})
+            return self.message(
+                request,
+                "Confirm it's you",
+                str(exc) + " Sign in again, or confirm with a second factor, then retry.",
+                403,
+                {"href": "/login?rd=%2Faccount", "text": "Sign in again"},
+            )
         return RedirectResponse(f"/account?m={quote(note)}", 303)
 
     async def revoke_session(self, request: Request) -> Response:
-        return await self._account_post(request, lambda s, u, f: (
-            "Session ended." if self.accounts.revoke_session(s, f.get("session_id", ""))
-            else "No such session."))
+        return await self._account_post(
+            request,
+            lambda s, u, f: (
+                "Session ended."
+                if self.accounts.revoke_session(s, f.get("session_id", ""))
+                else "No such session."
+            ),
+        )
 
     async def remove_factor(self, request: Request) -> Response:
-        return await self._account_post(request, lambda s, u, f: (
-            "Removed." if self.accounts.remove_factor(s, f.get("factor_id", "")) else "Not found."))
+        return await self._account_post(
+            request,
+            lambda s, u, f: (
+                "Removed."
+                if self.accounts.remove_factor(s, f.get("factor_id", ""))
+                else "Not found."
+            ),
+        )
 
-    async def confirm_first(self, request: Request, session: SessionRecord, user: UserRecord,
-                            exc: NeedsFreshProof, return_to: str) -> Response:
+    async def confirm_first(
+        self,
+        request: Request,
+        session: SessionRecord,
+        user: UserRecord,
+        exc: NeedsFreshProof,
+        return_to: str,
+    ) -> Response:
         """A factor change needs a fresh proof: a step-up (or a fresh sign-in) comes first."""
-        challenge = await run_in_threadpool(self.accounts.fresh_proof_challenge, session,
-                                            self.context(request), return_to)
+        challenge = await run_in_threadpool(
+            self.accounts.fresh_proof_challenge, session, self.context(request), return_to
+        )
         if challenge is None:
             return RedirectResponse(f"/login?rd={quote(return_to, safe='')}", 303)
         return RedirectResponse(f"/step-up/{challenge.id}", 303)
@@ -466,9 +653,16 @@ class Portal:
             enrolment = await run_in_threadpool(self.accounts.begin_totp, session, user)
         except NeedsFreshProof as exc:
             return await self.confirm_first(request, session, user, exc, "/account/totp")
-        return self.page(request, "enrol_totp.html", session, user, qr_svg=enrolment.svg,
-                         secret=enrolment.secret, otpauth_uri=enrolment.uri,
-                         confirm_url=f"/account/totp?f={enrolment.factor_id}")
+        return self.page(
+            request,
+            "enrol_totp.html",
+            session,
+            user,
+            qr_svg=enrolment.svg,
+            secret=enrolment.secret,
+            otpauth_uri=enrolment.uri,
+            confirm_url=f"/account/totp?f={enrolment.factor_id}",
+        )
 
     async def totp_confirm(self, request: Request) -> Response:
         factor_id = request.query_params.get("f", "")
@@ -490,15 +684,26 @@ class Portal:
             await run_in_threadpool(self.accounts.require_fresh, found[0])
         except NeedsFreshProof as exc:
             return await self.confirm_first(request, found[0], found[1], exc, "/account/passkey")
-        return self.page(request, "enrol_passkey.html", *found, begin_url="/account/passkey/begin",
-                         finish_url="/account/passkey/finish")
+        return self.page(
+            request,
+            "enrol_passkey.html",
+            *found,
+            begin_url="/account/passkey/begin",
+            finish_url="/account/passkey/finish",
+        )
 
     async def passkey_begin(self, request: Request) -> Response:
         def begin(session: SessionRecord, user: UserRecord, body: bytes) -> Response:
             options, enrolment_id = self.accounts.begin_passkey(session, user)
             response = Response(options, media_type="application/json")
-            response.set_cookie("stepguard_enrol", enrolment_id, httponly=True, secure=self.https,
-                                samesite="strict", path="/account/passkey")
+            response.set_cookie(
+                "stepguard_enrol",
+                enrolment_id,
+                httponly=True,
+                secure=self.https,
+                samesite="strict",
+                path="/account/passkey",
+            )
             return response
 
         return await self._json_call(request, begin)
@@ -509,8 +714,9 @@ class Portal:
         def finish(session: SessionRecord, user: UserRecord, body: bytes) -> Response:
             payload = json.loads(body or b"{}")
             credential = payload.get("credential", payload)
-            self.accounts.finish_passkey(session, enrolment_id, json.dumps(credential),
-                                         str(payload.get("label", "Passkey")))
+            self.accounts.finish_passkey(
+                session, enrolment_id, json.dumps(credential), str(payload.get("label", "Passkey"))
+            )
             return JSONResponse({"redirect": "/account?m=Passkey%20added."})
 
         return await self._json_call(request, finish)
@@ -527,8 +733,9 @@ class Portal:
             return self.message(request, "Request refused", "The form expired.", 403)
         except NeedsFreshProof as exc:
             return self.message(request, "Confirm it's you", str(exc), 403)
-        return self.page(request, "recovery_codes.html", session, user, codes=codes,
-                         done_url="/account")
+        return self.page(
+            request, "recovery_codes.html", session, user, codes=codes, done_url="/account"
+        )
 
     async def push_page(self, request: Request) -> Response:
         found = await self._signed_in(request)
@@ -539,13 +746,25 @@ class Portal:
         pending = await run_in_threadpool(self.stepup.pending_pushes, session)
         match = [(c, d) for c, d in pending if c.id == cid]
         if not match:
-            return self.message(request, "Nothing to approve", "This request is no longer pending.", 404)
+            return self.message(
+                request, "Nothing to approve", "This request is no longer pending.", 404
+            )
         challenge, data = match[0]
-        return self.page(request, "push_approve.html", session, user,
-                         push={"id": cid, "options": data["options"],
-                               "requested_at": _when(data["created"]), "ip": "",
-                               "user_agent": "", "reasons": list(challenge.reasons)},
-                         answer_url=f"/account/push/{cid}")
+        return self.page(
+            request,
+            "push_approve.html",
+            session,
+            user,
+            push={
+                "id": cid,
+                "options": data["options"],
+                "requested_at": _when(data["created"]),
+                "ip": "",
+                "user_agent": "",
+                "reasons": list(challenge.reasons),
+            },
+            answer_url=f"/account/push/{cid}",
+        )
 
     async def push_answer(self, request: Request) -> Response:
         cid, ip = request.path_params["cid"], self.client_ip(request)
@@ -575,8 +794,10 @@ class Portal:
             if check.decision.outcome.value == "deny":
                 return self.message(request, "Not allowed", " ".join(check.decision.reasons), 403)
             challenge = await run_in_threadpool(
-                lambda: self.stepup.start(check.decision, context, session,
-                                          return_url=str(request.url.path)))
+                lambda: self.stepup.start(
+                    check.decision, context, session, return_url=str(request.url.path)
+                )
+            )
             return RedirectResponse(f"/step-up/{challenge.id}", 303)
         return found
 
@@ -585,30 +806,70 @@ class Portal:
         if isinstance(found, Response):
             return found
         q = request.query_params
-        filters = {"user": q.get("user", ""), "rule": q.get("rule", ""), "outcome": q.get("outcome", "")}
+        filters = {
+            "user": q.get("user", ""),
+            "rule": q.get("rule", ""),
+            "outcome": q.get("outcome", ""),
+        }
         view = await run_in_threadpool(self._admin_view, filters)
-        return self.page(request, "admin.html", *found, filters=filters,
-                         revoke_url="/admin/sessions/revoke", disable_url="/admin/users/disable",
-                         **view)
+        return self.page(
+            request,
+            "admin.html",
+            *found,
+            filters=filters,
+            revoke_url="/admin/sessions/revoke",
+            disable_url="/admin/users/disable",
+            **view,
+        )
 
     def _admin_view(self, filters: dict[str, str]) -> dict[str, Any]:
         store = self.rt.store
         users = store.users.list(limit=200)
         names = {u.id: u.username for u in users}
         subject = next((u.id for u in users if u.username == filters["user"]), filters["user"])
-        entries = list(self.rt.audit_log.entries(subject=subject or None, rule=filters["rule"] or None,
-                                                 outcome=filters["outcome"] or None))[-100:][::-1]
+        entries = list(
+            self.rt.audit_log.entries(
+                subject=subject or None,
+                rule=filters["rule"] or None,
+                outcome=filters["outcome"] or None,
+            )
+        )[-100:][::-1]
         return {
-            "users": [{"id": u.id, "username": u.username, "display_name": u.display_name,
-                       "groups": sorted(u.groups), "disabled": u.disabled,
-                       "factor_count": len(store.factors.for_user(u.id))} for u in users],
-            "sessions": [{"id": s.id, "user": names.get(s.user_id, s.user_id), "ip": s.ip,
-                          "last_seen_text": _when(s.last_seen)}
-                         for u in users for s in store.sessions.list_for_user(u.id)],
-            "entries": [{"seq": e.seq, "at_text": _when(e.at), "kind": e.kind,
-                         "subject": names.get(e.subject, e.subject), "rule": e.rule,
-                         "decision": e.decision, "outcome": e.outcome, "factor": e.factor,
-                         "reasons": list(e.reasons)} for e in entries],
+            "users": [
+                {
+                    "id": u.id,
+                    "username": u.username,
+                    "display_name": u.display_name,
+                    "groups": sorted(u.groups),
+                    "disabled": u.disabled,
+                    "factor_count": len(store.factors.for_user(u.id)),
+                }
+                for u in users
+            ],
+            "sessions": [
+                {
+                    "id": s.id,
+                    "user": names.get(s.user_id, s.user_id),
+                    "ip": s.ip,
+                    "last_seen_text": _when(s.last_seen),
+                }
+                for u in users
+                for s in store.sessions.list_for_user(u.id)
+            ],
+            "entries": [
+                {
+                    "seq": e.seq,
+                    "at_text": _when(e.at),
+                    "kind": e.kind,
+                    "subject": names.get(e.subject, e.subject),
+                    "rule": e.rule,
+                    "decision": e.decision,
+                    "outcome": e.outcome,
+                    "factor": e.factor,
+                    "reasons": list(e.reasons),
+                }
+                for e in entries
+            ],
         }
 
     async def admin_revoke(self, request: Request) -> Response:
@@ -616,8 +877,9 @@ class Portal:
         if isinstance(found, Response):
             return found
         form = await self.form(request, found[0])
-        await run_in_threadpool(self.accounts.revoke_session, None, form.get("session_id", ""),
-                                admin=found[1].id)
+        await run_in_threadpool(
+            self.accounts.revoke_session, None, form.get("session_id", ""), admin=found[1].id
+        )
         return RedirectResponse("/admin", 303)
 
     async def admin_disable(self, request: Request) -> Response:
@@ -642,7 +904,7 @@ def _throttle_text(exc: Throttled) -> str:
 
 
 def _error_text(code: str | None) -> str | None:
-    return {"expired": "That took too long; try again."}.get(code or "", None)
+    return {"expired": "That took too long; try again."}.get(code or "")
 
 
 def _form_fields(body: bytes) -> list[tuple[str, str]]:

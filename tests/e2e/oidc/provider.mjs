@@ -39,6 +39,7 @@ const provider = new Provider(issuer, {
     redirect_uris: [env.OIDC_REDIRECT_URI],
     grant_types: ['authorization_code'],
     response_types: ['code'],
+    id_token_signed_response_alg: 'ES256',
   }],
   jwks: JSON.parse(readFileSync(env.OIDC_JWKS_FILE, 'utf8')),
   acrValues: Object.keys(ACR_AMR),

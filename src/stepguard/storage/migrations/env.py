@@ -6,9 +6,9 @@ from alembic import context
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-import stepguard.storage.tables  # noqa: F401  (puts the tables on `metadata` for autogenerate)
-import stepguard.storage.audit_tables  # noqa: F401
 import stepguard.storage.api_key_tables  # noqa: F401
+import stepguard.storage.audit_tables  # noqa: F401
+import stepguard.storage.tables  # noqa: F401  (puts the tables on `metadata` for autogenerate)
 from stepguard.storage.engine import make_engine, metadata
 
 # Serialises concurrent `upgrade` runs of several instances sharing one PostgreSQL database.
