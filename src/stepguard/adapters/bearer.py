@@ -164,7 +164,7 @@ class BearerValidator:
     def _header(self, token: str) -> dict[str, Any]:
         header = _read_header(token)
         alg = header.get("alg")
-        if not isinstance(alg, str):
+        if not isinstance(alg, str) or alg not in self.settings.algorithms:
             raise InvalidToken("the token's signature algorithm is not allowed")
         if "crit" in header:
             raise InvalidToken("the token needs header extensions this server does not support")
