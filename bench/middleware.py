@@ -88,12 +88,13 @@ def decision_server() -> Any:
 
 def prepare(folder: Path) -> tuple[Path, str, str]:
     """Config + store with one user, a signed-in session and an API key: (config, token, key)."""
+    from tests.support.gateway import make_runtime, seed_user
+
     from stepguard.core.context import AuthEvent
     from stepguard.core.levels import Level
     from stepguard.service.api_keys import ApiKeys
     from stepguard.service.runtime import hash_token, new_id, new_token
     from stepguard.storage.records import SessionRecord
-    from tests.support.gateway import make_runtime, seed_user
 
     runtime = make_runtime(folder, clock=time.time)  # type: ignore[arg-type]
     user = seed_user(runtime, "bench", with_totp=False).user

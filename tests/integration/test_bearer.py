@@ -302,6 +302,7 @@ def test_time_claims_are_checked_on_the_injected_clock_with_leeway(
     ({"amr": "pwd otp", "acr": 3}, "`acr` claim is not a string"),
     ({"auth_time": "yesterday"}, "not a number"),
     ({"exp": True}, "not a number"),
+    ({"cnf": {"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}}, "bound to a client key"),
 ])
 def test_claims_are_refused(validator: BearerValidator, key: Key, overrides: dict[str, Any],
                             words: str) -> None:

@@ -164,7 +164,8 @@ def test_the_webauthn_assertion_covers_only_that_transaction(env: Env) -> None:
     assert challenge == binding_challenge(nonce, digest(100, "Bob"))
 
     # Signing Mallory's digest under Bob's ceremony is refused ...
-    forged = authenticator.get(options, challenge=binding_challenge(nonce, digest(10_000, "Mallory")))
+    mallory_challenge = binding_challenge(nonce, digest(10_000, "Mallory"))
+    forged = authenticator.get(options, challenge=mallory_challenge)
     with pytest.raises(VerificationFailed):
         stepup.finish_webauthn(bob_id, session, forged, client_ip="")
     env.clock.advance(10)  # past the back-off a failed attempt earns

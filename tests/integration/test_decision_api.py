@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 import schemathesis
-from schemathesis.specs.openapi.checks import positive_data_acceptance
 from hypothesis import HealthCheck, given, settings
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 from sqlalchemy import select
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
@@ -144,7 +144,8 @@ def test_a_missing_or_wrong_key_gets_401_json(env: Env, client: TestClient) -> N
     key_id = env.api_key.split("_")[1]
     wrong = f"sgk_{key_id}_{'A' * 43}"
     for headers in ({"Authorization": ""}, {"Authorization": f"Bearer {wrong}"},
-                    {"Authorization": "Bearer sgk_nope"}, {"Authorization": f"Basic {env.api_key}"}):
+                    {"Authorization": "Bearer sgk_nope"},
+                    {"Authorization": f"Basic {env.api_key}"}):
         response = client.post(DECIDE_PATH, json=body, headers=headers)
         assert response.status_code == 401, headers
         assert response.json()["error"] == "invalid_api_key"
@@ -356,7 +357,8 @@ def test_openapi_document_is_generated_from_the_models(client: TestClient) -> No
 
 
 def test_the_api_can_be_switched_off(tmp_path: Path) -> None:
-    runtime = make_runtime(tmp_path, clock=Clock(), policy=TEST_POLICY, extra="api: {enabled: false}\n")
+    runtime = make_runtime(tmp_path, clock=Clock(), policy=TEST_POLICY,
+                           extra="api: {enabled: false}\n")
     try:
         assert decision_api_routes(runtime, None, None) == []  # type: ignore[arg-type]
     finally:

@@ -157,6 +157,9 @@ class BearerValidator:
         if not fits(key, header["alg"]):
             raise InvalidToken("the token's algorithm does not fit the issuer's key")
         claims = self._verify(token, key, header["alg"])
+        if "cnf" in claims:  # RFC 9449 / 8705: presented as a plain bearer token, it is stolen
+            raise InvalidToken("the token is bound to a client key (DPoP or mTLS), "
+                               "which this server does not check")
         now = self._now()
         _check_times(claims, now, self.settings.leeway)
         return self._token(token, claims, now)

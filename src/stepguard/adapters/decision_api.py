@@ -20,8 +20,17 @@ from functools import lru_cache
 from typing import Annotated, Any, Literal, Protocol
 from urllib.parse import quote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
-from pydantic import ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic.json_schema import models_json_schema
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -189,7 +198,7 @@ class DecisionService:
             decision = decide(self.rt.policy, context, None, NO_RISK, (), now)
             self._audit_bearer(decision, context, None)
             refused = replace(decision, reasons=(exc.reason, *decision.reasons))
-            return self._response(refused, None, "", token_error="invalid_token")
+            return self._response(refused, None, "", token_error="invalid_token")  # noqa: S106
         decision = decide(self.rt.policy, context, state, NO_RISK, (), now)
         self._audit_bearer(decision, context, state)
         return self._response(decision, state, state.subject.name)

@@ -4,7 +4,9 @@
   `X-Forwarded-Method`, `-Proto`, `-Host`, `-Uri`, `-For`; a browser is redirected (302/303).
 - nginx `auth_request` → `GET /api/authz/auth-request`: reads `X-Original-URL`,
   `X-Original-Method`, `X-Forwarded-For`; nginx turns any 3xx into a 500, so a browser gets
-  `401` + `Location` (the nginx config maps it with `error_page 401 =302 $auth_location`).
+  `401` + `Location` (the nginx config maps it with `error_page 401 =302 $auth_location`), and
+  an ambiguous original request is refused with `403` rather than `400` (which nginx would
+  turn into a `500`).
 Forwarded headers count only when the peer is in `trusted_proxies`; from anyone else the request
 is refused (403), since without them there is no original request to decide on.
 """
@@ -56,6 +58,10 @@ class Strategy:
         status = self.redirect_status if method in ("GET", "HEAD") else 303
         return Response(status_code=status, headers={"Location": location})
 
+    def refuse(self, reason: str) -> Response:
+        """An ambiguous original request (SECURITY.md case 3): 400, passed on by the proxy."""
+        return Response(f"bad request: {reason}\n", 400)
+
 
 class CaddyStrategy(Strategy):
     def original(self, request: Request) -> Original:
@@ -75,6 +81,10 @@ class NginxStrategy(Strategy):
     def redirect(self, location: str, method: str) -> Response:
         return Response(status_code=401, headers={"Location": location})
 
+    def refuse(self, reason: str) -> Response:
+        """403: nginx turns any auth answer but 2xx, 401 and 403 into a 500 (an outage)."""
+        return Response(f"bad request: {reason}\n", 403)
+
 
 class ForwardAuth:
     """The one flow behind both endpoints."""
@@ -93,7 +103,7 @@ class ForwardAuth:
             original = strategy.original(request)
             context = self.context(request, original, peer)
         except BadRequest as exc:
-            return Response(f"bad request: {exc}\n", 400)
+            return strategy.refuse(str(exc))
         try:
             return await run_in_threadpool(self._decide, request, strategy, context, original)
         except StoreUnavailable:

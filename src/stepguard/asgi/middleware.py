@@ -99,7 +99,8 @@ class Decider(Protocol):
 class EmbeddedDecider:
     """The decision flow in this process; blocking store calls run in a worker thread."""
 
-    def __init__(self, runtime: Runtime, *, bearer_validator: BearerValidator | None = None) -> None:
+    def __init__(self, runtime: Runtime, *,
+                 bearer_validator: BearerValidator | None = None) -> None:
         self.service = DecisionService(runtime, Guard(runtime), StepUp(runtime),
                                        bearer_validator=bearer_validator)
 
@@ -118,7 +119,8 @@ class StepguardMiddleware:
         self.decider, self.portal = _decider(mode, runtime, remote, bearer_validator, portal)
         self.forward_bearer = bearer_validator is not None or bool(remote and remote.forward_bearer)
         config = runtime.config if runtime is not None and mode == "embedded" else None
-        self.cookie = session_cookie or (config.session.cookie_name if config else "stepguard_session")
+        default_cookie = config.session.cookie_name if config else "stepguard_session"
+        self.cookie = session_cookie or default_cookie
         self.proxies = TrustedProxies.parse(
             trusted_proxies if trusted_proxies is not None
             else (config.server.trusted_proxies if config else ()))
@@ -173,14 +175,17 @@ class StepguardMiddleware:
                 method=scope.get("method", "GET"), host=_host(scope, headers),
                 path=_raw_path(scope), scheme="https" if scope["scheme"] in ("https", "wss")
                 else "http", query=scope.get("query_string", b"").decode("latin-1"),
-                client_ip=_ip_or_empty(self.proxies.client_ip(peer, headers.get("x-forwarded-for"))),
+                client_ip=self._client_ip(peer, headers),
                 user_agent=headers.get("user-agent", "")[:512],
                 device_cookie=cookies.get(DEVICE_COOKIE, "")[:256], action=action,
                 attributes={k: _scalar(v) for k, v in attributes.items()},
                 session_token=_session_token(cookies, self.cookie),
-                bearer=self._bearer(headers))
+                bearer=self._bearer(headers), return_url=None)
         except (ValidationError, UnicodeDecodeError) as exc:
             raise BadRequest(f"the request cannot be decided: {_first_error(exc)}") from None
+
+    def _client_ip(self, peer: str, headers: Headers) -> str:
+        return _ip_or_empty(self.proxies.client_ip(peer, headers.get("x-forwarded-for")))
 
     def _bearer(self, headers: Headers) -> str | None:
         scheme, _, token = headers.get("authorization", "").partition(" ")

@@ -148,6 +148,71 @@ def users_reset_factors(username: str, config: Path = CONFIG) -> None:
     console.print(f"removed {count} factor(s) of {username}")
 
 
+def users_import(file: Path, config: Path = CONFIG) -> None:
+    """Import users from a YAML or CSV file (username, name, email, groups, password)."""
+    from stepguard.service.maintenance import import_users, read_user_rows
+
+    runtime = runtime_for(config)
+    try:
+        generated = import_users(runtime, read_user_rows(file))
+    except ConfigError as exc:
+        fail_with_problems(exc, str(file))
+    except StepguardError as exc:
+        errors.print(f"import refused, nothing was added: {exc}")
+        raise typer.Exit(1) from exc
+    finally:
+        runtime.close()
+    console.print(f"imported users from {file}")
+    for username, password in generated:
+        console.print(f"  {username}: generated password {password}", markup=False)
+
+
+def users_set_password(username: str, config: Path = CONFIG,
+                       password: str = typer.Option(..., prompt=True, hide_input=True)) -> None:
+    """Set a user's password and end all their sessions."""
+    from stepguard.service.accounts import Accounts
+
+    runtime = runtime_for(config)
+    user = runtime.store.users.by_username(username)
+    if user is None:
+        errors.print(f"no user {username}")
+        raise typer.Exit(1)
+    Accounts(runtime).set_password(user.id, password)
+    runtime.close()
+    console.print(f"password of {username} set; their sessions are ended")
+
+
+def keys_rotate_totp(config: Path = CONFIG) -> None:
+    """Re-seal every TOTP seed with the key named by secrets.totp_current."""
+    from stepguard.service.maintenance import rotate_totp_key
+
+    runtime = runtime_for(config)
+    count = rotate_totp_key(runtime)
+    runtime.close()
+    console.print(f"re-sealed {count} TOTP seed(s) with key {runtime.keyring.current}")
+
+
+def audit_prune(config: Path = CONFIG) -> None:
+    """Prune ledger entries older than audit.retention behind a signed checkpoint."""
+    from stepguard.service.maintenance import prune_audit
+
+    runtime = runtime_for(config)
+    retention = runtime.config.audit.retention
+    if retention is None:
+        errors.print("audit.retention is not set: nothing to prune")
+        raise typer.Exit(2)
+    try:
+        checkpoint = prune_audit(runtime, keep_seconds=retention)
+    except ConfigError as exc:
+        fail_with_problems(exc, str(config))
+    finally:
+        runtime.close()
+    if checkpoint is None:
+        console.print("nothing older than the retention period")
+    else:
+        console.print(f"pruned {checkpoint.count_pruned} entries; checkpoint at {checkpoint.seq}")
+
+
 def audit_verify(config: Path = CONFIG, public_key: Path | None = None) -> None:
     """Verify the hash chain of the audit ledger; name the first bad entry."""
     from stepguard.audit.commands import verify_store
@@ -189,14 +254,18 @@ def register(app: typer.Typer) -> None:
     app.add_typer(db, name="db")
     keys = typer.Typer(help="Secrets.", no_args_is_help=True)
     keys.command("generate")(keys_generate)
+    keys.command("rotate-totp")(keys_rotate_totp)
     app.add_typer(keys, name="keys")
     users = typer.Typer(help="Manage users.", no_args_is_help=True)
     users.command("add")(users_add)
     users.command("list")(users_list)
     users.command("disable")(users_disable)
     users.command("reset-factors")(users_reset_factors)
+    users.command("import")(users_import)
+    users.command("set-password")(users_set_password)
     app.add_typer(users, name="users")
     audit = typer.Typer(help="The audit ledger.", no_args_is_help=True)
     audit.command("verify")(audit_verify)
     audit.command("export")(audit_export)
+    audit.command("prune")(audit_prune)
     app.add_typer(audit, name="audit")

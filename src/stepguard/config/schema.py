@@ -45,6 +45,11 @@ class StoreSettings(Section):
                      description="sqlite:///path.db (embedded) or postgresql://user@host/db")
     connect_timeout: Duration = Field(5.0, description="give up reaching the store after this")
     auto_migrate: bool = Field(True, description="apply migrations at start (SQLite only)")
+    statement_timeout: Duration = Field(
+        5.0, description="PostgreSQL: cancel any statement (or lock wait) running longer than this")
+    tcp_user_timeout: Duration = Field(
+        5.0, description="PostgreSQL: drop a connection whose sent data stays unacknowledged this "
+                         "long (a server that vanished without closing the connection)")
 
 
 class SecretSettings(Section):
@@ -111,6 +116,13 @@ class ThrottleSection(Section):
 class AuditSection(Section):
     pseudonymise_ips: bool = Field(False, description="store keyed hashes instead of client IPs")
     retention: Duration | None = Field(None, description="`stepguard audit prune` keeps this much")
+    shutdown_timeout: Duration = Field(
+        20.0, description="on shutdown, wait this long for queued audit entries to be written; "
+                          "what is still unwritten then goes to spill_dir")
+    spill_dir: str = Field(
+        "audit-spill", description="entries that could not be written at shutdown (store down) are "
+                                   "saved here as JSON Lines and written at the next start "
+                                   "(relative to this file)")
 
 
 class ChallengeSection(Section):
@@ -211,6 +223,22 @@ class BearerSection(Section):
         return value
 
 
+class RedisSettings(Section):
+    """Optional Redis for the throttle counters (see docs/deploy.md). Empty url = no Redis."""
+
+    url: str = Field("", description="redis://[user:password@]host:6379/0 or rediss://…; empty = "
+                                     "no Redis (throttle counters stay in the store)")
+    connect_timeout: Duration = Field(0.5, description="give up connecting to Redis after this")
+    socket_timeout: Duration = Field(0.5, description="give up waiting for a Redis reply after this")
+    retries: int = Field(1, ge=0, le=5,
+                         description="retries of a Redis command after a connection error or "
+                                     "timeout (then the request fails closed with 503)")
+    health_check_interval: Duration = Field(
+        1.0, description="the liveness watch pings Redis this often; an outage is noticed at once "
+                         "when Redis closes its connections, else within this + socket_timeout")
+    key_prefix: str = Field("stepguard:", description="prefix of every key Stepguard writes")
+
+
 class StepguardConfig(Section):
     policy: str = Field("policy.yaml", description="policy file, relative to this file")
     server: ServerSettings = ServerSettings()
@@ -226,6 +254,7 @@ class StepguardConfig(Section):
     upstreams: list[Upstream] = Field(default_factory=list)
     api: "ApiSection" = Field(default_factory=lambda: ApiSection())
     bearer: BearerSection = BearerSection()
+    redis: RedisSettings = RedisSettings()
 
 
 class ApiSection(Section):

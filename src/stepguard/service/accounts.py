@@ -92,6 +92,14 @@ class Accounts:
         )
         return len(factors)
 
+    def set_password(self, user_id: str, password: str, *, by: str = "cli") -> bool:
+        """A new password ends every session of the user (SECURITY.md: revoke-all)."""
+        with self.rt.store.transaction():
+            changed = self.rt.store.users.set_password_hash(user_id, hash_password(password))
+            self.rt.store.sessions.revoke_all_for_user(user_id, now=self.rt.now())
+        self.rt.record(kind="admin", subject=user_id, outcome="password_set", detail={"by": by})
+        return changed
+
     # ------------------------------------------------------------------ sign-in
 
     def sign_in(self, username: str, password: str, context: RequestContext) -> SignedIn:

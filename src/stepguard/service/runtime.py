@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import ipaddress
 import secrets
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -14,20 +15,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from sqlalchemy.engine import make_url
+
 from stepguard.audit.ledger import AuditEvent, session_ref
 from stepguard.audit.writer import AuditWriter
 from stepguard.config.load import Loaded
-from stepguard.config.schema import StepguardConfig
-from stepguard.core.errors import ConfigError, Problem
+from stepguard.config.schema import RedisSettings, StepguardConfig, StoreSettings
+from stepguard.core.errors import ConfigError, Problem, StoreUnavailable
 from stepguard.core.policy import Policy
 from stepguard.core.risk import Location, RiskSettings
 from stepguard.factors.secretbox import Keyring
 from stepguard.factors.webauthn import RelyingParty
+from stepguard.service import audit_spill
 from stepguard.service.geo import ChainLocator, Locator, MaxMindLocator, StaticLocator
+from stepguard.service.health import RedisWatch
 from stepguard.service.throttle import ThrottleSettings
 from stepguard.storage.audit_store import SqlAuditLog
 from stepguard.storage.migrate import upgrade
+from stepguard.storage.redis_throttle import RedisThrottle, connect
 from stepguard.storage.sql import SqlStore
+
+log = logging.getLogger("stepguard")
 
 
 class Clock(Protocol):
@@ -52,6 +60,9 @@ class Runtime:
     clock: Callable[[], float] = time.time
     password_slots: threading.BoundedSemaphore = field(
         default_factory=lambda: threading.BoundedSemaphore(2))
+    redis_watch: RedisWatch | None = None
+    spill_dir: Path | None = None
+    replayed: list[Path] = field(default_factory=list)
 
     def now(self) -> float:
         return self.clock()
@@ -65,9 +76,25 @@ class Runtime:
         event = AuditEvent(at=self.now(), session=self.session_ref(str(session)), **fields)  # type: ignore[arg-type]
         self.audit.submit(event)
 
+    def require_stores(self) -> None:
+        """Raise `StoreUnavailable` while a store other than the SQL one is known to be down
+        (the SQL store needs no check: each decision reads its epoch first)."""
+        if self.redis_watch is not None:
+            self.redis_watch.require()
+
     def close(self) -> None:
-        self.audit.close(timeout=10)
-        self.store.close()
+        """Write the audit queue (waiting `audit.shutdown_timeout`), spill what is left, close."""
+        try:
+            self.audit.close(timeout=self.config.audit.shutdown_timeout)
+        except StoreUnavailable:
+            if self.spill_dir is None:
+                raise
+            audit_spill.spill(self.audit.unwritten(), self.spill_dir)
+        finally:
+            audit_spill.forget(self.replayed) if self.audit.backlog == 0 else None
+            if self.redis_watch is not None:
+                self.redis_watch.close()
+            self.store.close()
 
 
 def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,
@@ -77,17 +104,52 @@ def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,
     url = _store_url(config.store.url, loaded.path.parent)
     if migrate if migrate is not None else (config.store.auto_migrate and url.startswith("sqlite")):
         upgrade(url)
-    store = SqlStore.from_url(url, throttle=_throttle(config), connect_timeout=config.store.connect_timeout)
+    store = SqlStore.from_url(_with_timeouts(url, config.store), throttle=_throttle(config),
+                              connect_timeout=config.store.connect_timeout)
+    watch = _use_redis(store, config) if config.redis.url else None
     audit_log = SqlAuditLog(store.engine)
-    return Runtime(
+    runtime = Runtime(
         config=config, policy=loaded.policy, store=store, audit_log=audit_log,
         audit=AuditWriter(audit_log), keyring=_keyring(config), rp=_rp(config),
         risk=_risk(config), locator=_locator(config, loaded.path.parent),
         cookie_key=_key(config.secrets.cookie_key, "secrets.cookie_key"),
         ip_key=_key(config.secrets.ip_pseudonym_key, "secrets.ip_pseudonym_key")
         if config.audit.pseudonymise_ips else None,
-        clock=clock,
+        clock=clock, redis_watch=watch, spill_dir=loaded.path.parent / config.audit.spill_dir,
     )
+    runtime.replayed = audit_spill.replay(runtime.spill_dir, runtime.audit)
+    return runtime
+
+
+def _with_timeouts(url: str, store: StoreSettings) -> str:
+    """PostgreSQL: bound every statement and every silent network loss (libpq parameters);
+    values already in the URL win."""
+    if not url.startswith("postgresql"):
+        return url
+    parsed = make_url(url)
+    statement_ms = max(1, int(store.statement_timeout * 1000))
+    wanted = {
+        "options": f"-c statement_timeout={statement_ms} "
+                   f"-c idle_in_transaction_session_timeout={max(60_000, 4 * statement_ms)}",
+        "tcp_user_timeout": str(max(1, int(store.tcp_user_timeout * 1000))),
+        "keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5",
+        "keepalives_count": "3",
+    }
+    query = {**wanted, **dict(parsed.query)}
+    return parsed.set(query=query).render_as_string(hide_password=False)
+
+
+def _use_redis(store: SqlStore, config: StepguardConfig) -> RedisWatch:
+    """Throttle counters in Redis, and a watch that fails requests closed while it is down."""
+    r: RedisSettings = config.redis
+    client = connect(r.url, connect_timeout=r.connect_timeout, socket_timeout=r.socket_timeout,
+                     retries=r.retries, health_check_interval=r.health_check_interval)
+    store.throttle = RedisThrottle(client, _throttle(config), prefix=r.key_prefix)  # type: ignore[assignment]
+    watch_client = connect(r.url, connect_timeout=r.connect_timeout,
+                           socket_timeout=r.health_check_interval + r.socket_timeout, retries=0,
+                           health_check_interval=0)
+    return RedisWatch(watch_client, interval=r.health_check_interval,
+                      key_prefix=r.key_prefix).start()
 
 
 def _store_url(url: str, base: Path) -> str:

@@ -126,7 +126,7 @@ class StepUp:
         kinds = {
             f.kind
             for f in self.rt.store.factors.for_user(user_id)
-            if f.created <= challenge.created and f.data.get("confirmed", True)
+            if f.created < challenge.created and f.data.get("confirmed", True)
         }
         if self.rt.store.factors.recovery_codes(user_id):
             kinds.add("recovery")
@@ -221,7 +221,7 @@ class StepUp:
             if (
                 factor is None
                 or factor.user_id != session.user_id
-                or factor.created > challenge.created
+                or factor.created >= challenge.created
             ):
                 raise VerificationFailed("This passkey is not registered to your account.")
             accepted = wa.finish_authentication(
@@ -350,7 +350,7 @@ class StepUp:
         return [
             f
             for f in self.rt.store.factors.for_user(user_id, kind=kind)
-            if f.created <= challenge.created and f.data.get("confirmed", True)
+            if f.created < challenge.created and f.data.get("confirmed", True)
         ]
 
     def _attempt(
