@@ -131,7 +131,7 @@ class ForwardAuth:
         location = self.challenge_location(check, url)
         if wants_html(request.headers):
             return strategy.redirect(location, context.method)
-        return rfc9470(decision, location, self.rt)
+        return api_challenge(decision, location, self.rt)
 
     def challenge_location(self, check: Check, return_url: str) -> str:
         base = self.rt.config.server.public_url.rstrip("/")
@@ -191,6 +191,15 @@ def rfc9470(decision: Decision, location: str, runtime: Runtime) -> Response:
             if requirement and requirement.max_age is not None else None}
     return Response(json.dumps(body), 401, media_type="application/json",
                     headers={"WWW-Authenticate": ", ".join(parts), "Location": location})
+
+
+def api_challenge(decision: Decision, location: str, runtime: Runtime) -> Response:
+    """The RFC 9470 `401` for a proxy: the challenge URL only in the JSON body, never as a
+    `Location` — nginx's deploy config redirects a 401 that has one (browsers) and passes one
+    without it on (XHR and API clients in `location /`)."""
+    response = rfc9470(decision, location, runtime)
+    del response.headers["location"]
+    return response
 
 
 def _quoted(text: str) -> str:

@@ -56,6 +56,15 @@ class SessionCache:
     Any change a decision depends on raises the store epoch (in the same transaction), so a
     revocation on any instance or from the CLI empties every instance's cache before the next
     request: each request costs one primary-key read instead of five.
+
+    Why a poll and not a push (PostgreSQL LISTEN/NOTIFY or Redis pub/sub; measured by
+    `bench/fleet.py --invalidation`, figures in docs/deploy.md): a push arrives *after* the
+    revoking commit, on another connection, so for a window (sub-millisecond typically,
+    milliseconds under load, unbounded while the listener reconnects) another instance would
+    still allow the revoked session. The poll reads the epoch in the request itself, so a
+    request that starts after the commit always sees it: "the very next request, on every
+    instance" holds by construction, and an unreachable store fails the request closed
+    instead of leaving a stale cache in use.
     """
 
     def __init__(self, size: int = 10_000) -> None:
@@ -110,6 +119,7 @@ class Guard:
         """The session, user, grants and risk history of a token: from the cache if still valid."""
         if not token or len(token) > 256:
             return None
+        self.rt.require_stores()  # a store known to be down: fail closed before any cache
         key, epoch = hash_token(token), self.rt.store.epoch()
         cached = self.cache.get(key, epoch)
         if cached is not None:

@@ -85,16 +85,20 @@ class Runtime:
     def close(self) -> None:
         """Write the audit queue (waiting `audit.shutdown_timeout`), spill what is left, close."""
         try:
+            self._close_audit()
+            audit_spill.forget(self.replayed)
+        finally:
+            if self.redis_watch is not None:
+                self.redis_watch.close()
+            self.store.close()
+
+    def _close_audit(self) -> None:
+        try:
             self.audit.close(timeout=self.config.audit.shutdown_timeout)
         except StoreUnavailable:
             if self.spill_dir is None:
                 raise
             audit_spill.spill(self.audit.unwritten(), self.spill_dir)
-        finally:
-            audit_spill.forget(self.replayed) if self.audit.backlog == 0 else None
-            if self.redis_watch is not None:
-                self.redis_watch.close()
-            self.store.close()
 
 
 def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -36,6 +43,14 @@ class Metrics:
         self.latency = Histogram("stepguard_forward_auth_seconds", "Forward-auth latency",
                                  registry=self.registry,
                                  buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25, 1.0))
+        self.unavailable = Counter("stepguard_store_unavailable_total",
+                                   "Requests refused with 503 because a store was unreachable",
+                                   registry=self.registry)
+        self.audit_backlog = Gauge("stepguard_audit_backlog",
+                                   "Audit entries queued but not yet written",
+                                   registry=self.registry)
+        self.store_up = Gauge("stepguard_store_up", "1 when the store answered the last check",
+                              ["store"], registry=self.registry)
 
 
 def create_app(runtime: Runtime) -> Starlette:
@@ -55,14 +70,22 @@ def create_app(runtime: Runtime) -> Starlette:
         return PlainTextResponse("ok\n")
 
     async def readyz(_: Request) -> Response:
-        try:
-            await run_in_threadpool(runtime.store.ping)
-        except StoreUnavailable:
-            return JSONResponse({"ready": False, "store": "unavailable"}, 503)
-        return JSONResponse({"ready": True, "store": "ok", "audit_backlog": runtime.audit.backlog})
+        stores = await run_in_threadpool(store_report, runtime)
+        for name, state in stores.items():
+            metrics.store_up.labels(name).set(1 if state == "ok" else 0)
+        ready = all(state == "ok" for state in stores.values())
+        audit = "retrying" if runtime.audit.last_error is not None else "ok"
+        body = {"ready": ready, **stores, "audit": audit, "audit_backlog": runtime.audit.backlog}
+        return JSONResponse(body, 200 if ready else 503)
 
     async def metrics_page(_: Request) -> Response:
+        metrics.audit_backlog.set(runtime.audit.backlog)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def unavailable(_: Request, exc: Exception) -> Response:
+        metrics.unavailable.inc()
+        return PlainTextResponse("Stepguard cannot reach its store; try again shortly.\n", 503,
+                                 headers={"Retry-After": "5", "Cache-Control": "no-store"})
 
     async def well_known(_: Request) -> Response:
         levels = runtime.policy.levels
@@ -77,7 +100,9 @@ def create_app(runtime: Runtime) -> Starlette:
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         yield
-        runtime.close()
+        # The server has stopped accepting and finished its in-flight requests; now write the
+        # audit queue (or spill it, see service/audit_spill.py) off the event loop.
+        await run_in_threadpool(runtime.close)
 
     routes = [
         Route("/api/authz/forward-auth", forward_auth, methods=["GET", "HEAD", "POST", "PUT",
@@ -93,7 +118,8 @@ def create_app(runtime: Runtime) -> Starlette:
         proxy = ReverseProxy(runtime, guard, stepup, cookie_name=portal.cookie_name)
         routes.append(Route("/{path:path}", proxy.handle, methods=[
             "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]))
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={StoreUnavailable: unavailable})
     if runtime.config.upstreams:
         app.state.replay = proxy.replay
     app.state.runtime, app.state.guard, app.state.stepup = runtime, guard, stepup
@@ -108,4 +134,23 @@ async def _timed(metrics: Metrics, pending: object) -> Response:
     response: Response = await pending  # type: ignore[misc]
     metrics.latency.observe(time.perf_counter() - start)
     metrics.decisions.labels(str(response.status_code)).inc()
+    if response.status_code == 503:
+        metrics.unavailable.inc()
     return response
+
+
+def store_report(runtime: Runtime) -> dict[str, str]:
+    """`{"store": "ok" | "unavailable", "redis": ...}`: one real round trip to each store
+    (bounded by its timeouts); "redis" only when Redis is configured."""
+    report = {"store": _state(runtime.store.ping)}
+    if runtime.redis_watch is not None:
+        report["redis"] = _state(runtime.redis_watch.ping)
+    return report
+
+
+def _state(ping: Callable[[], None]) -> str:
+    try:
+        ping()
+    except StoreUnavailable:
+        return "unavailable"
+    return "ok"
