@@ -11,6 +11,8 @@ large transfer needs a single-use approval bound to exactly that amount and paye
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -46,7 +48,12 @@ def who(state: StepguardState) -> dict[str, Any]:
 
 
 def create_bank(runtime: Runtime) -> ASGIApp:
-    bank = FastAPI(title="Acme Bank (FastAPI + Stepguard)")
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        runtime.close()  # flushes the audit queue: no entry is lost on shutdown
+
+    bank = FastAPI(title="Acme Bank (FastAPI + Stepguard)", lifespan=lifespan)
     bank.add_exception_handler(StepUpRequired, step_up_exception_handler)
     sent: list[dict[str, Any]] = []
 

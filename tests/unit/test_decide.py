@@ -277,6 +277,12 @@ def test_no_request_is_weaker_than_its_canonical_form(case: tuple[str, str], met
         assert canonical.rule == plain.rule
 
 
+@pytest.mark.parametrize("path", ["/admin/users/bob/roles/", "/ADMIN/Users/bob/roles",
+                                  "/admin/users/bob/roles"])
+def test_trailing_slash_and_case_do_not_escape_a_rule(path: str) -> None:
+    assert decide(POLICY, ctx(path, "POST"), session(PASSWORD), now=NOW).rule == "admin-roles"
+
+
 @pytest.mark.parametrize("host", ["BANK.EXAMPLE.COM", "bank.example.com.", "Bank.Example.Com.:443"])
 def test_host_variants_get_the_same_rule(host: str) -> None:
     policy = compile_policy(

@@ -159,7 +159,7 @@ def identity_headers(check: Check, runtime: Runtime) -> dict[str, str]:
     user, session = check.user, check.session
     level = check.decision.level
     acr = runtime.policy.levels[level].acr if user and level in runtime.policy.levels else ""
-    amr = ",".join(check.session.state(user.subject()).amr()) if session and user else ""
+    amr = ",".join(session.state(user.subject()).amr()) if session and user else ""
     return {
         "Remote-User": user.username if user else "",
         "Remote-Groups": ",".join(sorted(user.groups)) if user else "",

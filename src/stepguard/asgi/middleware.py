@@ -33,6 +33,7 @@ from decimal import Decimal
 from typing import Any, Literal, Protocol
 from urllib.parse import quote
 
+import anyio
 import anyio.to_thread
 from pydantic import ValidationError
 from starlette.datastructures import Headers
@@ -97,15 +98,24 @@ class Decider(Protocol):
 
 
 class EmbeddedDecider:
-    """The decision flow in this process; blocking store calls run in a worker thread."""
+    """The decision flow in this process; blocking store calls run in worker threads.
 
-    def __init__(self, runtime: Runtime, *,
-                 bearer_validator: BearerValidator | None = None) -> None:
+    Decisions get their own small thread budget (`max_threads`), so they neither starve the
+    application's threads nor pile up dozens of threads fighting over the GIL and the store.
+    """
+
+    def __init__(self, runtime: Runtime, *, bearer_validator: BearerValidator | None = None,
+                 max_threads: int = 4) -> None:
         self.service = DecisionService(runtime, Guard(runtime), StepUp(runtime),
                                        bearer_validator=bearer_validator)
+        self.max_threads = max_threads
+        self._limiter: anyio.CapacityLimiter | None = None
 
     async def decide(self, request: DecideRequest) -> DecideResponse:
-        return await anyio.to_thread.run_sync(self.service.decide, request)
+        if self._limiter is None:  # created inside the running event loop
+            self._limiter = anyio.CapacityLimiter(self.max_threads)
+        return await anyio.to_thread.run_sync(self.service.decide, request,
+                                              limiter=self._limiter)
 
 
 class StepguardMiddleware:

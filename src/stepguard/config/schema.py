@@ -31,8 +31,9 @@ class ServerSettings(Section):
     port: int = Field(9091, ge=1, le=65535, description="port to listen on")
     public_url: str = Field("http://localhost:9091",
                             description="where users reach the portal (scheme, host, port)")
-    trusted_proxies: list[str] = Field(default_factory=list,
-                                       description="CIDRs whose X-Forwarded-* headers are honoured; empty = none")
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="CIDRs whose X-Forwarded-* headers are honoured; empty = none")
     server: Literal["uvicorn", "granian"] = Field("uvicorn", description="ASGI server for `serve`")
     workers: int = Field(1, ge=1, le=64, description="worker processes for `serve`")
     request_timeout: Duration = Field(30.0, description="upstream timeout in reverse-proxy mode")
@@ -53,7 +54,8 @@ class StoreSettings(Section):
 
 
 class SecretSettings(Section):
-    cookie_key: str = Field("", description="HMAC key for signed cookies (device id); use file: or ${ENV}")
+    cookie_key: str = Field(
+        "", description="HMAC key for signed cookies (device id); use file: or ${ENV}")
     totp_keys: dict[str, str] = Field(default_factory=dict,
                                       description="id -> base64 32-byte AES-GCM key for TOTP seeds")
     totp_current: str = Field("", description="id of the key in totp_keys that seals new seeds")
@@ -64,7 +66,8 @@ class SecretSettings(Section):
 class SessionSettings(Section):
     cookie_name: str = Field("stepguard_session",
                              description="session cookie (prefixed __Host- on https)")
-    cookie_domain: str = Field("", description="share the session across subdomains, e.g. example.com")
+    cookie_domain: str = Field(
+        "", description="share the session across subdomains, e.g. example.com")
 
 
 class PortalSettings(Section):
@@ -98,7 +101,8 @@ class RiskSection(Section):
     max_speed_kmh: float = Field(900.0, description="faster travel between sign-ins is impossible")
     trusted_networks: list[str] = Field(default_factory=list,
                                         description="CIDRs; outside them `untrusted_network` fires")
-    geoip_database: str | None = Field(None, description="MaxMind-format .mmdb file (City or Country)")
+    geoip_database: str | None = Field(
+        None, description="MaxMind-format .mmdb file (City or Country)")
     locations: list[LocationEntry] = Field(default_factory=list,
                                            description="static network -> place entries")
 
@@ -110,7 +114,8 @@ class ThrottleSection(Section):
     max_delay: Duration = Field(900.0, description="longest back-off between attempts")
     hard_lock_after: int = Field(100, ge=1, le=100,
                                  description="consecutive failures per user+factor that lock it")
-    ip_forget_after: Duration = Field(3600.0, description="an IP's failures are forgotten after this")
+    ip_forget_after: Duration = Field(
+        3600.0, description="an IP's failures are forgotten after this")
 
 
 class AuditSection(Section):
@@ -135,8 +140,8 @@ class ChallengeSection(Section):
 class UpstreamRoute(Section):
     paths: list[str] = Field(default_factory=lambda: ["/**"], description="path globs")
     action: str = Field("", description="action name given to matching requests")
-    attributes: dict[str, str] = Field(default_factory=dict,
-                                       description="attribute -> query:name | form:name | json:path")
+    attributes: dict[str, str] = Field(
+        default_factory=dict, description="attribute -> query:name | form:name | json:path")
 
 
 class Upstream(Section):
@@ -229,7 +234,8 @@ class RedisSettings(Section):
     url: str = Field("", description="redis://[user:password@]host:6379/0 or rediss://…; empty = "
                                      "no Redis (throttle counters stay in the store)")
     connect_timeout: Duration = Field(0.5, description="give up connecting to Redis after this")
-    socket_timeout: Duration = Field(0.5, description="give up waiting for a Redis reply after this")
+    socket_timeout: Duration = Field(
+        0.5, description="give up waiting for a Redis reply after this")
     retries: int = Field(1, ge=0, le=5,
                          description="retries of a Redis command after a connection error or "
                                      "timeout (then the request fails closed with 503)")
@@ -252,7 +258,7 @@ class StepguardConfig(Section):
     audit: AuditSection = AuditSection()
     challenge: ChallengeSection = ChallengeSection()
     upstreams: list[Upstream] = Field(default_factory=list)
-    api: "ApiSection" = Field(default_factory=lambda: ApiSection())
+    api: ApiSection = Field(default_factory=lambda: ApiSection())
     bearer: BearerSection = BearerSection()
     redis: RedisSettings = RedisSettings()
 

@@ -1,7 +1,7 @@
 """Static rule matching: host patterns, path globs, and the index that keeps lookup cheap.
 
 Paths match case-insensitively (an upstream on a case-insensitive file system must not let
-`/ADMIN` escape the `/admin` rule). Globs: `*` matches within one segment, `**` any number of
+`/ADMIN` escape the `/admin` rule), and a trailing slash is ignored (`/roles/` matches `/roles`). Globs: `*` matches within one segment, `**` any number of
 segments; a pattern ending in `/**` also matches the bare prefix (`/admin/**` matches `/admin`).
 """
 
@@ -19,10 +19,12 @@ def compile_path_glob(pattern: str) -> re.Pattern[str]:
     if not pattern.startswith("/"):
         raise ValueError(f"expected a path starting with '/', got {pattern!r}")
     prefix_ok = pattern.endswith("/**")
-    body = pattern[:-3] if prefix_ok else pattern
+    body = pattern[:-3] if prefix_ok else pattern.rstrip("/") or "/"
     regex = "".join(_glob_piece(piece) for piece in re.split(r"(\*\*|\*|\?)", body))
     if prefix_ok:
         regex += "(?:/.*)?"
+    elif body != "/":
+        regex += "/?"  # `/roles/` is `/roles` to most frameworks: it must not escape the rule
     return re.compile(regex, re.IGNORECASE | re.DOTALL)
 
 

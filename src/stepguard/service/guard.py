@@ -15,8 +15,8 @@ from stepguard.audit.ledger import request_summary
 from stepguard.core.context import RequestContext, SessionState, Subject
 from stepguard.core.decide import decide
 from stepguard.core.decision import Decision, Outcome
-from stepguard.core.levels import Level
 from stepguard.core.grant import Grant
+from stepguard.core.levels import Level
 from stepguard.core.risk import NO_RISK, RiskAssessment, RiskHistory, assess
 from stepguard.service.runtime import Runtime, hash_token
 from stepguard.storage.records import SessionRecord, UserRecord
@@ -113,7 +113,8 @@ class Guard:
     def _alive(self, record: SessionRecord) -> bool:
         settings = self.rt.policy.levels[Level.AAL1]
         now = self.rt.now()
-        return now - record.created <= settings.max_session and now - record.last_seen <= settings.idle
+        return (now - record.created <= settings.max_session
+                and now - record.last_seen <= settings.idle)
 
     def load(self, token: str | None) -> _Loaded | None:
         """The session, user, grants and risk history of a token: from the cache if still valid."""

@@ -51,7 +51,9 @@ class RedisWatch:
 
     def start(self) -> RedisWatch:
         """Try once now (so a healthy start is ready at once), then watch in the background."""
-        self._set(self._probe())
+        self._up = self._probe()
+        if not self._up:
+            log.warning("redis is unavailable at start; protected requests get 503 until it is")
         self._thread.start()
         return self
 

@@ -6,8 +6,8 @@ import base64
 import hashlib
 import hmac
 import ipaddress
-import secrets
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable

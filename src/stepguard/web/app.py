@@ -22,8 +22,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from stepguard.adapters.proxy import ReverseProxy
 from stepguard.adapters.forward_auth import CaddyStrategy, ForwardAuth, NginxStrategy
+from stepguard.adapters.proxy import ReverseProxy
 from stepguard.core.errors import StoreUnavailable
 from stepguard.service.accounts import Accounts
 from stepguard.service.guard import Guard
