@@ -4,6 +4,8 @@
     (allowed, 200, empty body) vs `bench/noop_app.py` (an ASGI app answering 200 empty). Both are
     served by uvicorn on 127.0.0.1 with the same worker count and hit with the same wrk settings.
     Target: Stepguard ≥ 0.6× the no-op app's req/s.
+(c) **server choice**: the same pair under granian, and granian's forward-auth beside uvicorn's.
+(d) **reverse-proxy mode**: Stepguard proxying to the no-op app vs the no-op app reached directly.
 (b) **behind nginx auth_request**: nginx with deploy/nginx/stepguard.conf (auth subrequest to
     Stepguard, then the no-op app as the protected upstream) vs the same nginx proxying straight
     to the no-op app. Targets: ≥ 0.75× the req/s, p99 at most 1 ms higher.
@@ -69,8 +71,13 @@ FORWARD_AUTH_PATH = "/api/authz/forward-auth"
 BENCH_USERNAME = "bench-user"
 
 
-def start_stepguard(workdir: Path, *, port: int, workers: int, password: str) -> Process:
-    """Write a config + policy into `workdir`, add one user, start `stepguard serve`."""
+def start_stepguard(workdir: Path, *, port: int, workers: int, password: str,
+                    server: str = "uvicorn", upstream_port: int | None = None) -> Process:
+    """Write a config + policy into `workdir`, add one user, start `stepguard serve`
+    (under `server`; in reverse-proxy mode in front of 127.0.0.1:`upstream_port` if given)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    upstreams = (f'upstreams: [{{host: "*", url: "http://127.0.0.1:{upstream_port}"}}]\n'
+                 if upstream_port else "")
     (workdir / "policy.yaml").write_text((REPO_ROOT / "examples" / "policy.yaml").read_text())
     totp_key = base64.b64encode(secrets.token_bytes(32)).decode()
     config = workdir / "stepguard.yaml"
@@ -82,13 +89,14 @@ server:
   port: {port}
   public_url: http://127.0.0.1:{port}
   trusted_proxies: [127.0.0.1/32]
-  server: uvicorn
+  server: {server}
   workers: {workers}
 store: {{url: "sqlite:///stepguard.db"}}
 secrets: {{cookie_key: "{secrets.token_urlsafe(32)}", totp_keys: {{k1: "{totp_key}"}},
            totp_current: k1}}
 portal: {{protected_domains: [{SITE}, 127.0.0.1]}}
 """
+        + upstreams
     )
     stepguard = [sys.executable, "-m", "stepguard.cli.main"]
     for command in (
@@ -104,7 +112,7 @@ portal: {{protected_domains: [{SITE}, 127.0.0.1]}}
         [*stepguard, "serve", "--config", str(config)],
         port=port,
         workdir=workdir,
-        name="stepguard",
+        name=f"stepguard-{server}{'-proxy' if upstream_port else ''}",
         env=python_env(),
         cwd=workdir,
         ready_path="/healthz",
@@ -337,6 +345,16 @@ def noop_server(workdir: Path, workers: int, name: str) -> UvicornServer:
     )
 
 
+def granian_noop(workdir: Path, workers: int) -> Process:
+    """The no-op app under granian: the anchor when Stepguard itself runs under granian."""
+    port = free_port()
+    argv = [sys.executable, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1",
+            "--port", str(port), "--workers", str(workers), "noop_app:app"]
+    (workdir / "noop-granian").mkdir(parents=True, exist_ok=True)
+    return Process(argv, port=port, workdir=workdir / "noop-granian", name="noop-granian",
+                   env=python_env(), cwd=REPO_ROOT / "bench", ready_path="/")
+
+
 @dataclass(frozen=True)
 class Servers:
     noop: UvicornServer  # the protected upstream, and the anchor of (a)
@@ -390,7 +408,11 @@ def bench(settings: WrkSettings, workers: int, workdir: Path) -> list[Comparison
             Target("nginx auth_request c1", guarded, browser, unloaded),
             Target("nginx → no-op c1", plain, browser, unloaded),
         ])
+        servers_compared = compare_servers(wrk, workdir, workers, settings, alone)
+        proxied = reverse_proxy_mode(wrk, workdir, workers, settings, noop)
     return [
+        *servers_compared,
+        *proxied,
         Comparison("forward-auth endpoint alone", alone["forward-auth"], alone["no-op app"],
                    ratio_target=FORWARD_AUTH_RATIO_TARGET),
         Comparison("behind nginx auth_request, saturated", saturated["nginx auth_request"],
@@ -400,6 +422,49 @@ def bench(settings: WrkSettings, workers: int, workdir: Path) -> list[Comparison
         Comparison("(reference) auth_request to a no-op auth app",
                    saturated["auth_request no-op auth"], saturated["nginx → no-op"]),
     ]
+
+
+def compare_servers(wrk: str, workdir: Path, workers: int, settings: WrkSettings,
+                    uvicorn_results: dict[str, WrkResult]) -> list[Comparison]:
+    """Stepguard's forward-auth under granian, beside the no-op app under granian — to pick the
+    ASGI server by measurement (the uvicorn pair is the first comparison)."""
+    password = secrets.token_urlsafe(18)
+    with ExitStack() as stack:
+        noop = stack.enter_context(granian_noop(workdir, workers))
+        stepguard = stack.enter_context(start_stepguard(
+            workdir / "stepguard-granian", port=free_port(), workers=workers, password=password,
+            server="granian"))
+        cookies = obtain_session_cookie(stepguard.url, username=BENCH_USERNAME, password=password)
+        headers = forward_auth_headers(cookies)
+        check_allowed(stepguard.url + FORWARD_AUTH_PATH, headers)
+        results = best_of_rounds(wrk, [
+            Target("no-op app (granian)", noop.url + "/", {}, settings),
+            Target("forward-auth (granian)", stepguard.url + FORWARD_AUTH_PATH, headers,
+                   settings),
+        ])
+    return [
+        Comparison("forward-auth under granian", results["forward-auth (granian)"],
+                   results["no-op app (granian)"], ratio_target=FORWARD_AUTH_RATIO_TARGET),
+        Comparison("(server choice) granian vs uvicorn, forward-auth",
+                   results["forward-auth (granian)"], uvicorn_results["forward-auth"]),
+    ]
+
+
+def reverse_proxy_mode(wrk: str, workdir: Path, workers: int, settings: WrkSettings,
+                       noop: UvicornServer) -> list[Comparison]:
+    """Stepguard as the reverse proxy in front of the no-op app vs the app reached directly."""
+    password = secrets.token_urlsafe(18)
+    with start_stepguard(workdir / "stepguard-proxy", port=free_port(), workers=workers,
+                         password=password, upstream_port=noop.port) as stepguard:
+        cookies = obtain_session_cookie(stepguard.url, username=BENCH_USERNAME, password=password)
+        headers = {"Accept": "text/html", "Cookie": cookie_header(cookies)}
+        check_allowed(stepguard.url + "/orders?page=2", headers, upstream=True)
+        results = best_of_rounds(wrk, [
+            Target("no-op app direct", noop.url + "/orders?page=2", {}, settings),
+            Target("reverse-proxy mode", stepguard.url + "/orders?page=2", headers, settings),
+        ])
+    return [Comparison("reverse-proxy mode vs the upstream directly",
+                       results["reverse-proxy mode"], results["no-op app direct"])]
 
 
 @contextmanager

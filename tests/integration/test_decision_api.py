@@ -27,8 +27,7 @@ from stepguard.adapters.decision_api import (
     decision_api_routes,
     openapi_document,
 )
-from stepguard.core.context import AuthEvent, SessionState, Subject
-from stepguard.core.errors import InvalidToken
+from stepguard.core.context import AuthEvent
 from stepguard.core.levels import Level
 from stepguard.service.api_keys import ApiKeys
 from stepguard.service.runtime import Runtime, hash_token, new_id, new_token
@@ -310,36 +309,41 @@ def test_store_outage_is_503_never_an_allow(env: Env, client: TestClient,
 # ------------------------------------------------------------------------------------ bearer hook
 
 
-class FakeBearerValidator:
-    """Stands in for adapters/bearer.py: `good-aal2` proves aal2 now, anything else is refused."""
+def test_bearer_tokens_go_through_the_bearer_adapter(tmp_path: Path) -> None:
+    """A JWT from a (simulated) issuer is decided by adapters.bearer: acr/amr/auth_time count."""
+    from stepguard.adapters.bearer import BearerSettings, BearerValidator
+    from tests.integration.test_bearer import AUDIENCE, ISSUER, T0, Issuer, ec_key, sign
 
-    def validate(self, token: str, *, now: float) -> SessionState:
-        if token != "good-aal2":
-            raise InvalidToken("the access token has expired")
-        subject = Subject(id="oidc|42", name="carol", email="carol@example.com")
-        return SessionState(id="bearer", subject=subject, created=now, last_seen=now,
-                            events=(AuthEvent("totp", ("otp",), Level.AAL2, now - 5),))
+    clock = Clock(T0)
+    runtime = make_runtime(tmp_path, clock=clock, policy=TEST_POLICY,
+                           extra=f'bearer: {{issuer: "{ISSUER}", audience: "{AUDIENCE}"}}\n')
+    key = ec_key()
+    validator = BearerValidator(BearerSettings.from_config(runtime.config.bearer, runtime.policy),
+                                Issuer([key]).jwks(clock), now=clock)
+    app = create_app(runtime)
+    app.router.routes[0:0] = decision_api_routes(runtime, app.state.guard, app.state.stepup,
+                                                 bearer_validator=validator)
+    try:
+        with TestClient(app, base_url=BASE) as client:
+            client.headers["X-Api-Key"] = ApiKeys(runtime).create("oauth-api").key
+            body = {"method": "GET", "host": "app.test", "path": "/export"}
+            aal2 = sign(key, acr="urn:stepguard:aal2", amr=["otp"])
+            allowed = decide(client, {**body, "bearer": aal2})
+            assert allowed.decision == "allow" and allowed.subject
+            assert allowed.subject.id == "alice" and allowed.subject.amr == ["otp"]
+            weak = decide(client, {**body, "bearer": sign(key)})
+            assert weak.decision == "step_up" and weak.acr == "urn:stepguard:aal2"
+            assert weak.challenge_url is None and weak.token_error is None
+            expired = decide(client, {**body, "bearer": sign(key, exp=int(T0) - 60)})
+            assert expired.decision == "step_up" and expired.token_error == "invalid_token"
+    finally:
+        runtime.close()
 
 
-def test_bearer_tokens_go_through_the_validator_hook(env: Env) -> None:
-    app = create_app(env.runtime)
-    app.router.routes[0:0] = decision_api_routes(env.runtime, app.state.guard, app.state.stepup,
-                                                 bearer_validator=FakeBearerValidator())
-    with TestClient(app, base_url=BASE) as client:
-        client.headers["X-Api-Key"] = env.api_key
-        body = {"method": "GET", "host": "app.test", "path": "/export"}
-        allowed = decide(client, {**body, "bearer": "good-aal2"})
-        assert allowed.decision == "allow" and allowed.subject
-        assert allowed.subject.id == "oidc|42" and allowed.subject.amr == ["otp"]
-        refused = decide(client, {**body, "bearer": "expired"})
-        assert refused.decision == "step_up" and refused.token_error == "invalid_token"
-        assert refused.reasons[0] == "the access token has expired"
-
-
-def test_bearer_without_a_validator_is_a_400(client: TestClient) -> None:
-    response = client.post(DECIDE_PATH, json={"method": "GET", "host": "app.test", "path": "/",
-                                              "bearer": "x"})
-    assert response.status_code == 400
+def test_bearer_without_an_issuer_is_refused_as_an_invalid_token(client: TestClient) -> None:
+    answer = decide(client, {"method": "GET", "host": "app.test", "path": "/", "bearer": "x.y.z"})
+    assert answer.decision == "step_up" and answer.token_error == "invalid_token"
+    assert answer.subject is None
 
 
 # ------------------------------------------------------------------------------------ OpenAPI

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from functools import lru_cache
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlsplit
 
 from pydantic import (
@@ -37,13 +36,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from stepguard.audit.ledger import request_summary
+from stepguard.adapters.bearer import BearerValidator, decide_bearer
 from stepguard.core.canonical import canonical_host, canonical_method, canonical_path
 from stepguard.core.context import RequestContext, SessionState, Subject
-from stepguard.core.decide import decide, valid_events
+from stepguard.core.decide import valid_events
 from stepguard.core.decision import Decision, Outcome
 from stepguard.core.errors import BadRequest, StoreUnavailable, VerificationFailed
-from stepguard.core.risk import NO_RISK
 from stepguard.service.api_keys import ApiKeys
 from stepguard.service.guard import Guard
 from stepguard.service.runtime import Runtime, unsign
@@ -139,19 +137,6 @@ class ErrorResponse(_Model):
     detail: str | list[dict[str, str]] = ""
 
 
-# ------------------------------------------------------------------------------------ bearer hook
-
-
-class BearerValidator(Protocol):
-    """Turns a bearer access token into the session state it proves (see adapters/bearer.py).
-
-    Raises `InvalidToken` (a `VerificationFailed`) for a bad token and `IssuerUnavailable` (a
-    `StoreUnavailable`) when the issuer's keys cannot be fetched.
-    """
-
-    def validate(self, token: str, *, now: float) -> SessionState: ...
-
-
 # ------------------------------------------------------------------------------------ service
 
 
@@ -189,27 +174,14 @@ class DecisionService:
         return self._response(decision, state, username)
 
     def _decide_bearer(self, request: DecideRequest, context: RequestContext) -> DecideResponse:
-        if self.bearer_validator is None:
-            raise BadRequest("bearer tokens are not configured on this server")
-        now = self.rt.now()
-        try:
-            state = self.bearer_validator.validate(request.bearer or "", now=now)
-        except VerificationFailed as exc:
-            decision = decide(self.rt.policy, context, None, NO_RISK, (), now)
-            self._audit_bearer(decision, context, None)
-            refused = replace(decision, reasons=(exc.reason, *decision.reasons))
-            return self._response(refused, None, "", token_error="invalid_token")  # noqa: S106
-        decision = decide(self.rt.policy, context, state, NO_RISK, (), now)
-        self._audit_bearer(decision, context, state)
-        return self._response(decision, state, state.subject.name)
-
-    def _audit_bearer(self, decision: Decision, context: RequestContext,
-                      state: SessionState | None) -> None:
-        self.rt.record(kind="decision", subject=state.subject.id if state else "",
-                       request=request_summary(context, ip_key=self.rt.ip_key),
-                       decision=decision.outcome.value, rule=decision.rule,
-                       reasons=decision.reasons, outcome=decision.outcome.value,
-                       detail={"via": "bearer"})
+        """The bearer flow of `adapters.bearer` (validation, acr/amr/auth_time, token grants,
+        audit); `IssuerUnavailable` propagates as a `StoreUnavailable` (503)."""
+        check = decide_bearer(self.rt, context, f"Bearer {request.bearer}",
+                              validator=self.bearer_validator)
+        token_error: Literal["invalid_token"] | None = (
+            "invalid_token" if check.error is not None else None)
+        username = check.subject.name if check.subject else ""
+        return self._response(check.decision, check.session, username, token_error=token_error)
 
     def _challenge(self, decision: Decision, context: RequestContext, session: Any,
                    request: DecideRequest) -> str:

@@ -41,8 +41,8 @@ from starlette.requests import cookie_parser
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from stepguard.adapters.bearer import BearerValidator
 from stepguard.adapters.decision_api import (
-    BearerValidator,
     DecideRequest,
     DecideResponse,
     DecisionService,
@@ -127,8 +127,9 @@ class StepguardMiddleware:
                  exempt: Sequence[str] = ()) -> None:
         self.app = app
         self.decider, self.portal = _decider(mode, runtime, remote, bearer_validator, portal)
-        self.forward_bearer = bearer_validator is not None or bool(remote and remote.forward_bearer)
         config = runtime.config if runtime is not None and mode == "embedded" else None
+        self.forward_bearer = (bearer_validator is not None or bool(config and config.bearer.issuer)
+                               or bool(remote and remote.forward_bearer))
         default_cookie = config.session.cookie_name if config else "stepguard_session"
         self.cookie = session_cookie or default_cookie
         self.proxies = TrustedProxies.parse(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from stepguard.cli import policy_cmd, server_cmd
+from stepguard.cli import api_keys_cmd, policy_cmd, server_cmd
 from stepguard.cli.output import console, fail_with_problems
 from stepguard.config.load import load_config
 from stepguard.core.errors import ConfigError
@@ -20,6 +20,7 @@ app.add_typer(policy_cmd.app, name="policy")
 config_app = typer.Typer(help="Check configuration files.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 server_cmd.register(app)
+app.add_typer(api_keys_cmd.app, name="api-keys")
 
 
 @config_app.command("validate")

@@ -23,6 +23,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from stepguard.adapters.forward_auth import CaddyStrategy, ForwardAuth, NginxStrategy
+from stepguard.adapters.decision_api import decision_api_routes
 from stepguard.adapters.proxy import ReverseProxy
 from stepguard.core.errors import StoreUnavailable
 from stepguard.service.accounts import Accounts
@@ -111,6 +112,7 @@ def create_app(runtime: Runtime) -> Starlette:
         Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics_page),
         Route("/.well-known/stepguard-configuration", well_known),
         *([] if runtime.config.upstreams else [Route("/", root)]),
+        *decision_api_routes(runtime, guard, stepup),
         *portal.routes(),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]

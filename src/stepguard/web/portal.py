@@ -300,7 +300,8 @@ class Portal:
             "methods": methods,
             "not_set_up": [m for m in ("webauthn", "totp") if m in allowed and m not in methods],
             "expires_in": max(0, int(challenge.expires - self.rt.now())),
-            "held_method": challenge.held_method,
+            # Only a request whose body is held is replayed; others are simply retried.
+            "held_method": challenge.held_method if challenge.held_body else "GET",
             "return_url": challenge.return_url,
         }
         return self.page(
