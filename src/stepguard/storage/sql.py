@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 
 from stepguard.service.throttle import ThrottleSettings
 from stepguard.storage.engine import make_engine
+from stepguard.storage.epoch import EpochReader
 from stepguard.storage.sql_base import Database
 from stepguard.storage.sql_challenges import SqlChallenges
 from stepguard.storage.sql_factors import SqlFactors
@@ -37,6 +38,7 @@ class SqlStore:
         self.grants = SqlGrants(self._db)
         self.throttle = SqlThrottle(self._db, throttle or ThrottleSettings())
         self.history = SqlHistory(self._db)
+        self._epoch = EpochReader(engine)
 
     @classmethod
     def from_url(
@@ -61,12 +63,8 @@ class SqlStore:
             yield
 
     def epoch(self) -> int:
-        """The store epoch (see `tables.store_epoch`): one primary-key read."""
-        with self._db.read() as connection:
-            value = connection.exec_driver_sql(
-                "SELECT value FROM store_epoch WHERE id = 1"
-            ).scalar()
-        return int(value or 0)
+        """The store epoch (see `tables.store_epoch`): one primary-key read, no transaction."""
+        return self._epoch.read()
 
     def ping(self) -> None:
         """Raise `StoreUnavailable` unless the store answers a trivial query promptly."""
@@ -76,4 +74,5 @@ class SqlStore:
             connection.execute(text("SELECT 1"))
 
     def close(self) -> None:
+        self._epoch.close()
         self._db.engine.dispose()

@@ -1,0 +1,77 @@
+"""A fast reader of the store epoch (see `tables.store_epoch`), asked once per decision.
+
+Each thread keeps one dedicated DB-API connection in autocommit mode (outside the pool, so it
+never starves other work) and runs a single primary-key SELECT: a few microseconds on SQLite, one
+round trip on PostgreSQL. Any driver error closes the connection and raises `StoreUnavailable`,
+so callers fail closed; the next call reconnects.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from stepguard.core.errors import StoreUnavailable
+
+QUERY = "SELECT value FROM store_epoch WHERE id = 1"
+
+
+class EpochReader:
+    def __init__(self, engine: Engine, *, timeout: float = 5.0) -> None:
+        self.engine = engine
+        self.timeout = timeout
+        self._local = threading.local()
+        self._all: list[Any] = []
+        self._lock = threading.Lock()
+
+    def read(self) -> int:
+        connection = getattr(self._local, "connection", None) or self._connect()
+        try:
+            cursor = connection.cursor()
+            cursor.execute(QUERY)
+            row = cursor.fetchone()
+            cursor.close()
+        except Exception as error:  # any driver failure: drop the connection, fail closed
+            self._drop(connection)
+            raise StoreUnavailable("the store is unavailable") from error
+        return int(row[0]) if row else 0
+
+    def _connect(self) -> Any:
+        dialect = self.engine.dialect
+        args, kwargs = dialect.create_connect_args(self.engine.url)
+        try:
+            if dialect.name == "sqlite":
+                kwargs.update(timeout=self.timeout, check_same_thread=False, isolation_level=None)
+                connection = dialect.loaded_dbapi.connect(*args, **kwargs)
+                connection.execute("PRAGMA busy_timeout=10000")
+            else:
+                kwargs.setdefault("connect_timeout", max(1, int(self.timeout)))
+                connection = dialect.loaded_dbapi.connect(*args, **kwargs)
+                connection.autocommit = True
+        except Exception as error:
+            raise StoreUnavailable("the store is unavailable") from error
+        self._local.connection = connection
+        with self._lock:
+            self._all.append(connection)
+        return connection
+
+    def _drop(self, connection: Any) -> None:
+        self._local.connection = None
+        with self._lock:
+            if connection in self._all:
+                self._all.remove(connection)
+        try:
+            connection.close()
+        except Exception:  # noqa: S110 - already broken; closing is best effort
+            pass
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._all = self._all, []
+        for connection in connections:
+            try:
+                connection.close()
+            except Exception:  # noqa: S110
+                pass
