@@ -105,6 +105,9 @@ class ForwardAuth:
         except BadRequest as exc:
             return strategy.refuse(str(exc))
         try:
+            check = self.guard.check_cached(context, self._token(request))
+            if check is not None:  # everything was cached: no thread hop
+                return self._answer(request, strategy, check, original)
             return await run_in_threadpool(self._decide, request, strategy, context, original)
         except StoreUnavailable:
             return Response("the session store is unavailable\n", 503,
@@ -117,10 +120,17 @@ class ForwardAuth:
                              target=original.target, client_ip=client_ip,
                              headers=request.headers, device_id=device)
 
+    def _token(self, request: Request) -> str | None:
+        name = self.rt.config.session.cookie_name
+        return request.cookies.get(name) or _cookie_any(request, self.rt)
+
     def _decide(self, request: Request, strategy: Strategy, context: RequestContext,
                 original: Original) -> Response:
-        token = request.cookies.get(self.rt.config.session.cookie_name) or _cookie_any(request, self.rt)
-        check = self.guard.check(context, token)
+        check = self.guard.check(context, self._token(request))
+        return self._answer(request, strategy, check, original)
+
+    def _answer(self, request: Request, strategy: Strategy, check: Check,
+                original: Original) -> Response:
         decision = check.decision
         if decision.outcome is Outcome.ALLOW:
             return Response(status_code=200, headers=identity_headers(check, self.rt))
@@ -130,7 +140,7 @@ class ForwardAuth:
         url = original_url(original)
         location = self.challenge_location(check, url)
         if wants_html(request.headers):
-            return strategy.redirect(location, context.method)
+            return strategy.redirect(location, check.context.method)
         return api_challenge(decision, location, self.rt)
 
     def challenge_location(self, check: Check, return_url: str) -> str:

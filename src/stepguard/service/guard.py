@@ -15,6 +15,7 @@ from stepguard.audit.ledger import request_summary
 from stepguard.core.context import RequestContext, SessionState, Subject
 from stepguard.core.decide import decide
 from stepguard.core.decision import Decision, Outcome
+from stepguard.core.errors import StoreUnavailable
 from stepguard.core.grant import Grant
 from stepguard.core.levels import Level
 from stepguard.core.risk import NO_RISK, RiskAssessment, RiskHistory, assess
@@ -22,6 +23,7 @@ from stepguard.service.runtime import Runtime, hash_token
 from stepguard.storage.records import SessionRecord, UserRecord
 
 TOUCH_EVERY = 30.0  # seconds between last-seen writes for one session
+AUDIT_INLINE_LIMIT = 1000  # queued audit entries above which decisions leave the event loop
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class Check:
     session: SessionRecord | None
     user: UserRecord | None
     risk: RiskAssessment
+    state: SessionState | None = None
 
     @property
     def subject(self) -> Subject | None:
@@ -121,7 +124,7 @@ class Guard:
         if not token or len(token) > 256:
             return None
         self.rt.require_stores()  # a store known to be down: fail closed before any cache
-        key, epoch = hash_token(token), self.rt.store.epoch()
+        key, epoch = hash_token(token), self._epoch()
         cached = self.cache.get(key, epoch)
         if cached is not None:
             return cached if self._alive(cached.record) else None
@@ -136,23 +139,62 @@ class Guard:
         self.cache.put(key, loaded)
         return loaded
 
+    def check_cached(self, context: RequestContext, token: str | None) -> Check | None:
+        """The decision when it needs no store access beyond the epoch read on an open
+        connection: cheap enough for the event loop. None means: use `check` in a thread (a
+        cache miss, a grant to spend, a last-seen to write, a busy audit queue)."""
+        if self.rt.audit.backlog > AUDIT_INLINE_LIMIT:
+            return None
+        loaded: _Loaded | None = None
+        if token:
+            try:
+                epoch = self.rt.store.epoch_if_connected()
+            except StoreUnavailable:  # maybe a connection from before a store restart:
+                return None  # the thread path reads again on a fresh one (or fails closed)
+            loaded = self.cache.get(hash_token(token), epoch) if epoch is not None else None
+            if loaded is None or not self._alive(loaded.record):
+                return None
+            if self.rt.now() - loaded.record.last_seen >= TOUCH_EVERY:
+                return None
+        self.rt.require_stores()
+        check = self._decide(context, loaded)
+        decision = check.decision
+        if decision.consume_grant or (decision.outcome is Outcome.STEP_UP and loaded is not None):
+            return None  # spending a grant or starting a challenge writes: the slow path does it
+        self._audit(check)
+        return check
+
+    def _epoch(self) -> int:
+        """The store epoch, read once more on failure: a connection left over from before a
+        store restart fails once and is replaced; a store that is really down fails both."""
+        try:
+            return self.rt.store.epoch()
+        except StoreUnavailable:
+            return self.rt.store.epoch()
+
     def check(self, context: RequestContext, token: str | None, *, audit: bool = True) -> Check:
         now = self.rt.now()
         loaded = self.load(token)
+        result = self._decide(context, loaded)
+        decision = result.decision
+        if decision.consume_grant and not self._consume(decision, result.session):
+            spent = [g for g in loaded.grants if g.id != decision.consume_grant] if loaded else []
+            decision = decide(self.rt.policy, context, result.state, result.risk, spent, now)
+            result = replace(result, decision=decision)
+        if loaded is not None and token:
+            self._touch(loaded, hash_token(token), context, now)
+        if audit:
+            self._audit(result)
+        return result
+
+    def _decide(self, context: RequestContext, loaded: _Loaded | None) -> Check:
+        """Risk and `core.decide` over what `load` found (pure but for the location lookup)."""
         record, user = (loaded.record, loaded.user) if loaded else (None, None)
         state = record.state(user.subject()) if record and user else None
         risk = self._risk(context, state, user, loaded.history if loaded else None)
         grants = loaded.grants if loaded else ()
-        decision = decide(self.rt.policy, context, state, risk, grants, now)
-        if decision.consume_grant and not self._consume(decision, record):
-            spent = [g for g in grants if g.id != decision.consume_grant]
-            decision = decide(self.rt.policy, context, state, risk, spent, now)
-        if loaded is not None and token:
-            self._touch(loaded, hash_token(token), context, now)
-        result = Check(decision, context, record, user, risk)
-        if audit:
-            self._audit(result)
-        return result
+        decision = decide(self.rt.policy, context, state, risk, grants, self.rt.now())
+        return Check(decision, context, record, user, risk, state)
 
     def _consume(self, decision: Decision, record: SessionRecord | None) -> bool:
         assert record is not None

@@ -108,7 +108,8 @@ def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,
     url = _store_url(config.store.url, loaded.path.parent)
     if migrate if migrate is not None else (config.store.auto_migrate and url.startswith("sqlite")):
         upgrade(url)
-    store = SqlStore.from_url(_with_timeouts(url, config.store), throttle=_throttle(config),
+    bounded = _with_timeouts(url, config.store)
+    store = SqlStore.from_url(bounded, throttle=_throttle(config),
                               connect_timeout=config.store.connect_timeout)
     watch = _use_redis(store, config) if config.redis.url else None
     audit_log = SqlAuditLog(store.engine)
@@ -119,7 +120,8 @@ def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,
         cookie_key=_key(config.secrets.cookie_key, "secrets.cookie_key"),
         ip_key=_key(config.secrets.ip_pseudonym_key, "secrets.ip_pseudonym_key")
         if config.audit.pseudonymise_ips else None,
-        clock=clock, redis_watch=watch, spill_dir=loaded.path.parent / config.audit.spill_dir,
+        clock=clock, redis_watch=watch,
+        spill_dir=loaded.path.parent / config.audit.spill_dir,
     )
     runtime.replayed = audit_spill.replay(runtime.spill_dir, runtime.audit)
     return runtime

@@ -9,6 +9,7 @@ so callers fail closed; the next call reconnects.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -16,6 +17,7 @@ from sqlalchemy.engine import Engine
 from stepguard.core.errors import StoreUnavailable
 
 QUERY = "SELECT value FROM store_epoch WHERE id = 1"
+RETRY_AFTER = 5.0  # seconds during which a non-waiting caller does not reconnect
 
 
 class EpochReader:
@@ -24,16 +26,25 @@ class EpochReader:
         self.timeout = timeout
         self._local = threading.local()
         self._all: list[Any] = []
+        self._failed_at = -RETRY_AFTER
         self._lock = threading.Lock()
 
-    def read(self) -> int:
-        connection = getattr(self._local, "connection", None) or self._connect()
+    def read(self, *, connect: bool = True) -> int | None:
+        """The epoch. With `connect=False` (callers that must not wait, like an event loop), a
+        thread without a connection opens one only if no attempt failed in the last
+        `RETRY_AFTER` seconds, and gets None instead of waiting on a store known to be down."""
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            if not connect and time.monotonic() - self._failed_at < RETRY_AFTER:
+                return None
+            connection = self._connect()
         try:
             cursor = connection.cursor()
             cursor.execute(QUERY)
             row = cursor.fetchone()
             cursor.close()
         except Exception as error:  # any driver failure: drop the connection, fail closed
+            self._failed_at = time.monotonic()
             self._drop(connection)
             raise StoreUnavailable("the store is unavailable") from error
         return int(row[0]) if row else 0
@@ -51,6 +62,7 @@ class EpochReader:
                 connection = dialect.loaded_dbapi.connect(*args, **kwargs)
                 connection.autocommit = True
         except Exception as error:
+            self._failed_at = time.monotonic()
             raise StoreUnavailable("the store is unavailable") from error
         self._local.connection = connection
         with self._lock:

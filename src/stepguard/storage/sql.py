@@ -64,7 +64,11 @@ class SqlStore:
 
     def epoch(self) -> int:
         """The store epoch (see `tables.store_epoch`): one primary-key read, no transaction."""
-        return self._epoch.read()
+        return self._epoch.read() or 0
+
+    def epoch_if_connected(self) -> int | None:
+        """The epoch if this thread already holds its connection (never connects: no waiting)."""
+        return self._epoch.read(connect=False)
 
     def ping(self) -> None:
         """Raise `StoreUnavailable` unless the store answers a trivial query promptly."""
