@@ -43,7 +43,7 @@ from stepguard.core.decide import valid_events
 from stepguard.core.decision import Decision, Outcome
 from stepguard.core.errors import BadRequest, StoreUnavailable, VerificationFailed
 from stepguard.service.api_keys import ApiKeys
-from stepguard.service.guard import Guard
+from stepguard.service.guard import Check, Guard
 from stepguard.service.runtime import Runtime, unsign
 from stepguard.service.stepup import StepUp
 from stepguard.web.security import safe_return_url
@@ -164,7 +164,19 @@ class DecisionService:
         context = self.context(request)
         if request.bearer is not None:
             return self._decide_bearer(request, context)
-        check = self.guard.check(context, request.session_token)
+        return self._respond(request, context, self.guard.check(context, request.session_token))
+
+    def decide_cached(self, request: DecideRequest) -> DecideResponse | None:
+        """The same answer without blocking I/O when the session is cached (see
+        `Guard.check_cached`): safe on the event loop. None means: call `decide` in a thread."""
+        if request.bearer is not None:
+            return None
+        context = self.context(request)
+        check = self.guard.check_cached(context, request.session_token)
+        return None if check is None else self._respond(request, context, check)
+
+    def _respond(self, request: DecideRequest, context: RequestContext,
+                 check: Check) -> DecideResponse:
         decision = check.decision
         state = check.session.state(check.subject) if check.session and check.subject else None
         username = check.user.username if check.user else ""

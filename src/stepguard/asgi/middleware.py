@@ -112,6 +112,9 @@ class EmbeddedDecider:
         self._limiter: anyio.CapacityLimiter | None = None
 
     async def decide(self, request: DecideRequest) -> DecideResponse:
+        answer = self.service.decide_cached(request)  # cached session: no thread hop
+        if answer is not None:
+            return answer
         if self._limiter is None:  # created inside the running event loop
             self._limiter = anyio.CapacityLimiter(self.max_threads)
         return await anyio.to_thread.run_sync(self.service.decide, request,
