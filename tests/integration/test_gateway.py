@@ -308,3 +308,21 @@ def test_public_paths_need_no_session(gateway) -> None:  # type: ignore[no-untyp
     allowed = forward(client, "/healthz")
     assert allowed.status_code == 200
     assert allowed.headers["remote-user"] == ""  # present but empty (Caddy copies unconditionally)
+
+
+def test_metrics_count_decisions_challenges_and_failures(gateway, clock: Clock) -> None:  # type: ignore[no-untyped-def]
+    client, alice = gateway
+    sign_in(client, alice)
+    page_url = forward(client, "/admin/audit").headers["location"].removeprefix(BASE)
+    page = client.get(page_url)
+    client.post(page_url + "/totp", data={"code": "000000", "csrf_token": csrf(page.text)})
+    clock.advance(2)  # past the one-second back-off after a failure
+    page = client.get(page_url)
+    client.post(page_url + "/totp", data={"code": alice.code(clock.now),
+                                          "csrf_token": csrf(page.text)})
+    text = client.get("/metrics").text
+    assert 'stepguard_decisions_total{outcome="step_up",rule="admin-pages"} 1.0' in text
+    assert 'stepguard_challenges_total{event="started",rule="admin-pages"} 1.0' in text
+    assert 'stepguard_challenges_total{event="passed",rule="admin-pages"} 1.0' in text
+    assert 'stepguard_verification_failures_total{factor="totp",reason="invalid"} 1.0' in text
+    assert 'stepguard_verifications_total{factor="totp",outcome="passed"} 1.0' in text

@@ -39,6 +39,9 @@ class ServerSettings(Section):
     )
     workers: int = Field(1, ge=1, le=64, description="worker processes for `serve`")
     request_timeout: Duration = Field(30.0, description="upstream timeout in reverse-proxy mode")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="structured log level (debug logs every allowed decision)")
+    log_format: Literal["json", "console"] = Field("json", description="log line format")
 
     _networks = field_validator("trusted_proxies")(_check_networks)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import structlog
 from sqlalchemy.engine import make_url
 
 from stepguard.audit.ledger import AuditEvent, session_ref
@@ -29,6 +30,7 @@ from stepguard.factors.webauthn import RelyingParty
 from stepguard.service import audit_spill
 from stepguard.service.geo import ChainLocator, Locator, MaxMindLocator, StaticLocator
 from stepguard.service.health import RedisWatch
+from stepguard.service.observe import Observer, configure_logging
 from stepguard.service.throttle import ThrottleSettings
 from stepguard.storage.audit_store import SqlAuditLog
 from stepguard.storage.migrate import upgrade
@@ -58,6 +60,7 @@ class Runtime:
     cookie_key: bytes
     ip_key: bytes | None
     clock: Callable[[], float] = time.time
+    observer: Observer = field(default_factory=Observer)
     password_slots: threading.BoundedSemaphore = field(
         default_factory=lambda: threading.BoundedSemaphore(2))
     redis_watch: RedisWatch | None = None
@@ -75,6 +78,7 @@ class Runtime:
         session = fields.pop("session_id", "")
         event = AuditEvent(at=self.now(), session=self.session_ref(str(session)), **fields)  # type: ignore[arg-type]
         self.audit.submit(event)
+        self.observer.event(event)
 
     def require_stores(self) -> None:
         """Raise `StoreUnavailable` while a store other than the SQL one is known to be down
@@ -105,6 +109,8 @@ def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,
                   migrate: bool | None = None) -> Runtime:
     """Open the store (migrating SQLite automatically), keys and audit writer."""
     config = loaded.config
+    if not structlog.is_configured():
+        configure_logging(level=config.server.log_level, json=config.server.log_format == "json")
     url = _store_url(config.store.url, loaded.path.parent)
     if migrate if migrate is not None else (config.store.auto_migrate and url.startswith("sqlite")):
         upgrade(url)

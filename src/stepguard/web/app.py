@@ -22,8 +22,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from stepguard.adapters.forward_auth import CaddyStrategy, ForwardAuth, NginxStrategy
 from stepguard.adapters.decision_api import decision_api_routes
+from stepguard.adapters.forward_auth import CaddyStrategy, ForwardAuth, NginxStrategy
 from stepguard.adapters.proxy import ReverseProxy
 from stepguard.core.errors import StoreUnavailable
 from stepguard.service.accounts import Accounts
@@ -37,10 +37,13 @@ STATIC = Path(__file__).parent / "static"
 
 
 class Metrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.decisions = Counter("stepguard_decisions_total", "Forward-auth decisions",
-                                 ["outcome"], registry=self.registry)
+    """HTTP-level metrics, on the same registry as the decision counters (`service.observe`)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.decisions = Counter("stepguard_forward_auth_responses_total",
+                                 "Forward-auth answers by HTTP status", ["status"],
+                                 registry=self.registry)
         self.latency = Histogram("stepguard_forward_auth_seconds", "Forward-auth latency",
                                  registry=self.registry,
                                  buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25, 1.0))
@@ -58,7 +61,7 @@ def create_app(runtime: Runtime) -> Starlette:
     guard, stepup, accounts = Guard(runtime), StepUp(runtime), Accounts(runtime)
     forward = ForwardAuth(runtime, guard, stepup)
     portal = Portal(runtime, guard, stepup, accounts)
-    metrics = Metrics()
+    metrics = Metrics(runtime.observer.registry)
     caddy, nginx = CaddyStrategy(), NginxStrategy()
 
     async def forward_auth(request: Request) -> Response:

@@ -1,0 +1,80 @@
+"""Metrics (prometheus-client) and structured JSON logs (structlog), both fed from audit events.
+
+Every decision, challenge and verification already becomes one audit event; counting and logging
+that same event keeps the three views consistent and puts no second hook on the hot path.
+Step-up abandonment is `challenges started - challenges passed` over a window.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter
+
+from stepguard.audit.ledger import AuditEvent
+
+_QUIET_KINDS = frozenset({"decision"})  # one log line per request would drown the rest
+
+
+class Observer:
+    """Counters on a private registry, which the app serves at `/metrics` with its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.decisions = Counter("stepguard_decisions_total", "Decisions by outcome and rule",
+                                 ["outcome", "rule"], registry=self.registry)
+        self.challenges = Counter("stepguard_challenges_total",
+                                  "Step-up challenges started and passed, by rule",
+                                  ["rule", "event"], registry=self.registry)
+        self.verifications = Counter("stepguard_verifications_total",
+                                     "Factor verifications by factor and outcome",
+                                     ["factor", "outcome"], registry=self.registry)
+        self.verification_failures = Counter("stepguard_verification_failures_total",
+                                             "Failed verifications by factor and reason",
+                                             ["factor", "reason"], registry=self.registry)
+        self.log = structlog.get_logger("stepguard")
+
+    def event(self, event: AuditEvent) -> None:
+        """Count one audit event and log it (decisions only at debug level)."""
+        if event.kind == "decision":
+            self.decisions.labels(event.decision or event.outcome, event.rule or "-").inc()
+        elif event.kind == "challenge":
+            self.challenges.labels(event.rule or "-", "started").inc()
+        elif event.kind == "verification":
+            self._verification(event)
+        level = "debug" if event.kind in _QUIET_KINDS and event.decision == "allow" else "info"
+        getattr(self.log, level)(event.kind, **_fields(event))
+
+    def _verification(self, event: AuditEvent) -> None:
+        factor, outcome = event.factor or "-", event.outcome or "-"
+        self.verifications.labels(factor, outcome.split(":", 1)[0]).inc()
+        if outcome == "passed":
+            self.challenges.labels(event.rule or "-", "passed").inc()
+        elif outcome.startswith("failed"):
+            self.verification_failures.labels(factor, outcome.partition(":")[2] or "-").inc()
+
+
+def _fields(event: AuditEvent) -> dict[str, Any]:
+    """The event's already-redacted fields (no secrets reach an audit event, nor a log line)."""
+    fields: dict[str, Any] = {"subject": event.subject, "session": event.session,
+                              "rule": event.rule, "decision": event.decision,
+                              "outcome": event.outcome, "factor": event.factor,
+                              "reasons": list(event.reasons), **dict(event.request)}
+    return {k: v for k, v in fields.items() if v not in ("", [], None)}
+
+
+def configure_logging(*, level: str = "info", json: bool = True) -> None:
+    """JSON lines on standard error (or readable console lines for a terminal)."""
+    renderer: Any = (structlog.processors.JSONRenderer() if json
+                     else structlog.dev.ConsoleRenderer(colors=False))
+    structlog.configure(
+        processors=[structlog.processors.add_log_level,
+                    structlog.processors.TimeStamper(fmt="iso", utc=True), renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
