@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(PY) bench/decision.py
 	$(PY) bench/factors.py
 	$(PY) bench/gateway.py
+	$(PY) bench/middleware.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage
