@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) bench/factors.py
 	$(PY) bench/gateway.py
 	$(PY) bench/middleware.py
+	$(PY) bench/fleet.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

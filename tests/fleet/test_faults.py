@@ -162,3 +162,15 @@ def test_sigterm_while_postgres_is_down_spills_the_audit_queue_and_the_next_star
     assert wait_until(lambda: not list(spill_dir.glob("unwritten-*")), timeout=10)
     fleet.wait_ready()
     fleet.verify_ledger()
+
+
+def test_the_first_request_after_a_postgres_restart_is_served_on_every_instance(
+        fleet: Fleet, session: Browser) -> None:
+    """Connections left over from before the restart are replaced, not answered with 503."""
+    for member in fleet.instances:
+        assert session.forward(member.url, "/orders/restart-warm").status_code == 200
+    fleet.stop_postgres()  # no request while it is down: every open connection goes stale
+    fleet.start_postgres()
+    fleet.wait_ready()
+    assert [session.forward(m.url, "/orders/restart-first").status_code
+            for m in fleet.instances] == [200, 200, 200]

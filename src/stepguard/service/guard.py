@@ -61,7 +61,7 @@ class SessionCache:
     request: each request costs one primary-key read instead of five.
 
     Why a poll and not a push (PostgreSQL LISTEN/NOTIFY or Redis pub/sub; measured by
-    `bench/fleet.py --invalidation`, figures in docs/deploy.md): a push arrives *after* the
+    `bench/fleet.py`, figures in docs/deploy.md): a push arrives *after* the
     revoking commit, on another connection, so for a window (sub-millisecond typically,
     milliseconds under load, unbounded while the listener reconnects) another instance would
     still allow the revoked session. The poll reads the epoch in the request itself, so a

@@ -37,7 +37,19 @@ STATIC = Path(__file__).parent / "static"
 
 
 class Metrics:
-    """HTTP-level metrics, on the same registry as the decision counters (`service.observe`)."""
+    """HTTP-level metrics, on the same registry as the decision counters (`service.observe`).
+
+    One set per registry: several apps built on one runtime (tests, embedded setups) share it.
+    """
+
+    _by_registry: dict[int, Metrics] = {}
+
+    @classmethod
+    def of(cls, registry: CollectorRegistry) -> Metrics:
+        found = cls._by_registry.get(id(registry))
+        if found is None or found.registry is not registry:
+            found = cls._by_registry[id(registry)] = cls(registry)
+        return found
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
@@ -61,7 +73,7 @@ def create_app(runtime: Runtime) -> Starlette:
     guard, stepup, accounts = Guard(runtime), StepUp(runtime), Accounts(runtime)
     forward = ForwardAuth(runtime, guard, stepup)
     portal = Portal(runtime, guard, stepup, accounts)
-    metrics = Metrics(runtime.observer.registry)
+    metrics = Metrics.of(runtime.observer.registry)
     caddy, nginx = CaddyStrategy(), NginxStrategy()
 
     async def forward_auth(request: Request) -> Response:
