@@ -6,13 +6,17 @@ import base64
 import os
 import secrets
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from stepguard.cli.output import console, errors, fail_with_problems
 from stepguard.config.load import Loaded, load_config
 from stepguard.core.errors import ConfigError, StepguardError
+from stepguard.storage.records import UserRecord
 
 CONFIG = typer.Option(Path("stepguard.yaml"), "--config", "-c", help="server configuration file")
 
@@ -31,6 +35,20 @@ def runtime_for(config: Path):  # type: ignore[no-untyped-def]
         return build_runtime(load(config))
     except ConfigError as exc:
         fail_with_problems(exc, str(config))
+
+
+@contextmanager
+def user_named(username: str, config: Path) -> Iterator[tuple[Any, UserRecord]]:
+    """The runtime and the user called `username` (exit 1 if there is none); closes after."""
+    runtime = runtime_for(config)
+    try:
+        user = runtime.store.users.by_username(username)
+        if user is None:
+            errors.print(f"no user {username}")
+            raise typer.Exit(1)
+        yield runtime, user
+    finally:
+        runtime.close()
 
 
 def serve(config: Path = CONFIG, host: str | None = None, port: int | None = None) -> None:
@@ -124,13 +142,8 @@ def users_disable(username: str, config: Path = CONFIG) -> None:
     """Disable a user and end all their sessions."""
     from stepguard.service.accounts import Accounts
 
-    runtime = runtime_for(config)
-    user = runtime.store.users.by_username(username)
-    if user is None:
-        errors.print(f"no user {username}")
-        raise typer.Exit(1)
-    Accounts(runtime).disable_user(user.id)
-    runtime.close()
+    with user_named(username, config) as (runtime, user):
+        Accounts(runtime).disable_user(user.id)
     console.print(f"disabled {username}; their sessions are ended")
 
 
@@ -138,13 +151,8 @@ def users_reset_factors(username: str, config: Path = CONFIG) -> None:
     """Remove a user's second factors and recovery codes, and end their sessions."""
     from stepguard.service.accounts import Accounts
 
-    runtime = runtime_for(config)
-    user = runtime.store.users.by_username(username)
-    if user is None:
-        errors.print(f"no user {username}")
-        raise typer.Exit(1)
-    count = Accounts(runtime).reset_factors(user.id)
-    runtime.close()
+    with user_named(username, config) as (runtime, user):
+        count = Accounts(runtime).reset_factors(user.id)
     console.print(f"removed {count} factor(s) of {username}")
 
 
@@ -172,13 +180,8 @@ def users_set_password(username: str, config: Path = CONFIG,
     """Set a user's password and end all their sessions."""
     from stepguard.service.accounts import Accounts
 
-    runtime = runtime_for(config)
-    user = runtime.store.users.by_username(username)
-    if user is None:
-        errors.print(f"no user {username}")
-        raise typer.Exit(1)
-    Accounts(runtime).set_password(user.id, password)
-    runtime.close()
+    with user_named(username, config) as (runtime, user):
+        Accounts(runtime).set_password(user.id, password)
     console.print(f"password of {username} set; their sessions are ended")
 
 

@@ -101,7 +101,7 @@ def network_prefix(ip: str) -> str:
 @functools.lru_cache(maxsize=4096)
 def _prefix_or_empty(ip: str) -> str:
     """`network_prefix(ip)`, or "" when `ip` is not an address (cached: it runs per request)."""
-    address = _parse_ip(ip)
+    address = parse_ip(ip)
     if address is None:
         return ""
     if address.version == 4:
@@ -403,7 +403,7 @@ def _untrusted_network(facts: _Facts) -> str | None:
     trusted = facts.settings.trusted_networks
     if not trusted:
         return None
-    address = _parse_ip(facts.context.client_ip)
+    address = parse_ip(facts.context.client_ip)
     if address is not None and any(address in network for network in trusted):
         return None
     return "This request does not come from a trusted network."
@@ -426,7 +426,7 @@ _CHECKS: tuple[tuple[str, Callable[[_Facts], str | None]], ...] = (
 # --- Small helpers -----------------------------------------------------------------------------
 
 
-def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """An address (IPv4-mapped IPv6 unwrapped to IPv4), or None when `text` is not one."""
     try:
         address = ipaddress.ip_address(text.strip())

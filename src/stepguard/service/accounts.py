@@ -240,27 +240,24 @@ class Accounts:
 
     def begin_totp(self, session: SessionRecord, user: UserRecord) -> TotpEnrolment:
         self.require_fresh(session)
-        factor_id, secret = new_id(), new_totp_secret()
-        sealed = seal(
-            keyring=self.rt.keyring,
-            plaintext=secret.encode(),
-            aad=seed_aad(user_id=user.id, factor_id=factor_id),
-        )
-        self.rt.store.factors.add(
-            FactorRecord(
-                id=factor_id,
-                user_id=user.id,
-                kind="totp",
-                label="Authenticator app",
-                created=self.rt.now(),
-                secret=sealed,
-                data={"confirmed": False},
-            )
-        )
+        secret = new_totp_secret()
+        factor_id = self._store_totp(user, secret, label="Authenticator app",
+                                     created=self.rt.now(), confirmed=False)
         uri = provisioning_uri(
             secret=secret, account=user.username, issuer=self.rt.config.portal.title
         )
         return TotpEnrolment(factor_id, secret, uri, qr_svg(uri))
+
+    def _store_totp(self, user: UserRecord, secret: str, *, label: str, created: float,
+                    confirmed: bool) -> str:
+        """Seal the seed under the current key, bound to this user and factor; store it."""
+        factor_id = new_id()
+        sealed = seal(keyring=self.rt.keyring, plaintext=secret.encode(),
+                      aad=seed_aad(user_id=user.id, factor_id=factor_id))
+        self.rt.store.factors.add(FactorRecord(
+            id=factor_id, user_id=user.id, kind="totp", label=label, created=created,
+            secret=sealed, data={} if confirmed else {"confirmed": False}))
+        return factor_id
 
     def confirm_totp(self, session: SessionRecord, factor_id: str, code: str) -> None:
         self.require_fresh(session)
@@ -291,23 +288,9 @@ class Accounts:
     def add_totp_secret(
         self, user: UserRecord, secret: str, *, label: str = "Authenticator app"
     ) -> None:
-        """Seed a known TOTP secret (demo and import); normal users enrol through the portal."""
-        factor_id = new_id()
-        sealed = seal(
-            keyring=self.rt.keyring,
-            plaintext=secret.encode(),
-            aad=seed_aad(user_id=user.id, factor_id=factor_id),
-        )
-        self.rt.store.factors.add(
-            FactorRecord(
-                id=factor_id,
-                user_id=user.id,
-                kind="totp",
-                label=label,
-                created=self.rt.now() - 1,
-                secret=sealed,
-            )
-        )
+        """Seed a known TOTP secret (demo and import); normal users enrol through the portal.
+        It counts as existing before anything that starts at the same instant."""
+        self._store_totp(user, secret, label=label, created=self.rt.now() - 1, confirmed=True)
 
     def begin_passkey(self, session: SessionRecord, user: UserRecord) -> tuple[str, str]:
         """Registration options and the id of the stored, single-use ceremony."""

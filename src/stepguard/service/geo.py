@@ -11,7 +11,7 @@ from typing import Any, Protocol
 import maxminddb
 
 from stepguard.core.errors import ConfigError, Problem
-from stepguard.core.risk import Location
+from stepguard.core.risk import Location, parse_ip
 
 __all__ = ["ChainLocator", "Locator", "MaxMindLocator", "StaticLocator"]
 
@@ -41,7 +41,7 @@ class MaxMindLocator:
             raise _database_error(path, "not a MaxMind DB file") from None
 
     def locate(self, ip: str) -> Location | None:
-        address = _parse_ip(ip)
+        address = parse_ip(ip)
         if address is None:
             return None
         try:
@@ -87,7 +87,7 @@ class StaticLocator:
         self._table = table
 
     def locate(self, ip: str) -> Location | None:
-        address = _parse_ip(ip)
+        address = parse_ip(ip)
         if address is None:
             return None
         for length in self._lengths:
@@ -120,15 +120,6 @@ def _database_error(path: str | os.PathLike[str], what: str) -> ConfigError:
     )
 
 
-def _parse_ip(text: str) -> IPAddress | None:
-    """An address (IPv4-mapped IPv6 unwrapped to IPv4), or None when `text` is not one."""
-    try:
-        address = ipaddress.ip_address(text.strip())
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
 
 
 def _location(record: Mapping[str, Any]) -> Location | None:

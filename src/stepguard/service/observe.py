@@ -66,6 +66,18 @@ def _fields(event: AuditEvent) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v not in ("", [], None)}
 
 
+class _StderrLogger:
+    """Writes each line to whatever `sys.stderr` is now; a closed stream never breaks a request."""
+
+    def msg(self, message: str) -> None:
+        try:
+            print(message, file=sys.stderr, flush=True)
+        except (OSError, ValueError):
+            pass
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
 def configure_logging(*, level: str = "info", json: bool = True) -> None:
     """JSON lines on standard error (or readable console lines for a terminal)."""
     renderer: Any = (structlog.processors.JSONRenderer() if json
@@ -75,6 +87,6 @@ def configure_logging(*, level: str = "info", json: bool = True) -> None:
                     structlog.processors.TimeStamper(fmt="iso", utc=True), renderer],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=lambda *_args: _StderrLogger(),
         cache_logger_on_first_use=True,
     )
