@@ -159,7 +159,7 @@ def test_api_keys_cli_lists_rotates_and_revokes(tmp_path: Path) -> None:
     assert listed.exit_code == 0 and "test-client" in listed.output and "active" in listed.output
     rotated = runner.invoke(api_keys_cmd.app, ["rotate", "test-client", "--grace", "5m",
                                                 "-c", config])
-    assert rotated.exit_code == 0 and rotated.output.startswith("sgk_")
+    assert rotated.exit_code == 0 and rotated.stdout.startswith("sgk_")
     assert runner.invoke(api_keys_cmd.app, ["revoke", "test-client", "-c", config]).exit_code == 0
     assert "revoked" in runner.invoke(api_keys_cmd.app, ["list", "-c", config]).output
     again = runner.invoke(api_keys_cmd.app, ["revoke", "test-client", "-c", config])

@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
 
@@ -91,8 +92,10 @@ def redact(mapping: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+@lru_cache(maxsize=4096)
 def is_secret_key(key: str) -> bool:
-    """Whether a key names something secret (password, code, token, otp, cookie, …)."""
+    """Whether a key names something secret (password, code, token, otp, cookie, …).
+    Cached: the same few keys come with every event."""
     spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", key).lower()
     joined = re.sub(r"[^a-z0-9]", "", spaced)
     if any(marker in joined for marker in _SECRET_SUBSTRINGS):

@@ -17,6 +17,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(policy_cmd.app, name="policy")
+
+
+@app.callback()
+def _quiet_logs() -> None:
+    """Commands other than `serve` and `demo` log only warnings (their output is for people)."""
+    from stepguard.service.observe import configure_logging
+
+    configure_logging(level="warning", json=False)
+
+
 config_app = typer.Typer(help="Check configuration files.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 server_cmd.register(app)

@@ -53,7 +53,10 @@ def user_named(username: str, config: Path) -> Iterator[tuple[Any, UserRecord]]:
 
 def serve(config: Path = CONFIG, host: str | None = None, port: int | None = None) -> None:
     """Run the gateway (forward-auth, portal, reverse proxy) under uvicorn or granian."""
+    from stepguard.service.observe import configure_logging
+
     settings = load(config).config.server
+    configure_logging(level=settings.log_level, json=settings.log_format == "json")
     bind_host, bind_port = host or settings.host, port or settings.port
     os.environ["STEPGUARD_CONFIG"] = str(config.resolve())
     runtime_for(config).close()  # validate, open and migrate once before any worker starts
