@@ -18,13 +18,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 from sqlalchemy import text  # noqa: E402
+from tests.support.postgres import create_database, running_postgres  # noqa: E402
 
 from stepguard.core.grant import Grant  # noqa: E402
 from stepguard.core.levels import Level  # noqa: E402
 from stepguard.storage.migrate import upgrade  # noqa: E402
 from stepguard.storage.records import SessionRecord, UserRecord  # noqa: E402
 from stepguard.storage.sql import SqlStore  # noqa: E402
-from tests.support.postgres import create_database, running_postgres  # noqa: E402
 
 ROUNDS = 400
 

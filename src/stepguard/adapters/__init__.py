@@ -1,1 +1,2 @@
-"""Adapters only translate: a protocol (nginx, Caddy, reverse proxy, ASGI, decision API) in, one decision flow, the protocol's answer out."""
+"""Adapters only translate: a protocol in (nginx, Caddy, reverse proxy, ASGI, decision API),
+one decision flow, the protocol's answer out."""

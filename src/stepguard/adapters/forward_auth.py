@@ -165,7 +165,7 @@ def original_url(original: Original) -> str:
 
 
 def identity_headers(check: Check, runtime: Runtime) -> dict[str, str]:
-    """Every identity header, always (Caddy 2.6 copies them unconditionally); empty when anonymous."""
+    """Every identity header, always (Caddy 2.6 copies them unconditionally); empty if anonymous."""
     user, session = check.user, check.session
     level = check.decision.level
     acr = runtime.policy.levels[level].acr if user and level in runtime.policy.levels else ""

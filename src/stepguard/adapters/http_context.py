@@ -1,4 +1,4 @@
-"""Build a `RequestContext` from HTTP facts, honouring forwarded headers only from trusted proxies."""
+"""Build a `RequestContext` from HTTP facts; forwarded headers count only from trusted proxies."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Static rule matching: host patterns, path globs, and the index that keeps lookup cheap.
 
 Paths match case-insensitively (an upstream on a case-insensitive file system must not let
-`/ADMIN` escape the `/admin` rule), and a trailing slash is ignored (`/roles/` matches `/roles`). Globs: `*` matches within one segment, `**` any number of
+`/ADMIN` escape the `/admin` rule), and a trailing slash is ignored (`/roles/` matches `/roles`).
+Globs: `*` matches within one segment, `**` any number of
 segments; a pattern ending in `/**` also matches the bare prefix (`/admin/**` matches `/admin`).
 """
 

@@ -7,6 +7,7 @@ Step-up abandonment is `challenges started - challenges passed` over a window.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from typing import Any
@@ -70,10 +71,8 @@ class _StderrLogger:
     """Writes each line to whatever `sys.stderr` is now; a closed stream never breaks a request."""
 
     def msg(self, message: str) -> None:
-        try:
+        with contextlib.suppress(OSError, ValueError):
             print(message, file=sys.stderr, flush=True)
-        except (OSError, ValueError):
-            pass
 
     log = debug = info = warning = warn = error = critical = exception = fatal = msg
 

@@ -8,6 +8,7 @@ so callers fail closed; the next call reconnects.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from typing import Any
@@ -74,16 +75,12 @@ class EpochReader:
         with self._lock:
             if connection in self._all:
                 self._all.remove(connection)
-        try:
+        with contextlib.suppress(Exception):  # already broken; closing is best effort
             connection.close()
-        except Exception:  # noqa: S110 - already broken; closing is best effort
-            pass
 
     def close(self) -> None:
         with self._lock:
             connections, self._all = self._all, []
         for connection in connections:
-            try:
+            with contextlib.suppress(Exception):
                 connection.close()
-            except Exception:  # noqa: S110
-                pass
