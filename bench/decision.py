@@ -441,7 +441,7 @@ def build_floor(spec: PolicySpec) -> Callable[..., Verdict]:
         if rules is None:
             rules = next((t.get(segment) for s, t in suffixes if context.host.endswith(s)), None)
         if rules:
-            lowered = path.lower()
+            lowered = path.lower().rstrip("/") or "/"  # paths match without a trailing slash
             for rule in rules:
                 verdict = rule(context, lowered, session, risk, now)
                 if verdict is not None:
@@ -682,7 +682,7 @@ def cedar_request(case: Case, keys: Sequence[tuple[int, tuple[str, ...]]],
                   now: float) -> dict[str, Any]:
     """The Cedar request: lowercased path and segments, and session freshness per requirement."""
     context, session = case.context, case.session
-    path = context.path.lower()
+    path = context.path.lower().rstrip("/") or "/"  # as Stepguard: a trailing slash is ignored
     segments = path[1:].split("/")
     data: dict[str, Any] = {
         "host": context.host, "method": context.method, "path": path, "depth": len(segments),
