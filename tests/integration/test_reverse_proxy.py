@@ -99,7 +99,15 @@ def test_client_sent_identity_headers_never_reach_the_upstream(proxy) -> None:  
     assert headers_named(echoed, "remote-user") == ["alice"]
     assert headers_named(echoed, "remote-groups") == ["admins"]
     assert not any("mallory" in v for _, v in echoed["headers"])
-    assert headers_named(echoed, "cookie") == []  # Stepguard's cookies stay with Stepguard
+    # Stepguard's cookies (the session token!) never reach the app.
+    assert not any("stepguard" in v for v in headers_named(echoed, "cookie"))
+
+
+def test_the_apps_own_cookies_pass_and_stepguards_do_not(proxy) -> None:  # type: ignore[no-untyped-def]
+    client, _, _ = proxy
+    app = client.app.state.proxy  # the ReverseProxy behind the catch-all route
+    header = [("cookie", "stepguard_session=secret; app_pref=dark; stepguard_device=d.m; b=2")]
+    assert app._app_cookies(header) == "app_pref=dark; b=2"
 
 
 def test_anonymous_api_client_gets_rfc9470_and_browser_the_sign_in(proxy) -> None:  # type: ignore[no-untyped-def]

@@ -31,6 +31,7 @@ from stepguard.service.runtime import Runtime, unsign
 from stepguard.service.stepup import HeldRequest, StepUp
 from stepguard.storage.records import HELD_BODY_LIMIT, SessionRecord
 
+BUFFER_LIMIT = 1 << 20  # answers up to 1 MiB with a Content-Length are relayed in one piece
 HOP_BY_HOP = {
     "connection",
     "keep-alive",
@@ -46,12 +47,21 @@ HOP_BY_HOP = {
 }
 
 
+# From the upstream's answer: hop-by-hop headers and the framing Stepguard sets itself.
+RESPONSE_DROPPED = frozenset({"connection", "keep-alive", "proxy-authenticate", "te", "trailers",
+                              "transfer-encoding", "upgrade", "content-length"})
+
+
 class ReverseProxy:
     def __init__(self, runtime: Runtime, guard: Guard, stepup: StepUp, *, cookie_name: str) -> None:
         self.rt, self.guard, self.stepup = runtime, guard, stepup
         self.cookie_name = cookie_name
+        # No cookie jar (a proxy must not keep upstream cookies), no redirects followed, and a
+        # small keep-alive pool: httpcore checks every idle connection on each request.
         self.client = httpx.AsyncClient(
-            timeout=runtime.config.server.request_timeout, follow_redirects=False
+            timeout=runtime.config.server.request_timeout, follow_redirects=False,
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=8),
+            cookies=_NoCookies(),
         )
         self.upstreams = list(runtime.config.upstreams)
 
@@ -85,6 +95,19 @@ class ReverseProxy:
         if check.decision.outcome is Outcome.DENY:
             return Response(" ".join(check.decision.reasons) + "\n", 403)
         return await self._challenge(request, check, body)
+
+    def _app_cookies(self, headers: Any) -> str:
+        """The browser's cookies minus Stepguard's own: the app keeps its cookies, never ours."""
+        ours = {self.cookie_name, DEVICE_COOKIE, "stepguard_pre", "stepguard_enrol"}
+        kept = []
+        for name, value in headers:
+            if name.lower() != "cookie":
+                continue
+            for part in value.split(";"):
+                key = part.split("=", 1)[0].strip()
+                if key and key not in ours:
+                    kept.append(part.strip())
+        return "; ".join(kept)
 
     def _token(self, request: Request) -> str | None:
         return request.cookies.get(self.cookie_name)
@@ -183,6 +206,9 @@ class ReverseProxy:
         out = [
             (k, v) for k, v in headers if k.lower() not in HOP_BY_HOP and not is_identity_header(k)
         ]
+        cookies = self._app_cookies(headers)
+        if cookies:
+            out.append(("cookie", cookies))
         out += list(identity.items())
         request = self.client.build_request(
             method, upstream.url.rstrip("/") + target, headers=out, content=body
@@ -191,17 +217,37 @@ class ReverseProxy:
             upstream_response = await self.client.send(request, stream=True)
         except httpx.HTTPError:
             return Response("the upstream application is unreachable\n", 502)
-        kept = [
-            (k, v)
-            for k, v in upstream_response.headers.items()
-            if k.lower() not in HOP_BY_HOP - {"cookie"}
-        ]
-        return StreamingResponse(
-            upstream_response.aiter_raw(),
-            upstream_response.status_code,
-            headers=dict(kept),
-            background=BackgroundTask(upstream_response.aclose),
-        )
+        headers = [(k.encode("latin-1"), v.encode("latin-1"))
+                   for k, v in upstream_response.headers.multi_items()
+                   if k.lower() not in RESPONSE_DROPPED]
+        length = upstream_response.headers.get("content-length", "")
+        if length.isdigit() and int(length) <= BUFFER_LIMIT:
+            # Small answers go back in one piece with their length: no chunked encoding, fewer
+            # writes (several small writes per answer cost a delayed-ACK round on some stacks).
+            try:
+                content = await upstream_response.aread()
+            finally:
+                await upstream_response.aclose()
+            response = Response(content, upstream_response.status_code)
+        else:
+            response = StreamingResponse(upstream_response.aiter_raw(),
+                                         upstream_response.status_code,
+                                         background=BackgroundTask(upstream_response.aclose))
+        response.raw_headers = [*_own_headers(response), *headers]
+        return response
+
+
+def _own_headers(response: Response) -> list[tuple[bytes, bytes]]:
+    """The framing headers Starlette computed (content-length), minus any content-type guess."""
+    return [(k, v) for k, v in response.raw_headers if k == b"content-length"]
+
+
+class _NoCookies(httpx.Cookies):
+    """A jar that stores nothing: upstream cookies pass through to the browser, never shared
+    between users through the proxy's client."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
 
 
 def _target(request: Request) -> str:

@@ -138,7 +138,7 @@ def create_app(runtime: Runtime) -> Starlette:
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={StoreUnavailable: unavailable})
     if runtime.config.upstreams:
-        app.state.replay = proxy.replay
+        app.state.replay, app.state.proxy = proxy.replay, proxy
     app.state.runtime, app.state.guard, app.state.stepup = runtime, guard, stepup
     app.state.accounts, app.state.portal = accounts, portal
     https = runtime.config.server.public_url.startswith("https://")
