@@ -237,9 +237,21 @@ def _clean_reasons(reasons: Iterable[str]) -> tuple[str, ...]:
 
 
 def _json_normal(value: dict[str, Any]) -> dict[str, Any]:
-    """The value as JSON would give it back (tuples become lists, enums their values)."""
+    """The value as JSON would give it back (tuples become lists, enums their values).
+    Plain JSON values (the usual case) are returned as they are, without a round trip."""
+    if all(_is_plain(v) for v in value.values()):
+        return value
     normal: dict[str, Any] = json.loads(_canonical(value))
     return normal
+
+
+def _is_plain(value: Any) -> bool:
+    kind = type(value)
+    if kind is str or kind is bool or kind is int or value is None:
+        return True
+    if kind is float:
+        return math.isfinite(value)
+    return kind is list and all(type(item) is str for item in value)
 
 
 def _canonical(value: Any) -> str:

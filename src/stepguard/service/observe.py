@@ -37,6 +37,7 @@ class Observer:
                                              "Failed verifications by factor and reason",
                                              ["factor", "reason"], registry=self.registry)
         self.log = structlog.get_logger("stepguard")
+        self.debug = False  # set by `configure_logging(level="debug")` callers
 
     def event(self, event: AuditEvent) -> None:
         """Count one audit event and log it (decisions only at debug level)."""
@@ -46,8 +47,11 @@ class Observer:
             self.challenges.labels(event.rule or "-", "started").inc()
         elif event.kind == "verification":
             self._verification(event)
-        level = "debug" if event.kind in _QUIET_KINDS and event.decision == "allow" else "info"
-        getattr(self.log, level)(event.kind, **_fields(event))
+        if event.kind in _QUIET_KINDS and event.decision == "allow":
+            if self.debug:
+                self.log.debug(event.kind, **_fields(event))
+            return
+        self.log.info(event.kind, **_fields(event))
 
     def _verification(self, event: AuditEvent) -> None:
         factor, outcome = event.factor or "-", event.outcome or "-"
