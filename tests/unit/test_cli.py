@@ -119,3 +119,9 @@ def test_configuration_reference_is_up_to_date() -> None:
     assert (ROOT / "docs/configuration.md").read_text() == reference_markdown(), (
         "run: stepguard config reference > docs/configuration.md"
     )
+
+
+def test_the_demo_ships_the_example_policy() -> None:
+    packaged = ROOT / "src" / "stepguard" / "demo" / "policy.yaml"
+    assert packaged.read_text() == (ROOT / "examples" / "policy.yaml").read_text(), \
+        "copy examples/policy.yaml to src/stepguard/demo/policy.yaml"
