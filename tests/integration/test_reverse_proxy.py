@@ -176,3 +176,43 @@ def test_a_grant_for_bob_does_not_cover_mallory(proxy) -> None:  # type: ignore[
         "/transfers", data={"amount": "10000", "payee": "Mallory"}, headers={"Accept": "text/html"}
     )
     assert other.status_code == 303  # a different transaction needs its own approval
+
+
+ACTION_POLICY = """\
+attributes: {amount: number, payee: string}
+rules:
+  - name: large-transfer-by-action
+    match: {actions: [payments.transfer]}
+    when: "amount > 1000"
+    require: {level: aal2, max_age: 0s, single_use: true, bind: [amount, payee],
+              reason: "Approve a transfer of {amount} to {payee}"}
+default: {level: aal1}
+"""
+
+
+def test_the_replay_is_decided_by_the_same_action_rule(tmp_path: Path, upstream: str) -> None:
+    clock = Clock()
+    extra = f"""upstreams:
+  - host: "*"
+    url: "{upstream}"
+    routes:
+      - paths: ["/transfers"]
+        action: payments.transfer
+        attributes: {{amount: "form:amount", payee: "form:payee"}}
+"""
+    runtime = make_runtime(tmp_path, clock=clock, extra=extra, policy=ACTION_POLICY)
+    alice = seed_user(runtime)
+    with TestClient(create_app(runtime), base_url=BASE, client=("203.0.113.5", 1000),
+                    follow_redirects=False) as client:
+        sign_in(client, alice)
+        held = client.post("/transfers", data={"amount": "5000", "payee": "Bob"},
+                           headers={"Accept": "text/html"})
+        page = client.get(held.headers["location"])
+        passed = client.post(held.headers["location"] + "/totp",
+                             data={"code": alice.code(clock.now), "csrf_token": csrf(page.text)})
+        confirm = client.get(passed.headers["location"])
+        first = client.post(passed.headers["location"], data={"csrf_token": csrf(confirm.text)})
+        assert first.status_code == 200 and first.json()["body"] == "amount=5000&payee=Bob"
+        again = client.post(passed.headers["location"], data={"csrf_token": csrf(confirm.text)})
+        assert again.status_code == 403  # the action rule spent its single-use grant
+    runtime.close()

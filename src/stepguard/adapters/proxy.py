@@ -20,7 +20,12 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
 from stepguard.adapters.forward_auth import DEVICE_COOKIE, identity_headers, rfc9470
-from stepguard.adapters.http_context import build_context, is_identity_header, wants_html
+from stepguard.adapters.http_context import (
+    build_context,
+    is_identity_header,
+    split_url,
+    wants_html,
+)
 from stepguard.config.schema import Upstream, UpstreamRoute
 from stepguard.core.context import RequestContext
 from stepguard.core.decision import Outcome
@@ -122,16 +127,7 @@ class ReverseProxy:
             headers=request.headers,
             device_id=unsign(self.rt.cookie_key, request.cookies.get(DEVICE_COOKIE)),
         )
-        route = _route(upstream, context.path)
-        if route is None:
-            return context
-        attributes = _attributes(
-            route, context.query, body, request.headers.get("content-type", "")
-        )
-        context = with_attributes(context, attributes)
-        if route.action:
-            context = replace(context, action=route.action)
-        return context
+        return _with_route(context, upstream, body, request.headers.get("content-type", ""))
 
     async def _challenge(self, request: Request, check: Any, body: bytes) -> Response:
         url = str(request.url)
@@ -155,44 +151,43 @@ class ReverseProxy:
         challenge = await run_in_threadpool(self.rt.store.challenges.get, challenge_id)
         if challenge is None or challenge.status != "passed" or challenge.session_id != session.id:
             return Response("nothing to replay\n", 404)
-        parts = urlsplit(challenge.return_url)
-        upstream = self.upstream_for(parts.hostname or "")
+        upstream = self.upstream_for(urlsplit(challenge.return_url).hostname or "")
         if upstream is None:
             return Response("no upstream for this request\n", 404)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        headers = list(challenge.held_headers)
-        context = self._replay_context(request, upstream, parts.netloc, target, challenge)
+        try:
+            context, target = self._replay_context(request, upstream, challenge)
+        except BadRequest:
+            return Response("nothing to replay\n", 404)
         check = await run_in_threadpool(self.guard.check, context, self._token(request))
         if check.decision.outcome is not Outcome.ALLOW:
             return Response("the confirmation no longer covers this request\n", 403)
         return await self.forward(
             challenge.held_method,
             target,
-            headers,
+            list(challenge.held_headers),
             challenge.held_body,
             upstream,
             identity_headers(check, self.rt),
         )
 
     def _replay_context(
-        self, request: Request, upstream: Upstream, host: str, target: str, challenge: Any
-    ) -> RequestContext:
-        headers = dict(challenge.held_headers)
+        self, request: Request, upstream: Upstream, challenge: Any
+    ) -> tuple[RequestContext, str]:
+        """The held request's context, built exactly as the original one was (same route
+        attributes and action), so the replay gets the decision the step-up was for."""
+        scheme, host, target = split_url(challenge.return_url)
         context = build_context(
             method=challenge.held_method,
-            scheme="http",
+            scheme=scheme,
             host=host,
             target=target,
             client_ip=request.client.host if request.client else "",
             headers=request.headers,
+            device_id=unsign(self.rt.cookie_key, request.cookies.get(DEVICE_COOKIE)),
         )
-        route = _route(upstream, context.path)
-        if route is None:
-            return context
-        attrs = _attributes(
-            route, context.query, challenge.held_body, headers.get("content-type", "")
-        )
-        return with_attributes(context, attrs)
+        held = dict(challenge.held_headers)
+        content_type = held.get("content-type", "")
+        return _with_route(context, upstream, challenge.held_body, content_type), target
 
     async def forward(
         self,
@@ -254,6 +249,17 @@ def _target(request: Request) -> str:
     raw = request.scope.get("raw_path") or request.url.path.encode()
     query = request.scope.get("query_string", b"")
     return raw.decode("latin-1") + (f"?{query.decode('latin-1')}" if query else "")
+
+
+def _with_route(
+    context: RequestContext, upstream: Upstream, body: bytes, content_type: str
+) -> RequestContext:
+    """The route's action and its attributes (from the query, form or JSON body) added."""
+    route = _route(upstream, context.path)
+    if route is None:
+        return context
+    context = with_attributes(context, _attributes(route, context.query, body, content_type))
+    return replace(context, action=route.action) if route.action else context
 
 
 def _route(upstream: Upstream, path: str) -> UpstreamRoute | None:
