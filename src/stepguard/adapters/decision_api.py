@@ -17,7 +17,7 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Annotated, Any, Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -197,11 +197,8 @@ class DecisionService:
 
     def _challenge(self, decision: Decision, context: RequestContext, session: Any,
                    request: DecideRequest) -> str:
-        return_url = self.return_url(request, context)
-        if decision.login or session is None:
-            return f"{self.base}/login?rd={quote(return_url, safe='')}"
-        challenge = self.stepup.start(decision, context, session, return_url=return_url)
-        return f"{self.base}/step-up/{challenge.id}"
+        return self.base + self.stepup.location(decision, context, session,
+                                                return_url=self.return_url(request, context))
 
     def return_url(self, request: DecideRequest, context: RequestContext) -> str:
         """The caller's return URL if it is on a protected domain; else the request's own URL."""

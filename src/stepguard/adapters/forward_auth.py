@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -145,11 +144,8 @@ class ForwardAuth:
 
     def challenge_location(self, check: Check, return_url: str) -> str:
         base = self.rt.config.server.public_url.rstrip("/")
-        if check.decision.login or check.session is None:
-            return f"{base}/login?rd={quote(return_url, safe='')}"
-        challenge = self.stepup.start(check.decision, check.context, check.session,
-                                      return_url=return_url)
-        return f"{base}/step-up/{challenge.id}"
+        return base + self.stepup.location(check.decision, check.context, check.session,
+                                           return_url=return_url)
 
 
 DEVICE_COOKIE = "stepguard_device"

@@ -132,16 +132,11 @@ class ReverseProxy:
     async def _challenge(self, request: Request, check: Any, body: bytes) -> Response:
         url = str(request.url)
         base = self.rt.config.server.public_url.rstrip("/")
-        if check.session is None:
-            location = f"/login?rd={_quote(url)}"
-        else:
-            held = HeldRequest(request.method, _held_headers(request), body[:HELD_BODY_LIMIT])
-            challenge = await run_in_threadpool(
-                lambda: self.stepup.start(
-                    check.decision, check.context, check.session, return_url=url, held=held
-                )
-            )
-            location = f"/step-up/{challenge.id}"
+        held = HeldRequest(request.method, _held_headers(request), body[:HELD_BODY_LIMIT])
+        location = await run_in_threadpool(
+            lambda: self.stepup.location(check.decision, check.context, check.session,
+                                         return_url=url, held=held)
+        )
         if wants_html(request.headers):
             return RedirectResponse(location, 302 if request.method in ("GET", "HEAD") else 303)
         return rfc9470(check.decision, base + location, self.rt)
@@ -296,9 +291,3 @@ def _dig(data: Any, key: str) -> Any:
 def _held_headers(request: Request) -> tuple[tuple[str, str], ...]:
     keep = ("content-type", "accept", "user-agent", "accept-language")
     return tuple((k, v) for k, v in request.headers.items() if k.lower() in keep)
-
-
-def _quote(url: str) -> str:
-    from urllib.parse import quote
-
-    return quote(url, safe="")

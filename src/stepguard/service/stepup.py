@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from stepguard.audit.ledger import request_summary
 from stepguard.core.context import AuthEvent, RequestContext
@@ -109,6 +110,16 @@ class StepUp:
             detail={"challenge": challenge.id, "level": decision.requirement.level.label},
         )
         return challenge
+
+    def location(self, decision: Decision, context: RequestContext,
+                 session: SessionRecord | None, *, return_url: str,
+                 held: HeldRequest | None = None) -> str:
+        """The portal path for a step-up decision: the sign-in page when there is no session (or
+        the decision is a sign-in), else a new challenge's page."""
+        if decision.login or session is None:
+            return f"/login?rd={quote(return_url, safe='')}"
+        challenge = self.start(decision, context, session, return_url=return_url, held=held)
+        return f"/step-up/{challenge.id}"
 
     def live(self, challenge_id: str, session: SessionRecord | None) -> ChallengeRecord:
         """The pending challenge, if it belongs to this session (or is a sign-in challenge)."""
