@@ -89,11 +89,11 @@ def serve(config: Path = CONFIG, host: str | None = None, port: int | None = Non
 
 def db_upgrade(config: Path = CONFIG) -> None:
     """Apply the database migrations (Alembic) to the configured store."""
-    from stepguard.service.runtime import _store_url
+    from stepguard.service.runtime import store_url
     from stepguard.storage.migrate import upgrade
 
     loaded = load(config)
-    upgrade(_store_url(loaded.config.store.url, loaded.path.parent))
+    upgrade(store_url(loaded))
     console.print("store is at the latest schema")
 
 
@@ -222,10 +222,10 @@ def audit_prune(config: Path = CONFIG) -> None:
 def audit_verify(config: Path = CONFIG, public_key: Path | None = None) -> None:
     """Verify the hash chain of the audit ledger; name the first bad entry."""
     from stepguard.audit.commands import verify_store
-    from stepguard.service.runtime import _store_url
+    from stepguard.service.runtime import store_url
 
     loaded = load(config)
-    url = _store_url(loaded.config.store.url, loaded.path.parent)
+    url = store_url(loaded)
     report = verify_store(url, public_key_pem=public_key.read_bytes() if public_key else None)
     if report.ok:
         console.print(f"ledger intact: {report.count} entries")
@@ -242,14 +242,14 @@ def audit_export(
 ) -> None:
     """Export the audit ledger as JSON Lines to standard output."""
     from stepguard.audit.commands import export_store
-    from stepguard.service.runtime import _store_url
+    from stepguard.service.runtime import store_url
 
     if format != "jsonl":
         errors.print("only --format jsonl is supported")
         raise typer.Exit(2)
     loaded = load(config)
     export_store(
-        _store_url(loaded.config.store.url, loaded.path.parent), sys.stdout, since_seq=since
+        store_url(loaded), sys.stdout, since_seq=since
     )
 
 

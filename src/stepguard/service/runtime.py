@@ -111,7 +111,7 @@ def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,
     config = loaded.config
     if not structlog.is_configured():
         configure_logging(level=config.server.log_level, json=config.server.log_format == "json")
-    url = _store_url(config.store.url, loaded.path.parent)
+    url = store_url(loaded)
     if migrate if migrate is not None else (config.store.auto_migrate and url.startswith("sqlite")):
         upgrade(url)
     bounded = _with_timeouts(url, config.store)
@@ -163,6 +163,11 @@ def _use_redis(store: SqlStore, config: StepguardConfig) -> RedisWatch:
                            health_check_interval=0)
     return RedisWatch(watch_client, interval=r.health_check_interval,
                       key_prefix=r.key_prefix).start()
+
+
+def store_url(loaded: Loaded) -> str:
+    """The configured store URL, a relative SQLite path resolved against the config file."""
+    return _store_url(loaded.config.store.url, loaded.path.parent)
 
 
 def _store_url(url: str, base: Path) -> str:
