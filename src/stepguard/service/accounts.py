@@ -14,10 +14,10 @@ from stepguard.factors.password import OWASP, hash_password, verify_dummy, verif
 from stepguard.factors.recovery import generate_recovery_codes, hash_recovery_code
 from stepguard.factors.secretbox import open_sealed, seal, seed_aad
 from stepguard.factors.totp import new_totp_secret, provisioning_uri, qr_svg, verify_totp
+from stepguard.service.attempts import attempt_keys, check_attempt, count_failure
 from stepguard.service.runtime import Runtime, hash_token, new_id, new_token
 from stepguard.service.stepup import StepUp, ceremony_data, ceremony_from
-from stepguard.service.throttle import check as check_throttle
-from stepguard.service.throttle import ip_key, user_factor_key
+from stepguard.service.throttle import user_factor_key
 from stepguard.storage.records import ChallengeRecord, FactorRecord, SessionRecord, UserRecord
 
 FRESH_FOR_ENROLMENT = 600.0  # seconds: adding or removing a factor needs a proof this recent
@@ -104,12 +104,10 @@ class Accounts:
 
     def sign_in(self, username: str, password: str, context: RequestContext) -> SignedIn:
         """Password sign-in: throttled per user and per IP, constant work for unknown users."""
-        now = self.rt.now()
         user = self.rt.store.users.by_username(username)
-        keys = [ip_key(context.client_ip)] if context.client_ip else []
-        if user is not None:
-            keys.append(user_factor_key(user.id, "password"))
-        check_throttle(*(self.rt.store.throttle.state(k, now=now) for k in keys), now=now)
+        keys = attempt_keys(user_id=user.id if user else None, factor="password",
+                            client_ip=context.client_ip)
+        check_attempt(self.rt, keys)
         try:
             self._check_password(user, password)
         except VerificationFailed:
@@ -129,11 +127,7 @@ class Accounts:
             self.rt.store.users.set_password_hash(user.id, check.rehash)
 
     def _failed(self, user: UserRecord | None, keys: list[str], context: RequestContext) -> None:
-        now = self.rt.now()
-        for key in keys:
-            self.rt.store.throttle.record_failure(key, now=now)
-        if user is not None:
-            self.rt.store.history.record_failure(user.id, at=now)
+        count_failure(self.rt, keys, user_id=user.id if user else None)
         self.rt.record(
             kind="verification",
             subject=user.id if user else "",
@@ -157,8 +151,7 @@ class Accounts:
         )
         with self.rt.store.transaction():
             self.rt.store.sessions.add(session)
-            for key in (user_factor_key(user.id, "password"),):
-                self.rt.store.throttle.reset(key)
+            self.rt.store.throttle.reset(user_factor_key(user.id, "password"))
         self._remember(user, context)
         self.rt.record(
             kind="session",

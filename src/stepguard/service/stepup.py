@@ -23,9 +23,9 @@ from stepguard.factors import webauthn as wa
 from stepguard.factors.recovery import verify_recovery_code
 from stepguard.factors.secretbox import open_sealed, seed_aad
 from stepguard.factors.totp import verify_totp
+from stepguard.service.attempts import attempt_keys, check_attempt, count_failure
 from stepguard.service.runtime import Runtime, hash_token, new_id, new_token
-from stepguard.service.throttle import check as check_throttle
-from stepguard.service.throttle import ip_key, user_factor_key
+from stepguard.service.throttle import user_factor_key
 from stepguard.storage.records import HELD_BODY_LIMIT, ChallengeRecord, FactorRecord, SessionRecord
 
 # The level one proof of each factor reaches (with the password already in the session).
@@ -373,10 +373,8 @@ class StepUp:
         verify: Callable[[], object],
     ) -> Passed:
         now = self.rt.now()
-        keys = [user_factor_key(session.user_id, factor)] + (
-            [ip_key(client_ip)] if client_ip else []
-        )
-        check_throttle(*(self.rt.store.throttle.state(k, now=now) for k in keys), now=now)
+        keys = attempt_keys(user_id=session.user_id, factor=factor, client_ip=client_ip)
+        check_attempt(self.rt, keys)
         self.rt.store.challenges.record_attempt(challenge.id, now=now)
         try:
             with self.rt.store.transaction():
@@ -394,10 +392,7 @@ class StepUp:
         exc: Exception,
         challenge: ChallengeRecord,
     ) -> None:
-        now = self.rt.now()
-        for key in keys:
-            self.rt.store.throttle.record_failure(key, now=now)
-        self.rt.store.history.record_failure(session.user_id, at=now)
+        count_failure(self.rt, keys, user_id=session.user_id)
         code = getattr(exc, "code", "throttled")
         self.rt.record(
             kind="verification",
@@ -423,8 +418,7 @@ class StepUp:
             grant = self._grant(challenge, session, factor, level, now)
             token = new_token()
             self.rt.store.sessions.rotate(session.id, hash_token(token), now=now)
-            for key in (user_factor_key(session.user_id, factor),):
-                self.rt.store.throttle.reset(key)
+            self.rt.store.throttle.reset(user_factor_key(session.user_id, factor))
         self.rt.record(
             kind="verification",
             subject=session.user_id,
