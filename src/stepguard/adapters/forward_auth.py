@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -93,8 +94,6 @@ class ForwardAuth:
         self.proxies = TrustedProxies.parse(runtime.config.server.trusted_proxies)
 
     async def handle(self, request: Request, strategy: Strategy) -> Response:
-        from starlette.concurrency import run_in_threadpool
-
         peer = request.client.host if request.client else ""
         if not self.proxies.trusts(peer):
             return Response("forward-auth is answered only for trusted proxies\n", 403)

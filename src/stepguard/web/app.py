@@ -18,7 +18,7 @@ from prometheus_client import (
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -109,8 +109,6 @@ def create_app(runtime: Runtime) -> Starlette:
                              "portal": runtime.config.server.public_url})
 
     async def root(_: Request) -> Response:
-        from starlette.responses import RedirectResponse
-
         return RedirectResponse("/account", 303)
 
     @asynccontextmanager

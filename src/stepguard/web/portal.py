@@ -11,7 +11,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -909,8 +909,6 @@ def _error_text(code: str | None) -> str | None:
 
 
 def _form_fields(body: bytes) -> list[tuple[str, str]]:
-    from urllib.parse import parse_qsl
-
     try:
         pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True)
     except UnicodeDecodeError:
