@@ -99,7 +99,9 @@ def totp_step_up(client: TestClient, world: World, user: Seeded, location: str) 
     world.clock.advance(31)  # the next TOTP step for the next proof
 
 
-def enrol(client: TestClient, world: World, user: Seeded, key: DeviceKey | None = None) -> DeviceKey:
+def enrol(
+    client: TestClient, world: World, user: Seeded, key: DeviceKey | None = None
+) -> DeviceKey:
     """Step up (fresh proof), then enrol `key` like stepguard.js does."""
     key = key or DeviceKey()
     page = client.get("/account/push-device")

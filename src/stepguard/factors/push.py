@@ -279,9 +279,12 @@ def _load_key(algorithm: str, public_key: bytes) -> ec.EllipticCurvePublicKey | 
         key = load_der_public_key(public_key)
     except (ValueError, UnsupportedAlgorithm):
         raise invalid from None
-    if algorithm == "ES256" and isinstance(key, ec.EllipticCurvePublicKey):
-        if isinstance(key.curve, ec.SECP256R1):
-            return key
+    if (
+        algorithm == "ES256"
+        and isinstance(key, ec.EllipticCurvePublicKey)
+        and isinstance(key.curve, ec.SECP256R1)
+    ):
+        return key
     if algorithm == "EdDSA" and isinstance(key, Ed25519PublicKey):
         return key
     raise invalid
