@@ -15,6 +15,7 @@ from stepguard.core.levels import Level
 from stepguard.storage.records import (
     ChallengeRecord,
     FactorRecord,
+    PushRecord,
     SessionRecord,
     UserRecord,
 )
@@ -113,3 +114,22 @@ def race(count: int, action: Callable[[int], T]) -> list[T]:
 
     with ThreadPoolExecutor(max_workers=count) as pool:
         return list(pool.map(run, range(count)))
+
+
+def push(user_id: str, **fields: Any) -> PushRecord:
+    values: dict[str, Any] = {
+        "id": new_id(),
+        "challenge_id": "c1",
+        "user_id": user_id,
+        "requesting_session_id": "s1",
+        "number": 42,
+        "options": (17, 42, 88),
+        "nonce": "n" * 43,
+        "digest": "ef" * 32,
+        "created": NOW,
+        "expires": NOW + 120,
+        "client_ip": "198.51.100.4",
+        "user_agent": "Mozilla/5.0 Firefox/128.0",
+        "location": "Berlin, DE",
+    }
+    return PushRecord(**{**values, **fields})

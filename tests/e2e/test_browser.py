@@ -2,21 +2,24 @@
 
 Covers sign-in through the form, a large transfer held for a bound, single-use TOTP step-up and
 replayed once, a passkey enrolled on a CDP virtual authenticator and then used for the customer
-export (aal3), and that the step-up page is readable and free of console errors / CSP violations.
-alice and bob each use one TOTP code, so no test trips the code-replay check of another.
+export (aal3), a push device enrolled in one browser (WebCrypto key in IndexedDB) approving a
+transfer started in another, and that the step-up page is readable and free of console errors /
+CSP violations. alice and bob each use one TOTP code per 30 s step (the push test uses the next
+step's code, which the ±1 step window accepts), so no test trips the code-replay check of another.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pyotp
 import pytest
-from playwright.sync_api import CDPSession, Locator, Page, expect
+from playwright.sync_api import Browser, CDPSession, Locator, Page, expect
 
-from tests.e2e.conftest import PageProblems
+from tests.e2e.conftest import CSP_REPORTER, TIMEOUT_MS, PageProblems
 from tests.support.demo_server import DemoServer, DemoUser
 
 pytestmark = pytest.mark.browser
@@ -185,3 +188,78 @@ def test_passkey_enrolment_then_customer_export(page: Page, demo: DemoServer, sh
     assert "ada@example.com" in csv
     assert cdp.send("WebAuthn.getCredentials", {"authenticatorId": authenticator})[
         "credentials"][0]["signCount"] >= 1
+
+
+KEY_IN_INDEXEDDB = """() => new Promise((resolve, reject) => {
+  const open = indexedDB.open("stepguard-push", 1);
+  open.onerror = () => reject(open.error);
+  open.onsuccess = () => {
+    const all = open.result.transaction("devices").objectStore("devices").getAll();
+    all.onsuccess = () => resolve(all.result.map(d => ({
+      id: d.id, type: d.key.type, extractable: d.key.extractable, name: d.key.algorithm.name,
+      curve: d.key.algorithm.namedCurve})));
+  };
+})"""
+
+
+def test_a_push_device_approves_a_transfer_from_another_browser(
+    page: Page, browser: Browser, demo: DemoServer, shot: Shot, problems: PageProblems
+) -> None:
+    alice = demo.user("alice")
+    # The phone: enrol this browser as a push device, behind a fresh step-up.
+    sign_in(page, alice, shot)
+    page.goto("/account/push-device")
+    expect(page).to_have_url(re.compile(r"/step-up/[^/]+$"))
+    code = pyotp.TOTP(alice.totp_secret).at(time.time() + 30)  # the next step: still accepted
+    page.get_by_label("6-digit code from your authenticator app").fill(code)
+    page.get_by_role("button", name="Confirm with code").click()
+    expect(page).to_have_url(re.compile(r"/account/push-device$"))
+    page.get_by_label("Name for this device").fill("Alice's phone")
+    shot(page, "push-device-form")
+    page.get_by_role("button", name="Add this browser").click()
+    expect(page).to_have_url(re.compile(r"/account\?m=Device"), timeout=CEREMONY_TIMEOUT_MS)
+    devices = page.get_by_role("region", name="Devices that approve requests")
+    expect(devices.get_by_role("cell", name="Alice's phone", exact=True)).to_be_visible()
+    keys = page.evaluate(KEY_IN_INDEXEDDB)
+    assert len(keys) == 1
+    assert keys[0] | {"id": ""} == {"id": "", "type": "private", "extractable": False,
+                                    "name": "ECDSA", "curve": "P-256"}
+    shot(page, "push-device-added")
+
+    # The laptop (another browser): a large transfer, confirmed with a push.
+    laptop_context = browser.new_context(base_url=demo.base_url,
+                                         viewport={"width": 1100, "height": 800})
+    laptop_context.set_default_timeout(TIMEOUT_MS)
+    laptop_context.add_init_script(CSP_REPORTER)
+    laptop = laptop_context.new_page()
+    laptop.on("console", problems.console)
+    laptop.on("pageerror", problems.page_error)
+    try:
+        sign_in(laptop, alice, shot)
+        submit_transfer(laptop, amount="7000", payee="Dave", shot=shot)
+        laptop.get_by_role("button", name="Send a push to my registered device").click()
+        number = laptop.locator(".push-number").inner_text().strip()
+        shot(laptop, "push-sent")
+
+        # The phone sees where the request comes from and what it is for, and picks the number.
+        page.goto("/account")
+        page.get_by_role("link", name="Review the request from another browser").click()
+        expect(page.get_by_role("heading", name="Is this you?")).to_be_visible()
+        details = page.locator("dl.details")
+        expect(details).to_contain_text("127.0.0.1")
+        expect(details).to_contain_text(re.compile(r"Chrom\w* \d+ on Linux"))
+        expect(details).to_contain_text("Approve a transfer of 7000 to Dave")
+        assert facts(page.locator("table.facts")) == {"amount": "7000", "payee": "Dave"}
+        shot(page, "push-approve")
+        page.get_by_role("button", name=number, exact=True).click()
+        expect(page).to_have_url(re.compile(r"/account\?m=Approved"))
+
+        # The laptop's page notices the approval and goes on to the held transfer.
+        expect(laptop).to_have_url(re.compile(r"/step-up/[^/]+/confirm$"),
+                                   timeout=CEREMONY_TIMEOUT_MS)
+        laptop.get_by_role("button", name="Send the request").click()
+        expect(laptop.locator("#result")).to_have_text("Sent 7000 to Dave.")
+        expect(laptop.locator("header")).to_contain_text("acr urn:stepguard:aal2; amr pwd,mca")
+        shot(laptop, "push-approved-sent")
+    finally:
+        laptop_context.close()

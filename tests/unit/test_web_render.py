@@ -104,10 +104,16 @@ PAGES: dict[str, dict[str, Any]] = {
             "id": "p1",
             "options": [17, 42, 86],
             "requested_at": "Today 14:02 UTC",
+            "expires_in": 100,
             "ip": "203.0.113.7",
-            "user_agent": EVIL,
+            "location": "Berlin, " + EVIL,
+            "browser": EVIL,
             "reasons": [EVIL],
+            "bound_values": [("amount", "5000"), ("payee", EVIL)],
+            "nonce": "nonce-1",
+            "digest": "ab" * 32,
         },
+        "devices": ["d1", "d2"],
         "answer_url": "/account/push/p1",
         "user": USER,
     },
@@ -151,10 +157,15 @@ PAGES: dict[str, dict[str, Any]] = {
         "devices": [{"id": "d-3f2a", "last_seen_text": "now"}],
         "events": [{"at_text": "14:02", "kind": "step_up", "outcome": "passed", "detail": EVIL}],
         "pending_pushes": [{"id": "p1", "url": "/account/push/p1"}],
+        "push_devices": [
+            {"id": "d1", "label": EVIL, "browser": "Chrome 126 on Android",
+             "created_text": "1 May", "last_used_text": "never"},
+        ],
         "revoke_url": "/account/sessions/revoke",
         "remove_factor_url": "/account/factors/remove",
         "enrol_totp_url": "/account/totp",
         "enrol_passkey_url": "/account/passkey",
+        "enrol_push_url": "/account/push-device",
         "recovery_url": "/account/recovery",
         "logout_url": "/logout",
     },
@@ -169,6 +180,12 @@ PAGES: dict[str, dict[str, Any]] = {
     "enrol_passkey.html": {
         "begin_url": "/account/passkey/begin",
         "finish_url": "/account/passkey/finish",
+        "error": EVIL,
+        "user": USER,
+    },
+    "enrol_push.html": {
+        "begin_url": "/account/push-device/begin",
+        "finish_url": "/account/push-device/finish",
         "error": EVIL,
         "user": USER,
     },
@@ -502,6 +519,22 @@ def test_push_approve_has_one_form_per_number_and_a_refusal(renderer: Renderer) 
     ]
     assert picks == ["17", "42", "86", "0"]
     assert {form["action"] for form in page.forms} == {"/account/push/p1"}
+    for form in page.forms:  # stepguard.js fills in the device and its signature
+        names = [f.get("name") for f in form["fields"]]
+        assert "device_id" in names and "signature" in names
+    (box,) = page.with_attr("data-push-approve")
+    assert box["data-push-id"] == "p1" and box["data-push-nonce"] == "nonce-1"
+    assert box["data-push-digest"] == "ab" * 32 and box["data-push-devices"] == "d1 d2"
+
+
+def test_push_approve_says_where_and_what(renderer: Renderer) -> None:
+    html = render(renderer, "push_approve.html")
+    assert "203.0.113.7" in html and "Berlin, " + ESCAPED in html
+    assert f"<dt>Browser</dt><dd>{ESCAPED}</dd>" in html
+    assert f'<tr><th scope="row">payee</th><td>{ESCAPED}</td></tr>' in html
+    unknown = render(renderer, "push_approve.html",
+                     push={**PAGES["push_approve.html"]["push"], "location": ""})
+    assert "Not known" in unknown
 
 
 def test_account_forms(renderer: Renderer) -> None:
@@ -522,10 +555,11 @@ def test_account_forms(renderer: Renderer) -> None:
         for f in form["fields"]
         if f.get("name") == "factor_id"
     ]
-    assert removed == ["f1", "f2"]
+    assert removed == ["f1", "f2", "d1"]
     assert len(by_action["/account/recovery"]) == 1 and len(by_action["/logout"]) == 1
     assert page.with_attr("href", "/account/totp") and page.with_attr("href", "/account/passkey")
     assert page.with_attr("href", "/account/push/p1")
+    assert page.with_attr("href", "/account/push-device")
 
 
 def test_enrol_totp_trusts_only_the_qr_svg(renderer: Renderer) -> None:

@@ -117,6 +117,8 @@ Walk-through:
      asks for a code, shows "Approve a transfer of 5000 to Bob", then replays it once.
   3. {url}/customers/export needs a passkey (aal3): add one at {url}/account first.
   4. {url}/admin shows users, sessions and the hash-chained audit ledger.
+  5. Push approval: in a second browser, sign in and add it at {url}/account/push-device; then
+     on a step-up page choose "Send a push" and pick the number in that second browser.
   Codes: python -c "import pyotp; print(pyotp.TOTP('SECRET').now())"
   Verify the ledger: .venv/bin/stepguard audit verify -c {data / "stepguard.yaml"}
 """,

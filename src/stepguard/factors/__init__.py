@@ -24,12 +24,14 @@ from stepguard.factors.password import (
     verify_password,
 )
 from stepguard.factors.push import (
+    DeviceKey,
     PushAnswered,
     PushRequest,
     PushSettings,
     answer_push,
+    approval_message,
     check_push_rate,
-    reject_push,
+    push_digest,
     start_push,
 )
 from stepguard.factors.recovery import (
@@ -71,11 +73,12 @@ from stepguard.factors.webauthn import (
 )
 
 __all__ = [
-    "OWASP",
     "AssertionAccepted",
     "Ceremony",
+    "DeviceKey",
     "Keyring",
     "NewCredential",
+    "OWASP",
     "PasswordCheck",
     "PasswordPool",
     "PasswordSettings",
@@ -87,6 +90,7 @@ __all__ = [
     "StoredCredential",
     "TotpAccepted",
     "answer_push",
+    "approval_message",
     "begin_authentication",
     "begin_registration",
     "binding_challenge",
@@ -102,8 +106,8 @@ __all__ = [
     "new_totp_secret",
     "open_sealed",
     "provisioning_uri",
+    "push_digest",
     "qr_svg",
-    "reject_push",
     "reseal",
     "seal",
     "seed_aad",

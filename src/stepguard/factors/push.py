@@ -1,26 +1,52 @@
-"""Push approval with number matching, to ANOTHER signed-in session of the same user.
+"""Push approval with number matching, answered only by an ENROLLED DEVICE KEY of the same user.
+
+A push is possession only if the approver proves a registered key: another browser session of the
+same user (which may hold nothing but the password) never counts. Each push device holds a key
+pair made in its browser with WebCrypto (ECDSA P-256, or Ed25519), the private key
+non-extractable in IndexedDB; the server keeps the public key (SPKI DER). Enrolment proves
+possession by signing the enrolment nonce (`enrolment_message`).
 
 The requesting screen shows a two-digit number; the approving device shows that number among
-decoys and the user picks it. A pick of the wrong number is the signal of a push-bombing victim
-tapping blindly, so it does not raise: `answer_push` returns the `denied` state change, which the
-caller saves (closing the push, so there is no second try), audits and counts as a failed
-attempt. Refusals that are not an answer at all (expired, same session, another user, already
-answered) raise. The caller saves the answer with a compare-and-set on `status = 'pending'`, so
-of two racing answers exactly one lands. `check_push_rate` is the anti-bombing throttle.
+decoys and the user picks it. The device signs `approval_message`: the push id, a server nonce,
+the digest of what the push is for (challenge id, binding digest, reasons, bound values) and the
+number picked (0 = "this wasn't me"). `answer_push` verifies that signature with `cryptography`
+and returns the state change: `approved` for the right number, `denied` for a wrong one (the
+signal of a push-bombing victim tapping blindly: saved, audited, counted as a failure, no second
+try) or for a refusal. Everything that is not a valid answer raises: expired, already answered,
+another user's push or device, the requesting session itself, a device enrolled after the push,
+a bad signature. The caller saves the answer with a compare-and-set on `status = 'pending'`, so
+of two racing answers exactly one lands and a replayed signature finds the push closed.
+`check_push_rate` is the anti-bombing throttle (per user, across all of their challenges).
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import json
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.serialization import load_der_public_key
+
 from stepguard.core.errors import ReplayDetected, Throttled, VerificationFailed
 
 PushStatus = Literal["pending", "approved", "denied"]
+DeviceAlgorithm = Literal["ES256", "EdDSA"]
+DEVICE_ALGORITHMS: frozenset[str] = frozenset({"ES256", "EdDSA"})
 NUMBER_MIN, NUMBER_MAX = 10, 99
+REFUSE = 0  # the number a device signs for "this wasn't me"
+MAX_PUBLIC_KEY = 256  # bytes of SPKI DER (P-256: 91, Ed25519: 44)
+SIGNATURE_SIZE = 64  # raw r||s (WebCrypto ECDSA P-256) or an Ed25519 signature
+_APPROVAL = "stepguard-push-approval-v1"
+_ENROLMENT = "stepguard-push-enrolment-v1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,14 +60,30 @@ class PushSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceKey:
+    """An enrolled push device: its public key (SPKI DER) and when it was enrolled."""
+
+    id: str
+    user_id: str
+    algorithm: str
+    public_key: bytes
+    created: float
+
+
+@dataclass(frozen=True, slots=True)
 class PushRequest:
-    """One push: `number` is shown on the requesting screen, `options` on the approving device."""
+    """One push: `number` is shown on the requesting screen, `options` on the approving device.
+
+    `nonce` is fresh per push; `digest` covers what the push is for (see `push_digest`).
+    """
 
     id: str
     user_id: str
     requesting_session_id: str
     number: int
     options: tuple[int, ...]
+    nonce: str
+    digest: str
     created: float
     expires: float
     status: PushStatus = "pending"
@@ -49,64 +91,135 @@ class PushRequest:
 
 @dataclass(frozen=True, slots=True)
 class PushAnswered:
-    """The state change to save: the push closed as `approved` or `denied`."""
+    """The state change to save: the push closed as `approved` or `denied` by `device_id`."""
 
     push: PushRequest
     status: PushStatus
     approving_session_id: str
+    device_id: str
     answered_at: float
+    refused: bool = False
 
     @property
     def approved(self) -> bool:
         return self.status == "approved"
 
 
+def push_digest(
+    *,
+    challenge_id: str,
+    binding: str,
+    reasons: Sequence[str],
+    bound_values: Sequence[tuple[str, str]],
+) -> str:
+    """SHA-256 (hex) of what a push approves: the challenge, its binding digest, reasons, values."""
+    canonical = json.dumps(
+        [challenge_id, binding, list(reasons), [list(pair) for pair in bound_values]],
+        ensure_ascii=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def start_push(
     *,
     user_id: str,
     requesting_session_id: str,
+    digest: str,
     now: float,
     choices: int = 3,
     settings: PushSettings | None = None,
 ) -> PushRequest:
-    """A new pending push with a random number and `choices - 1` distinct decoys, shuffled."""
+    """A new pending push with a random number, `choices - 1` distinct decoys and a nonce."""
     if not 2 <= choices <= NUMBER_MAX - NUMBER_MIN + 1:
         raise ValueError("choices must be between 2 and 90")
     expiry = (settings or PushSettings()).expiry
     number = _random_number()
-    options = _with_decoys(number, choices)
     return PushRequest(
         id=secrets.token_urlsafe(16),
         user_id=user_id,
         requesting_session_id=requesting_session_id,
         number=number,
-        options=options,
+        options=_with_decoys(number, choices),
+        nonce=secrets.token_urlsafe(32),
+        digest=digest,
         created=now,
         expires=now + expiry,
     )
+
+
+def approval_message(*, push: PushRequest, picked: int) -> bytes:
+    """The exact bytes a device signs to answer `push` with `picked` (0 = refuse)."""
+    fields = (_APPROVAL, push.id, push.nonce, push.digest, str(int(picked)))
+    return "\n".join(fields).encode()
+
+
+def enrolment_message(*, enrolment_id: str, nonce: str) -> bytes:
+    """The exact bytes a new device signs to prove it holds the private key it enrols."""
+    return "\n".join((_ENROLMENT, enrolment_id, nonce)).encode()
+
+
+def check_device_key(*, algorithm: str, public_key: bytes) -> None:
+    """Raise `VerificationFailed` unless `public_key` is SPKI DER of a P-256 or Ed25519 key."""
+    _load_key(algorithm, public_key)
+
+
+def verify_device_signature(
+    *, algorithm: str, public_key: bytes, message: bytes, signature: bytes
+) -> None:
+    """Raise `VerificationFailed` (code `bad_signature`) unless `signature` signs `message`."""
+    key = _load_key(algorithm, public_key)
+    if len(signature) != SIGNATURE_SIZE:
+        raise VerificationFailed("The device signature is not valid.", code="bad_signature")
+    try:
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            der = encode_dss_signature(
+                int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+            )
+            key.verify(der, message, ec.ECDSA(hashes.SHA256()))
+        else:
+            key.verify(signature, message)
+    except InvalidSignature:
+        raise VerificationFailed(
+            "The device signature is not valid.", code="bad_signature"
+        ) from None
 
 
 def answer_push(
     *,
     push: PushRequest,
     picked: int,
+    signature: bytes,
+    device: DeviceKey,
     approving_session_id: str,
     approving_user_id: str,
     now: float,
 ) -> PushAnswered:
-    """Approve when `picked` is the push's number, deny otherwise; raise when it cannot answer."""
+    """Verify a device's signed answer; `approved` only for the right number, else `denied`."""
     _check_answerable(push, approving_session_id, approving_user_id, now)
-    right = hmac.compare_digest(str(picked).encode(), str(push.number).encode())
+    if not hmac.compare_digest(device.user_id.encode(), push.user_id.encode()):
+        raise VerificationFailed("This device is not registered to you.", code="wrong_device")
+    if device.created >= push.created:
+        raise VerificationFailed(
+            "A device added after the request cannot approve it.", code="new_device"
+        )
+    verify_device_signature(
+        algorithm=device.algorithm,
+        public_key=device.public_key,
+        message=approval_message(push=push, picked=picked),
+        signature=signature,
+    )
+    refused = picked == REFUSE
+    right = not refused and hmac.compare_digest(str(picked).encode(), str(push.number).encode())
     status: PushStatus = "approved" if right else "denied"
-    return _answered(push, status, approving_session_id, now)
-
-
-def reject_push(
-    *, push: PushRequest, approving_session_id: str, approving_user_id: str, now: float
-) -> PushAnswered:
-    """The user pressed "this wasn't me": close the push as denied (audit it as suspicious)."""
-    _check_answerable(push, approving_session_id, approving_user_id, now)
-    return _answered(push, "denied", approving_session_id, now)
+    return PushAnswered(
+        push=replace(push, status=status),
+        status=status,
+        approving_session_id=approving_session_id,
+        device_id=device.id,
+        answered_at=now,
+        refused=refused,
+    )
 
 
 def check_push_rate(
@@ -158,15 +271,23 @@ def _check_answerable(
         )
 
 
-def _answered(
-    push: PushRequest, status: PushStatus, approving_session_id: str, now: float
-) -> PushAnswered:
-    return PushAnswered(
-        push=replace(push, status=status),
-        status=status,
-        approving_session_id=approving_session_id,
-        answered_at=now,
-    )
+def _load_key(algorithm: str, public_key: bytes) -> ec.EllipticCurvePublicKey | Ed25519PublicKey:
+    invalid = VerificationFailed("This device key is not supported.", code="bad_key")
+    if algorithm not in DEVICE_ALGORITHMS or not 0 < len(public_key) <= MAX_PUBLIC_KEY:
+        raise invalid
+    try:
+        key = load_der_public_key(public_key)
+    except (ValueError, UnsupportedAlgorithm):
+        raise invalid from None
+    if (
+        algorithm == "ES256"
+        and isinstance(key, ec.EllipticCurvePublicKey)
+        and isinstance(key.curve, ec.SECP256R1)
+    ):
+        return key
+    if algorithm == "EdDSA" and isinstance(key, Ed25519PublicKey):
+        return key
+    raise invalid
 
 
 def _random_number() -> int:

@@ -26,7 +26,13 @@ from stepguard.factors.totp import verify_totp
 from stepguard.service.attempts import attempt_keys, check_attempt, count_failure
 from stepguard.service.runtime import Runtime, hash_token, new_id, new_token
 from stepguard.service.throttle import user_factor_key
-from stepguard.storage.records import HELD_BODY_LIMIT, ChallengeRecord, FactorRecord, SessionRecord
+from stepguard.storage.records import (
+    HELD_BODY_LIMIT,
+    ChallengeRecord,
+    FactorRecord,
+    PushRecord,
+    SessionRecord,
+)
 
 # The level one proof of each factor reaches (with the password already in the session).
 FACTOR_LEVEL = {
@@ -36,6 +42,9 @@ FACTOR_LEVEL = {
     "push": Level.AAL2,
     "webauthn": Level.AAL3,
 }
+
+
+PUSH_SETTINGS = push_factor.PushSettings()
 
 
 class ChallengeGone(StepguardError):
@@ -141,8 +150,6 @@ class StepUp:
         }
         if self.rt.store.factors.recovery_codes(user_id):
             kinds.add("recovery")
-        if len(self.rt.store.sessions.list_for_user(user_id)) > 1:
-            kinds.add("push")
         allowed = requirement.methods or frozenset(FACTOR_LEVEL)
         return [
             m
@@ -256,95 +263,163 @@ class StepUp:
 
     # ------------------------------------------------------------------ push approval
 
-    def start_push(self, challenge_id: str, session: SessionRecord) -> push_factor.PushRequest:
+    def start_push(
+        self, challenge_id: str, session: SessionRecord, *, client_ip: str, user_agent: str
+    ) -> PushRecord:
+        """Send a push to the user's enrolled devices (throttled per user against bombing)."""
         challenge = self._usable(challenge_id, session, "push")
         now = self.rt.now()
-        previous = challenge.ceremony or {}
-        starts = [float(t) for t in previous.get("push_starts", [])]
-        push_factor.check_push_rate(
-            recent_starts=starts, now=now, settings=push_factor.PushSettings()
-        )
-        request = push_factor.start_push(
-            user_id=session.user_id, requesting_session_id=session.id, now=now
-        )
-        data = {"push": _push_data(request), "push_starts": [*starts, now][-10:]}
-        self.rt.store.challenges.set_ceremony(challenge.id, data, now=now)
+        pushes = self.rt.store.pushes
+        with self.rt.store.transaction():
+            push_factor.check_push_rate(
+                recent_starts=pushes.starts_for_user(session.user_id, since=now - 3600.0),
+                pending=pushes.count_pending(session.user_id, now=now),
+                now=now,
+                settings=PUSH_SETTINGS,
+            )
+            request = push_factor.start_push(
+                user_id=session.user_id,
+                requesting_session_id=session.id,
+                digest=_push_digest(challenge),
+                now=now,
+                settings=PUSH_SETTINGS,
+            )
+            location = self.rt.locator.locate(client_ip) if client_ip else None
+            record = PushRecord(
+                id=request.id,
+                challenge_id=challenge.id,
+                user_id=request.user_id,
+                requesting_session_id=session.id,
+                number=request.number,
+                options=request.options,
+                nonce=request.nonce,
+                digest=request.digest,
+                created=request.created,
+                expires=request.expires,
+                client_ip=client_ip[:64],
+                user_agent=user_agent[:512],
+                location=location.place if location else "",
+            )
+            pushes.add(record)
         self.rt.record(
             kind="verification",
             subject=session.user_id,
             session_id=session.id,
             factor="push",
             outcome="push_sent",
-            detail={"challenge": challenge.id},
+            detail={"challenge": challenge.id, "push": record.id},
         )
-        return request
+        return record
 
-    def pending_pushes(
-        self, session: SessionRecord
-    ) -> list[tuple[ChallengeRecord, dict[str, Any]]]:
-        """Push requests from the user's OTHER sessions that this session may answer."""
+    def current_push(self, challenge: ChallengeRecord) -> PushRecord | None:
+        """The challenge's push while it waits for an answer."""
+        push = self.rt.store.pushes.latest_for_challenge(challenge.id)
+        if push is None or push.status != "pending" or push.expires <= self.rt.now():
+            return None
+        return push
+
+    def pending_pushes(self, session: SessionRecord) -> list[tuple[PushRecord, ChallengeRecord]]:
+        """Pushes from the user's OTHER sessions waiting for an answer, with their challenge."""
         found = []
         now = self.rt.now()
-        for other in self.rt.store.sessions.list_for_user(session.user_id):
-            if other.id == session.id:
+        for push in self.rt.store.pushes.pending_for_user(session.user_id, now=now):
+            if push.requesting_session_id == session.id:
                 continue
-            for challenge in self.rt.store.challenges.pending_for_session(other.id, now=now):
-                data = dict(challenge.ceremony or {}).get("push")
-                if data and data["status"] == "pending" and data["expires"] > now:
-                    found.append((challenge, data))
+            challenge = self.rt.store.challenges.get(push.challenge_id)
+            if challenge is not None and challenge.status == "pending" and challenge.expires > now:
+                found.append((push, challenge))
         return found
 
+    def push_devices(self, user_id: str) -> list[FactorRecord]:
+        return list(self.rt.store.factors.for_user(user_id, kind="push"))
+
     def answer_push(
-        self, challenge_id: str, approver: SessionRecord, picked: int, *, client_ip: str
+        self,
+        push_id: str,
+        approver: SessionRecord,
+        *,
+        picked: int,
+        device_id: str,
+        signature: bytes,
+        client_ip: str,
     ) -> str:
-        challenge = self.rt.store.challenges.get(challenge_id)
-        if challenge is None or challenge.status != "pending" or not challenge.ceremony:
+        """Save a device's signed answer; the push status (`approved` / `denied`).
+
+        Only a signature by an enrolled device key of the same user counts; a wrong number,
+        a refusal and every invalid answer count as a failed push attempt.
+        """
+        push = self.rt.store.pushes.get(push_id)
+        if push is None or push.user_id != approver.user_id:
             raise ChallengeGone("This approval request is no longer pending.")
-        data = dict(challenge.ceremony)
-        request = _push_from(data["push"])
-        answer = (
-            push_factor.reject_push(
-                push=request,
-                approving_session_id=approver.id,
-                approving_user_id=approver.user_id,
-                now=self.rt.now(),
-            )
-            if picked == 0
-            else push_factor.answer_push(
-                push=request,
+        challenge = self.rt.store.challenges.get(push.challenge_id)
+        if challenge is None or challenge.status != "pending":
+            raise ChallengeGone("This approval request is no longer pending.")
+        now = self.rt.now()
+        keys = attempt_keys(user_id=approver.user_id, factor="push", client_ip=client_ip)
+        check_attempt(self.rt, keys)
+        try:
+            device = self._push_device(approver.user_id, device_id, challenge)
+            answered = push_factor.answer_push(
+                push=_push_request(push),
                 picked=picked,
+                signature=signature,
+                device=device,
                 approving_session_id=approver.id,
                 approving_user_id=approver.user_id,
-                now=self.rt.now(),
+                now=now,
             )
-        )
-        data["push"] = {**data["push"], "status": answer.status}
-        self.rt.store.challenges.set_ceremony(challenge.id, data, now=self.rt.now())
+            with self.rt.store.transaction():
+                if not self.rt.store.pushes.answer(
+                    push.id, status=answered.status, device_id=device.id, now=now
+                ):
+                    raise ReplayDetected("This approval request was already answered.")
+                self.rt.store.factors.mark_used(device.id, now=now)
+        except VerificationFailed as exc:
+            self._failed(approver, "push", keys, exc, challenge)
+            raise
         self.rt.record(
             kind="verification",
             subject=approver.user_id,
             session_id=approver.id,
             factor="push",
-            outcome=answer.status,
-            detail={"challenge": challenge.id},
+            outcome="refused" if answered.refused else answered.status,
+            rule=challenge.rule,
+            detail={"challenge": challenge.id, "push": push.id, "device": device.id},
         )
-        if answer.status != "approved":
-            self.rt.store.throttle.record_failure(
-                user_factor_key(approver.user_id, "push"), now=self.rt.now()
-            )
-        return answer.status
+        if not answered.approved:
+            count_failure(self.rt, keys, user_id=approver.user_id)
+        return answered.status
 
     def poll_push(
         self, challenge_id: str, session: SessionRecord, *, client_ip: str
     ) -> Passed | str:
-        """`Passed` once the other device approved; else the push status text."""
+        """`Passed` once an enrolled device approved; else the push status text."""
         challenge = self.live(challenge_id, session)
-        data = dict(challenge.ceremony or {}).get("push")
-        if not data:
+        push = self.rt.store.pushes.latest_for_challenge(challenge.id)
+        if push is None or push.requesting_session_id != session.id:
             return "none"
-        if data["status"] != "approved":
-            return "expired" if data["expires"] <= self.rt.now() else str(data["status"])
+        if push.status == "pending":
+            return "expired" if push.expires <= self.rt.now() else "pending"
+        if push.status != "approved" or self.rt.store.factors.get(push.device_id) is None:
+            return "denied"  # refused, a wrong number, or the device was removed since
         return self._complete(challenge, session, "push", client_ip)
+
+    def _push_device(
+        self, user_id: str, device_id: str, challenge: ChallengeRecord
+    ) -> push_factor.DeviceKey:
+        factor = self.rt.store.factors.get(device_id) if device_id else None
+        if factor is None or factor.kind != "push" or factor.user_id != user_id:
+            raise VerificationFailed(
+                "This browser is not a registered push device.", code="unknown_device"
+            )
+        if factor.created >= challenge.created:
+            raise VerificationFailed(
+                "A device added after the request cannot approve it.", code="new_device"
+            )
+        return push_factor.DeviceKey(
+            factor.id, factor.user_id, str(factor.data.get("alg", "")), factor.public_key,
+            factor.created,
+        )
 
     # ------------------------------------------------------------------ shared
 
@@ -498,27 +573,25 @@ def ceremony_from(data: Any) -> wa.Ceremony:
     )
 
 
-def _push_data(request: push_factor.PushRequest) -> dict[str, Any]:
-    return {
-        "id": request.id,
-        "user_id": request.user_id,
-        "requesting_session_id": request.requesting_session_id,
-        "number": request.number,
-        "options": list(request.options),
-        "created": request.created,
-        "expires": request.expires,
-        "status": request.status,
-    }
+def _push_digest(challenge: ChallengeRecord) -> str:
+    return push_factor.push_digest(
+        challenge_id=challenge.id,
+        binding=challenge.binding,
+        reasons=challenge.reasons,
+        bound_values=challenge.bound_values,
+    )
 
 
-def _push_from(data: Any) -> push_factor.PushRequest:
+def _push_request(push: PushRecord) -> push_factor.PushRequest:
     return push_factor.PushRequest(
-        data["id"],
-        data["user_id"],
-        data["requesting_session_id"],
-        int(data["number"]),
-        tuple(data["options"]),
-        float(data["created"]),
-        float(data["expires"]),
-        data["status"],
+        push.id,
+        push.user_id,
+        push.requesting_session_id,
+        push.number,
+        push.options,
+        push.nonce,
+        push.digest,
+        push.created,
+        push.expires,
+        push.status,
     )

@@ -3,9 +3,10 @@
 Methods that depend on time take `now` (epoch seconds): storage never reads the clock. Methods
 returning `bool` report whether *this* call changed the record; the compare-and-set ones
 (`Grants.consume`, `Factors.advance_totp_step`, `Factors.update_sign_count`,
-`Factors.use_recovery_code`, `Challenges.mark_passed`, `Challenges.take_ceremony`) are atomic, so
-among racing callers exactly one wins. Lookups never return a revoked session. Any backend
-failure raises `StoreUnavailable`; a duplicate identity raises `Conflict`.
+`Factors.use_recovery_code`, `Challenges.mark_passed`, `Challenges.take_ceremony`,
+`Pushes.answer`) are atomic, so among racing callers exactly one wins. Lookups never return a
+revoked session. Any backend failure raises `StoreUnavailable`; a duplicate identity raises
+`Conflict`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from stepguard.storage.records import (
     FactorKind,
     FactorRecord,
     GrantRecord,
+    PushRecord,
+    PushStatus,
     RecoveryCodeRecord,
     SessionRecord,
     ThrottleState,
@@ -89,6 +92,19 @@ class Challenges(Protocol):
     def purge(self, *, expired_before: float) -> int: ...
 
 
+class Pushes(Protocol):
+    def add(self, push: PushRecord) -> None: ...
+    def get(self, push_id: str) -> PushRecord | None: ...
+    def latest_for_challenge(self, challenge_id: str) -> PushRecord | None: ...
+    def pending_for_user(self, user_id: str, *, now: float) -> tuple[PushRecord, ...]: ...
+    def starts_for_user(self, user_id: str, *, since: float) -> tuple[float, ...]: ...
+    def count_pending(self, user_id: str, *, now: float) -> int: ...
+    def answer(
+        self, push_id: str, *, status: PushStatus, device_id: str, now: float
+    ) -> bool: ...
+    def purge(self, *, expired_before: float) -> int: ...
+
+
 class Grants(Protocol):
     def add(self, grant: Grant) -> None: ...
     def get(self, grant_id: str) -> GrantRecord | None: ...
@@ -131,6 +147,8 @@ class Store(Protocol):
     def sessions(self) -> Sessions: ...
     @property
     def challenges(self) -> Challenges: ...
+    @property
+    def pushes(self) -> Pushes: ...
     @property
     def grants(self) -> Grants: ...
     @property

@@ -141,6 +141,37 @@ class ChallengeRecord:
             raise ValueError(f"held request body exceeds {HELD_BODY_LIMIT} bytes")
 
 
+PushStatus = Literal["pending", "approved", "denied"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PushRecord:
+    """One push approval request for a challenge, and where it came from.
+
+    `number` is shown on the requesting screen, `options` on the approving device; `nonce` and
+    `digest` are signed by the device with its answer. `client_ip`, `user_agent` and `location`
+    describe the requesting browser for the approval screen. `device_id` is the push device
+    (factor id) that answered.
+    """
+
+    id: str
+    challenge_id: str
+    user_id: str
+    requesting_session_id: str
+    number: int
+    options: tuple[int, ...]
+    nonce: str
+    digest: str
+    created: float
+    expires: float
+    status: PushStatus = "pending"
+    answered_at: float | None = None
+    device_id: str = ""
+    client_ip: str = ""
+    user_agent: str = ""
+    location: str = ""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GrantRecord:
     """A stored grant and, for a single-use grant, when it was consumed."""

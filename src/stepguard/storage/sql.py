@@ -19,6 +19,7 @@ from stepguard.storage.sql_challenges import SqlChallenges
 from stepguard.storage.sql_factors import SqlFactors
 from stepguard.storage.sql_grants import SqlGrants
 from stepguard.storage.sql_history import SqlHistory
+from stepguard.storage.sql_pushes import SqlPushes
 from stepguard.storage.sql_sessions import SqlSessions
 from stepguard.storage.sql_throttle import SqlThrottle
 from stepguard.storage.sql_users import SqlUsers
@@ -35,6 +36,7 @@ class SqlStore:
         self.factors = SqlFactors(self._db)
         self.sessions = SqlSessions(self._db)
         self.challenges = SqlChallenges(self._db)
+        self.pushes = SqlPushes(self._db)
         self.grants = SqlGrants(self._db)
         self.throttle = SqlThrottle(self._db, throttle or ThrottleSettings())
         self.history = SqlHistory(self._db)

@@ -127,6 +127,30 @@ challenges = Table(
     Index("ix_challenges_expires", "expires"),
 )
 
+# One row per push approval request (the device keys themselves are factors of kind "push").
+push_requests = Table(
+    "push_requests",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("challenge_id", String(ID), nullable=False),
+    Column("user_id", String(ID), ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("requesting_session_id", String(ID), nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("options", Text, nullable=False),
+    Column("nonce", String(128), nullable=False),
+    Column("digest", String(128), nullable=False),
+    Column("created", Double, nullable=False),
+    Column("expires", Double, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("answered_at", Double),
+    Column("device_id", String(ID), nullable=False),
+    Column("client_ip", String(64), nullable=False),
+    Column("user_agent", Text, nullable=False),
+    Column("location", String(255), nullable=False),
+    Index("ix_push_requests_user_id", "user_id", "created"),
+    Index("ix_push_requests_challenge_id", "challenge_id"),
+)
+
 grants = Table(
     "grants",
     metadata,
@@ -181,6 +205,7 @@ TABLES = (
     sessions,
     session_events,
     challenges,
+    push_requests,
     grants,
     throttle,
     risk_history,

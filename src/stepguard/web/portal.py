@@ -6,6 +6,7 @@ event loop never waits on the store or argon2.
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,7 @@ from stepguard.core.context import RequestContext
 from stepguard.core.errors import StepguardError, Throttled, VerificationFailed
 from stepguard.service.accounts import Accounts, NeedsFreshProof
 from stepguard.service.guard import Guard
+from stepguard.service.push_devices import PushDevices
 from stepguard.service.runtime import Runtime, new_id, sign, unsign
 from stepguard.service.stepup import ChallengeGone, Passed, StepUp
 from stepguard.storage.records import SessionRecord, UserRecord
@@ -43,6 +45,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 class Portal:
     def __init__(self, runtime: Runtime, guard: Guard, stepup: StepUp, accounts: Accounts) -> None:
         self.rt, self.guard, self.stepup, self.accounts = runtime, guard, stepup, accounts
+        self.push_devices = PushDevices(accounts)
         self.renderer = Renderer(title=runtime.config.portal.title)
         self.https = runtime.config.server.public_url.startswith("https://")
         self.cookie_name, self.cookie_kwargs = cookie_attributes(
@@ -83,8 +86,11 @@ class Portal:
             r("/account/passkey/begin", self.passkey_begin, methods=["POST"]),
             r("/account/passkey/finish", self.passkey_finish, methods=["POST"]),
             r("/account/recovery", self.recovery_regenerate, methods=["POST"]),
-            r("/account/push/{cid}", self.push_page, methods=["GET"]),
-            r("/account/push/{cid}", self.push_answer, methods=["POST"]),
+            r("/account/push-device", self.push_device_page, methods=["GET"]),
+            r("/account/push-device/begin", self.push_device_begin, methods=["POST"]),
+            r("/account/push-device/finish", self.push_device_finish, methods=["POST"]),
+            r("/account/push/{pid}", self.push_page, methods=["GET"]),
+            r("/account/push/{pid}", self.push_answer, methods=["POST"]),
             r("/admin", self.admin_page, methods=["GET"]),
             r("/admin/sessions/revoke", self.admin_revoke, methods=["POST"]),
             r("/admin/users/disable", self.admin_disable, methods=["POST"]),
@@ -261,6 +267,7 @@ class Portal:
         try:
             challenge = await run_in_threadpool(self.stepup.live, cid, session)
             methods = await run_in_threadpool(self.stepup.methods_for, challenge, user.id)
+            push = await run_in_threadpool(self.stepup.current_push, challenge)
         except ChallengeGone as exc:
             return self.message(request, "Confirmation expired", str(exc), 410)
         return self._step_up(
@@ -270,14 +277,11 @@ class Portal:
             challenge,
             methods,
             error=_error_text(request.query_params.get("error")),
-            push=self._pending_push(challenge),
+            push=push and {
+                "number": push.number,
+                "expires_in": max(0, int(push.expires - self.rt.now())),
+            },
         )
-
-    def _pending_push(self, challenge: Any) -> dict[str, int] | None:
-        data = dict(challenge.ceremony or {}).get("push")
-        if not data or data.get("status") != "pending" or data["expires"] <= self.rt.now():
-            return None
-        return {"number": int(data["number"]), "expires_in": int(data["expires"] - self.rt.now())}
 
     def _step_up(
         self,
@@ -298,7 +302,9 @@ class Portal:
             "bound_values": list(challenge.bound_values),
             "level_label": challenge.requirement.level.label,
             "methods": methods,
-            "not_set_up": [m for m in ("webauthn", "totp") if m in allowed and m not in methods],
+            "not_set_up": [
+                m for m in ("webauthn", "totp", "push") if m in allowed and m not in methods
+            ],
             "expires_in": max(0, int(challenge.expires - self.rt.now())),
             # Only a request whose body is held is replayed; others are simply retried.
             "held_method": challenge.held_method if challenge.held_body else "GET",
@@ -465,9 +471,14 @@ class Portal:
         if found is None:
             return RedirectResponse("/login", 303)
         session, user = found
+        context = self.context(request)
         try:
             await self.form(request, session)
-            await run_in_threadpool(self.stepup.start_push, cid, session)
+            await run_in_threadpool(
+                lambda: self.stepup.start_push(
+                    cid, session, client_ip=context.client_ip, user_agent=context.user_agent
+                )
+            )
         except CsrfRejected:
             return self.message(request, "Request refused", "The form expired. Try again.", 403)
         except ChallengeGone as exc:
@@ -535,6 +546,7 @@ class Portal:
             remove_factor_url="/account/factors/remove",
             enrol_totp_url="/account/totp",
             enrol_passkey_url="/account/passkey",
+            enrol_push_url="/account/push-device",
             recovery_url="/account/recovery",
             logout_url="/logout",
             **view,
@@ -551,7 +563,17 @@ class Portal:
                 "last_used_text": _when(f.last_used) if f.last_used else "never",
             }
             for f in store.factors.for_user(user.id)
-            if f.data.get("confirmed", True)
+            if f.data.get("confirmed", True) and f.kind != "push"
+        ]
+        push_devices = [
+            {
+                "id": f.id,
+                "label": f.label,
+                "browser": describe_browser(str(f.data.get("user_agent", ""))),
+                "created_text": _when(f.created),
+                "last_used_text": _when(f.last_used) if f.last_used else "never",
+            }
+            for f in self.stepup.push_devices(user.id)
         ]
         sessions = [
             {
@@ -576,8 +598,8 @@ class Portal:
             for e in list(self.rt.audit_log.entries(subject=user.id))[-15:][::-1]
         ]
         pushes = [
-            {"id": c.id, "url": f"/account/push/{c.id}"}
-            for c, _ in self.stepup.pending_pushes(session)
+            {"id": p.id, "url": f"/account/push/{p.id}"}
+            for p, _ in self.stepup.pending_pushes(session)
         ]
         return {
             "factors": factors,
@@ -585,6 +607,7 @@ class Portal:
             "devices": devices,
             "events": events,
             "pending_pushes": pushes,
+            "push_devices": push_devices,
         }
 
     async def _account_post(
@@ -743,42 +766,113 @@ class Portal:
         if isinstance(found, Response):
             return found
         session, user = found
-        cid = request.path_params["cid"]
+        pid = request.path_params["pid"]
         pending = await run_in_threadpool(self.stepup.pending_pushes, session)
-        match = [(c, d) for c, d in pending if c.id == cid]
+        match = [(p, c) for p, c in pending if p.id == pid]
         if not match:
             return self.message(
                 request, "Nothing to approve", "This request is no longer pending.", 404
             )
-        challenge, data = match[0]
+        push, challenge = match[0]
+        devices = await run_in_threadpool(self.stepup.push_devices, user.id)
         return self.page(
             request,
             "push_approve.html",
             session,
             user,
             push={
-                "id": cid,
-                "options": data["options"],
-                "requested_at": _when(data["created"]),
-                "ip": "",
-                "user_agent": "",
+                "id": push.id,
+                "options": list(push.options),
+                "requested_at": _when(push.created),
+                "expires_in": max(0, int(push.expires - self.rt.now())),
+                "ip": push.client_ip,
+                "location": push.location,
+                "browser": describe_browser(push.user_agent),
                 "reasons": list(challenge.reasons),
+                "bound_values": list(challenge.bound_values),
+                "nonce": push.nonce,
+                "digest": push.digest,
             },
-            answer_url=f"/account/push/{cid}",
+            devices=[d.id for d in devices],
+            answer_url=f"/account/push/{push.id}",
         )
 
     async def push_answer(self, request: Request) -> Response:
-        cid, ip = request.path_params["cid"], self.client_ip(request)
+        pid, ip = request.path_params["pid"], self.client_ip(request)
 
         def answer(session: SessionRecord, user: UserRecord, form: dict[str, str]) -> str:
             try:
-                picked = int(form.get("picked", "0"))
-                status = self.stepup.answer_push(cid, session, picked, client_ip=ip)
+                status = self.stepup.answer_push(
+                    pid,
+                    session,
+                    picked=int(form.get("picked", "")),
+                    device_id=form.get("device_id", ""),
+                    signature=_unb64url(form.get("signature", "")),
+                    client_ip=ip,
+                )
+            except Throttled as exc:
+                return f"Not answered: {_throttle_text(exc)}"
             except (ValueError, StepguardError) as exc:
-                return f"Not answered: {getattr(exc, 'reason', str(exc))}"
+                return f"Not answered: {getattr(exc, 'reason', 'the answer was not readable.')}"
             return "Approved." if status == "approved" else "Refused."
 
         return await self._account_post(request, answer)
+
+    async def push_device_page(self, request: Request) -> Response:
+        found = await self._signed_in(request)
+        if isinstance(found, Response):
+            return found
+        try:
+            await run_in_threadpool(self.accounts.require_fresh, found[0])
+        except NeedsFreshProof as exc:
+            return await self.confirm_first(
+                request, found[0], found[1], exc, "/account/push-device"
+            )
+        return self.page(
+            request,
+            "enrol_push.html",
+            *found,
+            begin_url="/account/push-device/begin",
+            finish_url="/account/push-device/finish",
+        )
+
+    async def push_device_begin(self, request: Request) -> Response:
+        def begin(session: SessionRecord, user: UserRecord, body: bytes) -> Response:
+            enrolment = self.push_devices.begin(session)
+            return JSONResponse(
+                {"enrolment_id": enrolment.enrolment_id, "nonce": enrolment.nonce}
+            )
+
+        return await self._json_call(request, begin)
+
+    async def push_device_finish(self, request: Request) -> Response:
+        user_agent = request.headers.get("user-agent", "")
+
+        def finish(session: SessionRecord, user: UserRecord, body: bytes) -> Response:
+            try:
+                payload = json.loads(body or b"{}")
+                if not isinstance(payload, dict):
+                    raise ValueError("not an object")
+                fields = {k: str(payload.get(k, "")) for k in
+                          ("enrolment_id", "alg", "public_key", "signature", "label")}
+                public_key = _unb64url(fields["public_key"])
+                signature = _unb64url(fields["signature"])
+            except ValueError:
+                return JSONResponse({"error": "The device answer was not readable."}, 400)
+            device = self.push_devices.finish(
+                session,
+                enrolment_id=fields["enrolment_id"],
+                algorithm=fields["alg"],
+                public_key=public_key,
+                signature=signature,
+                label=fields["label"] or describe_browser(user_agent),
+                user_agent=user_agent,
+            )
+            return JSONResponse(
+                {"redirect": "/account?m=Device%20added.", "device_id": device.id}
+            )
+
+        return await self._json_call(request, finish)
 
     # ------------------------------------------------------------------ admin
 
@@ -890,6 +984,31 @@ class Portal:
         form = await self.form(request, found[0])
         await run_in_threadpool(self.accounts.disable_user, form.get("user_id", ""), by=found[1].id)
         return RedirectResponse("/admin", 303)
+
+
+_BROWSERS = (("Edg/", "Edge"), ("OPR/", "Opera"), ("Firefox/", "Firefox"),
+             ("Chromium/", "Chromium"), ("Chrome/", "Chrome"), ("Version/", "Safari"))
+_SYSTEMS = (("Android", "Android"), ("iPhone", "iOS"), ("iPad", "iPadOS"), ("Windows", "Windows"),
+            ("Mac OS X", "macOS"), ("CrOS", "ChromeOS"), ("Linux", "Linux"))
+
+
+def describe_browser(user_agent: str) -> str:
+    """A User-Agent header as "Firefox 128 on Linux"; the raw text (cut) when unknown."""
+    name = next(((label, key) for key, label in _BROWSERS if key in user_agent), None)
+    system = next((label for key, label in _SYSTEMS if key in user_agent), "")
+    if name is None:
+        return user_agent[:80]
+    label, key = name
+    version = user_agent.split(key, 1)[1].split(".", 1)[0].split(" ", 1)[0]
+    text = f"{label} {version}" if version.isdigit() else label
+    return f"{text} on {system}" if system else text
+
+
+def _unb64url(text: str) -> bytes:
+    """Base64url without padding -> bytes; ValueError when it is not that."""
+    if len(text) > 4096 or not all(c.isalnum() or c in "-_" for c in text):
+        raise ValueError("not base64url")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def _when(at: float | None) -> str:

@@ -12,6 +12,17 @@
  *      registration also carries a top-level "label") -> {"redirect": url} or {"error": text}.
  * Push polling: an element with data-push-status-url and data-push-expires-in (seconds); GET every
  *   2 s until the JSON answer has a redirect or a final status (approved/denied/expired).
+ * Push devices (WebCrypto ECDSA P-256, private key non-extractable, kept in IndexedDB
+ *   "stepguard-push" / "devices" under the device id the server gave it):
+ *   - enrolment: a button with data-push-enrol, data-begin-url, data-finish-url, data-label-input.
+ *     POST begin -> {enrolment_id, nonce}; make the key pair; sign
+ *     "stepguard-push-enrolment-v1\n<enrolment_id>\n<nonce>"; POST finish {enrolment_id, alg,
+ *     public_key (SPKI), signature (raw r||s), label} (base64url) -> {device_id, redirect}; keep the
+ *     private key under device_id, then follow the redirect.
+ *   - approval: a [data-push-approve] element (data-push-id, -nonce, -digest, -devices = ids) around
+ *     forms marked data-push-answer (fields picked, device_id, signature). On submit the held key
+ *     signs "stepguard-push-approval-v1\n<id>\n<nonce>\n<digest>\n<picked>" and the form is sent
+ *     with device_id and signature filled in. Without a key the forms are disabled.
  * Errors go to the role="alert" region (#sg-alert), progress to #sg-status.
  */
 (function () {
@@ -324,9 +335,163 @@
     document.querySelectorAll("[data-push-status-url]").forEach(pollPush);
   }
 
+  // --- push devices: a WebCrypto key pair per browser, private half in IndexedDB -------------
+
+  var KEY_DB = "stepguard-push";
+  var KEY_STORE = "devices";
+  var SIGN_ALGORITHM = { name: "ECDSA", hash: "SHA-256" };
+
+  function openKeys() {
+    return new Promise(function (resolve, reject) {
+      var request = window.indexedDB.open(KEY_DB, 1);
+      request.onupgradeneeded = function () {
+        request.result.createObjectStore(KEY_STORE, { keyPath: "id" });
+      };
+      request.onsuccess = function () { resolve(request.result); };
+      request.onerror = function () { reject(request.error); };
+    });
+  }
+
+  function keyStore(mode, action) {
+    return openKeys().then(function (db) {
+      return new Promise(function (resolve, reject) {
+        var transaction = db.transaction(KEY_STORE, mode);
+        var request = action(transaction.objectStore(KEY_STORE));
+        transaction.oncomplete = function () { db.close(); resolve(request.result); };
+        transaction.onerror = function () { db.close(); reject(transaction.error); };
+      });
+    });
+  }
+
+  function deviceSupported() {
+    return !!(window.isSecureContext && window.crypto && window.crypto.subtle && window.indexedDB);
+  }
+
+  function signText(privateKey, text) {
+    return window.crypto.subtle.sign(SIGN_ALGORITHM, privateKey, new TextEncoder().encode(text));
+  }
+
+  function enrolDevice(button) {
+    var input = document.getElementById(button.getAttribute("data-label-input") || "");
+    var label = input ? input.value.trim() : "";
+    var enrolment;
+    var keys;
+    button.disabled = true;
+    clearError();
+    showStatus("Preparing…");
+    return postJson(button.getAttribute("data-begin-url"), {})
+      .then(function (data) {
+        enrolment = data;
+        return window.crypto.subtle.generateKey(
+          { name: "ECDSA", namedCurve: "P-256" }, false, ["sign"]);
+      })
+      .then(function (pair) {
+        keys = pair;
+        var message = ["stepguard-push-enrolment-v1", enrolment.enrolment_id, enrolment.nonce];
+        return Promise.all([
+          window.crypto.subtle.exportKey("spki", pair.publicKey),
+          signText(pair.privateKey, message.join("\n"))
+        ]);
+      })
+      .then(function (parts) {
+        showStatus("Registering this browser…");
+        return postJson(button.getAttribute("data-finish-url"), {
+          enrolment_id: enrolment.enrolment_id,
+          alg: "ES256",
+          public_key: bufferToBase64url(parts[0]),
+          signature: bufferToBase64url(parts[1]),
+          label: label
+        });
+      })
+      .then(function (result) {
+        return keyStore("readwrite", function (store) {
+          return store.put({ id: result.device_id, key: keys.privateKey, alg: "ES256" });
+        }).then(function () { return result; });
+      })
+      .then(function (result) {
+        showStatus("Done. Continuing…");
+        followRedirect(result.redirect || "/account");
+      })
+      .catch(function (error) {
+        showError((error && error.message) || "This browser could not be added.");
+        button.disabled = false;
+      });
+  }
+
+  function heldKey(ids) {
+    return keyStore("readonly", function (store) { return store.getAll(); })
+      .then(function (entries) {
+        var found = (entries || []).filter(function (entry) {
+          return ids.indexOf(entry.id) !== -1;
+        });
+        return found.length ? found[0] : null;
+      });
+  }
+
+  function setUpApproval(container) {
+    var ids = (container.getAttribute("data-push-devices") || "").split(" ").filter(Boolean);
+    var forms = container.querySelectorAll("form[data-push-answer]");
+    var noDevice = container.querySelector("[data-push-no-device]");
+
+    function disable() {
+      forms.forEach(function (form) {
+        form.querySelectorAll("button").forEach(function (b) { b.disabled = true; });
+      });
+      if (noDevice) {
+        noDevice.hidden = false;
+      }
+    }
+
+    if (!deviceSupported() || !ids.length) {
+      disable();
+      return;
+    }
+    heldKey(ids).then(function (device) {
+      if (!device) {
+        disable();
+        return;
+      }
+      forms.forEach(function (form) {
+        form.addEventListener("submit", function (event) {
+          event.preventDefault();
+          var message = [
+            "stepguard-push-approval-v1",
+            container.getAttribute("data-push-id"),
+            container.getAttribute("data-push-nonce"),
+            container.getAttribute("data-push-digest"),
+            String(Number(form.elements.picked.value))
+          ].join("\n");
+          form.querySelectorAll("button").forEach(function (b) { b.disabled = true; });
+          signText(device.key, message).then(function (signature) {
+            form.elements.device_id.value = device.id;
+            form.elements.signature.value = bufferToBase64url(signature);
+            form.submit();
+          }).catch(function (error) {
+            showError((error && error.message) || "This browser could not sign the answer.");
+          });
+        });
+      });
+    }).catch(function () { disable(); });
+  }
+
+  function setUpDevices() {
+    document.querySelectorAll("[data-push-enrol]").forEach(function (button) {
+      if (deviceSupported()) {
+        button.hidden = false;
+        button.addEventListener("click", function () { enrolDevice(button); });
+      } else {
+        document.querySelectorAll("[data-push-unsupported]").forEach(function (note) {
+          note.hidden = false;
+        });
+      }
+    });
+    document.querySelectorAll("[data-push-approve]").forEach(setUpApproval);
+  }
+
   function start() {
     setUpWebauthn();
     setUpPush();
+    setUpDevices();
   }
 
   if (document.readyState === "loading") {
