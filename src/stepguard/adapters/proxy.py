@@ -8,8 +8,9 @@ triggers a step-up is held server-side (bounded) and, once the user passes and c
 
 from __future__ import annotations
 
+import html
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -21,6 +22,7 @@ from starlette.responses import RedirectResponse, Response, StreamingResponse
 
 from stepguard.adapters.forward_auth import DEVICE_COOKIE, identity_headers, rfc9470
 from stepguard.adapters.http_context import (
+    TrustedProxies,
     build_context,
     is_identity_header,
     split_url,
@@ -33,8 +35,8 @@ from stepguard.core.errors import BadRequest, StoreUnavailable
 from stepguard.core.matching import path_matcher
 from stepguard.service.guard import Guard, with_attributes
 from stepguard.service.runtime import Runtime, unsign
-from stepguard.service.stepup import HeldRequest, StepUp
-from stepguard.storage.records import HELD_BODY_LIMIT, SessionRecord
+from stepguard.service.stepup import HeldRequest, HeldTooLarge, StepUp
+from stepguard.storage.records import HELD_BODY_LIMIT, ChallengeRecord, SessionRecord
 
 BUFFER_LIMIT = 1 << 20  # answers up to 1 MiB with a Content-Length are relayed in one piece
 HOP_BY_HOP = {
@@ -50,6 +52,33 @@ HOP_BY_HOP = {
     "content-length",
     "cookie",
 }
+
+
+# Set by Stepguard alone, like any proxy: a client's copies never reach the upstream (V4.1.3).
+# X-Original-URL / X-Rewrite-URL are on the list because some frameworks route by them.
+FORWARDING = frozenset({"forwarded", "x-real-ip", "x-original-url", "x-rewrite-url",
+                        "x-original-method", "x-http-forwarded-for", "client-ip",
+                        "true-client-ip", "x-client-ip", "x-cluster-client-ip"})
+
+
+def _is_forwarding(name: str) -> bool:
+    name = name.lower().replace("_", "-")
+    return name in FORWARDING or name.startswith("x-forwarded-")
+
+
+@dataclass(frozen=True)
+class Hop:
+    """Where a request came from, as this proxy tells the upstream: the client's address, the
+    chain of addresses from it to the peer, and the scheme and host the client used."""
+
+    client_ip: str
+    chain: str
+    proto: str
+    host: str
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [("x-forwarded-for", self.chain), ("x-real-ip", self.client_ip),
+                ("x-forwarded-proto", self.proto), ("x-forwarded-host", self.host)]
 
 
 # From the upstream's answer: hop-by-hop headers and the framing Stepguard sets itself.
@@ -69,6 +98,7 @@ class ReverseProxy:
             cookies=_NoCookies(),
         )
         self.upstreams = list(runtime.config.upstreams)
+        self.proxies = TrustedProxies.parse(runtime.config.server.trusted_proxies)
 
     def upstream_for(self, host: str) -> Upstream | None:
         return next((u for u in self.upstreams if u.host in (host, "*")), None)
@@ -81,7 +111,8 @@ class ReverseProxy:
         if len(body) > HELD_BODY_LIMIT * 16:
             return Response("request body too large\n", 413)
         try:
-            context = self._context(request, upstream, body)
+            hop = self.hop(request)
+            context = self._context(request, upstream, body, hop.client_ip)
         except BadRequest as exc:
             return Response(f"bad request: {exc}\n", 400)
         try:
@@ -96,10 +127,28 @@ class ReverseProxy:
                 body,
                 upstream,
                 identity_headers(check, self.rt),
+                hop,
             )
         if check.decision.outcome is Outcome.DENY:
             return Response(" ".join(check.decision.reasons) + "\n", 403)
         return await self._challenge(request, check, body)
+
+    def hop(self, request: Request) -> Hop:
+        """The client's address and the forwarding facts: a trusted peer's X-Forwarded-* are
+        believed (garbage refused), anyone else's replaced by what this proxy sees."""
+        peer = request.client.host if request.client else ""
+        headers = request.headers
+        forwarded_for = ", ".join(headers.getlist("x-forwarded-for"))
+        client_ip = self.proxies.client_ip(peer, forwarded_for)
+        proto, host = request.url.scheme, headers.get("host", "")
+        if client_ip == peer:
+            return Hop(peer, peer, proto, host)
+        # From the client's own address on (anything it claimed before that is not relayed).
+        hops = [h.strip(" \t") for h in forwarded_for.split(",")]
+        chain = ", ".join([*hops[len(hops) - 1 - hops[::-1].index(client_ip):], peer])
+        proto = headers.get("x-forwarded-proto", proto)
+        return Hop(client_ip, chain, proto if proto in ("http", "https") else "http",
+                   headers.get("x-forwarded-host", host))
 
     def _app_cookies(self, headers: Any) -> str:
         """The browser's cookies minus Stepguard's own: the app keeps its cookies, never ours."""
@@ -117,13 +166,14 @@ class ReverseProxy:
     def _token(self, request: Request) -> str | None:
         return request.cookies.get(self.cookie_name)
 
-    def _context(self, request: Request, upstream: Upstream, body: bytes) -> RequestContext:
+    def _context(self, request: Request, upstream: Upstream, body: bytes,
+                 client_ip: str) -> RequestContext:
         context = build_context(
             method=request.method,
             scheme=request.url.scheme,
             host=request.headers.get("host", ""),
             target=_target(request),
-            client_ip=request.client.host if request.client else "",
+            client_ip=client_ip,
             headers=request.headers,
             device_id=unsign(self.rt.cookie_key, request.cookies.get(DEVICE_COOKIE)),
         )
@@ -132,25 +182,35 @@ class ReverseProxy:
     async def _challenge(self, request: Request, check: Any, body: bytes) -> Response:
         url = str(request.url)
         base = self.rt.config.server.public_url.rstrip("/")
-        held = HeldRequest(request.method, _held_headers(request), body[:HELD_BODY_LIMIT])
-        location = await run_in_threadpool(
-            lambda: self.stepup.location(check.decision, check.context, check.session,
-                                         return_url=url, held=held)
-        )
+        held = HeldRequest(request.method, _held_headers(request), body)
+        try:
+            location = await run_in_threadpool(
+                lambda: self.stepup.location(check.decision, check.context, check.session,
+                                             return_url=url, held=held)
+            )
+        except HeldTooLarge as exc:
+            return too_large_to_hold(exc.limit)
         if wants_html(request.headers):
             return RedirectResponse(location, 302 if request.method in ("GET", "HEAD") else 303)
         return rfc9470(check.decision, base + location, self.rt)
 
     async def replay(self, request: Request, challenge_id: str, session: SessionRecord) -> Response:
-        """Send the held request, decided again now that the grant exists."""
-        challenge = await run_in_threadpool(self.rt.store.challenges.get, challenge_id)
-        if challenge is None or challenge.status != "passed" or challenge.session_id != session.id:
+        """Send the held request once, decided again now that the grant exists.
+
+        The held request is taken from the store atomically first (passed -> sent): of any
+        number of confirmations (double clicks, retries, races) exactly one gets it, whatever
+        the rule, and a confirmation that fails after that point is not retried with it.
+        """
+        challenge = await run_in_threadpool(
+            lambda: self.rt.store.challenges.take_held(challenge_id, session_id=session.id))
+        if challenge is None:
             return Response("nothing to replay\n", 404)
         upstream = self.upstream_for(urlsplit(challenge.return_url).hostname or "")
         if upstream is None:
             return Response("no upstream for this request\n", 404)
         try:
-            context, target = self._replay_context(request, upstream, challenge)
+            hop = self.hop(request)
+            context, target = self._replay_context(request, upstream, challenge, hop.client_ip)
         except BadRequest:
             return Response("nothing to replay\n", 404)
         check = await run_in_threadpool(self.guard.check, context, self._token(request))
@@ -163,10 +223,11 @@ class ReverseProxy:
             challenge.held_body,
             upstream,
             identity_headers(check, self.rt),
+            replace(hop, host=split_url(challenge.return_url)[1]),
         )
 
     def _replay_context(
-        self, request: Request, upstream: Upstream, challenge: Any
+        self, request: Request, upstream: Upstream, challenge: ChallengeRecord, client_ip: str
     ) -> tuple[RequestContext, str]:
         """The held request's context, built exactly as the original one was (same route
         attributes and action), so the replay gets the decision the step-up was for."""
@@ -176,7 +237,7 @@ class ReverseProxy:
             scheme=scheme,
             host=host,
             target=target,
-            client_ip=request.client.host if request.client else "",
+            client_ip=client_ip,
             headers=request.headers,
             device_id=unsign(self.rt.cookie_key, request.cookies.get(DEVICE_COOKIE)),
         )
@@ -192,14 +253,14 @@ class ReverseProxy:
         body: bytes,
         upstream: Upstream,
         identity: dict[str, str],
+        hop: Hop,
     ) -> Response:
-        out = [
-            (k, v) for k, v in headers if k.lower() not in HOP_BY_HOP and not is_identity_header(k)
-        ]
+        out = relayed_request_headers(headers)
         cookies = self._app_cookies(headers)
         if cookies:
             out.append(("cookie", cookies))
         out += list(identity.items())
+        out += hop.headers()
         request = self.client.build_request(
             method, upstream.url.rstrip("/") + target, headers=out, content=body
         )
@@ -238,6 +299,36 @@ class _NoCookies(httpx.Cookies):
 
     def extract_cookies(self, response: httpx.Response) -> None:
         return None
+
+
+def relayed_request_headers(headers: Any) -> list[tuple[str, str]]:
+    """The client's headers an upstream may see: without hop-by-hop headers (and those the
+    client's `Connection` names), identity headers, forwarding headers and cookies — which the
+    caller sets itself, after this, so a `Connection` list can never remove them."""
+    pairs = list(headers)
+    named = {token.strip().lower() for k, v in pairs if k.lower() == "connection"
+             for token in v.split(",")}
+    return [(k, v) for k, v in pairs
+            if k.lower() not in HOP_BY_HOP and k.lower() not in named
+            and not is_identity_header(k) and not _is_forwarding(k)]
+
+
+TOO_LARGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Request too large to hold</title></head>
+<body><main><h1>Request too large to hold</h1>
+<p>This request needs you to confirm it's you first (a step-up). Stepguard keeps the request
+while you do, so nothing is lost, but it can keep at most {limit} bytes and this one is larger.
+It was <strong>not sent</strong>, and nothing of it was kept.</p>
+<p>Confirm it's you first (open the page again and repeat the step-up when asked), then send
+the request again; or send a smaller request.</p></main></body></html>
+"""
+
+
+def too_large_to_hold(limit: int) -> Response:
+    """413: a body that needs a step-up but exceeds the hold limit is refused, never cut."""
+    return Response(TOO_LARGE.format(limit=html.escape(str(limit))), 413,
+                    media_type="text/html; charset=utf-8",
+                    headers={"Cache-Control": "no-store"})
 
 
 def _target(request: Request) -> str:

@@ -25,7 +25,7 @@ from starlette.staticfiles import StaticFiles
 from stepguard.adapters.decision_api import decision_api_routes
 from stepguard.adapters.forward_auth import CaddyStrategy, ForwardAuth, NginxStrategy
 from stepguard.adapters.proxy import ReverseProxy
-from stepguard.core.errors import StoreUnavailable
+from stepguard.core.errors import BadRequest, StoreUnavailable
 from stepguard.service.accounts import Accounts
 from stepguard.service.guard import Guard
 from stepguard.service.runtime import Runtime
@@ -103,6 +103,10 @@ def create_app(runtime: Runtime) -> Starlette:
         return PlainTextResponse("Stepguard cannot reach its store; try again shortly.\n", 503,
                                  headers={"Retry-After": "5", "Cache-Control": "no-store"})
 
+    async def bad_request(_: Request, exc: Exception) -> Response:
+        # Client input never causes a 500: e.g. a trusted proxy's garbage X-Forwarded-For.
+        return PlainTextResponse(f"bad request: {exc}\n", 400, headers={"Cache-Control": "no-store"})
+
     async def well_known(_: Request) -> Response:
         levels = runtime.policy.levels
         return JSONResponse({"acr_values_supported": [levels[k].acr for k in sorted(levels)],
@@ -134,7 +138,8 @@ def create_app(runtime: Runtime) -> Starlette:
         routes.append(Route("/{path:path}", proxy.handle, methods=[
             "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]))
     app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={StoreUnavailable: unavailable})
+                    exception_handlers={StoreUnavailable: unavailable,
+                                        BadRequest: bad_request})
     if runtime.config.upstreams:
         app.state.replay, app.state.proxy = proxy.replay, proxy
     app.state.runtime, app.state.guard, app.state.stepup = runtime, guard, stepup
