@@ -386,3 +386,34 @@ def test_headers_named_in_connection_are_dropped_but_never_the_identity(proxy) -
     assert headers_named(echoed, "remote-user") == ["alice"]
     assert headers_named(echoed, "remote-groups") == ["admins"]
     assert headers_named(echoed, "x-forwarded-for") == ["203.0.113.5"]
+
+
+# --- issue 9 item 14: WebSockets in reverse-proxy mode, decided at the upgrade ------------------
+
+
+def test_an_allowed_user_opens_a_websocket_to_the_upstream(proxy) -> None:  # type: ignore[no-untyped-def]
+    client, alice, _ = proxy
+    sign_in(client, alice)
+    with client.websocket_connect("ws://localhost:9091/live/feed?x=1", headers={"Remote-User": "mallory"},
+                                  subprotocols=["chat"]) as ws:
+        hello = ws.receive_json()
+        ws.send_text("ping")
+        assert ws.receive_text() == "echo:ping"
+        ws.send_text("pong")
+        assert ws.receive_text() == "echo:pong"
+        assert ws.accepted_subprotocol == "chat"
+    assert hello["path"] == "/live/feed"
+    assert headers_named(hello, "remote-user") == ["alice"]
+    assert headers_named(hello, "x-forwarded-for") == ["203.0.113.5"]
+    assert not any("stepguard" in v for v in headers_named(hello, "cookie"))
+
+
+def test_a_websocket_that_needs_step_up_or_sign_in_is_refused_at_the_upgrade(proxy) -> None:  # type: ignore[no-untyped-def]
+    from starlette.websockets import WebSocketDisconnect
+
+    client, alice, _ = proxy
+    with pytest.raises(WebSocketDisconnect), client.websocket_connect("ws://localhost:9091/live/feed"):
+        pass  # anonymous
+    sign_in(client, alice)
+    with pytest.raises(WebSocketDisconnect), client.websocket_connect("ws://localhost:9091/customers/7/live"):
+        pass  # the office rule wants a step-up from this address

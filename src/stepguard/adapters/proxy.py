@@ -8,6 +8,7 @@ triggers a step-up is held server-side (bounded) and, once the user passes and c
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 from dataclasses import dataclass, replace
@@ -17,8 +18,12 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
+from starlette.websockets import WebSocket, WebSocketDisconnect
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as websocket_connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from stepguard.adapters.forward_auth import DEVICE_COOKIE, identity_headers, rfc9470
 from stepguard.adapters.http_context import (
@@ -33,7 +38,7 @@ from stepguard.core.context import RequestContext
 from stepguard.core.decision import Outcome
 from stepguard.core.errors import BadRequest, StoreUnavailable
 from stepguard.core.matching import path_matcher
-from stepguard.service.guard import Guard, with_attributes
+from stepguard.service.guard import Check, Guard, with_attributes
 from stepguard.service.runtime import Runtime, unsign
 from stepguard.service.stepup import HeldRequest, HeldTooLarge, StepUp
 from stepguard.storage.records import HELD_BODY_LIMIT, ChallengeRecord, SessionRecord
@@ -112,11 +117,11 @@ class ReverseProxy:
             return Response("request body too large\n", 413)
         try:
             hop = self.hop(request)
-            context = self._context(request, upstream, body, hop.client_ip)
+            context = self._context(request, upstream, body, hop.client_ip, request.method)
         except BadRequest as exc:
             return Response(f"bad request: {exc}\n", 400)
         try:
-            check = await run_in_threadpool(self.guard.check, context, self._token(request))
+            check = await self._check(context, self._token(request))
         except StoreUnavailable:
             return Response("the session store is unavailable\n", 503, headers={"Retry-After": "5"})
         if check.decision.outcome is Outcome.ALLOW:
@@ -133,14 +138,14 @@ class ReverseProxy:
             return Response(" ".join(check.decision.reasons) + "\n", 403)
         return await self._challenge(request, check, body)
 
-    def hop(self, request: Request) -> Hop:
+    def hop(self, request: HTTPConnection) -> Hop:
         """The client's address and the forwarding facts: a trusted peer's X-Forwarded-* are
         believed (garbage refused), anyone else's replaced by what this proxy sees."""
         peer = request.client.host if request.client else ""
         headers = request.headers
         forwarded_for = ", ".join(headers.getlist("x-forwarded-for"))
         client_ip = self.proxies.client_ip(peer, forwarded_for)
-        proto, host = request.url.scheme, headers.get("host", "")
+        proto, host = _scheme(request), headers.get("host", "")
         if client_ip == peer:
             return Hop(peer, peer, proto, host)
         # From the client's own address on (anything it claimed before that is not relayed).
@@ -149,6 +154,37 @@ class ReverseProxy:
         proto = headers.get("x-forwarded-proto", proto)
         return Hop(client_ip, chain, proto if proto in ("http", "https") else "http",
                    headers.get("x-forwarded-host", host))
+
+    async def websocket(self, websocket: WebSocket) -> None:
+        """A WebSocket upgrade is decided like a GET; only an allowed one is relayed (refused
+        before `accept`, the client gets a 403). Then messages flow both ways until either
+        side closes."""
+        upstream = self.upstream_for(websocket.url.hostname or "")
+        try:
+            hop = self.hop(websocket)
+            context = self._context(websocket, upstream, b"", hop.client_ip) if upstream else None
+            check = await self._check(context, self._token(websocket)) if context else None
+        except (BadRequest, StoreUnavailable):
+            check = None
+        if upstream is None or check is None or check.decision.outcome is not Outcome.ALLOW:
+            await websocket.close(code=1008)
+            return
+        headers = [(k, v) for k, v in relayed_request_headers(websocket.headers.items())
+                   if not k.lower().startswith("sec-websocket-")]
+        cookies = self._app_cookies(websocket.headers.items())
+        headers += [("cookie", cookies)] if cookies else []
+        headers += [*identity_headers(check, self.rt).items(), *hop.headers()]
+        url = "ws" + upstream.url.rstrip("/").removeprefix("http") + _target(websocket)
+        try:
+            async with websocket_connect(
+                url, additional_headers=headers, user_agent_header=None, compression=None,
+                subprotocols=websocket.scope.get("subprotocols") or None,  # type: ignore[arg-type]
+                open_timeout=self.rt.config.server.request_timeout, max_size=WEBSOCKET_MAX_MESSAGE,
+            ) as relay:
+                await websocket.accept(subprotocol=relay.subprotocol)
+                await _pump(websocket, relay)
+        except (OSError, InvalidHandshake, asyncio.TimeoutError):
+            await websocket.close(code=1011)
 
     def _app_cookies(self, headers: Any) -> str:
         """The browser's cookies minus Stepguard's own: the app keeps its cookies, never ours."""
@@ -163,14 +199,20 @@ class ReverseProxy:
                     kept.append(part.strip())
         return "; ".join(kept)
 
-    def _token(self, request: Request) -> str | None:
+    def _token(self, request: HTTPConnection) -> str | None:
         return request.cookies.get(self.cookie_name)
 
-    def _context(self, request: Request, upstream: Upstream, body: bytes,
-                 client_ip: str) -> RequestContext:
+    async def _check(self, context: RequestContext, token: str | None) -> Check:
+        """The decision: on the event loop when everything is cached, else in a thread."""
+        check = self.guard.check_cached(context, token)
+        return check if check is not None else await run_in_threadpool(
+            self.guard.check, context, token)
+
+    def _context(self, request: HTTPConnection, upstream: Upstream, body: bytes,
+                 client_ip: str, method: str = "GET") -> RequestContext:
         context = build_context(
-            method=request.method,
-            scheme=request.url.scheme,
+            method=method,
+            scheme=_scheme(request),
             host=request.headers.get("host", ""),
             target=_target(request),
             client_ip=client_ip,
@@ -213,7 +255,7 @@ class ReverseProxy:
             context, target = self._replay_context(request, upstream, challenge, hop.client_ip)
         except BadRequest:
             return Response("nothing to replay\n", 404)
-        check = await run_in_threadpool(self.guard.check, context, self._token(request))
+        check = await self._check(context, self._token(request))
         if check.decision.outcome is not Outcome.ALLOW:
             return Response("the confirmation no longer covers this request\n", 403)
         return await self.forward(
@@ -227,7 +269,7 @@ class ReverseProxy:
         )
 
     def _replay_context(
-        self, request: Request, upstream: Upstream, challenge: ChallengeRecord, client_ip: str
+        self, request: HTTPConnection, upstream: Upstream, challenge: ChallengeRecord, client_ip: str
     ) -> tuple[RequestContext, str]:
         """The held request's context, built exactly as the original one was (same route
         attributes and action), so the replay gets the decision the step-up was for."""
@@ -331,7 +373,54 @@ def too_large_to_hold(limit: int) -> Response:
                     headers={"Cache-Control": "no-store"})
 
 
-def _target(request: Request) -> str:
+WEBSOCKET_MAX_MESSAGE = 16 << 20  # bytes of one relayed WebSocket message
+
+
+async def _pump(client: WebSocket, relay: ClientConnection) -> None:
+    """Relay messages both ways; when one side closes, close the other with its code."""
+
+    async def inbound() -> None:
+        try:
+            while True:
+                message = await client.receive()
+                if message["type"] == "websocket.disconnect":
+                    await relay.close(_sendable(message.get("code", 1000)))
+                    return
+                text = message.get("text")
+                await relay.send(text if text is not None else message.get("bytes") or b"")
+        except WebSocketDisconnect as gone:
+            await relay.close(_sendable(gone.code))
+
+    async def outbound() -> None:
+        try:
+            async for data in relay:
+                if isinstance(data, str):
+                    await client.send_text(data)
+                else:
+                    await client.send_bytes(data)
+        except ConnectionClosed:
+            pass
+        await client.close(_sendable(relay.close_code or 1000))
+
+    tasks = [asyncio.ensure_future(inbound()), asyncio.ensure_future(outbound())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _sendable(code: int) -> int:
+    """A close code that may be sent on the wire (1005, 1006 and 1015 are reserved)."""
+    return 1000 if code in (1005, 1006, 1015) else code
+
+
+def _scheme(connection: HTTPConnection) -> str:
+    return "https" if connection.url.scheme in ("https", "wss") else "http"
+
+
+def _target(request: HTTPConnection) -> str:
     raw = request.scope.get("raw_path") or request.url.path.encode()
     query = request.scope.get("query_string", b"")
     return raw.decode("latin-1") + (f"?{query.decode('latin-1')}" if query else "")

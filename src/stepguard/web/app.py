@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from stepguard.adapters.decision_api import decision_api_routes
@@ -137,6 +137,7 @@ def create_app(runtime: Runtime) -> Starlette:
         proxy = ReverseProxy(runtime, guard, stepup, cookie_name=portal.cookie_name)
         routes.append(Route("/{path:path}", proxy.handle, methods=[
             "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]))
+        routes.append(WebSocketRoute("/{path:path}", proxy.websocket))
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={StoreUnavailable: unavailable,
                                         BadRequest: bad_request})
