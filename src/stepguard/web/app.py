@@ -30,6 +30,7 @@ from stepguard.service.accounts import Accounts
 from stepguard.service.guard import Guard
 from stepguard.service.runtime import Runtime
 from stepguard.service.stepup import StepUp
+from stepguard.web import metrics_access
 from stepguard.web.portal import Portal
 from stepguard.web.security import SecurityHeadersMiddleware
 
@@ -94,9 +95,19 @@ def create_app(runtime: Runtime) -> Starlette:
         body = {"ready": ready, **stores, "audit": audit, "audit_backlog": runtime.audit.backlog}
         return JSONResponse(body, 200 if ready else 503)
 
-    async def metrics_page(_: Request) -> Response:
+    def render_metrics() -> bytes:
         metrics.audit_backlog.set(runtime.audit.backlog)
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return bytes(generate_latest(metrics.registry))
+
+    async def metrics_page(request: Request) -> Response:
+        # Never unauthenticated on the public port (they name rules): only with the token.
+        settings = runtime.config.metrics
+        if not settings.token:
+            return PlainTextResponse("not found\n", 404)
+        if not metrics_access.token_ok(settings, request.headers.get("authorization")):
+            return PlainTextResponse("metrics need a bearer token\n", 401,
+                                     headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+        return Response(render_metrics(), media_type=CONTENT_TYPE_LATEST)
 
     async def unavailable(_: Request, exc: Exception) -> Response:
         metrics.unavailable.inc()
@@ -117,7 +128,11 @@ def create_app(runtime: Runtime) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        listener = (await metrics_access.serve(runtime.config.metrics, render_metrics)
+                    if runtime.config.metrics.listen else None)
         yield
+        if listener is not None:
+            listener.close()
         # The server has stopped accepting and finished its in-flight requests; now write the
         # audit queue (or spill it, see service/audit_spill.py) off the event loop.
         await run_in_threadpool(runtime.close)
