@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 import socket
 import threading
-from concurrent.futures import ThreadPoolExecutor
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -394,7 +394,8 @@ def test_headers_named_in_connection_are_dropped_but_never_the_identity(proxy) -
 def test_an_allowed_user_opens_a_websocket_to_the_upstream(proxy) -> None:  # type: ignore[no-untyped-def]
     client, alice, _ = proxy
     sign_in(client, alice)
-    with client.websocket_connect("ws://localhost:9091/live/feed?x=1", headers={"Remote-User": "mallory"},
+    with client.websocket_connect("ws://localhost:9091/live/feed?x=1",
+                                  headers={"Remote-User": "mallory"},
                                   subprotocols=["chat"]) as ws:
         hello = ws.receive_json()
         ws.send_text("ping")
@@ -417,3 +418,26 @@ def test_a_websocket_that_needs_step_up_or_sign_in_is_refused_at_the_upgrade(pro
     sign_in(client, alice)
     with pytest.raises(WebSocketDisconnect), client.websocket_connect("ws://localhost:9091/customers/7/live"):
         pass  # the office rule wants a step-up from this address
+
+
+# --- issue 10: the relay streams what it need not inspect ---------------------------------------
+
+
+def test_a_body_no_rule_inspects_streams_through_both_ways(proxy) -> None:  # type: ignore[no-untyped-def]
+    """2 MiB: above the inspection bound (a buffered relay would refuse it with 413)."""
+    client, alice, _ = proxy
+    sign_in(client, alice)
+    payload = b"0123456789abcdef" * (1 << 17)
+    echoed = client.post("/uploads", content=payload,
+                         headers={"Content-Type": "application/octet-stream"})
+    assert echoed.status_code == 200
+    assert echoed.json()["body"].encode() == payload
+    head = client.head("/dashboard")
+    assert head.status_code == 200 and head.content == b""
+
+
+def test_an_inspected_body_is_bounded(proxy) -> None:  # type: ignore[no-untyped-def]
+    client, alice, _ = proxy
+    sign_in(client, alice)
+    big = client.post("/transfers", data={"amount": "5", "payee": "x" * (2 << 20)})
+    assert big.status_code == 413

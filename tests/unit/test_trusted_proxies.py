@@ -1,4 +1,4 @@
-"""`TrustedProxies.client_ip`: X-Forwarded-For counts only from trusted peers; garbage is refused."""
+"""`TrustedProxies.client_ip`: X-Forwarded-For counts only from trusted peers; garbage refused."""
 
 from __future__ import annotations
 

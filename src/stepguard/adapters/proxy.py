@@ -11,12 +11,11 @@ from __future__ import annotations
 import asyncio
 import html
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import httpx
-from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
@@ -33,6 +32,7 @@ from stepguard.adapters.http_context import (
     split_url,
     wants_html,
 )
+from stepguard.adapters.relay import Answer, Relay, UpstreamError
 from stepguard.config.schema import Upstream, UpstreamRoute
 from stepguard.core.context import RequestContext
 from stepguard.core.decision import Outcome
@@ -43,7 +43,7 @@ from stepguard.service.runtime import Runtime, unsign
 from stepguard.service.stepup import HeldRequest, HeldTooLarge, StepUp
 from stepguard.storage.records import HELD_BODY_LIMIT, ChallengeRecord, SessionRecord
 
-BUFFER_LIMIT = 1 << 20  # answers up to 1 MiB with a Content-Length are relayed in one piece
+INSPECT_LIMIT = HELD_BODY_LIMIT * 16  # bytes of a body read to find a route's attributes
 HOP_BY_HOP = {
     "connection",
     "keep-alive",
@@ -95,13 +95,8 @@ class ReverseProxy:
     def __init__(self, runtime: Runtime, guard: Guard, stepup: StepUp, *, cookie_name: str) -> None:
         self.rt, self.guard, self.stepup = runtime, guard, stepup
         self.cookie_name = cookie_name
-        # No cookie jar (a proxy must not keep upstream cookies), no redirects followed, and a
-        # small keep-alive pool: httpcore checks every idle connection on each request.
-        self.client = httpx.AsyncClient(
-            timeout=runtime.config.server.request_timeout, follow_redirects=False,
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=8),
-            cookies=_NoCookies(),
-        )
+        # No cookie jar (a proxy must not keep upstream cookies), no redirects followed.
+        self.relay = Relay(timeout=runtime.config.server.request_timeout)
         self.upstreams = list(runtime.config.upstreams)
         self.proxies = TrustedProxies.parse(runtime.config.server.trusted_proxies)
 
@@ -109,15 +104,22 @@ class ReverseProxy:
         return next((u for u in self.upstreams if u.host in (host, "*")), None)
 
     async def handle(self, request: Request) -> Response:
+        """Decide, then relay. The body is read (bounded) only when it must be inspected: for
+        the route's attributes, or to hold it across a step-up; else it streams through."""
         upstream = self.upstream_for(request.url.hostname or "")
         if upstream is None:
             return Response("no upstream for this host\n", 404)
-        body = await request.body()
-        if len(body) > HELD_BODY_LIMIT * 16:
-            return Response("request body too large\n", 413)
+        body: bytes | None = None
         try:
             hop = self.hop(request)
-            context = self._context(request, upstream, body, hop.client_ip, request.method)
+            context = self._context(request, hop.client_ip)
+            route = _route(upstream, context.path)
+            if route is not None and _reads_body(route):
+                body = await _bounded_body(request, INSPECT_LIMIT)
+                if body is None:
+                    return Response("request body too large\n", 413)
+            context = _with_route(context, route, body or b"",
+                                  request.headers.get("content-type", ""))
         except BadRequest as exc:
             return Response(f"bad request: {exc}\n", 400)
         try:
@@ -129,13 +131,17 @@ class ReverseProxy:
                 request.method,
                 _target(request),
                 request.headers.items(),
-                body,
+                body if body is not None else _body_stream(request),
                 upstream,
                 identity_headers(check, self.rt),
                 hop,
             )
         if check.decision.outcome is Outcome.DENY:
             return Response(" ".join(check.decision.reasons) + "\n", 403)
+        if body is None:
+            body = await _bounded_body(request, self.stepup.hold_limit)
+            if body is None:
+                return too_large_to_hold(self.stepup.hold_limit)
         return await self._challenge(request, check, body)
 
     def hop(self, request: HTTPConnection) -> Hop:
@@ -160,10 +166,13 @@ class ReverseProxy:
         before `accept`, the client gets a 403). Then messages flow both ways until either
         side closes."""
         upstream = self.upstream_for(websocket.url.hostname or "")
+        check = None
         try:
             hop = self.hop(websocket)
-            context = self._context(websocket, upstream, b"", hop.client_ip) if upstream else None
-            check = await self._check(context, self._token(websocket)) if context else None
+            if upstream is not None:
+                context = self._context(websocket, hop.client_ip)
+                context = _with_route(context, _route(upstream, context.path), b"", "")
+                check = await self._check(context, self._token(websocket))
         except (BadRequest, StoreUnavailable):
             check = None
         if upstream is None or check is None or check.decision.outcome is not Outcome.ALLOW:
@@ -178,12 +187,12 @@ class ReverseProxy:
         try:
             async with websocket_connect(
                 url, additional_headers=headers, user_agent_header=None, compression=None,
-                subprotocols=websocket.scope.get("subprotocols") or None,  # type: ignore[arg-type]
+                subprotocols=websocket.scope.get("subprotocols") or None,
                 open_timeout=self.rt.config.server.request_timeout, max_size=WEBSOCKET_MAX_MESSAGE,
             ) as relay:
                 await websocket.accept(subprotocol=relay.subprotocol)
                 await _pump(websocket, relay)
-        except (OSError, InvalidHandshake, asyncio.TimeoutError):
+        except (TimeoutError, OSError, InvalidHandshake):
             await websocket.close(code=1011)
 
     def _app_cookies(self, headers: Any) -> str:
@@ -208,10 +217,10 @@ class ReverseProxy:
         return check if check is not None else await run_in_threadpool(
             self.guard.check, context, token)
 
-    def _context(self, request: HTTPConnection, upstream: Upstream, body: bytes,
-                 client_ip: str, method: str = "GET") -> RequestContext:
-        context = build_context(
-            method=method,
+    def _context(self, request: HTTPConnection, client_ip: str) -> RequestContext:
+        """The request's context before route attributes (a WebSocket upgrade is a GET)."""
+        return build_context(
+            method=request.scope.get("method", "GET"),
             scheme=_scheme(request),
             host=request.headers.get("host", ""),
             target=_target(request),
@@ -219,7 +228,6 @@ class ReverseProxy:
             headers=request.headers,
             device_id=unsign(self.rt.cookie_key, request.cookies.get(DEVICE_COOKIE)),
         )
-        return _with_route(context, upstream, body, request.headers.get("content-type", ""))
 
     async def _challenge(self, request: Request, check: Any, body: bytes) -> Response:
         url = str(request.url)
@@ -266,10 +274,12 @@ class ReverseProxy:
             upstream,
             identity_headers(check, self.rt),
             replace(hop, host=split_url(challenge.return_url)[1]),
+            retry=False,  # exactly once: never sent a second time, even on a dead connection
         )
 
     def _replay_context(
-        self, request: HTTPConnection, upstream: Upstream, challenge: ChallengeRecord, client_ip: str
+        self, request: HTTPConnection, upstream: Upstream, challenge: ChallengeRecord,
+        client_ip: str,
     ) -> tuple[RequestContext, str]:
         """The held request's context, built exactly as the original one was (same route
         attributes and action), so the replay gets the decision the step-up was for."""
@@ -285,62 +295,74 @@ class ReverseProxy:
         )
         held = dict(challenge.held_headers)
         content_type = held.get("content-type", "")
-        return _with_route(context, upstream, challenge.held_body, content_type), target
+        route = _route(upstream, context.path)
+        return _with_route(context, route, challenge.held_body, content_type), target
 
     async def forward(
         self,
         method: str,
         target: str,
         headers: Any,
-        body: bytes,
+        body: bytes | AsyncIterator[bytes],
         upstream: Upstream,
         identity: dict[str, str],
         hop: Hop,
+        *,
+        retry: bool = True,
     ) -> Response:
         out = relayed_request_headers(headers)
         cookies = self._app_cookies(headers)
         if cookies:
             out.append(("cookie", cookies))
-        out += list(identity.items())
+        out += [(k, _wire(v)) for k, v in identity.items()]
         out += hop.headers()
-        request = self.client.build_request(
-            method, upstream.url.rstrip("/") + target, headers=out, content=body
-        )
+        base = urlsplit(upstream.url)
         try:
-            upstream_response = await self.client.send(request, stream=True)
-        except httpx.HTTPError:
+            answer = await self.relay.send(f"{base.scheme}://{base.netloc}", method,
+                                           base.path.rstrip("/") + target, out, body,
+                                           retry=retry)
+        except UpstreamError:
             return Response("the upstream application is unreachable\n", 502)
-        headers = [(k.encode("latin-1"), v.encode("latin-1"))
-                   for k, v in upstream_response.headers.multi_items()
-                   if k.lower() not in RESPONSE_DROPPED]
-        length = upstream_response.headers.get("content-length", "")
-        if length.isdigit() and int(length) <= BUFFER_LIMIT:
-            # Small answers go back in one piece with their length: no chunked encoding, fewer
-            # writes (several small writes per answer cost a delayed-ACK round on some stacks).
-            try:
-                content = await upstream_response.aread()
-            finally:
-                await upstream_response.aclose()
-            response = Response(content, upstream_response.status_code)
-        else:
-            response = StreamingResponse(upstream_response.aiter_raw(),
-                                         upstream_response.status_code,
-                                         background=BackgroundTask(upstream_response.aclose))
-        response.raw_headers = [*_own_headers(response), *headers]
+        return _relayed_response(answer, method)
+
+
+def _relayed_response(answer: Answer, method: str) -> Response:
+    """The upstream's answer for the client: without hop-by-hop headers (and those its
+    `Connection` names); a complete answer in one piece, anything else streamed."""
+    named = {token.strip().lower().encode() for k, v in answer.headers
+             if k.lower() == b"connection" for token in v.decode("latin-1").split(",")}
+    headers = [(k, v) for k, v in answer.headers
+               if k.lower().decode("latin-1") not in RESPONSE_DROPPED and k.lower() not in named]
+    if method == "HEAD":  # the upstream's Content-Length describes the body it did not send
+        response = Response(b"", answer.status)
+        length = [(k, v) for k, v in answer.headers if k.lower() == b"content-length"]
+        response.raw_headers = [*length, *headers]
         return response
+    if answer.complete:
+        # Small answers go back in one piece with their length: no chunked encoding, fewer
+        # writes (several small writes per answer cost a delayed-ACK round on some stacks).
+        response = Response(b"".join(answer.body), answer.status)
+    else:
+        response = StreamingResponse(_chained(answer), answer.status)
+    response.raw_headers = [*_own_headers(response), *headers]
+    return response
+
+
+async def _chained(answer: Answer) -> AsyncIterator[bytes]:
+    for chunk in answer.body:
+        yield chunk
+    async for chunk in answer.rest():
+        yield chunk
+
+
+def _wire(value: str) -> str:
+    """A header value as UTF-8 bytes spelled in latin-1 (how the relay writes headers)."""
+    return value.encode("utf-8").decode("latin-1")
 
 
 def _own_headers(response: Response) -> list[tuple[bytes, bytes]]:
     """The framing headers Starlette computed (content-length), minus any content-type guess."""
     return [(k, v) for k, v in response.raw_headers if k == b"content-length"]
-
-
-class _NoCookies(httpx.Cookies):
-    """A jar that stores nothing: upstream cookies pass through to the browser, never shared
-    between users through the proxy's client."""
-
-    def extract_cookies(self, response: httpx.Response) -> None:
-        return None
 
 
 def relayed_request_headers(headers: Any) -> list[tuple[str, str]]:
@@ -427,14 +449,36 @@ def _target(request: HTTPConnection) -> str:
 
 
 def _with_route(
-    context: RequestContext, upstream: Upstream, body: bytes, content_type: str
+    context: RequestContext, route: UpstreamRoute | None, body: bytes, content_type: str
 ) -> RequestContext:
     """The route's action and its attributes (from the query, form or JSON body) added."""
-    route = _route(upstream, context.path)
     if route is None:
         return context
     context = with_attributes(context, _attributes(route, context.query, body, content_type))
     return replace(context, action=route.action) if route.action else context
+
+
+def _reads_body(route: UpstreamRoute) -> bool:
+    return any(spec.split(":", 1)[0] in ("form", "json") for spec in route.attributes.values())
+
+
+async def _bounded_body(request: Request, limit: int) -> bytes | None:
+    """The whole body, or None as soon as it exceeds `limit` bytes (the rest is not read)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _body_stream(request: Request) -> bytes | AsyncIterator[bytes]:
+    """The body as it arrives; no body at all (no length, not chunked) as b""."""
+    headers = request.headers
+    if "transfer-encoding" not in headers and headers.get("content-length", "0") == "0":
+        return b""
+    return request.stream()
 
 
 def _route(upstream: Upstream, path: str) -> UpstreamRoute | None:

@@ -116,7 +116,8 @@ def create_app(runtime: Runtime) -> Starlette:
 
     async def bad_request(_: Request, exc: Exception) -> Response:
         # Client input never causes a 500: e.g. a trusted proxy's garbage X-Forwarded-For.
-        return PlainTextResponse(f"bad request: {exc}\n", 400, headers={"Cache-Control": "no-store"})
+        return PlainTextResponse(f"bad request: {exc}\n", 400,
+                                 headers={"Cache-Control": "no-store"})
 
     async def well_known(_: Request) -> Response:
         levels = runtime.policy.levels

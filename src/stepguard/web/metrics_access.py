@@ -52,7 +52,7 @@ async def serve(settings: MetricsSection, render: Callable[[], bytes]) -> asynci
                          f"\r\nCache-Control: no-store\r\nConnection: close\r\n{heading}\r\n"
                          .encode() + (body if method != "HEAD" else b""))
             await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError,
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                 ConnectionError):
             pass
         finally:
