@@ -5,7 +5,8 @@
     served by uvicorn on 127.0.0.1 with the same worker count and hit with the same wrk settings.
     Target: Stepguard ≥ 0.6× the no-op app's req/s.
 (c) **server choice**: the same pair under granian, and granian's forward-auth beside uvicorn's.
-(d) **reverse-proxy mode**: Stepguard proxying to the no-op app vs the no-op app reached directly.
+(d) **reverse-proxy mode**: Stepguard proxying to the no-op app vs nginx `proxy_pass` to the
+    same no-op app (target ≥ 0.5×), and the no-op app reached directly as a reference.
 (b) **behind nginx auth_request**: nginx with deploy/nginx/stepguard.conf (auth subrequest to
     Stepguard, then the no-op app as the protected upstream) vs the same nginx proxying straight
     to the no-op app. Targets: ≥ 0.75× the req/s, p99 at most 1 ms higher.
@@ -60,6 +61,7 @@ from tests.support.servers import (  # noqa: E402
 FORWARD_AUTH_RATIO_TARGET = 0.6
 NGINX_RATIO_TARGET = 0.75
 NGINX_P99_EXTRA_TARGET_MS = 1.0
+REVERSE_PROXY_RATIO_TARGET = 0.5
 SITE = "app.test"
 FORWARD_AUTH_PATH = "/api/authz/forward-auth"
 
@@ -452,19 +454,32 @@ def compare_servers(wrk: str, workdir: Path, workers: int, settings: WrkSettings
 
 def reverse_proxy_mode(wrk: str, workdir: Path, workers: int, settings: WrkSettings,
                        noop: UvicornServer) -> list[Comparison]:
-    """Stepguard as the reverse proxy in front of the no-op app vs the app reached directly."""
+    """Stepguard as the reverse proxy in front of the no-op app vs nginx proxy_pass to it."""
     password = secrets.token_urlsafe(18)
-    with start_stepguard(workdir / "stepguard-proxy", port=free_port(), workers=workers,
-                         password=password, upstream_port=noop.port) as stepguard:
+    with ExitStack() as stack:
+        stepguard = stack.enter_context(start_stepguard(
+            workdir / "stepguard-proxy", port=free_port(), workers=workers, password=password,
+            upstream_port=noop.port, server="granian"))
+        nginx = stack.enter_context(proxy(workdir / "nginx-proxy-pass", plain_nginx_conf,
+                                          noop.port))
         cookies = obtain_session_cookie(stepguard.url, username=BENCH_USERNAME, password=password)
         headers = {"Accept": "text/html", "Cookie": cookie_header(cookies)}
         check_allowed(stepguard.url + "/orders?page=2", headers, upstream=True)
         results = best_of_rounds(wrk, [
-            Target("no-op app direct", noop.url + "/orders?page=2", {}, settings),
+            Target("nginx proxy_pass", nginx, {"Host": SITE, **headers}, settings),
             Target("reverse-proxy mode", stepguard.url + "/orders?page=2", headers, settings),
+            Target("no-op app direct", noop.url + "/orders?page=2", {}, settings),
         ])
-    return [Comparison("reverse-proxy mode vs the upstream directly",
+    return [Comparison("reverse-proxy mode vs nginx proxy_pass", results["reverse-proxy mode"],
+                       results["nginx proxy_pass"], ratio_target=REVERSE_PROXY_RATIO_TARGET),
+            Comparison("(reference) reverse-proxy mode vs the upstream directly",
                        results["reverse-proxy mode"], results["no-op app direct"])]
+
+
+def reverse_proxy_only(settings: WrkSettings, workers: int, workdir: Path) -> list[Comparison]:
+    wrk = ensure_packages("wrk", "nginx")["wrk"]
+    with noop_server(workdir, workers, "noop") as noop:
+        return reverse_proxy_mode(wrk, workdir, workers, settings, noop)
 
 
 @contextmanager
@@ -508,7 +523,7 @@ def _verdict_line(comparison: Comparison) -> str:
     parts.append(f"p99 {comparison.p99_extra_ms:+.2f} ms")
     if comparison.p99_extra_target_ms is not None:
         parts[1] += f" (target ≤ +{comparison.p99_extra_target_ms} ms)"
-    verdict = {True: "met", False: "MISSED", None: "reference"}[comparison.met]
+    verdict = {True: "PASS", False: "MISS", None: "reference"}[comparison.met]
     return f"{comparison.name}: {', '.join(parts)} — {verdict}"
 
 
@@ -541,12 +556,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="measured runs per target, taken in turns; the best is kept")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers for both apps")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--only-reverse-proxy", action="store_true",
+                        help="run only (d), reverse-proxy mode beside nginx proxy_pass")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs)")
     args = parser.parse_args(argv)
     settings = WrkSettings(args.threads, args.connections, args.duration, rounds=args.rounds)
     workdir = Path(tempfile.mkdtemp(prefix="sg-bench-gateway-"))
     try:
-        comparisons = bench(settings, args.workers, workdir)
+        comparisons = (reverse_proxy_only(settings, args.workers, workdir)
+                       if args.only_reverse_proxy else bench(settings, args.workers, workdir))
     except Exception as exc:
         print(f"gateway benchmark failed: {exc}\n(configs and logs kept in {workdir})",
               file=sys.stderr)

@@ -123,3 +123,27 @@ def test_ceremony_exactly_one_of_fifty_racers(store: SqlStore) -> None:
     store.challenges.add(challenge)
     results = build.race(50, lambda _: store.challenges.take_ceremony(challenge.id, now=NOW))
     assert [r for r in results if r is not None] == [{"challenge": "abc"}]
+
+
+def test_a_passed_challenges_held_request_is_taken_once(store: SqlStore) -> None:
+    challenge = build.challenge(held_body=b"amount=5000")
+    store.challenges.add(challenge)
+    session_id = challenge.session_id or ""
+    assert store.challenges.take_held(challenge.id, session_id=session_id) is None  # pending
+    assert store.challenges.mark_passed(challenge.id, now=NOW + 1)
+    assert store.challenges.take_held(challenge.id, session_id="another-session") is None
+    taken = store.challenges.take_held(challenge.id, session_id=session_id)
+    assert taken is not None and taken.held_body == b"amount=5000" and taken.status == "sent"
+    assert taken.held_headers == challenge.held_headers
+    assert store.challenges.take_held(challenge.id, session_id=session_id) is None
+    stored = store.challenges.get(challenge.id)
+    assert stored is not None and stored.status == "sent"
+
+
+def test_concurrent_takes_of_a_held_request_give_it_to_exactly_one(store: SqlStore) -> None:
+    challenge = build.challenge(held_body=b"amount=5000")
+    store.challenges.add(challenge)
+    assert store.challenges.mark_passed(challenge.id, now=NOW + 1)
+    taken = build.race(20, lambda _: store.challenges.take_held(
+        challenge.id, session_id=challenge.session_id or ""))
+    assert sum(1 for t in taken if t is not None) == 1

@@ -15,7 +15,9 @@ SECURITY.md cases 1–4 as an outside client can attempt them through each real 
 from __future__ import annotations
 
 import http.client
+import json
 import re
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -492,6 +494,10 @@ def test_forged_client_address_does_not_reach_the_upstream_as_truth(stack: Stack
     assert received_headers(echo, "Remote-User") == ["alice"]
     assert received_headers(echo, "X-Forwarded-For") == ["127.0.0.1"]
     assert received_headers(echo, "X-Forwarded-Host") == [stack.authority]
+    # Headers the proxy does not set itself are removed, not passed on as the client wrote them.
+    assert received_headers(echo, "X-Real-IP") == []
+    assert received_headers(echo, "Forwarded") == []
+    assert received_headers(echo, "X-Original-URL") == []
 
 
 # --- SECURITY.md case 2: client-sent identity headers never reach the upstream ------------------
@@ -631,3 +637,63 @@ def test_open_redirects_in_rd_are_refused(stack: Stack, rd: str) -> None:
         response = sign_in(client, stack.users["alice"], rd=rd)
 
     assert response.headers["location"] == "/account"
+
+
+# --- issue 9 item 5: a client's Connection header cannot remove the identity headers ----------
+
+HOP_BY_HOP_IDENTITY = ", ".join(["keep-alive", *IDENTITY_HEADERS, "X-Forwarded-For"])
+
+
+def test_a_connection_list_cannot_drop_the_identity_stepguard_answered(stack: Stack) -> None:
+    """A client naming the identity headers in `Connection` would make a proxy that honours it
+    delete them after Stepguard's answer set them: the upstream would see nobody (or, behind a
+    second proxy, whatever the client adds). The deploy configs neutralise the list."""
+    with stack.client() as client:
+        sign_in(client, stack.users["alice"])
+        status, _, body = stack.raw("GET", "/dashboard", client=client,
+                                    headers={"Connection": HOP_BY_HOP_IDENTITY})
+
+    assert status == 200, body[:300]
+    echo = json.loads(body)
+    assert identity(echo)["Remote-User"] == ["alice"]
+    assert identity(echo)["Stepguard-Acr"] == [AAL1]
+    assert received_headers(echo, "X-Forwarded-For") == ["127.0.0.1"]
+
+
+# --- issue 9 item 14: WebSockets, decided at the upgrade ----------------------------------------
+
+
+def _websocket(stack: Stack, path: str, cookies: httpx.Cookies | None) -> tuple[dict, str]:  # type: ignore[type-arg]
+    """Open a WebSocket through the proxy, read the upstream's hello, echo one message."""
+    from websockets.sync.client import connect
+
+    cookie = "; ".join(f"{c.name}={c.value}" for c in cookies.jar) if cookies else ""
+    headers = {"Cookie": cookie, "Origin": stack.origin} if cookie else {"Origin": stack.origin}
+    sock = socket.create_connection(("127.0.0.1", stack.proxy.port), timeout=10)
+    with connect(f"ws://{stack.authority}{path}", sock=sock, open_timeout=10,
+                 additional_headers=headers) as ws:
+        hello = json.loads(ws.recv(timeout=10))
+        ws.send("ping")
+        return hello, str(ws.recv(timeout=10))
+
+
+def test_an_allowed_user_opens_a_websocket_with_her_identity(stack: Stack) -> None:
+    with stack.client() as client:
+        sign_in(client, stack.users["alice"])
+        hello, echo = _websocket(stack, "/live/feed", client.cookies)
+
+    assert hello["path"] == "/live/feed" and echo == "echo:ping"
+    assert identity(hello)["Remote-User"] == ["alice"]
+
+
+def test_a_websocket_needing_step_up_is_refused_at_the_upgrade(stack: Stack) -> None:
+    from websockets.exceptions import InvalidStatus
+
+    with stack.client() as client:
+        sign_in(client, stack.users["alice"])
+        with pytest.raises(InvalidStatus) as refused:
+            _websocket(stack, "/vault/live", client.cookies)
+    assert refused.value.response.status_code in (302, 401, 403)
+    with pytest.raises(InvalidStatus) as anonymous:
+        _websocket(stack, "/live/feed", None)
+    assert anonymous.value.response.status_code in (302, 401, 403)

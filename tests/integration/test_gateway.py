@@ -25,9 +25,13 @@ def clock() -> Clock:
     return Clock()
 
 
+METRICS_TOKEN = "scraper-token-for-tests"
+SCRAPER = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+
+
 @pytest.fixture()
 def gateway(tmp_path: Path, clock: Clock) -> Iterator[tuple[TestClient, Seeded]]:
-    runtime = make_runtime(tmp_path, clock=clock)
+    runtime = make_runtime(tmp_path, clock=clock, extra=f'metrics: {{token: "{METRICS_TOKEN}"}}\n')
     alice = seed_user(runtime)
     with TestClient(
         create_app(runtime), base_url=BASE, client=PEER, follow_redirects=False
@@ -297,7 +301,7 @@ def test_health_readiness_metrics_and_headers(gateway) -> None:  # type: ignore[
     assert client.get("/healthz").text == "ok\n"
     assert client.get("/readyz").json()["ready"] is True
     forward(client, "/dashboard")
-    assert "stepguard_decisions_total" in client.get("/metrics").text
+    assert "stepguard_decisions_total" in client.get("/metrics", headers=SCRAPER).text
     page = client.get("/login")
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
     assert page.headers["cache-control"] == "no-store"
@@ -320,7 +324,7 @@ def test_metrics_count_decisions_challenges_and_failures(gateway, clock: Clock) 
     page = client.get(page_url)
     client.post(page_url + "/totp", data={"code": alice.code(clock.now),
                                           "csrf_token": csrf(page.text)})
-    text = client.get("/metrics").text
+    text = client.get("/metrics", headers=SCRAPER).text
     assert 'stepguard_decisions_total{outcome="step_up",rule="admin-pages"} 1.0' in text
     assert 'stepguard_challenges_total{event="started",rule="admin-pages"} 1.0' in text
     assert 'stepguard_challenges_total{event="passed",rule="admin-pages"} 1.0' in text

@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,23 @@ from tests.support.gateway import Clock, Seeded, make_runtime, seed_user
 from tests.support.upstream_app import app as echo_app
 
 BASE = "http://localhost:9091"
+RECEIVED: list[tuple[str, str, bytes]] = []  # (method, path, body) of every upstream request
+
+
+async def recording_app(scope, receive, send):  # type: ignore[no-untyped-def]
+    """The echo app, noting each HTTP request it answers (the "upstream sees" of the tests)."""
+    if scope["type"] != "http":
+        return await echo_app(scope, receive, send)
+    chunks: list[bytes] = []
+
+    async def tapped():  # type: ignore[no-untyped-def]
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            RECEIVED.append((scope["method"], scope["path"], b"".join(chunks)))
+        return message
+
+    return await echo_app(scope, tapped, send)
 
 
 def _free_port() -> int:
@@ -30,7 +48,7 @@ def _free_port() -> int:
 def upstream() -> Iterator[str]:
     port = _free_port()
     server = uvicorn.Server(
-        uvicorn.Config(echo_app, host="127.0.0.1", port=port, log_level="error")
+        uvicorn.Config(recording_app, host="127.0.0.1", port=port, log_level="error")
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -150,7 +168,7 @@ def test_held_post_is_replayed_once_after_step_up(proxy) -> None:  # type: ignor
     assert echoed["method"] == "POST" and echoed["body"] == "amount=5000&payee=Bob"
     assert headers_named(echoed, "remote-user") == ["alice"]
     again = client.post(confirm_url, data={"csrf_token": csrf(confirm.text)})
-    assert again.status_code == 403  # the single-use grant is spent
+    assert again.status_code == 404  # the held request was sent: there is nothing left to send
     direct = client.post(
         "/transfers", data={"amount": "5000", "payee": "Bob"}, headers={"Accept": "text/html"}
     )
@@ -214,5 +232,212 @@ def test_the_replay_is_decided_by_the_same_action_rule(tmp_path: Path, upstream:
         first = client.post(passed.headers["location"], data={"csrf_token": csrf(confirm.text)})
         assert first.status_code == 200 and first.json()["body"] == "amount=5000&payee=Bob"
         again = client.post(passed.headers["location"], data={"csrf_token": csrf(confirm.text)})
-        assert again.status_code == 403  # the action rule spent its single-use grant
+        assert again.status_code == 404  # sent once; and the single-use grant is spent:
+        direct = client.post("/transfers", data={"amount": "5000", "payee": "Bob"},
+                             headers={"Accept": "text/html"})
+        assert direct.status_code == 303
     runtime.close()
+
+
+# --- issue 9 item 3: a held request reaches the upstream exactly once --------------------------
+
+
+def _held_and_passed(client: TestClient, alice: Seeded, clock: Clock, path: str,
+                     data: dict[str, str]) -> tuple[str, str]:
+    """POST `path` (held for a step-up), pass TOTP: the confirm URL and its CSRF token."""
+    held = client.post(path, data=data, headers={"Accept": "text/html"})
+    assert held.status_code == 303 and "/step-up/" in held.headers["location"], held.text
+    page = client.get(held.headers["location"])
+    passed = client.post(held.headers["location"] + "/totp",
+                         data={"code": alice.code(clock.now), "csrf_token": csrf(page.text)})
+    confirm_url = passed.headers["location"]
+    assert confirm_url.endswith("/confirm"), confirm_url
+    return confirm_url, csrf(client.get(confirm_url).text)
+
+
+def test_a_held_request_under_a_max_age_rule_is_sent_once(proxy) -> None:  # type: ignore[no-untyped-def]
+    """customers-outside-office is a plain `max_age: 1h` rule: no single-use grant to spend."""
+    client, alice, clock = proxy
+    sign_in(client, alice)
+    confirm_url, token = _held_and_passed(client, alice, clock, "/customers/42",
+                                          {"note": "close-account"})
+    before = len(RECEIVED)
+    first = client.post(confirm_url, data={"csrf_token": token})
+    assert first.status_code == 200 and first.json()["body"] == "note=close-account"
+    again = client.post(confirm_url, data={"csrf_token": token})  # a double click, a retry
+    assert again.status_code == 404
+    assert [r for r in RECEIVED[before:] if r[1] == "/customers/42"] == [
+        ("POST", "/customers/42", b"note=close-account")]
+
+
+def test_twenty_concurrent_confirms_send_the_held_request_once(proxy) -> None:  # type: ignore[no-untyped-def]
+    client, alice, clock = proxy
+    sign_in(client, alice)
+    confirm_url, token = _held_and_passed(client, alice, clock, "/customers/43",
+                                          {"note": "wire"})
+    before = len(RECEIVED)
+    barrier = threading.Barrier(20)
+
+    def confirm(_: int) -> int:
+        barrier.wait()
+        return client.post(confirm_url, data={"csrf_token": token}).status_code
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        statuses = list(pool.map(confirm, range(20)))
+    sent = [r for r in RECEIVED[before:] if r[1] == "/customers/43"]
+    assert sent == [("POST", "/customers/43", b"note=wire")], statuses
+    assert sorted(statuses) == [200] + [404] * 19
+
+
+# --- issue 9 item 8: a body above the hold limit is refused, never cut -------------------------
+
+
+def test_a_body_above_the_hold_limit_is_refused_with_a_clear_page(proxy) -> None:  # type: ignore[no-untyped-def]
+    client, alice, _ = proxy
+    sign_in(client, alice)
+    limit = client.app.state.runtime.config.challenge.held_body_limit
+    fields = {"amount": "5000", "payee": "Bob", "memo": "x" * limit, "last": "kept"}
+    before = len(RECEIVED)
+    refused = client.post("/transfers", data=fields, headers={"Accept": "text/html"})
+    assert refused.status_code == 413
+    assert "too large to hold" in refused.text and "step-up" in refused.text.lower()
+    assert refused.headers["content-type"].startswith("text/html")
+    assert RECEIVED[before:] == []
+    # Nothing was held: no challenge with a cut body exists for this session.
+    store = client.app.state.runtime.store
+    session = store.sessions.list_for_user(alice.user.id)[0]
+    assert store.challenges.pending_for_session(session.id, now=1e12) == ()
+    small = client.post("/transfers", data={"amount": "5000", "payee": "Bob"},
+                        headers={"Accept": "text/html"})
+    assert small.status_code == 303  # a body within the limit is still held as before
+
+
+# --- issue 9 item 5: forwarding headers like a real proxy --------------------------------------
+
+FORGED = {"X-Forwarded-For": "10.20.0.7", "X-Real-IP": "10.20.0.7",
+          "Forwarded": "for=10.20.0.7;host=evil.example;proto=https",
+          "X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "https"}
+
+
+def test_an_untrusted_clients_forwarding_headers_are_replaced(proxy) -> None:  # type: ignore[no-untyped-def]
+    client, alice, _ = proxy
+    sign_in(client, alice)
+    echoed = client.get("/dashboard", headers={"Accept": "text/html", **FORGED}).json()
+    assert headers_named(echoed, "x-forwarded-for") == ["203.0.113.5"]
+    assert headers_named(echoed, "x-real-ip") == ["203.0.113.5"]
+    assert headers_named(echoed, "x-forwarded-host") == ["localhost:9091"]
+    assert headers_named(echoed, "x-forwarded-proto") == ["http"]
+    assert headers_named(echoed, "forwarded") == []
+    # ... and they do not change the decision: the office address is not believed.
+    stepped = client.get("/customers/7", headers={"Accept": "text/html", **FORGED})
+    assert stepped.status_code == 302 and "/step-up/" in stepped.headers["location"]
+
+
+@pytest.fixture()
+def behind_balancer(tmp_path: Path, upstream: str) -> Iterator[tuple[TestClient, Seeded, Clock]]:
+    """Stepguard's reverse proxy behind a trusted balancer at 127.0.0.1."""
+    clock = Clock()
+    runtime = make_runtime(tmp_path, clock=clock,
+                           extra=f'upstreams: [{{host: "*", url: "{upstream}"}}]\n')
+    alice = seed_user(runtime)
+    with TestClient(create_app(runtime), base_url=BASE, client=("127.0.0.1", 1000),
+                    follow_redirects=False) as client:
+        yield client, alice, clock
+    runtime.close()
+
+
+def test_behind_a_trusted_balancer_the_clients_address_decides(behind_balancer) -> None:  # type: ignore[no-untyped-def]
+    client, alice, _ = behind_balancer
+    sign_in(client, alice)
+    office = client.get("/customers/7", headers={"Accept": "text/html",
+                                                 "X-Forwarded-For": "10.20.0.7"})
+    assert office.status_code == 200  # the office rule sees the client, not the balancer
+    outside = client.get("/customers/7", headers={"Accept": "text/html",
+                                                  "X-Forwarded-For": "198.51.100.9"})
+    assert outside.status_code == 302 and "/step-up/" in outside.headers["location"]
+    echoed = client.get("/dashboard", headers={
+        "Accept": "text/html", "X-Forwarded-For": "192.0.2.1, 198.51.100.9",
+        "X-Forwarded-Proto": "https", "X-Forwarded-Host": "app.test"}).json()
+    # The chain from the client (the rightmost untrusted hop) on, then the balancer.
+    assert headers_named(echoed, "x-forwarded-for") == ["198.51.100.9, 127.0.0.1"]
+    assert headers_named(echoed, "x-real-ip") == ["198.51.100.9"]
+    assert headers_named(echoed, "x-forwarded-proto") == ["https"]
+    assert headers_named(echoed, "x-forwarded-host") == ["app.test"]
+
+
+@pytest.mark.parametrize("garbage", ["not-an-ip", "10.20.0.7, <script>", "999.1.1.1",
+                                     "10.20.0.7,,", "1.2.3.4 5.6.7.8"])
+def test_garbage_forwarded_for_from_a_trusted_peer_is_refused(behind_balancer, garbage) -> None:  # type: ignore[no-untyped-def]
+    client, alice, _ = behind_balancer
+    sign_in(client, alice)
+    before = len(RECEIVED)
+    answer = client.get("/dashboard", headers={"Accept": "text/html", "X-Forwarded-For": garbage})
+    assert answer.status_code == 400, answer.text
+    assert RECEIVED[before:] == []
+
+
+def test_headers_named_in_connection_are_dropped_but_never_the_identity(proxy) -> None:  # type: ignore[no-untyped-def]
+    client, alice, _ = proxy
+    sign_in(client, alice)
+    echoed = client.get("/dashboard", headers={
+        "Accept": "text/html", "X-Hop": "1", "X-Kept": "2",
+        "Connection": "keep-alive, X-Hop, Remote-User, Remote-Groups, X-Forwarded-For"}).json()
+    assert headers_named(echoed, "x-hop") == [] and headers_named(echoed, "x-kept") == ["2"]
+    assert headers_named(echoed, "remote-user") == ["alice"]
+    assert headers_named(echoed, "remote-groups") == ["admins"]
+    assert headers_named(echoed, "x-forwarded-for") == ["203.0.113.5"]
+
+
+# --- issue 9 item 14: WebSockets in reverse-proxy mode, decided at the upgrade ------------------
+
+
+def test_an_allowed_user_opens_a_websocket_to_the_upstream(proxy) -> None:  # type: ignore[no-untyped-def]
+    client, alice, _ = proxy
+    sign_in(client, alice)
+    with client.websocket_connect("ws://localhost:9091/live/feed?x=1",
+                                  headers={"Remote-User": "mallory"},
+                                  subprotocols=["chat"]) as ws:
+        hello = ws.receive_json()
+        ws.send_text("ping")
+        assert ws.receive_text() == "echo:ping"
+        ws.send_text("pong")
+        assert ws.receive_text() == "echo:pong"
+        assert ws.accepted_subprotocol == "chat"
+    assert hello["path"] == "/live/feed"
+    assert headers_named(hello, "remote-user") == ["alice"]
+    assert headers_named(hello, "x-forwarded-for") == ["203.0.113.5"]
+    assert not any("stepguard" in v for v in headers_named(hello, "cookie"))
+
+
+def test_a_websocket_that_needs_step_up_or_sign_in_is_refused_at_the_upgrade(proxy) -> None:  # type: ignore[no-untyped-def]
+    from starlette.websockets import WebSocketDisconnect
+
+    client, alice, _ = proxy
+    with pytest.raises(WebSocketDisconnect), client.websocket_connect("ws://localhost:9091/live/feed"):
+        pass  # anonymous
+    sign_in(client, alice)
+    with pytest.raises(WebSocketDisconnect), client.websocket_connect("ws://localhost:9091/customers/7/live"):
+        pass  # the office rule wants a step-up from this address
+
+
+# --- issue 10: the relay streams what it need not inspect ---------------------------------------
+
+
+def test_a_body_no_rule_inspects_streams_through_both_ways(proxy) -> None:  # type: ignore[no-untyped-def]
+    """2 MiB: above the inspection bound (a buffered relay would refuse it with 413)."""
+    client, alice, _ = proxy
+    sign_in(client, alice)
+    payload = b"0123456789abcdef" * (1 << 17)
+    echoed = client.post("/uploads", content=payload,
+                         headers={"Content-Type": "application/octet-stream"})
+    assert echoed.status_code == 200
+    assert echoed.json()["body"].encode() == payload
+    head = client.head("/dashboard")
+    assert head.status_code == 200 and head.content == b""
+
+
+def test_an_inspected_body_is_bounded(proxy) -> None:  # type: ignore[no-untyped-def]
+    client, alice, _ = proxy
+    sign_in(client, alice)
+    big = client.post("/transfers", data={"amount": "5", "payee": "x" * (2 << 20)})
+    assert big.status_code == 413

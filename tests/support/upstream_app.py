@@ -13,7 +13,8 @@ from __future__ import annotations
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
@@ -36,6 +37,19 @@ async def echo(request: Request) -> Response:
     )
 
 
+async def websocket_echo(websocket: WebSocket) -> None:
+    """WebSocket on any path: first a JSON message like `echo`'s (path and headers as received
+    at the upgrade), then every text message echoed back with an `echo:` prefix."""
+    scope = websocket.scope
+    await websocket.accept(subprotocol=(scope.get("subprotocols") or [None])[0])
+    await websocket.send_json({
+        "path": scope.get("raw_path", b"").decode("latin-1") or scope["path"],
+        "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]],
+    })
+    async for text in websocket.iter_text():
+        await websocket.send_text(f"echo:{text}")
+
+
 def received_headers(echoed: dict[str, object], name: str) -> list[str]:
     """Values of every header the upstream received whose name equals `name` when case and
     `_`/`-` are ignored (`Remote-User`, `remote_user`, `REMOTE-USER` are one name here)."""
@@ -49,4 +63,5 @@ def _normalised(name: str) -> str:
     return name.lower().replace("_", "-")
 
 
-app = Starlette(routes=[Route("/{path:path}", echo, methods=METHODS)])
+app = Starlette(routes=[Route("/{path:path}", echo, methods=METHODS),
+                        WebSocketRoute("/{path:path}", websocket_echo)])

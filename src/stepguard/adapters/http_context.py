@@ -35,12 +35,20 @@ class TrustedProxies:
         return any(address in n for n in self.networks)
 
     def client_ip(self, peer: str, forwarded_for: str | None) -> str:
-        """The rightmost X-Forwarded-For address that is not a trusted proxy (or the peer)."""
+        """The rightmost X-Forwarded-For address that is not a trusted proxy (or the peer).
+
+        Only a trusted peer's header counts. Every hop read on the way (from the right up to and
+        including the client's address) must be a plain IP address: anything else from a trusted
+        peer is refused (BadRequest), never replaced by the proxy's own address.
+        """
         if not forwarded_for or not self.trusts(peer):
             return peer
-        for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
+        for hop in reversed(forwarded_for.split(",")):
+            hop = hop.strip(" \t")
+            if not _is_ip(hop):
+                raise BadRequest("X-Forwarded-For from a trusted proxy is not a list of addresses")
             if not self.trusts(hop):
-                return hop if _is_ip(hop) else peer
+                return hop
         return peer
 
 

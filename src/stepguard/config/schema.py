@@ -250,6 +250,26 @@ class RedisSettings(Section):
     key_prefix: str = Field("stepguard:", description="prefix of every key Stepguard writes")
 
 
+def _check_listen(value: str) -> str:
+    if value:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("expected host:port, e.g. 127.0.0.1:9464")
+    return value
+
+
+class MetricsSection(Section):
+    """Prometheus metrics. Never served unauthenticated on the public port: they name rules and
+    count users' outcomes. Default: not served at all until one of these is set."""
+
+    listen: str = Field("", description="host:port of a separate metrics listener (e.g. "
+                                        "127.0.0.1:9464); empty = none")
+    token: str = Field("", description="bearer token a scraper must send; when set, /metrics "
+                                       "is also served on the public port to its holder")
+
+    _listen = field_validator("listen")(_check_listen)
+
+
 class StepguardConfig(Section):
     policy: str = Field("policy.yaml", description="policy file, relative to this file")
     server: ServerSettings = ServerSettings()
@@ -266,6 +286,7 @@ class StepguardConfig(Section):
     api: ApiSection = Field(default_factory=lambda: ApiSection())
     bearer: BearerSection = BearerSection()
     redis: RedisSettings = RedisSettings()
+    metrics: MetricsSection = MetricsSection()
 
 
 class ApiSection(Section):

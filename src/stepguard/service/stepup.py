@@ -51,6 +51,14 @@ class ChallengeGone(StepguardError):
     """The challenge does not exist, expired, was passed already, or is not this session's."""
 
 
+class HeldTooLarge(StepguardError):
+    """The request's body exceeds what a challenge may hold: refused, never held cut."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body above the {limit}-byte hold limit")
+        self.limit = limit
+
+
 @dataclass(frozen=True)
 class HeldRequest:
     method: str
@@ -86,8 +94,8 @@ class StepUp:
         assert decision.requirement is not None
         now = self.rt.now()
         held = held or HeldRequest(context.method)
-        limit = min(HELD_BODY_LIMIT, self.rt.config.challenge.held_body_limit)
-        body = held.body if len(held.body) <= limit else b""
+        if len(held.body) > self.hold_limit:
+            raise HeldTooLarge(self.hold_limit)
         challenge = ChallengeRecord(
             id=new_id(),
             user_id=session.user_id if session else None,
@@ -102,7 +110,7 @@ class StepUp:
             return_url=return_url,
             held_method=held.method,
             held_headers=held.headers,
-            held_body=body,
+            held_body=held.body,
             created=now,
             expires=now + self.rt.config.challenge.ttl,
         )
@@ -119,6 +127,11 @@ class StepUp:
             detail={"challenge": challenge.id, "level": decision.requirement.level.label},
         )
         return challenge
+
+    @property
+    def hold_limit(self) -> int:
+        """Bytes of a request body a challenge may hold (the config's, at most the store's)."""
+        return min(HELD_BODY_LIMIT, self.rt.config.challenge.held_body_limit)
 
     def location(self, decision: Decision, context: RequestContext,
                  session: SessionRecord | None, *, return_url: str,

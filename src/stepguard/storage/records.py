@@ -16,7 +16,7 @@ from stepguard.core.decision import Requirement
 from stepguard.core.grant import Grant
 
 FactorKind = Literal["password", "totp", "webauthn", "recovery", "push"]
-ChallengeStatus = Literal["pending", "passed", "abandoned", "expired"]
+ChallengeStatus = Literal["pending", "passed", "sent", "abandoned", "expired"]
 
 FACTOR_KINDS: frozenset[str] = frozenset({"password", "totp", "webauthn", "recovery", "push"})
 HELD_BODY_LIMIT = 64 * 1024  # bytes of a held request body a challenge may keep

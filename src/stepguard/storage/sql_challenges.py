@@ -75,6 +75,19 @@ class SqlChallenges:
         """Pending and unexpired -> passed; True for exactly one caller."""
         return self._set(challenge_id, now, status="passed", ceremony=None)
 
+    def take_held(self, challenge_id: str, *, session_id: str) -> ChallengeRecord | None:
+        """Passed -> sent, returning the challenge with its held request: exactly one caller
+        gets it (one conditional UPDATE ... RETURNING), so a held request is relayed once."""
+        query = (
+            update(t.challenges)
+            .where(_C.id == challenge_id, _C.session_id == session_id, _C.status == "passed")
+            .values(status="sent")
+            .returning(*t.challenges.c)
+        )
+        with self._db.write() as connection:
+            row = connection.execute(query).first()
+        return None if row is None else _record(row._mapping)
+
     def abandon(self, challenge_id: str, *, now: float) -> bool:
         return self._set(challenge_id, now, status="abandoned", ceremony=None)
 

@@ -19,17 +19,18 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from stepguard.adapters.decision_api import decision_api_routes
 from stepguard.adapters.forward_auth import CaddyStrategy, ForwardAuth, NginxStrategy
 from stepguard.adapters.proxy import ReverseProxy
-from stepguard.core.errors import StoreUnavailable
+from stepguard.core.errors import BadRequest, StoreUnavailable
 from stepguard.service.accounts import Accounts
 from stepguard.service.guard import Guard
 from stepguard.service.runtime import Runtime
 from stepguard.service.stepup import StepUp
+from stepguard.web import metrics_access
 from stepguard.web.portal import Portal
 from stepguard.web.security import SecurityHeadersMiddleware
 
@@ -94,14 +95,29 @@ def create_app(runtime: Runtime) -> Starlette:
         body = {"ready": ready, **stores, "audit": audit, "audit_backlog": runtime.audit.backlog}
         return JSONResponse(body, 200 if ready else 503)
 
-    async def metrics_page(_: Request) -> Response:
+    def render_metrics() -> bytes:
         metrics.audit_backlog.set(runtime.audit.backlog)
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return bytes(generate_latest(metrics.registry))
+
+    async def metrics_page(request: Request) -> Response:
+        # Never unauthenticated on the public port (they name rules): only with the token.
+        settings = runtime.config.metrics
+        if not settings.token:
+            return PlainTextResponse("not found\n", 404)
+        if not metrics_access.token_ok(settings, request.headers.get("authorization")):
+            return PlainTextResponse("metrics need a bearer token\n", 401,
+                                     headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+        return Response(render_metrics(), media_type=CONTENT_TYPE_LATEST)
 
     async def unavailable(_: Request, exc: Exception) -> Response:
         metrics.unavailable.inc()
         return PlainTextResponse("Stepguard cannot reach its store; try again shortly.\n", 503,
                                  headers={"Retry-After": "5", "Cache-Control": "no-store"})
+
+    async def bad_request(_: Request, exc: Exception) -> Response:
+        # Client input never causes a 500: e.g. a trusted proxy's garbage X-Forwarded-For.
+        return PlainTextResponse(f"bad request: {exc}\n", 400,
+                                 headers={"Cache-Control": "no-store"})
 
     async def well_known(_: Request) -> Response:
         levels = runtime.policy.levels
@@ -113,7 +129,11 @@ def create_app(runtime: Runtime) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        listener = (await metrics_access.serve(runtime.config.metrics, render_metrics)
+                    if runtime.config.metrics.listen else None)
         yield
+        if listener is not None:
+            listener.close()
         # The server has stopped accepting and finished its in-flight requests; now write the
         # audit queue (or spill it, see service/audit_spill.py) off the event loop.
         await run_in_threadpool(runtime.close)
@@ -133,8 +153,10 @@ def create_app(runtime: Runtime) -> Starlette:
         proxy = ReverseProxy(runtime, guard, stepup, cookie_name=portal.cookie_name)
         routes.append(Route("/{path:path}", proxy.handle, methods=[
             "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]))
+        routes.append(WebSocketRoute("/{path:path}", proxy.websocket))
     app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={StoreUnavailable: unavailable})
+                    exception_handlers={StoreUnavailable: unavailable,
+                                        BadRequest: bad_request})
     if runtime.config.upstreams:
         app.state.replay, app.state.proxy = proxy.replay, proxy
     app.state.runtime, app.state.guard, app.state.stepup = runtime, guard, stepup
