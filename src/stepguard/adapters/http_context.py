@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
 
-from stepguard.core.canonical import canonical_host, canonical_method, canonical_path, split_target
+from stepguard.core.canonical import (
+    canonical_host,
+    canonical_method,
+    canonical_path,
+    field_key,
+    form_pairs,
+    split_target,
+    split_url,
+)
 from stepguard.core.context import RequestContext
 from stepguard.core.errors import BadRequest
 
@@ -17,6 +24,14 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 IDENTITY_HEADERS = ("remote-user", "remote-groups", "remote-email", "remote-name",
                     "stepguard-acr", "stepguard-amr")
+# Headers that Rails (Rack::MethodOverride), Laravel/Symfony, Express method-override and ASP.NET
+# read as "execute this POST as another method"; `_method` is the form field they read.
+OVERRIDE_HEADERS = ("x-http-method-override", "x-http-method", "x-method-override")
+OVERRIDE_FIELD = "_method"
+
+__all__ = ["IDENTITY_HEADERS", "OVERRIDE_HEADERS", "TrustedProxies", "build_context",
+           "effective_method", "has_override", "is_identity_header", "is_override_header",
+           "split_url", "wants_html"]
 
 
 @dataclass(frozen=True)
@@ -68,13 +83,39 @@ def build_context(*, method: str, scheme: str, host: str, target: str, client_ip
         device_id=device_id)
 
 
-def split_url(url: str) -> tuple[str, str, str]:
-    """(scheme, host, target) of an absolute URL such as nginx's X-Original-URL."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc or "@" in parts.netloc:
-        raise BadRequest("expected an absolute http(s) URL without user information")
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return parts.scheme, parts.netloc, target
+def is_override_header(name: str) -> bool:
+    """A method-override header in any case, with `_` for `-` (WSGI and Rack read both alike)."""
+    return name.lower().replace("_", "-") in OVERRIDE_HEADERS
+
+
+def has_override(headers: Iterable[tuple[str, str]], query: str) -> bool:
+    """Whether the request carries a method override Stepguard can see (header or query)."""
+    return any(is_override_header(name) for name, _ in headers) or any(
+        field_key(name) == OVERRIDE_FIELD for name, _ in form_pairs(query))
+
+
+def effective_method(method: str, *, headers: Iterable[tuple[str, str]], query: str,
+                     body: Sequence[tuple[str, str]] | None, honour: bool) -> str:
+    """The method the application will execute (issue 9 item 6), or `BadRequest`.
+
+    Without an override it is the request's method. An override (an `OVERRIDE_HEADERS` header
+    or a `_method` form field in `body`, when the door can see the body) is refused unless
+    `honour` is set; when honoured it must be on a POST (the only method frameworks override),
+    given once, and agree with every other override (Rails prefers the body, Symfony the
+    header). A `_method` in the query is always refused: Rails ignores it, Symfony obeys it.
+    """
+    if any(field_key(name) == OVERRIDE_FIELD for name, _ in form_pairs(query)):
+        raise BadRequest("a '_method' in the query is refused: send the real method")
+    values = [value for name, value in headers if is_override_header(name)]
+    values += [value for name, value in body or () if field_key(name) == OVERRIDE_FIELD]
+    if not values:
+        return canonical_method(method)
+    if not honour:
+        raise BadRequest("method overrides (X-HTTP-Method-Override, _method) are refused: "
+                         "send the real method")
+    if canonical_method(method) != "POST" or len(values) != 1:
+        raise BadRequest("ambiguous method override: give one, on a POST")
+    return canonical_method(values[0].strip())
 
 
 def wants_html(headers: Headers) -> bool:
