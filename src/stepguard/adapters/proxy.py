@@ -8,21 +8,25 @@ triggers a step-up is held server-side (bounded) and, once the user passes and c
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
 from stepguard.adapters.forward_auth import DEVICE_COOKIE, identity_headers, rfc9470
 from stepguard.adapters.http_context import (
+    Body,
     build_context,
     is_identity_header,
+    is_override_header,
+    read_body,
+    route_attributes,
     split_url,
     wants_html,
 )
@@ -69,12 +73,16 @@ class ReverseProxy:
             cookies=_NoCookies(),
         )
         self.upstreams = list(runtime.config.upstreams)
+        self.honour_overrides = runtime.config.server.method_override == "honour"
 
     def upstream_for(self, host: str) -> Upstream | None:
         return next((u for u in self.upstreams if u.host in (host, "*")), None)
 
     async def handle(self, request: Request) -> Response:
-        upstream = self.upstream_for(request.url.hostname or "")
+        try:
+            upstream = self.upstream_for(request.url.hostname or "")
+        except ValueError:  # a Host that is no URL authority (`[::1`): the client's error
+            return Response("bad request: invalid Host header\n", 400)
         if upstream is None:
             return Response("no upstream for this host\n", 404)
         body = await request.body()
@@ -90,7 +98,7 @@ class ReverseProxy:
             return Response("the session store is unavailable\n", 503, headers={"Retry-After": "5"})
         if check.decision.outcome is Outcome.ALLOW:
             return await self.forward(
-                request.method,
+                context.method,
                 _target(request),
                 request.headers.items(),
                 body,
@@ -117,7 +125,8 @@ class ReverseProxy:
     def _token(self, request: Request) -> str | None:
         return request.cookies.get(self.cookie_name)
 
-    def _context(self, request: Request, upstream: Upstream, body: bytes) -> RequestContext:
+    def _context(self, request: Request, upstream: Upstream, raw_body: bytes) -> RequestContext:
+        body = read_body(raw_body, request.headers.get("content-type", ""))
         context = build_context(
             method=request.method,
             scheme=request.url.scheme,
@@ -126,8 +135,10 @@ class ReverseProxy:
             client_ip=request.client.host if request.client else "",
             headers=request.headers,
             device_id=unsign(self.rt.cookie_key, request.cookies.get(DEVICE_COOKIE)),
+            honour_overrides=self.honour_overrides,
+            body=body,
         )
-        return _with_route(context, upstream, body, request.headers.get("content-type", ""))
+        return _with_route(context, upstream, body)
 
     async def _challenge(self, request: Request, check: Any, body: bytes) -> Response:
         url = str(request.url)
@@ -157,7 +168,7 @@ class ReverseProxy:
         if check.decision.outcome is not Outcome.ALLOW:
             return Response("the confirmation no longer covers this request\n", 403)
         return await self.forward(
-            challenge.held_method,
+            context.method,
             target,
             list(challenge.held_headers),
             challenge.held_body,
@@ -171,18 +182,20 @@ class ReverseProxy:
         """The held request's context, built exactly as the original one was (same route
         attributes and action), so the replay gets the decision the step-up was for."""
         scheme, host, target = split_url(challenge.return_url)
+        held = dict(challenge.held_headers)
+        body = read_body(challenge.held_body, held.get("content-type", ""))
         context = build_context(
             method=challenge.held_method,
             scheme=scheme,
             host=host,
             target=target,
             client_ip=request.client.host if request.client else "",
-            headers=request.headers,
+            headers=_with_held_overrides(request, challenge.held_headers),
             device_id=unsign(self.rt.cookie_key, request.cookies.get(DEVICE_COOKIE)),
+            honour_overrides=self.honour_overrides,
+            body=body,
         )
-        held = dict(challenge.held_headers)
-        content_type = held.get("content-type", "")
-        return _with_route(context, upstream, challenge.held_body, content_type), target
+        return _with_route(context, upstream, body), target
 
     async def forward(
         self,
@@ -193,8 +206,11 @@ class ReverseProxy:
         upstream: Upstream,
         identity: dict[str, str],
     ) -> Response:
+        # An honoured override is decided on and sent as the method itself (issue 9 item 6).
         out = [
-            (k, v) for k, v in headers if k.lower() not in HOP_BY_HOP and not is_identity_header(k)
+            (k, v) for k, v in headers
+            if k.lower() not in HOP_BY_HOP and not is_identity_header(k)
+            and not is_override_header(k)
         ]
         cookies = self._app_cookies(headers)
         if cookies:
@@ -246,14 +262,12 @@ def _target(request: Request) -> str:
     return raw.decode("latin-1") + (f"?{query.decode('latin-1')}" if query else "")
 
 
-def _with_route(
-    context: RequestContext, upstream: Upstream, body: bytes, content_type: str
-) -> RequestContext:
+def _with_route(context: RequestContext, upstream: Upstream, body: Body) -> RequestContext:
     """The route's action and its attributes (from the query, form or JSON body) added."""
     route = _route(upstream, context.path)
     if route is None:
         return context
-    context = with_attributes(context, _attributes(route, context.query, body, content_type))
+    context = with_attributes(context, route_attributes(route.attributes, context.query, body))
     return replace(context, action=route.action) if route.action else context
 
 
@@ -261,33 +275,15 @@ def _route(upstream: Upstream, path: str) -> UpstreamRoute | None:
     return next((r for r in upstream.routes if path_matcher(r.paths)(path)), None)
 
 
-def _attributes(route: UpstreamRoute, query: str, body: bytes, content_type: str) -> dict[str, Any]:
-    sources = {"query": dict(parse_qsl(query))}
-    if "application/x-www-form-urlencoded" in content_type:
-        sources["form"] = dict(parse_qsl(body.decode("utf-8", "replace")))
-    elif "json" in content_type:
-        try:
-            loaded = json.loads(body or b"null")
-            sources["json"] = loaded if isinstance(loaded, dict) else {}
-        except ValueError:
-            sources["json"] = {}
-    found: dict[str, Any] = {}
-    for name, spec in route.attributes.items():
-        kind, _, key = spec.partition(":")
-        value = _dig(sources.get(kind, {}), key)
-        if value is not None:
-            found[name] = value
-    return found
-
-
-def _dig(data: Any, key: str) -> Any:
-    for part in key.split("."):
-        if not isinstance(data, dict) or part not in data:
-            return None
-        data = data[part]
-    return data
+def _with_held_overrides(request: Request, held: Any) -> Headers:
+    """This request's headers with the held request's method overrides in place of its own."""
+    raw = [(k, v) for k, v in request.headers.raw if not is_override_header(k.decode("latin-1"))]
+    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in held
+            if is_override_header(k)]
+    return Headers(raw=raw)
 
 
 def _held_headers(request: Request) -> tuple[tuple[str, str], ...]:
     keep = ("content-type", "accept", "user-agent", "accept-language")
-    return tuple((k, v) for k, v in request.headers.items() if k.lower() in keep)
+    return tuple((k, v) for k, v in request.headers.items()
+                 if k.lower() in keep or is_override_header(k))  # the replay decides the same

@@ -23,7 +23,7 @@ import idna
 from stepguard.core.errors import BadRequest
 
 __all__ = ["canonical_host", "canonical_method", "canonical_path", "field_key", "form_pairs",
-           "loads_json", "single_values", "split_target", "split_url"]
+           "loads_json", "single_values", "split_target", "split_url", "wire_host"]
 
 _ABSOLUTE = re.compile(r"(?i)https?://")
 # A request target is printable ASCII without space or `#` (RFC 9112 §3.2, RFC 3986 §3.5):
@@ -71,7 +71,7 @@ def split_url(url: str) -> tuple[str, str, str]:
     scheme, authority, target = _split_authority(url)
     if not authority or "@" in authority:
         raise BadRequest("expected an absolute http(s) URL without user information")
-    canonical_host(authority)
+    wire_host(authority)
     return scheme, authority, target
 
 
@@ -141,6 +141,15 @@ def canonical_host(raw: str) -> str:
     if not all(_LABEL.fullmatch(label) for label in name.split(".")):
         raise BadRequest("invalid host name")
     return name
+
+
+def wire_host(raw: str) -> str:
+    """`canonical_host` of a Host (or forwarded host) header as it came off the wire: raw bytes
+    outside printable ASCII are refused (an international name travels as `xn--` labels), since
+    servers decode them as latin-1, UTF-8 or not at all."""
+    if not _TARGET.fullmatch(raw):
+        raise BadRequest("host must be printable ASCII")
+    return canonical_host(raw)
 
 
 def canonical_method(raw: str) -> str:
