@@ -14,6 +14,7 @@ from stepguard.core.canonical import (
     canonical_method,
     canonical_path,
     split_target,
+    split_url,
 )
 from stepguard.core.errors import BadRequest
 
@@ -26,8 +27,6 @@ from stepguard.core.errors import BadRequest
         ("/", ("/", "")),
         ("/a/b?x=1&y=2", ("/a/b", "x=1&y=2")),
         ("/a?b?c", ("/a", "b?c")),
-        ("/a#frag", ("/a", "")),
-        ("/a?q#frag?not-query", ("/a", "q")),
         ("http://app.example.com/x?y", ("/x", "y")),
         ("HTTPS://app.example.com", ("/", "")),
         ("https://app.example.com?q=1", ("/", "q=1")),
@@ -42,11 +41,42 @@ def test_split_target(target: str, expected: tuple[str, str]) -> None:
 
 @pytest.mark.parametrize(
     "target",
-    ["", "*", "admin", "evil.com/x", "javascript:alert(1)", "ftp://h/x", "/a\x00b", "/a?\r\nX: 1"],
+    ["", "*", "admin", "evil.com/x", "javascript:alert(1)", "ftp://h/x", "/a\x00b", "/a?\r\nX: 1",
+     # Issue 9 item 2: a fragment in a request target is never sent by a browser; nginx passes
+     # it on raw and Go's net/http keeps it in the path (then path.Clean resolves `..` past it).
+     "/a#frag", "/a?q#frag?not-query", "/public/x#/../../vault/keys", "/public#", "http://h/a#b",
+     # Bytes outside printable ASCII: browsers percent-encode them; proxies pass them raw and
+     # each framework decodes them its own way (latin-1, UTF-8, replacement characters).
+     "/caf\u00e9", "/a\u00ff", "/a b", "/a\tb", "/a?x=\u00e9", "/a\x7f", "/a?\x0b"],
 )
 def test_split_target_refuses(target: str) -> None:
     with pytest.raises(BadRequest):
         split_target(target)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://app.test/x?y=1", ("http", "app.test", "/x?y=1")),
+        ("HTTPS://App.Test:8443", ("https", "App.Test:8443", "/")),
+        ("https://app.test?q", ("https", "app.test", "/?q")),
+        ("http://[::1]:80/a", ("http", "[::1]:80", "/a")),
+    ],
+)
+def test_split_url(url: str, expected: tuple[str, str, str]) -> None:
+    assert split_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["", "/x", "ftp://h/x", "http://", "http:///x", "http://u@h/x", "http://h/x#y",
+     "http://[::1", "http://[::1/x", "http://h\t/x", "http://h /x", "http://h\u00e9/x",
+     "http://h/\u00ff", "javascript://h/x"],
+)
+def test_split_url_refuses(url: str) -> None:
+    """Issue 9 item 12: a malformed X-Original-URL is a 400, never an exception (500)."""
+    with pytest.raises(BadRequest):
+        split_url(url)
 
 
 # --- canonical_path: accepted spellings -----------------------------------------------------

@@ -37,7 +37,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from stepguard.adapters.bearer import BearerValidator, decide_bearer
-from stepguard.core.canonical import canonical_host, canonical_method, canonical_path
+from stepguard.core.canonical import canonical_host, canonical_method, canonical_path, loads_json
 from stepguard.core.context import RequestContext, SessionState, Subject
 from stepguard.core.decide import valid_events
 from stepguard.core.decision import Decision, Outcome
@@ -298,7 +298,10 @@ class DecideEndpoint:
         if body is None:
             return _error("too_large", f"the body exceeds {self.max_body} bytes", 413)
         try:
+            loads_json(body)  # a key given twice (`amount`) is refused, never read as the last
             return DecideRequest.model_validate_json(body)
+        except BadRequest as exc:
+            return _error("invalid_request", str(exc), 400)
         except ValidationError as exc:
             return _error("invalid_request", _problems(exc), 400)
 

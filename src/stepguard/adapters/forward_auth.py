@@ -9,6 +9,9 @@
   turn into a `500`).
 Forwarded headers count only when the peer is in `trusted_proxies`; from anyone else the request
 is refused (403), since without them there is no original request to decide on.
+Both proxies send the client's own headers along, so a method override header is seen (and
+refused, or decided on with `server.method_override: honour`); the body is not, so a `_method`
+form field cannot be seen here (docs/security.md).
 """
 
 from __future__ import annotations
@@ -92,6 +95,7 @@ class ForwardAuth:
     def __init__(self, runtime: Runtime, guard: Guard, stepup: StepUp) -> None:
         self.rt, self.guard, self.stepup = runtime, guard, stepup
         self.proxies = TrustedProxies.parse(runtime.config.server.trusted_proxies)
+        self.honour_overrides = runtime.config.server.method_override == "honour"
 
     async def handle(self, request: Request, strategy: Strategy) -> Response:
         peer = request.client.host if request.client else ""
@@ -116,7 +120,8 @@ class ForwardAuth:
         device = unsign(self.rt.cookie_key, request.cookies.get(DEVICE_COOKIE))
         return build_context(method=original.method, scheme=original.scheme, host=original.host,
                              target=original.target, client_ip=client_ip,
-                             headers=request.headers, device_id=device)
+                             headers=request.headers, device_id=device,
+                             honour_overrides=self.honour_overrides)
 
     def _token(self, request: Request) -> str | None:
         name = self.rt.config.session.cookie_name

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
-from dataclasses import dataclass
-from urllib.parse import urlsplit
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.datastructures import Headers
 
-from stepguard.core.canonical import canonical_host, canonical_method, canonical_path, split_target
+from stepguard.core.canonical import (
+    canonical_method,
+    canonical_path,
+    field_key,
+    form_pairs,
+    loads_json,
+    single_values,
+    split_target,
+    split_url,
+    wire_host,
+)
 from stepguard.core.context import RequestContext
 from stepguard.core.errors import BadRequest
 
@@ -17,6 +28,16 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 IDENTITY_HEADERS = ("remote-user", "remote-groups", "remote-email", "remote-name",
                     "stepguard-acr", "stepguard-amr")
+# Headers that Rails (Rack::MethodOverride), Laravel/Symfony, Express method-override and ASP.NET
+# read as "execute this POST as another method"; `_method` is the form field they read.
+OVERRIDE_HEADERS = ("x-http-method-override", "x-http-method", "x-method-override")
+OVERRIDE_FIELD = "_method"
+
+_MULTIPART_NAME = re.compile(rb'(?i)content-disposition:[^\r\n]*?\bname="([^"]*)"')
+
+__all__ = ["IDENTITY_HEADERS", "OVERRIDE_HEADERS", "Body", "TrustedProxies", "build_context",
+           "effective_method", "has_override", "is_identity_header", "is_override_header",
+           "read_body", "route_attributes", "split_url", "wants_html"]
 
 
 @dataclass(frozen=True)
@@ -66,23 +87,111 @@ def is_identity_header(name: str) -> bool:
 
 
 def build_context(*, method: str, scheme: str, host: str, target: str, client_ip: str,
-                  headers: Headers, device_id: str = "") -> RequestContext:
-    """Canonical context from the original request's parts (BadRequest if ambiguous)."""
+                  headers: Headers, device_id: str = "", honour_overrides: bool = False,
+                  body: Body | None = None) -> RequestContext:
+    """Canonical context from the original request's parts (BadRequest if ambiguous).
+
+    The method is the one the application will execute (`effective_method`); `body` is None
+    where the door cannot see the body (forward-auth)."""
     raw_path, query = split_target(target or "/")
+    method = effective_method(method, headers=headers.items(), query=query,
+                              body=body.fields if body else None, honour=honour_overrides)
     return RequestContext(
-        method=canonical_method(method), host=canonical_host(host),
+        method=method, host=wire_host(host),
         path=canonical_path(raw_path), scheme="https" if scheme == "https" else "http",
         query=query, client_ip=client_ip, user_agent=headers.get("user-agent", "")[:512],
         device_id=device_id)
 
 
-def split_url(url: str) -> tuple[str, str, str]:
-    """(scheme, host, target) of an absolute URL such as nginx's X-Original-URL."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc or "@" in parts.netloc:
-        raise BadRequest("expected an absolute http(s) URL without user information")
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return parts.scheme, parts.netloc, target
+def is_override_header(name: str) -> bool:
+    """A method-override header in any case, with `_` for `-` (WSGI and Rack read both alike)."""
+    return name.lower().replace("_", "-") in OVERRIDE_HEADERS
+
+
+def has_override(headers: Iterable[tuple[str, str]], query: str) -> bool:
+    """Whether the request carries a method override Stepguard can see (header or query)."""
+    return any(is_override_header(name) for name, _ in headers) or any(
+        field_key(name) == OVERRIDE_FIELD for name, _ in form_pairs(query))
+
+
+def effective_method(method: str, *, headers: Iterable[tuple[str, str]], query: str,
+                     body: Sequence[tuple[str, str]] | None, honour: bool) -> str:
+    """The method the application will execute (issue 9 item 6), or `BadRequest`.
+
+    Without an override it is the request's method. An override (an `OVERRIDE_HEADERS` header
+    or a `_method` form field in `body`, when the door can see the body) is refused unless
+    `honour` is set; when honoured it must be on a POST (the only method frameworks override),
+    given once, and agree with every other override (Rails prefers the body, Symfony the
+    header). A `_method` in the query is always refused: Rails ignores it, Symfony obeys it.
+    """
+    if any(field_key(name) == OVERRIDE_FIELD for name, _ in form_pairs(query)):
+        raise BadRequest("a '_method' in the query is refused: send the real method")
+    values = [value for name, value in headers if is_override_header(name)]
+    values += [value for name, value in body or () if field_key(name) == OVERRIDE_FIELD]
+    if not values:
+        return canonical_method(method)
+    if not honour:
+        raise BadRequest("method overrides (X-HTTP-Method-Override, _method) are refused: "
+                         "send the real method")
+    if canonical_method(method) != "POST" or len(values) != 1:
+        raise BadRequest("ambiguous method override: give one, on a POST")
+    return canonical_method(values[0].strip())
+
+
+@dataclass(frozen=True)
+class Body:
+    """A request body read once, the way frameworks read it: `fields` are its top-level
+    (name, value) pairs whatever the format (values of multipart or non-string JSON fields are
+    ""), `form` the urlencoded pairs, `document` the JSON document (unique keys at every level)."""
+
+    fields: list[tuple[str, str]] = field(default_factory=list)
+    form: list[tuple[str, str]] = field(default_factory=list)
+    document: Any = None
+
+
+def read_body(body: bytes, content_type: str) -> Body:
+    """The fields of a urlencoded, JSON or multipart body; other media types have none.
+    A JSON body that is malformed or repeats a key raises `BadRequest` (never a guess)."""
+    media = content_type.split(";")[0].strip().lower()
+    if media == "application/x-www-form-urlencoded":
+        pairs = form_pairs(body.decode("utf-8", "replace"))
+        return Body(pairs, pairs)
+    if media == "application/json" or media.endswith("+json"):
+        document = loads_json(body) if body.strip() else None
+        top = document.items() if isinstance(document, dict) else ()
+        return Body([(k, v if isinstance(v, str) else "") for k, v in top], [], document)
+    if media.startswith("multipart/"):
+        names = _MULTIPART_NAME.findall(body)
+        return Body([(name.decode("utf-8", "replace"), "") for name in names])
+    return Body()
+
+
+def route_attributes(specs: Mapping[str, str], query: str, body: Body) -> dict[str, Any]:
+    """Attributes named by `attribute -> query:name | form:name | json:a.b` specs.
+
+    A field that feeds an attribute must appear once in the whole request: twice in one place,
+    or once in the query and once in the body (Rails lets the query win, PHP's `$_REQUEST` the
+    body), is `BadRequest` — issue 9 item 7."""
+    query_pairs = form_pairs(query)
+    found: dict[str, Any] = {}
+    for name, spec in specs.items():
+        kind, _, key = spec.partition(":")
+        single_values([*query_pairs, *body.fields], [key.split(".")[0]])
+        if kind == "json":
+            value = _dig(body.document, key)
+        else:
+            value = single_values(query_pairs if kind == "query" else body.form, [key]).get(key)
+        if value is not None:
+            found[name] = value
+    return found
+
+
+def _dig(data: Any, key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return None
+        data = data[part]
+    return data
 
 
 def wants_html(headers: Headers) -> bool:

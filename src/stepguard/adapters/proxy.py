@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import html
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -26,9 +26,13 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from stepguard.adapters.forward_auth import DEVICE_COOKIE, identity_headers, rfc9470
 from stepguard.adapters.http_context import (
+    Body,
     TrustedProxies,
     build_context,
     is_identity_header,
+    is_override_header,
+    read_body,
+    route_attributes,
     split_url,
     wants_html,
 )
@@ -99,14 +103,19 @@ class ReverseProxy:
         self.relay = Relay(timeout=runtime.config.server.request_timeout)
         self.upstreams = list(runtime.config.upstreams)
         self.proxies = TrustedProxies.parse(runtime.config.server.trusted_proxies)
+        self.honour_overrides = runtime.config.server.method_override == "honour"
 
     def upstream_for(self, host: str) -> Upstream | None:
         return next((u for u in self.upstreams if u.host in (host, "*")), None)
 
     async def handle(self, request: Request) -> Response:
         """Decide, then relay. The body is read (bounded) only when it must be inspected: for
-        the route's attributes, or to hold it across a step-up; else it streams through."""
-        upstream = self.upstream_for(request.url.hostname or "")
+        the route's attributes, for a method override a framework would read from it, or to
+        hold it across a step-up; else it streams through."""
+        try:
+            upstream = self.upstream_for(request.url.hostname or "")
+        except ValueError:  # a Host that is no URL authority (`[::1`): the client's error
+            return Response("bad request: invalid Host header\n", 400)
         if upstream is None:
             return Response("no upstream for this host\n", 404)
         body: bytes | None = None
@@ -114,12 +123,14 @@ class ReverseProxy:
             hop = self.hop(request)
             context = self._context(request, hop.client_ip)
             route = _route(upstream, context.path)
-            if route is not None and _reads_body(route):
+            fields = Body()
+            if _inspects_body(route, request):
                 body = await _bounded_body(request, INSPECT_LIMIT)
                 if body is None:
                     return Response("request body too large\n", 413)
-            context = _with_route(context, route, body or b"",
-                                  request.headers.get("content-type", ""))
+                fields = read_body(body, request.headers.get("content-type", ""))
+                context = self._context(request, hop.client_ip, fields)
+            context = _with_route(context, route, fields)
         except BadRequest as exc:
             return Response(f"bad request: {exc}\n", 400)
         try:
@@ -128,7 +139,7 @@ class ReverseProxy:
             return Response("the session store is unavailable\n", 503, headers={"Retry-After": "5"})
         if check.decision.outcome is Outcome.ALLOW:
             return await self.forward(
-                request.method,
+                context.method,  # an honoured override is sent as the method (issue 9 item 6)
                 _target(request),
                 request.headers.items(),
                 body if body is not None else _body_stream(request),
@@ -171,7 +182,7 @@ class ReverseProxy:
             hop = self.hop(websocket)
             if upstream is not None:
                 context = self._context(websocket, hop.client_ip)
-                context = _with_route(context, _route(upstream, context.path), b"", "")
+                context = _with_route(context, _route(upstream, context.path), Body())
                 check = await self._check(context, self._token(websocket))
         except (BadRequest, StoreUnavailable):
             check = None
@@ -217,8 +228,10 @@ class ReverseProxy:
         return check if check is not None else await run_in_threadpool(
             self.guard.check, context, token)
 
-    def _context(self, request: HTTPConnection, client_ip: str) -> RequestContext:
-        """The request's context before route attributes (a WebSocket upgrade is a GET)."""
+    def _context(self, request: HTTPConnection, client_ip: str,
+                 body: Body | None = None) -> RequestContext:
+        """The request's context before route attributes (a WebSocket upgrade is a GET); `body`
+        when it was read, so a `_method` field in it is seen."""
         return build_context(
             method=request.scope.get("method", "GET"),
             scheme=_scheme(request),
@@ -227,6 +240,8 @@ class ReverseProxy:
             client_ip=client_ip,
             headers=request.headers,
             device_id=unsign(self.rt.cookie_key, request.cookies.get(DEVICE_COOKIE)),
+            honour_overrides=self.honour_overrides,
+            body=body,
         )
 
     async def _challenge(self, request: Request, check: Any, body: bytes) -> Response:
@@ -267,7 +282,7 @@ class ReverseProxy:
         if check.decision.outcome is not Outcome.ALLOW:
             return Response("the confirmation no longer covers this request\n", 403)
         return await self.forward(
-            challenge.held_method,
+            context.method,
             target,
             list(challenge.held_headers),
             challenge.held_body,
@@ -284,19 +299,20 @@ class ReverseProxy:
         """The held request's context, built exactly as the original one was (same route
         attributes and action), so the replay gets the decision the step-up was for."""
         scheme, host, target = split_url(challenge.return_url)
+        held = dict(challenge.held_headers)
+        body = read_body(challenge.held_body, held.get("content-type", ""))
         context = build_context(
             method=challenge.held_method,
             scheme=scheme,
             host=host,
             target=target,
             client_ip=client_ip,
-            headers=request.headers,
+            headers=_with_held_overrides(request, challenge.held_headers),
             device_id=unsign(self.rt.cookie_key, request.cookies.get(DEVICE_COOKIE)),
+            honour_overrides=self.honour_overrides,
+            body=body,
         )
-        held = dict(challenge.held_headers)
-        content_type = held.get("content-type", "")
-        route = _route(upstream, context.path)
-        return _with_route(context, route, challenge.held_body, content_type), target
+        return _with_route(context, _route(upstream, context.path), body), target
 
     async def forward(
         self,
@@ -374,7 +390,8 @@ def relayed_request_headers(headers: Any) -> list[tuple[str, str]]:
              for token in v.split(",")}
     return [(k, v) for k, v in pairs
             if k.lower() not in HOP_BY_HOP and k.lower() not in named
-            and not is_identity_header(k) and not _is_forwarding(k)]
+            and not is_identity_header(k) and not _is_forwarding(k)
+            and not is_override_header(k)]  # an honoured override is sent as the method
 
 
 TOO_LARGE = """<!doctype html>
@@ -448,18 +465,27 @@ def _target(request: HTTPConnection) -> str:
     return raw.decode("latin-1") + (f"?{query.decode('latin-1')}" if query else "")
 
 
-def _with_route(
-    context: RequestContext, route: UpstreamRoute | None, body: bytes, content_type: str
-) -> RequestContext:
+def _with_route(context: RequestContext, route: UpstreamRoute | None, body: Body) -> RequestContext:
     """The route's action and its attributes (from the query, form or JSON body) added."""
     if route is None:
         return context
-    context = with_attributes(context, _attributes(route, context.query, body, content_type))
+    context = with_attributes(context, route_attributes(route.attributes, context.query, body))
     return replace(context, action=route.action) if route.action else context
 
 
-def _reads_body(route: UpstreamRoute) -> bool:
-    return any(spec.split(":", 1)[0] in ("form", "json") for spec in route.attributes.values())
+# Bodies a framework reads fields (and a `_method` override) from.
+FIELD_MEDIA = ("application/x-www-form-urlencoded", "multipart/", "application/json")
+
+
+def _inspects_body(route: UpstreamRoute | None, request: Request) -> bool:
+    """Whether the body must be read before deciding: the route takes attributes from it, or
+    it is a POST whose form/JSON fields the application could read a `_method` from."""
+    if route is not None and any(
+            spec.split(":", 1)[0] in ("form", "json") for spec in route.attributes.values()):
+        return True
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    return request.method == "POST" and (
+        media.startswith(FIELD_MEDIA) or media.endswith("+json"))
 
 
 async def _bounded_body(request: Request, limit: int) -> bytes | None:
@@ -485,33 +511,15 @@ def _route(upstream: Upstream, path: str) -> UpstreamRoute | None:
     return next((r for r in upstream.routes if path_matcher(r.paths)(path)), None)
 
 
-def _attributes(route: UpstreamRoute, query: str, body: bytes, content_type: str) -> dict[str, Any]:
-    sources = {"query": dict(parse_qsl(query))}
-    if "application/x-www-form-urlencoded" in content_type:
-        sources["form"] = dict(parse_qsl(body.decode("utf-8", "replace")))
-    elif "json" in content_type:
-        try:
-            loaded = json.loads(body or b"null")
-            sources["json"] = loaded if isinstance(loaded, dict) else {}
-        except ValueError:
-            sources["json"] = {}
-    found: dict[str, Any] = {}
-    for name, spec in route.attributes.items():
-        kind, _, key = spec.partition(":")
-        value = _dig(sources.get(kind, {}), key)
-        if value is not None:
-            found[name] = value
-    return found
-
-
-def _dig(data: Any, key: str) -> Any:
-    for part in key.split("."):
-        if not isinstance(data, dict) or part not in data:
-            return None
-        data = data[part]
-    return data
+def _with_held_overrides(request: HTTPConnection, held: Any) -> Headers:
+    """This request's headers with the held request's method overrides in place of its own."""
+    raw = [(k, v) for k, v in request.headers.raw if not is_override_header(k.decode("latin-1"))]
+    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in held
+            if is_override_header(k)]
+    return Headers(raw=raw)
 
 
 def _held_headers(request: Request) -> tuple[tuple[str, str], ...]:
     keep = ("content-type", "accept", "user-agent", "accept-language")
-    return tuple((k, v) for k, v in request.headers.items() if k.lower() in keep)
+    return tuple((k, v) for k, v in request.headers.items()
+                 if k.lower() in keep or is_override_header(k))  # the replay decides the same

@@ -28,7 +28,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from stepguard.asgi.middleware import SCOPE_KEY, StepguardMiddleware, StepguardState
+from stepguard.asgi.middleware import SCOPE_KEY, StepguardMiddleware, StepguardState, bad_request
+from stepguard.core.canonical import form_pairs, loads_json, single_values
+from stepguard.core.errors import BadRequest
 
 Getter = Callable[[Request], Any]
 _PASSED_HEADERS = ("location", "www-authenticate", "retry-after", "cache-control")
@@ -59,10 +61,13 @@ class StepUpDependency:
         self.getters = dict(getters)
 
     async def __call__(self, request: Request) -> StepguardState:
-        values: dict[str, Any] = dict(await _maybe_await(self.attributes(request))) \
-            if self.attributes else {}
-        for name, getter in self.getters.items():
-            values[name] = await _maybe_await(getter(request))
+        try:
+            values: dict[str, Any] = dict(await _maybe_await(self.attributes(request))) \
+                if self.attributes else {}
+            for name, getter in self.getters.items():
+                values[name] = await _maybe_await(getter(request))
+        except BadRequest as exc:  # a field given twice, a JSON key repeated: never guessed
+            raise StepUpRequired(bad_request(exc)) from None
         return await self.check(request, **values)
 
     async def check(self, request: Request, **attributes: Any) -> StepguardState:
@@ -89,9 +94,10 @@ def require_step_up(action: str = "", *, attributes: Getter | None = None,
 
 
 def from_json(*keys: str) -> Getter:
-    """A getter for `body[k1][k2]…` of a JSON request body (None when absent)."""
+    """A getter for `body[k1][k2]…` of a JSON request body (None when absent); a body that
+    repeats a key at any level is refused (`BadRequest`), since parsers keep the first or last."""
     async def get(request: Request) -> Any:
-        value: Any = await request.json()
+        value: Any = loads_json(await request.body())
         for key in keys:
             value = value.get(key) if isinstance(value, dict) else None
         return value
@@ -99,15 +105,19 @@ def from_json(*keys: str) -> Getter:
 
 
 def from_form(name: str) -> Getter:
+    """A getter for one form field; given more than once (in any spelling) is `BadRequest`."""
     async def get(request: Request) -> Any:
         form = await request.form()
-        value = form.get(name)
-        return value if isinstance(value, str) else None
+        pairs = [(key, value if isinstance(value, str) else "")
+                 for key, value in form.multi_items()]
+        value = single_values(pairs, [name]).get(name)
+        return value if isinstance(form.get(name), str) else None
     return get
 
 
 def from_query(name: str) -> Getter:
-    return lambda request: request.query_params.get(name)
+    """A getter for one query field; given more than once (in any spelling) is `BadRequest`."""
+    return lambda request: single_values(form_pairs(request.url.query), [name]).get(name)
 
 
 def from_path(name: str) -> Getter:

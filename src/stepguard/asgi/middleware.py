@@ -49,8 +49,14 @@ from stepguard.adapters.decision_api import (
     SubjectInfo,
 )
 from stepguard.adapters.forward_auth import DEVICE_COOKIE
-from stepguard.adapters.http_context import TrustedProxies, is_identity_header, wants_html
+from stepguard.adapters.http_context import (
+    TrustedProxies,
+    effective_method,
+    is_identity_header,
+    wants_html,
+)
 from stepguard.asgi.remote import RemoteDecider
+from stepguard.core.canonical import split_target, wire_host
 from stepguard.core.errors import BadRequest
 from stepguard.service.guard import Guard
 from stepguard.service.runtime import Runtime
@@ -127,7 +133,8 @@ class StepguardMiddleware:
                  bearer_validator: BearerValidator | None = None,
                  session_cookie: str | None = None, trusted_proxies: Sequence[str] | None = None,
                  portal: bool = True, portal_paths: Sequence[str] = PORTAL_PATHS,
-                 exempt: Sequence[str] = ()) -> None:
+                 exempt: Sequence[str] = (),
+                 method_override: Literal["refuse", "honour"] | None = None) -> None:
         self.app = app
         self.decider, self.portal = _decider(mode, runtime, remote, bearer_validator, portal)
         config = runtime.config if runtime is not None and mode == "embedded" else None
@@ -140,6 +147,8 @@ class StepguardMiddleware:
             else (config.server.trusted_proxies if config else ()))
         self.portal_paths = tuple(portal_paths) if self.portal else ()
         self.exempt = tuple(exempt)
+        self.honour_overrides = (method_override or (
+            config.server.method_override if config else "refuse")) == "honour"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -171,7 +180,7 @@ class StepguardMiddleware:
             request = self.request_for(scope, action, attributes or {})
             answer = await self.decider.decide(request)
         except BadRequest as exc:
-            return _json({"error": "bad_request", "detail": str(exc)}, 400)
+            return bad_request(exc)
         except Exception:  # fail closed: whatever went wrong, nothing is allowed through
             log.exception("stepguard decision failed; answering 503")
             return _json({"error": "unavailable",
@@ -184,18 +193,24 @@ class StepguardMiddleware:
         headers = Headers(scope=scope)
         cookies = cookie_parser(headers.get("cookie", ""))
         peer = scope["client"][0] if scope.get("client") else ""
+        query = scope.get("query_string", b"").decode("latin-1")
+        path, _ = split_target(_raw_path(scope) + (f"?{query}" if query else ""))
+        method = effective_method(scope.get("method", "GET"), headers=headers.items(),
+                                  query=query, body=None, honour=self.honour_overrides)
+        host = _host(scope, headers)
+        wire_host(host)
         try:
             return DecideRequest(
-                method=scope.get("method", "GET"), host=_host(scope, headers),
-                path=_raw_path(scope), scheme="https" if scope["scheme"] in ("https", "wss")
-                else "http", query=scope.get("query_string", b"").decode("latin-1"),
+                method=method, host=host,
+                path=path, scheme="https" if scope["scheme"] in ("https", "wss")
+                else "http", query=query,
                 client_ip=self._client_ip(peer, headers),
                 user_agent=headers.get("user-agent", "")[:512],
                 device_cookie=cookies.get(DEVICE_COOKIE, "")[:256], action=action,
                 attributes={k: _scalar(v) for k, v in attributes.items()},
                 session_token=_session_token(cookies, self.cookie),
                 bearer=self._bearer(headers), return_url=None)
-        except (ValidationError, UnicodeDecodeError) as exc:
+        except ValidationError as exc:
             raise BadRequest(f"the request cannot be decided: {_first_error(exc)}") from None
 
     def _client_ip(self, peer: str, headers: Headers) -> str:
@@ -219,6 +234,11 @@ class StepguardMiddleware:
         if answer.challenge_url and wants_html(headers):
             return Response(status_code=303, headers={"Location": answer.challenge_url})
         return rfc9470(answer)
+
+
+def bad_request(exc: BadRequest) -> Response:
+    """The 400 for a request Stepguard cannot read the way the application will."""
+    return _json({"error": "bad_request", "detail": str(exc)}, 400)
 
 
 def rfc9470(answer: DecideResponse) -> Response:
@@ -276,7 +296,7 @@ def _raw_path(scope: Scope) -> str:
     """The path as received (still percent-encoded), so that `canonical_path` sees every trick."""
     raw = scope.get("raw_path")
     if raw:
-        return str(raw.partition(b"?")[0].decode("utf-8"))
+        return str(raw.partition(b"?")[0].decode("latin-1"))  # split_target refuses non-ASCII
     return quote(scope["path"], safe="/:@!$&'()*+,;=-._~")
 
 
@@ -304,11 +324,9 @@ def _scalar(value: Any) -> Attribute:
     return str(value)
 
 
-def _first_error(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        error = exc.errors(include_input=False, include_url=False)[0]
-        return f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}"
-    return "the path is not valid UTF-8"
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors(include_input=False, include_url=False)[0]
+    return f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}"
 
 
 def _quoted(reasons: Sequence[str]) -> str:

@@ -39,6 +39,10 @@ class ServerSettings(Section):
     )
     workers: int = Field(1, ge=1, le=64, description="worker processes for `serve`")
     request_timeout: Duration = Field(30.0, description="upstream timeout in reverse-proxy mode")
+    method_override: Literal["refuse", "honour"] = Field(
+        "refuse", description="X-HTTP-Method-Override, X-HTTP-Method, X-Method-Override and "
+        "_method form fields: refuse = 400; honour = decide on the overriding method (only on "
+        "POST, one override; reverse proxy sends that method upstream). See docs/security.md")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="structured log level (debug logs every allowed decision)")
     log_format: Literal["json", "console"] = Field("json", description="log line format")

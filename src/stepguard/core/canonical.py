@@ -12,15 +12,25 @@ case-insensitively (so `/ADMIN` can never slip past a rule written for `/admin`)
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+from urllib.parse import unquote_plus
 
 import idna
 
 from stepguard.core.errors import BadRequest
 
-__all__ = ["canonical_host", "canonical_method", "canonical_path", "split_target"]
+__all__ = ["canonical_host", "canonical_method", "canonical_path", "field_key", "form_pairs",
+           "loads_json", "single_values", "split_target", "split_url", "wire_host"]
 
 _ABSOLUTE = re.compile(r"(?i)https?://")
+# A request target is printable ASCII without space or `#` (RFC 9112 §3.2, RFC 3986 §3.5):
+# browsers encode everything else, and proxies and frameworks read those bytes differently.
+_TARGET = re.compile(r"[!-~]*")
+_BRACKETS = re.compile(r"\[.*", re.DOTALL)
+_FIELD_SEPARATORS = re.compile(r"[&;]")
 # A path that needs no work: plain segments (no escapes, no dot segments), no empty segment.
 _PLAIN_PATH = re.compile(r"(?:/(?!\.\.?(?:/|$))[A-Za-z0-9._~!$&'()*+,=:@-]+)*/?")
 _HEX = frozenset("0123456789abcdefABCDEF")
@@ -35,19 +45,48 @@ _KEEP_ENCODED = str.maketrans({"%": "%25", "?": "%3F", "#": "%23"})
 def split_target(target: str) -> tuple[str, str]:
     """Split a request-target (origin or absolute form) into (raw path, raw query).
 
-    The fragment is dropped; `http(s)://host/x?y` gives `("/x", "y")`; an empty path is `/`.
-    Anything else (`*`, `evil.com/x`, `javascript:…`) and control characters raise `BadRequest`.
+    `http(s)://host/x?y` gives `("/x", "y")`; an empty path is `/`. Refused with `BadRequest`:
+    anything else (`*`, `evil.com/x`, `javascript:…`), a `#` (no browser sends a fragment; nginx
+    passes it on raw and Go's net/http keeps it in the path, so `/public#/../vault` would be
+    routed to `/vault`), spaces, controls and any byte outside printable ASCII.
     """
-    _reject_controls(target, "request target")
-    target = target.split("#", 1)[0]
+    _check_target(target, "request target")
     if _ABSOLUTE.match(target):
-        rest = target.split("://", 1)[1]
-        cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
-        target = rest[cut:]
+        target = _split_authority(target)[2]
     elif not target.startswith("/"):
         raise BadRequest("request target must start with '/'")
     path, _, query = target.partition("?")
     return path or "/", query
+
+
+def split_url(url: str) -> tuple[str, str, str]:
+    """(scheme, authority, target) of an absolute http(s) URL such as nginx's X-Original-URL.
+
+    The same rules as `split_target`; also refused: an empty authority or one with user
+    information (`@`) or a malformed IPv6 literal (`http://[::1`).
+    """
+    _check_target(url, "URL")
+    if not _ABSOLUTE.match(url):
+        raise BadRequest("expected an absolute http(s) URL")
+    scheme, authority, target = _split_authority(url)
+    if not authority or "@" in authority:
+        raise BadRequest("expected an absolute http(s) URL without user information")
+    wire_host(authority)
+    return scheme, authority, target
+
+
+def _check_target(target: str, what: str) -> None:
+    if "#" in target:
+        raise BadRequest(f"{what} must not contain '#'")
+    if not _TARGET.fullmatch(target):
+        raise BadRequest(f"{what} must be printable ASCII without spaces (percent-encode the rest)")
+
+
+def _split_authority(url: str) -> tuple[str, str, str]:
+    scheme, rest = url.split("://", 1)
+    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    target = rest[cut:]
+    return scheme.lower(), rest[:cut], target if target.startswith("/") else "/" + target
 
 
 def canonical_path(raw: str) -> str:
@@ -102,6 +141,15 @@ def canonical_host(raw: str) -> str:
     if not all(_LABEL.fullmatch(label) for label in name.split(".")):
         raise BadRequest("invalid host name")
     return name
+
+
+def wire_host(raw: str) -> str:
+    """`canonical_host` of a Host (or forwarded host) header as it came off the wire: raw bytes
+    outside printable ASCII are refused (an international name travels as `xn--` labels), since
+    servers decode them as latin-1, UTF-8 or not at all."""
+    if not _TARGET.fullmatch(raw):
+        raise BadRequest("host must be printable ASCII")
+    return canonical_host(raw)
 
 
 def canonical_method(raw: str) -> str:
@@ -210,3 +258,66 @@ def _idna(name: str) -> str:
         return idna.encode(name, uts46=True, transitional=False).decode("ascii")
     except (idna.IDNAError, UnicodeError, ValueError):
         raise BadRequest("invalid international host name") from None
+
+
+# --- fields: one reading of a query, a form or a JSON body, or a 400 -------------------------
+
+
+def field_key(name: str) -> str:
+    """The one name every framework reads a form, query or JSON field under.
+
+    Case-folded (ASP.NET binds case-insensitively, Go's encoding/json folds keys, even the
+    Kelvin sign to `k`), cut at `[` (Rails and PHP read `amount[]` and `amount[x]` as `amount`),
+    `.` and space as `_` (PHP). Two fields with the same key are one field given twice.
+    """
+    return _BRACKETS.sub("", name).replace(".", "_").replace(" ", "_").casefold()
+
+
+def form_pairs(text: str) -> list[tuple[str, str]]:
+    """`application/x-www-form-urlencoded` (or a query string) as (name, value) pairs, decoded
+    once, blank values kept. Both `&` and `;` separate fields (older CGI and Rails read `;`)."""
+    pairs = []
+    for part in _FIELD_SEPARATORS.split(text):
+        if part:
+            name, _, value = part.partition("=")
+            pairs.append((unquote_plus(name), unquote_plus(value)))
+    return pairs
+
+
+def single_values(pairs: Iterable[tuple[str, str]], names: Iterable[str]) -> dict[str, str]:
+    """The value of each wanted field that is present; `BadRequest` when one is given more than
+    once under any spelling `field_key` folds together (frameworks pick the first, the last or
+    all of them: never guess which one the application will read)."""
+    wanted = {field_key(name): name for name in names}
+    found: dict[str, str] = {}
+    for name, value in pairs:
+        key = field_key(name)
+        if key not in wanted:
+            continue
+        if wanted[key] in found:
+            raise BadRequest(f"the field {wanted[key]!r} is given more than once")
+        found[wanted[key]] = value
+    return found
+
+
+def loads_json(body: bytes | str) -> Any:
+    """A JSON document whose objects have unique keys at every level (compared case-folded);
+    `BadRequest` for duplicates, `NaN`/`Infinity`, invalid UTF-8, too deep nesting or bad JSON."""
+    try:
+        return json.loads(body, object_pairs_hook=_unique_object, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        raise BadRequest("the body is not valid JSON") from None
+
+
+def _unique_object(pairs: Sequence[tuple[str, Any]]) -> dict[str, Any]:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        folded = key.casefold()
+        if folded in seen:
+            raise BadRequest(f"the JSON key {key[:64]!r} is given more than once")
+        seen.add(folded)
+    return dict(pairs)
+
+
+def _no_constant(name: str) -> Any:
+    raise BadRequest(f"{name} is not JSON")
