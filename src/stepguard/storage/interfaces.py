@@ -10,7 +10,7 @@ failure raises `StoreUnavailable`; a duplicate identity raises `Conflict`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -24,6 +24,7 @@ from stepguard.storage.records import (
     GrantRecord,
     RecoveryCodeRecord,
     SessionRecord,
+    Reserved,
     ThrottleState,
     UserRecord,
 )
@@ -98,9 +99,14 @@ class Grants(Protocol):
 
 
 class Throttle(Protocol):
+    def reserve(
+        self, *, check: Sequence[str], count: Sequence[str], now: float
+    ) -> tuple[Reserved, ...]: ...
+    def release(self, reserved: Reserved) -> None: ...
     def record_failure(self, key: str, *, now: float) -> ThrottleState: ...
     def state(self, key: str, *, now: float) -> ThrottleState: ...
     def reset(self, key: str) -> None: ...
+    def reset_user(self, subject: str) -> None: ...
 
 
 class History(Protocol):
