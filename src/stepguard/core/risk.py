@@ -77,6 +77,7 @@ class RiskHistory:
     recent_failures: tuple[float, ...] = ()
     hour_histogram: tuple[int, ...] = ()
     amounts: tuple[float, ...] = ()
+    trusted: frozenset[str] = frozenset()  # "<factor>|device|<id>", "<factor>|net|<prefix>"
 
     def __post_init__(self) -> None:
         if self.hour_histogram and len(self.hour_histogram) != 24:
