@@ -149,6 +149,18 @@ def test_allowed_actions_record_their_amount_and_feed_the_baseline(
     assert "unusual_amount" in guard.check(big, token).risk.names
 
 
+def test_the_event_loop_path_leaves_an_amount_to_the_recording_path(
+        client: TestClient, runtime: Runtime) -> None:
+    alice = seed_user(runtime)
+    sign_in(client, alice)
+    guard, token = Guard(runtime), client.cookies["stepguard_session"]
+    plain = RequestContext(method="GET", host="app.test", path="/home")
+    guard.check(plain, token)  # fills the cache
+    assert guard.check_cached(plain, token) is not None
+    paying = RequestContext(method="POST", host="app.test", path="/pay", attributes={"amount": 7})
+    assert guard.check_cached(paying, token) is None  # the thread path records the amount
+
+
 def test_a_verified_factor_shows_when_it_was_last_used(client: TestClient, runtime: Runtime,
                                                        clock: Clock) -> None:
     alice = seed_user(runtime)
