@@ -77,7 +77,8 @@ DEVICE = user_device_key("u1", "totp", "device-1")
 def test_a_reservation_counts_the_attempt_before_it_is_verified(store: SqlStore) -> None:
     reserved = store.throttle.reserve(check=[DEVICE], count=[DEVICE], now=NOW)
     assert [(r.key, r.prior, r.consecutive) for r in reserved] == [(DEVICE, ThrottleState(), 1)]
-    assert store.throttle.state(DEVICE, now=NOW) == ThrottleState(consecutive=1, locked_until=NOW + 1)
+    assert store.throttle.state(DEVICE, now=NOW) == ThrottleState(
+        consecutive=1, locked_until=NOW + 1)
     with pytest.raises(Throttled) as waited:
         store.throttle.reserve(check=[DEVICE], count=[DEVICE], now=NOW + 0.5)
     assert waited.value.retry_after == 0.5
@@ -131,7 +132,8 @@ def test_release_after_other_attempts_only_takes_one_back(store: SqlStore) -> No
     (mine,) = store.throttle.reserve(check=[], count=[DEVICE], now=NOW)
     store.throttle.record_failure(DEVICE, now=NOW)
     store.throttle.release(mine)
-    assert store.throttle.state(DEVICE, now=NOW) == ThrottleState(consecutive=1, locked_until=NOW + 2)
+    assert store.throttle.state(DEVICE, now=NOW) == ThrottleState(
+        consecutive=1, locked_until=NOW + 2)
 
 
 def test_the_per_user_ceiling_only_slows_after_its_free_failures(store: SqlStore) -> None:

@@ -23,8 +23,8 @@ from stepguard.storage.records import (
     FactorRecord,
     GrantRecord,
     RecoveryCodeRecord,
-    SessionRecord,
     Reserved,
+    SessionRecord,
     ThrottleState,
     UserRecord,
 )

@@ -143,7 +143,8 @@ class RedisThrottle:
         (then raise `Throttled` and count nothing). `check` keys are counted too."""
         s = self._settings
         keys = sorted({*count, *check})
-        args: list[Any] = [repr(float(now)), repr(s.base_delay), repr(s.max_delay), s.hard_limit]
+        args: list[str | int] = [repr(float(now)), repr(s.base_delay), repr(s.max_delay),
+                                 s.hard_limit]
         for key in keys:
             policy = policy_for(key, s)
             forget = forget_before(key, now=now, settings=s)
@@ -166,7 +167,8 @@ class RedisThrottle:
     def release(self, reserved: Reserved) -> None:
         """Give a reserved attempt back (see `SqlThrottle.release`)."""
         prior = reserved.prior
-        args = [reserved.consecutive, prior.consecutive, repr(prior.locked_until),
+        args: list[str | int] = [reserved.consecutive, prior.consecutive,
+                                 repr(prior.locked_until),
                 "1" if prior.hard_locked else "0"]
         self._call(lambda: self._release(keys=[self._prefix + reserved.key], args=args))
 
