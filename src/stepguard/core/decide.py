@@ -323,7 +323,7 @@ def _step_up_reasons(
     reasons = [_reason(rule, requirement, context, risk)]
     if rule.uses_risk or risk.level in ("high", "critical"):
         reasons.extend(risk.reasons)
-    reasons.append(_freshness(policy, requirement, session, now))
+    reasons.append(_missing(policy, requirement, session, _scope(rule, requirement), now))
     if failed:
         reasons.append(
             "Some details of this request could not be checked, so it is treated as sensitive."
@@ -341,19 +341,42 @@ def _reason(
     return f"This action needs a stronger proof of who you are ({requirement.level.label})."
 
 
-def _freshness(policy: Policy, requirement: Requirement, session: SessionState, now: float) -> str:
-    if requirement.single_use or requirement.max_age == 0:
+def _missing(
+    policy: Policy, requirement: Requirement, session: SessionState, scope: str, now: float
+) -> str:
+    """The true reason no authentication event or grant meets `requirement`: the first
+    requirement kind the session does not meet, in the order a proof is judged."""
+    if requirement.single_use:
         return "Confirm this specific request; the approval is used once."
-    best = _session_level(policy, session, now)
-    if best < requirement.level:
+    if requirement.max_age == 0:
+        return "This needs a proof made just now, for this request."
+    strong = [e for e in valid_events(policy.levels, session, now) if e.level >= requirement.level]
+    if not strong:
+        best = _session_level(policy, session, now)
         return (
             f"Your current sign-in is {best.label}; this needs {requirement.level.label}"
             f"{_methods_text(requirement)}."
         )
-    if requirement.max_age is not None:
+    usable = [e for e in strong if not requirement.methods or e.factor in requirement.methods]
+    if not usable:
+        return (
+            f"This needs a proof{_methods_text(requirement)}; "
+            "your recent proofs used other methods."
+        )
+    if requirement.max_age is not None and all(now - e.at > requirement.max_age for e in usable):
         return (
             f"Your last sign-in at this level is older than "
             f"{describe_duration(requirement.max_age)}."
+        )
+    if requirement.bind:
+        return (
+            f"Approve exactly these values ({', '.join(requirement.bind)}); an approval covers "
+            "only the values it was given for."
+        )
+    if requirement.scope is not None:
+        return (
+            f"This action needs a confirmation of its own ({scope}); an earlier confirmation "
+            "does not cover it."
         )
     return f"This needs a fresh proof{_methods_text(requirement)}."
 

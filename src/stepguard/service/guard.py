@@ -18,7 +18,7 @@ from stepguard.core.decision import Decision, Outcome
 from stepguard.core.errors import StoreUnavailable
 from stepguard.core.grant import Grant
 from stepguard.core.levels import Level
-from stepguard.core.risk import NO_RISK, RiskAssessment, RiskHistory, assess
+from stepguard.core.risk import NO_RISK, RiskAssessment, RiskHistory, amount_of, assess
 from stepguard.service.runtime import Runtime, hash_token
 from stepguard.storage.records import SessionRecord, UserRecord
 
@@ -161,6 +161,8 @@ class Guard:
         decision = check.decision
         if decision.consume_grant or (decision.outcome is Outcome.STEP_UP and loaded is not None):
             return None  # spending a grant or starting a challenge writes: the slow path does it
+        if decision.allowed and loaded is not None and amount_of(context) is not None:
+            return None  # so does recording an allowed amount
         self._audit(check)
         return check
 
@@ -183,6 +185,7 @@ class Guard:
             result = replace(result, decision=decision)
         if loaded is not None and token:
             self._touch(loaded, hash_token(token), context, now)
+        self._remember_amount(result)
         if audit:
             self._audit(result)
         return result
@@ -195,6 +198,12 @@ class Guard:
         grants = loaded.grants if loaded else ()
         decision = decide(self.rt.policy, context, state, risk, grants, self.rt.now())
         return Check(decision, context, record, user, risk, state)
+
+    def _remember_amount(self, check: Check) -> None:
+        """An allowed action's amount joins the user's baseline (`unusual_amount`)."""
+        amount = amount_of(check.context)
+        if check.decision.allowed and check.user is not None and amount is not None:
+            self.rt.store.history.record_amount(check.user.id, amount)
 
     def _consume(self, decision: Decision, record: SessionRecord | None) -> bool:
         assert record is not None

@@ -182,7 +182,8 @@ def _store_url(url: str, base: Path) -> str:
 def _throttle(config: StepguardConfig) -> ThrottleSettings:
     t = config.throttle
     return ThrottleSettings(base_delay=t.base_delay, max_delay=t.max_delay,
-                            hard_limit=t.hard_lock_after, ip_forget_after=t.ip_forget_after)
+                            hard_limit=t.hard_lock_after, ip_forget_after=t.ip_forget_after,
+                            free_failures=t.free_failures)
 
 
 def _key(value: str, path: str) -> bytes:

@@ -11,7 +11,7 @@ revoked session. Any backend failure raises `StoreUnavailable`; a duplicate iden
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -26,6 +26,7 @@ from stepguard.storage.records import (
     PushRecord,
     PushStatus,
     RecoveryCodeRecord,
+    Reserved,
     SessionRecord,
     ThrottleState,
     UserRecord,
@@ -115,9 +116,14 @@ class Grants(Protocol):
 
 
 class Throttle(Protocol):
+    def reserve(
+        self, *, check: Sequence[str], count: Sequence[str], now: float
+    ) -> tuple[Reserved, ...]: ...
+    def release(self, reserved: Reserved) -> None: ...
     def record_failure(self, key: str, *, now: float) -> ThrottleState: ...
     def state(self, key: str, *, now: float) -> ThrottleState: ...
     def reset(self, key: str) -> None: ...
+    def reset_user(self, subject: str) -> None: ...
 
 
 class History(Protocol):
@@ -135,6 +141,8 @@ class History(Protocol):
         amount: float | None = None,
     ) -> None: ...
     def record_failure(self, user_id: str, *, at: float) -> None: ...
+    def record_trusted(self, user_id: str, *, entries: list[str]) -> None: ...
+    def record_amount(self, user_id: str, amount: float) -> None: ...
 
 
 class Store(Protocol):

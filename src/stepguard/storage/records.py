@@ -193,3 +193,24 @@ class ThrottleState:
 
     def locked(self, now: float) -> bool:
         return self.hard_locked or now < self.locked_until
+
+
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    """One attempt counted under `key` before it was verified (`Throttle.reserve`).
+
+    `prior` is the key's state just before; `consecutive` the count this attempt made it.
+    `Throttle.release` gives the attempt back (a success on a shared key).
+    """
+
+    key: str
+    prior: ThrottleState
+    consecutive: int
+
+    @classmethod
+    def counted(cls, key: str, consecutive: int, *, locked_until: float,
+                hard_locked: bool) -> Reserved:
+        """From the new count and the lock the key had before (count 1: it had none)."""
+        prior = (ThrottleState() if consecutive == 1 else ThrottleState(
+            consecutive=consecutive - 1, locked_until=locked_until, hard_locked=hard_locked))
+        return cls(key, prior, consecutive)

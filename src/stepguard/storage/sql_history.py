@@ -54,7 +54,7 @@ class SqlHistory:
             _remember(doc, "networks", network_prefix)
             _remember(doc, "countries", country)
             if amount is not None:
-                doc["amounts"] = [*doc.get("amounts", []), amount][-HISTORY_ITEMS:]
+                _add_amount(doc, amount)
             hours = doc.get("hours") or [0] * 24
             hours[hour] += 1
             doc["hours"] = hours
@@ -63,6 +63,20 @@ class SqlHistory:
                 doc["seen"] = at
 
         self._change(user_id, change)
+
+    def record_trusted(self, user_id: str, *, entries: list[str]) -> None:
+        """Remember clients (device, network) that passed a factor; the newest 50 are kept."""
+
+        def change(doc: Document) -> None:
+            for entry in entries:
+                _remember(doc, "trusted", entry)
+
+        self._change(user_id, change)
+
+    def record_amount(self, user_id: str, amount: float) -> None:
+        """Remember the amount of an allowed action (the `unusual_amount` baseline)."""
+
+        self._change(user_id, lambda doc: _add_amount(doc, amount))
 
     def record_failure(self, user_id: str, *, at: float) -> None:
         """Remember a failed attempt; only those within the last hour are kept."""
@@ -101,6 +115,10 @@ def _remember(doc: Document, name: str, value: str) -> None:
     doc[name] = [*values, value][-HISTORY_ITEMS:]
 
 
+def _add_amount(doc: Document, amount: float) -> None:
+    doc["amounts"] = [*doc.get("amounts", []), amount][-HISTORY_ITEMS:]
+
+
 def _location_doc(location: Location) -> Document:
     return {
         "country": location.country,
@@ -121,4 +139,5 @@ def _history(doc: Document) -> RiskHistory:
         recent_failures=tuple(doc.get("failures", ())),
         hour_histogram=tuple(doc.get("hours", ())),
         amounts=tuple(doc.get("amounts", ())),
+        trusted=frozenset(doc.get("trusted", ())),
     )
