@@ -300,7 +300,7 @@ def test_store_outage_is_503_never_an_allow(env: Env, client: TestClient,
     def down(*_: object, **__: object) -> None:
         raise StoreUnavailable("down")
 
-    monkeypatch.setattr(env.runtime.store.sessions, "by_token_hash", down)
+    monkeypatch.setattr(env.runtime.store.session_states, "read", down)
     response = client.post(DECIDE_PATH, json={"method": "GET", "host": "app.test",
                                               "path": "/dashboard", "session_token": token})
     assert response.status_code == 503 and response.json()["error"] == "unavailable"

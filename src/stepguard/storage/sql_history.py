@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection
 
 from stepguard.core.risk import EMPTY_HISTORY, Location, RiskHistory
 from stepguard.storage import tables as t
-from stepguard.storage.sql_base import Database, bump_epoch, dumps, loads
+from stepguard.storage.sql_base import Database, bump_user, dumps, loads
 
 HISTORY_ITEMS = 50  # newest devices, networks, countries and amounts kept per user
 FAILURE_WINDOW = 3600.0  # failures older than this (before the newest event) are dropped
@@ -28,7 +28,7 @@ class SqlHistory:
         """The user's history; an empty one for a user never seen."""
         with self._db.read() as connection:
             text = connection.execute(select(_H.data).where(_H.user_id == user_id)).scalar()
-        return EMPTY_HISTORY if text is None else _history(loads(text))
+        return history_from_document(None if text is None else loads(text))
 
     def record_success(
         self,
@@ -75,7 +75,7 @@ class SqlHistory:
 
     def _change(self, user_id: str, change: Callable[[Document], None]) -> None:
         with self._db.write() as connection:
-            bump_epoch(connection)  # deferred to the end of the transaction
+            bump_user(connection, user_id)  # deferred to the end of the transaction
             _ensure_row(connection, user_id)
             text = connection.execute(
                 select(_H.data).where(_H.user_id == user_id).with_for_update()
@@ -110,7 +110,10 @@ def _location_doc(location: Location) -> Document:
     }
 
 
-def _history(doc: Document) -> RiskHistory:
+def history_from_document(doc: Document | None) -> RiskHistory:
+    """The history stored as `doc` (None: a user never seen)."""
+    if doc is None:
+        return EMPTY_HISTORY
     location = doc.get("location")
     return RiskHistory(
         known_devices=frozenset(doc.get("devices", ())),
