@@ -194,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with stores(workdir) as (_, store_url, redis_server):
         public = f"http://localhost:{free_port()}"
         config = fleet_config(workdir, store_url=store_url, redis_url=redis_server.redis_url,
-                              public_url=public)
+                              public_url=public, allows="summary")
         if not args.skip_invalidation:
             print(invalidation_report(invalidation(store_url, redis_server.redis_url)))
         if not args.skip_load:

@@ -81,6 +81,7 @@ def signed_in(runtime: Runtime, name: str = "alice") -> tuple[UserRecord, Sessio
     token = f"token-of-{name}-" + "x" * 32
     now = runtime.now()
     session = build.session(user.id, token_hash=hash_token(token), created=now, last_seen=now,
+                            ip=PAGE.client_ip, user_agent=PAGE.user_agent,
                             events=(AuthEvent(factor="password", amr=("pwd",), level=Level.AAL1,
                                               at=now),))
     runtime.store.sessions.add(session)
@@ -198,3 +199,45 @@ def test_a_store_outage_fails_closed_even_when_cached(runtime: Runtime,
     with pytest.raises(StoreUnavailable):
         guard.check(PAGE, token)
     assert guard.check_cached(PAGE, token) is None  # the thread path then fails closed
+
+
+# ------------------------------------------------------------------------------ audit
+
+
+def decisions(runtime: Runtime) -> list[object]:
+    runtime.audit.flush(timeout=5)
+    return [e for e in runtime.audit_log.entries() if e.kind == "decision"]
+
+
+def test_plain_allows_are_summarised_and_everything_else_is_its_own_entry(
+        runtime: Runtime) -> None:
+    guard = Guard(runtime)
+    _, session, token = signed_in(runtime)
+    for _ in range(20):
+        assert guard.check(PAGE, token).decision.allowed
+    assert guard.check(ADMIN, token).decision.outcome is Outcome.STEP_UP
+    runtime.store.sessions.add_event(session.id, AuthEvent(
+        factor="totp", amr=("otp",), level=Level.AAL2, at=runtime.now()))
+    for _ in range(3):
+        assert guard.check(ADMIN, token).decision.allowed  # a rule with a requirement
+    entries = decisions(runtime)
+    assert [(e.rule, e.outcome) for e in entries] == [  # type: ignore[attr-defined]
+        ("admin", "step_up"), ("admin", "allow"), ("admin", "allow"), ("admin", "allow"),
+        ("default", "allow_summary")]
+    assert entries[-1].detail["count"] == 20  # type: ignore[attr-defined]
+    assert entries[-1].session == runtime.session_ref(session.id)  # type: ignore[attr-defined]
+
+
+def test_every_request_mode_seals_each_allow(tmp_path: Path, clock: Clock) -> None:
+    loaded = load_config(write_config(tmp_path, policy=POLICY,
+                                      extra="audit: {allows: every_request}\n"))
+    runtime = build_runtime(loaded, clock=clock, store=MemoryStore(),
+                            audit_log=MemoryAuditLog())
+    try:
+        guard = Guard(runtime)
+        _, _, token = signed_in(runtime)
+        for _ in range(4):
+            guard.check(PAGE, token)
+        assert [e.outcome for e in decisions(runtime)] == ["allow"] * 4  # type: ignore[attr-defined]
+    finally:
+        runtime.close()

@@ -13,13 +13,14 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from stepguard.audit.ledger import request_summary
+from stepguard.audit.ledger import AuditEvent, AuditKind, request_summary
 from stepguard.core.context import RequestContext, SessionState, Subject
 from stepguard.core.decide import decide
-from stepguard.core.decision import Decision, Outcome
+from stepguard.core.decision import Decision, Outcome, Requirement
 from stepguard.core.errors import StoreUnavailable
 from stepguard.core.grant import Grant
 from stepguard.core.levels import Level
+from stepguard.core.policy import Policy
 from stepguard.core.risk import NO_RISK, RiskAssessment, RiskHistory, assess
 from stepguard.service.runtime import Runtime, hash_token
 from stepguard.storage.records import SessionRecord, SessionSnapshot, UserRecord, Versions
@@ -143,6 +144,7 @@ class Guard:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
         self.cache = SessionCache()
+        self._plain = _plain_rules(runtime.policy)
 
     def session_for(self, token: str | None) -> tuple[SessionRecord, UserRecord] | None:
         """The live session of a token, or None (unknown, revoked, disabled user, expired)."""
@@ -190,11 +192,13 @@ class Guard:
         if isinstance(found, Versions):
             assert cached is not None
             self.cache.hits += 1
+            self.rt.observer.cache_hit.inc()
             fresh = cached.seen(found)
             if fresh is not cached:
                 self.cache.put(key, fresh)
             return fresh
         self.cache.misses += 1
+        self.rt.observer.cache_miss.inc()
         loaded = _Loaded.of(found)
         self.cache.put(key, loaded)
         return loaded
@@ -278,13 +282,49 @@ class Guard:
             self.cache.put(key, replace(current, record=replace(current.record, last_seen=now)))
 
     def _audit(self, check: Check) -> None:
+        """Allows cost a counter (a plain allow in summary mode) or an unchecked event, checked
+        and sealed in the audit writer's thread; every other decision is checked and logged
+        here (they are few)."""
         d = check.decision
+        if d.outcome is Outcome.ALLOW:
+            self._audit_allow(check, d)
+            return
         self.rt.record(kind="decision", subject=check.user.id if check.user else "",
                        session_id=check.session.id if check.session else "",
                        request=request_summary(check.context, ip_key=self.rt.ip_key),
                        decision=d.outcome.value, rule=d.rule, reasons=d.reasons,
                        outcome="login" if d.login else d.outcome.value,
                        detail=_detail(d, check.risk))
+
+
+    def _audit_allow(self, check: Check, d: Decision) -> None:
+        rt, user, context = self.rt, check.user, check.context
+        subject = user.id if user else ""
+        session = rt.session_ref(check.session.id) if check.session else ""
+        rt.observer.allowed(d.rule)
+        summary = rt.audit.summary
+        if (summary is not None and self._plain.get(d.rule, False) and not d.grant_id
+                and check.risk.level == "low"):
+            summary.note(subject=subject, session=session, rule=d.rule, at=rt.now(),
+                         host=context.host, method=context.method, path=context.path)
+            return
+        event = AuditEvent.unchecked(
+            at=rt.now(), kind=AuditKind.DECISION, subject=subject, session=session,
+            request=request_summary(context, ip_key=rt.ip_key), decision="allow", rule=d.rule,
+            reasons=d.reasons, outcome="allow", detail=_detail(d, check.risk))
+        rt.audit.submit(event, checked=False)
+        if rt.observer.debug:
+            rt.observer.event(event.checked())
+
+
+def _plain_rules(policy: Policy) -> dict[str, bool]:
+    """Per rule name: whether its allows are plain (nothing asked above a sign-in)."""
+    return {rule.name: _plain(rule.requirement) for rule in (*policy.rules, policy.default)}
+
+
+def _plain(requirement: Requirement | None) -> bool:
+    return requirement is None or (requirement.level <= Level.AAL1 and not requirement.needs_grant
+                                   and requirement.max_age is None and not requirement.methods)
 
 
 def _detail(decision: Decision, risk: RiskAssessment) -> dict[str, object]:

@@ -19,6 +19,7 @@ import structlog
 from sqlalchemy.engine import make_url
 
 from stepguard.audit.ledger import AuditEvent, session_ref
+from stepguard.audit.summary import AllowSummary
 from stepguard.audit.writer import AuditWriter
 from stepguard.config.load import Loaded
 from stepguard.config.schema import RedisSettings, StepguardConfig, StoreSettings
@@ -69,12 +70,21 @@ class Runtime:
     redis_watch: RedisWatch | None = None
     spill_dir: Path | None = None
     replayed: list[Path] = field(default_factory=list)
+    _refs: dict[str, str] = field(default_factory=dict, repr=False)
 
     def now(self) -> float:
         return self.clock()
 
     def session_ref(self, session_id: str) -> str:
-        return session_ref(session_id, key=self.cookie_key) if session_id else ""
+        """The session's keyed reference for the ledger (memoised: one HMAC per session)."""
+        if not session_id:
+            return ""
+        ref = self._refs.get(session_id)
+        if ref is None:
+            if len(self._refs) >= 100_000:
+                self._refs.clear()
+            ref = self._refs[session_id] = session_ref(session_id, key=self.cookie_key)
+        return ref
 
     def record(self, **fields: object) -> None:
         """Queue one audit entry (never dropped: the writer blocks when its queue is full)."""
@@ -126,7 +136,8 @@ def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,
     assert audit_log is not None, "a given store needs its audit log"
     runtime = Runtime(
         config=config, policy=loaded.policy, store=store, audit_log=audit_log,
-        audit=AuditWriter(audit_log), last_seen=LastSeenWriter(store.sessions),
+        audit=AuditWriter(audit_log, summary=_summary(config), clock=clock),
+        last_seen=LastSeenWriter(store.sessions),
         keyring=_keyring(config), rp=_rp(config),
         risk=_risk(config), locator=_locator(config, loaded.path.parent),
         cookie_key=_key(config.secrets.cookie_key, "secrets.cookie_key"),
@@ -148,6 +159,12 @@ def _sql_store(loaded: Loaded, migrate: bool | None) -> SqlStore:
     bounded = _with_timeouts(url, config.store)
     return SqlStore.from_url(bounded, throttle=_throttle(config),
                              connect_timeout=config.store.connect_timeout)
+
+
+def _summary(config: StepguardConfig) -> AllowSummary | None:
+    if config.audit.allows == "every_request":
+        return None
+    return AllowSummary(config.audit.summary_interval)
 
 
 def _with_timeouts(url: str, store: StoreSettings) -> str:
