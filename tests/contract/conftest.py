@@ -69,10 +69,14 @@ def sql_store(store_url: str) -> Iterator[SqlStore]:
     store.close()
 
 
-@pytest.fixture(params=["sql", "memory"])
-def store(request: pytest.FixtureRequest) -> Store:
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres),
+                        "memory"])
+def store(request: pytest.FixtureRequest) -> Iterator[Store]:
     """Every backend: SQLite, PostgreSQL and the in-memory store pass the same contract."""
     if request.param == "memory":
-        return MemoryStore()
-    found: Store = request.getfixturevalue("sql_store")
-    return found
+        yield MemoryStore()
+        return
+    fixture = "sqlite_url" if request.param == "sqlite" else "postgres_store_url"
+    sql = SqlStore.from_url(str(request.getfixturevalue(fixture)))
+    yield sql
+    sql.close()

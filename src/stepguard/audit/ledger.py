@@ -164,7 +164,7 @@ def _check_key(key: bytes) -> None:
 # --------------------------------------------------------------------------- events and entries
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AuditEvent:
     """What a caller submits to the ledger; it becomes an `AuditEntry` once sealed.
 
