@@ -80,8 +80,8 @@ class SessionCache:
     """Bounded LRU of loaded sessions by token hash, each valid while its versions hold.
 
     Invalidation is per session and per user, never global: every request reads its session's
-    and user's versions (one indexed row, in the same statement that would load the session if
-    they changed; `SessionStates.read`), so a revocation on any instance or from the CLI is
+    and user's versions (one indexed row; `SessionStates.read` loads the session only when they
+    moved), so a revocation on any instance or from the CLI is
     honoured by the next request everywhere, while a sign-in or step-up of one user leaves every
     other user's entry warm. Why a read per request and not a push (PostgreSQL LISTEN/NOTIFY or
     Redis pub/sub): docs/architecture.md, with the figures.
@@ -159,15 +159,15 @@ class Guard:
                 and now - record.last_seen <= settings.idle)
 
     def load(self, token: str | None) -> _Loaded | None:
-        """The session, user, grants and risk history of a token, as of this moment: one
-        statement that checks the cached copy's versions, or loads it (one load per token at a
+        """The session, user, grants and risk history of a token, as of this moment: the cached
+        copy once its versions are read unchanged, or a fresh load (one load per token at a
         time; concurrent requests for it wait, then only compare versions)."""
         if not token or len(token) > 256:
             return None
         self.rt.require_stores()  # a store known to be down: fail closed before any cache
         key = hash_token(token)
         cached = self.cache.get(key)
-        if cached is not None:  # the statement that checks the versions loads if they moved
+        if cached is not None:  # the versions read; a load only if they moved
             found = self._read(key, cached)
         else:
             with self.cache.flight(key):  # re-read the cache: a load just ended may have filled it
@@ -175,8 +175,8 @@ class Guard:
         return found if found is not None and self._alive(found) else None
 
     def _read(self, key: str, cached: _Loaded | None, *, connect: bool = True) -> _Loaded | None:
-        """One statement: None (no live session), the cached copy (versions unchanged, last
-        seen brought up to date) or a fresh copy (now cached)."""
+        """None (no live session), the cached copy (versions unchanged, last seen brought up
+        to date) or a fresh copy (now cached)."""
         known = cached.versions if cached is not None else UNKNOWN
         now = self.rt.now()
         try:
