@@ -34,7 +34,7 @@ from stepguard.storage.records import (
     UserRecord,
     Versions,
 )
-from stepguard.storage.sql_history import FAILURE_WINDOW, HISTORY_ITEMS, history_from_document
+from stepguard.storage.sql_history import add_failure, add_success, history_from_document
 from stepguard.storage.sql_users import username_key
 
 T = TypeVar("T")
@@ -421,31 +421,17 @@ class MemoryHistory(_Role):
                        amount: float | None = None) -> None:
         if not 0 <= hour < 24:
             raise ValueError("hour must be a UTC hour from 0 to 23")
-        with self._store.lock:
-            doc = copy.deepcopy(self._t.history.get(user_id, {}))
-            for name, value in (("devices", device_id), ("networks", network_prefix),
-                                ("countries", country)):
-                if value:
-                    doc[name] = [*[v for v in doc.get(name, []) if v != value],
-                                 value][-HISTORY_ITEMS:]
-            if amount is not None:
-                doc["amounts"] = [*doc.get("amounts", []), amount][-HISTORY_ITEMS:]
-            hours = doc.get("hours") or [0] * 24
-            hours[hour] += 1
-            doc["hours"] = hours
-            if location is not None:
-                doc["location"] = {"country": location.country, "city": location.city,
-                                   "latitude": location.latitude,
-                                   "longitude": location.longitude}
-                doc["seen"] = at
-            self._t.history[user_id] = doc
-            self._bump_user(user_id)
+        self._change(user_id, lambda doc: add_success(
+            doc, device_id=device_id, network_prefix=network_prefix, country=country,
+            location=location, at=at, hour=hour, amount=amount))
 
     def record_failure(self, user_id: str, *, at: float) -> None:
+        self._change(user_id, lambda doc: add_failure(doc, at=at))
+
+    def _change(self, user_id: str, change: Any) -> None:
         with self._store.lock:
             doc = copy.deepcopy(self._t.history.get(user_id, {}))
-            failures = [w for w in doc.get("failures", []) if w > at - FAILURE_WINDOW]
-            doc["failures"] = [*failures, at][-HISTORY_ITEMS * 2:]
+            change(doc)
             self._t.history[user_id] = doc
             self._bump_user(user_id)
 

@@ -48,30 +48,13 @@ class SqlHistory:
         """
         if not 0 <= hour < 24:
             raise ValueError("hour must be a UTC hour from 0 to 23")
-
-        def change(doc: Document) -> None:
-            _remember(doc, "devices", device_id)
-            _remember(doc, "networks", network_prefix)
-            _remember(doc, "countries", country)
-            if amount is not None:
-                doc["amounts"] = [*doc.get("amounts", []), amount][-HISTORY_ITEMS:]
-            hours = doc.get("hours") or [0] * 24
-            hours[hour] += 1
-            doc["hours"] = hours
-            if location is not None:  # last place and time stay paired for impossible travel
-                doc["location"] = _location_doc(location)
-                doc["seen"] = at
-
-        self._change(user_id, change)
+        self._change(user_id, lambda doc: add_success(
+            doc, device_id=device_id, network_prefix=network_prefix, country=country,
+            location=location, at=at, hour=hour, amount=amount))
 
     def record_failure(self, user_id: str, *, at: float) -> None:
         """Remember a failed attempt; only those within the last hour are kept."""
-
-        def change(doc: Document) -> None:
-            failures = [when for when in doc.get("failures", []) if when > at - FAILURE_WINDOW]
-            doc["failures"] = [*failures, at][-HISTORY_ITEMS * 2 :]
-
-        self._change(user_id, change)
+        self._change(user_id, lambda doc: add_failure(doc, at=at))
 
     def _change(self, user_id: str, change: Callable[[Document], None]) -> None:
         with self._db.write() as connection:
@@ -85,6 +68,27 @@ class SqlHistory:
             connection.execute(
                 update(t.risk_history).where(_H.user_id == user_id).values(data=dumps(doc))
             )
+
+
+def add_success(doc: Document, *, device_id: str, network_prefix: str, country: str,
+                location: Location | None, at: float, hour: int, amount: float | None) -> None:
+    """The history document after a success (every backend stores the same document)."""
+    _remember(doc, "devices", device_id)
+    _remember(doc, "networks", network_prefix)
+    _remember(doc, "countries", country)
+    if amount is not None:
+        doc["amounts"] = [*doc.get("amounts", []), amount][-HISTORY_ITEMS:]
+    hours = doc.get("hours") or [0] * 24
+    hours[hour] += 1
+    doc["hours"] = hours
+    if location is not None:  # last place and time stay paired for impossible travel
+        doc["location"] = _location_doc(location)
+        doc["seen"] = at
+
+
+def add_failure(doc: Document, *, at: float) -> None:
+    failures = [when for when in doc.get("failures", []) if when > at - FAILURE_WINDOW]
+    doc["failures"] = [*failures, at][-HISTORY_ITEMS * 2 :]
 
 
 def _ensure_row(connection: Connection, user_id: str) -> None:
