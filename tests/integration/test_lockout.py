@@ -137,8 +137,9 @@ def test_parallel_wrong_totp_codes_then_the_owner_steps_up_at_once(
     thief = accounts.sign_in("alice", alice.password, context(ATTACKER, "thief-device"))
     owner = accounts.sign_in("alice", alice.password, context(OWNER, "owner-device"))
     clock.advance(1)
-    decision = Decision(Outcome.STEP_UP, "admin-pages", ("Opening the admin console",),
-                        Requirement(level=Level.AAL2, max_age=3600), "admin")
+    decision = Decision(outcome=Outcome.STEP_UP, rule="admin-pages",
+                        reasons=("Opening the admin console",),
+                        requirement=Requirement(level=Level.AAL2, max_age=3600), scope="admin")
     attack = stepup.start(decision, context(ATTACKER), thief.session, return_url="/admin")
     mine = stepup.start(decision, context(OWNER), owner.session, return_url="/admin")
     good = alice.code(clock.now)

@@ -25,8 +25,10 @@ def decision_for(require: dict[str, Any], *events: tuple[str, Level, float],
     policy = compile_policy({
         "attributes": {"amount": "number", "payee": "string"},
         "rules": [{"name": "rule", "match": {"paths": ["/x"]}, "require": require}]})
-    built = tuple(AuthEvent(f, FACTOR_AMR[f], lvl, NOW - age) for f, lvl, age in events)
-    state = SessionState("s1", Subject("alice"), NOW - 600, NOW, events=built)
+    built = tuple(AuthEvent(factor=f, amr=FACTOR_AMR[f], level=lvl, at=NOW - age)
+                  for f, lvl, age in events)
+    state = SessionState(id="s1", subject=Subject(id="alice"), created=NOW - 600, last_seen=NOW,
+                         events=built)
     context = RequestContext(method="POST", host="h", path="/x", attributes=attributes)
     decision = decide(policy, context, state, grants=grants, now=NOW)
     assert decision.outcome is Outcome.STEP_UP
@@ -83,7 +85,8 @@ def test_proof_made_now() -> None:
 
 
 def test_binding() -> None:
-    other = Grant("g1", "alice", "s1", "rule", Level.AAL2, ("otp",), NOW - 30, NOW + 600,
+    other = Grant(id="g1", subject_id="alice", session_id="s1", scope="rule", level=Level.AAL2,
+                  amr=("otp",), granted_at=NOW - 30, expires_at=NOW + 600,
                   binding="ab" * 32, factor="totp")
     decision = decision_for({"level": "aal2", "max_age": "10m", "bind": ["amount", "payee"]},
                             PASSWORD, FRESH_TOTP, grants=(other,), amount=900, payee="Bob")

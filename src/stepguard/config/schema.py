@@ -143,6 +143,14 @@ class AuditSection(Section):
         "audit-spill", description="entries that could not be written at shutdown (store down) are "
                                    "saved here as JSON Lines and written at the next start "
                                    "(relative to this file)")
+    allows: Literal["summary", "every_request"] = Field(
+        "summary", description="plain allows (no grant, nothing above a sign-in, low risk) "
+                               "as one entry per subject, session, rule and interval, or one "
+                               "entry each (`every_request`: PCI DSS 10.2.1, see "
+                               "docs/security.md); every other decision is always its own entry")
+    summary_interval: Duration = Field(
+        60.0, gt=0, description="length of a plain-allow summary interval; a crash loses at most "
+                                "the allows of the open interval")
 
 
 class ChallengeSection(Section):

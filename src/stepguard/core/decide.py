@@ -168,18 +168,19 @@ def _apply(
     failed: bool,
 ) -> Decision:
     if rule.deny is not None:
-        return Decision(Outcome.DENY, rule.name, (_text_of(rule.deny, context, risk),))
+        return Decision(outcome=Outcome.DENY, rule=rule.name,
+                        reasons=(_text_of(rule.deny, context, risk),))
     requirement = rule.requirement
     if requirement is None:
         return _allowed(rule.name, "", _session_level(policy, session, now))
     if session is None:
         reasons = (_reason(rule, requirement, context, risk), "Sign in to continue.")
         return Decision(
-            Outcome.STEP_UP,
-            rule.name,
-            _dedupe(reasons),
-            requirement,
-            _scope(rule, requirement),
+            outcome=Outcome.STEP_UP,
+            rule=rule.name,
+            reasons=_dedupe(reasons),
+            requirement=requirement,
+            scope=_scope(rule, requirement),
             login=True,
         )
     return _judge(policy, rule, requirement, context, session, risk, grants, now, failed)
@@ -197,7 +198,7 @@ def _text_of(template: str, context: RequestContext, risk: RiskAssessment) -> st
 @lru_cache(maxsize=4096)
 def _allowed(rule: str, scope: str, level: Level) -> Decision:
     """Allow decisions without a grant are the same every time: build each once."""
-    return Decision(Outcome.ALLOW, rule, scope=scope, level=level)
+    return Decision(outcome=Outcome.ALLOW, rule=rule, scope=scope, level=level)
 
 
 def _judge(
@@ -220,8 +221,8 @@ def _judge(
     grant = _satisfying_grant(session, requirement, scope, digest, grants, now)
     if grant is not None:
         return Decision(
-            Outcome.ALLOW,
-            rule.name,
+            outcome=Outcome.ALLOW,
+            rule=rule.name,
             scope=scope,
             binding=digest,
             grant_id=grant.id,
@@ -230,7 +231,8 @@ def _judge(
         )
     reasons = _step_up_reasons(policy, rule, requirement, context, session, risk, now, failed)
     bound = tuple((name, _text(context.attributes.get(name))) for name in requirement.bind)
-    return Decision(Outcome.STEP_UP, rule.name, reasons, requirement, scope, digest, bound)
+    return Decision(outcome=Outcome.STEP_UP, rule=rule.name, reasons=reasons,
+                    requirement=requirement, scope=scope, binding=digest, bound_values=bound)
 
 
 def _scope(rule: Rule, requirement: Requirement) -> str:

@@ -427,8 +427,10 @@ _CHECKS: tuple[tuple[str, Callable[[_Facts], str | None]], ...] = (
 # --- Small helpers -----------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """An address (IPv4-mapped IPv6 unwrapped to IPv4), or None when `text` is not one."""
+    """An address (IPv4-mapped IPv6 unwrapped to IPv4), or None when `text` is not one.
+    Cached: the same few client addresses come with every request (addresses are immutable)."""
     try:
         address = ipaddress.ip_address(text.strip())
     except ValueError:

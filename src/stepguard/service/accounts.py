@@ -169,7 +169,8 @@ class Accounts:
             ip=context.client_ip,
             user_agent=context.user_agent[:512],
             device_id=context.device_id,
-            events=(AuthEvent("password", FACTOR_AMR["password"], Level.AAL1, now),),
+            events=(AuthEvent(factor="password", amr=FACTOR_AMR["password"], level=Level.AAL1,
+                              at=now),),
         )
         self.rt.store.sessions.add(session)
         self._remember(user, context)
@@ -245,11 +246,11 @@ class Accounts:
             return None  # no second factor yet: a fresh password sign-in is the proof
         requirement = Requirement(level=Level.AAL2, max_age=FRESH_FOR_ENROLMENT)
         decision = Decision(
-            Outcome.STEP_UP,
-            "factor-change",
-            ("Confirm it's you before changing how you sign in.",),
-            requirement,
-            "factor-change",
+            outcome=Outcome.STEP_UP,
+            rule="factor-change",
+            reasons=("Confirm it's you before changing how you sign in.",),
+            requirement=requirement,
+            scope="factor-change",
         )
         return StepUp(self.rt).start(decision, context, session, return_url=return_to)
 

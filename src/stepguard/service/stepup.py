@@ -527,7 +527,7 @@ class StepUp:
                 raise ChallengeGone("This confirmation was already used.")
             level = FACTOR_LEVEL[factor]
             self.rt.store.sessions.add_event(
-                session.id, AuthEvent(factor, FACTOR_AMR[factor], level, now)
+                session.id, AuthEvent(factor=factor, amr=FACTOR_AMR[factor], level=level, at=now)
             )
             grant = self._grant(challenge, session, factor, level, now)
             token = new_token()
@@ -563,17 +563,17 @@ class StepUp:
             return None
         ttl = requirement.max_age or self.rt.config.challenge.grant_ttl
         grant = Grant(
-            new_id(),
-            session.user_id,
-            session.id,
-            challenge.scope,
-            level,
-            FACTOR_AMR[factor],
-            now,
-            now + ttl,
-            requirement.single_use,
-            challenge.binding,
-            factor,
+            id=new_id(),
+            subject_id=session.user_id,
+            session_id=session.id,
+            scope=challenge.scope,
+            level=level,
+            amr=FACTOR_AMR[factor],
+            granted_at=now,
+            expires_at=now + ttl,
+            single_use=requirement.single_use,
+            binding=challenge.binding,
+            factor=factor,
         )
         self.rt.store.grants.add(grant)
         return grant
