@@ -14,8 +14,8 @@ import pytest
 import uvicorn
 from starlette.testclient import TestClient
 
-from stepguard.web.app import create_app
 from stepguard.service.accounts import Accounts
+from stepguard.web.app import create_app
 from tests.support.gateway import Clock, Seeded, make_runtime, seed_user
 from tests.support.upstream_app import app as echo_app
 
@@ -444,7 +444,8 @@ def test_an_inspected_body_is_bounded(proxy) -> None:  # type: ignore[no-untyped
     assert big.status_code == 413
 
 
-def test_a_line_break_in_an_identity_value_never_splits_the_upstream_request(tmp_path: Path, upstream: str) -> None:
+def test_a_line_break_in_an_identity_value_never_splits_the_upstream_request(
+        tmp_path: Path, upstream: str) -> None:
     """An email imported from a directory with `\\r\\nRemote-User: root` in it: the relay's
     header check removed every `\\r\\n` pair before looking for line breaks, so the value went
     out as two header lines and the upstream saw a second identity."""
