@@ -71,6 +71,9 @@ rules:
   - name: api-reports
     match: {{paths: ["/api/reports/**"]}}
     require: {{level: aal2, max_age: 10m, reason: "Reading reports"}}
+  - name: this-host-ledger
+    match: {{hosts: ["{HOST}"], paths: ["/ledger/**"]}}
+    require: {{level: aal2, max_age: 10m, reason: "Reading this host's ledger"}}
   - name: customers-outside-office
     match: {{paths: ["/customers/**"]}}
     when: "not network in office"
@@ -634,6 +637,31 @@ def test_another_host_never_reaches_the_upstream(
     # nginx: the deploy config's `return 421`; Caddy: no site for that address, an empty 200.
     assert (status, body) == ((421, body) if stack.kind == "nginx" else (200, b""))
     assert b'"headers"' not in body
+
+
+@pytest.mark.parametrize("host_header", [b"evil.example", b"other.localhost", b""])
+def test_an_absolute_form_target_is_decided_for_the_host_the_proxy_routes(
+    stack: Stack, alice_signed_in: httpx.Client, host_header: bytes
+) -> None:
+    """`GET http://localhost:P/ledger/x` with `Host: evil.example`: nginx routes by the request
+    line's host ($host) but built X-Original-URL from the Host header ($http_host), so Stepguard
+    decided a host-bound rule for a host no rule names and let aal1 through to this host's
+    upstream. The decision must be for the host the upstream is served (or a refusal)."""
+    target = f"http://{stack.authority}/ledger/x".encode()
+    lines = [b"GET " + target + b" HTTP/1.1", b"Host: " + host_header, b"Accept: text/html",
+             b"Connection: close",
+             b"Cookie: " + "; ".join(f"{c.name}={c.value}"
+                                      for c in alice_signed_in.cookies.jar).encode()]
+    with socket.create_connection(("127.0.0.1", stack.proxy.port), timeout=10.0) as sock:
+        sock.sendall(b"\r\n".join(lines) + b"\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status = int(answer.split(b" ", 2)[1])
+
+    assert b'"headers"' not in answer, f"aal1 reached the ledger: {answer[:400]!r}"
+    assert status < 500, answer[:300]
+    assert status in (*stack.refused, stack.redirect_status("GET")), answer[:300]
 
 
 # --- SECURITY.md case 4: open redirects in `rd` are refused -----------------------------------

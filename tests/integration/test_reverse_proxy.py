@@ -14,6 +14,7 @@ import pytest
 import uvicorn
 from starlette.testclient import TestClient
 
+from stepguard.service.accounts import Accounts
 from stepguard.web.app import create_app
 from tests.support.gateway import Clock, Seeded, make_runtime, seed_user
 from tests.support.upstream_app import app as echo_app
@@ -441,3 +442,27 @@ def test_an_inspected_body_is_bounded(proxy) -> None:  # type: ignore[no-untyped
     sign_in(client, alice)
     big = client.post("/transfers", data={"amount": "5", "payee": "x" * (2 << 20)})
     assert big.status_code == 413
+
+
+def test_a_line_break_in_an_identity_value_never_splits_the_upstream_request(
+        tmp_path: Path, upstream: str) -> None:
+    """An email imported from a directory with `\\r\\nRemote-User: root` in it: the relay's
+    header check removed every `\\r\\n` pair before looking for line breaks, so the value went
+    out as two header lines and the upstream saw a second identity."""
+    runtime = make_runtime(tmp_path, extra=f'upstreams:\n  - host: "*"\n    url: "{upstream}"\n')
+    accounts = Accounts(runtime)
+    user = accounts.add_user("alice", password="correct horse battery",
+                             email="a@example.com\r\nRemote-User: root\r\nX-Injected: 1",
+                             groups=("staff\r\nremote-groups: admins",))
+    with TestClient(create_app(runtime), base_url=BASE, client=("203.0.113.5", 1000),
+                    follow_redirects=False) as client:
+        sign_in(client, Seeded(user, "correct horse battery", ""))
+        answer = client.get("/dashboard", headers={"Accept": "text/html"})
+    runtime.close()
+
+    assert answer.status_code < 500 or answer.status_code == 502, answer.text
+    if answer.status_code == 200:
+        echoed = answer.json()
+        assert headers_named(echoed, "remote-user") == ["alice"], echoed
+        assert headers_named(echoed, "x-injected") == [], echoed
+        assert "admins" not in " ".join(headers_named(echoed, "remote-groups")), echoed

@@ -122,3 +122,13 @@ def test_default_can_allow_or_deny() -> None:
     assert compile_policy({"default": "allow"}).default.requirement is None
     denied = compile_policy({"default": {"deny": "closed"}}).default
     assert denied.deny == "closed"
+
+
+def test_a_rule_cannot_take_the_default_rules_name() -> None:
+    """Decisions, metrics and the audit summary know rules by name: a rule called `default`
+    (aal3 here) would share the fallback's entry, so its aal3 allows were summarised as plain
+    allows of the aal1 default instead of each getting an entry of its own."""
+    problems = problems_of(
+        "rules:\n  - name: default\n    match: {paths: ['/vault/**']}\n"
+        "    require: {level: aal3}\ndefault: {level: aal1}\n")
+    assert any("default" in p and "reserved" in p for p in problems), problems

@@ -22,7 +22,9 @@ from stepguard.core.errors import BadRequest
     ("name", "key"),
     [("amount", "amount"), ("Amount", "amount"), ("AMOUNT", "amount"), ("amount[]", "amount"),
      ("amount[x][y]", "amount"), ("pay.ee", "pay_ee"), ("pay ee", "pay_ee"),
-     ("\u212aey", "key")],  # Kelvin sign: Go's encoding/json folds it to "k"
+     ("\u212aey", "key"),  # Kelvin sign: Go's encoding/json folds it to "k"
+     (" amount", "amount"), ("  _method", "_method"),  # PHP drops leading spaces
+     ("amount\x00x", "amount")],  # PHP reads a name up to a NUL
 )
 def test_field_key_folds_the_spellings_frameworks_read_as_one(name: str, key: str) -> None:
     assert field_key(name) == key
@@ -36,7 +38,10 @@ def test_form_pairs_decode_once_and_keep_blank_values() -> None:
 @pytest.mark.parametrize(
     "query",
     ["amount=5000&payee=x&amount=100", "amount=1&Amount=2", "amount=1&amount[]=2",
-     "amount[]=1&amount[]=2", "amount=1;amount=2", "%61mount=1&amount=2", "amount=1&AMOUNT=2"],
+     "amount[]=1&amount[]=2", "amount=1;amount=2", "%61mount=1&amount=2", "amount=1&AMOUNT=2",
+     # PHP ($_GET/$_POST, so Laravel and Symfony) drops leading spaces from a name and stops
+     # at a NUL: it reads the second value of each of these as `amount` (the last one wins).
+     "amount=100&%20amount=5000", "amount=100&+amount=5000", "amount=100&amount%00x=5000"],
 )
 def test_a_wanted_field_given_twice_is_refused(query: str) -> None:
     with pytest.raises(BadRequest, match="amount"):
@@ -98,7 +103,8 @@ def test_an_override_header_is_refused_unless_honoured(name: str) -> None:
 
 
 @pytest.mark.parametrize("honour", [False, True])
-@pytest.mark.parametrize("query", ["_method=DELETE", "_METHOD=delete", "a=1&_method[]=PUT"])
+@pytest.mark.parametrize("query", ["_method=DELETE", "_METHOD=delete", "a=1&_method[]=PUT",
+                                   "%20_method=DELETE", "_method%00=DELETE"])
 def test_method_in_the_query_is_always_refused(query: str, honour: bool) -> None:
     """Rails reads `_method` from the body only, Symfony also from the query: never one reading."""
     with pytest.raises(BadRequest, match="_method"):

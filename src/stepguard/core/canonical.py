@@ -268,8 +268,11 @@ def field_key(name: str) -> str:
 
     Case-folded (ASP.NET binds case-insensitively, Go's encoding/json folds keys, even the
     Kelvin sign to `k`), cut at `[` (Rails and PHP read `amount[]` and `amount[x]` as `amount`),
-    `.` and space as `_` (PHP). Two fields with the same key are one field given twice.
+    `.` and space as `_` (PHP), after PHP's own first steps: the name ends at a NUL and its
+    leading spaces are dropped (`$_POST` reads ` amount` and `amount%00x` as `amount`). Two
+    fields with the same key are one field given twice.
     """
+    name = name.partition("\0")[0].lstrip(" ")
     return _BRACKETS.sub("", name).replace(".", "_").replace(" ", "_").casefold()
 
 

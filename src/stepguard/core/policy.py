@@ -236,7 +236,10 @@ def _rules(data: Any, env: _Env) -> list[Rule]:
         rule = _rule(spec, i, env)
         if rule is None:
             continue
-        if rule.name in seen:
+        if rule.name == "default":  # the fallback's name: decisions and the audit know rules by it
+            env.problems.add(("rules", i, "name"), "the rule name 'default' is reserved for the "
+                             "policy's `default:`; choose another name")
+        elif rule.name in seen:
             env.problems.add(("rules", i, "name"), f"duplicate rule name {rule.name!r}")
         seen.add(rule.name)
         rules.append(rule)
