@@ -74,7 +74,7 @@ def guarded_app() -> Any:
 
 def decision_server() -> Any:
     from stepguard.adapters.decision_api import DECIDE_PATH, decision_api_routes
-    from stepguard.web.app import create_app
+    from stepguard.gateway import create_app
 
     runtime = _runtime()
     app = create_app(runtime)

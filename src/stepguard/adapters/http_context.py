@@ -10,6 +10,7 @@ from typing import Any
 
 from starlette.datastructures import Headers
 
+from stepguard.adapters.memo import Memo
 from stepguard.core.canonical import (
     canonical_method,
     canonical_path,
@@ -40,15 +41,32 @@ __all__ = ["IDENTITY_HEADERS", "OVERRIDE_HEADERS", "Body", "TrustedProxies", "bu
            "read_body", "route_attributes", "split_url", "wants_html"]
 
 
-@dataclass(frozen=True)
 class TrustedProxies:
-    networks: tuple[Network, ...]
+    """The configured proxy networks, and the client address they vouch for.
+
+    Both answers are memoised (bounded): a gateway sees the same few proxy peers and, per
+    client, the same `X-Forwarded-For` on every request, and parsing addresses with `ipaddress`
+    was the costliest step of reading a request. The answers depend only on their inputs (the
+    networks are fixed per instance), so a remembered answer is the answer."""
+
+    def __init__(self, networks: Iterable[Network], *, size: int = 4096) -> None:
+        self.networks: tuple[Network, ...] = tuple(networks)
+        self._trusted: Memo[str, bool] = Memo(size)
+        self._clients: Memo[tuple[str, str], str | BadRequest] = Memo(size)
 
     @classmethod
     def parse(cls, cidrs: Sequence[str]) -> TrustedProxies:
-        return cls(tuple(ipaddress.ip_network(c, strict=False) for c in cidrs))
+        return cls(ipaddress.ip_network(c, strict=False) for c in cidrs)
 
     def trusts(self, ip: str) -> bool:
+        known = self._trusted.get(ip)
+        if known is None:
+            known = self._trusts(ip)
+            if len(ip) <= _MEMO_TEXT:
+                self._trusted.put(ip, known)
+        return known
+
+    def _trusts(self, ip: str) -> bool:
         try:
             address = ipaddress.ip_address(ip)
         except ValueError:
@@ -64,6 +82,20 @@ class TrustedProxies:
         """
         if not forwarded_for or not self.trusts(peer):
             return peer
+        key = (peer, forwarded_for)
+        known = self._clients.get(key)
+        if known is None:
+            try:
+                known = self._client_ip(peer, forwarded_for)
+            except BadRequest as refused:
+                known = refused
+            if len(forwarded_for) <= _MEMO_TEXT:
+                self._clients.put(key, known)
+        if isinstance(known, BadRequest):
+            raise BadRequest(str(known))
+        return known
+
+    def _client_ip(self, peer: str, forwarded_for: str) -> str:
         for hop in reversed(forwarded_for.split(",")):
             hop = hop.strip(" \t")
             if not _is_ip(hop):
@@ -71,6 +103,9 @@ class TrustedProxies:
             if not self.trusts(hop):
                 return hop
         return peer
+
+
+_MEMO_TEXT = 512  # characters: longer peers or X-Forwarded-For values are parsed, not remembered
 
 
 def _is_ip(text: str) -> bool:

@@ -14,6 +14,7 @@ a body still in hand. A held request's replay never is (it is sent exactly once)
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -134,7 +135,7 @@ class Relay:
         self.pools: dict[str, _Pool] = {}
 
     async def send(self, base_url: str, method: str, target: str,
-                   headers: list[tuple[str, str]], body: bytes | AsyncIterator[bytes],
+                   headers: list[tuple[bytes, bytes]], body: bytes | AsyncIterator[bytes],
                    *, retry: bool = True) -> Answer:
         pool = self._pool(base_url)
         head = _head(method, target, pool, headers, body)
@@ -216,18 +217,20 @@ def _framed(headers: list[tuple[bytes, bytes]]) -> bool:
     return b"content-length" in names or b"transfer-encoding" in names
 
 
-def _head(method: str, target: str, pool: _Pool, headers: list[tuple[str, str]],
+def _head(method: str, target: str, pool: _Pool, headers: list[tuple[bytes, bytes]],
           body: bytes | AsyncIterator[bytes]) -> bytes:
     default_port = 443 if pool.tls else 80
     host = pool.host if pool.port == default_port else f"{pool.host}:{pool.port}"
-    lines = [f"{method} {target} HTTP/1.1", f"host: {host}"]
-    lines += [f"{name}: {value}" for name, value in headers]
+    lines = [f"{method} {target} HTTP/1.1".encode("latin-1"), f"host: {host}".encode("latin-1")]
+    lines += [name + b": " + value for name, value in headers]
     if isinstance(body, bytes):
         if body or method not in ("GET", "HEAD", "OPTIONS", "DELETE"):
-            lines.append(f"content-length: {len(body)}")
+            lines.append(b"content-length: %d" % len(body))
     else:
-        lines.append("transfer-encoding: chunked")
-    text = "\r\n".join(lines)
-    if "\n" in text.replace("\r\n", "") or "\r" in text.replace("\r\n", "") or "\0" in text:
+        lines.append(b"transfer-encoding: chunked")
+    if any(_BREAK.search(line) for line in lines):
         raise UpstreamError("a header holds a line break or NUL: not relayed")
-    return (text + "\r\n\r\n").encode("latin-1")
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+_BREAK = re.compile(rb"[\r\n\0]")

@@ -274,7 +274,7 @@ def _decider(mode: str, runtime: Runtime | None, remote: RemoteDecider | None,
 
 
 def _portal_app(runtime: Runtime) -> ASGIApp:
-    from stepguard.web.app import create_app
+    from stepguard.gateway import create_app
 
     return create_app(runtime)
 
