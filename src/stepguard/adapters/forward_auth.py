@@ -26,12 +26,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from stepguard.adapters.cookies import DEVICE_COOKIE, DeviceCookies, SessionCookie, parse_cookies
 from stepguard.adapters.http_context import (
+    HeaderView,
+    RequestHeaders,
     TrustedProxies,
     build_context,
     split_url,
@@ -69,7 +70,7 @@ class Strategy:
 
     redirect_status = 302
 
-    def original(self, headers: Headers) -> Original:
+    def original(self, headers: HeaderView) -> Original:
         raise NotImplementedError
 
     def redirect(self, location: str, method: str) -> Response:
@@ -82,7 +83,7 @@ class Strategy:
 
 
 class CaddyStrategy(Strategy):
-    def original(self, headers: Headers) -> Original:
+    def original(self, headers: HeaderView) -> Original:
         h = headers
         return Original(h.get("x-forwarded-method", "GET"), h.get("x-forwarded-proto", "http"),
                         h.get("x-forwarded-host", ""), h.get("x-forwarded-uri", "/"),
@@ -90,7 +91,7 @@ class CaddyStrategy(Strategy):
 
 
 class NginxStrategy(Strategy):
-    def original(self, headers: Headers) -> Original:
+    def original(self, headers: HeaderView) -> Original:
         h = headers
         scheme, host, target = split_url(h.get("x-original-url", ""))
         return Original(h.get("x-original-method", "GET"), scheme, host, target,
@@ -148,7 +149,7 @@ class ForwardAuth:
         peer = client[0] if client else ""
         if not self.proxies.trusts(peer):
             return Response("forward-auth is answered only for trusted proxies\n", 403)
-        headers = Headers(scope=scope)
+        headers = RequestHeaders(scope["headers"])
         cookies = parse_cookies(scope["headers"])
         try:
             original = strategy.original(headers)
@@ -166,7 +167,7 @@ class ForwardAuth:
             return Response("the session store is unavailable\n", 503,
                             headers={"Retry-After": "5"})
 
-    def context(self, headers: Headers, cookies: Mapping[str, str], original: Original,
+    def context(self, headers: HeaderView, cookies: Mapping[str, str], original: Original,
                 peer: str) -> RequestContext:
         client_ip = self.proxies.client_ip(peer, original.forwarded_for)
         return build_context(method=original.method, scheme=original.scheme, host=original.host,
@@ -174,12 +175,12 @@ class ForwardAuth:
                              device_id=self.devices.device_id(cookies.get(DEVICE_COOKIE)),
                              honour_overrides=self.honour_overrides)
 
-    def _decide(self, headers: Headers, strategy: Strategy, context: RequestContext,
+    def _decide(self, headers: HeaderView, strategy: Strategy, context: RequestContext,
                 original: Original, token: str | None) -> RawHeaders | Response:
         check = self.guard.check(context, token)
         return self._answer(headers, strategy, check, original)
 
-    def _answer(self, headers: Headers, strategy: Strategy, check: Check,
+    def _answer(self, headers: HeaderView, strategy: Strategy, check: Check,
                 original: Original) -> RawHeaders | Response:
         decision = check.decision
         if decision.outcome is Outcome.ALLOW:

@@ -29,6 +29,7 @@ from stepguard.adapters.cookies import DEVICE_COOKIE, DeviceCookies, SessionCook
 from stepguard.adapters.forward_auth import identity_headers
 from stepguard.adapters.http_context import (
     Body,
+    RequestHeaders,
     TrustedProxies,
     build_context,
     is_identity_header,
@@ -156,7 +157,7 @@ class ReverseProxy:
         The body is read (bounded) only when it must be inspected: for the route's attributes,
         for a method override a framework would read from it, or to hold it across a step-up;
         else it streams through."""
-        headers = Headers(scope=scope)
+        headers = RequestHeaders(scope["headers"])
         hostname = self.hostname(scope, headers)
         if hostname is None:  # a Host that is no URL authority (`[::1`): the client's error
             return Response("bad request: invalid Host header\n", 400)
@@ -203,7 +204,7 @@ class ReverseProxy:
                 return too_large_to_hold(self.stepup.hold_limit)
         return await self._challenge(Request(scope, receive), check, body)
 
-    def hostname(self, scope: Scope, headers: Headers) -> str | None:
+    def hostname(self, scope: Scope, headers: Headers | RequestHeaders) -> str | None:
         """The host the client asked for, as `request.url.hostname` reads it ("" when none;
         None when the Host header is no URL authority)."""
         host = headers.get("host")
@@ -251,7 +252,7 @@ class ReverseProxy:
         finally:
             await rest.aclose()
 
-    def hop(self, scope: Scope, headers: Headers) -> Hop:
+    def hop(self, scope: Scope, headers: Headers | RequestHeaders) -> Hop:
         """The client's address and the forwarding facts: a trusted peer's X-Forwarded-* are
         believed (garbage refused), anyone else's replaced by what this proxy sees."""
         client = scope.get("client")
@@ -311,7 +312,7 @@ class ReverseProxy:
         return check if check is not None else await run_in_threadpool(
             self.guard.check, context, token)
 
-    def _context(self, scope: Scope, headers: Headers, cookies: Mapping[str, str],
+    def _context(self, scope: Scope, headers: Headers | RequestHeaders, cookies: Mapping[str, str],
                  client_ip: str, body: Body | None = None) -> RequestContext:
         """The request's context before route attributes (a WebSocket upgrade is a GET); `body`
         when it was read, so a `_method` field in it is seen."""
@@ -610,7 +611,8 @@ def _with_route(context: RequestContext, route: UpstreamRoute | None, body: Body
 FIELD_MEDIA = ("application/x-www-form-urlencoded", "multipart/", "application/json")
 
 
-def _inspects_body(route: UpstreamRoute | None, method: str, headers: Headers) -> bool:
+def _inspects_body(route: UpstreamRoute | None, method: str,
+                   headers: Headers | RequestHeaders) -> bool:
     """Whether the body must be read before deciding: the route takes attributes from it, or
     it is a POST whose form/JSON fields the application could read a `_method` from."""
     if route is not None and any(
@@ -646,7 +648,7 @@ async def _received(receive: Receive) -> AsyncIterator[bytes]:
 
 
 def _body_stream(scope: Scope, receive: Receive,
-                 headers: Headers) -> bytes | AsyncIterator[bytes]:
+                 headers: Headers | RequestHeaders) -> bytes | AsyncIterator[bytes]:
     """The body as it arrives; no body at all (no length, not chunked) as b""."""
     if "transfer-encoding" not in headers and headers.get("content-length", "0") == "0":
         return b""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -41,7 +41,7 @@ class Answer:
     complete: bool
     connection: _Connection | None = None
 
-    async def rest(self) -> AsyncIterator[bytes]:
+    async def rest(self) -> AsyncGenerator[bytes, None]:
         connection = self.connection
         assert connection is not None
         try:
