@@ -34,7 +34,7 @@ def signed_in(runtime: Runtime) -> str:
     token, now = new_token(), time.time()
     runtime.store.sessions.add(SessionRecord(
         id=new_id(), token_hash=hash_token(token), user_id=user.id, created=now, last_seen=now,
-        events=(AuthEvent("password", ("pwd",), Level.AAL1, now),)))
+        events=(AuthEvent(factor="password", amr=("pwd",), level=Level.AAL1, at=now),)))
     return token
 
 
@@ -148,3 +148,11 @@ def test_one_rendering_of_the_step_up_challenge() -> None:
     header = step_up_challenge(['say "hi"\r\nX-Evil: 1'], acr_values="urn:a", max_age=30.7)
     assert header == ('Bearer error="insufficient_user_authentication", '
                       'error_description="say hiX-Evil: 1", acr_values="urn:a", max_age=30')
+
+
+@pytest.mark.parametrize("value", [b"v\r\nx-evil: 1", b"v\nx-evil: 1", b"v\rx", b"v\0x"])
+def test_a_relayed_header_with_a_line_break_is_never_written(value: bytes) -> None:
+    from stepguard.adapters.relay import UpstreamError, _head, _Pool
+
+    with pytest.raises(UpstreamError):
+        _head("GET", "/", _Pool("app.test", 80, None), [(b"remote-email", value)], b"")
