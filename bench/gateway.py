@@ -1,24 +1,27 @@
 """Gateway load benchmark (DESIGN.md §10), driven by wrk, each result beside its anchor.
 
-(a) **forward-auth alone**: Stepguard's `GET /api/authz/forward-auth` for a signed-in user
-    (allowed, 200, empty body) vs `bench/noop_app.py` (an ASGI app answering 200 empty). Both are
-    served by uvicorn on 127.0.0.1 with the same worker count and hit with the same wrk settings.
-    Target: Stepguard ≥ 0.6× the no-op app's req/s.
-(c) **server choice**: the same pair under granian, and granian's forward-auth beside uvicorn's.
-(d) **reverse-proxy mode**: Stepguard proxying to the no-op app vs nginx `proxy_pass` to the
-    same no-op app (target ≥ 0.5×), and the no-op app reached directly as a reference.
+Every Python app runs under granian (Stepguard's default server), one worker, on 127.0.0.1.
+
+(a) **forward-auth vs the floor**: Stepguard's `GET /api/authz/forward-auth` for a signed-in
+    user with a cached session (allowed, 200, identity headers) vs `bench/floor_app.py`, the
+    least Python forward-auth (cookie → SHA-256 → dict → identity headers, ~30 lines), sent the
+    same request headers. Target ≥ 0.6×. The no-op app (`bench/noop_app.py`) is printed too.
 (b) **behind nginx auth_request**: nginx with deploy/nginx/stepguard.conf (auth subrequest to
-    Stepguard, then the no-op app as the protected upstream) vs the same nginx proxying straight
-    to the no-op app. Targets: ≥ 0.75× the req/s, p99 at most 1 ms higher.
+    Stepguard, then a no-op app as the protected upstream) vs the same nginx config with the
+    floor as the auth endpoint. Targets: ≥ 0.75× the req/s, one-connection p99 at most +1 ms.
+    A reference row puts the floor's hop beside nginx proxying straight to the upstream.
+(c) **reverse-proxy mode**: Stepguard proxying to the no-op app vs nginx `proxy_pass` to the
+    same no-op app (target ≥ 0.5×), and the no-op app reached directly as a reference.
+(d) **server choice** (reference): Stepguard's forward-auth under uvicorn (httptools + uvloop)
+    beside granian's (`--no-uvicorn` skips it).
 
 Each target is warmed up for 1 s, then the targets of one comparison are loaded in turn, two
 rounds of 3 s each (`--rounds`, `--duration`), and each figure is the target's best over the
 rounds: on a small or shared machine this spreads a slow spell over both sides instead of
 charging it to one. A run with any non-2xx answer or socket error is reported as invalid (exit
 status 1). p99 is compared on one connection (`-t1 -c1`): with 32 connections latency is mostly
-queueing (connections ÷ req/s), so it only repeats the req/s ratio. A reference row runs nginx
-`auth_request` against a second no-op app: the cost of the extra hop itself, with no Stepguard.
-Whole run: about 60 s with the defaults.
+queueing (connections ÷ req/s), so it only repeats the req/s ratio. Whole run: about 2 minutes
+with the defaults.
 
 Run: `python bench/gateway.py` (`--help` for options, `--json` for machine-readable output).
 The two functions under "ADJUST HERE" are how the bench starts and signs in to Stepguard.
