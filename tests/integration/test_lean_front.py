@@ -156,3 +156,26 @@ def test_a_relayed_header_with_a_line_break_is_never_written(value: bytes) -> No
 
     with pytest.raises(UpstreamError):
         _head("GET", "/", _Pool("app.test", 80, None), [(b"remote-email", value)], b"")
+
+
+def test_a_silent_upstream_is_an_upstream_error_after_the_timeout() -> None:
+    import asyncio
+
+    from stepguard.adapters.relay import Relay, UpstreamError
+
+    async def scenario() -> float:
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(65536)
+            await asyncio.sleep(5)
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        relay, start = Relay(timeout=0.2), time.monotonic()
+        try:
+            with pytest.raises(UpstreamError):
+                await relay.send(f"http://127.0.0.1:{port}", "GET", "/", [], b"")
+            return time.monotonic() - start
+        finally:
+            server.close()
+
+    assert asyncio.run(scenario()) < 2.0
