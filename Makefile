@@ -34,6 +34,8 @@ bench: $(STAMP)
 	$(PY) bench/gateway.py
 	$(PY) bench/middleware.py
 	$(PY) bench/fleet.py
+	$(PY) bench/invalidation.py
+	$(PY) bench/load.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -305,17 +305,18 @@ def _applies(rule: RuleSpec, case: Case) -> bool:
 
 
 def _users(rng: random.Random, count: int) -> list[Subject]:
-    return [Subject(f"u{i}", f"User {i}", f"u{i}@example.com",
-                    frozenset(rng.sample(GROUPS, rng.choice((0, 1, 1, 2, 3)))))
+    return [Subject(id=f"u{i}", name=f"User {i}", email=f"u{i}@example.com",
+                    groups=frozenset(rng.sample(GROUPS, rng.choice((0, 1, 1, 2, 3)))))
             for i in range(count)]
 
 
 def _with_group(session: SessionState, group: str) -> SessionState:
     subject = session.subject
-    member = Subject(f"{subject.id}-{group}", subject.name, subject.email,
-                     subject.groups | {group})
-    return SessionState(session.id, member, session.created, session.last_seen, session.ip,
-                        session.user_agent, session.events)
+    member = Subject(id=f"{subject.id}-{group}", name=subject.name, email=subject.email,
+                     groups=subject.groups | {group})
+    return SessionState(id=session.id, subject=member, created=session.created,
+                        last_seen=session.last_seen, ip=session.ip,
+                        user_agent=session.user_agent, events=session.events)
 
 
 def _session(rng: random.Random, subject: Subject, i: int) -> SessionState:
@@ -333,13 +334,14 @@ def _session(rng: random.Random, subject: Subject, i: int) -> SessionState:
         earliest = max(int(created), int(last_seen) - 900) if busy else int(created)
         events.append(_event(factor, rng.randint(earliest, int(last_seen))))
     events.sort(key=lambda e: e.at)
-    return SessionState(f"s{i}", subject, created, last_seen, "203.0.113.9", "bench",
-                        tuple(events))
+    return SessionState(id=f"s{i}", subject=subject, created=created, last_seen=last_seen,
+                        ip="203.0.113.9", user_agent="bench",
+                        events=tuple(events))
 
 
 def _event(factor: str, at: float) -> AuthEvent:
     level = {"password": Level.AAL1, "webauthn": Level.AAL3}.get(factor, Level.AAL2)
-    return AuthEvent(factor, FACTOR_AMR[factor], level, float(at))
+    return AuthEvent(factor=factor, amr=FACTOR_AMR[factor], level=level, at=float(at))
 
 
 def _risk(rng: random.Random) -> RiskAssessment:

@@ -38,7 +38,9 @@ def _seed(store: SqlStore) -> None:
 
 def _grant(i: int) -> Grant:
     return Grant(
-        f"g{i}", "u1", "s1", "bench", Level.AAL2, ("otp",), 1.0, 10.0**10, True, "", "totp"
+        id=f"g{i}", subject_id="u1", session_id="s1", scope="bench", level=Level.AAL2,
+        amr=("otp",), granted_at=1.0, expires_at=10.0**10, single_use=True, binding="",
+        factor="totp"
     )
 
 

@@ -1,11 +1,11 @@
 """Fleet benchmark: Stepguard instances on one PostgreSQL (+ Redis), each figure beside its anchor.
 
-(1) **Invalidation** (in process, real PostgreSQL and Redis): what the per-request epoch poll
-    costs a decision, beside the same decision with the poll removed (the hot path a push-based
-    cache would have), and how late a push arrives: PostgreSQL LISTEN/NOTIFY (commit returned →
-    notification read on another connection) and Redis pub/sub (PUBLISH returned → message
-    read). A push's delay is the window in which another instance would still allow a revoked
-    session; the poll has none.
+(1) **Invalidation** (in process, real PostgreSQL and Redis): what the per-request version read
+    costs, beside no read (a push cache) and the replaced global epoch, the miss load, and how
+    late a push arrives: PostgreSQL LISTEN/NOTIFY (commit returned → notification read on
+    another connection) and Redis pub/sub (PUBLISH returned → message read). A push's delay is
+    the window in which another instance would still allow a revoked session; the read has
+    none (bench/invalidation.py).
 (2) **Load** (wrk through nginx, deploy/nginx/stepguard.conf): nginx `auth_request` to one
     Stepguard instance, to two instances (upstream widened), and nginx → the no-op app (the
     anchor), in the same run: req/s, p50, p99, errors. Targets are loaded in turns, best of
@@ -17,15 +17,13 @@ Run: `python bench/fleet.py` (about 60 s; `--skip-load` or `--skip-invalidation`
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +31,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT / "src"), str(REPO_ROOT)]
 
-import psycopg  # noqa: E402
 import redis  # noqa: E402
-from sqlalchemy.engine import Engine  # noqa: E402
 from tests.fleet.harness import (  # noqa: E402
     SITE,
     Browser,
@@ -58,104 +54,15 @@ from bench.gateway import (  # noqa: E402
     noop_server,
     plain_nginx_conf,
 )
+from bench.invalidation import Timing, measure, notify_delays  # noqa: E402
+from bench.invalidation import report as invalidation_report  # noqa: E402
 from stepguard.config.load import load_config  # noqa: E402
-from stepguard.core.context import RequestContext  # noqa: E402
-from stepguard.service.accounts import Accounts  # noqa: E402
-from stepguard.service.guard import Guard  # noqa: E402
-from stepguard.service.runtime import Runtime, build_runtime  # noqa: E402
-from stepguard.storage.epoch import QUERY as EPOCH_QUERY  # noqa: E402
+from stepguard.service.runtime import build_runtime  # noqa: E402
 from stepguard.storage.migrate import upgrade  # noqa: E402
 
 # ================================================================================================
 # (1) invalidation
 # ================================================================================================
-
-
-@dataclass(frozen=True)
-class Timing:
-    label: str
-    samples: tuple[float, ...]  # seconds
-
-    def ms(self, q: float) -> float:
-        ordered = sorted(self.samples)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
-    @property
-    def mean_ms(self) -> float:
-        return statistics.fmean(self.samples) * 1000
-
-    def line(self) -> str:
-        return (f"{self.label:<52}{self.mean_ms:>9.3f}{self.ms(0.5):>9.3f}{self.ms(0.99):>9.3f}"
-                f"{max(self.samples) * 1000:>9.3f}")
-
-
-def decision_costs(runtime: Runtime, *, rounds: int = 10, chunk: int = 200) -> list[Timing]:
-    """Guard.check on a cached, signed-in session, by how the epoch is read: the shipped read
-    (`SqlStore.epoch`, one round trip), a read through the SQLAlchemy pool (pre-ping, BEGIN,
-    SELECT, COMMIT), and none at all (the hot path of a push-invalidated cache)."""
-    user = seed_user(runtime, "bench-invalidation")
-    context = RequestContext(method="GET", host=SITE, path="/orders", client_ip="198.51.100.7")
-    signed = Accounts(runtime).sign_in(user.user.username, user.password, context)
-    guard = Guard(runtime)
-    shipped = runtime.store.epoch
-    variants: list[tuple[str, Callable[[], int]]] = [
-        ("decision, epoch poll (1 round trip) — shipped", shipped),
-        ("decision, epoch poll through the SQLAlchemy pool", _pooled(runtime.store.engine)),
-        ("decision, no poll (what a push cache would cost)", _frozen(shipped())),
-    ]
-    samples: dict[str, list[float]] = {label: [] for label, _ in variants}
-    for _ in range(rounds):
-        for label, epoch in variants:
-            runtime.store.epoch = epoch  # type: ignore[method-assign]
-            guard.check(context, signed.token, audit=False)  # fill the cache
-            for _ in range(chunk):
-                start = time.perf_counter()
-                guard.check(context, signed.token, audit=False)
-                samples[label].append(time.perf_counter() - start)
-    runtime.store.epoch = shipped  # type: ignore[method-assign]
-    return [Timing(label, tuple(values)) for label, values in samples.items()]
-
-
-def _pooled(engine: Engine) -> Callable[[], int]:
-    def read() -> int:
-        with engine.connect() as connection, connection.begin():
-            return int(connection.exec_driver_sql(EPOCH_QUERY).scalar() or 0)
-
-    return read
-
-
-def _frozen(value: int) -> Callable[[], int]:
-    return lambda: value
-
-
-def notify_delays(store_url: str, count: int = 300) -> Timing:
-    """LISTEN/NOTIFY: the epoch bump and NOTIFY commit; how long until the listener has it."""
-    dsn = store_url.replace("postgresql+psycopg://", "postgresql://")
-    listener = psycopg.connect(dsn, autocommit=True)
-    listener.execute("LISTEN stepguard_epoch")
-    arrived: list[float] = []
-    got = threading.Event()
-
-    def listen() -> None:
-        with contextlib.suppress(psycopg.Error):
-            for _ in listener.notifies():
-                arrived.append(time.perf_counter())
-                got.set()
-
-    threading.Thread(target=listen, daemon=True).start()
-    writer = psycopg.connect(dsn)
-    delays = []
-    for _ in range(count):
-        got.clear()
-        writer.execute("UPDATE store_epoch SET value = value + 1 WHERE id = 1")
-        writer.execute("SELECT pg_notify('stepguard_epoch', '')")
-        writer.commit()
-        committed = time.perf_counter()
-        if not got.wait(5):
-            raise RuntimeError("a notification did not arrive within 5 s")
-        delays.append(arrived[-1] - committed)
-    writer.close()
-    return Timing("LISTEN/NOTIFY: commit returned → listener has it", tuple(delays))
 
 
 def pubsub_delays(redis_url: str, count: int = 300) -> Timing:
@@ -189,26 +96,11 @@ def pubsub_delays(redis_url: str, count: int = 300) -> Timing:
     return Timing("Redis pub/sub: PUBLISH returned → subscriber has it", tuple(delays))
 
 
-def invalidation(config: Path, store_url: str, redis_url: str) -> list[Timing]:
-    runtime = build_runtime(load_config(config))
-    try:
-        costs = decision_costs(runtime)
-    finally:
-        runtime.close()
-    return [*costs, notify_delays(store_url), pubsub_delays(redis_url)]
-
-
-def invalidation_report(timings: Sequence[Timing]) -> str:
-    lines = [f"{'invalidation (ms)':<52}{'mean':>9}{'p50':>9}{'p99':>9}{'max':>9}"]
-    lines += [t.line() for t in timings]
-    shipped, pooled, push = timings[0], timings[1], timings[2]
-    window = max(t.ms(0.99) for t in timings[3:])
-    lines.append(
-        f"the shipped poll costs {shipped.mean_ms - push.mean_ms:+.3f} ms per decision over no "
-        f"poll (the pooled read: {pooled.mean_ms - push.mean_ms:+.3f} ms); a push would leave "
-        f"a window of p99 {window:.3f} ms (unbounded while a listener reconnects) in which "
-        "another instance still allows a revoked session")
-    return "\n".join(lines)
+def invalidation(store_url: str, redis_url: str) -> list[Timing]:
+    """The per-request read and the miss load on this fleet's PostgreSQL, beside the delivery
+    window of either push (see bench/invalidation.py for SQLite and the design discussion)."""
+    return [*measure("PostgreSQL", store_url, 1000), notify_delays(store_url, 300),
+            pubsub_delays(redis_url)]
 
 
 # ================================================================================================
@@ -302,9 +194,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with stores(workdir) as (_, store_url, redis_server):
         public = f"http://localhost:{free_port()}"
         config = fleet_config(workdir, store_url=store_url, redis_url=redis_server.redis_url,
-                              public_url=public)
+                              public_url=public, allows="summary")
         if not args.skip_invalidation:
-            print(invalidation_report(invalidation(config, store_url, redis_server.redis_url)))
+            print(invalidation_report(invalidation(store_url, redis_server.redis_url)))
         if not args.skip_load:
             results = load(workdir, config, settings)
             server = load_config(config).config.server.server

@@ -101,7 +101,7 @@ def prepare(folder: Path) -> tuple[Path, str, str]:
     token, now = new_token(), time.time()
     runtime.store.sessions.add(SessionRecord(
         id=new_id(), token_hash=hash_token(token), user_id=user.id, created=now, last_seen=now,
-        events=(AuthEvent("password", ("pwd",), Level.AAL1, now),)))
+        events=(AuthEvent(factor="password", amr=("pwd",), level=Level.AAL1, at=now),)))
     key = ApiKeys(runtime).create("bench").key
     runtime.close()
     return folder / "stepguard.yaml", token, key

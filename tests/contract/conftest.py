@@ -14,6 +14,8 @@ import pytest
 from sqlalchemy import text
 
 from stepguard.storage.engine import make_engine
+from stepguard.storage.interfaces import Store
+from stepguard.storage.memory import MemoryStore
 from stepguard.storage.migrate import upgrade
 from stepguard.storage.sql import SqlStore
 from stepguard.storage.tables import TABLES
@@ -61,7 +63,20 @@ def store_url(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def store(store_url: str) -> Iterator[SqlStore]:
+def sql_store(store_url: str) -> Iterator[SqlStore]:
     store = SqlStore.from_url(store_url)
     yield store
     store.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres),
+                        "memory"])
+def store(request: pytest.FixtureRequest) -> Iterator[Store]:
+    """Every backend: SQLite, PostgreSQL and the in-memory store pass the same contract."""
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    fixture = "sqlite_url" if request.param == "sqlite" else "postgres_store_url"
+    sql = SqlStore.from_url(str(request.getfixturevalue(fixture)))
+    yield sql
+    sql.close()

@@ -94,12 +94,15 @@ def test_purge_removes_long_expired(store: SqlStore, user_id: str) -> None:
     assert store.pushes.get(old.id) is None and store.pushes.get(kept.id) == kept
 
 
-def test_pushes_go_with_their_user(store: SqlStore, user_id: str) -> None:
-    push = build.push(user_id)
-    store.pushes.add(push)
-    with store.engine.begin() as connection:
-        connection.execute(delete(t.users).where(t.users.c.id == user_id))
-    assert store.pushes.get(push.id) is None
+def test_pushes_go_with_their_user(sql_store: SqlStore) -> None:
+    """The SQL schema's cascade (the memory store has no user deletion)."""
+    user = build.user()
+    sql_store.users.add(user)
+    push = build.push(user.id)
+    sql_store.pushes.add(push)
+    with sql_store.engine.begin() as connection:
+        connection.execute(delete(t.users).where(t.users.c.id == user.id))
+    assert sql_store.pushes.get(push.id) is None
 
 
 def test_push_devices_are_factors_with_a_public_key(store: SqlStore, user_id: str) -> None:

@@ -50,13 +50,13 @@ def test_ping_answers(store: SqlStore) -> None:
     store.ping()
 
 
-def test_migrated_schema_matches_the_tables(store_url: str, store: SqlStore) -> None:
+def test_migrated_schema_matches_the_tables(store_url: str, sql_store: SqlStore) -> None:
     assert current(store_url) == head()
     upgrade(store_url)  # idempotent
     mine = MetaData()
     for table in TABLES:
         table.to_metadata(mine)
-    with store.engine.connect() as connection:
+    with sql_store.engine.connect() as connection:
         only_mine = {"include_name": lambda name, kind, _: kind != "table" or name in mine.tables}
         context = MigrationContext.configure(connection, opts=only_mine)
         assert compare_metadata(context, mine) == []

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from stepguard.service.throttle import ip_key, user_factor_key
+import pytest
+
+from stepguard.core.errors import Throttled
+from stepguard.service.throttle import ip_key, user_device_key, user_factor_key, user_ip_key
 from stepguard.storage.records import ThrottleState
 from stepguard.storage.sql import SqlStore
 from tests.contract import build
@@ -17,13 +20,14 @@ def test_unknown_key_is_clear(store: SqlStore) -> None:
 
 
 def test_each_failure_doubles_the_lock(store: SqlStore) -> None:
-    first = store.throttle.record_failure(KEY, now=NOW)
-    second = store.throttle.record_failure(KEY, now=NOW + 1)
-    third = store.throttle.record_failure(KEY, now=NOW + 3)
+    key = user_device_key("u1", "totp", "device-1")
+    first = store.throttle.record_failure(key, now=NOW)
+    second = store.throttle.record_failure(key, now=NOW + 1)
+    third = store.throttle.record_failure(key, now=NOW + 3)
     assert first == ThrottleState(consecutive=1, locked_until=NOW + 1)
     assert second == ThrottleState(consecutive=2, locked_until=NOW + 3)
     assert third == ThrottleState(consecutive=3, locked_until=NOW + 7)
-    assert store.throttle.state(KEY, now=NOW + 4) == third
+    assert store.throttle.state(key, now=NOW + 4) == third
     assert third.locked(NOW + 6.9) and not third.locked(NOW + 7)
 
 
@@ -63,3 +67,93 @@ def test_one_hundred_concurrent_failures_are_all_counted(store: SqlStore) -> Non
     assert sorted(r.consecutive for r in results) == list(range(1, 101))
     final = store.throttle.state(KEY, now=NOW)
     assert final.consecutive == 100 and final.hard_locked
+
+
+# --------------------------------------------------------------------------- reserve, then verify
+
+DEVICE = user_device_key("u1", "totp", "device-1")
+
+
+def test_a_reservation_counts_the_attempt_before_it_is_verified(store: SqlStore) -> None:
+    reserved = store.throttle.reserve(check=[DEVICE], count=[DEVICE], now=NOW)
+    assert [(r.key, r.prior, r.consecutive) for r in reserved] == [(DEVICE, ThrottleState(), 1)]
+    assert store.throttle.state(DEVICE, now=NOW) == ThrottleState(
+        consecutive=1, locked_until=NOW + 1)
+    with pytest.raises(Throttled) as waited:
+        store.throttle.reserve(check=[DEVICE], count=[DEVICE], now=NOW + 0.5)
+    assert waited.value.retry_after == 0.5
+    assert store.throttle.state(DEVICE, now=NOW).consecutive == 1  # a refused try is not counted
+
+
+def test_one_of_a_hundred_concurrent_reservations_gets_through(store: SqlStore) -> None:
+    keys = [ip_key("203.0.113.9"), user_ip_key("u1", "totp", "203.0.113.9"), KEY]
+
+    def attempt(_: int) -> bool:
+        try:
+            store.throttle.reserve(check=keys, count=keys, now=NOW)
+        except Throttled:
+            return False
+        return True
+
+    assert build.race(100, attempt).count(True) == 1
+    assert store.throttle.state(keys[1], now=NOW).consecutive == 1
+    assert store.throttle.state(KEY, now=NOW).consecutive == 1
+
+
+def test_concurrent_reservations_never_count_past_the_hard_limit(store: SqlStore) -> None:
+    for i in range(99):
+        store.throttle.record_failure(DEVICE, now=NOW - 10**6 + i * 1000)
+    results = build.race(100, lambda _: _reserve_or_none(store, [DEVICE], NOW))
+    assert sum(r is not None for r in results) == 1
+    final = store.throttle.state(DEVICE, now=NOW)
+    assert final.consecutive == 100 and final.hard_locked  # SECURITY.md case 7
+
+
+def test_keys_only_counted_are_not_checked(store: SqlStore) -> None:
+    store.throttle.record_failure(DEVICE, now=NOW)  # locked for 1 s
+    reserved = store.throttle.reserve(check=[], count=[DEVICE], now=NOW)
+    assert reserved[0].consecutive == 2 and reserved[0].prior.consecutive == 1
+
+
+def test_release_gives_back_the_reserved_attempt(store: SqlStore) -> None:
+    key = ip_key("198.51.100.4")
+    store.throttle.record_failure(key, now=NOW - 5000)  # forgotten by NOW
+    first = store.throttle.record_failure(key, now=NOW)
+    (reserved,) = store.throttle.reserve(check=[], count=[key], now=NOW + 1)
+    assert reserved.prior == first and reserved.consecutive == 2
+    store.throttle.release(reserved)
+    assert store.throttle.state(key, now=NOW + 1) == first
+    (fresh,) = store.throttle.reserve(check=[], count=[DEVICE], now=NOW)
+    store.throttle.release(fresh)
+    assert store.throttle.state(DEVICE, now=NOW) == ThrottleState()
+
+
+def test_release_after_other_attempts_only_takes_one_back(store: SqlStore) -> None:
+    (mine,) = store.throttle.reserve(check=[], count=[DEVICE], now=NOW)
+    store.throttle.record_failure(DEVICE, now=NOW)
+    store.throttle.release(mine)
+    assert store.throttle.state(DEVICE, now=NOW) == ThrottleState(
+        consecutive=1, locked_until=NOW + 2)
+
+
+def test_the_per_user_ceiling_only_slows_after_its_free_failures(store: SqlStore) -> None:
+    for i in range(10):
+        assert not store.throttle.record_failure(KEY, now=NOW + i).locked(NOW + i)
+    assert store.throttle.record_failure(KEY, now=NOW + 10).locked_until == NOW + 11
+
+
+def test_reset_user_clears_every_key_of_that_user_only(store: SqlStore) -> None:
+    mine = [KEY, DEVICE, user_ip_key("u1", "password", "2001:db8::1")]
+    others = [user_factor_key("u10", "totp"), ip_key("192.0.2.1")]
+    for key in mine + others:
+        store.throttle.record_failure(key, now=NOW)
+    store.throttle.reset_user("u1")
+    assert all(store.throttle.state(k, now=NOW) == ThrottleState() for k in mine)
+    assert all(store.throttle.state(k, now=NOW).consecutive == 1 for k in others)
+
+
+def _reserve_or_none(store: SqlStore, keys: list[str], now: float) -> object:
+    try:
+        return store.throttle.reserve(check=keys, count=keys, now=now)
+    except Throttled:
+        return None

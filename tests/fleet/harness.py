@@ -148,13 +148,17 @@ def _ready(url: str) -> bool:
         return False
 
 
-def fleet_config(folder: Path, *, store_url: str, redis_url: str, public_url: str) -> Path:
+def fleet_config(folder: Path, *, store_url: str, redis_url: str, public_url: str,
+                 allows: str = "every_request") -> Path:
+    """The fleet's shared config. The tests audit every allow (`audit.allows: every_request`) so
+    that each allowed request can be matched with its own entry; the benchmarks pass
+    `allows="summary"`, the default."""
     from tests.support.gateway import write_config
 
     extra = f"""\
 redis: {{url: "{redis_url}", health_check_interval: 0.5, socket_timeout: 0.5}}
 throttle: {{base_delay: 1s}}
-audit: {{shutdown_timeout: 2s}}
+audit: {{shutdown_timeout: 2s, allows: {allows}}}
 """
     return write_config(folder, store_url=store_url, public_url=public_url, policy=FLEET_POLICY,
                         extra=extra)

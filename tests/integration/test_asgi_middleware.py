@@ -128,7 +128,7 @@ def test_any_failure_is_a_503_never_an_allow(env: Env, embedded: TestClient,
     def broken(*_: object, **__: object) -> None:
         raise failure
 
-    monkeypatch.setattr(env.runtime.store.sessions, "by_token_hash", broken)
+    monkeypatch.setattr(env.runtime.store.session_states, "read", broken)
     response = embedded.get("/dashboard", cookies={"stepguard_session": token}, headers=API)
     assert response.status_code == 503 and "headers" not in response.text
 

@@ -80,9 +80,9 @@ def make_env(folder: Path, *, policy: str = TEST_POLICY, public_url: str = BASE)
 def open_session(env: Env, *, level: Level = Level.AAL1) -> tuple[str, SessionRecord]:
     """A signed-in session for alice (password sign-in, plus an aal2 event if asked)."""
     token, now = new_token(), env.clock.now
-    events = [AuthEvent("password", ("pwd",), Level.AAL1, now)]
+    events = [AuthEvent(factor="password", amr=("pwd",), level=Level.AAL1, at=now)]
     if level >= Level.AAL2:
-        events.append(AuthEvent("totp", ("otp",), Level.AAL2, now))
+        events.append(AuthEvent(factor="totp", amr=("otp",), level=Level.AAL2, at=now))
     record = SessionRecord(id=new_id(), token_hash=hash_token(token), user_id=env.alice.user.id,
                            created=now, last_seen=now, events=tuple(events))
     env.runtime.store.sessions.add(record)
@@ -300,7 +300,7 @@ def test_store_outage_is_503_never_an_allow(env: Env, client: TestClient,
     def down(*_: object, **__: object) -> None:
         raise StoreUnavailable("down")
 
-    monkeypatch.setattr(env.runtime.store.sessions, "by_token_hash", down)
+    monkeypatch.setattr(env.runtime.store.session_states, "read", down)
     response = client.post(DECIDE_PATH, json={"method": "GET", "host": "app.test",
                                               "path": "/dashboard", "session_token": token})
     assert response.status_code == 503 and response.json()["error"] == "unavailable"

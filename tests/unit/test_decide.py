@@ -34,8 +34,10 @@ def session(
     groups: frozenset[str] = frozenset(),
     sid: str = "s1",
 ) -> SessionState:
-    built = tuple(AuthEvent(f, FACTOR_AMR[f], lvl, NOW - age) for f, lvl, age in events)
-    return SessionState(sid, Subject("alice", groups=groups), NOW - 7200, NOW - idle, events=built)
+    built = tuple(AuthEvent(factor=f, amr=FACTOR_AMR[f], level=lvl, at=NOW - age)
+                  for f, lvl, age in events)
+    return SessionState(id=sid, subject=Subject(id="alice", groups=groups), created=NOW - 7200,
+                        last_seen=NOW - idle, events=built)
 
 
 PASSWORD = ("password", Level.AAL1, 600.0)
@@ -98,17 +100,17 @@ def grant(
     factor: str = "totp",
 ) -> Grant:
     return Grant(
-        "g1",
-        subject,
-        sid,
-        scope,
-        level,
-        FACTOR_AMR[factor],
-        NOW - age,
-        NOW - age + ttl,
-        single_use,
-        binding,
-        factor,
+        id="g1",
+        subject_id=subject,
+        session_id=sid,
+        scope=scope,
+        level=level,
+        amr=FACTOR_AMR[factor],
+        granted_at=NOW - age,
+        expires_at=NOW - age + ttl,
+        single_use=single_use,
+        binding=binding,
+        factor=factor,
     )
 
 

@@ -556,9 +556,9 @@ def test_no_session_values() -> None:
 
 def test_session_values() -> None:
     events = (
-        AuthEvent("password", ("pwd",), Level.AAL1, NOW - 3600),
-        AuthEvent("webauthn", ("hwk", "user"), Level.AAL3, NOW - 300),
-        AuthEvent("totp", ("otp",), Level.AAL2, NOW - 100),
+        AuthEvent(factor="password", amr=("pwd",), level=Level.AAL1, at=NOW - 3600),
+        AuthEvent(factor="webauthn", amr=("hwk", "user"), level=Level.AAL3, at=NOW - 300),
+        AuthEvent(factor="totp", amr=("otp",), level=Level.AAL2, at=NOW - 100),
     )
     env = make_env(session=make_session(*events, created=NOW - 7200, last_seen=NOW - 60))
     for text in [
@@ -1045,7 +1045,8 @@ def test_well_typed_conditions_evaluate_to_bool_or_evaluation_error(
 ) -> None:
     compiled = compile_expression(text, attributes=ATTRIBUTES, networks=NETWORKS)
     session = (
-        make_session(AuthEvent("totp", ("otp",), Level.AAL2, NOW - 10)) if with_session else None
+        make_session(AuthEvent(factor="totp", amr=("otp",), level=Level.AAL2, at=NOW - 10))
+        if with_session else None
     )
     env = make_env(attributes=values, session=session, client_ip=client_ip)
     with contextlib.suppress(EvaluationError):

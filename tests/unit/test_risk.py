@@ -32,7 +32,7 @@ BERLIN = Location("DE", "Berlin", 52.52, 13.405)
 HAMBURG = Location("DE", "Hamburg", 53.55, 9.99)
 SAO_PAULO = Location("BR", "São Paulo", -23.55, -46.63)
 SETTINGS = RiskSettings()
-SUBJECT = Subject("u1")
+SUBJECT = Subject(id="u1")
 
 
 def _context(**changes: Any) -> RequestContext:

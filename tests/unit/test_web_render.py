@@ -231,6 +231,13 @@ PAGES: dict[str, dict[str, Any]] = {
         "filters": {"user": EVIL, "rule": "", "outcome": ""},
         "revoke_url": "/admin/sessions/revoke",
         "disable_url": "/admin/users/disable",
+        "unlock_url": "/admin/users/unlock",
+    },
+    "admin_unlock.html": {
+        "user": USER,
+        "account": {"id": "u1", "username": EVIL},
+        "unlock_url": "/admin/users/unlock",
+        "cancel_url": "/admin",
     },
     "message.html": {
         "heading": "Request denied",

@@ -452,12 +452,15 @@ def token_grant(token: BearerToken, decision: Decision, *, settings: BearerSetti
 def _refuse_binding(decision: Decision) -> Decision:
     reason = ("This request must be approved on Stepguard's step-up page, which shows what is "
               "approved; an access token cannot approve a bound transaction.")
-    return Decision(Outcome.DENY, decision.rule, (*decision.reasons, reason),
-                    decision.requirement, decision.scope, decision.binding, decision.bound_values)
+    return Decision(outcome=Outcome.DENY, rule=decision.rule,
+                    reasons=(*decision.reasons, reason), requirement=decision.requirement,
+                    scope=decision.scope, binding=decision.binding,
+                    bound_values=decision.bound_values)
 
 
 def _refused(runtime: Runtime, context: RequestContext, error: InvalidToken) -> BearerCheck:
-    decision = Decision(Outcome.STEP_UP, "bearer-token", (error.reason,), login=True)
+    decision = Decision(outcome=Outcome.STEP_UP, rule="bearer-token", reasons=(error.reason,),
+                        login=True)
     _audit(runtime, context, None, decision, NO_RISK, {"via": "bearer", "error": error.code},
            outcome=error.code)
     return BearerCheck(decision, context, None, NO_RISK, error)

@@ -34,21 +34,26 @@ from stepguard.core.errors import AuditIntegrityError, VerificationFailed
 GENESIS_HASH = "0" * 64
 DEFAULT_TIME_TOLERANCE = 300.0  # seconds an entry may precede the one before it (queued writers)
 
-KIND_DECISION = "decision"
-KIND_VERIFICATION = "verification"
-KIND_ENROLMENT = "enrolment"
-KIND_SESSION = "session"
-KIND_ADMIN = "admin"
-KIND_CHECKPOINT = "checkpoint"
-KNOWN_KINDS = frozenset(
-    {KIND_DECISION, KIND_VERIFICATION, KIND_ENROLMENT, KIND_SESSION, KIND_ADMIN, KIND_CHECKPOINT}
-)
+
+
+class AuditKind(StrEnum):
+    """Every kind of audit entry (a closed set: an event of any other kind is refused)."""
+
+    DECISION = "decision"  # allow / step up / deny for one request (or a summary of allows)
+    CHALLENGE = "challenge"  # a step-up challenge was started
+    VERIFICATION = "verification"  # a factor was checked (passed or failed)
+    ENROLMENT = "enrolment"  # a factor was added or removed
+    SESSION = "session"  # signed in, signed out, revoked
+    ADMIN = "admin"  # an operator's action (users, keys, pruning)
+    CHECKPOINT = "checkpoint"  # a signed retention checkpoint
+
+
+KNOWN_KINDS = frozenset(kind.value for kind in AuditKind)
 
 REQUEST_FIELDS = ("method", "host", "path", "client_ip", "action")
 
 _ENTRY_DOMAIN = b"stepguard-audit-entry-v1\n"
 _CHECKPOINT_DOMAIN = b"stepguard-audit-checkpoint-v1\n"
-_KIND = re.compile(r"[a-z][a-z0-9_.-]{0,31}")
 _HASH = re.compile(r"[0-9a-f]{64}")
 _SESSION_REF = re.compile(r"s:[0-9a-f]{24}")
 _SEAL_SEARCH = 512  # how far from its label an entry's sealed seq is searched for (diagnosis)
@@ -159,7 +164,7 @@ def _check_key(key: bytes) -> None:
 # --------------------------------------------------------------------------- events and entries
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AuditEvent:
     """What a caller submits to the ledger; it becomes an `AuditEntry` once sealed.
 
@@ -181,8 +186,36 @@ class AuditEvent:
     detail: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
 
     def __post_init__(self) -> None:
-        if not _KIND.fullmatch(self.kind):
+        self._check()
+
+    @classmethod
+    def unchecked(cls, *, at: float, kind: AuditKind, subject: str = "", session: str = "",
+                  request: Mapping[str, str] = _EMPTY, decision: str = "", rule: str = "",
+                  reasons: tuple[str, ...] = (), factor: str = "", outcome: str = "",
+                  detail: Mapping[str, Any] = _EMPTY) -> AuditEvent:
+        """An event built without its checks (no regex, no copies): cheap enough for every
+        request. It must go through `checked()` before it is sealed or logged; the audit writer
+        does that in its own thread (`AuditWriter`)."""
+        event = object.__new__(cls)
+        for name, value in (("at", at), ("kind", kind), ("subject", subject),
+                            ("session", session), ("request", request), ("decision", decision),
+                            ("rule", rule), ("reasons", reasons), ("factor", factor),
+                            ("outcome", outcome), ("detail", detail)):
+            object.__setattr__(event, name, value)
+        return event
+
+    def checked(self) -> AuditEvent:
+        """This event with every construction rule applied (raises `ValueError` if it breaks
+        one): what `unchecked` skipped."""
+        return AuditEvent(at=self.at, kind=self.kind, subject=self.subject, session=self.session,
+                          request=self.request, decision=self.decision, rule=self.rule,
+                          reasons=self.reasons, factor=self.factor, outcome=self.outcome,
+                          detail=self.detail)
+
+    def _check(self) -> None:
+        if self.kind not in KNOWN_KINDS:
             raise ValueError(f"invalid audit entry kind {self.kind!r}")
+        object.__setattr__(self, "kind", AuditKind(self.kind).value)
         if self.session and not _SESSION_REF.fullmatch(self.session):
             raise ValueError("an audit event's session must be a session_ref(), never a raw id")
         object.__setattr__(self, "at", normalise_time(self.at))

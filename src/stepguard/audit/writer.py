@@ -1,7 +1,11 @@
 """The audit writer: entries leave the request's hot path but are never dropped.
 
 `submit` puts an event on a bounded queue and returns; a background thread drains the queue in
-batches through the sink's `append_many`. When the queue is full, `submit` blocks (the request
+batches through the sink's `append_many` (sealing happens there, in that thread). Events built
+with `AuditEvent.unchecked` (the per-request decisions) are submitted with `checked=False`: the
+thread applies their checks and redaction before anything is sealed, spilled or logged. With an
+`AllowSummary`, the thread also turns each closed interval of plain allows into one entry (a
+flush or a clean stop closes the open ones). When the queue is full, `submit` blocks (the request
 waits rather than losing its audit entry). When the store is down, the thread keeps the batch and
 retries with capped exponential back-off until the store returns; `flush` and `close` wait for
 everything submitted to be written, and say so (raise) if it was not.
@@ -17,7 +21,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from stepguard.audit.ledger import AuditEntry, AuditEvent
+from stepguard.audit.ledger import AuditEntry, AuditEvent, AuditKind
+from stepguard.audit.summary import AllowSummary
 from stepguard.core.errors import StoreUnavailable
 
 log = logging.getLogger("stepguard.audit")
@@ -47,6 +52,8 @@ class AuditWriter:
         retry_max: float = 5.0,
         linger: float = 0.02,
         on_error: Callable[[Exception, float], None] = _log_error,
+        summary: AllowSummary | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if capacity < 1 or batch_size < 1:
             raise ValueError("capacity and batch_size must be at least 1")
@@ -58,12 +65,14 @@ class AuditWriter:
         self._linger = linger
         self._flushing = 0
         self._on_error = on_error
+        self.summary = summary
+        self._clock = clock
         self._lock = threading.Lock()
         self._not_empty = threading.Condition(self._lock)
         self._not_full = threading.Condition(self._lock)
         self._progress = threading.Condition(self._lock)
-        self._queue: deque[AuditEvent] = deque()
-        self._in_flight: list[AuditEvent] = []
+        self._queue: deque[AuditEvent | _Unchecked] = deque()
+        self._in_flight: list[AuditEvent | _Unchecked] = []
         self._submitted = 0
         self._written = 0
         self._closing = False
@@ -74,8 +83,10 @@ class AuditWriter:
 
     # ------------------------------------------------------------------ producers
 
-    def submit(self, event: AuditEvent, *, timeout: float | None = None) -> None:
-        """Queue the event; block while the queue is full (raise `StoreUnavailable` on timeout)."""
+    def submit(self, event: AuditEvent, *, timeout: float | None = None,
+               checked: bool = True) -> None:
+        """Queue the event; block while the queue is full (raise `StoreUnavailable` on timeout).
+        `checked=False`: an `AuditEvent.unchecked` event, checked in the writer's thread."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._not_full:
             while self._accepting() and len(self._queue) >= self._capacity:
@@ -83,7 +94,7 @@ class AuditWriter:
                 if remaining is not None and remaining <= 0:
                     raise StoreUnavailable("the audit queue is full and not draining")
                 self._not_full.wait(remaining)
-            self._enqueue(event)
+            self._enqueue(event if checked else _Unchecked(event))
 
     async def asubmit(self, event: AuditEvent) -> None:
         """`submit` for async code: never blocks the event loop, even when the queue is full."""
@@ -98,7 +109,7 @@ class AuditWriter:
             raise StoreUnavailable("the audit writer is closed")
         return True
 
-    def _enqueue(self, event: AuditEvent) -> None:
+    def _enqueue(self, event: AuditEvent | _Unchecked) -> None:
         self._queue.append(event)
         self._submitted += 1
         self._not_empty.notify()
@@ -108,6 +119,7 @@ class AuditWriter:
     def flush(self, timeout: float | None = None) -> None:
         """Wait until everything submitted so far is written; raise `StoreUnavailable` if not."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._close_summaries()
         with self._progress:
             target = self._submitted
             self._flushing += 1
@@ -130,6 +142,7 @@ class AuditWriter:
         If that does not finish within `timeout` (the store stays down), the thread stops and
         `StoreUnavailable` is raised; the events that were not written stay in `unwritten()`.
         """
+        self._close_summaries()
         with self._lock:
             self._closing = True
             self._not_empty.notify_all()
@@ -168,7 +181,28 @@ class AuditWriter:
     def unwritten(self) -> list[AuditEvent]:
         """Events not (yet) written, oldest first: after a failed `close`, what must be saved."""
         with self._lock:
-            return [*self._in_flight, *self._queue]
+            pending = [*self._in_flight, *self._queue]
+        return [_ready(item) for item in pending]
+
+    # ------------------------------------------------------------------ summaries
+
+    def _close_summaries(self) -> None:
+        """Queue an entry for every open summary interval (a flush or a clean stop)."""
+        if self.summary is not None:
+            self._queue_summaries(self.summary.drain())
+
+    def _due_summaries(self) -> None:
+        if self.summary is not None:
+            self._queue_summaries(self.summary.due(self._clock()))
+
+    def _queue_summaries(self, events: list[AuditEvent]) -> None:
+        if not events:
+            return
+        with self._lock:
+            if self._closing and self._abandoned.is_set():
+                return
+            for event in events:
+                self._enqueue(event)
 
     # ------------------------------------------------------------------ the thread
 
@@ -182,10 +216,16 @@ class AuditWriter:
                 self._written += len(batch)
                 self._progress.notify_all()
 
-    def _take(self) -> list[AuditEvent]:
+    def _take(self) -> list[AuditEvent | _Unchecked]:
+        self._due_summaries()
         with self._not_empty:
             while not self._queue and not self._closing:
-                self._not_empty.wait()
+                if not self._not_empty.wait(self._until_summary()):
+                    self._not_empty.release()  # write the intervals that closed meanwhile
+                    try:
+                        self._due_summaries()
+                    finally:
+                        self._not_empty.acquire()
             # Linger briefly so that a busy gateway writes many entries per transaction (one
             # entry per transaction costs ~1 ms; a batch ~60 µs an entry). A flush or close
             # does not wait.
@@ -200,8 +240,19 @@ class AuditWriter:
             self._not_full.notify_all()
             return list(self._in_flight)
 
-    def _write(self, batch: list[AuditEvent]) -> bool:
+    def _until_summary(self) -> float | None:
+        """How long the idle thread may sleep: until the oldest open interval closes (or one
+        interval, to see intervals opened meanwhile)."""
+        if self.summary is None:
+            return None
+        due = self.summary.next_due()
+        if due is None:
+            return self.summary.interval
+        return min(self.summary.interval, max(0.01, due - self._clock()))
+
+    def _write(self, pending: list[AuditEvent | _Unchecked]) -> bool:
         """Write the batch, retrying until it succeeds; False if the writer was abandoned."""
+        batch = [_ready(item) for item in pending]
         delay = self._retry_initial
         while not self._abandoned.is_set():
             try:
@@ -221,3 +272,27 @@ class AuditWriter:
             self._on_error(error, delay)
         except Exception:  # a failing callback must not stop the writer
             log.exception("audit writer error callback failed")
+
+
+class _Unchecked:
+    """An `AuditEvent.unchecked` event waiting for its checks (done in the writer's thread)."""
+
+    __slots__ = ("event",)
+
+    def __init__(self, event: AuditEvent) -> None:
+        self.event = event
+
+
+def _ready(item: AuditEvent | _Unchecked) -> AuditEvent:
+    """The event as it may be sealed: checked, or (when it breaks a rule) an entry saying so."""
+    if isinstance(item, AuditEvent):
+        return item
+    try:
+        return item.event.checked()
+    except (ValueError, TypeError) as error:
+        log.error("audit event refused by its checks (%s); recorded as unrecordable",
+                  type(error).__name__)
+        at = item.event.at if isinstance(item.event.at, float) else 0.0
+        return AuditEvent(at=at if at == at and abs(at) != float("inf") else 0.0,
+                          kind=AuditKind.DECISION, outcome="unrecordable",
+                          detail={"error": type(error).__name__})

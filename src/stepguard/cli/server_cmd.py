@@ -153,6 +153,15 @@ def users_disable(username: str, config: Path = CONFIG) -> None:
     console.print(f"disabled {username}; their sessions are ended")
 
 
+def users_unlock(username: str, config: Path = CONFIG) -> None:
+    """Lift every throttle lock and back-off on a user's sign-in and step-up attempts."""
+    from stepguard.service.accounts import Accounts
+
+    with user_named(username, config) as (runtime, user):
+        Accounts(runtime).unlock(user.id)
+    console.print(f"unlocked {username}: failed attempts no longer hold them back")
+
+
 def users_reset_factors(username: str, config: Path = CONFIG) -> None:
     """Remove a user's second factors and recovery codes, and end their sessions."""
     from stepguard.service.accounts import Accounts
@@ -183,7 +192,7 @@ def users_import(file: Path, config: Path = CONFIG) -> None:
 
 def users_set_password(username: str, config: Path = CONFIG,
                        password: str = typer.Option(..., prompt=True, hide_input=True)) -> None:
-    """Set a user's password and end all their sessions."""
+    """Set a user's password, end all their sessions and lift their throttle locks."""
     from stepguard.service.accounts import Accounts
 
     with user_named(username, config) as (runtime, user):
@@ -272,6 +281,7 @@ def register(app: typer.Typer) -> None:
     users.command("reset-factors")(users_reset_factors)
     users.command("import")(users_import)
     users.command("set-password")(users_set_password)
+    users.command("unlock")(users_unlock)
     app.add_typer(users, name="users")
     audit = typer.Typer(help="The audit ledger.", no_args_is_help=True)
     audit.command("verify")(audit_verify)

@@ -63,23 +63,23 @@ def build_session(spec: Any, *, now: float) -> SessionState | None:
         return None
     spec = _mapping(spec, "session")
     subject = Subject(
-        str(spec.get("user", "alice")),
-        str(spec.get("name", "")),
-        str(spec.get("email", "")),
-        frozenset(spec.get("groups", [])),
+        id=str(spec.get("user", "alice")),
+        name=str(spec.get("name", "")),
+        email=str(spec.get("email", "")),
+        groups=frozenset(spec.get("groups", [])),
     )
     events = spec.get("events") or [{k: spec[k] for k in ("factor", "level", "age") if k in spec}]
     built = tuple(_event(_mapping(e, "session.events[]"), now) for e in events)
     created = now - max((now - e.at for e in built), default=0.0)
     idle = parse_duration(spec.get("idle", 0))
     return SessionState(
-        str(spec.get("id", "s1")),
-        subject,
-        created,
-        now - idle,
-        str(spec.get("ip", "")),
-        str(spec.get("user_agent", "")),
-        built,
+        id=str(spec.get("id", "s1")),
+        subject=subject,
+        created=created,
+        last_seen=now - idle,
+        ip=str(spec.get("ip", "")),
+        user_agent=str(spec.get("user_agent", "")),
+        events=built,
     )
 
 
@@ -88,7 +88,8 @@ def _event(spec: Mapping[str, Any], now: float) -> AuthEvent:
     factor = str(spec.get("factor", "password" if level is Level.AAL1 else "totp"))
     if factor not in FACTOR_AMR:
         raise CaseError(f"unknown factor {factor!r}")
-    return AuthEvent(factor, FACTOR_AMR[factor], level, now - parse_duration(spec.get("age", 0)))
+    return AuthEvent(factor=factor, amr=FACTOR_AMR[factor], level=level,
+                     at=now - parse_duration(spec.get("age", 0)))
 
 
 def build_risk(spec: Any, settings: RiskSettings) -> RiskAssessment:
@@ -123,17 +124,17 @@ def _grant(spec: Any, request: RequestContext, session: SessionState | None, now
     granted = now - parse_duration(spec.get("age", 0))
     factor = str(spec.get("factor", "totp"))
     return Grant(
-        str(spec.get("id", "g1")),
-        session.subject.id,
-        session.id,
-        str(spec["scope"]),
-        Level.parse(str(spec.get("level", "aal2"))),
-        FACTOR_AMR.get(factor, ()),
-        granted,
-        granted + parse_duration(spec.get("ttl", "5m")),
-        bool(spec.get("single_use")),
-        binding,
-        factor,
+        id=str(spec.get("id", "g1")),
+        subject_id=session.subject.id,
+        session_id=session.id,
+        scope=str(spec["scope"]),
+        level=Level.parse(str(spec.get("level", "aal2"))),
+        amr=FACTOR_AMR.get(factor, ()),
+        granted_at=granted,
+        expires_at=granted + parse_duration(spec.get("ttl", "5m")),
+        single_use=bool(spec.get("single_use")),
+        binding=binding,
+        factor=factor,
     )
 
 

@@ -121,10 +121,16 @@ class RiskSection(Section):
 class ThrottleSection(Section):
     base_delay: Duration = Field(1.0, description="first back-off after a failure (doubles)")
     max_delay: Duration = Field(900.0, description="longest back-off between attempts")
-    hard_lock_after: int = Field(100, ge=1, le=100,
-                                 description="consecutive failures per user+factor that lock it")
+    hard_lock_after: int = Field(
+        100, ge=1, le=100,
+        description="consecutive failures per user+factor that lock it for unknown clients "
+                    "(the owner's known devices keep their own count; `users unlock` lifts it)")
     ip_forget_after: Duration = Field(
         3600.0, description="an IP's failures are forgotten after this")
+    free_failures: int = Field(
+        10, ge=0, le=99,
+        description="failures a client address, or all clients of one user together, may make "
+                    "before the back-off starts (a user+address starts at the first)")
 
 
 class AuditSection(Section):
@@ -137,6 +143,14 @@ class AuditSection(Section):
         "audit-spill", description="entries that could not be written at shutdown (store down) are "
                                    "saved here as JSON Lines and written at the next start "
                                    "(relative to this file)")
+    allows: Literal["summary", "every_request"] = Field(
+        "summary", description="plain allows (no grant, nothing above a sign-in, low risk) "
+                               "as one entry per subject, session, rule and interval, or one "
+                               "entry each (`every_request`: PCI DSS 10.2.1, see "
+                               "docs/security.md); every other decision is always its own entry")
+    summary_interval: Duration = Field(
+        60.0, gt=0, description="length of a plain-allow summary interval; a crash loses at most "
+                                "the allows of the open interval")
 
 
 class ChallengeSection(Section):

@@ -28,7 +28,7 @@ class RequestContext:
     attributes: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Subject:
     """The user."""
 
@@ -38,7 +38,7 @@ class Subject:
     groups: frozenset[str] = frozenset()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AuthEvent:
     """One successful authentication within a session: factor, amr values, level, time."""
 
@@ -48,7 +48,7 @@ class AuthEvent:
     at: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SessionState:
     """One signed-in browser or client, as the core sees it (no token, only facts)."""
 

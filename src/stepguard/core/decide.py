@@ -168,18 +168,19 @@ def _apply(
     failed: bool,
 ) -> Decision:
     if rule.deny is not None:
-        return Decision(Outcome.DENY, rule.name, (_text_of(rule.deny, context, risk),))
+        return Decision(outcome=Outcome.DENY, rule=rule.name,
+                        reasons=(_text_of(rule.deny, context, risk),))
     requirement = rule.requirement
     if requirement is None:
         return _allowed(rule.name, "", _session_level(policy, session, now))
     if session is None:
         reasons = (_reason(rule, requirement, context, risk), "Sign in to continue.")
         return Decision(
-            Outcome.STEP_UP,
-            rule.name,
-            _dedupe(reasons),
-            requirement,
-            _scope(rule, requirement),
+            outcome=Outcome.STEP_UP,
+            rule=rule.name,
+            reasons=_dedupe(reasons),
+            requirement=requirement,
+            scope=_scope(rule, requirement),
             login=True,
         )
     return _judge(policy, rule, requirement, context, session, risk, grants, now, failed)
@@ -197,7 +198,7 @@ def _text_of(template: str, context: RequestContext, risk: RiskAssessment) -> st
 @lru_cache(maxsize=4096)
 def _allowed(rule: str, scope: str, level: Level) -> Decision:
     """Allow decisions without a grant are the same every time: build each once."""
-    return Decision(Outcome.ALLOW, rule, scope=scope, level=level)
+    return Decision(outcome=Outcome.ALLOW, rule=rule, scope=scope, level=level)
 
 
 def _judge(
@@ -220,8 +221,8 @@ def _judge(
     grant = _satisfying_grant(session, requirement, scope, digest, grants, now)
     if grant is not None:
         return Decision(
-            Outcome.ALLOW,
-            rule.name,
+            outcome=Outcome.ALLOW,
+            rule=rule.name,
             scope=scope,
             binding=digest,
             grant_id=grant.id,
@@ -230,7 +231,8 @@ def _judge(
         )
     reasons = _step_up_reasons(policy, rule, requirement, context, session, risk, now, failed)
     bound = tuple((name, _text(context.attributes.get(name))) for name in requirement.bind)
-    return Decision(Outcome.STEP_UP, rule.name, reasons, requirement, scope, digest, bound)
+    return Decision(outcome=Outcome.STEP_UP, rule=rule.name, reasons=reasons,
+                    requirement=requirement, scope=scope, binding=digest, bound_values=bound)
 
 
 def _scope(rule: Rule, requirement: Requirement) -> str:
@@ -323,7 +325,7 @@ def _step_up_reasons(
     reasons = [_reason(rule, requirement, context, risk)]
     if rule.uses_risk or risk.level in ("high", "critical"):
         reasons.extend(risk.reasons)
-    reasons.append(_freshness(policy, requirement, session, now))
+    reasons.append(_missing(policy, requirement, session, _scope(rule, requirement), now))
     if failed:
         reasons.append(
             "Some details of this request could not be checked, so it is treated as sensitive."
@@ -341,19 +343,42 @@ def _reason(
     return f"This action needs a stronger proof of who you are ({requirement.level.label})."
 
 
-def _freshness(policy: Policy, requirement: Requirement, session: SessionState, now: float) -> str:
-    if requirement.single_use or requirement.max_age == 0:
+def _missing(
+    policy: Policy, requirement: Requirement, session: SessionState, scope: str, now: float
+) -> str:
+    """The true reason no authentication event or grant meets `requirement`: the first
+    requirement kind the session does not meet, in the order a proof is judged."""
+    if requirement.single_use:
         return "Confirm this specific request; the approval is used once."
-    best = _session_level(policy, session, now)
-    if best < requirement.level:
+    if requirement.max_age == 0:
+        return "This needs a proof made just now, for this request."
+    strong = [e for e in valid_events(policy.levels, session, now) if e.level >= requirement.level]
+    if not strong:
+        best = _session_level(policy, session, now)
         return (
             f"Your current sign-in is {best.label}; this needs {requirement.level.label}"
             f"{_methods_text(requirement)}."
         )
-    if requirement.max_age is not None:
+    usable = [e for e in strong if not requirement.methods or e.factor in requirement.methods]
+    if not usable:
+        return (
+            f"This needs a proof{_methods_text(requirement)}; "
+            "your recent proofs used other methods."
+        )
+    if requirement.max_age is not None and all(now - e.at > requirement.max_age for e in usable):
         return (
             f"Your last sign-in at this level is older than "
             f"{describe_duration(requirement.max_age)}."
+        )
+    if requirement.bind:
+        return (
+            f"Approve exactly these values ({', '.join(requirement.bind)}); an approval covers "
+            "only the values it was given for."
+        )
+    if requirement.scope is not None:
+        return (
+            f"This action needs a confirmation of its own ({scope}); an earlier confirmation "
+            "does not cover it."
         )
     return f"This needs a fresh proof{_methods_text(requirement)}."
 

@@ -14,7 +14,7 @@ class Outcome(str, Enum):
     DENY = "deny"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Requirement:
     """What a request needs: level, freshness, methods, scope, single use, binding, reason."""
 
@@ -32,7 +32,7 @@ class Requirement:
         return self.scope is not None or self.single_use or bool(self.bind) or self.max_age == 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Decision:
     """The core's answer: an outcome with the matched rule and plain-language reasons.
 

@@ -11,7 +11,7 @@ from typing import Any
 from stepguard.core.levels import Level
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Grant:
     """A step-up that passed: covers one scope for one subject and session until it expires."""
 

@@ -313,7 +313,8 @@ def _requirement(spec: Any, path: Path, name: str, env: _Env) -> Requirement:
     if scope is not None and not isinstance(scope, str):
         env.problems.add((*path, "scope"), "expected a scope name")
         scope = name
-    return Requirement(level, max_age, methods, scope, single_use, tuple(bind), reason)
+    return Requirement(level=level, max_age=max_age, methods=methods, scope=scope,
+                       single_use=single_use, bind=tuple(bind), reason=reason)
 
 
 def _level_of(value: Any, path: Path, problems: _Problems) -> Level:

@@ -77,6 +77,7 @@ class RiskHistory:
     recent_failures: tuple[float, ...] = ()
     hour_histogram: tuple[int, ...] = ()
     amounts: tuple[float, ...] = ()
+    trusted: frozenset[str] = frozenset()  # "<factor>|device|<id>", "<factor>|net|<prefix>"
 
     def __post_init__(self) -> None:
         if self.hour_histogram and len(self.hour_histogram) != 24:
@@ -382,7 +383,7 @@ def _session_ua_changed(facts: _Facts) -> str | None:
 
 def _unusual_amount(facts: _Facts) -> str | None:
     """Amount above `amount_factor` × the median of at least `amount_min_samples` past amounts."""
-    amount = _number(facts.context.attributes.get("amount"))
+    amount = amount_of(facts.context)
     amounts = facts.history.amounts
     if amount is None or len(amounts) < facts.settings.amount_min_samples:
         return None
@@ -426,8 +427,10 @@ _CHECKS: tuple[tuple[str, Callable[[_Facts], str | None]], ...] = (
 # --- Small helpers -----------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """An address (IPv4-mapped IPv6 unwrapped to IPv4), or None when `text` is not one."""
+    """An address (IPv4-mapped IPv6 unwrapped to IPv4), or None when `text` is not one.
+    Cached: the same few client addresses come with every request (addresses are immutable)."""
     try:
         address = ipaddress.ip_address(text.strip())
     except ValueError:
@@ -435,6 +438,12 @@ def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
+
+
+def amount_of(context: RequestContext) -> float | None:
+    """The request's `amount` attribute as a finite number (None when absent or not one): what
+    `unusual_amount` judges and what an allowed action adds to the user's baseline."""
+    return _number(context.attributes.get("amount"))
 
 
 def _number(value: object) -> float | None:

@@ -8,16 +8,23 @@ from stepguard.core.context import AuthEvent, RequestContext
 from stepguard.core.decision import Decision, Outcome, Requirement
 from stepguard.core.errors import StepguardError, VerificationFailed
 from stepguard.core.levels import FACTOR_AMR, Level
-from stepguard.core.risk import network_prefix
 from stepguard.factors import webauthn as wa
 from stepguard.factors.password import OWASP, hash_password, verify_dummy, verify_password
 from stepguard.factors.recovery import generate_recovery_codes, hash_recovery_code
 from stepguard.factors.secretbox import open_sealed, seal, seed_aad
 from stepguard.factors.totp import new_totp_secret, provisioning_uri, qr_svg, verify_totp
-from stepguard.service.attempts import attempt_keys, check_attempt, count_failure
+from stepguard.service.attempts import (
+    abandoned,
+    client_network,
+    failed,
+    plan_attempt,
+    reserve,
+    succeeded,
+    trust_client,
+    unknown_subject,
+)
 from stepguard.service.runtime import Runtime, hash_token, new_id, new_token
 from stepguard.service.stepup import StepUp, ceremony_data, ceremony_from
-from stepguard.service.throttle import user_factor_key
 from stepguard.storage.records import ChallengeRecord, FactorRecord, SessionRecord, UserRecord
 
 FRESH_FOR_ENROLMENT = 600.0  # seconds: adding or removing a factor needs a proof this recent
@@ -93,28 +100,43 @@ class Accounts:
         return len(factors)
 
     def set_password(self, user_id: str, password: str, *, by: str = "cli") -> bool:
-        """A new password ends every session of the user (SECURITY.md: revoke-all)."""
+        """A new password ends every session of the user (SECURITY.md: revoke-all) and lifts
+        any throttle lock (the old password's guesses no longer matter)."""
         with self.rt.store.transaction():
             changed = self.rt.store.users.set_password_hash(user_id, hash_password(password))
             self.rt.store.sessions.revoke_all_for_user(user_id, now=self.rt.now())
+        self.rt.store.throttle.reset_user(user_id)
         self.rt.record(kind="admin", subject=user_id, outcome="password_set", detail={"by": by})
         return changed
+
+    def unlock(self, user_id: str, *, by: str = "cli") -> None:
+        """An operator lifts every throttle lock of the user (the way out of a hard lock)."""
+        self.rt.store.throttle.reset_user(user_id)
+        self.rt.record(kind="admin", subject=user_id, outcome="unlocked", detail={"by": by})
 
     # ------------------------------------------------------------------ sign-in
 
     def sign_in(self, username: str, password: str, context: RequestContext) -> SignedIn:
-        """Password sign-in: throttled per user and per IP, constant work for unknown users."""
+        """Password sign-in: reserve-then-verify throttling, the same work and the same answers
+        for unknown users (their attempts are counted under a digest of the name)."""
         user = self.rt.store.users.by_username(username)
-        keys = attempt_keys(user_id=user.id if user else None, factor="password",
-                            client_ip=context.client_ip)
-        check_attempt(self.rt, keys)
+        subject = user.id if user else unknown_subject(username)
+        attempt = plan_attempt(subject=subject, factor="password", client_ip=context.client_ip,
+                               device_id=context.device_id,
+                               history=self.rt.store.history.load(subject))
+        reserved = reserve(self.rt, attempt)
         try:
             self._check_password(user, password)
+            assert user is not None
+            signed = self._open_session(user, context)
         except VerificationFailed:
-            self._failed(user, keys, context)
+            self._failed(user, context)
             raise
-        assert user is not None
-        return self._open_session(user, context)
+        except BaseException:
+            abandoned(self.rt, reserved)
+            raise
+        succeeded(self.rt, reserved)
+        return signed
 
     def _check_password(self, user: UserRecord | None, password: str) -> None:
         with self.rt.password_slots:  # bounded: argon2id is memory-hard
@@ -126,8 +148,8 @@ class Accounts:
         if check.rehash:
             self.rt.store.users.set_password_hash(user.id, check.rehash)
 
-    def _failed(self, user: UserRecord | None, keys: list[str], context: RequestContext) -> None:
-        count_failure(self.rt, keys, user_id=user.id if user else None)
+    def _failed(self, user: UserRecord | None, context: RequestContext) -> None:
+        failed(self.rt, user_id=user.id if user else None)
         self.rt.record(
             kind="verification",
             subject=user.id if user else "",
@@ -147,12 +169,13 @@ class Accounts:
             ip=context.client_ip,
             user_agent=context.user_agent[:512],
             device_id=context.device_id,
-            events=(AuthEvent("password", FACTOR_AMR["password"], Level.AAL1, now),),
+            events=(AuthEvent(factor="password", amr=FACTOR_AMR["password"], level=Level.AAL1,
+                              at=now),),
         )
-        with self.rt.store.transaction():
-            self.rt.store.sessions.add(session)
-            self.rt.store.throttle.reset(user_factor_key(user.id, "password"))
+        self.rt.store.sessions.add(session)
         self._remember(user, context)
+        trust_client(self.rt, user_id=user.id, factor="password", client_ip=context.client_ip,
+                     device_id=context.device_id)
         self.rt.record(
             kind="session",
             subject=user.id,
@@ -165,14 +188,10 @@ class Accounts:
 
     def _remember(self, user: UserRecord, context: RequestContext) -> None:
         location = self.rt.locator.locate(context.client_ip) if context.client_ip else None
-        try:
-            prefix = network_prefix(context.client_ip) if context.client_ip else ""
-        except StepguardError:
-            prefix = ""
         self.rt.store.history.record_success(
             user.id,
             device_id=context.device_id,
-            network_prefix=prefix,
+            network_prefix=client_network(context.client_ip),
             country=location.country if location else "",
             location=location,
             at=self.rt.now(),
@@ -208,26 +227,30 @@ class Accounts:
     def require_fresh(self, session: SessionRecord, *, first_factor_ok: bool = True) -> None:
         """A factor change needs a proof from the last 10 minutes (aal2 once one exists)."""
         now = self.rt.now()
-        has_second = any(
-            f.kind != "password" for f in self.rt.store.factors.for_user(session.user_id)
-        )
-        wanted = Level.AAL2 if has_second or not first_factor_ok else Level.AAL1
+        wanted = (Level.AAL2 if self._has_second_factor(session.user_id) or not first_factor_ok
+                  else Level.AAL1)
         if not any(e.level >= wanted and now - e.at <= FRESH_FOR_ENROLMENT for e in session.events):
             raise NeedsFreshProof("Confirm it's you before changing how you sign in.")
+
+    def _has_second_factor(self, user_id: str) -> bool:
+        """A confirmed factor besides the password: one still being set up is none (it cannot
+        be used to confirm anything yet)."""
+        return any(f.kind != "password" and f.data.get("confirmed", True)
+                   for f in self.rt.store.factors.for_user(user_id))
 
     def fresh_proof_challenge(
         self, session: SessionRecord, context: RequestContext, return_to: str
     ) -> ChallengeRecord | None:
         """A step-up challenge for a factor change, or None when only a new sign-in will do."""
-        if not any(f.kind != "password" for f in self.rt.store.factors.for_user(session.user_id)):
+        if not self._has_second_factor(session.user_id):
             return None  # no second factor yet: a fresh password sign-in is the proof
         requirement = Requirement(level=Level.AAL2, max_age=FRESH_FOR_ENROLMENT)
         decision = Decision(
-            Outcome.STEP_UP,
-            "factor-change",
-            ("Confirm it's you before changing how you sign in.",),
-            requirement,
-            "factor-change",
+            outcome=Outcome.STEP_UP,
+            rule="factor-change",
+            reasons=("Confirm it's you before changing how you sign in.",),
+            requirement=requirement,
+            scope="factor-change",
         )
         return StepUp(self.rt).start(decision, context, session, return_url=return_to)
 

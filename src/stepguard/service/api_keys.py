@@ -46,7 +46,7 @@ def secret_hash(secret: str) -> str:
 class ApiKeys:
     def __init__(self, runtime: Runtime, store: SqlApiKeys | None = None) -> None:
         self.rt = runtime
-        self.store = store or SqlApiKeys.on(runtime.store.engine)
+        self.store = store or runtime.store.api_keys
 
     def create(self, name: str, *, by: str = "cli") -> IssuedKey:
         if not _NAME_SHAPE.fullmatch(name):

@@ -1,31 +1,111 @@
-"""Throttled attempts: check every key before a verification, count a failure on every key after.
+"""Throttled attempts: reserve under every key before verifying, then settle on the outcome.
 
-Keys name one user's one factor (`user_factor_key`) and one client address (`ip_key`); the
-back-off policy itself is the pure `service.throttle`.
+`plan_attempt` names the keys of one attempt (the policy is the pure `service.throttle`):
+an unknown client is checked against its address, the subject+address and the subject's
+ceiling; one of the owner's known clients for this factor (a device that passed it before, or
+a network where it passed) only against its own key. `reserve` counts the attempt under every
+key atomically, or raises `Throttled` and counts nothing. After the verification:
+`succeeded` clears the subject's keys and gives the attempt back on the address key;
+`failed` only adds the failure to the risk history (it is counted already); `abandoned`
+gives it back everywhere (the attempt never reached a verdict).
 """
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
+
+from stepguard.core.errors import StepguardError
+from stepguard.core.risk import RiskHistory, network_prefix
 from stepguard.service.runtime import Runtime
-from stepguard.service.throttle import check, ip_key, user_factor_key
+from stepguard.service.throttle import (
+    ip_key,
+    user_device_key,
+    user_factor_key,
+    user_ip_key,
+    user_network_key,
+)
+from stepguard.storage.records import Reserved
+from stepguard.storage.sql_users import username_key
 
 
-def attempt_keys(*, user_id: str | None, factor: str, client_ip: str) -> list[str]:
-    """The throttle keys of one attempt: the user's factor (when known) and the client IP."""
-    keys = [user_factor_key(user_id, factor)] if user_id else []
-    return keys + ([ip_key(client_ip)] if client_ip else [])
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """The keys one attempt is checked against and counted under (`check` ⊆ `count`)."""
+
+    check: tuple[str, ...]
+    count: tuple[str, ...]
 
 
-def check_attempt(runtime: Runtime, keys: list[str]) -> None:
-    """Raise `Throttled` while any key is backing off or locked."""
-    now = runtime.now()
-    check(*(runtime.store.throttle.state(key, now=now) for key in keys), now=now)
+def unknown_subject(username: str) -> str:
+    """The throttle subject of a username nobody has: counted exactly like a real user's, so
+    the answers never tell the two apart (and the username itself is not stored)."""
+    digest = hashlib.sha256(username_key(username).encode("utf-8", "replace")).hexdigest()
+    return "unknown-" + digest[:32]
 
 
-def count_failure(runtime: Runtime, keys: list[str], *, user_id: str | None) -> None:
-    """One failure on every key, and in the user's risk history (the failed-attempts signal)."""
-    now = runtime.now()
-    for key in keys:
-        runtime.store.throttle.record_failure(key, now=now)
+def trusted_entry(factor: str, kind: str, value: str) -> str:
+    """How the risk history remembers a client that passed `factor` (`RiskHistory.trusted`)."""
+    return f"{factor}|{kind}|{value}"
+
+
+def client_network(client_ip: str) -> str:
+    """The client's network prefix, or "" when the address is missing or not an address."""
+    try:
+        return network_prefix(client_ip) if client_ip else ""
+    except StepguardError:
+        return ""
+
+
+def plan_attempt(*, subject: str, factor: str, client_ip: str, device_id: str,
+                 history: RiskHistory) -> Attempt:
+    """The throttle keys of one attempt at `factor` by `subject` from this client."""
+    ceiling = user_factor_key(subject, factor)
+    prefix = client_network(client_ip)
+    if device_id and trusted_entry(factor, "device", device_id) in history.trusted:
+        own = user_device_key(subject, factor, device_id)
+    elif prefix and trusted_entry(factor, "net", prefix) in history.trusted:
+        own = user_network_key(subject, factor, prefix)
+    else:
+        # An IPv6 client owns its whole /64: counting single addresses would be no limit.
+        address = prefix if ":" in client_ip and prefix else client_ip
+        keys = (ip_key(address), user_ip_key(subject, factor, address)) if address else ()
+        return Attempt((*keys, ceiling), (*keys, ceiling))
+    return Attempt((own,), (own, ceiling))
+
+
+def reserve(runtime: Runtime, attempt: Attempt) -> tuple[Reserved, ...]:
+    """Count the attempt before it is verified; `Throttled` (nothing counted) while locked."""
+    return runtime.store.throttle.reserve(check=attempt.check, count=attempt.count,
+                                          now=runtime.now())
+
+
+def succeeded(runtime: Runtime, reserved: tuple[Reserved, ...]) -> None:
+    """The secret was right: the subject's failures end; the shared address gets it back."""
+    for one in reserved:
+        if one.key.startswith("user:"):
+            runtime.store.throttle.reset(one.key)
+        else:
+            runtime.store.throttle.release(one)
+
+
+def failed(runtime: Runtime, *, user_id: str | None) -> None:
+    """The secret was wrong (already counted): remember it for the failed-attempts signal."""
     if user_id:
-        runtime.store.history.record_failure(user_id, at=now)
+        runtime.store.history.record_failure(user_id, at=runtime.now())
+
+
+def abandoned(runtime: Runtime, reserved: tuple[Reserved, ...]) -> None:
+    """No verdict (the store failed, the challenge was gone): give the attempt back."""
+    for one in reserved:
+        runtime.store.throttle.release(one)
+
+
+def trust_client(runtime: Runtime, *, user_id: str, factor: str, client_ip: str,
+                 device_id: str) -> None:
+    """Remember this client as one of the owner's for `factor` (it just passed it)."""
+    entries = [trusted_entry(factor, "device", device_id)] if device_id else []
+    prefix = client_network(client_ip)
+    entries += [trusted_entry(factor, "net", prefix)] if prefix else []
+    if entries:
+        runtime.store.history.record_trusted(user_id, entries=entries)

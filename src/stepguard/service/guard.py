@@ -7,20 +7,24 @@ raises `StoreUnavailable`, which adapters turn into a challenge or a 503 — nev
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from stepguard.audit.ledger import request_summary
+from stepguard.audit.ledger import AuditEvent, AuditKind, request_summary
 from stepguard.core.context import RequestContext, SessionState, Subject
 from stepguard.core.decide import decide
-from stepguard.core.decision import Decision, Outcome
+from stepguard.core.decision import Decision, Outcome, Requirement
 from stepguard.core.errors import StoreUnavailable
 from stepguard.core.grant import Grant
 from stepguard.core.levels import Level
-from stepguard.core.risk import NO_RISK, RiskAssessment, RiskHistory, assess
+from stepguard.core.policy import Policy
+from stepguard.core.risk import NO_RISK, RiskAssessment, RiskHistory, amount_of, assess
 from stepguard.service.runtime import Runtime, hash_token
-from stepguard.storage.records import SessionRecord, UserRecord
+from stepguard.storage.records import SessionRecord, SessionSnapshot, UserRecord, Versions
+from stepguard.storage.session_states import UNKNOWN
 
 TOUCH_EVERY = 30.0  # seconds between last-seen writes for one session
 AUDIT_INLINE_LIMIT = 1000  # queued audit entries above which decisions leave the event loop
@@ -42,135 +46,194 @@ class Check:
         return self.user.subject() if self.user else None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Loaded:
-    """What one token's decisions need, as read at one store epoch."""
+    """What one token's decisions need, valid while its session's and user's versions hold."""
 
-    epoch: int
     record: SessionRecord
     user: UserRecord
     grants: tuple[Grant, ...]
     history: RiskHistory
+    versions: tuple[int, int]
+
+    @classmethod
+    def of(cls, snapshot: SessionSnapshot) -> _Loaded:
+        return cls(snapshot.record, snapshot.user, snapshot.grants, snapshot.history,
+                   snapshot.versions.pair)
+
+    def seen(self, versions: Versions) -> _Loaded:
+        """This copy with the store's last-seen time when another instance saw it later."""
+        if versions.last_seen <= self.record.last_seen:
+            return self
+        return replace(self, record=replace(self.record, last_seen=versions.last_seen))
+
+
+class _Flight:
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0
 
 
 class SessionCache:
-    """Bounded in-process cache of loaded sessions, valid only at the epoch it was filled at.
+    """Bounded LRU of loaded sessions by token hash, each valid while its versions hold.
 
-    Any change a decision depends on raises the store epoch (in the same transaction), so a
-    revocation on any instance or from the CLI empties every instance's cache before the next
-    request: each request costs one primary-key read instead of five.
+    Invalidation is per session and per user, never global: every request reads its session's
+    and user's versions (one indexed row; `SessionStates.read` loads the session only when they
+    moved), so a revocation on any instance or from the CLI is
+    honoured by the next request everywhere, while a sign-in or step-up of one user leaves every
+    other user's entry warm. Why a read per request and not a push (PostgreSQL LISTEN/NOTIFY or
+    Redis pub/sub): docs/architecture.md, with the figures.
 
-    Why a poll and not a push (PostgreSQL LISTEN/NOTIFY or Redis pub/sub; measured by
-    `bench/fleet.py`, figures in docs/deploy.md): a push arrives *after* the
-    revoking commit, on another connection, so for a window (sub-millisecond typically,
-    milliseconds under load, unbounded while the listener reconnects) another instance would
-    still allow the revoked session. The poll reads the epoch in the request itself, so a
-    request that starts after the commit always sees it: "the very next request, on every
-    instance" holds by construction, and an unreachable store fails the request closed
-    instead of leaving a stale cache in use.
+    `flight(key)` is a per-key lock: one load per session key at a time (single-flight); the
+    requests that waited then only compare versions.
     """
 
     def __init__(self, size: int = 10_000) -> None:
         self.size = size
         self._items: OrderedDict[str, _Loaded] = OrderedDict()
-        self._epoch = -1
+        self._flights: dict[str, _Flight] = {}
         self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
 
-    def get(self, key: str, epoch: int) -> _Loaded | None:
-        with self._lock:
-            if epoch != self._epoch:
-                self._items.clear()
-                self._epoch = epoch
-                return None
-            found = self._items.get(key)
-            if found is not None:
+    def get(self, key: str) -> _Loaded | None:
+        found = self._items.get(key)
+        if found is not None:
+            with self._lock, contextlib.suppress(KeyError):
                 self._items.move_to_end(key)
-            return found
+        return found
 
     def put(self, key: str, loaded: _Loaded) -> None:
         with self._lock:
-            if loaded.epoch != self._epoch:
-                return
             self._items[key] = loaded
+            self._items.move_to_end(key)
             while len(self._items) > self.size:
                 self._items.popitem(last=False)
+
+    def drop(self, key: str) -> None:
+        with self._lock:
+            self._items.pop(key, None)
+
+    def in_flight(self, key: str) -> bool:
+        return key in self._flights
+
+    @contextlib.contextmanager
+    def flight(self, key: str) -> Iterator[None]:
+        """Hold the key's load lock (callers for the same key queue behind it)."""
+        with self._lock:
+            flight = self._flights.setdefault(key, _Flight())
+            flight.users += 1
+        try:
+            with flight.lock:
+                yield
+        finally:
+            with self._lock:
+                flight.users -= 1
+                if flight.users == 0:
+                    del self._flights[key]
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
 
 
 class Guard:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
         self.cache = SessionCache()
+        self._plain = _plain_rules(runtime.policy)
 
     def session_for(self, token: str | None) -> tuple[SessionRecord, UserRecord] | None:
         """The live session of a token, or None (unknown, revoked, disabled user, expired)."""
-        if not token or len(token) > 256:
-            return None
-        record = self.rt.store.sessions.by_token_hash(hash_token(token))
-        if record is None:
-            return None
-        user = self.rt.store.users.get(record.user_id)
-        if user is None or user.disabled or not self._alive(record):
-            return None
-        return record, user
+        loaded = self.load(token)
+        return (loaded.record, loaded.user) if loaded else None
 
-    def _alive(self, record: SessionRecord) -> bool:
+    def _alive(self, loaded: _Loaded) -> bool:
+        record = loaded.record
         settings = self.rt.policy.levels[Level.AAL1]
         now = self.rt.now()
-        return (now - record.created <= settings.max_session
+        return (not loaded.user.disabled and now - record.created <= settings.max_session
                 and now - record.last_seen <= settings.idle)
 
     def load(self, token: str | None) -> _Loaded | None:
-        """The session, user, grants and risk history of a token: from the cache if still valid."""
+        """The session, user, grants and risk history of a token, as of this moment: the cached
+        copy once its versions are read unchanged, or a fresh load (one load per token at a
+        time; concurrent requests for it wait, then only compare versions)."""
         if not token or len(token) > 256:
             return None
         self.rt.require_stores()  # a store known to be down: fail closed before any cache
-        key, epoch = hash_token(token), self._epoch()
-        cached = self.cache.get(key, epoch)
-        if cached is not None:
-            return cached if self._alive(cached.record) else None
-        with self.rt.store.snapshot():  # one read transaction for everything the decision needs
-            found = self.session_for(token)
-            if found is None:
-                return None
-            record, user = found
-            grants = self.rt.store.grants.active_for_session(record.id, now=self.rt.now())
-            history = self.rt.store.history.load(user.id)
-        loaded = _Loaded(epoch, record, user, grants, history)
+        key = hash_token(token)
+        cached = self.cache.get(key)
+        if cached is not None:  # the versions read; a load only if they moved
+            found = self._read(key, cached)
+        else:
+            with self.cache.flight(key):  # re-read the cache: a load just ended may have filled it
+                found = self._read(key, self.cache.get(key))
+        return found if found is not None and self._alive(found) else None
+
+    def _read(self, key: str, cached: _Loaded | None, *, connect: bool = True) -> _Loaded | None:
+        """None (no live session), the cached copy (versions unchanged, last seen brought up
+        to date) or a fresh copy (now cached)."""
+        known = cached.versions if cached is not None else UNKNOWN
+        now = self.rt.now()
+        try:
+            found = self.rt.store.session_states.read(key, known=known, now=now, connect=connect)
+        except StoreUnavailable:
+            if not connect:
+                raise
+            # maybe a connection from before a store restart: one retry on a fresh one
+            found = self.rt.store.session_states.read(key, known=known, now=now)
+        if found is None:
+            self.cache.drop(key)
+            return None
+        if isinstance(found, Versions):
+            assert cached is not None
+            self.cache.hits += 1
+            self.rt.observer.cache_hit.inc()
+            fresh = cached.seen(found)
+            if fresh is not cached:
+                self.cache.put(key, fresh)
+            return fresh
+        self.cache.misses += 1
+        self.rt.observer.cache_miss.inc()
+        loaded = _Loaded.of(found)
         self.cache.put(key, loaded)
         return loaded
 
     def check_cached(self, context: RequestContext, token: str | None) -> Check | None:
-        """The decision when it needs no store access beyond the epoch read on an open
-        connection: cheap enough for the event loop. None means: use `check` in a thread (a
-        cache miss, a grant to spend, a last-seen to write, a busy audit queue)."""
+        """The decision when it needs one statement on an open connection and nothing else:
+        cheap enough for the event loop. None means: use `check` in a thread (no cached copy
+        yet, a load in flight, a grant to spend, a challenge to start, a busy audit queue)."""
         if self.rt.audit.backlog > AUDIT_INLINE_LIMIT:
             return None
         loaded: _Loaded | None = None
         if token:
+            if len(token) > 256:
+                return None
+            key = hash_token(token)
+            cached = self.cache.get(key)
+            if cached is None or self.cache.in_flight(key):
+                return None
+            self.rt.require_stores()
             try:
-                epoch = self.rt.store.epoch_if_connected()
-            except StoreUnavailable:  # maybe a connection from before a store restart:
-                return None  # the thread path reads again on a fresh one (or fails closed)
-            loaded = self.cache.get(hash_token(token), epoch) if epoch is not None else None
-            if loaded is None or not self._alive(loaded.record):
+                loaded = self._read(key, cached, connect=False)
+            except StoreUnavailable:  # the thread path reconnects (or fails closed)
                 return None
-            if self.rt.now() - loaded.record.last_seen >= TOUCH_EVERY:
+            if loaded is None or not self._alive(loaded):
                 return None
+            self._touch(loaded, key, context, self.rt.now())
         self.rt.require_stores()
         check = self._decide(context, loaded)
         decision = check.decision
         if decision.consume_grant or (decision.outcome is Outcome.STEP_UP and loaded is not None):
             return None  # spending a grant or starting a challenge writes: the slow path does it
+        if decision.allowed and loaded is not None and amount_of(context) is not None:
+            return None  # so does recording an allowed amount
         self._audit(check)
         return check
-
-    def _epoch(self) -> int:
-        """The store epoch, read once more on failure: a connection left over from before a
-        store restart fails once and is replaced; a store that is really down fails both."""
-        try:
-            return self.rt.store.epoch()
-        except StoreUnavailable:
-            return self.rt.store.epoch()
 
     def check(self, context: RequestContext, token: str | None, *, audit: bool = True) -> Check:
         now = self.rt.now()
@@ -183,6 +246,7 @@ class Guard:
             result = replace(result, decision=decision)
         if loaded is not None and token:
             self._touch(loaded, hash_token(token), context, now)
+        self._remember_amount(result)
         if audit:
             self._audit(result)
         return result
@@ -195,6 +259,12 @@ class Guard:
         grants = loaded.grants if loaded else ()
         decision = decide(self.rt.policy, context, state, risk, grants, self.rt.now())
         return Check(decision, context, record, user, risk, state)
+
+    def _remember_amount(self, check: Check) -> None:
+        """An allowed action's amount joins the user's baseline (`unusual_amount`)."""
+        amount = amount_of(check.context)
+        if check.decision.allowed and check.user is not None and amount is not None:
+            self.rt.store.history.record_amount(check.user.id, amount)
 
     def _consume(self, decision: Decision, record: SessionRecord | None) -> bool:
         assert record is not None
@@ -210,21 +280,60 @@ class Guard:
                       settings=self.rt.risk, now=self.rt.now())
 
     def _touch(self, loaded: _Loaded, key: str, context: RequestContext, now: float) -> None:
+        """Note the session as seen (written behind, in batches) at most every `TOUCH_EVERY`."""
         record = loaded.record
         if now - record.last_seen < TOUCH_EVERY:
             return
-        self.rt.store.sessions.touch(record.id, now=now, ip=context.client_ip or record.ip,
-                                     user_agent=context.user_agent or record.user_agent)
-        self.cache.put(key, replace(loaded, record=replace(record, last_seen=now)))
+        self.rt.last_seen.note(record.id, now=now, ip=context.client_ip or record.ip,
+                               user_agent=context.user_agent or record.user_agent)
+        current = self.cache.get(key)
+        if current is not None and current.versions == loaded.versions:
+            self.cache.put(key, replace(current, record=replace(current.record, last_seen=now)))
 
     def _audit(self, check: Check) -> None:
+        """Allows cost a counter (a plain allow in summary mode) or an unchecked event, checked
+        and sealed in the audit writer's thread; every other decision is checked and logged
+        here (they are few)."""
         d = check.decision
+        if d.outcome is Outcome.ALLOW:
+            self._audit_allow(check, d)
+            return
         self.rt.record(kind="decision", subject=check.user.id if check.user else "",
                        session_id=check.session.id if check.session else "",
                        request=request_summary(check.context, ip_key=self.rt.ip_key),
                        decision=d.outcome.value, rule=d.rule, reasons=d.reasons,
                        outcome="login" if d.login else d.outcome.value,
                        detail=_detail(d, check.risk))
+
+
+    def _audit_allow(self, check: Check, d: Decision) -> None:
+        rt, user, context = self.rt, check.user, check.context
+        subject = user.id if user else ""
+        session = rt.session_ref(check.session.id) if check.session else ""
+        rt.observer.allowed(d.rule)
+        summary = rt.audit.summary
+        if (summary is not None and self._plain.get(d.rule, False) and not d.grant_id
+                and check.risk.level == "low"):
+            summary.note(subject=subject, session=session, rule=d.rule, at=rt.now(),
+                         host=context.host, method=context.method, path=context.path)
+            return
+        event = AuditEvent.unchecked(
+            at=rt.now(), kind=AuditKind.DECISION, subject=subject, session=session,
+            request=request_summary(context, ip_key=rt.ip_key), decision="allow", rule=d.rule,
+            reasons=d.reasons, outcome="allow", detail=_detail(d, check.risk))
+        rt.audit.submit(event, checked=False)
+        if rt.observer.debug:
+            rt.observer.event(event.checked())
+
+
+def _plain_rules(policy: Policy) -> dict[str, bool]:
+    """Per rule name: whether its allows are plain (nothing asked above a sign-in)."""
+    return {rule.name: _plain(rule.requirement) for rule in (*policy.rules, policy.default)}
+
+
+def _plain(requirement: Requirement | None) -> bool:
+    return requirement is None or (requirement.level <= Level.AAL1 and not requirement.needs_grant
+                                   and requirement.max_age is None and not requirement.methods)
 
 
 def _detail(decision: Decision, risk: RiskAssessment) -> dict[str, object]:

@@ -36,8 +36,20 @@ class Observer:
         self.verification_failures = Counter("stepguard_verification_failures_total",
                                              "Failed verifications by factor and reason",
                                              ["factor", "reason"], registry=self.registry)
+        cache = Counter("stepguard_session_cache_total",
+                        "Session cache lookups: hit (versions unchanged) or miss (loaded)",
+                        ["result"], registry=self.registry)
+        self.cache_hit, self.cache_miss = cache.labels("hit"), cache.labels("miss")
+        self._allows: dict[str, Any] = {}
         self.log = structlog.get_logger("stepguard")
         self.debug = False  # set by `configure_logging(level="debug")` callers
+
+    def allowed(self, rule: str) -> None:
+        """Count one allow (the per-request path, which builds no checked event)."""
+        child = self._allows.get(rule)
+        if child is None:
+            child = self._allows[rule] = self.decisions.labels("allow", rule or "-")
+        child.inc()
 
     def event(self, event: AuditEvent) -> None:
         """Count one audit event and log it (decisions only at debug level)."""

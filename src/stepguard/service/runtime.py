@@ -19,6 +19,7 @@ import structlog
 from sqlalchemy.engine import make_url
 
 from stepguard.audit.ledger import AuditEvent, session_ref
+from stepguard.audit.summary import AllowSummary
 from stepguard.audit.writer import AuditWriter
 from stepguard.config.load import Loaded
 from stepguard.config.schema import RedisSettings, StepguardConfig, StoreSettings
@@ -30,9 +31,11 @@ from stepguard.factors.webauthn import RelyingParty
 from stepguard.service import audit_spill
 from stepguard.service.geo import ChainLocator, Locator, MaxMindLocator, StaticLocator
 from stepguard.service.health import RedisWatch
+from stepguard.service.last_seen import LastSeenWriter
 from stepguard.service.observe import Observer, configure_logging
 from stepguard.service.throttle import ThrottleSettings
 from stepguard.storage.audit_store import SqlAuditLog
+from stepguard.storage.interfaces import Store
 from stepguard.storage.migrate import upgrade
 from stepguard.storage.redis_throttle import RedisThrottle, connect
 from stepguard.storage.sql import SqlStore
@@ -50,9 +53,10 @@ class Runtime:
 
     config: StepguardConfig
     policy: Policy
-    store: SqlStore
+    store: Store
     audit_log: SqlAuditLog
     audit: AuditWriter
+    last_seen: LastSeenWriter
     keyring: Keyring
     rp: RelyingParty
     risk: RiskSettings
@@ -66,12 +70,21 @@ class Runtime:
     redis_watch: RedisWatch | None = None
     spill_dir: Path | None = None
     replayed: list[Path] = field(default_factory=list)
+    _refs: dict[str, str] = field(default_factory=dict, repr=False)
 
     def now(self) -> float:
         return self.clock()
 
     def session_ref(self, session_id: str) -> str:
-        return session_ref(session_id, key=self.cookie_key) if session_id else ""
+        """The session's keyed reference for the ledger (memoised: one HMAC per session)."""
+        if not session_id:
+            return ""
+        ref = self._refs.get(session_id)
+        if ref is None:
+            if len(self._refs) >= 100_000:
+                self._refs.clear()
+            ref = self._refs[session_id] = session_ref(session_id, key=self.cookie_key)
+        return ref
 
     def record(self, **fields: object) -> None:
         """Queue one audit entry (never dropped: the writer blocks when its queue is full)."""
@@ -82,13 +95,14 @@ class Runtime:
 
     def require_stores(self) -> None:
         """Raise `StoreUnavailable` while a store other than the SQL one is known to be down
-        (the SQL store needs no check: each decision reads its epoch first)."""
+        (the SQL store needs no check: each decision reads its session's versions first)."""
         if self.redis_watch is not None:
             self.redis_watch.require()
 
     def close(self) -> None:
         """Write the audit queue (waiting `audit.shutdown_timeout`), spill what is left, close."""
         try:
+            self.last_seen.close()
             self._close_audit()
             audit_spill.forget(self.replayed)
         finally:
@@ -106,22 +120,25 @@ class Runtime:
 
 
 def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,
-                  migrate: bool | None = None) -> Runtime:
-    """Open the store (migrating SQLite automatically), keys and audit writer."""
+                  migrate: bool | None = None, store: Store | None = None,
+                  audit_log: SqlAuditLog | None = None) -> Runtime:
+    """Open the store (migrating SQLite automatically), keys and audit writer. A given `store`
+    and `audit_log` (e.g. `MemoryStore` and `MemoryAuditLog` for unit tests) replace the
+    configured SQL store."""
     config = loaded.config
     if not structlog.is_configured():
         configure_logging(level=config.server.log_level, json=config.server.log_format == "json")
-    url = store_url(loaded)
-    if migrate if migrate is not None else (config.store.auto_migrate and url.startswith("sqlite")):
-        upgrade(url)
-    bounded = _with_timeouts(url, config.store)
-    store = SqlStore.from_url(bounded, throttle=_throttle(config),
-                              connect_timeout=config.store.connect_timeout)
-    watch = _use_redis(store, config) if config.redis.url else None
-    audit_log = SqlAuditLog(store.engine)
+    watch = None
+    if store is None:
+        sql_store = _sql_store(loaded, migrate)
+        watch = _use_redis(sql_store, config) if config.redis.url else None
+        store, audit_log = sql_store, audit_log or SqlAuditLog(sql_store.engine)
+    assert audit_log is not None, "a given store needs its audit log"
     runtime = Runtime(
         config=config, policy=loaded.policy, store=store, audit_log=audit_log,
-        audit=AuditWriter(audit_log), keyring=_keyring(config), rp=_rp(config),
+        audit=AuditWriter(audit_log, summary=_summary(config), clock=clock),
+        last_seen=LastSeenWriter(store.sessions),
+        keyring=_keyring(config), rp=_rp(config),
         risk=_risk(config), locator=_locator(config, loaded.path.parent),
         cookie_key=_key(config.secrets.cookie_key, "secrets.cookie_key"),
         ip_key=_key(config.secrets.ip_pseudonym_key, "secrets.ip_pseudonym_key")
@@ -132,6 +149,22 @@ def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,
     runtime.observer.debug = config.server.log_level == "debug"
     runtime.replayed = audit_spill.replay(runtime.spill_dir, runtime.audit)
     return runtime
+
+
+def _sql_store(loaded: Loaded, migrate: bool | None) -> SqlStore:
+    config = loaded.config
+    url = store_url(loaded)
+    if migrate if migrate is not None else (config.store.auto_migrate and url.startswith("sqlite")):
+        upgrade(url)
+    bounded = _with_timeouts(url, config.store)
+    return SqlStore.from_url(bounded, throttle=_throttle(config),
+                             connect_timeout=config.store.connect_timeout)
+
+
+def _summary(config: StepguardConfig) -> AllowSummary | None:
+    if config.audit.allows == "every_request":
+        return None
+    return AllowSummary(config.audit.summary_interval)
 
 
 def _with_timeouts(url: str, store: StoreSettings) -> str:
@@ -182,7 +215,8 @@ def _store_url(url: str, base: Path) -> str:
 def _throttle(config: StepguardConfig) -> ThrottleSettings:
     t = config.throttle
     return ThrottleSettings(base_delay=t.base_delay, max_delay=t.max_delay,
-                            hard_limit=t.hard_lock_after, ip_forget_after=t.ip_forget_after)
+                            hard_limit=t.hard_lock_after, ip_forget_after=t.ip_forget_after,
+                            free_failures=t.free_failures)
 
 
 def _key(value: str, path: str) -> bytes:

@@ -1,6 +1,7 @@
 """Step-up: a decision becomes a challenge; a verified factor turns the challenge into a grant.
 
-Each verification is one transaction: throttle check, verify (pure, in `factors/`), save the
+Each verification reserves its attempt with the throttle first (`service.attempts`), then is
+one transaction: verify (pure, in `factors/`), save the
 factor's state change with a compare-and-set, mark the challenge passed exactly once, add the
 authentication event, store the grant, rotate the session token — and one audit entry.
 """
@@ -23,7 +24,14 @@ from stepguard.factors import webauthn as wa
 from stepguard.factors.recovery import verify_recovery_code
 from stepguard.factors.secretbox import open_sealed, seed_aad
 from stepguard.factors.totp import verify_totp
-from stepguard.service.attempts import attempt_keys, check_attempt, count_failure
+from stepguard.service.attempts import (
+    abandoned,
+    failed,
+    plan_attempt,
+    reserve,
+    succeeded,
+    trust_client,
+)
 from stepguard.service.runtime import Runtime, hash_token, new_id, new_token
 from stepguard.service.throttle import user_factor_key
 from stepguard.storage.records import (
@@ -199,6 +207,7 @@ class StepUp:
                 continue
             if not self.rt.store.factors.advance_totp_step(factor.id, accepted.step):
                 raise ReplayDetected()
+            self.rt.store.factors.mark_used(factor.id, now=now)
             return factor
         raise VerificationFailed("That code is not right. Check your authenticator app's clock.")
 
@@ -271,6 +280,7 @@ class StepUp:
                 factor.id, expected_old=factor.sign_count, new=accepted.new_sign_count
             ):
                 raise ReplayDetected()
+            self.rt.store.factors.mark_used(factor.id, now=self.rt.now())
 
         return self._attempt(challenge, session, "webauthn", client_ip, check)
 
@@ -368,8 +378,11 @@ class StepUp:
         if challenge is None or challenge.status != "pending":
             raise ChallengeGone("This approval request is no longer pending.")
         now = self.rt.now()
-        keys = attempt_keys(user_id=approver.user_id, factor="push", client_ip=client_ip)
-        check_attempt(self.rt, keys)
+        # Reserve, then verify: the answer is counted before its signature is checked.
+        attempt = plan_attempt(subject=approver.user_id, factor="push", client_ip=client_ip,
+                               device_id=approver.device_id,
+                               history=self.rt.store.history.load(approver.user_id))
+        reserved = reserve(self.rt, attempt)
         try:
             device = self._push_device(approver.user_id, device_id, challenge)
             answered = push_factor.answer_push(
@@ -388,7 +401,10 @@ class StepUp:
                     raise ReplayDetected("This approval request was already answered.")
                 self.rt.store.factors.mark_used(device.id, now=now)
         except VerificationFailed as exc:
-            self._failed(approver, "push", keys, exc, challenge)
+            self._failed(approver, "push", exc, challenge)
+            raise
+        except BaseException:
+            abandoned(self.rt, reserved)
             raise
         self.rt.record(
             kind="verification",
@@ -399,8 +415,10 @@ class StepUp:
             rule=challenge.rule,
             detail={"challenge": challenge.id, "push": push.id, "device": device.id},
         )
-        if not answered.approved:
-            count_failure(self.rt, keys, user_id=approver.user_id)
+        if answered.approved:
+            succeeded(self.rt, reserved)
+        else:  # a refusal stays counted: pushes the user keeps refusing slow the next ones
+            failed(self.rt, user_id=approver.user_id)
         return answered.status
 
     def poll_push(
@@ -460,27 +478,35 @@ class StepUp:
         client_ip: str,
         verify: Callable[[], object],
     ) -> Passed:
-        now = self.rt.now()
-        keys = attempt_keys(user_id=session.user_id, factor=factor, client_ip=client_ip)
-        check_attempt(self.rt, keys)
-        self.rt.store.challenges.record_attempt(challenge.id, now=now)
+        """Reserve, then verify: the attempt is counted before the secret is checked."""
+        attempt = plan_attempt(subject=session.user_id, factor=factor, client_ip=client_ip,
+                               device_id=session.device_id,
+                               history=self.rt.store.history.load(session.user_id))
+        reserved = reserve(self.rt, attempt)
         try:
+            self.rt.store.challenges.record_attempt(challenge.id, now=self.rt.now())
             with self.rt.store.transaction():
                 verify()
-                return self._complete(challenge, session, factor, client_ip)
+                passed = self._complete(challenge, session, factor, client_ip)
         except (VerificationFailed, Throttled) as exc:
-            self._failed(session, factor, keys, exc, challenge)
+            self._failed(session, factor, exc, challenge)
             raise
+        except BaseException:
+            abandoned(self.rt, reserved)
+            raise
+        succeeded(self.rt, reserved)
+        trust_client(self.rt, user_id=session.user_id, factor=factor, client_ip=client_ip,
+                     device_id=session.device_id)
+        return passed
 
     def _failed(
         self,
         session: SessionRecord,
         factor: str,
-        keys: list[str],
         exc: Exception,
         challenge: ChallengeRecord,
     ) -> None:
-        count_failure(self.rt, keys, user_id=session.user_id)
+        failed(self.rt, user_id=session.user_id)
         code = getattr(exc, "code", "throttled")
         self.rt.record(
             kind="verification",
@@ -501,7 +527,7 @@ class StepUp:
                 raise ChallengeGone("This confirmation was already used.")
             level = FACTOR_LEVEL[factor]
             self.rt.store.sessions.add_event(
-                session.id, AuthEvent(factor, FACTOR_AMR[factor], level, now)
+                session.id, AuthEvent(factor=factor, amr=FACTOR_AMR[factor], level=level, at=now)
             )
             grant = self._grant(challenge, session, factor, level, now)
             token = new_token()
@@ -537,17 +563,17 @@ class StepUp:
             return None
         ttl = requirement.max_age or self.rt.config.challenge.grant_ttl
         grant = Grant(
-            new_id(),
-            session.user_id,
-            session.id,
-            challenge.scope,
-            level,
-            FACTOR_AMR[factor],
-            now,
-            now + ttl,
-            requirement.single_use,
-            challenge.binding,
-            factor,
+            id=new_id(),
+            subject_id=session.user_id,
+            session_id=session.id,
+            scope=challenge.scope,
+            level=level,
+            amr=FACTOR_AMR[factor],
+            granted_at=now,
+            expires_at=now + ttl,
+            single_use=requirement.single_use,
+            binding=challenge.binding,
+            factor=factor,
         )
         self.rt.store.grants.add(grant)
         return grant

@@ -1,23 +1,31 @@
-"""Brute-force back-off (pure): how long a throttle key is locked after N consecutive failures.
+"""Brute-force back-off (pure): which keys an attempt is counted under, and how long each locks.
 
-Two kinds of key are counted, both in the shared store so every instance sees the same counts:
+Reserve, then verify: an attempt is counted under its keys *before* its secret is checked, in
+one atomic step that first refuses it if any checked key is locked (`Throttle.reserve`). So
+parallel guesses cannot all pass the check: the first one locks the key for the others. A
+success afterwards clears the user's keys and gives the reservation back on the shared ones.
 
-* ``user:<id>:factor:<kind>`` - one user's one factor. Each consecutive failure doubles the wait
-  before the next attempt (1 s, 2 s, 4 s, ... capped at 15 min). At 100 consecutive failures the
-  key is hard-locked (NIST SP 800-63B rev 4, OWASP ASVS V6.3.1). A success with the same factor
-  resets the count; a hard lock is cleared only by an administrator's reset or by the user
-  succeeding with a *different* strong factor (the service calls ``Throttle.reset`` for the
-  locked key then). The count never decays by itself: failures are consecutive until a success.
-* ``ip:<address>`` - one client address across all users. The same doubling back-off, capped at
-  15 min, never hard-locked, and forgotten after an hour without failures (addresses are shared
-  and reassigned).
+Four kinds of key, all in the shared store so every instance sees the same counts (a
+*subject* is a user id, or a keyed digest of an unknown username so that both answer alike):
 
-Trade-off: the account key is shared by everyone who tries that user's factor, so an attacker
-spraying one account does slow the real user down - but by at most 15 min between attempts (the
-cap), and not at all with the user's other factors. The attacker's own address is slowed by the
-IP key on every account it tries, while the real user's address is never touched by it. An
-attacker with many addresses still meets the account key, and the hard lock bounds the total
-number of guesses at 100 per factor.
+* ``ip:<address>`` - one client address across all subjects. Doubling back-off after
+  `free_failures` failures (addresses are shared by offices and carriers), capped at
+  `max_delay`, never hard-locked, forgotten after `ip_forget_after` without failures.
+* ``user:<s>:factor:<kind>:ip:<address>`` - one subject's factor from one address. Doubling
+  back-off from the first failure, never hard-locked, forgotten like an address.
+* ``user:<s>:factor:<kind>:device:<id>`` and ``...:net:<prefix>`` - one subject's factor from
+  one of the owner's *known* clients: a device (signed device cookie) or a network where this
+  factor succeeded before. Doubling back-off from the first failure; hard-locked at
+  `hard_limit`; never forgotten.
+* ``user:<s>:factor:<kind>`` - the per-subject ceiling, counted by every attempt. It only slows:
+  no delay for `free_failures` failures, then doubling back-off; at `hard_limit` consecutive
+  failures (NIST SP 800-63B rev 4) unknown clients are refused until a success, an operator's
+  `stepguard users unlock` / admin Unlock, or a new password.
+
+Unknown clients are checked against the address, subject+address and ceiling keys; a known
+client only against its own key, so an attacker elsewhere - whatever the ceiling says - never
+locks the owner's known device or network out. The attacker meets their own address's back-off
+and the ceiling; with many addresses, the ceiling still bounds them to `hard_limit` guesses.
 """
 
 from __future__ import annotations
@@ -38,11 +46,41 @@ class ThrottleSettings:
     max_delay: float = 900.0
     hard_limit: int = 100
     ip_forget_after: float = 3600.0
+    free_failures: int = 10  # failures an address or the per-user ceiling allow before slowing
 
 
-def user_factor_key(user_id: str, kind: str) -> str:
-    """Throttle key for one user's one factor."""
-    return f"user:{user_id}:factor:{kind}"
+@dataclass(frozen=True, slots=True)
+class KeyPolicy:
+    """How one key counts: failures before the back-off, hard lock, forgetting."""
+
+    free: int
+    hard: bool
+    forgets: bool
+
+
+def user_factor_key(subject: str, kind: str) -> str:
+    """The per-subject ceiling for one factor."""
+    return f"user:{subject}:factor:{kind}"
+
+
+def user_ip_key(subject: str, kind: str, address: str) -> str:
+    """One subject's factor tried from one client address."""
+    return f"{user_factor_key(subject, kind)}:ip:{address}"
+
+
+def user_device_key(subject: str, kind: str, device_id: str) -> str:
+    """One subject's factor tried from one of the owner's known devices."""
+    return f"{user_factor_key(subject, kind)}:device:{device_id}"
+
+
+def user_network_key(subject: str, kind: str, prefix: str) -> str:
+    """One subject's factor tried from one of the owner's known networks."""
+    return f"{user_factor_key(subject, kind)}:net:{prefix}"
+
+
+def user_prefix(subject: str) -> str:
+    """Every key of one subject starts with this (`Throttle.reset_user`)."""
+    return f"user:{subject}:"
 
 
 def ip_key(address: str) -> str:
@@ -50,15 +88,22 @@ def ip_key(address: str) -> str:
     return f"ip:{address}"
 
 
-def is_account_key(key: str) -> bool:
-    return key.startswith("user:")
+def policy_for(key: str, settings: ThrottleSettings) -> KeyPolicy:
+    """The counting rules of `key`, from its shape."""
+    if key.startswith("ip:"):
+        return KeyPolicy(settings.free_failures, hard=False, forgets=True)
+    if ":device:" in key or ":net:" in key:
+        return KeyPolicy(0, hard=True, forgets=False)
+    if ":ip:" in key:
+        return KeyPolicy(0, hard=False, forgets=True)
+    return KeyPolicy(settings.free_failures, hard=True, forgets=False)
 
 
-def delay_for(consecutive: int, settings: ThrottleSettings) -> float:
-    """Seconds to wait after `consecutive` failures: 0, then base doubling, capped at max."""
-    if consecutive <= 0:
+def delay_for(failures: int, settings: ThrottleSettings) -> float:
+    """Seconds to wait after `failures` counted failures: 0, then base doubling, capped at max."""
+    if failures <= 0:
         return 0.0
-    doublings = min(consecutive - 1, _MAX_DOUBLINGS)
+    doublings = min(failures - 1, _MAX_DOUBLINGS)
     return min(settings.max_delay, settings.base_delay * 2.0**doublings)
 
 
@@ -66,17 +111,17 @@ def state_after(
     key: str, consecutive: int, *, now: float, settings: ThrottleSettings
 ) -> ThrottleState:
     """The throttle state right after the `consecutive`-th failure under `key` at `now`."""
-    hard = is_account_key(key) and consecutive >= settings.hard_limit
+    policy = policy_for(key, settings)
     return ThrottleState(
         consecutive=consecutive,
-        locked_until=now + delay_for(consecutive, settings),
-        hard_locked=hard,
+        locked_until=now + delay_for(consecutive - policy.free, settings),
+        hard_locked=policy.hard and consecutive >= settings.hard_limit,
     )
 
 
 def forget_before(key: str, *, now: float, settings: ThrottleSettings) -> float | None:
     """Failures older than this no longer count under `key` (None: they always count)."""
-    return None if is_account_key(key) else now - settings.ip_forget_after
+    return now - settings.ip_forget_after if policy_for(key, settings).forgets else None
 
 
 def check(*states: ThrottleState, now: float) -> None:

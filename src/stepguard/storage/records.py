@@ -14,6 +14,7 @@ from typing import Any, Literal
 from stepguard.core.context import AuthEvent, SessionState, Subject
 from stepguard.core.decision import Requirement
 from stepguard.core.grant import Grant
+from stepguard.core.risk import RiskHistory
 
 FactorKind = Literal["password", "totp", "webauthn", "recovery", "push"]
 ChallengeStatus = Literal["pending", "passed", "sent", "abandoned", "expired"]
@@ -109,6 +110,32 @@ class SessionRecord:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Versions:
+    """A session's and its user's cache versions, and when the session was last seen.
+
+    A cached copy of a session is valid while both versions are unchanged (see `tables`)."""
+
+    session: int
+    user: int
+    last_seen: float
+
+    @property
+    def pair(self) -> tuple[int, int]:
+        return (self.session, self.user)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionSnapshot:
+    """Everything a decision reads about one live session, read in one consistent statement."""
+
+    record: SessionRecord
+    user: UserRecord
+    grants: tuple[Grant, ...]
+    history: RiskHistory
+    versions: Versions
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ChallengeRecord:
     """A pending step-up with the request it holds (method, headers, bounded body).
 
@@ -193,3 +220,39 @@ class ThrottleState:
 
     def locked(self, now: float) -> bool:
         return self.hard_locked or now < self.locked_until
+
+
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    """One attempt counted under `key` before it was verified (`Throttle.reserve`).
+
+    `prior` is the key's state just before; `consecutive` the count this attempt made it.
+    `Throttle.release` gives the attempt back (a success on a shared key).
+    """
+
+    key: str
+    prior: ThrottleState
+    consecutive: int
+
+    @classmethod
+    def counted(cls, key: str, consecutive: int, *, locked_until: float,
+                hard_locked: bool) -> Reserved:
+        """From the new count and the lock the key had before (count 1: it had none)."""
+        prior = (ThrottleState() if consecutive == 1 else ThrottleState(
+            consecutive=consecutive - 1, locked_until=locked_until, hard_locked=hard_locked))
+        return cls(key, prior, consecutive)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApiKeyRecord:
+    """One API client: its key id, name and the SHA-256 (hex) of its secret, never the secret."""
+
+    id: str
+    name: str
+    secret_hash: str
+    created: float
+    previous_hash: str | None = None
+    previous_until: float | None = None
+    rotated_at: float | None = None
+    revoked_at: float | None = None
+    last_used: float | None = None

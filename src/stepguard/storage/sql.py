@@ -13,7 +13,8 @@ from sqlalchemy.engine import Engine
 
 from stepguard.service.throttle import ThrottleSettings
 from stepguard.storage.engine import make_engine
-from stepguard.storage.epoch import EpochReader
+from stepguard.storage.session_states import SqlSessionStates
+from stepguard.storage.sql_api_keys import SqlApiKeys
 from stepguard.storage.sql_base import Database
 from stepguard.storage.sql_challenges import SqlChallenges
 from stepguard.storage.sql_factors import SqlFactors
@@ -40,7 +41,8 @@ class SqlStore:
         self.grants = SqlGrants(self._db)
         self.throttle = SqlThrottle(self._db, throttle or ThrottleSettings())
         self.history = SqlHistory(self._db)
-        self._epoch = EpochReader(engine)
+        self.api_keys = SqlApiKeys(self._db)
+        self.session_states = SqlSessionStates(engine)
 
     @classmethod
     def from_url(
@@ -64,14 +66,6 @@ class SqlStore:
         with self._db.read():
             yield
 
-    def epoch(self) -> int:
-        """The store epoch (see `tables.store_epoch`): one primary-key read, no transaction."""
-        return self._epoch.read() or 0
-
-    def epoch_if_connected(self) -> int | None:
-        """The epoch if this thread already holds its connection (never connects: no waiting)."""
-        return self._epoch.read(connect=False)
-
     def ping(self) -> None:
         """Raise `StoreUnavailable` unless the store answers a trivial query promptly."""
         with self._db.read() as connection:
@@ -80,5 +74,5 @@ class SqlStore:
             connection.execute(text("SELECT 1"))
 
     def close(self) -> None:
-        self._epoch.close()
+        self.session_states.close()
         self._db.engine.dispose()

@@ -3,7 +3,6 @@ single statements, so a key is either valid or not for every instance sharing th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import exc, insert, select, update
@@ -11,24 +10,10 @@ from sqlalchemy.engine import Engine
 
 from stepguard.core.errors import Conflict
 from stepguard.storage.api_key_tables import api_keys
+from stepguard.storage.records import ApiKeyRecord
 from stepguard.storage.sql_base import Database, is_conflict
 
 _K = api_keys.c
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ApiKeyRecord:
-    """One API client: its key id, name and the SHA-256 (hex) of its secret, never the secret."""
-
-    id: str
-    name: str
-    secret_hash: str
-    created: float
-    previous_hash: str | None = None
-    previous_until: float | None = None
-    rotated_at: float | None = None
-    revoked_at: float | None = None
-    last_used: float | None = None
 
 
 class SqlApiKeys:

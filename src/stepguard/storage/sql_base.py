@@ -12,10 +12,11 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-from sqlalchemy import exc
+from sqlalchemy import exc, update
 from sqlalchemy.engine import Connection, Engine
 
 from stepguard.core.errors import StoreUnavailable
+from stepguard.storage import tables
 
 READ_ONLY = "stepguard_read_only"  # execution option: SQLite may BEGIN DEFERRED (no write lock)
 
@@ -61,11 +62,10 @@ class Database:
                 token = self._current.set(connection)
                 try:
                     yield connection
-                    if connection.info.pop(_BUMP_KEY, False):
-                        connection.exec_driver_sql(_BUMP)  # last, so no lock cycle can form
+                    _apply_bumps(connection)  # last, so no lock cycle can form
                 finally:
                     self._current.reset(token)
-                    connection.info.pop(_BUMP_KEY, None)
+                    connection.info.pop(_BUMPS_KEY, None)
 
 
 @contextmanager
@@ -94,14 +94,34 @@ def is_conflict(error: exc.IntegrityError) -> bool:
     return "UNIQUE constraint failed" in str(error.orig)
 
 
-_BUMP = "UPDATE store_epoch SET value = value + 1 WHERE id = 1"
-_BUMP_KEY = "stepguard_bump_epoch"
+_BUMPS_KEY = "stepguard_version_bumps"
 
 
-def bump_epoch(connection: Connection) -> None:
-    """Mark decision-relevant state as changed (see `tables.store_epoch`).
+def bump_session(connection: Connection, session_id: str) -> None:
+    """Mark a session's decision-relevant state as changed (see `tables`, cache versions)."""
+    _bumps(connection)[1].add(session_id)
 
-    The counter is raised once, as the transaction's last statement: every transaction then
-    takes the epoch row's lock last, so no lock cycle (deadlock) can include it.
-    """
-    connection.info[_BUMP_KEY] = True
+
+def bump_user(connection: Connection, user_id: str) -> None:
+    """Mark a user's decision-relevant state as changed: every session of the user reloads."""
+    _bumps(connection)[0].add(user_id)
+
+
+def _bumps(connection: Connection) -> tuple[set[str], set[str]]:
+    found: tuple[set[str], set[str]] = connection.info.setdefault(_BUMPS_KEY, (set(), set()))
+    return found
+
+
+def _apply_bumps(connection: Connection) -> None:
+    """Raise the marked versions as the transaction's last statements, users before sessions and
+    each in sorted order: every transaction takes these row locks last and in one order, so no
+    lock cycle (deadlock) can include them."""
+    users, sessions = connection.info.pop(_BUMPS_KEY, (set(), set()))
+    for table, ids in ((tables.users, users), (tables.sessions, sessions)):
+        for chunk in _chunks(sorted(ids)):
+            connection.execute(update(table).where(table.c.id.in_(chunk))
+                               .values(version=table.c.version + 1))
+
+
+def _chunks(ids: list[str], size: int = 500) -> list[list[str]]:
+    return [ids[i:i + size] for i in range(0, len(ids), size)]

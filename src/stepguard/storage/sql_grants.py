@@ -11,7 +11,7 @@ from stepguard.core.grant import Grant
 from stepguard.core.levels import Level
 from stepguard.storage import tables as t
 from stepguard.storage.records import GrantRecord
-from stepguard.storage.sql_base import Database, bump_epoch, dumps, is_conflict, loads
+from stepguard.storage.sql_base import Database, bump_session, dumps, is_conflict, loads
 
 _G = t.grants.c
 
@@ -24,7 +24,7 @@ class SqlGrants:
         with self._db.write() as connection:
             try:
                 connection.execute(insert(t.grants).values(**_row(grant)))
-                bump_epoch(connection)
+                bump_session(connection, grant.session_id)
             except exc.IntegrityError as error:
                 if is_conflict(error):
                     raise Conflict("a grant with this id already exists") from None
@@ -59,7 +59,8 @@ class SqlGrants:
         )
         with self._db.write() as connection:
             spent = connection.execute(query).rowcount == 1
-            bump_epoch(connection)
+            if spent:
+                bump_session(connection, session_id)
             return spent
 
     def purge(self, *, expired_before: float) -> int:

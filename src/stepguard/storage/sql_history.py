@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection
 
 from stepguard.core.risk import EMPTY_HISTORY, Location, RiskHistory
 from stepguard.storage import tables as t
-from stepguard.storage.sql_base import Database, bump_epoch, dumps, loads
+from stepguard.storage.sql_base import Database, bump_user, dumps, loads
 
 HISTORY_ITEMS = 50  # newest devices, networks, countries and amounts kept per user
 FAILURE_WINDOW = 3600.0  # failures older than this (before the newest event) are dropped
@@ -28,7 +28,7 @@ class SqlHistory:
         """The user's history; an empty one for a user never seen."""
         with self._db.read() as connection:
             text = connection.execute(select(_H.data).where(_H.user_id == user_id)).scalar()
-        return EMPTY_HISTORY if text is None else _history(loads(text))
+        return history_from_document(None if text is None else loads(text))
 
     def record_success(
         self,
@@ -48,34 +48,25 @@ class SqlHistory:
         """
         if not 0 <= hour < 24:
             raise ValueError("hour must be a UTC hour from 0 to 23")
-
-        def change(doc: Document) -> None:
-            _remember(doc, "devices", device_id)
-            _remember(doc, "networks", network_prefix)
-            _remember(doc, "countries", country)
-            if amount is not None:
-                doc["amounts"] = [*doc.get("amounts", []), amount][-HISTORY_ITEMS:]
-            hours = doc.get("hours") or [0] * 24
-            hours[hour] += 1
-            doc["hours"] = hours
-            if location is not None:  # last place and time stay paired for impossible travel
-                doc["location"] = _location_doc(location)
-                doc["seen"] = at
-
-        self._change(user_id, change)
+        self._change(user_id, lambda doc: add_success(
+            doc, device_id=device_id, network_prefix=network_prefix, country=country,
+            location=location, at=at, hour=hour, amount=amount))
 
     def record_failure(self, user_id: str, *, at: float) -> None:
         """Remember a failed attempt; only those within the last hour are kept."""
+        self._change(user_id, lambda doc: add_failure(doc, at=at))
 
-        def change(doc: Document) -> None:
-            failures = [when for when in doc.get("failures", []) if when > at - FAILURE_WINDOW]
-            doc["failures"] = [*failures, at][-HISTORY_ITEMS * 2 :]
+    def record_trusted(self, user_id: str, *, entries: list[str]) -> None:
+        """Remember clients (device, network) that passed a factor; the newest 50 are kept."""
+        self._change(user_id, lambda doc: add_trusted(doc, entries))
 
-        self._change(user_id, change)
+    def record_amount(self, user_id: str, amount: float) -> None:
+        """Remember the amount of an allowed action (the `unusual_amount` baseline)."""
+        self._change(user_id, lambda doc: add_amount(doc, amount))
 
     def _change(self, user_id: str, change: Callable[[Document], None]) -> None:
         with self._db.write() as connection:
-            bump_epoch(connection)  # deferred to the end of the transaction
+            bump_user(connection, user_id)  # deferred to the end of the transaction
             _ensure_row(connection, user_id)
             text = connection.execute(
                 select(_H.data).where(_H.user_id == user_id).with_for_update()
@@ -85,6 +76,36 @@ class SqlHistory:
             connection.execute(
                 update(t.risk_history).where(_H.user_id == user_id).values(data=dumps(doc))
             )
+
+
+def add_success(doc: Document, *, device_id: str, network_prefix: str, country: str,
+                location: Location | None, at: float, hour: int, amount: float | None) -> None:
+    """The history document after a success (every backend stores the same document)."""
+    _remember(doc, "devices", device_id)
+    _remember(doc, "networks", network_prefix)
+    _remember(doc, "countries", country)
+    if amount is not None:
+        add_amount(doc, amount)
+    hours = doc.get("hours") or [0] * 24
+    hours[hour] += 1
+    doc["hours"] = hours
+    if location is not None:  # last place and time stay paired for impossible travel
+        doc["location"] = _location_doc(location)
+        doc["seen"] = at
+
+
+def add_amount(doc: Document, amount: float) -> None:
+    doc["amounts"] = [*doc.get("amounts", []), amount][-HISTORY_ITEMS:]
+
+
+def add_trusted(doc: Document, entries: list[str]) -> None:
+    for entry in entries:
+        _remember(doc, "trusted", entry)
+
+
+def add_failure(doc: Document, *, at: float) -> None:
+    failures = [when for when in doc.get("failures", []) if when > at - FAILURE_WINDOW]
+    doc["failures"] = [*failures, at][-HISTORY_ITEMS * 2 :]
 
 
 def _ensure_row(connection: Connection, user_id: str) -> None:
@@ -110,7 +131,10 @@ def _location_doc(location: Location) -> Document:
     }
 
 
-def _history(doc: Document) -> RiskHistory:
+def history_from_document(doc: Document | None) -> RiskHistory:
+    """The history stored as `doc` (None: a user never seen)."""
+    if doc is None:
+        return EMPTY_HISTORY
     location = doc.get("location")
     return RiskHistory(
         known_devices=frozenset(doc.get("devices", ())),
@@ -121,4 +145,5 @@ def _history(doc: Document) -> RiskHistory:
         recent_failures=tuple(doc.get("failures", ())),
         hour_histogram=tuple(doc.get("hours", ())),
         amounts=tuple(doc.get("amounts", ())),
+        trusted=frozenset(doc.get("trusted", ())),
     )

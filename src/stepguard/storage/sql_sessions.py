@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import delete, exc, insert, select, update
+from sqlalchemy import bindparam, delete, exc, insert, select, update
 from sqlalchemy.engine import Connection
 
 from stepguard.core.context import AuthEvent
@@ -13,7 +13,7 @@ from stepguard.core.errors import Conflict
 from stepguard.core.levels import Level
 from stepguard.storage import tables as t
 from stepguard.storage.records import SESSION_EVENT_LIMIT, SessionRecord
-from stepguard.storage.sql_base import Database, bump_epoch, dumps, is_conflict, loads
+from stepguard.storage.sql_base import Database, bump_session, bump_user, dumps, is_conflict, loads
 
 _S = t.sessions.c
 _E = t.session_events.c
@@ -54,6 +54,22 @@ class SqlSessions:
     def touch(self, session_id: str, *, now: float, ip: str, user_agent: str) -> bool:
         return self._set(session_id, last_seen=now, ip=ip, user_agent=user_agent)
 
+    def touch_many(self, seen: Iterable[tuple[str, float, str, str]]) -> None:
+        """Write several last-seen times at once: (session id, now, ip, user agent) each. A
+        later time never goes backwards; revoked sessions are left alone."""
+        rows = [{"b_id": sid, "b_now": now, "b_ip": ip, "b_ua": ua} for sid, now, ip, ua in seen]
+        if not rows:
+            return
+        query = (
+            update(t.sessions)
+            .where(_S.id == bindparam("b_id"), _S.revoked_at.is_(None),
+                   _S.last_seen < bindparam("b_now"))
+            .values(last_seen=bindparam("b_now"), ip=bindparam("b_ip"),
+                    user_agent=bindparam("b_ua"))
+        )
+        with self._db.write() as connection:
+            connection.execute(query, rows)
+
     def rotate(self, session_id: str, new_token_hash: str, *, now: float) -> bool:
         """Replace the token hash (the old token stops working at once)."""
         return self._set(session_id, bump=True, token_hash=new_token_hash, last_seen=now)
@@ -69,7 +85,7 @@ class SqlSessions:
             query = query.where(_S.id != except_session)
         with self._db.write() as connection:
             count = int(connection.execute(query.values(revoked_at=now)).rowcount)
-            bump_epoch(connection)
+            bump_user(connection, user_id)
             return count
 
     def add_event(self, session_id: str, event: AuthEvent) -> bool:
@@ -82,7 +98,7 @@ class SqlSessions:
                 return False
             _insert_events(connection, session_id, [event])
             _prune_events(connection, session_id)
-            bump_epoch(connection)
+            bump_session(connection, session_id)
             return True
 
     def _one(self, condition: Any) -> SessionRecord | None:
@@ -95,8 +111,8 @@ class SqlSessions:
         query = update(t.sessions).where(_S.id == session_id, _S.revoked_at.is_(None))
         with self._db.write() as connection:
             changed = connection.execute(query.values(**values)).rowcount == 1
-            if bump:
-                bump_epoch(connection)
+            if bump and changed:
+                bump_session(connection, session_id)
             return changed
 
 

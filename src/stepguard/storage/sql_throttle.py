@@ -1,16 +1,31 @@
-"""Throttle counters in SQL: one atomic upsert per failure, shared by every instance."""
+"""Throttle counters in SQL: reserve-then-verify in one transaction, shared by every instance.
+
+`reserve` counts an attempt under every key *first* (`INSERT ... ON CONFLICT DO UPDATE ...
+RETURNING`, which also takes the row lock on PostgreSQL and runs under SQLite's single writer),
+then looks at the lock each key had before: if a checked key was locked, the transaction rolls
+back (nothing counted) and `Throttled` is raised. Keys are taken in sorted order, so two
+reservations never wait on each other in a cycle. A racing reservation waits for the row lock
+and then sees the lock this one set.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import case, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from stepguard.service.throttle import ThrottleSettings, forget_before, state_after
+from stepguard.service.throttle import (
+    ThrottleSettings,
+    check,
+    forget_before,
+    state_after,
+    user_prefix,
+)
 from stepguard.storage import tables as t
-from stepguard.storage.records import ThrottleState
+from stepguard.storage.records import Reserved, ThrottleState
 from stepguard.storage.sql_base import Database
 
 _T = t.throttle.c
@@ -24,17 +39,48 @@ class SqlThrottle:
         self._db = db
         self._settings = settings
 
+    def reserve(
+        self, *, check: Sequence[str], count: Sequence[str], now: float
+    ) -> tuple[Reserved, ...]:
+        """Count one attempt under every `count` key, unless a `check` key is locked at `now`
+        (then raise `Throttled` and count nothing). `check` keys are counted too."""
+        keys = sorted({*count, *check})
+        with self._db.write() as connection:
+            reserved = tuple(self._bump(connection, key, now) for key in keys)
+            _check(reserved, set(check), now)
+            for one in reserved:
+                after = state_after(one.key, one.consecutive, now=now, settings=self._settings)
+                connection.execute(
+                    update(t.throttle)
+                    .where(_T.key == one.key)
+                    .values(locked_until=after.locked_until, hard_locked=after.hard_locked)
+                )
+        return reserved
+
     def record_failure(self, key: str, *, now: float) -> ThrottleState:
         """Count one failure under `key` at `now` and lock the key for the back-off delay."""
+        (one,) = self.reserve(check=(), count=(key,), now=now)
+        return state_after(key, one.consecutive, now=now, settings=self._settings)
+
+    def release(self, reserved: Reserved) -> None:
+        """Give a reserved attempt back: the prior state if nothing was counted since, else
+        one failure fewer (the locks others caused stay)."""
         with self._db.write() as connection:
-            consecutive = _increment(connection, key, now=now, forget=self._forget(key, now))
-            state = state_after(key, consecutive, now=now, settings=self._settings)
-            connection.execute(
-                update(t.throttle)
-                .where(_T.key == key)
-                .values(locked_until=state.locked_until, hard_locked=state.hard_locked)
-            )
-        return state
+            row = connection.execute(
+                select(_T.consecutive).where(_T.key == reserved.key).with_for_update()
+            ).first()
+            if row is None:
+                return
+            where = update(t.throttle).where(_T.key == reserved.key)
+            prior = reserved.prior
+            if row.consecutive != reserved.consecutive:
+                connection.execute(where.values(consecutive=max(0, row.consecutive - 1)))
+            elif prior.consecutive == 0:
+                connection.execute(delete(t.throttle).where(_T.key == reserved.key))
+            else:
+                connection.execute(where.values(consecutive=prior.consecutive,
+                                                locked_until=prior.locked_until,
+                                                hard_locked=prior.hard_locked))
 
     def state(self, key: str, *, now: float) -> ThrottleState:
         with self._db.read() as connection:
@@ -51,13 +97,31 @@ class SqlThrottle:
         with self._db.write() as connection:
             connection.execute(delete(t.throttle).where(_T.key == key))
 
+    def reset_user(self, subject: str) -> None:
+        """Forget every key of one subject (an operator's unlock, a new password)."""
+        with self._db.write() as connection:
+            connection.execute(
+                delete(t.throttle).where(_T.key.startswith(user_prefix(subject), autoescape=True))
+            )
+
+    def _bump(self, connection: Connection, key: str, now: float) -> Reserved:
+        consecutive, locked_until, hard = _increment(
+            connection, key, now=now, forget=self._forget(key, now))
+        return Reserved.counted(key, consecutive, locked_until=locked_until, hard_locked=hard)
+
     def _forget(self, key: str, now: float) -> float:
         before = forget_before(key, now=now, settings=self._settings)
         return _NEVER if before is None else before
 
 
-def _increment(connection: Connection, key: str, *, now: float, forget: float) -> int:
-    """INSERT ... ON CONFLICT DO UPDATE ... RETURNING: one statement, safe under concurrency."""
+def _check(reserved: Sequence[Reserved], checked: set[str], now: float) -> None:
+    check(*(one.prior for one in reserved if one.key in checked), now=now)
+
+
+def _increment(connection: Connection, key: str, *, now: float,
+               forget: float) -> tuple[int, float, bool]:
+    """INSERT ... ON CONFLICT DO UPDATE ... RETURNING: the new count, and the lock the key had
+    before (this statement leaves the lock columns as they were)."""
     dialect: Any = postgresql if connection.dialect.name == "postgresql" else sqlite
     statement = dialect.insert(t.throttle).values(
         key=key, consecutive=1, locked_until=0.0, hard_locked=False, last_failure=now
@@ -65,5 +129,6 @@ def _increment(connection: Connection, key: str, *, now: float, forget: float) -
     restart = case((_T.last_failure < forget, 1), else_=_T.consecutive + 1)
     statement = statement.on_conflict_do_update(
         index_elements=[_T.key], set_={"consecutive": restart, "last_failure": now}
-    ).returning(_T.consecutive)
-    return int(connection.execute(statement).scalar_one())
+    ).returning(_T.consecutive, _T.locked_until, _T.hard_locked)
+    row = connection.execute(statement).one()
+    return int(row[0]), float(row[1]), bool(row[2])

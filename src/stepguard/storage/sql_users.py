@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection
 from stepguard.core.errors import Conflict
 from stepguard.storage import tables as t
 from stepguard.storage.records import UserRecord
-from stepguard.storage.sql_base import Database, bump_epoch, dumps, is_conflict, loads
+from stepguard.storage.sql_base import Database, bump_user, dumps, is_conflict, loads
 
 
 def username_key(username: str) -> str:
@@ -56,12 +56,12 @@ class SqlUsers:
                     .where(t.sessions.c.user_id == user_id, t.sessions.c.revoked_at.is_(None))
                     .values(revoked_at=now)
                 )
-            bump_epoch(connection)
+            bump_user(connection, user_id)
             return changed
 
     def set_groups(self, user_id: str, groups: Iterable[str]) -> bool:
         with self._db.write() as connection:
-            bump_epoch(connection)
+            bump_user(connection, user_id)
             return _update(connection, user_id, groups=dumps(sorted(set(groups))))
 
     def set_password_hash(self, user_id: str, password_hash: str) -> bool:

@@ -36,6 +36,7 @@ users = Table(
     Column("password_hash", Text, nullable=False),
     Column("disabled", Boolean, nullable=False),
     Column("created", Double, nullable=False),
+    Column("version", BigInteger, nullable=False, server_default="0"),  # see `versions` below
 )
 
 factors = Table(
@@ -82,6 +83,7 @@ sessions = Table(
     Column("user_agent", Text, nullable=False),
     Column("revoked_at", Double),
     Column("device_id", String(128), nullable=False),
+    Column("version", BigInteger, nullable=False, server_default="0"),
     Index("ix_sessions_user_id", "user_id"),
 )
 
@@ -187,16 +189,12 @@ risk_history = Table(
     Column("data", Text, nullable=False),
 )
 
-# One row whose value grows whenever something a decision depends on changes (a session revoked,
-# rotated or stepped up, a user disabled, a grant added or spent, risk history updated). Every
-# instance compares it with the value its in-process cache was filled at: a mismatch empties
-# the cache, so a revocation anywhere takes effect on the next request everywhere.
-store_epoch = Table(
-    "store_epoch",
-    metadata,
-    Column("id", Integer, primary_key=True),
-    Column("value", BigInteger, nullable=False),
-)
+# Cache versions: `sessions.version` grows whenever something a decision on that session depends
+# on changes (an event added, the token rotated, the session revoked, a grant added or spent);
+# `users.version` whenever something about the user does (disabled, groups, every session revoked,
+# risk history). An instance's cached session is valid only while both still match: each request
+# reads them (one indexed row), so a revocation anywhere takes effect on the next request
+# everywhere, and a change to one user leaves every other user's cache entry warm.
 
 TABLES = (
     users,
@@ -209,5 +207,4 @@ TABLES = (
     grants,
     throttle,
     risk_history,
-    store_epoch,
 )

@@ -10,6 +10,7 @@ import base64
 import json
 import secrets
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
@@ -96,6 +97,7 @@ class Portal:
             r("/admin", self.admin_page, methods=["GET"]),
             r("/admin/sessions/revoke", self.admin_revoke, methods=["POST"]),
             r("/admin/users/disable", self.admin_disable, methods=["POST"]),
+            r("/admin/users/unlock", self.admin_unlock, methods=["POST"]),
         ]
 
     def client_ip(self, request: Request) -> str:
@@ -213,6 +215,9 @@ class Portal:
                 request, "Request refused", "The form expired. Please try again.", 403
             )
         context = self.context(request)
+        new_device = not context.device_id
+        if new_device:  # named now, so that this very sign-in already records the device
+            context = replace(context, device_id=new_id())
         try:
             signed = await run_in_threadpool(
                 self.accounts.sign_in, form.get("username", ""), form.get("password", ""), context
@@ -223,10 +228,10 @@ class Portal:
             return self._login_error(request, rd, "The username or password is not right.", 401)
         response = self.with_token(RedirectResponse(rd, 303), signed.token)
         response.delete_cookie(PRE_SESSION_COOKIE, path="/")
-        if not context.device_id:
+        if new_device:
             response.set_cookie(
                 DEVICE_COOKIE,
-                sign(self.rt.cookie_key, new_id()),
+                sign(self.rt.cookie_key, context.device_id),
                 max_age=400 * 86400,
                 httponly=True,
                 secure=self.https,
@@ -916,6 +921,7 @@ class Portal:
             filters=filters,
             revoke_url="/admin/sessions/revoke",
             disable_url="/admin/users/disable",
+            unlock_url="/admin/users/unlock",
             **view,
         )
 
@@ -985,6 +991,25 @@ class Portal:
             return found
         form = await self.form(request, found[0])
         await run_in_threadpool(self.accounts.disable_user, form.get("user_id", ""), by=found[1].id)
+        return RedirectResponse("/admin", 303)
+
+    async def admin_unlock(self, request: Request) -> Response:
+        """Lift a user's throttle locks: a confirmation page first, then the unlock."""
+        found = await self._admin(request)
+        if isinstance(found, Response):
+            return found
+        try:
+            form = await self.form(request, found[0])
+        except CsrfRejected:
+            return self.message(request, "Request refused", "The form expired.", 403)
+        user = await run_in_threadpool(self.rt.store.users.get, form.get("user_id", ""))
+        if user is None:
+            return self.message(request, "No such user", "That user does not exist.", 404)
+        if form.get("confirm") != "yes":
+            return self.page(request, "admin_unlock.html", *found,
+                             account={"id": user.id, "username": user.username},
+                             unlock_url="/admin/users/unlock", cancel_url="/admin")
+        await run_in_threadpool(self.accounts.unlock, user.id, by=found[1].id)
         return RedirectResponse("/admin", 303)
 
 

@@ -1,6 +1,6 @@
 """Push approval requests (the device keys are factors of kind "push", already in `factors`).
 
-Revision ID: 0005_push_requests
+Revision ID: 0005
 Revises: 0004
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005_push_requests"
+revision = "0005"
 down_revision = "0004"
 branch_labels = None
 depends_on = None

@@ -1,0 +1,243 @@
+"""Guard on the in-memory store: the per-session cache, its invalidation (SECURITY.md case 12),
+single-flight loads, last-seen written behind, and failing closed."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stepguard.audit.memory import MemoryAuditLog
+from stepguard.config.load import load_config
+from stepguard.core.context import AuthEvent, RequestContext
+from stepguard.core.decision import Outcome
+from stepguard.core.errors import StoreUnavailable
+from stepguard.core.levels import Level
+from stepguard.service.guard import TOUCH_EVERY, Guard
+from stepguard.service.runtime import Runtime, build_runtime, hash_token
+from stepguard.storage.memory import MemoryStore
+from stepguard.storage.records import SessionRecord, SessionSnapshot, UserRecord
+from tests.contract import build
+from tests.support.gateway import Clock, write_config
+
+POLICY = """\
+levels:
+  aal1: {max_session: 30d, idle: 1h}
+  aal2: {acr: "urn:stepguard:aal2", max_session: 24h, idle: 1h}
+rules:
+  - name: public
+    match: {paths: ["/static/**"]}
+    allow: true
+  - name: admin
+    match: {paths: ["/admin/**"]}
+    require: {level: aal2, max_age: 1h, reason: "Opening the admin console"}
+default: {level: aal1}
+"""
+PAGE = RequestContext(method="GET", host="app.test", path="/orders", client_ip="198.51.100.7")
+ADMIN = RequestContext(method="GET", host="app.test", path="/admin/users",
+                       client_ip="198.51.100.7")
+
+
+class CountingStore(MemoryStore):
+    """Counts the decision reads and the full loads among them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = self.loads = 0
+        read = self.session_states.read
+
+        def counted(token_hash: str, **kwargs: object) -> object:
+            found = read(token_hash, **kwargs)  # type: ignore[arg-type]
+            self.reads += 1
+            self.loads += isinstance(found, SessionSnapshot)
+            return found
+
+        self.session_states.read = counted  # type: ignore[method-assign]
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store() -> CountingStore:
+    return CountingStore()
+
+
+@pytest.fixture
+def runtime(tmp_path: Path, clock: Clock, store: CountingStore) -> Iterator[Runtime]:
+    loaded = load_config(write_config(tmp_path, policy=POLICY))
+    rt = build_runtime(loaded, clock=clock, store=store, audit_log=MemoryAuditLog())
+    yield rt
+    rt.close()
+
+
+def signed_in(runtime: Runtime, name: str = "alice") -> tuple[UserRecord, SessionRecord, str]:
+    user = build.user(name, created=runtime.now())
+    runtime.store.users.add(user)
+    token = f"token-of-{name}-" + "x" * 32
+    now = runtime.now()
+    session = build.session(user.id, token_hash=hash_token(token), created=now, last_seen=now,
+                            ip=PAGE.client_ip, user_agent=PAGE.user_agent,
+                            events=(AuthEvent(factor="password", amr=("pwd",), level=Level.AAL1,
+                                              at=now),))
+    runtime.store.sessions.add(session)
+    return user, session, token
+
+
+def test_a_cached_session_costs_one_read_and_no_load(runtime: Runtime,
+                                                     store: CountingStore) -> None:
+    guard = Guard(runtime)
+    _, _, token = signed_in(runtime)
+    assert guard.check(PAGE, token).decision.outcome is Outcome.ALLOW
+    for _ in range(5):
+        assert guard.check(PAGE, token).decision.outcome is Outcome.ALLOW
+    assert (store.reads, store.loads) == (6, 1)
+    assert (guard.cache.hits, guard.cache.misses) == (5, 1)
+
+
+def test_other_users_sign_ins_and_step_ups_leave_this_session_cached(
+        runtime: Runtime, store: CountingStore) -> None:
+    guard = Guard(runtime)
+    _, _, token = signed_in(runtime, "alice")
+    bob, bobs, _ = signed_in(runtime, "bob")
+    guard.check(PAGE, token)
+    runtime.store.sessions.add_event(bobs.id, AuthEvent(factor="totp", amr=("otp",),
+                                                        level=Level.AAL2, at=runtime.now()))
+    runtime.store.grants.add(build.grant(bobs.id, subject_id=bob.id))
+    runtime.store.history.record_failure(bob.id, at=runtime.now())
+    runtime.store.sessions.revoke(bobs.id, now=runtime.now())
+    loads = store.loads
+    assert guard.check(PAGE, token).session is not None
+    assert store.loads == loads  # no reload: per-session invalidation, not a global one
+
+
+@pytest.mark.parametrize("how", ["revoke", "revoke_all", "disable", "rotate"])
+def test_a_revocation_is_honoured_by_the_very_next_request(runtime: Runtime, how: str) -> None:
+    guard = Guard(runtime)
+    user, session, token = signed_in(runtime)
+    assert guard.check(PAGE, token).session is not None  # cached
+    now = runtime.now()
+    {"revoke": lambda: runtime.store.sessions.revoke(session.id, now=now),
+     "revoke_all": lambda: runtime.store.sessions.revoke_all_for_user(user.id, now=now),
+     "disable": lambda: runtime.store.users.set_disabled(user.id, True, now=now),
+     "rotate": lambda: runtime.store.sessions.rotate(session.id, "other", now=now)}[how]()
+    assert guard.check(PAGE, token).session is None
+    assert guard.check_cached(PAGE, token) is None  # the event loop path agrees
+
+
+def test_a_step_up_elsewhere_is_honoured_by_the_cached_copy(runtime: Runtime) -> None:
+    guard = Guard(runtime)
+    _, session, token = signed_in(runtime)
+    assert guard.check(ADMIN, token).decision.outcome is Outcome.STEP_UP
+    runtime.store.sessions.add_event(session.id, AuthEvent(
+        factor="totp", amr=("otp",), level=Level.AAL2, at=runtime.now()))
+    assert guard.check(ADMIN, token).decision.outcome is Outcome.ALLOW
+
+
+def test_concurrent_misses_on_one_token_load_it_once(runtime: Runtime,
+                                                      store: CountingStore) -> None:
+    guard = Guard(runtime)
+    _, _, token = signed_in(runtime)
+    barrier = threading.Barrier(16)
+    results: list[bool] = []
+
+    def request() -> None:
+        barrier.wait()
+        results.append(guard.check(PAGE, token).session is not None)
+
+    threads = [threading.Thread(target=request) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [True] * 16
+    assert store.loads == 1 and store.reads == 16
+
+
+def test_last_seen_is_written_behind_in_batches(runtime: Runtime, clock: Clock) -> None:
+    guard = Guard(runtime)
+    _, session, token = signed_in(runtime)
+    guard.check(PAGE, token)
+    clock.advance(TOUCH_EVERY + 1)
+    check = guard.check_cached(PAGE, token)  # a due touch no longer leaves the event loop
+    assert check is not None and check.decision.allowed
+    stored = runtime.store.sessions.get(session.id)
+    assert stored is not None and stored.last_seen == session.last_seen  # not yet written
+    runtime.last_seen.flush()
+    stored = runtime.store.sessions.get(session.id)
+    assert stored is not None and stored.last_seen == clock.now
+
+
+def test_a_session_seen_on_another_instance_stays_alive(runtime: Runtime, clock: Clock) -> None:
+    guard = Guard(runtime)
+    _, session, token = signed_in(runtime)
+    guard.check(PAGE, token)  # cached with the sign-in's last-seen
+    for _ in range(3):  # another instance keeps it active for 1.5 h (aal1 idle: 1 h)
+        clock.advance(1800)
+        runtime.store.sessions.touch_many([(session.id, clock.now, "198.51.100.7", "")])
+    assert guard.check(PAGE, token).session is not None
+
+
+def test_an_idle_session_is_refused(runtime: Runtime, clock: Clock) -> None:
+    guard = Guard(runtime)
+    _, _, token = signed_in(runtime)
+    guard.check(PAGE, token)
+    clock.advance(3601)  # the aal1 idle limit here is 1 h
+    assert guard.check(PAGE, token).session is None
+
+
+def test_a_store_outage_fails_closed_even_when_cached(runtime: Runtime,
+                                                      store: CountingStore) -> None:
+    guard = Guard(runtime)
+    _, _, token = signed_in(runtime)
+    guard.check(PAGE, token)
+    store.down = True
+    with pytest.raises(StoreUnavailable):
+        guard.check(PAGE, token)
+    assert guard.check_cached(PAGE, token) is None  # the thread path then fails closed
+
+
+# ------------------------------------------------------------------------------ audit
+
+
+def decisions(runtime: Runtime) -> list[object]:
+    runtime.audit.flush(timeout=5)
+    return [e for e in runtime.audit_log.entries() if e.kind == "decision"]
+
+
+def test_plain_allows_are_summarised_and_everything_else_is_its_own_entry(
+        runtime: Runtime) -> None:
+    guard = Guard(runtime)
+    _, session, token = signed_in(runtime)
+    for _ in range(20):
+        assert guard.check(PAGE, token).decision.allowed
+    assert guard.check(ADMIN, token).decision.outcome is Outcome.STEP_UP
+    runtime.store.sessions.add_event(session.id, AuthEvent(
+        factor="totp", amr=("otp",), level=Level.AAL2, at=runtime.now()))
+    for _ in range(3):
+        assert guard.check(ADMIN, token).decision.allowed  # a rule with a requirement
+    entries = decisions(runtime)
+    assert [(e.rule, e.outcome) for e in entries] == [  # type: ignore[attr-defined]
+        ("admin", "step_up"), ("admin", "allow"), ("admin", "allow"), ("admin", "allow"),
+        ("default", "allow_summary")]
+    assert entries[-1].detail["count"] == 20  # type: ignore[attr-defined]
+    assert entries[-1].session == runtime.session_ref(session.id)  # type: ignore[attr-defined]
+
+
+def test_every_request_mode_seals_each_allow(tmp_path: Path, clock: Clock) -> None:
+    loaded = load_config(write_config(tmp_path, policy=POLICY,
+                                      extra="audit: {allows: every_request}\n"))
+    runtime = build_runtime(loaded, clock=clock, store=MemoryStore(),
+                            audit_log=MemoryAuditLog())
+    try:
+        guard = Guard(runtime)
+        _, _, token = signed_in(runtime)
+        for _ in range(4):
+            guard.check(PAGE, token)
+        assert [e.outcome for e in decisions(runtime)] == ["allow"] * 4  # type: ignore[attr-defined]
+    finally:
+        runtime.close()
