@@ -1,24 +1,27 @@
 """Gateway load benchmark (DESIGN.md §10), driven by wrk, each result beside its anchor.
 
-(a) **forward-auth alone**: Stepguard's `GET /api/authz/forward-auth` for a signed-in user
-    (allowed, 200, empty body) vs `bench/noop_app.py` (an ASGI app answering 200 empty). Both are
-    served by uvicorn on 127.0.0.1 with the same worker count and hit with the same wrk settings.
-    Target: Stepguard ≥ 0.6× the no-op app's req/s.
-(c) **server choice**: the same pair under granian, and granian's forward-auth beside uvicorn's.
-(d) **reverse-proxy mode**: Stepguard proxying to the no-op app vs nginx `proxy_pass` to the
-    same no-op app (target ≥ 0.5×), and the no-op app reached directly as a reference.
+Every Python app runs under granian (Stepguard's default server), one worker, on 127.0.0.1.
+
+(a) **forward-auth vs the floor**: Stepguard's `GET /api/authz/forward-auth` for a signed-in
+    user with a cached session (allowed, 200, identity headers) vs `bench/floor_app.py`, the
+    least Python forward-auth (cookie → SHA-256 → dict → identity headers, ~30 lines), sent the
+    same request headers. Target ≥ 0.6×. The no-op app (`bench/noop_app.py`) is printed too.
 (b) **behind nginx auth_request**: nginx with deploy/nginx/stepguard.conf (auth subrequest to
-    Stepguard, then the no-op app as the protected upstream) vs the same nginx proxying straight
-    to the no-op app. Targets: ≥ 0.75× the req/s, p99 at most 1 ms higher.
+    Stepguard, then a no-op app as the protected upstream) vs the same nginx config with the
+    floor as the auth endpoint. Targets: ≥ 0.75× the req/s, one-connection p99 at most +1 ms.
+    A reference row puts the floor's hop beside nginx proxying straight to the upstream.
+(c) **reverse-proxy mode**: Stepguard proxying to the no-op app vs nginx `proxy_pass` to the
+    same no-op app (target ≥ 0.5×), and the no-op app reached directly as a reference.
+(d) **server choice** (reference): Stepguard's forward-auth under uvicorn (httptools + uvloop)
+    beside granian's (`--no-uvicorn` skips it).
 
 Each target is warmed up for 1 s, then the targets of one comparison are loaded in turn, two
 rounds of 3 s each (`--rounds`, `--duration`), and each figure is the target's best over the
 rounds: on a small or shared machine this spreads a slow spell over both sides instead of
 charging it to one. A run with any non-2xx answer or socket error is reported as invalid (exit
 status 1). p99 is compared on one connection (`-t1 -c1`): with 32 connections latency is mostly
-queueing (connections ÷ req/s), so it only repeats the req/s ratio. A reference row runs nginx
-`auth_request` against a second no-op app: the cost of the extra hop itself, with no Stepguard.
-Whole run: about 60 s with the defaults.
+queueing (connections ÷ req/s), so it only repeats the req/s ratio. Whole run: about 2 minutes
+with the defaults.
 
 Run: `python bench/gateway.py` (`--help` for options, `--json` for machine-readable output).
 The two functions under "ADJUST HERE" are how the bench starts and signs in to Stepguard.
@@ -347,108 +350,122 @@ def noop_server(workdir: Path, workers: int, name: str) -> UvicornServer:
     )
 
 
-def granian_noop(workdir: Path, workers: int) -> Process:
-    """The no-op app under granian: the anchor when Stepguard itself runs under granian."""
+def granian_app(workdir: Path, workers: int, app: str, name: str,
+                env: dict[str, str] | None = None) -> Process:
+    """A bench app (`noop_app:app`, `floor_app:app`) under granian, like Stepguard's default."""
     port = free_port()
     argv = [sys.executable, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1",
-            "--port", str(port), "--workers", str(workers), "noop_app:app"]
-    (workdir / "noop-granian").mkdir(parents=True, exist_ok=True)
-    return Process(argv, port=port, workdir=workdir / "noop-granian", name="noop-granian",
-                   env=python_env(), cwd=REPO_ROOT / "bench", ready_path="/")
+            "--port", str(port), "--workers", str(workers), app]
+    (workdir / name).mkdir(parents=True, exist_ok=True)
+    return Process(argv, port=port, workdir=workdir / name, name=name,
+                   env=python_env(env), cwd=REPO_ROOT / "bench", ready_path="/")
+
+
+def floor_env(cookies: dict[str, str]) -> dict[str, str]:
+    """The floor knows the bench user's session (same cookie, same token) and nothing else."""
+    return {"FLOOR_SESSIONS": f"{cookies['stepguard_session']}:{BENCH_USERNAME}"}
 
 
 @dataclass(frozen=True)
 class Servers:
-    noop: UvicornServer  # the protected upstream, and the anchor of (a)
-    noop_auth: UvicornServer  # a second no-op app: the auth endpoint of the reference row
-    stepguard: Process
+    upstream: UvicornServer  # the protected upstream behind nginx and the reverse proxy
+    noop: Process  # the no-op app under granian (printed beside the floor)
+    floor: Process  # the minimal Python forward-auth under granian: the anchor
+    stepguard: Process  # Stepguard under granian
     cookies: dict[str, str]
 
 
 @contextmanager
 def servers(workdir: Path, workers: int) -> Iterator[Servers]:
     with ExitStack() as stack:
-        noop = stack.enter_context(noop_server(workdir, workers, "noop"))
-        noop_auth = stack.enter_context(noop_server(workdir, workers, "noop-auth"))
+        upstream = stack.enter_context(noop_server(workdir, workers, "upstream"))
+        noop = stack.enter_context(granian_app(workdir, workers, "noop_app:app", "noop-granian"))
         password = secrets.token_urlsafe(18)
         (workdir / "stepguard").mkdir()
         stepguard = start_stepguard(
-            workdir / "stepguard", port=free_port(), workers=workers, password=password
-        )
+            workdir / "stepguard", port=free_port(), workers=workers, password=password,
+            server="granian")
         stack.enter_context(stepguard)
         cookies = obtain_session_cookie(stepguard.url, username=BENCH_USERNAME, password=password)
-        yield Servers(noop, noop_auth, stepguard, cookies)
+        floor = stack.enter_context(granian_app(workdir, workers, "floor_app:app", "floor",
+                                                floor_env(cookies)))
+        yield Servers(upstream, noop, floor, stepguard, cookies)
 
 
-def bench(settings: WrkSettings, workers: int, workdir: Path) -> list[Comparison]:
+def bench(settings: WrkSettings, workers: int, workdir: Path, *,
+          uvicorn: bool = True) -> list[Comparison]:
     wrk = ensure_packages("wrk", "nginx")["wrk"]
     unloaded = replace(settings, threads=1, connections=1)
     with servers(workdir, workers) as running, ExitStack() as stack:
-        noop, stepguard, cookies = running.noop, running.stepguard, running.cookies
+        stepguard, cookies = running.stepguard, running.cookies
         headers = forward_auth_headers(cookies)
         check_allowed(stepguard.url + FORWARD_AUTH_PATH, headers)
+        check_allowed(running.floor.url + FORWARD_AUTH_PATH, headers)
         alone = best_of_rounds(wrk, [
-            Target("no-op app", noop.url + "/", {}, settings),
+            Target("no-op app", running.noop.url + "/", {}, settings),
+            Target("floor forward-auth", running.floor.url + FORWARD_AUTH_PATH, headers,
+                   settings),
             Target("forward-auth", stepguard.url + FORWARD_AUTH_PATH, headers, settings),
         ])
-        guarded_conf = partial(nginx_conf, upstream_port=noop.port, server_name=SITE)
+        guarded_conf = partial(nginx_conf, upstream_port=running.upstream.port, server_name=SITE)
         guarded = stack.enter_context(
-            proxy(workdir / "nginx-guarded", guarded_conf, stepguard.port)
-        )
-        plain = stack.enter_context(proxy(workdir / "nginx-plain", plain_nginx_conf, noop.port))
-        floor = stack.enter_context(
-            proxy(workdir / "nginx-floor", guarded_conf, running.noop_auth.port)
-        )
+            proxy(workdir / "nginx-guarded", guarded_conf, stepguard.port))
+        floored = stack.enter_context(
+            proxy(workdir / "nginx-floor", guarded_conf, running.floor.port))
+        plain = stack.enter_context(
+            proxy(workdir / "nginx-plain", plain_nginx_conf, running.upstream.port))
         browser = {"Host": SITE, "Accept": "text/html", "Cookie": cookie_header(cookies)}
         check_allowed(guarded, {**browser, "Accept": "application/json"}, upstream=True)
+        check_allowed(floored, browser, upstream=True)
         saturated = best_of_rounds(wrk, [
             Target("nginx auth_request", guarded, browser, settings),
+            Target("nginx → floor", floored, browser, settings),
             Target("nginx → no-op", plain, browser, settings),
-            Target("auth_request no-op auth", floor, browser, settings),
         ])
         one = best_of_rounds(wrk, [
             Target("nginx auth_request c1", guarded, browser, unloaded),
-            Target("nginx → no-op c1", plain, browser, unloaded),
+            Target("nginx → floor c1", floored, browser, unloaded),
         ])
-        servers_compared = compare_servers(wrk, workdir, workers, settings, alone)
-        proxied = reverse_proxy_mode(wrk, workdir, workers, settings, noop)
+        servers_compared = (compare_servers(wrk, workdir, workers, settings, alone)
+                            if uvicorn else [])
+        proxied = reverse_proxy_mode(wrk, workdir, workers, settings, running.upstream)
     return [
-        *servers_compared,
-        *proxied,
-        Comparison("forward-auth endpoint alone", alone["forward-auth"], alone["no-op app"],
-                   ratio_target=FORWARD_AUTH_RATIO_TARGET),
+        Comparison("forward-auth (granian) vs the floor", alone["forward-auth"],
+                   alone["floor forward-auth"], ratio_target=FORWARD_AUTH_RATIO_TARGET),
+        Comparison("(reference) forward-auth vs a no-op app", alone["forward-auth"],
+                   alone["no-op app"]),
+        Comparison("(reference) the floor vs a no-op app", alone["floor forward-auth"],
+                   alone["no-op app"]),
         Comparison("behind nginx auth_request, saturated", saturated["nginx auth_request"],
-                   saturated["nginx → no-op"], ratio_target=NGINX_RATIO_TARGET),
+                   saturated["nginx → floor"], ratio_target=NGINX_RATIO_TARGET),
         Comparison("behind nginx auth_request, one connection", one["nginx auth_request c1"],
-                   one["nginx → no-op c1"], p99_extra_target_ms=NGINX_P99_EXTRA_TARGET_MS),
-        Comparison("(reference) auth_request to a no-op auth app",
-                   saturated["auth_request no-op auth"], saturated["nginx → no-op"]),
+                   one["nginx → floor c1"], p99_extra_target_ms=NGINX_P99_EXTRA_TARGET_MS),
+        Comparison("(reference) nginx auth_request → floor vs nginx → app alone",
+                   saturated["nginx → floor"], saturated["nginx → no-op"]),
+        *proxied,
+        *servers_compared,
     ]
 
 
 def compare_servers(wrk: str, workdir: Path, workers: int, settings: WrkSettings,
-                    uvicorn_results: dict[str, WrkResult]) -> list[Comparison]:
-    """Stepguard's forward-auth under granian, beside the no-op app under granian — to pick the
-    ASGI server by measurement (the uvicorn pair is the first comparison)."""
+                    granian_results: dict[str, WrkResult]) -> list[Comparison]:
+    """Stepguard's forward-auth under uvicorn (httptools + uvloop) beside granian's — to pick
+    the ASGI server by measurement."""
     password = secrets.token_urlsafe(18)
     with ExitStack() as stack:
-        noop = stack.enter_context(granian_noop(workdir, workers))
         stepguard = stack.enter_context(start_stepguard(
-            workdir / "stepguard-granian", port=free_port(), workers=workers, password=password,
-            server="granian"))
+            workdir / "stepguard-uvicorn", port=free_port(), workers=workers, password=password,
+            server="uvicorn"))
         cookies = obtain_session_cookie(stepguard.url, username=BENCH_USERNAME, password=password)
         headers = forward_auth_headers(cookies)
         check_allowed(stepguard.url + FORWARD_AUTH_PATH, headers)
         results = best_of_rounds(wrk, [
-            Target("no-op app (granian)", noop.url + "/", {}, settings),
-            Target("forward-auth (granian)", stepguard.url + FORWARD_AUTH_PATH, headers,
+            Target("forward-auth (uvicorn)", stepguard.url + FORWARD_AUTH_PATH, headers,
                    settings),
         ])
     return [
-        Comparison("forward-auth under granian", results["forward-auth (granian)"],
-                   results["no-op app (granian)"], ratio_target=FORWARD_AUTH_RATIO_TARGET),
-        Comparison("(server choice) granian vs uvicorn, forward-auth",
-                   results["forward-auth (granian)"], uvicorn_results["forward-auth"]),
+        Comparison("(server choice) uvicorn vs granian, forward-auth",
+                   results["forward-auth (uvicorn)"], granian_results["forward-auth"]),
     ]
 
 
@@ -478,8 +495,8 @@ def reverse_proxy_mode(wrk: str, workdir: Path, workers: int, settings: WrkSetti
 
 def reverse_proxy_only(settings: WrkSettings, workers: int, workdir: Path) -> list[Comparison]:
     wrk = ensure_packages("wrk", "nginx")["wrk"]
-    with noop_server(workdir, workers, "noop") as noop:
-        return reverse_proxy_mode(wrk, workdir, workers, settings, noop)
+    with noop_server(workdir, workers, "upstream") as upstream:
+        return reverse_proxy_mode(wrk, workdir, workers, settings, upstream)
 
 
 @contextmanager
@@ -495,14 +512,14 @@ def report(comparisons: Sequence[Comparison], settings: WrkSettings, workers: in
     lines = [
         f"gateway benchmark: wrk -t{settings.threads} -c{settings.connections} "
         f"-d{settings.duration}s --latency, best of {settings.rounds}; "
-        f"uvicorn workers={workers}; "
+        f"workers={workers}; "
         f"{os.cpu_count()} CPUs; Python {platform.python_version()}",
         "",
-        f"{'run':<26}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'valid':>7}",
+        f"{'run':<30}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'valid':>7}",
     ]
     results = {r.label: r for c in comparisons for r in (c.subject, c.anchor)}
     lines += [
-        f"{r.label:<26}{r.requests_per_second:>10.0f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}"
+        f"{r.label:<30}{r.requests_per_second:>10.0f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}"
         f"{'yes' if r.valid else 'NO':>7}"
         for r in results.values()
     ]
@@ -558,13 +575,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--only-reverse-proxy", action="store_true",
                         help="run only (d), reverse-proxy mode beside nginx proxy_pass")
+    parser.add_argument("--no-uvicorn", action="store_true",
+                        help="skip the uvicorn row (server choice)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs)")
     args = parser.parse_args(argv)
     settings = WrkSettings(args.threads, args.connections, args.duration, rounds=args.rounds)
     workdir = Path(tempfile.mkdtemp(prefix="sg-bench-gateway-"))
     try:
         comparisons = (reverse_proxy_only(settings, args.workers, workdir)
-                       if args.only_reverse_proxy else bench(settings, args.workers, workdir))
+                       if args.only_reverse_proxy
+                       else bench(settings, args.workers, workdir, uvicorn=not args.no_uvicorn))
     except Exception as exc:
         print(f"gateway benchmark failed: {exc}\n(configs and logs kept in {workdir})",
               file=sys.stderr)

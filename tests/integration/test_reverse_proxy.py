@@ -14,6 +14,7 @@ import pytest
 import uvicorn
 from starlette.testclient import TestClient
 
+from stepguard.adapters.proxy import cookies_header
 from stepguard.service.accounts import Accounts
 from stepguard.web.app import create_app
 from tests.support.gateway import Clock, Seeded, make_runtime, seed_user
@@ -125,8 +126,8 @@ def test_client_sent_identity_headers_never_reach_the_upstream(proxy) -> None:  
 def test_the_apps_own_cookies_pass_and_stepguards_do_not(proxy) -> None:  # type: ignore[no-untyped-def]
     client, _, _ = proxy
     app = client.app.state.proxy  # the ReverseProxy behind the catch-all route
-    header = [("cookie", "stepguard_session=secret; app_pref=dark; stepguard_device=d.m; b=2")]
-    assert app._app_cookies(header) == "app_pref=dark; b=2"
+    header = [(b"cookie", b"stepguard_session=secret; app_pref=dark; stepguard_device=d.m; b=2")]
+    assert cookies_header(header, app._ours) == b"app_pref=dark; b=2"
 
 
 def test_anonymous_api_client_gets_rfc9470_and_browser_the_sign_in(proxy) -> None:  # type: ignore[no-untyped-def]

@@ -42,7 +42,7 @@ from typing import Any, Protocol
 import jwt
 from starlette.responses import Response
 
-from stepguard.adapters.forward_auth import rfc9470
+from stepguard.adapters.rfc9470 import step_up_challenge, step_up_response, token_challenge
 from stepguard.audit.ledger import request_summary
 from stepguard.config.schema import BearerSection
 from stepguard.core.context import AuthEvent, RequestContext, SessionState, Subject
@@ -495,8 +495,7 @@ def _audit(runtime: Runtime, context: RequestContext, state: SessionState | None
 def bearer_challenge(check: BearerCheck, runtime: Runtime) -> str | None:
     """The `WWW-Authenticate` value for a refused bearer request (None when allowed or denied)."""
     if check.error is not None:
-        return (f'Bearer error="{check.error.code}", '
-                f'error_description="{_quoted(check.error.reason)}"')
+        return token_challenge(check.error.code, check.error.reason)
     decision = check.decision
     if decision.outcome is not Outcome.STEP_UP:
         return None
@@ -504,13 +503,9 @@ def bearer_challenge(check: BearerCheck, runtime: Runtime) -> str | None:
         return "Bearer"  # no token sent: RFC 6750 §3.1, no error code
     settings = check.settings or _settings(runtime)
     requirement = _challenge_requirement(check, settings, runtime.now())
-    description = _quoted(" ".join(decision.reasons) or "A stronger authentication is required.")
-    parts = ['Bearer error="insufficient_user_authentication"',
-             f'error_description="{description}"',
-             f'acr_values="{" ".join(settings.acr_values(requirement.level))}"']
-    if requirement.max_age is not None:
-        parts.append(f"max_age={int(requirement.max_age)}")
-    return ", ".join(parts)
+    return step_up_challenge(decision.reasons,
+                             acr_values=" ".join(settings.acr_values(requirement.level)),
+                             max_age=requirement.max_age)
 
 
 def bearer_response(check: BearerCheck, runtime: Runtime) -> Response | None:
@@ -529,8 +524,9 @@ def bearer_response(check: BearerCheck, runtime: Runtime) -> Response | None:
     if check.token is not None and decision.requirement is not None:
         requirement = _challenge_requirement(check, settings, runtime.now())
         decision = replace(decision, requirement=requirement)
-    response = rfc9470(decision, settings.issuer, runtime)  # body: reasons, level, max_age
-    del response.headers["location"]  # an API client goes back to the issuer, named in the body
+    # body: reasons, level, max_age; no Location: an API client goes back to the issuer, named
+    # in the body
+    response = step_up_response(decision, settings.issuer, runtime.policy, with_location=False)
     response.headers["WWW-Authenticate"] = bearer_challenge(check, runtime) or "Bearer"
     return response
 
@@ -547,10 +543,6 @@ def _challenge_requirement(check: BearerCheck, settings: BearerSettings,
         return requirement
     setting = settings.levels.get(requirement.level)
     return replace(requirement, max_age=setting.max_session if setting else 0.0)
-
-
-def _quoted(text: str) -> str:
-    return "".join(ch for ch in text if 32 <= ord(ch) < 127 and ch not in '"\\')[:300]
 
 
 # --- one validator per runtime ------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -37,6 +38,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from stepguard.adapters.bearer import BearerValidator, decide_bearer
+from stepguard.adapters.cookies import DeviceCookies
 from stepguard.core.canonical import canonical_host, canonical_method, canonical_path, loads_json
 from stepguard.core.context import RequestContext, SessionState, Subject
 from stepguard.core.decide import valid_events
@@ -44,7 +46,7 @@ from stepguard.core.decision import Decision, Outcome
 from stepguard.core.errors import BadRequest, StoreUnavailable, VerificationFailed
 from stepguard.service.api_keys import ApiKeys
 from stepguard.service.guard import Check, Guard
-from stepguard.service.runtime import Runtime, unsign
+from stepguard.service.runtime import Runtime
 from stepguard.service.stepup import StepUp
 from stepguard.web.security import safe_return_url
 
@@ -132,6 +134,30 @@ class DecideResponse(_Model):
     subject: SubjectInfo | None
 
 
+@dataclass(frozen=True, slots=True)
+class DecideFacts:
+    """`DecideRequest`'s fields without the model, for a caller that checked them against its
+    constraints itself (the embedded middleware, see `asgi.middleware.check_fields`): building
+    and validating the model is the costliest step of its hot path."""
+
+    method: str
+    host: str
+    path: str
+    scheme: Literal["http", "https"]
+    query: str
+    client_ip: str
+    user_agent: str
+    device_cookie: str
+    action: str
+    attributes: dict[str, Any]
+    session_token: str | None
+    bearer: str | None
+    return_url: str | None
+
+
+Facts = DecideRequest | DecideFacts
+
+
 class ErrorResponse(_Model):
     error: str
     detail: str | list[dict[str, str]] = ""
@@ -147,24 +173,25 @@ class DecisionService:
                  bearer_validator: BearerValidator | None = None) -> None:
         self.rt, self.guard, self.stepup = runtime, guard, stepup
         self.bearer_validator = bearer_validator
+        self.devices = DeviceCookies(runtime.cookie_key)
         public = urlsplit(runtime.config.server.public_url)
         self.base = runtime.config.server.public_url.rstrip("/")
         self.domains = [*runtime.config.portal.protected_domains, public.netloc]
 
-    def context(self, request: DecideRequest) -> RequestContext:
+    def context(self, request: Facts) -> RequestContext:
         """The canonical request context (`BadRequest` when method, host or path is ambiguous)."""
         return RequestContext(
-            method=canonical_method(request.method), host=canonical_host(request.host),
+            method=canonical_method(request.method), host=_canonical_host(request.host),
             path=canonical_path(request.path), scheme=request.scheme, query=request.query,
             client_ip=request.client_ip, user_agent=request.user_agent,
-            device_id=unsign(self.rt.cookie_key, request.device_cookie),
+            device_id=self.devices.device_id(request.device_cookie),
             action=request.action, attributes=dict(request.attributes))
 
-    def decide(self, request: DecideRequest) -> DecideResponse:
+    def decide(self, request: Facts) -> DecideResponse:
         context = self.context(request)
         if request.bearer is not None:
             return self._decide_bearer(request, context)
-        return self._respond(request, context, self.guard.check(context, request.session_token))
+        return self.respond(request, context, self.guard.check(context, request.session_token))
 
     def decide_cached(self, request: DecideRequest) -> DecideResponse | None:
         """The same answer without blocking I/O when the session is cached (see
@@ -173,9 +200,9 @@ class DecisionService:
             return None
         context = self.context(request)
         check = self.guard.check_cached(context, request.session_token)
-        return None if check is None else self._respond(request, context, check)
+        return None if check is None else self.respond(request, context, check)
 
-    def _respond(self, request: DecideRequest, context: RequestContext,
+    def respond(self, request: Facts, context: RequestContext,
                  check: Check) -> DecideResponse:
         decision = check.decision
         state = check.session.state(check.subject) if check.session and check.subject else None
@@ -185,7 +212,7 @@ class DecisionService:
             return self._response(decision, state, username, challenge_url=url)
         return self._response(decision, state, username)
 
-    def _decide_bearer(self, request: DecideRequest, context: RequestContext) -> DecideResponse:
+    def _decide_bearer(self, request: Facts, context: RequestContext) -> DecideResponse:
         """The bearer flow of `adapters.bearer` (validation, acr/amr/auth_time, token grants,
         audit); `IssuerUnavailable` propagates as a `StoreUnavailable` (503)."""
         check = decide_bearer(self.rt, context, f"Bearer {request.bearer}",
@@ -196,11 +223,11 @@ class DecisionService:
         return self._response(check.decision, check.session, username, token_error=token_error)
 
     def _challenge(self, decision: Decision, context: RequestContext, session: Any,
-                   request: DecideRequest) -> str:
+                   request: Facts) -> str:
         return self.base + self.stepup.location(decision, context, session,
                                                 return_url=self.return_url(request, context))
 
-    def return_url(self, request: DecideRequest, context: RequestContext) -> str:
+    def return_url(self, request: Facts, context: RequestContext) -> str:
         """The caller's return URL if it is on a protected domain; else the request's own URL."""
         query = f"?{context.query}" if context.query else ""
         own = f"{context.scheme}://{request.host}{context.path}{query}"
@@ -218,35 +245,41 @@ class DecisionService:
         return DecideResponse(
             decision=decision.outcome.value, rule=decision.rule, reasons=list(decision.reasons),
             level=level.label if allowed or stepping else None,
-            acr=self._acr(level) if allowed or stepping else None,
+            acr=self.acr(level) if allowed or stepping else None,
             max_age=_seconds(requirement.max_age) if stepping and requirement else None,
             methods=sorted(requirement.methods) if stepping and requirement else [],
             single_use=bool(stepping and requirement and requirement.single_use),
             scope=decision.scope or None, bound_values=dict(decision.bound_values),
             login=decision.login, challenge_url=challenge_url, token_error=token_error,
             grant_id=decision.grant_id or None, consumed_grant=bool(decision.consume_grant),
-            subject=self._subject(decision, state, username) if allowed else None)
+            subject=self.subject(decision, state, username) if allowed else None)
 
-    def _acr(self, level: Any) -> str | None:
+    def acr(self, level: Any) -> str | None:
         settings = self.rt.policy.levels.get(level)
         return settings.acr if settings else None
 
-    def _subject(self, decision: Decision, state: SessionState | None,
-                 username: str) -> SubjectInfo | None:
+    def subject(self, decision: Decision, state: SessionState | None,
+                username: str) -> SubjectInfo | None:
+        """Who was allowed, and how and when they last proved it at the level reached."""
         if state is None:
             return None
         events = [e for e in valid_events(self.rt.policy.levels, state, self.rt.now())
                   if e.level >= decision.level]
         event = max(events, key=lambda e: e.at, default=None)
-        return _subject_info(state.subject, username, self._acr(decision.level),
+        return _subject_info(state.subject, username, self.acr(decision.level),
                              event.amr if event else (), event.at if event else None)
+
+
+_canonical_host = lru_cache(maxsize=4096)(canonical_host)  # pure; refusals are not remembered
 
 
 def _subject_info(subject: Subject, username: str, acr: str | None, amr: Sequence[str],
                   at: float | None) -> SubjectInfo:
-    return SubjectInfo(id=subject.id, username=username or subject.name, name=subject.name,
-                       email=subject.email, groups=sorted(subject.groups), acr=acr,
-                       amr=list(amr), auth_time=int(at) if at is not None else None)
+    # Built from the store's own values: no validation to run (model_construct, cheap).
+    return SubjectInfo.model_construct(
+        id=subject.id, username=username or subject.name, name=subject.name,
+        email=subject.email, groups=sorted(subject.groups), acr=acr, amr=list(amr),
+        auth_time=int(at) if at is not None else None)
 
 
 def _seconds(value: float | None) -> int | None:

@@ -12,30 +12,46 @@ is refused (403), since without them there is no original request to decide on.
 Both proxies send the client's own headers along, so a method override header is seen (and
 refused, or decided on with `server.method_override: honour`); the body is not, so a `_method`
 form field cannot be seen here (docs/security.md).
+
+Both endpoints are raw ASGI applications, dispatched before the portal's routing (see
+`stepguard.gateway`): an allowed request costs no framework objects, one cookie parse, memoised
+address and device-cookie checks, and one `http.response.start` with the identity headers.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
+from stepguard.adapters.cookies import DEVICE_COOKIE, DeviceCookies, SessionCookie, parse_cookies
 from stepguard.adapters.http_context import (
+    HeaderView,
+    RequestHeaders,
     TrustedProxies,
     build_context,
     split_url,
     wants_html,
 )
+from stepguard.adapters.rfc9470 import step_up_response
 from stepguard.core.context import RequestContext
 from stepguard.core.decision import Decision, Outcome
-from stepguard.core.durations import format_duration
 from stepguard.core.errors import BadRequest, StoreUnavailable
 from stepguard.service.guard import Check, Guard
-from stepguard.service.runtime import Runtime, unsign
+from stepguard.service.runtime import Runtime
 from stepguard.service.stepup import StepUp
+
+__all__ = ["DEVICE_COOKIE", "CaddyStrategy", "ForwardAuth", "NginxStrategy", "Original",
+           "Strategy", "api_challenge", "identity_headers", "original_url"]
+
+Observe = Callable[[int, float], None]  # (status, seconds) of one answer, for the metrics
+RawHeaders = list[tuple[bytes, bytes]]
+_EMPTY_BODY = {"type": "http.response.body", "body": b""}
 
 
 @dataclass(frozen=True)
@@ -54,7 +70,7 @@ class Strategy:
 
     redirect_status = 302
 
-    def original(self, request: Request) -> Original:
+    def original(self, headers: HeaderView) -> Original:
         raise NotImplementedError
 
     def redirect(self, location: str, method: str) -> Response:
@@ -67,16 +83,16 @@ class Strategy:
 
 
 class CaddyStrategy(Strategy):
-    def original(self, request: Request) -> Original:
-        h = request.headers
+    def original(self, headers: HeaderView) -> Original:
+        h = headers
         return Original(h.get("x-forwarded-method", "GET"), h.get("x-forwarded-proto", "http"),
                         h.get("x-forwarded-host", ""), h.get("x-forwarded-uri", "/"),
                         h.get("x-forwarded-for"))
 
 
 class NginxStrategy(Strategy):
-    def original(self, request: Request) -> Original:
-        h = request.headers
+    def original(self, headers: HeaderView) -> Original:
+        h = headers
         scheme, host, target = split_url(h.get("x-original-url", ""))
         return Original(h.get("x-original-method", "GET"), scheme, host, target,
                         h.get("x-forwarded-for"))
@@ -89,60 +105,93 @@ class NginxStrategy(Strategy):
         return Response(f"bad request: {reason}\n", 403)
 
 
-class ForwardAuth:
-    """The one flow behind both endpoints."""
+class Endpoint:
+    """One forward-auth endpoint as a raw ASGI application."""
 
-    def __init__(self, runtime: Runtime, guard: Guard, stepup: StepUp) -> None:
+    def __init__(self, flow: ForwardAuth, strategy: Strategy) -> None:
+        self.flow, self.strategy = flow, strategy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.flow.serve(scope, receive, send, self.strategy)
+
+
+class ForwardAuth:
+    """The one flow behind both endpoints; `endpoint(strategy)` is the raw ASGI app of one."""
+
+    def __init__(self, runtime: Runtime, guard: Guard, stepup: StepUp, *,
+                 observe: Observe | None = None) -> None:
         self.rt, self.guard, self.stepup = runtime, guard, stepup
         self.proxies = TrustedProxies.parse(runtime.config.server.trusted_proxies)
         self.honour_overrides = runtime.config.server.method_override == "honour"
+        self.session_cookie = SessionCookie.of(runtime.config)
+        self.devices = DeviceCookies(runtime.cookie_key)
+        self.observe = observe
 
-    async def handle(self, request: Request, strategy: Strategy) -> Response:
-        peer = request.client.host if request.client else ""
+    def endpoint(self, strategy: Strategy) -> Endpoint:
+        return Endpoint(self, strategy)
+
+    async def serve(self, scope: Scope, receive: Receive, send: Send,
+                    strategy: Strategy) -> None:
+        start = time.perf_counter()
+        answer = await self.handle(scope, strategy)
+        status = 200 if isinstance(answer, list) else answer.status_code
+        if self.observe is not None:
+            self.observe(status, time.perf_counter() - start)
+        if isinstance(answer, list):  # allowed: 200, the identity headers, no body
+            await send({"type": "http.response.start", "status": 200, "headers": answer})
+            await send(_EMPTY_BODY)
+        else:
+            await answer(scope, receive, send)
+
+    async def handle(self, scope: Scope, strategy: Strategy) -> RawHeaders | Response:
+        """The answer: an allow's raw headers, or a response (challenge, refusal, 503)."""
+        client = scope.get("client")
+        peer = client[0] if client else ""
         if not self.proxies.trusts(peer):
             return Response("forward-auth is answered only for trusted proxies\n", 403)
+        headers = RequestHeaders(scope["headers"])
+        cookies = parse_cookies(scope["headers"])
         try:
-            original = strategy.original(request)
-            context = self.context(request, original, peer)
+            original = strategy.original(headers)
+            context = self.context(headers, cookies, original, peer)
         except BadRequest as exc:
             return strategy.refuse(str(exc))
+        token = self.session_cookie.token(cookies)
         try:
-            check = self.guard.check_cached(context, self._token(request))
+            check = self.guard.check_cached(context, token)
             if check is not None:  # everything was cached: no thread hop
-                return self._answer(request, strategy, check, original)
-            return await run_in_threadpool(self._decide, request, strategy, context, original)
+                return self._answer(headers, strategy, check, original)
+            return await run_in_threadpool(self._decide, headers, strategy, context, original,
+                                           token)
         except StoreUnavailable:
             return Response("the session store is unavailable\n", 503,
                             headers={"Retry-After": "5"})
 
-    def context(self, request: Request, original: Original, peer: str) -> RequestContext:
+    def context(self, headers: HeaderView, cookies: Mapping[str, str], original: Original,
+                peer: str) -> RequestContext:
         client_ip = self.proxies.client_ip(peer, original.forwarded_for)
-        device = unsign(self.rt.cookie_key, request.cookies.get(DEVICE_COOKIE))
         return build_context(method=original.method, scheme=original.scheme, host=original.host,
-                             target=original.target, client_ip=client_ip,
-                             headers=request.headers, device_id=device,
+                             target=original.target, client_ip=client_ip, headers=headers,
+                             device_id=self.devices.device_id(cookies.get(DEVICE_COOKIE)),
                              honour_overrides=self.honour_overrides)
 
-    def _token(self, request: Request) -> str | None:
-        name = self.rt.config.session.cookie_name
-        return request.cookies.get(name) or _cookie_any(request, self.rt)
+    def _decide(self, headers: HeaderView, strategy: Strategy, context: RequestContext,
+                original: Original, token: str | None) -> RawHeaders | Response:
+        check = self.guard.check(context, token)
+        return self._answer(headers, strategy, check, original)
 
-    def _decide(self, request: Request, strategy: Strategy, context: RequestContext,
-                original: Original) -> Response:
-        check = self.guard.check(context, self._token(request))
-        return self._answer(request, strategy, check, original)
-
-    def _answer(self, request: Request, strategy: Strategy, check: Check,
-                original: Original) -> Response:
+    def _answer(self, headers: HeaderView, strategy: Strategy, check: Check,
+                original: Original) -> RawHeaders | Response:
         decision = check.decision
         if decision.outcome is Outcome.ALLOW:
-            return Response(status_code=200, headers=identity_headers(check, self.rt))
+            return [(name.encode("latin-1"), value.encode())
+                    for name, value in identity_headers(check, self.rt).items()]
         if decision.outcome is Outcome.DENY:
             return Response(json.dumps({"error": "denied", "reasons": list(decision.reasons)}),
                             403, media_type="application/json")
         url = original_url(original)
         location = self.challenge_location(check, url)
-        if wants_html(request.headers):
+        if wants_html(headers):
             return strategy.redirect(location, check.context.method)
         return api_challenge(decision, location, self.rt)
 
@@ -150,14 +199,6 @@ class ForwardAuth:
         base = self.rt.config.server.public_url.rstrip("/")
         return base + self.stepup.location(check.decision, check.context, check.session,
                                            return_url=return_url)
-
-
-DEVICE_COOKIE = "stepguard_device"
-
-
-def _cookie_any(request: Request, runtime: Runtime) -> str | None:
-    name = runtime.config.session.cookie_name
-    return request.cookies.get(f"__Host-{name}") or request.cookies.get(f"__Secure-{name}")
 
 
 def original_url(original: Original) -> str:
@@ -184,33 +225,8 @@ def _header_safe(text: str) -> str:
     return "".join(ch for ch in text if 32 <= ord(ch) < 127)
 
 
-def rfc9470(decision: Decision, location: str, runtime: Runtime) -> Response:
-    """`401` with `WWW-Authenticate: Bearer error="insufficient_user_authentication"` (RFC 9470)."""
-    requirement = decision.requirement
-    description = _quoted(" ".join(decision.reasons) or "A stronger authentication is required.")
-    parts = ['Bearer error="insufficient_user_authentication"',
-             f'error_description="{description}"']
-    if requirement is not None:
-        parts.append(f'acr_values="{runtime.policy.levels[requirement.level].acr}"')
-        if requirement.max_age is not None:
-            parts.append(f"max_age={int(requirement.max_age)}")
-    body = {"error": "insufficient_user_authentication", "reasons": list(decision.reasons),
-            "challenge_url": location,
-            "level": requirement.level.label if requirement else "aal1",
-            "max_age": format_duration(requirement.max_age)
-            if requirement and requirement.max_age is not None else None}
-    return Response(json.dumps(body), 401, media_type="application/json",
-                    headers={"WWW-Authenticate": ", ".join(parts), "Location": location})
-
-
 def api_challenge(decision: Decision, location: str, runtime: Runtime) -> Response:
     """The RFC 9470 `401` for a proxy: the challenge URL only in the JSON body, never as a
     `Location` — nginx's deploy config redirects a 401 that has one (browsers) and passes one
     without it on (XHR and API clients in `location /`)."""
-    response = rfc9470(decision, location, runtime)
-    del response.headers["location"]
-    return response
-
-
-def _quoted(text: str) -> str:
-    return "".join(ch for ch in text if 32 <= ord(ch) < 127 and ch not in '"\\')[:300]
+    return step_up_response(decision, location, runtime.policy, with_location=False)

@@ -6,10 +6,12 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import lru_cache
+from typing import Any, overload
 
 from starlette.datastructures import Headers
 
+from stepguard.adapters.memo import Memo
 from stepguard.core.canonical import (
     canonical_method,
     canonical_path,
@@ -35,20 +37,74 @@ OVERRIDE_FIELD = "_method"
 
 _MULTIPART_NAME = re.compile(rb'(?i)content-disposition:[^\r\n]*?\bname="([^"]*)"')
 
-__all__ = ["IDENTITY_HEADERS", "OVERRIDE_HEADERS", "Body", "TrustedProxies", "build_context",
-           "effective_method", "has_override", "is_identity_header", "is_override_header",
-           "read_body", "route_attributes", "split_url", "wants_html"]
+__all__ = ["IDENTITY_HEADERS", "OVERRIDE_HEADERS", "Body", "HeaderView", "RequestHeaders",
+           "TrustedProxies", "build_context", "effective_method", "has_override",
+           "is_identity_header", "is_override_header", "read_body", "route_attributes",
+           "split_url", "wants_html"]
 
 
-@dataclass(frozen=True)
+class RequestHeaders:
+    """Raw ASGI headers read once: `get` gives a lower-case name's first value (as Starlette's
+    `Headers.get`), `items()` every pair in order — decoded as latin-1, as ASGI servers do."""
+
+    __slots__ = ("_first", "_pairs")
+
+    def __init__(self, raw: Iterable[tuple[bytes, bytes]]) -> None:
+        pairs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
+        first: dict[str, str] = {}
+        for name, value in reversed(pairs):
+            first[name] = value
+        self._pairs, self._first = pairs, first
+
+    @overload
+    def get(self, key: str) -> str | None: ...
+
+    @overload
+    def get(self, key: str, default: str) -> str: ...
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        return self._first.get(key, default)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._first
+
+    def items(self) -> list[tuple[str, str]]:
+        return self._pairs
+
+    def getlist(self, key: str) -> list[str]:
+        return [value for name, value in self._pairs if name == key]
+
+
+# What the context builders read of a request's headers: `get` of a lower-case name, `items()`.
+HeaderView = Headers | RequestHeaders
+
+
 class TrustedProxies:
-    networks: tuple[Network, ...]
+    """The configured proxy networks, and the client address they vouch for.
+
+    Both answers are memoised (bounded): a gateway sees the same few proxy peers and, per
+    client, the same `X-Forwarded-For` on every request, and parsing addresses with `ipaddress`
+    was the costliest step of reading a request. The answers depend only on their inputs (the
+    networks are fixed per instance), so a remembered answer is the answer."""
+
+    def __init__(self, networks: Iterable[Network], *, size: int = 4096) -> None:
+        self.networks: tuple[Network, ...] = tuple(networks)
+        self._trusted: Memo[str, bool] = Memo(size)
+        self._clients: Memo[tuple[str, str], str | BadRequest] = Memo(size)
 
     @classmethod
     def parse(cls, cidrs: Sequence[str]) -> TrustedProxies:
-        return cls(tuple(ipaddress.ip_network(c, strict=False) for c in cidrs))
+        return cls(ipaddress.ip_network(c, strict=False) for c in cidrs)
 
     def trusts(self, ip: str) -> bool:
+        known = self._trusted.get(ip)
+        if known is None:
+            known = self._trusts(ip)
+            if len(ip) <= _MEMO_TEXT:
+                self._trusted.put(ip, known)
+        return known
+
+    def _trusts(self, ip: str) -> bool:
         try:
             address = ipaddress.ip_address(ip)
         except ValueError:
@@ -64,6 +120,20 @@ class TrustedProxies:
         """
         if not forwarded_for or not self.trusts(peer):
             return peer
+        key = (peer, forwarded_for)
+        known = self._clients.get(key)
+        if known is None:
+            try:
+                known = self._client_ip(peer, forwarded_for)
+            except BadRequest as refused:
+                known = refused
+            if len(forwarded_for) <= _MEMO_TEXT:
+                self._clients.put(key, known)
+        if isinstance(known, BadRequest):
+            raise BadRequest(str(known))
+        return known
+
+    def _client_ip(self, peer: str, forwarded_for: str) -> str:
         for hop in reversed(forwarded_for.split(",")):
             hop = hop.strip(" \t")
             if not _is_ip(hop):
@@ -71,6 +141,9 @@ class TrustedProxies:
             if not self.trusts(hop):
                 return hop
         return peer
+
+
+_MEMO_TEXT = 512  # characters: longer peers or X-Forwarded-For values are parsed, not remembered
 
 
 def _is_ip(text: str) -> bool:
@@ -81,13 +154,14 @@ def _is_ip(text: str) -> bool:
     return True
 
 
+@lru_cache(maxsize=2048)
 def is_identity_header(name: str) -> bool:
     """Client-sent identity headers in any case, with `_` for `-` (SECURITY.md case 2)."""
     return name.lower().replace("_", "-") in IDENTITY_HEADERS
 
 
 def build_context(*, method: str, scheme: str, host: str, target: str, client_ip: str,
-                  headers: Headers, device_id: str = "", honour_overrides: bool = False,
+                  headers: HeaderView, device_id: str = "", honour_overrides: bool = False,
                   body: Body | None = None) -> RequestContext:
     """Canonical context from the original request's parts (BadRequest if ambiguous).
 
@@ -97,12 +171,19 @@ def build_context(*, method: str, scheme: str, host: str, target: str, client_ip
     method = effective_method(method, headers=headers.items(), query=query,
                               body=body.fields if body else None, honour=honour_overrides)
     return RequestContext(
-        method=method, host=wire_host(host),
-        path=canonical_path(raw_path), scheme="https" if scheme == "https" else "http",
+        method=method, host=_wire_host(host),
+        path=_canonical_path(raw_path), scheme="https" if scheme == "https" else "http",
         query=query, client_ip=client_ip, user_agent=headers.get("user-agent", "")[:512],
         device_id=device_id)
 
 
+# The same hosts, paths and header names come on every request: their (pure) readings are
+# memoised, bounded. A refusal (BadRequest) is not remembered; it is raised again each time.
+_wire_host = lru_cache(maxsize=4096)(wire_host)
+_canonical_path = lru_cache(maxsize=8192)(canonical_path)
+
+
+@lru_cache(maxsize=2048)
 def is_override_header(name: str) -> bool:
     """A method-override header in any case, with `_` for `-` (WSGI and Rack read both alike)."""
     return name.lower().replace("_", "-") in OVERRIDE_HEADERS
@@ -194,7 +275,7 @@ def _dig(data: Any, key: str) -> Any:
     return data
 
 
-def wants_html(headers: Headers) -> bool:
+def wants_html(headers: HeaderView) -> bool:
     """A browser navigation (redirect it) rather than an API client or XHR (401 RFC 9470)."""
     if headers.get("x-requested-with", "").lower() == "xmlhttprequest":
         return False

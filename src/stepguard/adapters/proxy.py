@@ -10,23 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import html
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
-from starlette.requests import HTTPConnection, Request
+from starlette.requests import ClientDisconnect, HTTPConnection, Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as websocket_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from stepguard.adapters.forward_auth import DEVICE_COOKIE, identity_headers, rfc9470
+from stepguard.adapters.cookies import DEVICE_COOKIE, DeviceCookies, SessionCookie, parse_cookies
+from stepguard.adapters.forward_auth import identity_headers
 from stepguard.adapters.http_context import (
     Body,
+    RequestHeaders,
     TrustedProxies,
     build_context,
     is_identity_header,
@@ -36,16 +39,19 @@ from stepguard.adapters.http_context import (
     split_url,
     wants_html,
 )
+from stepguard.adapters.memo import Memo
 from stepguard.adapters.relay import Answer, Relay, UpstreamError
+from stepguard.adapters.rfc9470 import step_up_response
 from stepguard.config.schema import Upstream, UpstreamRoute
 from stepguard.core.context import RequestContext
 from stepguard.core.decision import Outcome
 from stepguard.core.errors import BadRequest, StoreUnavailable
 from stepguard.core.matching import path_matcher
 from stepguard.service.guard import Check, Guard, with_attributes
-from stepguard.service.runtime import Runtime, unsign
+from stepguard.service.runtime import Runtime
 from stepguard.service.stepup import HeldRequest, HeldTooLarge, StepUp
 from stepguard.storage.records import HELD_BODY_LIMIT, ChallengeRecord, SessionRecord
+from stepguard.web.security import security_headers
 
 INSPECT_LIMIT = HELD_BODY_LIMIT * 16  # bytes of a body read to find a route's attributes
 HOP_BY_HOP = {
@@ -91,78 +97,169 @@ class Hop:
 
 
 # From the upstream's answer: hop-by-hop headers and the framing Stepguard sets itself.
-RESPONSE_DROPPED = frozenset({"connection", "keep-alive", "proxy-authenticate", "te", "trailers",
-                              "transfer-encoding", "upgrade", "content-length"})
+RESPONSE_DROPPED = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"te",
+                              b"trailers", b"transfer-encoding", b"upgrade", b"content-length"})
 
 
 class ReverseProxy:
-    def __init__(self, runtime: Runtime, guard: Guard, stepup: StepUp, *, cookie_name: str) -> None:
+    """Reverse-proxy mode. The instance is the raw ASGI application of proxied HTTP requests
+    (`stepguard.gateway` dispatches to it before Starlette's routing); `websocket` and `replay`
+    are reached through Starlette."""
+
+    def __init__(self, runtime: Runtime, guard: Guard, stepup: StepUp, *, https: bool = False,
+                 unavailable: Callable[[], object] | None = None) -> None:
         self.rt, self.guard, self.stepup = runtime, guard, stepup
-        self.cookie_name = cookie_name
+        self.session_cookie = SessionCookie.of(runtime.config)
+        self.devices = DeviceCookies(runtime.cookie_key)
         # No cookie jar (a proxy must not keep upstream cookies), no redirects followed.
         self.relay = Relay(timeout=runtime.config.server.request_timeout)
         self.upstreams = list(runtime.config.upstreams)
         self.proxies = TrustedProxies.parse(runtime.config.server.trusted_proxies)
         self.honour_overrides = runtime.config.server.method_override == "honour"
+        # Stepguard's page headers on what it answers itself and on relayed answers that lack
+        # them, as before the raw path (a header the upstream set is kept).
+        self.page_headers = [(name.lower().encode("latin-1"), value.encode("latin-1"))
+                             for name, value in security_headers(https=https)]
+        self.unavailable = unavailable
+        self._hosts: Memo[str, str | None] = Memo()
+        # Stepguard's own cookies: never relayed to the application.
+        self._ours = frozenset({*self.session_cookie.names, DEVICE_COOKIE, "stepguard_pre",
+                                "stepguard_enrol"})
 
     def upstream_for(self, host: str) -> Upstream | None:
         return next((u for u in self.upstreams if u.host in (host, "*")), None)
 
-    async def handle(self, request: Request) -> Response:
-        """Decide, then relay. The body is read (bounded) only when it must be inspected: for
-        the route's attributes, for a method override a framework would read from it, or to
-        hold it across a step-up; else it streams through."""
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """One proxied HTTP request: decided, then relayed (or refused / challenged)."""
         try:
-            upstream = self.upstream_for(request.url.hostname or "")
-        except ValueError:  # a Host that is no URL authority (`[::1`): the client's error
+            answer = await self.handle(scope, receive)
+        except StoreUnavailable:
+            if self.unavailable is not None:
+                self.unavailable()
+            answer = Response("Stepguard cannot reach its store; try again shortly.\n", 503,
+                              headers={"Retry-After": "5", "Cache-Control": "no-store"})
+        except BadRequest as exc:  # client input never causes a 500
+            answer = Response(f"bad request: {exc}\n", 400, headers={"Cache-Control": "no-store"})
+        if isinstance(answer, tuple):
+            await self._send_relayed(send, *answer)
+            return
+        page_headers = self.page_headers
+
+        async def with_page_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = _merged(list(message.get("headers", ())), page_headers)
+            await send(message)
+
+        await answer(scope, receive, with_page_headers)
+
+    async def handle(self, scope: Scope, receive: Receive) -> tuple[Answer, str] | Response:
+        """Decide, then relay: the upstream's answer (with the method), or Stepguard's own.
+        The body is read (bounded) only when it must be inspected: for the route's attributes,
+        for a method override a framework would read from it, or to hold it across a step-up;
+        else it streams through."""
+        headers = RequestHeaders(scope["headers"])
+        hostname = self.hostname(scope, headers)
+        if hostname is None:  # a Host that is no URL authority (`[::1`): the client's error
             return Response("bad request: invalid Host header\n", 400)
+        upstream = self.upstream_for(hostname)
         if upstream is None:
             return Response("no upstream for this host\n", 404)
+        cookies = parse_cookies(scope["headers"])
         body: bytes | None = None
         try:
-            hop = self.hop(request)
-            context = self._context(request, hop.client_ip)
+            hop = self.hop(scope, headers)
+            context = self._context(scope, headers, cookies, hop.client_ip)
             route = _route(upstream, context.path)
             fields = Body()
-            if _inspects_body(route, request):
-                body = await _bounded_body(request, INSPECT_LIMIT)
+            if _inspects_body(route, scope["method"], headers):
+                body = await _bounded_body(receive, INSPECT_LIMIT)
                 if body is None:
                     return Response("request body too large\n", 413)
-                fields = read_body(body, request.headers.get("content-type", ""))
-                context = self._context(request, hop.client_ip, fields)
+                fields = read_body(body, headers.get("content-type", ""))
+                context = self._context(scope, headers, cookies, hop.client_ip, fields)
             context = _with_route(context, route, fields)
         except BadRequest as exc:
             return Response(f"bad request: {exc}\n", 400)
         try:
-            check = await self._check(context, self._token(request))
+            check = await self._check(context, self.session_cookie.token(cookies))
         except StoreUnavailable:
             return Response("the session store is unavailable\n", 503, headers={"Retry-After": "5"})
         if check.decision.outcome is Outcome.ALLOW:
-            return await self.forward(
+            relayed = await self._relay(
                 context.method,  # an honoured override is sent as the method (issue 9 item 6)
-                _target(request),
-                request.headers.items(),
-                body if body is not None else _body_stream(request),
+                _target(scope),
+                relayed_raw_headers(scope["headers"], self._ours),
+                cookies_header(scope["headers"], self._ours),
+                body if body is not None else _body_stream(scope, receive, headers),
                 upstream,
                 identity_headers(check, self.rt),
                 hop,
             )
+            return relayed if isinstance(relayed, Response) else (relayed, context.method)
         if check.decision.outcome is Outcome.DENY:
             return Response(" ".join(check.decision.reasons) + "\n", 403)
         if body is None:
-            body = await _bounded_body(request, self.stepup.hold_limit)
+            body = await _bounded_body(receive, self.stepup.hold_limit)
             if body is None:
                 return too_large_to_hold(self.stepup.hold_limit)
-        return await self._challenge(request, check, body)
+        return await self._challenge(Request(scope, receive), check, body)
 
-    def hop(self, request: HTTPConnection) -> Hop:
+    def hostname(self, scope: Scope, headers: Headers | RequestHeaders) -> str | None:
+        """The host the client asked for, as `request.url.hostname` reads it ("" when none;
+        None when the Host header is no URL authority)."""
+        host = headers.get("host")
+        if host is None:
+            server = scope.get("server")
+            return str(server[0]) if server else ""
+        known = self._hosts.get(host)
+        if known is None:
+            try:
+                known = urlsplit(f"http://{host}/").hostname or ""
+            except ValueError:
+                return None
+            if len(host) <= 300:
+                self._hosts.put(host, known)
+        return known
+
+    async def _send_relayed(self, send: Send, answer: Answer, method: str) -> None:
+        """The upstream's answer for the client, without hop-by-hop headers (and those its
+        `Connection` names); a complete answer in one piece with its length, anything else
+        streamed as it arrives."""
+        headers = _merged(_answer_headers(answer), self.page_headers)
+        if method == "HEAD":  # the upstream's Content-Length describes the body it did not send
+            length = [(k, v) for k, v in answer.headers if k.lower() == b"content-length"]
+            await send({"type": "http.response.start", "status": answer.status,
+                        "headers": [*length, *headers]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if answer.complete:
+            # One piece with its length: no chunked encoding, fewer writes (several small
+            # writes per answer cost a delayed-ACK round on some stacks).
+            data = b"".join(answer.body)
+            headers.insert(0, (b"content-length", str(len(data)).encode()))
+            await send({"type": "http.response.start", "status": answer.status,
+                        "headers": headers})
+            await send({"type": "http.response.body", "body": data})
+            return
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        rest = answer.rest()
+        try:
+            for chunk in answer.body:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            async for chunk in rest:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            await rest.aclose()
+
+    def hop(self, scope: Scope, headers: Headers | RequestHeaders) -> Hop:
         """The client's address and the forwarding facts: a trusted peer's X-Forwarded-* are
         believed (garbage refused), anyone else's replaced by what this proxy sees."""
-        peer = request.client.host if request.client else ""
-        headers = request.headers
+        client = scope.get("client")
+        peer = client[0] if client else ""
         forwarded_for = ", ".join(headers.getlist("x-forwarded-for"))
         client_ip = self.proxies.client_ip(peer, forwarded_for)
-        proto, host = _scheme(request), headers.get("host", "")
+        proto, host = _scheme(scope), headers.get("host", "")
         if client_ip == peer:
             return Hop(peer, peer, proto, host)
         # From the client's own address on (anything it claimed before that is not relayed).
@@ -176,14 +273,17 @@ class ReverseProxy:
         """A WebSocket upgrade is decided like a GET; only an allowed one is relayed (refused
         before `accept`, the client gets a 403). Then messages flow both ways until either
         side closes."""
-        upstream = self.upstream_for(websocket.url.hostname or "")
+        hostname = self.hostname(websocket.scope, websocket.headers)
+        upstream = self.upstream_for(hostname) if hostname is not None else None
         check = None
         try:
-            hop = self.hop(websocket)
+            hop = self.hop(websocket.scope, websocket.headers)
             if upstream is not None:
-                context = self._context(websocket, hop.client_ip)
+                cookies = websocket.cookies
+                context = self._context(websocket.scope, websocket.headers, cookies,
+                                        hop.client_ip)
                 context = _with_route(context, _route(upstream, context.path), Body())
-                check = await self._check(context, self._token(websocket))
+                check = await self._check(context, self.session_cookie.token(cookies))
         except (BadRequest, StoreUnavailable):
             check = None
         if upstream is None or check is None or check.decision.outcome is not Outcome.ALLOW:
@@ -191,10 +291,10 @@ class ReverseProxy:
             return
         headers = [(k, v) for k, v in relayed_request_headers(websocket.headers.items())
                    if not k.lower().startswith("sec-websocket-")]
-        cookies = self._app_cookies(websocket.headers.items())
-        headers += [("cookie", cookies)] if cookies else []
+        kept = cookies_header(websocket.scope["headers"], self._ours)
+        headers += [("cookie", kept.decode("latin-1"))] if kept else []
         headers += [*identity_headers(check, self.rt).items(), *hop.headers()]
-        url = "ws" + upstream.url.rstrip("/").removeprefix("http") + _target(websocket)
+        url = "ws" + upstream.url.rstrip("/").removeprefix("http") + _target(websocket.scope)
         try:
             async with websocket_connect(
                 url, additional_headers=headers, user_agent_header=None, compression=None,
@@ -206,40 +306,24 @@ class ReverseProxy:
         except (TimeoutError, OSError, InvalidHandshake):
             await websocket.close(code=1011)
 
-    def _app_cookies(self, headers: Any) -> str:
-        """The browser's cookies minus Stepguard's own: the app keeps its cookies, never ours."""
-        ours = {self.cookie_name, DEVICE_COOKIE, "stepguard_pre", "stepguard_enrol"}
-        kept = []
-        for name, value in headers:
-            if name.lower() != "cookie":
-                continue
-            for part in value.split(";"):
-                key = part.split("=", 1)[0].strip()
-                if key and key not in ours:
-                    kept.append(part.strip())
-        return "; ".join(kept)
-
-    def _token(self, request: HTTPConnection) -> str | None:
-        return request.cookies.get(self.cookie_name)
-
     async def _check(self, context: RequestContext, token: str | None) -> Check:
         """The decision: on the event loop when everything is cached, else in a thread."""
         check = self.guard.check_cached(context, token)
         return check if check is not None else await run_in_threadpool(
             self.guard.check, context, token)
 
-    def _context(self, request: HTTPConnection, client_ip: str,
-                 body: Body | None = None) -> RequestContext:
+    def _context(self, scope: Scope, headers: Headers | RequestHeaders, cookies: Mapping[str, str],
+                 client_ip: str, body: Body | None = None) -> RequestContext:
         """The request's context before route attributes (a WebSocket upgrade is a GET); `body`
         when it was read, so a `_method` field in it is seen."""
         return build_context(
-            method=request.scope.get("method", "GET"),
-            scheme=_scheme(request),
-            host=request.headers.get("host", ""),
-            target=_target(request),
+            method=scope.get("method", "GET"),
+            scheme=_scheme(scope),
+            host=headers.get("host", ""),
+            target=_target(scope),
             client_ip=client_ip,
-            headers=request.headers,
-            device_id=unsign(self.rt.cookie_key, request.cookies.get(DEVICE_COOKIE)),
+            headers=headers,
+            device_id=self.devices.device_id(cookies.get(DEVICE_COOKIE)),
             honour_overrides=self.honour_overrides,
             body=body,
         )
@@ -257,7 +341,7 @@ class ReverseProxy:
             return too_large_to_hold(exc.limit)
         if wants_html(request.headers):
             return RedirectResponse(location, 302 if request.method in ("GET", "HEAD") else 303)
-        return rfc9470(check.decision, base + location, self.rt)
+        return step_up_response(check.decision, base + location, self.rt.policy)
 
     async def replay(self, request: Request, challenge_id: str, session: SessionRecord) -> Response:
         """Send the held request once, decided again now that the grant exists.
@@ -274,23 +358,28 @@ class ReverseProxy:
         if upstream is None:
             return Response("no upstream for this request\n", 404)
         try:
-            hop = self.hop(request)
+            hop = self.hop(request.scope, request.headers)
             context, target = self._replay_context(request, upstream, challenge, hop.client_ip)
         except BadRequest:
             return Response("nothing to replay\n", 404)
-        check = await self._check(context, self._token(request))
+        check = await self._check(context, self.session_cookie.token(request.cookies))
         if check.decision.outcome is not Outcome.ALLOW:
             return Response("the confirmation no longer covers this request\n", 403)
-        return await self.forward(
+        held = [(k.lower().encode("latin-1"), v.encode("latin-1"))
+                for k, v in challenge.held_headers]
+        relayed = await self._relay(
             context.method,
             target,
-            list(challenge.held_headers),
+            relayed_raw_headers(held, self._ours),
+            cookies_header(request.scope["headers"], self._ours),
             challenge.held_body,
             upstream,
             identity_headers(check, self.rt),
             replace(hop, host=split_url(challenge.return_url)[1]),
             retry=False,  # exactly once: never sent a second time, even on a dead connection
         )
+        return relayed if isinstance(relayed, Response) else _relayed_response(relayed,
+                                                                                context.method)
 
     def _replay_context(
         self, request: HTTPConnection, upstream: Upstream, challenge: ChallengeRecord,
@@ -308,47 +397,45 @@ class ReverseProxy:
             target=target,
             client_ip=client_ip,
             headers=_with_held_overrides(request, challenge.held_headers),
-            device_id=unsign(self.rt.cookie_key, request.cookies.get(DEVICE_COOKIE)),
+            device_id=self.devices.device_id(request.cookies.get(DEVICE_COOKIE)),
             honour_overrides=self.honour_overrides,
             body=body,
         )
         return _with_route(context, _route(upstream, context.path), body), target
 
-    async def forward(
+    async def _relay(
         self,
         method: str,
         target: str,
-        headers: Any,
+        headers: list[tuple[bytes, bytes]],
+        cookies: bytes,
         body: bytes | AsyncIterator[bytes],
         upstream: Upstream,
         identity: dict[str, str],
         hop: Hop,
         *,
         retry: bool = True,
-    ) -> Response:
-        out = relayed_request_headers(headers)
-        cookies = self._app_cookies(headers)
+    ) -> Answer | Response:
+        """Send to the upstream: the client's relayable headers, its cookies minus Stepguard's,
+        then the identity and forwarding headers (set last, so nothing can remove them)."""
+        out: list[tuple[bytes, bytes]] = list(headers)
         if cookies:
-            out.append(("cookie", cookies))
-        out += [(k, _wire(v)) for k, v in identity.items()]
-        out += hop.headers()
+            out.append((b"cookie", cookies))
+        out += [(k.encode("latin-1"), v.encode()) for k, v in identity.items()]
+        out += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in hop.headers()]
         base = urlsplit(upstream.url)
         try:
-            answer = await self.relay.send(f"{base.scheme}://{base.netloc}", method,
-                                           base.path.rstrip("/") + target, out, body,
-                                           retry=retry)
+            return await self.relay.send(f"{base.scheme}://{base.netloc}", method,
+                                         base.path.rstrip("/") + target, out, body,
+                                         retry=retry)
         except UpstreamError:
             return Response("the upstream application is unreachable\n", 502)
-        return _relayed_response(answer, method)
 
 
 def _relayed_response(answer: Answer, method: str) -> Response:
     """The upstream's answer for the client: without hop-by-hop headers (and those its
     `Connection` names); a complete answer in one piece, anything else streamed."""
-    named = {token.strip().lower().encode() for k, v in answer.headers
-             if k.lower() == b"connection" for token in v.decode("latin-1").split(",")}
-    headers = [(k, v) for k, v in answer.headers
-               if k.lower().decode("latin-1") not in RESPONSE_DROPPED and k.lower() not in named]
+    headers = _answer_headers(answer)
     if method == "HEAD":  # the upstream's Content-Length describes the body it did not send
         response = Response(b"", answer.status)
         length = [(k, v) for k, v in answer.headers if k.lower() == b"content-length"]
@@ -371,9 +458,20 @@ async def _chained(answer: Answer) -> AsyncIterator[bytes]:
         yield chunk
 
 
-def _wire(value: str) -> str:
-    """A header value as UTF-8 bytes spelled in latin-1 (how the relay writes headers)."""
-    return value.encode("utf-8").decode("latin-1")
+def _answer_headers(answer: Answer) -> list[tuple[bytes, bytes]]:
+    """The upstream's headers a client may see: no hop-by-hop ones, none its `Connection`
+    names, no framing (Stepguard sets that)."""
+    named = {token.strip().lower() for k, v in answer.headers if k.lower() == b"connection"
+             for token in v.split(b",")}
+    return [(k, v) for k, v in answer.headers
+            if (low := k.lower()) not in RESPONSE_DROPPED and low not in named]
+
+
+def _merged(headers: list[tuple[bytes, bytes]],
+            extra: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """`headers` plus those of `extra` it does not set itself (names lower-case)."""
+    present = {name.lower() for name, _ in headers}
+    return headers + [(name, value) for name, value in extra if name not in present]
 
 
 def _own_headers(response: Response) -> list[tuple[bytes, bytes]]:
@@ -382,16 +480,52 @@ def _own_headers(response: Response) -> list[tuple[bytes, bytes]]:
 
 
 def relayed_request_headers(headers: Any) -> list[tuple[str, str]]:
-    """The client's headers an upstream may see: without hop-by-hop headers (and those the
-    client's `Connection` names), identity headers, forwarding headers and cookies — which the
-    caller sets itself, after this, so a `Connection` list can never remove them."""
-    pairs = list(headers)
-    named = {token.strip().lower() for k, v in pairs if k.lower() == "connection"
-             for token in v.split(",")}
-    return [(k, v) for k, v in pairs
-            if k.lower() not in HOP_BY_HOP and k.lower() not in named
-            and not is_identity_header(k) and not _is_forwarding(k)
-            and not is_override_header(k)]  # an honoured override is sent as the method
+    """`relayed_raw_headers` for (str, str) pairs (the WebSocket upgrade's headers)."""
+    raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in relayed_raw_headers(raw, ())]
+
+
+def relayed_raw_headers(raw: Iterable[tuple[bytes, bytes]],
+                        ours: Iterable[str]) -> list[tuple[bytes, bytes]]:
+    """The client's headers an upstream may see (ASGI names, lower-case): without hop-by-hop
+    headers (and those the client's `Connection` names), identity headers, forwarding headers,
+    method overrides and cookies — which the caller sets itself, after this, so a `Connection`
+    list can never remove them. (`ours` is unused here: cookies are filtered by
+    `cookies_header`.)"""
+    pairs = list(raw)
+    named = {token.strip().lower() for k, v in pairs if k == b"connection"
+             for token in v.split(b",")}
+    return [(k, v) for k, v in pairs if k not in named and not _dropped(k)]
+
+
+_DROPPED: Memo[bytes, bool] = Memo(1024)
+
+
+def _dropped(name: bytes) -> bool:
+    """Whether a request header never reaches the upstream as the client sent it (memoised
+    by name: the same few names come on every request)."""
+    known = _DROPPED.get(name)
+    if known is None:
+        text = name.decode("latin-1").lower()
+        known = (text in HOP_BY_HOP or is_identity_header(text) or _is_forwarding(text)
+                 or is_override_header(text))  # an honoured override is sent as the method
+        if len(name) <= 64:
+            _DROPPED.put(name, known)
+    return known
+
+
+def cookies_header(raw: Iterable[tuple[bytes, bytes]], ours: Iterable[str]) -> bytes:
+    """The browser's cookies minus Stepguard's own: the app keeps its cookies, never ours."""
+    own = {name.encode("latin-1") for name in ours}
+    kept = []
+    for name, value in raw:
+        if name != b"cookie":
+            continue
+        for part in value.split(b";"):
+            key = part.split(b"=", 1)[0].strip()
+            if key and key not in own:
+                kept.append(part.strip())
+    return b"; ".join(kept)
 
 
 TOO_LARGE = """<!doctype html>
@@ -455,13 +589,13 @@ def _sendable(code: int) -> int:
     return 1000 if code in (1005, 1006, 1015) else code
 
 
-def _scheme(connection: HTTPConnection) -> str:
-    return "https" if connection.url.scheme in ("https", "wss") else "http"
+def _scheme(scope: Scope) -> str:
+    return "https" if scope.get("scheme") in ("https", "wss") else "http"
 
 
-def _target(request: HTTPConnection) -> str:
-    raw = request.scope.get("raw_path") or request.url.path.encode()
-    query = request.scope.get("query_string", b"")
+def _target(scope: Scope) -> str:
+    raw = scope.get("raw_path") or quote(scope["path"]).encode()
+    query = scope.get("query_string", b"")
     return raw.decode("latin-1") + (f"?{query.decode('latin-1')}" if query else "")
 
 
@@ -477,21 +611,22 @@ def _with_route(context: RequestContext, route: UpstreamRoute | None, body: Body
 FIELD_MEDIA = ("application/x-www-form-urlencoded", "multipart/", "application/json")
 
 
-def _inspects_body(route: UpstreamRoute | None, request: Request) -> bool:
+def _inspects_body(route: UpstreamRoute | None, method: str,
+                   headers: Headers | RequestHeaders) -> bool:
     """Whether the body must be read before deciding: the route takes attributes from it, or
     it is a POST whose form/JSON fields the application could read a `_method` from."""
     if route is not None and any(
             spec.split(":", 1)[0] in ("form", "json") for spec in route.attributes.values()):
         return True
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    return request.method == "POST" and (
+    media = headers.get("content-type", "").split(";")[0].strip().lower()
+    return method == "POST" and (
         media.startswith(FIELD_MEDIA) or media.endswith("+json"))
 
 
-async def _bounded_body(request: Request, limit: int) -> bytes | None:
+async def _bounded_body(receive: Receive, limit: int) -> bytes | None:
     """The whole body, or None as soon as it exceeds `limit` bytes (the rest is not read)."""
     chunks, size = [], 0
-    async for chunk in request.stream():
+    async for chunk in _received(receive):
         size += len(chunk)
         if size > limit:
             return None
@@ -499,12 +634,25 @@ async def _bounded_body(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _body_stream(request: Request) -> bytes | AsyncIterator[bytes]:
+async def _received(receive: Receive) -> AsyncIterator[bytes]:
+    """The request body's chunks as they arrive (a disconnect ends the request)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return
+
+
+def _body_stream(scope: Scope, receive: Receive,
+                 headers: Headers | RequestHeaders) -> bytes | AsyncIterator[bytes]:
     """The body as it arrives; no body at all (no length, not chunked) as b""."""
-    headers = request.headers
     if "transfer-encoding" not in headers and headers.get("content-length", "0") == "0":
         return b""
-    return request.stream()
+    return _received(receive)
 
 
 def _route(upstream: Upstream, path: str) -> UpstreamRoute | None:

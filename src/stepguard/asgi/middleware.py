@@ -27,9 +27,12 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any, Literal, Protocol
 from urllib.parse import quote
 
@@ -37,28 +40,37 @@ import anyio
 import anyio.to_thread
 from pydantic import ValidationError
 from starlette.datastructures import Headers
-from starlette.requests import cookie_parser
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from stepguard.adapters.bearer import BearerValidator
+from stepguard.adapters.cookies import DEVICE_COOKIE, SessionCookie, parse_cookies
 from stepguard.adapters.decision_api import (
+    DecideFacts,
     DecideRequest,
     DecideResponse,
     DecisionService,
+    Facts,
     SubjectInfo,
 )
-from stepguard.adapters.forward_auth import DEVICE_COOKIE
 from stepguard.adapters.http_context import (
+    RequestHeaders,
     TrustedProxies,
     effective_method,
     is_identity_header,
     wants_html,
 )
+from stepguard.adapters.rfc9470 import (
+    STEP_UP_ERROR,
+    describe,
+    step_up_challenge,
+    token_challenge,
+)
 from stepguard.asgi.remote import RemoteDecider
 from stepguard.core.canonical import split_target, wire_host
+from stepguard.core.decision import Outcome
 from stepguard.core.errors import BadRequest
-from stepguard.service.guard import Guard
+from stepguard.service.guard import Check, Guard
 from stepguard.service.runtime import Runtime
 from stepguard.service.stepup import StepUp
 
@@ -121,6 +133,22 @@ class EmbeddedDecider:
         answer = self.service.decide_cached(request)  # cached session: no thread hop
         if answer is not None:
             return answer
+        return await self._in_thread(request)
+
+    async def evaluate(self, request: Facts) -> StepguardState | DecideResponse:
+        """`decide`, but an allow of a cached session becomes its `StepguardState` directly
+        (no response model built and read back): the middleware's hot path."""
+        service = self.service
+        if request.bearer is None:
+            context = service.context(request)
+            check = service.guard.check_cached(context, request.session_token)
+            if check is not None:
+                if check.decision.outcome is Outcome.ALLOW:
+                    return allowed_state(service, check)
+                return service.respond(request, context, check)
+        return await self._in_thread(request)
+
+    async def _in_thread(self, request: Facts) -> DecideResponse:
         if self._limiter is None:  # created inside the running event loop
             self._limiter = anyio.CapacityLimiter(self.max_threads)
         return await anyio.to_thread.run_sync(self.service.decide, request,
@@ -142,6 +170,9 @@ class StepguardMiddleware:
                                or bool(remote and remote.forward_bearer))
         default_cookie = config.session.cookie_name if config else "stepguard_session"
         self.cookie = session_cookie or default_cookie
+        # The names the portal sets (prefixed on https); all three when its scheme is unknown.
+        self.session_cookie = SessionCookie(self.cookie, https=config.server.public_url.startswith(
+            "https://") if config else None)
         self.proxies = TrustedProxies.parse(
             trusted_proxies if trusted_proxies is not None
             else (config.server.trusted_proxies if config else ()))
@@ -178,7 +209,12 @@ class StepguardMiddleware:
         """Decide this request (optionally as an action with attributes): a state or a refusal."""
         try:
             request = self.request_for(scope, action, attributes or {})
-            answer = await self.decider.decide(request)
+            decider = self.decider
+            if isinstance(decider, EmbeddedDecider):
+                answer: StepguardState | DecideResponse = await decider.evaluate(request)
+            else:
+                assert isinstance(request, DecideRequest)  # remote: the validated model
+                answer = await decider.decide(request)
         except BadRequest as exc:
             return bad_request(exc)
         except Exception:  # fail closed: whatever went wrong, nothing is allowed through
@@ -186,12 +222,17 @@ class StepguardMiddleware:
             return _json({"error": "unavailable",
                           "detail": "the step-up service is unavailable"}, 503,
                          {"Retry-After": "5"})
+        if isinstance(answer, StepguardState):
+            return answer
         return self.render(answer, Headers(scope=scope))
 
     def request_for(self, scope: Scope, action: str,
-                    attributes: Mapping[str, Any]) -> DecideRequest:
-        headers = Headers(scope=scope)
-        cookies = cookie_parser(headers.get("cookie", ""))
+                    attributes: Mapping[str, Any]) -> Facts:
+        """The request to decide. Embedded, its fields are checked here in plain Python against
+        the model's own constraints (`check_fields`) and the model is only constructed; remote,
+        the model validates them too before they go on the wire."""
+        headers = RequestHeaders(scope["headers"])
+        cookies = parse_cookies(scope["headers"])
         peer = scope["client"][0] if scope.get("client") else ""
         query = scope.get("query_string", b"").decode("latin-1")
         path, _ = split_target(_raw_path(scope) + (f"?{query}" if query else ""))
@@ -199,24 +240,29 @@ class StepguardMiddleware:
                                   query=query, body=None, honour=self.honour_overrides)
         host = _host(scope, headers)
         wire_host(host)
+        fields: dict[str, Any] = dict(
+            method=method, host=host,
+            path=path, scheme="https" if scope["scheme"] in ("https", "wss") else "http",
+            query=query, client_ip=self._client_ip(peer, headers),
+            user_agent=headers.get("user-agent", "")[:512],
+            device_cookie=cookies.get(DEVICE_COOKIE, "")[:256], action=action,
+            attributes={k: _scalar(v) for k, v in attributes.items()},
+            session_token=self.session_cookie.token(cookies),
+            bearer=self._bearer(headers), return_url=None)
+        problem = check_fields(fields)
+        if problem is not None:
+            raise BadRequest(f"the request cannot be decided: {problem}")
+        if isinstance(self.decider, EmbeddedDecider):
+            return DecideFacts(**fields)
         try:
-            return DecideRequest(
-                method=method, host=host,
-                path=path, scheme="https" if scope["scheme"] in ("https", "wss")
-                else "http", query=query,
-                client_ip=self._client_ip(peer, headers),
-                user_agent=headers.get("user-agent", "")[:512],
-                device_cookie=cookies.get(DEVICE_COOKIE, "")[:256], action=action,
-                attributes={k: _scalar(v) for k, v in attributes.items()},
-                session_token=_session_token(cookies, self.cookie),
-                bearer=self._bearer(headers), return_url=None)
+            return DecideRequest(**fields)
         except ValidationError as exc:
             raise BadRequest(f"the request cannot be decided: {_first_error(exc)}") from None
 
-    def _client_ip(self, peer: str, headers: Headers) -> str:
+    def _client_ip(self, peer: str, headers: RequestHeaders) -> str:
         return _ip_or_empty(self.proxies.client_ip(peer, headers.get("x-forwarded-for")))
 
-    def _bearer(self, headers: Headers) -> str | None:
+    def _bearer(self, headers: RequestHeaders) -> str | None:
         scheme, _, token = headers.get("authorization", "").partition(" ")
         if self.forward_bearer and scheme.lower() == "bearer" and token.strip():
             return token.strip()
@@ -229,8 +275,8 @@ class StepguardMiddleware:
             return _json({"error": "denied", "reasons": answer.reasons}, 403)
         if answer.token_error:
             return _json({"error": answer.token_error, "reasons": answer.reasons}, 401,
-                         {"WWW-Authenticate": f'Bearer error="{answer.token_error}", '
-                                              f'error_description="{_quoted(answer.reasons)}"'})
+                         {"WWW-Authenticate": token_challenge(answer.token_error,
+                                                              describe(answer.reasons))})
         if answer.challenge_url and wants_html(headers):
             return Response(status_code=303, headers={"Location": answer.challenge_url})
         return rfc9470(answer)
@@ -243,16 +289,11 @@ def bad_request(exc: BadRequest) -> Response:
 
 def rfc9470(answer: DecideResponse) -> Response:
     """`401` + `WWW-Authenticate: Bearer error="insufficient_user_authentication"` (RFC 9470)."""
-    parts = ['Bearer error="insufficient_user_authentication"',
-             f'error_description="{_quoted(answer.reasons)}"']
-    if answer.acr:
-        parts.append(f'acr_values="{answer.acr}"')
-    if answer.max_age is not None:
-        parts.append(f"max_age={answer.max_age}")
-    body = {"error": "insufficient_user_authentication", "reasons": answer.reasons,
+    body = {"error": STEP_UP_ERROR, "reasons": answer.reasons,
             "challenge_url": answer.challenge_url, "level": answer.level,
             "max_age": answer.max_age, "bound_values": answer.bound_values}
-    headers = {"WWW-Authenticate": ", ".join(parts)}
+    headers = {"WWW-Authenticate": step_up_challenge(answer.reasons, acr_values=answer.acr,
+                                                     max_age=answer.max_age)}
     if answer.challenge_url:
         headers["Location"] = answer.challenge_url
     return _json(body, 401, headers)
@@ -273,8 +314,60 @@ def _decider(mode: str, runtime: Runtime | None, remote: RemoteDecider | None,
     raise ValueError(f"unknown mode {mode!r} (expected 'embedded' or 'remote')")
 
 
+def allowed_state(service: DecisionService, check: Check) -> StepguardState:
+    """What an allowed request may rely on, straight from the decision (the same values
+    `StepguardState.of` reads from a `DecideResponse`)."""
+    decision = check.decision
+    state = check.session.state(check.subject) if check.session and check.subject else None
+    subject = service.subject(decision, state, check.user.username if check.user else "")
+    grant = (GrantInfo(decision.grant_id, bool(decision.consume_grant))
+             if decision.grant_id else None)
+    return StepguardState(rule=decision.rule, level=decision.level.label,
+                          acr=service.acr(decision.level),
+                          amr=tuple(subject.amr) if subject else (),
+                          auth_time=subject.auth_time if subject else None, subject=subject,
+                          grant=grant)
+
+
+_HOST = re.compile(r"[^\s/@\\]+")
+_METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_ACTION = re.compile(r"([A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*)?")
+_LIMITS = {"method": 16, "host": 261, "path": 4096, "query": 4096, "client_ip": 45,
+           "user_agent": 512, "device_cookie": 256, "action": 128, "session_token": 256,
+           "bearer": 8192}
+
+
+def check_fields(fields: Mapping[str, Any]) -> str | None:
+    """The first way `fields` break `DecideRequest`'s constraints (None when they keep them),
+    checked without building the model: the embedded middleware's hot path."""
+    for name, limit in _LIMITS.items():
+        value = fields.get(name)
+        if value is not None and len(value) > limit:
+            return f"{name}: at most {limit} characters"
+    if not _METHOD.fullmatch(fields["method"]):
+        return "method: not an HTTP method token"
+    if not _HOST.fullmatch(fields["host"]):
+        return "host: not a host"
+    if not fields["path"].startswith("/"):
+        return "path: must start with /"
+    if not _ACTION.fullmatch(fields["action"]):
+        return "action: not an action name"
+    attributes = fields["attributes"]
+    if len(attributes) > 64:
+        return "attributes: at most 64"
+    for key, value in attributes.items():
+        if not isinstance(key, str) or not _IDENTIFIER.fullmatch(key):
+            return f"attributes.{key}: not an identifier"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"attributes.{key}: not a finite number"
+        if isinstance(value, str) and len(value) > 1024:
+            return f"attributes.{key}: at most 1024 characters"
+    return None
+
+
 def _portal_app(runtime: Runtime) -> ASGIApp:
-    from stepguard.web.app import create_app
+    from stepguard.gateway import create_app
 
     return create_app(runtime)
 
@@ -284,7 +377,7 @@ def _under(path: str, prefixes: Iterable[str]) -> bool:
                for p in prefixes)
 
 
-def _host(scope: Scope, headers: Headers) -> str:
+def _host(scope: Scope, headers: RequestHeaders) -> str:
     host = headers.get("host")
     if host:
         return host
@@ -300,20 +393,13 @@ def _raw_path(scope: Scope) -> str:
     return quote(scope["path"], safe="/:@!$&'()*+,;=-._~")
 
 
+@lru_cache(maxsize=4096)
 def _ip_or_empty(text: str) -> str:
     """The client's IP, or "" when the peer is not an IP (a Unix socket, a test client)."""
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:
         return ""
-
-
-def _session_token(cookies: Mapping[str, str], name: str) -> str | None:
-    for candidate in (name, f"__Host-{name}", f"__Secure-{name}"):
-        value = cookies.get(candidate)
-        if value:
-            return value
-    return None
 
 
 def _scalar(value: Any) -> Attribute:
@@ -327,11 +413,6 @@ def _scalar(value: Any) -> Attribute:
 def _first_error(exc: ValidationError) -> str:
     error = exc.errors(include_input=False, include_url=False)[0]
     return f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}"
-
-
-def _quoted(reasons: Sequence[str]) -> str:
-    text = " ".join(reasons) or "A stronger authentication is required."
-    return "".join(ch for ch in text if 32 <= ord(ch) < 127 and ch not in '"\\')[:300]
 
 
 def _json(body: object, status: int, headers: Mapping[str, str] | None = None) -> Response:

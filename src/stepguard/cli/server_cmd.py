@@ -84,6 +84,9 @@ def serve(config: Path = CONFIG, host: str | None = None, port: int | None = Non
         access_log=False,
         proxy_headers=False,
         server_header=False,
+        # C parser and event loop (uvicorn[standard]); the pure-Python h11 measured ~3.5x slower.
+        http="httptools",
+        loop="uvloop",
     )
 
 

@@ -14,9 +14,9 @@ import uvicorn
 
 from stepguard.config.load import load_config
 from stepguard.demo.bank import create_bank
+from stepguard.gateway import create_app
 from stepguard.service.accounts import Accounts
 from stepguard.service.runtime import build_runtime
-from stepguard.web.app import create_app
 
 POLICY = Path(__file__).parents[3] / "examples" / "policy.yaml"
 USERS = [("alice", "Alice Admin", ["admins"]), ("bob", "Bob Teller", ["tellers"])]

@@ -10,8 +10,8 @@ import os
 from starlette.applications import Starlette
 
 from stepguard.config.load import load_config
+from stepguard.gateway import create_app
 from stepguard.service.runtime import build_runtime
-from stepguard.web.app import create_app
 
 
 def app_from_env() -> Starlette:

@@ -20,14 +20,14 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from stepguard.adapters.forward_auth import DEVICE_COOKIE
+from stepguard.adapters.cookies import DEVICE_COOKIE, DeviceCookies, SessionCookie
 from stepguard.adapters.http_context import TrustedProxies
 from stepguard.core.context import RequestContext
 from stepguard.core.errors import StepguardError, Throttled, VerificationFailed
 from stepguard.service.accounts import Accounts, NeedsFreshProof
 from stepguard.service.guard import Guard
 from stepguard.service.push_devices import PushDevices
-from stepguard.service.runtime import Runtime, new_id, sign, unsign
+from stepguard.service.runtime import Runtime, new_id, sign
 from stepguard.service.stepup import ChallengeGone, Passed, StepUp
 from stepguard.storage.records import SessionRecord, UserRecord
 from stepguard.web.render import Renderer
@@ -54,6 +54,8 @@ class Portal:
             https=self.https,
             domain=runtime.config.session.cookie_domain,
         )
+        self.session_cookie = SessionCookie.of(runtime.config)  # the names it reads back
+        self.devices = DeviceCookies(runtime.cookie_key)
         self.proxies = TrustedProxies.parse(runtime.config.server.trusted_proxies)
         origin = urlsplit(runtime.config.server.public_url)
         self.origins = [
@@ -109,11 +111,11 @@ class Portal:
             path=request.url.path,
             client_ip=self.client_ip(request),
             user_agent=request.headers.get("user-agent", "")[:512],
-            device_id=unsign(self.rt.cookie_key, request.cookies.get(DEVICE_COOKIE)),
+            device_id=self.devices.device_id(request.cookies.get(DEVICE_COOKIE)),
         )
 
     def token(self, request: Request) -> str | None:
-        return request.cookies.get(self.cookie_name)
+        return self.session_cookie.token(request.cookies)
 
     async def session(self, request: Request) -> tuple[SessionRecord, UserRecord] | None:
         return await run_in_threadpool(self.guard.session_for, self.token(request))
