@@ -298,3 +298,74 @@ def test_host_variants_get_the_same_rule(host: str) -> None:
     )
     context = RequestContext(method="GET", host=canonical_host(host), path="/")
     assert decide(policy, context, session(PASSWORD), now=NOW).rule == "bank"
+
+
+# ------------------------------------------------------------- boundaries that mutation found
+
+
+def test_freshness_holds_at_exactly_max_age_and_fails_one_second_later() -> None:
+    """`max_age` is inclusive: an event exactly max_age old still counts; one second more
+    does not (customer-export: aal3 within 15 minutes)."""
+    at_limit = session(PASSWORD, ("webauthn", Level.AAL3, 15 * 60.0))
+    past_limit = session(PASSWORD, ("webauthn", Level.AAL3, 15 * 60.0 + 1))
+    assert decide(POLICY, ctx("/customers/export"), at_limit, now=NOW).allowed
+    stale = decide(POLICY, ctx("/customers/export"), past_limit, now=NOW)
+    assert stale.outcome is Outcome.STEP_UP
+    assert any("older than 15 minutes" in r for r in stale.reasons)
+
+
+def test_grant_freshness_holds_at_exactly_max_age_and_fails_one_second_later() -> None:
+    """A scoped grant (admin-roles: aal2 within 5 minutes) is judged by the same boundary."""
+    at_limit = grant("admin", age=300, ttl=3600)
+    past_limit = grant("admin", age=301, ttl=3600)
+    request = ctx("/admin/users/bob/roles", "POST")
+    assert decide(POLICY, request, session(PASSWORD), grants=[at_limit], now=NOW).allowed
+    decision = decide(POLICY, request, session(PASSWORD), grants=[past_limit], now=NOW)
+    assert decision.outcome is Outcome.STEP_UP
+
+
+def test_an_unexpired_grant_older_than_the_rules_max_age_does_not_count() -> None:
+    """A grant made for admin-pages (max_age 1h, so it lives an hour) shares the scope `admin`
+    with admin-roles (max_age 5m): ten minutes later it still opens the console but does not
+    let anyone change roles."""
+    console_grant = grant("admin", age=600, ttl=3600)
+    assert console_grant.expires_at > NOW
+    s = session(PASSWORD)
+    assert decide(POLICY, ctx("/admin/audit"), s, grants=[console_grant], now=NOW).allowed
+    roles = decide(POLICY, ctx("/admin/users/bob/roles", "POST"), s, grants=[console_grant],
+                   now=NOW)
+    assert roles.outcome is Outcome.STEP_UP and roles.rule == "admin-roles"
+
+
+def test_a_grant_made_with_a_factor_outside_the_rules_methods_does_not_count() -> None:
+    """admin-roles allows webauthn, totp or push: a grant from a recovery code (same scope,
+    level and age) opens the console, which allows any method, but not the roles change."""
+    policy = compile_policy({"rules": [
+        {"name": "roles", "match": {"paths": ["/roles"]},
+         "require": {"level": "aal2", "scope": "admin", "methods": ["webauthn", "totp"]}},
+        {"name": "console", "match": {"paths": ["/console"]},
+         "require": {"level": "aal2", "scope": "admin"}},
+    ]})
+    s = session(PASSWORD)
+    by_recovery = grant("admin", factor="recovery")
+    by_totp = grant("admin", factor="totp")
+    assert decide(policy, ctx("/console"), s, grants=[by_recovery], now=NOW).allowed
+    assert decide(policy, ctx("/roles"), s, grants=[by_recovery], now=NOW).outcome \
+        is Outcome.STEP_UP
+    assert decide(policy, ctx("/roles"), s, grants=[by_totp], now=NOW).allowed
+
+
+def test_session_lifetimes_are_inclusive_at_their_limits() -> None:
+    """aal2 lives 1 h idle and 24 h overall (NIST SP 800-63B rev 4): at each limit exactly the
+    level still counts, one second past it does not."""
+    policy = compile_policy(
+        {"rules": [{"name": "r", "match": {"paths": ["/x"]}, "require": {"level": "aal2"}}]}
+    )
+    totp_at = ("totp", Level.AAL2, 24 * 3600.0)
+    assert decide(policy, ctx("/x"), session(PASSWORD, ("totp", Level.AAL2, 60.0), idle=3600),
+                  now=NOW).allowed
+    assert not decide(policy, ctx("/x"), session(PASSWORD, ("totp", Level.AAL2, 60.0),
+                                                 idle=3601), now=NOW).allowed
+    assert decide(policy, ctx("/x"), session(PASSWORD, totp_at), now=NOW).allowed
+    assert not decide(policy, ctx("/x"), session(PASSWORD, ("totp", Level.AAL2, 24 * 3600.0 + 1)),
+                      now=NOW).allowed
