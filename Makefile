@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint unit venv clean
+.PHONY: demo test bench lint unit venv clean mutate
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	-bash scripts/install-system-packages
-	$(PY) -m pytest -q -p no:cacheprovider --cov=stepguard.core --cov-report=term:skip-covered --cov-fail-under=95 tests
+	$(PY) -m pytest -q -p no:cacheprovider --cov=stepguard --cov-branch --cov-report=term:skip-covered --cov-report=json:coverage.json tests
+	$(PY) scripts/coverage_gate.py coverage.json
+
+# Mutation testing of the security-critical layer (about 20 min on 2 cores; not part of `test`).
+mutate: $(STAMP)
+	$(PY) scripts/mutate.py
 
 unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
@@ -36,4 +41,4 @@ bench: $(STAMP)
 	$(PY) bench/fleet.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage coverage.json mutants
