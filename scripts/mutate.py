@@ -1,6 +1,6 @@
 """`make mutate`: mutation testing of the security-critical layer with mutmut 3.
 
-    python scripts/mutate.py [--max-children N] [--tests-per-function K] [--sample N]
+    python scripts/mutate.py [--max-children N] [--budget SECONDS] [--sample N]
 
 Which modules are mutated and which tests may run is `[tool.mutmut]` in pyproject.toml. On top of
 mutmut this script
@@ -9,8 +9,9 @@ mutmut this script
   space in it: error texts, reasons); strings that are identifiers ("pending", header names,
   "sha256:") are mutated,
 * mutates only the verification half of the audit ledger (`LEDGER_VERIFY`),
-* runs each mutant against the K fastest tests that cover its function (mutmut's own coverage
-  map, measured on the clean run), so the run fits in about 20 minutes on 2 cores,
+* runs each mutant against the fastest tests that cover its function (mutmut's own coverage
+  map, measured on the clean run), as many as fit in `--budget` seconds, so the run stays near
+  20 minutes on 2 cores,
 * prints the kill rate and every surviving mutant, excluding the survivors judged equivalent in
   tests/mutation/equivalent.txt (one `mutant-name  reason` per line), and fails below `TARGET`.
 
@@ -142,8 +143,8 @@ def generate() -> None:
     create_mutants(os.cpu_count() or 2)
 
 
-def run(names: list[str], *, max_children: int, per_function: int) -> None:
-    """mutmut's own run, with each function's tests cut to the fastest `per_function`."""
+def run(names: list[str], *, max_children: int, budget: float) -> None:
+    """mutmut's own run, each function's tests cut to the fastest that fit in `budget` seconds."""
     import mutmut.__main__ as mm
 
     load = mm.collect_or_load_stats
@@ -153,8 +154,13 @@ def run(names: list[str], *, max_children: int, per_function: int) -> None:
         state = mm.state()
         duration = state.duration_by_test
         for function, tests in state.tests_by_mangled_function_name.items():
-            fastest = sorted(tests, key=lambda t: (duration.get(t, 0.0), t))[:per_function]
-            state.tests_by_mangled_function_name[function] = set(fastest)
+            kept, spent = set(), 0.0
+            for test in sorted(tests, key=lambda t: (duration.get(t, 0.0), t)):
+                if kept and spent + duration.get(test, 0.0) > budget:
+                    break
+                kept.add(test)
+                spent += duration.get(test, 0.0)
+            state.tests_by_mangled_function_name[function] = kept
 
     mm.collect_or_load_stats = load_and_prune
     try:
@@ -202,7 +208,8 @@ def report(mutants: Mutants, names: list[str], skipped: tuple[int, int], seconds
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
-    parser.add_argument("--tests-per-function", type=int, default=8)
+    parser.add_argument("--budget", type=float, default=2.0,
+                        help="seconds of (fastest-first) tests per mutated function")
     parser.add_argument("--keep", action="store_true", help="reuse mutants/ from the last run")
     parser.add_argument("--only", default="", help="glob of mutant names to run (development)")
     parser.add_argument("--sample", type=int, default=1, help="run every N-th mutant only")
@@ -219,7 +226,7 @@ def main(argv: list[str]) -> int:
     if args.sample > 1:  # a quick estimate: every N-th mutant, always the same ones
         names = names[::args.sample]
     print(f"running {len(names)} of {len(mutants.status)} mutants")
-    run(names, max_children=args.max_children, per_function=args.tests_per_function)
+    run(names, max_children=args.max_children, budget=args.budget)
     mutants = Mutants(ROOT / "mutants")
     return report(mutants, names, (messages, outside), time.monotonic() - started)
 
