@@ -3,6 +3,7 @@ management (SECURITY.md cases 10 and 12; ASVS V7.5.1)."""
 
 from __future__ import annotations
 
+import json
 import re
 from urllib.parse import unquote
 
@@ -14,6 +15,7 @@ from tests.integration import test_enforcement
 from tests.integration.test_enforcement import Gw, challenge_page, submit
 from tests.integration.test_gateway import BASE, csrf, forward, sign_in
 from tests.support.gateway import seed_user
+from tests.support.soft_authenticator import SoftAuthenticator
 
 gw = test_enforcement.gw  # the same fixture: a runtime on SQLite, alice, a settable clock
 
@@ -126,3 +128,43 @@ def test_the_admin_console_needs_the_admins_group_and_a_step_up(gw: Gw) -> None:
         page = bobs.get("/login")
         assert bobs.post("/login", data={"username": "bob", "password": bob.password,
                                          "csrf_token": csrf(page.text)}).status_code == 401
+
+
+def meta_csrf(html: str) -> str:
+    match = re.search(r'<meta name="csrf-token" content="([^"]+)"', html)
+    assert match
+    return match.group(1)
+
+
+def test_a_passkey_is_enrolled_and_used_for_a_step_up_through_the_portal(gw: Gw) -> None:
+    authenticator = SoftAuthenticator(origin=BASE)
+    with gw.client() as client:
+        sign_in(client, gw.alice)
+        assert client.post("/account/passkey/begin").status_code == 403  # no CSRF token
+        first = client.get("/account/passkey")
+        assert first.status_code == 303  # a factor change needs a fresh second factor
+        assert prove(client, gw, first.headers["location"]) == "/account/passkey"
+        page = client.get("/account/passkey")
+        headers = {"X-CSRF-Token": meta_csrf(page.text), "Origin": BASE}
+        options = client.post("/account/passkey/begin", headers=headers)
+        assert options.status_code == 200, options.text
+        created = client.post("/account/passkey/finish", headers=headers, json={
+            "credential": json.loads(authenticator.create(options.text)), "label": "soft key"})
+        assert created.json() == {"redirect": "/account?m=Passkey%20added."}
+        gw.clock.advance(60)
+
+        export = forward(client, "/customers/export")  # aal3 with a passkey
+        page_url = export.headers["location"].removeprefix(BASE)
+        page = client.get(page_url)
+        assert 'id="method-webauthn"' in page.text or "passkey" in page.text.lower()
+        headers = {"X-CSRF-Token": meta_csrf(page.text), "Origin": BASE}
+        ceremony = client.post(f"{page_url}/webauthn/begin", headers=headers)
+        assertion = authenticator.get(ceremony.text)
+        done = client.post(f"{page_url}/webauthn/finish", headers=headers, content=assertion)
+        assert done.json() == {"redirect": "https://app.test/customers/export"}
+        assert forward(client, "/customers/export").status_code == 200
+        headers["X-CSRF-Token"] = meta_csrf(client.get("/account").text)  # the token rotated
+        replayed = client.post(f"{page_url}/webauthn/finish", headers=headers, content=assertion)
+        assert replayed.status_code == 410
+    with gw.client() as anonymous:
+        assert anonymous.post(f"{page_url}/webauthn/begin").status_code == 401
