@@ -21,10 +21,12 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from stepguard.asgi import StepguardMiddleware
-from stepguard.audit.ledger import AuditEntry
+from stepguard.audit.ledger import AuditEntry, pseudonymise_ip
+from stepguard.core.context import AuthEvent
+from stepguard.core.levels import Level
 from stepguard.factors.recovery import generate_recovery_codes, hash_recovery_code
 from stepguard.service.accounts import Accounts
-from stepguard.service.runtime import Runtime
+from stepguard.service.runtime import Runtime, hash_token
 from stepguard.service.throttle import ip_key, user_factor_key
 from stepguard.web.app import create_app
 from tests.integration.test_gateway import BASE, PEER, caddy_headers, csrf, forward, sign_in
@@ -272,3 +274,61 @@ def test_a_recovery_code_works_once_through_the_portal(gw: Gw) -> None:
         assert submit(client, second, "recovery", codes[1]).status_code == 303
     used = [c for c in gw.runtime.store.factors.recovery_codes(gw.alice.user.id) if c.used_at]
     assert len(used) == 2
+
+
+# ------------------------------------------------------------ found by `make mutate`
+
+
+def test_an_authenticator_whose_enrolment_was_never_confirmed_cannot_answer(gw: Gw) -> None:
+    """`begin_totp` stores the new seed unconfirmed; until a code confirms it, it is no factor."""
+    bob = seed_user(gw.runtime, "bob", with_totp=False)
+    codes = give_recovery_codes(gw, bob)
+    with gw.client() as client:
+        token = sign_in(client, bob)
+        record = gw.runtime.store.sessions.by_token_hash(hash_token(token))
+        assert record is not None
+        enrolment = Accounts(gw.runtime).begin_totp(record, bob.user)  # fresh password sign-in
+        gw.clock.advance(5)
+        page_url = challenge_page(client)
+        assert 'id="method-totp"' not in client.get(page_url).text
+        refused = submit(client, page_url, "totp", pyotp.TOTP(enrolment.secret).at(gw.clock.now))
+        assert refused.status_code == 401
+        gw.clock.advance(2)
+        assert submit(client, page_url, "recovery", codes[0]).status_code == 303
+
+
+def test_every_audit_entry_of_a_step_up_keeps_only_the_pseudonymised_address(gw: Gw) -> None:
+    """With `audit.pseudonymise_ips`, no entry keeps the raw address: not the decision, the
+    challenge, nor the sign-in (which did, before this test) or a failed password."""
+    gw.runtime.ip_key = b"k" * 32
+    with gw.client() as client:
+        assert wrong_password(client) == 401
+        gw.clock.advance(2)
+        sign_in(client, gw.alice)
+        page_url = challenge_page(client)
+        assert submit(client, page_url, "totp", gw.alice.code(gw.clock.now)).status_code == 303
+        gw.runtime.audit.flush(timeout=10)
+        entries = list(gw.runtime.audit_log.entries())
+    kinds = {e.kind for e in entries if e.request}
+    assert {"decision", "challenge", "session", "verification"} <= kinds
+    addresses = {e.request.get("client_ip", "") for e in entries} - {""}
+    assert addresses == {pseudonymise_ip("203.0.113.7", key=b"k" * 32),
+                         pseudonymise_ip(PEER[0], key=b"k" * 32)}
+
+
+def test_an_unconfirmed_enrolment_beside_a_confirmed_authenticator_cannot_answer(gw: Gw) -> None:
+    with gw.client() as client:
+        token = sign_in(client, gw.alice)
+        record = gw.runtime.store.sessions.by_token_hash(hash_token(token))
+        assert record is not None
+        gw.runtime.store.sessions.add_event(  # as if alice had just proved her TOTP
+            record.id, AuthEvent("totp", ("otp",), Level.AAL2, gw.clock.now))
+        record = gw.runtime.store.sessions.by_token_hash(hash_token(token))
+        assert record is not None
+        enrolment = Accounts(gw.runtime).begin_totp(record, gw.alice.user)
+        gw.clock.advance(3700)  # the aal2 proof is too old for admin-pages now
+        page_url = challenge_page(client)
+        refused = submit(client, page_url, "totp", pyotp.TOTP(enrolment.secret).at(gw.clock.now))
+        assert refused.status_code == 401
+        gw.clock.advance(2)
+        assert submit(client, page_url, "totp", gw.alice.code(gw.clock.now)).status_code == 303
