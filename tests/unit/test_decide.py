@@ -369,3 +369,26 @@ def test_session_lifetimes_are_inclusive_at_their_limits() -> None:
     assert decide(policy, ctx("/x"), session(PASSWORD, totp_at), now=NOW).allowed
     assert not decide(policy, ctx("/x"), session(PASSWORD, ("totp", Level.AAL2, 24 * 3600.0 + 1)),
                       now=NOW).allowed
+
+
+@pytest.mark.parametrize(("path", "method"), [
+    ("/admin/users/bob/roles", "GET"),  # admin-roles is looked at, its method does not match
+    ("/admin/audit", "GET"), ("/customers/export", "GET"), ("/customers/7", "GET"),
+    ("/transfers", "POST"), ("/dashboard", "GET"),
+])
+def test_explain_decides_exactly_as_decide(path: str, method: str) -> None:
+    """`stepguard policy explain` must never show another decision than the gateway takes."""
+    request = ctx(path, method, attributes={"amount": 5000, "payee": "Bob"}, client_ip="10.20.0.9")
+    for state in (None, session(PASSWORD), session(PASSWORD, ("totp", Level.AAL2, 60.0))):
+        explanation = explain(POLICY, request, state, now=NOW)
+        assert explanation.decision == decide(POLICY, request, state, now=NOW)
+        for step in explanation.trace:
+            if step.looked_at and not step.matched and "does not match" in step.why:
+                assert step.rule != explanation.decision.rule
+
+
+def test_explain_names_the_part_of_the_match_that_failed() -> None:
+    trace = explain(POLICY, ctx("/admin/users/bob/roles", "GET"), session(PASSWORD), now=NOW).trace
+    roles = next(step for step in trace if step.rule == "admin-roles")
+    assert roles.looked_at and not roles.matched
+    assert roles.why == "methods ['POST', 'PUT', 'DELETE'] does not match"
