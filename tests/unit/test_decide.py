@@ -392,3 +392,23 @@ def test_explain_names_the_part_of_the_match_that_failed() -> None:
     roles = next(step for step in trace if step.rule == "admin-roles")
     assert roles.looked_at and not roles.matched
     assert roles.why == "methods ['POST', 'PUT', 'DELETE'] does not match"
+
+
+def test_explain_marks_each_step_looked_at_and_matched_truthfully() -> None:
+    default = explain(POLICY, ctx("/dashboard"), session(PASSWORD), now=NOW).trace
+    last = default[-1]
+    assert (last.rule, last.looked_at, last.matched) == ("default", True, True)
+    assert last.why == "no rule matched: the default applies"
+    skipped = [s for s in default if not s.looked_at]
+    assert skipped and all(s.matched is False for s in skipped)
+    assert all(s.why == "skipped by the index (host or path)" for s in skipped)
+    held = [s for s in default if s.looked_at and "does not hold" in s.why]
+    assert held and all(s.matched is False for s in held)
+    transfer_trace = explain(POLICY, transfer(5000, "Bob"), session(PASSWORD), now=NOW).trace
+    matched = next(s for s in transfer_trace if s.rule == "large-transfer")
+    assert matched.looked_at is True and matched.matched is True
+    assert matched.why == "matched; condition 'amount > 1000' holds"
+    unknown = explain(POLICY, ctx("/transfers", "POST"), session(PASSWORD), now=NOW)
+    failed = next(s for s in unknown.trace if s.rule == "large-transfer")
+    assert failed.matched is True and "could not be evaluated" in failed.why
+    assert unknown.decision == decide(POLICY, ctx("/transfers", "POST"), session(PASSWORD), now=NOW)
