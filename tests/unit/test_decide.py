@@ -379,7 +379,8 @@ def test_session_lifetimes_are_inclusive_at_their_limits() -> None:
 def test_explain_decides_exactly_as_decide(path: str, method: str) -> None:
     """`stepguard policy explain` must never show another decision than the gateway takes."""
     request = ctx(path, method, attributes={"amount": 5000, "payee": "Bob"}, client_ip="10.20.0.9")
-    for state in (None, session(PASSWORD), session(PASSWORD, ("totp", Level.AAL2, 60.0))):
+    idle = session(PASSWORD, idle=31 * 86400.0)  # its sign-in has lapsed: the default steps up
+    for state in (None, session(PASSWORD), session(PASSWORD, ("totp", Level.AAL2, 60.0)), idle):
         explanation = explain(POLICY, request, state, now=NOW)
         assert explanation.decision == decide(POLICY, request, state, now=NOW)
         for step in explanation.trace:
