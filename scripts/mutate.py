@@ -213,21 +213,29 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--keep", action="store_true", help="reuse mutants/ from the last run")
     parser.add_argument("--only", default="", help="glob of mutant names to run (development)")
     parser.add_argument("--sample", type=int, default=1, help="run every N-th mutant only")
+    parser.add_argument("--report-only", action="store_true",
+                        help="no run: report the results already in mutants/ (implies --keep)")
     args = parser.parse_args(argv)
     os.chdir(ROOT)
-    if not args.keep:
+    if not (args.keep or args.report_only):
         shutil.rmtree("mutants", ignore_errors=True)
     started = time.monotonic()
-    generate()
+    if not args.report_only:
+        generate()
     mutants = Mutants(ROOT / "mutants")
     names, messages, outside = mutants.selected()
     if args.only:
         names = [n for n in names if fnmatch.fnmatch(n, args.only)]
     if args.sample > 1:  # a quick estimate: every N-th mutant, always the same ones
         names = names[::args.sample]
-    print(f"running {len(names)} of {len(mutants.status)} mutants")
-    run(names, max_children=args.max_children, budget=args.budget)
-    mutants = Mutants(ROOT / "mutants")
+    if args.report_only:
+        unrun = [n for n in names if mutants.status[n] is None]
+        print(f"{len(unrun)} of the {len(names)} selected mutants have no result yet (left out)")
+        names = [n for n in names if mutants.status[n] is not None]
+    else:
+        print(f"running {len(names)} of {len(mutants.status)} mutants")
+        run(names, max_children=args.max_children, budget=args.budget)
+        mutants = Mutants(ROOT / "mutants")
     return report(mutants, names, (messages, outside), time.monotonic() - started)
 
 
