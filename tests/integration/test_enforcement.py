@@ -332,3 +332,31 @@ def test_an_unconfirmed_enrolment_beside_a_confirmed_authenticator_cannot_answer
         assert refused.status_code == 401
         gw.clock.advance(2)
         assert submit(client, page_url, "totp", gw.alice.code(gw.clock.now)).status_code == 303
+
+
+RISK_POLICY = """\
+rules:
+  - name: moved
+    when: "risk.score >= 25"
+    require: {level: aal2, max_age: 15m, reason: "{risk.reasons}"}
+default: {level: aal1}
+"""
+
+
+def test_forward_auth_judges_the_risk_of_the_session_it_loads(tmp_path: Path) -> None:
+    """A session signed in from one network and used from another steps up (the Guard feeds
+    the session, its history and the address into the risk engine, cached or not)."""
+    clock = Clock()
+    runtime = make_runtime(tmp_path, clock=clock, policy=RISK_POLICY)
+    alice = seed_user(runtime)
+    with TestClient(create_app(runtime), base_url=BASE, client=PEER,
+                    follow_redirects=False) as client:
+        page = client.get("/login")
+        signed_in = client.post("/login", headers={"X-Forwarded-For": "203.0.113.7"}, data={
+            "username": "alice", "password": alice.password, "csrf_token": csrf(page.text)})
+        assert signed_in.status_code == 303
+        for _ in range(2):  # the second time from the session cache
+            assert forward(client, "/dashboard", ip="203.0.113.8").status_code == 200
+        moved = forward(client, "/dashboard", ip="198.51.100.20")
+        assert moved.status_code == 302 and "/step-up/" in moved.headers["location"]
+    runtime.close()
