@@ -300,3 +300,118 @@ def test_host_variants_get_the_same_rule(host: str) -> None:
     )
     context = RequestContext(method="GET", host=canonical_host(host), path="/")
     assert decide(policy, context, session(PASSWORD), now=NOW).rule == "bank"
+
+
+# ------------------------------------------------------------- boundaries that mutation found
+
+
+def test_freshness_holds_at_exactly_max_age_and_fails_one_second_later() -> None:
+    """`max_age` is inclusive: an event exactly max_age old still counts; one second more
+    does not (customer-export: aal3 within 15 minutes)."""
+    at_limit = session(PASSWORD, ("webauthn", Level.AAL3, 15 * 60.0))
+    past_limit = session(PASSWORD, ("webauthn", Level.AAL3, 15 * 60.0 + 1))
+    assert decide(POLICY, ctx("/customers/export"), at_limit, now=NOW).allowed
+    stale = decide(POLICY, ctx("/customers/export"), past_limit, now=NOW)
+    assert stale.outcome is Outcome.STEP_UP
+    assert any("older than 15 minutes" in r for r in stale.reasons)
+
+
+def test_grant_freshness_holds_at_exactly_max_age_and_fails_one_second_later() -> None:
+    """A scoped grant (admin-roles: aal2 within 5 minutes) is judged by the same boundary."""
+    at_limit = grant("admin", age=300, ttl=3600)
+    past_limit = grant("admin", age=301, ttl=3600)
+    request = ctx("/admin/users/bob/roles", "POST")
+    assert decide(POLICY, request, session(PASSWORD), grants=[at_limit], now=NOW).allowed
+    decision = decide(POLICY, request, session(PASSWORD), grants=[past_limit], now=NOW)
+    assert decision.outcome is Outcome.STEP_UP
+
+
+def test_an_unexpired_grant_older_than_the_rules_max_age_does_not_count() -> None:
+    """A grant made for admin-pages (max_age 1h, so it lives an hour) shares the scope `admin`
+    with admin-roles (max_age 5m): ten minutes later it still opens the console but does not
+    let anyone change roles."""
+    console_grant = grant("admin", age=600, ttl=3600)
+    assert console_grant.expires_at > NOW
+    s = session(PASSWORD)
+    assert decide(POLICY, ctx("/admin/audit"), s, grants=[console_grant], now=NOW).allowed
+    roles = decide(POLICY, ctx("/admin/users/bob/roles", "POST"), s, grants=[console_grant],
+                   now=NOW)
+    assert roles.outcome is Outcome.STEP_UP and roles.rule == "admin-roles"
+
+
+def test_a_grant_made_with_a_factor_outside_the_rules_methods_does_not_count() -> None:
+    """admin-roles allows webauthn, totp or push: a grant from a recovery code (same scope,
+    level and age) opens the console, which allows any method, but not the roles change."""
+    policy = compile_policy({"rules": [
+        {"name": "roles", "match": {"paths": ["/roles"]},
+         "require": {"level": "aal2", "scope": "admin", "methods": ["webauthn", "totp"]}},
+        {"name": "console", "match": {"paths": ["/console"]},
+         "require": {"level": "aal2", "scope": "admin"}},
+    ]})
+    s = session(PASSWORD)
+    by_recovery = grant("admin", factor="recovery")
+    by_totp = grant("admin", factor="totp")
+    assert decide(policy, ctx("/console"), s, grants=[by_recovery], now=NOW).allowed
+    assert decide(policy, ctx("/roles"), s, grants=[by_recovery], now=NOW).outcome \
+        is Outcome.STEP_UP
+    assert decide(policy, ctx("/roles"), s, grants=[by_totp], now=NOW).allowed
+
+
+def test_session_lifetimes_are_inclusive_at_their_limits() -> None:
+    """aal2 lives 1 h idle and 24 h overall (NIST SP 800-63B rev 4): at each limit exactly the
+    level still counts, one second past it does not."""
+    policy = compile_policy(
+        {"rules": [{"name": "r", "match": {"paths": ["/x"]}, "require": {"level": "aal2"}}]}
+    )
+    totp_at = ("totp", Level.AAL2, 24 * 3600.0)
+    assert decide(policy, ctx("/x"), session(PASSWORD, ("totp", Level.AAL2, 60.0), idle=3600),
+                  now=NOW).allowed
+    assert not decide(policy, ctx("/x"), session(PASSWORD, ("totp", Level.AAL2, 60.0),
+                                                 idle=3601), now=NOW).allowed
+    assert decide(policy, ctx("/x"), session(PASSWORD, totp_at), now=NOW).allowed
+    assert not decide(policy, ctx("/x"), session(PASSWORD, ("totp", Level.AAL2, 24 * 3600.0 + 1)),
+                      now=NOW).allowed
+
+
+@pytest.mark.parametrize(("path", "method"), [
+    ("/admin/users/bob/roles", "GET"),  # admin-roles is looked at, its method does not match
+    ("/admin/audit", "GET"), ("/customers/export", "GET"), ("/customers/7", "GET"),
+    ("/transfers", "POST"), ("/dashboard", "GET"),
+])
+def test_explain_decides_exactly_as_decide(path: str, method: str) -> None:
+    """`stepguard policy explain` must never show another decision than the gateway takes."""
+    request = ctx(path, method, attributes={"amount": 5000, "payee": "Bob"}, client_ip="10.20.0.9")
+    idle = session(PASSWORD, idle=31 * 86400.0)  # its sign-in has lapsed: the default steps up
+    for state in (None, session(PASSWORD), session(PASSWORD, ("totp", Level.AAL2, 60.0)), idle):
+        explanation = explain(POLICY, request, state, now=NOW)
+        assert explanation.decision == decide(POLICY, request, state, now=NOW)
+        for step in explanation.trace:
+            if step.looked_at and not step.matched and "does not match" in step.why:
+                assert step.rule != explanation.decision.rule
+
+
+def test_explain_names_the_part_of_the_match_that_failed() -> None:
+    trace = explain(POLICY, ctx("/admin/users/bob/roles", "GET"), session(PASSWORD), now=NOW).trace
+    roles = next(step for step in trace if step.rule == "admin-roles")
+    assert roles.looked_at and not roles.matched
+    assert roles.why == "methods ['POST', 'PUT', 'DELETE'] does not match"
+
+
+def test_explain_marks_each_step_looked_at_and_matched_truthfully() -> None:
+    default = explain(POLICY, ctx("/dashboard"), session(PASSWORD), now=NOW).trace
+    last = default[-1]
+    assert (last.rule, last.looked_at, last.matched) == ("default", True, True)
+    assert last.why == "no rule matched: the default applies"
+    skipped = [s for s in default if not s.looked_at]
+    assert skipped and all(s.matched is False for s in skipped)
+    assert all(s.why == "skipped by the index (host or path)" for s in skipped)
+    held = [s for s in default if s.looked_at and "does not hold" in s.why]
+    assert held and all(s.matched is False for s in held)
+    transfer_trace = explain(POLICY, transfer(5000, "Bob"), session(PASSWORD), now=NOW).trace
+    matched = next(s for s in transfer_trace if s.rule == "large-transfer")
+    assert matched.looked_at is True and matched.matched is True
+    assert matched.why == "matched; condition 'amount > 1000' holds"
+    unknown = explain(POLICY, ctx("/transfers", "POST"), session(PASSWORD), now=NOW)
+    failed = next(s for s in unknown.trace if s.rule == "large-transfer")
+    assert failed.matched is True and "could not be evaluated" in failed.why
+    assert unknown.decision == decide(POLICY, ctx("/transfers", "POST"), session(PASSWORD), now=NOW)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from stepguard.audit.ledger import request_summary
 from stepguard.core.context import AuthEvent, RequestContext
 from stepguard.core.decision import Decision, Outcome, Requirement
 from stepguard.core.errors import StepguardError, VerificationFailed
@@ -155,7 +156,7 @@ class Accounts:
             subject=user.id if user else "",
             factor="password",
             outcome="failed:invalid",
-            request={"client_ip": context.client_ip},
+            request=request_summary(context, ip_key=self.rt.ip_key),
         )
 
     def _open_session(self, user: UserRecord, context: RequestContext) -> SignedIn:
@@ -182,7 +183,7 @@ class Accounts:
             session_id=session.id,
             factor="password",
             outcome="signed_in",
-            request={"client_ip": context.client_ip},
+            request=request_summary(context, ip_key=self.rt.ip_key),
         )
         return SignedIn(session, token, user)
 

@@ -1,0 +1,243 @@
+"""`make mutate`: mutation testing of the security-critical layer with mutmut 3.
+
+    python scripts/mutate.py [--max-children N] [--budget SECONDS] [--sample N]
+
+Which modules are mutated and which tests may run is `[tool.mutmut]` in pyproject.toml. On top of
+mutmut this script
+
+* leaves out mutants that only change the wording of a human-readable message (a string with a
+  space in it: error texts, reasons); strings that are identifiers ("pending", header names,
+  "sha256:") are mutated,
+* mutates only the verification half of the audit ledger (`LEDGER_VERIFY`),
+* runs each mutant against the fastest tests that cover its function (mutmut's own coverage
+  map, measured on the clean run), as many as fit in `--budget` seconds, so the run stays near
+  20 minutes on 2 cores,
+* prints the kill rate and every surviving mutant, excluding the survivors judged equivalent in
+  tests/mutation/equivalent.txt (one `mutant-name  reason` per line), and fails below `TARGET`.
+
+A timeout counts as killed (the mutant made the code hang). "No tests" counts as survived.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import difflib
+import fnmatch
+import io
+import json
+import os
+import shutil
+import sys
+import time
+import tokenize
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EQUIVALENT = ROOT / "tests" / "mutation" / "equivalent.txt"
+TARGET = 95.0
+LEDGER_VERIFY = [  # the ledger's verify: verify_chain, its helpers, hashing, checkpoints
+    "stepguard.audit.ledger.x_verify_*", "stepguard.audit.ledger.x_entry_hash*",
+    "stepguard.audit.ledger.x_content_fields*", "stepguard.audit.ledger.x__canonical*",
+    "stepguard.audit.ledger.x_checkpoint_payload*", "stepguard.audit.ledger.x__start_link*",
+    "stepguard.audit.ledger.x__remember*", "stepguard.audit.ledger.x__check_entry*",
+    "stepguard.audit.ledger.x__check_time*", "stepguard.audit.ledger.x__check_head*",
+    "stepguard.audit.ledger.x__sealed_seq*", "stepguard.audit.ledger.x__seal_candidates*",
+    "stepguard.audit.ledger.x__diagnose*", "stepguard.audit.ledger.x__fork*",
+    "stepguard.audit.ledger.x__relabelled*", "stepguard.audit.ledger.x__gap*",
+    "stepguard.audit.ledger.x__backwards*", "stepguard.audit.ledger.xǁ_Lookaheadǁ*",
+    "stepguard.audit.ledger.xǁVerifyReportǁ*",
+]
+KILLED = {"killed", "timeout", "caught by type check", "segfault"}
+
+
+# ----------------------------------------------------------------------------- mutant sources
+
+
+def function_sources(mutated_file: Path) -> dict[str, str]:
+    """Every function in a mutmut-generated file, by its (mangled) name, name-normalised."""
+    source = mutated_file.read_text()
+    lines = source.splitlines()
+    found = {}
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and "__mutmut_" in node.name:
+            text = "\n".join(lines[node.lineno - 1:node.end_lineno]).strip()
+            found[node.name] = text.replace(node.name, "FUNC", 1)
+    return found
+
+
+def _tokens(text: str) -> list[tuple[int, str]]:
+    return [(t.type, t.string) for t in tokenize.generate_tokens(io.StringIO(text).readline)
+            if t.type not in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE)]
+
+
+def is_message_only(original: str, mutant: str) -> bool:
+    """True when the mutant changes only the wording of human-readable strings."""
+    a, b = _tokens(original), _tokens(mutant)
+    if len(a) != len(b):
+        return False
+    changed = [(x, y) for x, y in zip(a, b, strict=True) if x != y]
+    return bool(changed) and all(
+        x[0] == y[0] == tokenize.STRING and " " in x[1] for x, y in changed)
+
+
+def diff(original: str, mutant: str) -> str:
+    lines = difflib.unified_diff(original.splitlines(), mutant.splitlines(), lineterm="", n=0)
+    return "\n".join(f"        {line}" for line in lines if line[:1] in "+-"
+                     and not line.startswith(("+++", "---")))
+
+
+class Mutants:
+    """The generated mutants: name → (module file, function, status)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.status: dict[str, int | None] = {}
+        self.meta_of: dict[str, Path] = {}
+        for meta in sorted(root.glob("src/**/*.py.meta")):
+            for key, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+                self.status[key] = code
+                self.meta_of[key] = meta
+        self._sources: dict[Path, dict[str, str]] = {}
+
+    def source(self, name: str) -> tuple[str, str]:
+        """(original, mutant) source of the function a mutant changes."""
+        meta = self.meta_of[name]
+        py = meta.with_suffix("")
+        if py not in self._sources:
+            self._sources[py] = function_sources(py)
+        funcs = self._sources[py]
+        local = name.rsplit(".", 1)[-1] if "ǁ" not in name else name[name.index("xǁ"):]
+        original = local.rsplit("__mutmut_", 1)[0] + "__mutmut_orig"
+        return funcs.get(original, ""), funcs.get(local, "")
+
+    def selected(self) -> tuple[list[str], int, int]:
+        """Names to run, and how many were left out as message-only or outside the ledger's
+        verification half."""
+        chosen, messages, outside = [], 0, 0
+        for name in self.status:
+            if ".audit.ledger." in name and not any(fnmatch.fnmatch(name, g)
+                                                    for g in LEDGER_VERIFY):
+                outside += 1
+            elif is_message_only(*self.source(name)):
+                messages += 1
+            else:
+                chosen.append(name)
+        return chosen, messages, outside
+
+
+# ----------------------------------------------------------------------------- running mutmut
+
+
+def generate() -> None:
+    from mutmut.__main__ import (
+        copy_also_copy_files,
+        copy_src_dir,
+        create_mutants,
+        setup_source_paths,
+    )
+    Path("mutants").mkdir(exist_ok=True)
+    copy_src_dir()
+    copy_also_copy_files()
+    setup_source_paths()
+    create_mutants(os.cpu_count() or 2)
+
+
+def run(names: list[str], *, max_children: int, budget: float) -> None:
+    """mutmut's own run, each function's tests cut to the fastest that fit in `budget` seconds."""
+    import mutmut.__main__ as mm
+
+    load = mm.collect_or_load_stats
+
+    def load_and_prune(*args: object, **kwargs: object) -> None:
+        load(*args, **kwargs)  # type: ignore[arg-type]
+        state = mm.state()
+        duration = state.duration_by_test
+        for function, tests in state.tests_by_mangled_function_name.items():
+            kept, spent = set(), 0.0
+            for test in sorted(tests, key=lambda t: (duration.get(t, 0.0), t)):
+                if kept and spent + duration.get(test, 0.0) > budget:
+                    break
+                kept.add(test)
+                spent += duration.get(test, 0.0)
+            state.tests_by_mangled_function_name[function] = kept
+
+    mm.collect_or_load_stats = load_and_prune
+    try:
+        mm._run(names, max_children)
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise
+
+
+def equivalents() -> dict[str, str]:
+    found = {}
+    if EQUIVALENT.exists():
+        for line in EQUIVALENT.read_text().splitlines():
+            if line.strip() and not line.startswith("#"):
+                name, _, why = line.strip().partition(" ")
+                found[name] = why.strip()
+    return found
+
+
+def report(mutants: Mutants, names: list[str], skipped: tuple[int, int], seconds: float) -> int:
+    from mutmut.__main__ import status_by_exit_code
+
+    judged = equivalents()
+    status = {n: status_by_exit_code[mutants.status[n]] for n in names}
+    killed = [n for n in names if status[n] in KILLED]
+    survived = [n for n in names if status[n] not in KILLED]
+    equivalent = [n for n in survived if n in judged]
+    real = [n for n in survived if n not in judged]
+    counted = len(names) - len(equivalent)
+    rate = 100.0 * len(killed) / counted if counted else 100.0
+    print("\nSurviving mutants (not judged equivalent):")
+    for name in real:
+        print(f"  {name}: {status[name]}\n{diff(*mutants.source(name))}")
+    stale = sorted(set(judged) - set(survived))
+    if stale:
+        print("\nListed as equivalent but no longer surviving (remove from the list):")
+        print("\n".join(f"  {n}" for n in stale))
+    print(f"\nmutants generated {len(mutants.status)}; left out {skipped[0]} message-only and "
+          f"{skipped[1]} outside the ledger's verify; run {len(names)} in {seconds / 60:.1f} min")
+    print(f"killed {len(killed)}, survived {len(survived)} ({len(equivalent)} judged equivalent)")
+    print(f"KILL RATE {rate:.1f}% of {counted} non-equivalent mutants (target {TARGET:.0f}%)")
+    return 0 if rate >= TARGET else 1
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--budget", type=float, default=2.0,
+                        help="seconds of (fastest-first) tests per mutated function")
+    parser.add_argument("--keep", action="store_true", help="reuse mutants/ from the last run")
+    parser.add_argument("--only", default="", help="glob of mutant names to run (development)")
+    parser.add_argument("--sample", type=int, default=1, help="run every N-th mutant only")
+    parser.add_argument("--report-only", action="store_true",
+                        help="no run: report the results already in mutants/ (implies --keep)")
+    args = parser.parse_args(argv)
+    os.chdir(ROOT)
+    if not (args.keep or args.report_only):
+        shutil.rmtree("mutants", ignore_errors=True)
+    started = time.monotonic()
+    if not args.report_only:
+        generate()
+    mutants = Mutants(ROOT / "mutants")
+    names, messages, outside = mutants.selected()
+    if args.only:
+        names = [n for n in names if fnmatch.fnmatch(n, args.only)]
+    if args.sample > 1:  # a quick estimate: every N-th mutant, always the same ones
+        names = names[::args.sample]
+    if args.report_only:
+        unrun = [n for n in names if mutants.status[n] is None]
+        print(f"{len(unrun)} of the {len(names)} selected mutants have no result yet (left out)")
+        names = [n for n in names if mutants.status[n] is not None]
+    else:
+        print(f"running {len(names)} of {len(mutants.status)} mutants")
+        run(names, max_children=args.max_children, budget=args.budget)
+        mutants = Mutants(ROOT / "mutants")
+    return report(mutants, names, (messages, outside), time.monotonic() - started)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
