@@ -322,7 +322,7 @@ def test_an_unconfirmed_enrolment_beside_a_confirmed_authenticator_cannot_answer
         record = gw.runtime.store.sessions.by_token_hash(hash_token(token))
         assert record is not None
         gw.runtime.store.sessions.add_event(  # as if alice had just proved her TOTP
-            record.id, AuthEvent("totp", ("otp",), Level.AAL2, gw.clock.now))
+            record.id, AuthEvent(factor="totp", amr=("otp",), level=Level.AAL2, at=gw.clock.now))
         record = gw.runtime.store.sessions.by_token_hash(hash_token(token))
         assert record is not None
         enrolment = Accounts(gw.runtime).begin_totp(record, gw.alice.user)

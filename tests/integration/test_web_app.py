@@ -32,7 +32,7 @@ def test_a_store_outage_is_a_503_and_readiness_says_so(gw: Gw, monkeypatch: pyte
         monkeypatch.setattr(gw.runtime.store, "ping", down)
         ready = client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["store"] == "unavailable"
-        monkeypatch.setattr(gw.runtime.store.sessions, "by_token_hash", down)
+        monkeypatch.setattr(gw.runtime.store.session_states, "read", down)
         client.cookies.set("stepguard_session", "x" * 43)
         page = client.get("/account")
         assert page.status_code == 503 and page.headers["retry-after"] == "5"
