@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from stepguard.core.context import AuthEvent
 from stepguard.core.errors import Conflict, StoreUnavailable
 from stepguard.core.grant import Grant
-from stepguard.core.risk import EMPTY_HISTORY, Location, RiskHistory
+from stepguard.core.risk import EMPTY_HISTORY, RiskHistory
 from stepguard.service.throttle import (
     ThrottleSettings,
     forget_before,
@@ -43,13 +43,7 @@ from stepguard.storage.records import (
     UserRecord,
     Versions,
 )
-from stepguard.storage.sql_history import (
-    add_amount,
-    add_failure,
-    add_success,
-    add_trusted,
-    history_from_document,
-)
+from stepguard.storage.sql_history import HistoryUpdates, history_from_document
 from stepguard.storage.sql_users import username_key
 
 T = TypeVar("T")
@@ -467,28 +461,10 @@ class MemoryThrottle(_Role):
                 del self._t.throttle[key]
 
 
-class MemoryHistory(_Role):
+class MemoryHistory(_Role, HistoryUpdates):
     def load(self, user_id: str) -> RiskHistory:
         doc = self._t.history.get(user_id)
         return EMPTY_HISTORY if doc is None else history_from_document(doc)
-
-    def record_success(self, user_id: str, *, device_id: str, network_prefix: str, country: str,
-                       location: Location | None, at: float, hour: int,
-                       amount: float | None = None) -> None:
-        if not 0 <= hour < 24:
-            raise ValueError("hour must be a UTC hour from 0 to 23")
-        self._change(user_id, lambda doc: add_success(
-            doc, device_id=device_id, network_prefix=network_prefix, country=country,
-            location=location, at=at, hour=hour, amount=amount))
-
-    def record_failure(self, user_id: str, *, at: float) -> None:
-        self._change(user_id, lambda doc: add_failure(doc, at=at))
-
-    def record_trusted(self, user_id: str, *, entries: list[str]) -> None:
-        self._change(user_id, lambda doc: add_trusted(doc, entries))
-
-    def record_amount(self, user_id: str, amount: float) -> None:
-        self._change(user_id, lambda doc: add_amount(doc, amount))
 
     def _change(self, user_id: str, change: Any) -> None:
         with self._store.lock:

@@ -20,15 +20,12 @@ _H = t.risk_history.c
 Document = dict[str, Any]
 
 
-class SqlHistory:
-    def __init__(self, db: Database) -> None:
-        self._db = db
+class HistoryUpdates:
+    """The history's writes, the same for every backend: each is one change of the user's
+    document, applied by the backend's `_change` (atomically, raising the user's version)."""
 
-    def load(self, user_id: str) -> RiskHistory:
-        """The user's history; an empty one for a user never seen."""
-        with self._db.read() as connection:
-            text = connection.execute(select(_H.data).where(_H.user_id == user_id)).scalar()
-        return history_from_document(None if text is None else loads(text))
+    def _change(self, user_id: str, change: Callable[[Document], None]) -> None:
+        raise NotImplementedError
 
     def record_success(
         self,
@@ -63,6 +60,17 @@ class SqlHistory:
     def record_amount(self, user_id: str, amount: float) -> None:
         """Remember the amount of an allowed action (the `unusual_amount` baseline)."""
         self._change(user_id, lambda doc: add_amount(doc, amount))
+
+
+class SqlHistory(HistoryUpdates):
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def load(self, user_id: str) -> RiskHistory:
+        """The user's history; an empty one for a user never seen."""
+        with self._db.read() as connection:
+            text = connection.execute(select(_H.data).where(_H.user_id == user_id)).scalar()
+        return history_from_document(None if text is None else loads(text))
 
     def _change(self, user_id: str, change: Callable[[Document], None]) -> None:
         with self._db.write() as connection:

@@ -708,20 +708,19 @@ class Portal:
         return await self._account_post(request, confirm)
 
     async def passkey_page(self, request: Request) -> Response:
+        return await self._enrol_page(request, "enrol_passkey.html", "/account/passkey")
+
+    async def _enrol_page(self, request: Request, template: str, path: str) -> Response:
+        """An enrolment page behind a fresh proof, with its begin and finish URLs."""
         found = await self._signed_in(request)
         if isinstance(found, Response):
             return found
         try:
             await run_in_threadpool(self.accounts.require_fresh, found[0])
         except NeedsFreshProof as exc:
-            return await self.confirm_first(request, found[0], found[1], exc, "/account/passkey")
-        return self.page(
-            request,
-            "enrol_passkey.html",
-            *found,
-            begin_url="/account/passkey/begin",
-            finish_url="/account/passkey/finish",
-        )
+            return await self.confirm_first(request, found[0], found[1], exc, path)
+        return self.page(request, template, *found, begin_url=f"{path}/begin",
+                         finish_url=f"{path}/finish")
 
     async def passkey_begin(self, request: Request) -> Response:
         def begin(session: SessionRecord, user: UserRecord, body: bytes) -> Response:
@@ -826,22 +825,7 @@ class Portal:
         return await self._account_post(request, answer)
 
     async def push_device_page(self, request: Request) -> Response:
-        found = await self._signed_in(request)
-        if isinstance(found, Response):
-            return found
-        try:
-            await run_in_threadpool(self.accounts.require_fresh, found[0])
-        except NeedsFreshProof as exc:
-            return await self.confirm_first(
-                request, found[0], found[1], exc, "/account/push-device"
-            )
-        return self.page(
-            request,
-            "enrol_push.html",
-            *found,
-            begin_url="/account/push-device/begin",
-            finish_url="/account/push-device/finish",
-        )
+        return await self._enrol_page(request, "enrol_push.html", "/account/push-device")
 
     async def push_device_begin(self, request: Request) -> Response:
         def begin(session: SessionRecord, user: UserRecord, body: bytes) -> Response:
