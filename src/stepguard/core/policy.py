@@ -33,8 +33,10 @@ Locate = Callable[[Path], tuple[int, int] | None]
 Check = Callable[[RequestContext, Subject | None], bool]
 
 ATTRIBUTE_TYPES = ("number", "string", "bool", "list")
-_TOP = frozenset({"version", "levels", "networks", "attributes", "rules", "default", "tests"})
-_RULE = frozenset({"name", "description", "match", "when", "require", "deny", "allow"})
+_TOP = frozenset(
+    {"version", "mode", "levels", "networks", "attributes", "rules", "default", "tests"})
+_RULE = frozenset({"name", "description", "mode", "match", "when", "require", "deny", "allow"})
+MODES = ("enforce", "report")
 _MATCH = frozenset({"hosts", "methods", "paths", "users", "groups", "actions", "networks"})
 _REQUIRE = frozenset({"level", "max_age", "methods", "scope", "single_use", "bind", "reason"})
 _LEVEL = frozenset({"acr", "max_session", "idle"})
@@ -53,6 +55,7 @@ class Rule:
     description: str = ""
     index_hosts: frozenset[str] | None = None  # None = any host (for the index)
     index_segments: frozenset[str] | None = None  # None = any first path segment
+    report: bool = False  # `mode: report`: decided and audited as "would …", never enforced
 
     @property
     def uses_risk(self) -> bool:
@@ -70,6 +73,12 @@ class Policy:
     levels: Mapping[Level, LevelSettings]
     index: Index[Rule] = field(repr=False)
     source: str = ""
+    report: bool = False  # `mode: report` for the whole policy: every request passes
+    enforced: Policy | None = field(default=None, repr=False)  # without report-mode rules
+
+    @property
+    def has_report_rules(self) -> bool:
+        return self.enforced is not None
 
     def candidates(self, context: RequestContext) -> tuple[Rule, ...]:
         return self.index.candidates(context.host, context.path)
@@ -115,10 +124,28 @@ def compile_policy(document: Any, *, source: str = "", locate: Locate | None = N
     env = _Env(networks, attributes, problems)
     rules = _rules(document.get("rules"), env)
     default = _default(document.get("default", {"level": "aal1"}), env)
+    report = _mode(document.get("mode", "enforce"), ("mode",), problems)
     if problems.items:
         raise PolicyError(problems.items)
-    entries = [(r, r.index_hosts, r.index_segments) for r in rules]
-    return Policy(tuple(rules), default, networks, attributes, levels, Index(entries), source)
+    enforced = None
+    if any(r.report for r in rules) and not report:
+        kept = [r for r in rules if not r.report]
+        enforced = Policy(tuple(kept), default, networks, attributes, levels,
+                          _index(kept), source)
+    return Policy(tuple(rules), default, networks, attributes, levels, _index(rules), source,
+                  report, enforced)
+
+
+def _index(rules: Sequence[Rule]) -> Index[Rule]:
+    return Index([(r, r.index_hosts, r.index_segments) for r in rules])
+
+
+def _mode(value: Any, path: Path, problems: _Problems) -> bool:
+    """True for `report` (decide and audit, never enforce), False for `enforce`."""
+    if value not in MODES:
+        problems.add(path, f"expected one of {', '.join(MODES)}, got {value!r}")
+        return False
+    return bool(value == "report")
 
 
 @dataclass(slots=True)
@@ -274,6 +301,7 @@ def _rule(spec: Any, i: int, env: _Env) -> Rule | None:
         str(spec.get("description", "")),
         _index_hosts(match.get("hosts")),
         _index_segments(match.get("paths")),
+        _mode(spec.get("mode", "enforce"), (*path, "mode"), env.problems),
     )
 
 

@@ -295,6 +295,8 @@ class Guard:
         and sealed in the audit writer's thread; every other decision is checked and logged
         here (they are few)."""
         d = check.decision
+        if d.shadow is not None:
+            self.rt.observer.shadowed(_outcome(d.shadow), d.shadow.rule)
         if d.outcome is Outcome.ALLOW:
             self._audit_allow(check, d)
             return
@@ -302,8 +304,7 @@ class Guard:
                        session_id=check.session.id if check.session else "",
                        request=request_summary(check.context, ip_key=self.rt.ip_key),
                        decision=d.outcome.value, rule=d.rule, reasons=d.reasons,
-                       outcome="login" if d.login else d.outcome.value,
-                       detail=_detail(d, check.risk))
+                       outcome=_outcome(d), detail=_detail(d, check.risk))
 
 
     def _audit_allow(self, check: Check, d: Decision) -> None:
@@ -313,14 +314,18 @@ class Guard:
         rt.observer.allowed(d.rule)
         summary = rt.audit.summary
         if (summary is not None and self._plain.get(d.rule, False) and not d.grant_id
-                and check.risk.level == "low"):
+                and check.risk.level == "low" and d.shadow is None):
             summary.note(subject=subject, session=session, rule=d.rule, at=rt.now(),
                          host=context.host, method=context.method, path=context.path)
             return
+        shadow = d.shadow
         event = AuditEvent.unchecked(
             at=rt.now(), kind=AuditKind.DECISION, subject=subject, session=session,
-            request=request_summary(context, ip_key=rt.ip_key), decision="allow", rule=d.rule,
-            reasons=d.reasons, outcome="allow", detail=_detail(d, check.risk))
+            request=request_summary(context, ip_key=rt.ip_key), decision="allow",
+            rule=shadow.rule if shadow else d.rule,
+            reasons=shadow.reasons if shadow else d.reasons,
+            outcome="would_" + _outcome(shadow) if shadow else "allow",
+            detail=_detail(d, check.risk))
         rt.audit.submit(event, checked=False)
         if rt.observer.debug:
             rt.observer.event(event.checked())
@@ -336,9 +341,21 @@ def _plain(requirement: Requirement | None) -> bool:
                                    and requirement.max_age is None and not requirement.methods)
 
 
+def _outcome(decision: Decision) -> str:
+    """A decision's outcome as the ledger names it (`login` for a first sign-in)."""
+    return "login" if decision.login else decision.outcome.value
+
+
 def _detail(decision: Decision, risk: RiskAssessment) -> dict[str, object]:
     detail: dict[str, object] = {"risk_score": risk.score, "risk_level": risk.level,
                                  "signals": list(risk.names)}
+    shadow = decision.shadow
+    if shadow is not None:  # report mode: what was enforced, and what would have been
+        detail["enforced"] = {"outcome": decision.outcome.value, "rule": decision.rule}
+        detail["report"] = {"outcome": _outcome(shadow), "rule": shadow.rule,
+                            "reasons": list(shadow.reasons)}
+        if shadow.requirement is not None:
+            detail["report"]["level"] = shadow.requirement.level.label  # type: ignore[index]
     if decision.grant_id:
         detail["grant"] = decision.grant_id
         detail["consumed"] = bool(decision.consume_grant)

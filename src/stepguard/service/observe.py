@@ -36,6 +36,10 @@ class Observer:
         self.verification_failures = Counter("stepguard_verification_failures_total",
                                              "Failed verifications by factor and reason",
                                              ["factor", "reason"], registry=self.registry)
+        self.shadow = Counter("stepguard_shadow_decisions_total",
+                              "Report-mode decisions that differ from the enforced one, by what "
+                              "report mode would have done (step_up, deny, login, allow) and rule",
+                              ["outcome", "rule"], registry=self.registry)
         cache = Counter("stepguard_session_cache_total",
                         "Session cache lookups: hit (versions unchanged) or miss (loaded)",
                         ["result"], registry=self.registry)
@@ -50,6 +54,10 @@ class Observer:
         if child is None:
             child = self._allows[rule] = self.decisions.labels("allow", rule or "-")
         child.inc()
+
+    def shadowed(self, outcome: str, rule: str) -> None:
+        """Count one report-mode ("would …") decision beside the enforced one."""
+        self.shadow.labels(outcome, rule or "-").inc()
 
     def event(self, event: AuditEvent) -> None:
         """Count one audit event and log it (decisions only at debug level)."""

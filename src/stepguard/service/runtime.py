@@ -147,6 +147,9 @@ def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,
         spill_dir=loaded.path.parent / config.audit.spill_dir,
     )
     runtime.observer.debug = config.server.log_level == "debug"
+    if loaded.policy.report:
+        log.warning("the policy is in report mode: every request passes; would-be step-ups and "
+                    "denies are only audited and counted (docs/operations.md)")
     runtime.replayed = audit_spill.replay(runtime.spill_dir, runtime.audit)
     return runtime
 
