@@ -13,7 +13,13 @@ from starlette.testclient import TestClient
 from stepguard.asgi import StepguardMiddleware
 from stepguard.audit.ledger import AuditEntry
 from tests.integration.test_asgi_middleware import starlette_app
-from tests.integration.test_decision_api import DECIDE_PATH, Env, gateway_app, make_env, open_session
+from tests.integration.test_decision_api import (
+    DECIDE_PATH,
+    Env,
+    gateway_app,
+    make_env,
+    open_session,
+)
 
 POLICY = """
 rules:
