@@ -221,7 +221,8 @@ class AuditEvent:
         object.__setattr__(self, "at", normalise_time(self.at))
         object.__setattr__(self, "request", _clean_request(self.request))
         object.__setattr__(self, "reasons", _clean_reasons(self.reasons))
-        object.__setattr__(self, "detail", MappingProxyType(_json_normal(redact(self.detail))))
+        detail = _resolved(self.detail)
+        object.__setattr__(self, "detail", MappingProxyType(_json_normal(redact(detail))))
         for name, limit in _TEXT_LIMITS.items():
             value = str(getattr(self, name))
             if len(value) > limit:
@@ -247,6 +248,15 @@ class AuditEntry:
     detail: Mapping[str, Any]
     prev_hash: str
     hash: str
+
+
+def _resolved(detail: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The detail with deferred values (objects with `as_json`, such as the decision inputs the
+    hot path passes by reference) turned into JSON values, here in the checking thread."""
+    if not any(hasattr(value, "as_json") for value in detail.values()):
+        return detail
+    return {key: value.as_json() if hasattr(value, "as_json") else value
+            for key, value in detail.items()}
 
 
 def normalise_time(at: float) -> float:

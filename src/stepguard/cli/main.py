@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from stepguard.cli import api_keys_cmd, policy_cmd, server_cmd
+from stepguard.cli import api_keys_cmd, policy_cmd, replay_cmd, server_cmd
 from stepguard.cli.output import console, fail_with_problems
 from stepguard.config.load import load_config
 from stepguard.core.errors import ConfigError
@@ -16,6 +16,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+policy_cmd.app.command("replay")(replay_cmd.replay_cmd)
 app.add_typer(policy_cmd.app, name="policy")
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 from stepguard.audit.ledger import AuditEvent, AuditKind, request_summary
+from stepguard.audit.replay import DecisionInput
 from stepguard.core.context import RequestContext, SessionState, Subject
 from stepguard.core.decide import decide
 from stepguard.core.decision import Decision, Outcome, Requirement
@@ -40,10 +41,23 @@ class Check:
     user: UserRecord | None
     risk: RiskAssessment
     state: SessionState | None = None
+    grants: tuple[Grant, ...] = ()
 
     @property
     def subject(self) -> Subject | None:
         return self.user.subject() if self.user else None
+
+    def input(self, attributes: frozenset[str] = frozenset()) -> DecisionInput:
+        """What this decision was made from, for the ledger (what-if replay)."""
+        return DecisionInput(self.context, self.state, self.grants, attributes, self.risk)
+
+    def as_json(self) -> dict[str, object]:
+        """The decision input as JSON (a plain allow's summary holds the check itself and
+        calls this in the audit writer's thread)."""
+        return self.input().as_json()
+
+    def risk_detail(self) -> dict[str, object]:
+        return self.input().risk_detail()
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +159,7 @@ class Guard:
         self.rt = runtime
         self.cache = SessionCache()
         self._plain = _plain_rules(runtime.policy)
+        self._attributes = frozenset(runtime.policy.attributes)
 
     def session_for(self, token: str | None) -> tuple[SessionRecord, UserRecord] | None:
         """The live session of a token, or None (unknown, revoked, disabled user, expired)."""
@@ -258,7 +273,7 @@ class Guard:
         risk = self._risk(context, state, user, loaded.history if loaded else None)
         grants = loaded.grants if loaded else ()
         decision = decide(self.rt.policy, context, state, risk, grants, self.rt.now())
-        return Check(decision, context, record, user, risk, state)
+        return Check(decision, context, record, user, risk, state, grants)
 
     def _remember_amount(self, check: Check) -> None:
         """An allowed action's amount joins the user's baseline (`unusual_amount`)."""
@@ -304,7 +319,8 @@ class Guard:
                        session_id=check.session.id if check.session else "",
                        request=request_summary(check.context, ip_key=self.rt.ip_key),
                        decision=d.outcome.value, rule=d.rule, reasons=d.reasons,
-                       outcome=_outcome(d), detail=_detail(d, check.risk))
+                       outcome=_outcome(d),
+                       detail={**_detail(d, check.risk), "input": check.input(self._attributes)})
 
 
     def _audit_allow(self, check: Check, d: Decision) -> None:
@@ -314,9 +330,13 @@ class Guard:
         rt.observer.allowed(d.rule)
         summary = rt.audit.summary
         if (summary is not None and self._plain.get(d.rule, False) and not d.grant_id
-                and check.risk.level == "low" and d.shadow is None):
+                and check.risk.level == "low" and d.shadow is None and not context.attributes):
+            state, risk = check.state, check.risk
+            events = state.events if state is not None else ()
+            mark = (len(events), events[-1].at if events else 0.0, risk.score, len(risk.signals))
             summary.note(subject=subject, session=session, rule=d.rule, at=rt.now(),
-                         host=context.host, method=context.method, path=context.path)
+                         host=context.host, method=context.method, path=context.path,
+                         ip=context.client_ip, input_mark=mark, input=check)
             return
         shadow = d.shadow
         event = AuditEvent.unchecked(
@@ -325,7 +345,7 @@ class Guard:
             rule=shadow.rule if shadow else d.rule,
             reasons=shadow.reasons if shadow else d.reasons,
             outcome="would_" + _outcome(shadow) if shadow else "allow",
-            detail=_detail(d, check.risk))
+            detail={**_detail(d, check.risk), "input": check.input(self._attributes)})
         rt.audit.submit(event, checked=False)
         if rt.observer.debug:
             rt.observer.event(event.checked())

@@ -167,7 +167,9 @@ def _sql_store(loaded: Loaded, migrate: bool | None) -> SqlStore:
 def _summary(config: StepguardConfig) -> AllowSummary | None:
     if config.audit.allows == "every_request":
         return None
-    return AllowSummary(config.audit.summary_interval)
+    ip_key = (_key(config.secrets.ip_pseudonym_key, "secrets.ip_pseudonym_key")
+              if config.audit.pseudonymise_ips else None)
+    return AllowSummary(config.audit.summary_interval, ip_key=ip_key)
 
 
 def _with_timeouts(url: str, store: StoreSettings) -> str:
