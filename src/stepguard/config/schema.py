@@ -288,6 +288,88 @@ class MetricsSection(Section):
     _listen = field_validator("listen")(_check_listen)
 
 
+NOTICE_KINDS = ("sign_in_new_device", "sign_in_new_location", "factor_added", "factor_removed",
+                "recovery_codes_regenerated", "lockout", "request_denied", "step_up_declined",
+                "admin_action")
+
+
+class EmailChannel(Section):
+    """Security notices by email (to the user concerned and to `operators`)."""
+
+    smtp_host: str = Field("", description="SMTP server; empty = no email")
+    smtp_port: int = Field(587, ge=1, le=65535, description="SMTP port")
+    security: Literal["starttls", "tls", "none"] = Field(
+        "starttls", description="starttls (587), tls (465) or none (a local relay only)")
+    username: str = Field("", description="SMTP user (empty = no AUTH)")
+    password: str = Field("", description="SMTP password; use file: or ${ENV}")
+    sender: str = Field("stepguard@localhost", description="From address")
+    operators: list[str] = Field(default_factory=list,
+                                 description="addresses that receive every notice")
+    notify_users: bool = Field(True, description="also send each user their own notices")
+    timeout: Duration = Field(10.0, description="SMTP connection and command timeout")
+
+
+class WebhookChannel(Section):
+    """A signed webhook (HMAC-SHA256 over timestamp and body; see docs/operations.md)."""
+
+    url: str = Field(description="https URL (http only on localhost) that receives notices")
+    secret: str = Field(description="HMAC key shared with the receiver; use file: or ${ENV}")
+    events: list[str] = Field(default_factory=list,
+                              description="notice kinds to send; empty = all")
+    timeout: Duration = Field(5.0, description="per-attempt timeout")
+    retries: int = Field(5, ge=0, le=20, description="retries after the first attempt")
+    backoff: Duration = Field(1.0, description="first retry delay; doubles each retry")
+    max_backoff: Duration = Field(300.0, description="longest delay between retries")
+
+    @field_validator("url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        checked = _check_issuer_url(value.split("?", 1)[0]) if value else value
+        if not checked:
+            raise ValueError("expected a URL")
+        return value
+
+    @field_validator("secret")
+    @classmethod
+    def _strong(cls, value: str) -> str:
+        if len(value) < 16:
+            raise ValueError("expected a secret of at least 16 characters")
+        return value
+
+
+class SyslogChannel(Section):
+    """Notices for a SIEM: RFC 5424 syslog or JSON lines."""
+
+    address: str = Field("", description="udp://host:514, tcp://host:601 or unix:///dev/log; "
+                                         "empty = none")
+    file: str = Field("", description="a file the lines are appended to (relative to this "
+                                      "file), instead of or beside `address`")
+    format: Literal["rfc5424", "json"] = Field("rfc5424", description="line format")
+    facility: int = Field(10, ge=0, le=23, description="syslog facility (10 = authpriv)")
+    app_name: str = Field("stepguard", description="APP-NAME field")
+
+
+class NotificationsSection(Section):
+    """Security notices to users and operators (see docs/operations.md)."""
+
+    events: list[str] = Field(default_factory=lambda: list(NOTICE_KINDS),
+                              description="notice kinds that are sent at all")
+    email: EmailChannel = EmailChannel()
+    webhooks: list[WebhookChannel] = Field(default_factory=list)
+    syslog: SyslogChannel = SyslogChannel()
+    queue: int = Field(10_000, ge=10, le=1_000_000,
+                       description="notices waiting per channel before new ones are dropped "
+                                   "(counted and logged; the audit ledger keeps every event)")
+
+    @field_validator("events")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        unknown = [v for v in value if v not in NOTICE_KINDS]
+        if unknown:
+            raise ValueError(f"unknown notice kinds {unknown} (known: {', '.join(NOTICE_KINDS)})")
+        return value
+
+
 class StepguardConfig(Section):
     policy: str = Field("policy.yaml", description="policy file, relative to this file")
     server: ServerSettings = ServerSettings()
@@ -305,6 +387,7 @@ class StepguardConfig(Section):
     bearer: BearerSection = BearerSection()
     redis: RedisSettings = RedisSettings()
     metrics: MetricsSection = MetricsSection()
+    notifications: NotificationsSection = NotificationsSection()
 
 
 class ApiSection(Section):

@@ -26,7 +26,13 @@ from stepguard.service.attempts import (
 )
 from stepguard.service.runtime import Runtime, hash_token, new_id, new_token
 from stepguard.service.stepup import StepUp, ceremony_data, ceremony_from
-from stepguard.storage.records import ChallengeRecord, FactorRecord, SessionRecord, UserRecord
+from stepguard.storage.records import (
+    ChallengeRecord,
+    FactorRecord,
+    Reserved,
+    SessionRecord,
+    UserRecord,
+)
 
 FRESH_FOR_ENROLMENT = 600.0  # seconds: adding or removing a factor needs a proof this recent
 
@@ -131,7 +137,7 @@ class Accounts:
             assert user is not None
             signed = self._open_session(user, context)
         except VerificationFailed:
-            self._failed(user, context)
+            self._failed(user, context, reserved)
             raise
         except BaseException:
             abandoned(self.rt, reserved)
@@ -149,8 +155,10 @@ class Accounts:
         if check.rehash:
             self.rt.store.users.set_password_hash(user.id, check.rehash)
 
-    def _failed(self, user: UserRecord | None, context: RequestContext) -> None:
-        failed(self.rt, user_id=user.id if user else None)
+    def _failed(self, user: UserRecord | None, context: RequestContext,
+                reserved: tuple[Reserved, ...]) -> None:
+        failed(self.rt, user_id=user.id if user else None, reserved=reserved, factor="password",
+               client_ip=context.client_ip)
         self.rt.record(
             kind="verification",
             subject=user.id if user else "",
@@ -174,6 +182,7 @@ class Accounts:
                               at=now),),
         )
         self.rt.store.sessions.add(session)
+        novelty = self._novelty(user, context)
         self._remember(user, context)
         trust_client(self.rt, user_id=user.id, factor="password", client_ip=context.client_ip,
                      device_id=context.device_id)
@@ -184,8 +193,23 @@ class Accounts:
             factor="password",
             outcome="signed_in",
             request=request_summary(context, ip_key=self.rt.ip_key),
+            detail=novelty,
         )
         return SignedIn(session, token, user)
+
+    def _novelty(self, user: UserRecord, context: RequestContext) -> dict[str, object]:
+        """Whether this sign-in comes from a device or country the user has not signed in from
+        before (a first sign-in is neither: there is nothing to compare with), and where."""
+        history = self.rt.store.history.load(user.id)
+        location = self.rt.locator.locate(context.client_ip) if context.client_ip else None
+        known = bool(history.known_devices or history.known_countries or history.known_networks)
+        country = location.country if location else ""
+        return {
+            "new_device": known and bool(context.device_id)
+            and context.device_id not in history.known_devices,
+            "new_location": known and bool(country) and country not in history.known_countries,
+            "place": location.place if location else "",
+        }
 
     def _remember(self, user: UserRecord, context: RequestContext) -> None:
         location = self.rt.locator.locate(context.client_ip) if context.client_ip else None

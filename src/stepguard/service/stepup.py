@@ -39,6 +39,7 @@ from stepguard.storage.records import (
     ChallengeRecord,
     FactorRecord,
     PushRecord,
+    Reserved,
     SessionRecord,
 )
 
@@ -401,7 +402,7 @@ class StepUp:
                     raise ReplayDetected("This approval request was already answered.")
                 self.rt.store.factors.mark_used(device.id, now=now)
         except VerificationFailed as exc:
-            self._failed(approver, "push", exc, challenge)
+            self._failed(approver, "push", exc, challenge, reserved)
             raise
         except BaseException:
             abandoned(self.rt, reserved)
@@ -418,7 +419,7 @@ class StepUp:
         if answered.approved:
             succeeded(self.rt, reserved)
         else:  # a refusal stays counted: pushes the user keeps refusing slow the next ones
-            failed(self.rt, user_id=approver.user_id)
+            failed(self.rt, user_id=approver.user_id, reserved=reserved, factor="push")
         return answered.status
 
     def poll_push(
@@ -489,7 +490,7 @@ class StepUp:
                 verify()
                 passed = self._complete(challenge, session, factor, client_ip)
         except (VerificationFailed, Throttled) as exc:
-            self._failed(session, factor, exc, challenge)
+            self._failed(session, factor, exc, challenge, reserved, client_ip)
             raise
         except BaseException:
             abandoned(self.rt, reserved)
@@ -505,8 +506,11 @@ class StepUp:
         factor: str,
         exc: Exception,
         challenge: ChallengeRecord,
+        reserved: tuple[Reserved, ...] = (),
+        client_ip: str = "",
     ) -> None:
-        failed(self.rt, user_id=session.user_id)
+        failed(self.rt, user_id=session.user_id, reserved=reserved, factor=factor,
+               client_ip=client_ip)
         code = getattr(exc, "code", "throttled")
         self.rt.record(
             kind="verification",
