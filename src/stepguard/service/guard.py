@@ -11,7 +11,7 @@ import contextlib
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from stepguard.audit.ledger import AuditEvent, AuditKind, request_summary
 from stepguard.core.context import RequestContext, SessionState, Subject
@@ -58,6 +58,10 @@ class _Loaded:
     history: RiskHistory
     versions: tuple[int, int]
     mark: Mark | None = None  # the version board's mark taken before the read that confirmed it
+    state: SessionState = field(init=False)  # what the core sees, built once per copy
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "state", self.record.state(self.user.subject()))
 
     @classmethod
     def of(cls, snapshot: SessionSnapshot, mark: Mark | None) -> _Loaded:
@@ -195,7 +199,7 @@ class Guard:
             if (mark is not None and mark == cached.mark
                     and now - self._contact < STORE_CONTACT_EVERY and self._alive(cached)):
                 self.cache.hits += 1
-                self.rt.observer.cache_hit.inc()
+                self.rt.observer.cache_hit()
                 return cached
         known = cached.versions if cached is not None else UNKNOWN
         try:
@@ -212,7 +216,7 @@ class Guard:
         if isinstance(found, Versions):
             assert cached is not None
             self.cache.hits += 1
-            self.rt.observer.cache_hit.inc()
+            self.rt.observer.cache_hit()
             fresh = cached.seen(found)
             if mark != fresh.mark:
                 fresh = replace(fresh, mark=mark)
@@ -220,7 +224,7 @@ class Guard:
                 self.cache.put(key, fresh)
             return fresh
         self.cache.misses += 1
-        self.rt.observer.cache_miss.inc()
+        self.rt.observer.cache_miss()
         loaded = _Loaded.of(found, mark)  # a first load has no mark: its next use reads
         self.cache.put(key, loaded)
         return loaded
@@ -276,7 +280,7 @@ class Guard:
     def _decide(self, context: RequestContext, loaded: _Loaded | None) -> Check:
         """Risk and `core.decide` over what `load` found (pure but for the location lookup)."""
         record, user = (loaded.record, loaded.user) if loaded else (None, None)
-        state = record.state(user.subject()) if record and user else None
+        state = loaded.state if loaded else None
         risk = self._risk(context, state, user, loaded.history if loaded else None)
         grants = loaded.grants if loaded else ()
         decision = decide(self.rt.policy, context, state, risk, grants, self.rt.now())
