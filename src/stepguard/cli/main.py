@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from stepguard.cli import api_keys_cmd, policy_cmd, replay_cmd, server_cmd
+from stepguard.cli import api_keys_cmd, policy_cmd, replay_cmd, report_cmd, server_cmd
 from stepguard.cli.output import console, fail_with_problems
 from stepguard.config.load import load_config
 from stepguard.core.errors import ConfigError
@@ -18,6 +18,7 @@ app = typer.Typer(
 )
 policy_cmd.app.command("replay")(replay_cmd.replay_cmd)
 app.add_typer(policy_cmd.app, name="policy")
+app.add_typer(report_cmd.app, name="report")
 
 
 @app.callback()

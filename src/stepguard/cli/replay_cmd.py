@@ -41,15 +41,15 @@ def replay_cmd(
     except ConfigError as exc:
         fail_with_problems(exc, str(candidate))
     now = time.time()
-    start = _moment(since, now, "--since")
-    end = _moment(until, now, "--until") if until else now
+    start = moment(since, now, "--since")
+    end = moment(until, now, "--until") if until else now
     report = replay_store(store_url(load(config)), candidate, since=start, until=end,
                           examples=examples, jobs=jobs)
     text = {"text": render_text, "json": dumps}.get(format)
     print(text(report) if text else report.csv(), end="")
 
 
-def _moment(text: str, now: float, option: str) -> float:
+def moment(text: str, now: float, option: str) -> float:
     """A duration means that long before `now`; otherwise an ISO 8601 time (UTC if no zone)."""
     try:
         return now - parse_duration(text)
