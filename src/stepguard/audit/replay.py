@@ -284,27 +284,30 @@ def recorded_requests(entry: AuditEntry) -> Iterable[Replayed]:
         return
     ip = str(entry.request.get("client_ip", ""))
     pseudonymised = ip.startswith("ip:")
-    base = {"scheme": str(recorded.get("scheme") or "https"),
-            "client_ip": "" if pseudonymised else ip,
-            "action": str(entry.request.get("action", "")),
-            "attributes": dict(recorded.get("attrs") or {})}
+    attributes = dict(recorded.get("attrs") or {})
     state = _state(entry.subject, recorded.get("session"))
     risk = _risk(entry.detail)
     grants = _grants(entry.subject, recorded.get("grants"))
     before, before_rule = _before(entry)
-    shared = {"seq": entry.seq, "subject": entry.subject, "state": state, "risk": risk,
-              "grants": grants, "before": before, "before_rule": before_rule,
-              "attributes": frozenset(base["attributes"]), "pseudonymised": pseudonymised}
     host = str(entry.request.get("host", ""))
+
+    def one(method: str, path: str, at: float, count: int) -> Replayed:
+        context = RequestContext(
+            method=method, host=host, path=path, scheme=str(recorded.get("scheme") or "https"),
+            client_ip="" if pseudonymised else ip, action=str(entry.request.get("action", "")),
+            attributes=attributes)
+        return Replayed(seq=entry.seq, at=at, subject=entry.subject, context=context,
+                        state=state, risk=risk, grants=grants, before=before,
+                        before_rule=before_rule, count=count,
+                        attributes=frozenset(attributes), pseudonymised=pseudonymised)
+
     if entry.outcome == "allow_summary":
         first = float(entry.detail.get("first", entry.at))
         for method, path, count in entry.detail.get("requests", []):
-            context = RequestContext(method=str(method), host=host, path=str(path), **base)
-            yield Replayed(at=first, context=context, count=int(count), **shared)
+            yield one(str(method), str(path), first, int(count))
         return
-    context = RequestContext(method=str(entry.request.get("method", "GET")), host=host,
-                             path=str(entry.request.get("path", "/")), **base)
-    yield Replayed(at=entry.at, context=context, count=1, **shared)
+    yield one(str(entry.request.get("method", "GET")), str(entry.request.get("path", "/")),
+              entry.at, 1)
 
 
 def _before(entry: AuditEntry) -> tuple[str, str]:

@@ -115,9 +115,9 @@ class Webhook:
         return status in _RETRY_STATUS or status >= 500, f"HTTP {status}"
 
     def _delay(self, attempt: int) -> float:
-        delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
+        delay = min(self.max_backoff, self.backoff * 2.0 ** (attempt - 1))
         return delay * (0.5 + random.random() / 2)  # jitter: receivers recovering are not stampeded
 
 
 def _host(url: str) -> str:
-    return httpx.URL(url).host
+    return str(httpx.URL(url).host)

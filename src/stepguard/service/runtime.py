@@ -159,7 +159,8 @@ def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,
     if loaded.policy.report:
         log.warning("the policy is in report mode: every request passes; would-be step-ups and "
                     "denies are only audited and counted (docs/operations.md)")
-    runtime.replayed = audit_spill.replay(runtime.spill_dir, runtime.audit)
+    runtime.replayed = audit_spill.replay(loaded.path.parent / config.audit.spill_dir,
+                                          runtime.audit)
     runtime.notifier = _notifier(runtime)
     return runtime
 

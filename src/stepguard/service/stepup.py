@@ -37,6 +37,7 @@ from stepguard.service.throttle import user_factor_key
 from stepguard.storage.records import (
     HELD_BODY_LIMIT,
     ChallengeRecord,
+    FactorKind,
     FactorRecord,
     PushRecord,
     Reserved,
@@ -463,7 +464,8 @@ class StepUp:
             raise VerificationFailed(f"{method} cannot be used for this request.")
         return challenge
 
-    def _factors(self, user_id: str, kind: str, challenge: ChallengeRecord) -> list[FactorRecord]:
+    def _factors(self, user_id: str, kind: FactorKind,
+                 challenge: ChallengeRecord) -> list[FactorRecord]:
         # A factor added after the challenge started cannot satisfy it (SECURITY.md case 10).
         return [
             f

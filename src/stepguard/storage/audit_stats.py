@@ -42,7 +42,8 @@ class AuditStats:
                         func.count(), requests)
                  .where(t.c.at >= since, t.c.at < until)
                  .group_by(t.c.kind, t.c.decision, t.c.outcome, t.c.factor, t.c.rule))
-        return [Tally(*row[:5], int(row[5]), int(row[6] or 0)) for row in self._run(query)]
+        return [Tally(str(row[0]), str(row[1]), str(row[2]), str(row[3]), str(row[4]),
+                      int(row[5]), int(row[6] or 0)) for row in self._run(query)]
 
     def timeline(self, *, since: float, until: float,
                  bucket: float) -> list[tuple[float, str, int]]:
