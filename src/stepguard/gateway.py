@@ -39,6 +39,7 @@ from stepguard.service.hot_metrics import FastCounter, FastHistogram
 from stepguard.service.runtime import Runtime
 from stepguard.service.stepup import StepUp
 from stepguard.web import metrics_access
+from stepguard.web.admin import AdminConsole
 from stepguard.web.portal import Portal
 from stepguard.web.security import SecurityHeadersMiddleware
 
@@ -187,6 +188,7 @@ def create_app(runtime: Runtime) -> Gateway:
         *([] if runtime.config.upstreams else [Route("/", root)]),
         *decision_api_routes(runtime, guard, stepup),
         *portal.routes(),
+        *AdminConsole(portal).routes(),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     https = runtime.config.server.public_url.startswith("https://")

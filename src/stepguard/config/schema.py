@@ -370,6 +370,24 @@ class NotificationsSection(Section):
         return value
 
 
+ADMIN_ROLES = ("auditor", "operator", "admin")
+AdminRole = Literal["auditor", "operator", "admin"]
+
+
+def _default_roles() -> dict[AdminRole, list[str]]:
+    return {"admin": ["admins"], "operator": ["operators"], "auditor": ["auditors"]}
+
+
+class AdminSection(Section):
+    """Who may use the admin console, by group (an IdP's groups work too)."""
+
+    roles: dict[AdminRole, list[str]] = Field(
+        default_factory=_default_roles,
+        description="role -> groups holding it; a user gets the highest role of their groups. "
+                    "auditor: read-only; operator: also unlock, disable, end sessions; admin: "
+                    "also create users and reset factors")
+
+
 class StepguardConfig(Section):
     policy: str = Field("policy.yaml", description="policy file, relative to this file")
     server: ServerSettings = ServerSettings()
@@ -388,6 +406,7 @@ class StepguardConfig(Section):
     redis: RedisSettings = RedisSettings()
     metrics: MetricsSection = MetricsSection()
     notifications: NotificationsSection = NotificationsSection()
+    admin: AdminSection = AdminSection()
 
 
 class ApiSection(Section):

@@ -106,6 +106,13 @@ class Accounts:
         )
         return len(factors)
 
+    def end_sessions(self, user_id: str, *, by: str = "cli") -> int:
+        """Revoke every session of a user (honoured by the next request everywhere)."""
+        ended = self.rt.store.sessions.revoke_all_for_user(user_id, now=self.rt.now())
+        self.rt.record(kind="admin", subject=user_id, outcome="sessions_ended",
+                       detail={"by": by, "count": ended})
+        return ended
+
     def set_password(self, user_id: str, password: str, *, by: str = "cli") -> bool:
         """A new password ends every session of the user (SECURITY.md: revoke-all) and lifts
         any throttle lock (the old password's guesses no longer matter)."""

@@ -40,6 +40,7 @@ from stepguard.storage.audit_store import SqlAuditLog
 from stepguard.storage.dead_letters import DeadLetters
 from stepguard.storage.interfaces import Store
 from stepguard.storage.migrate import upgrade
+from stepguard.storage.policy_versions import PolicyVersion, PolicyVersions
 from stepguard.storage.redis_throttle import RedisThrottle, connect
 from stepguard.storage.sql import SqlStore
 
@@ -75,6 +76,7 @@ class Runtime:
     config_dir: Path = Path()
     replayed: list[Path] = field(default_factory=list)
     notifier: Notifier | None = None
+    policy_version: PolicyVersion | None = None
     _refs: dict[str, str] = field(default_factory=dict, repr=False)
 
     def now(self) -> float:
@@ -162,6 +164,10 @@ def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,
     runtime.replayed = audit_spill.replay(loaded.path.parent / config.audit.spill_dir,
                                           runtime.audit)
     runtime.notifier = _notifier(runtime)
+    engine = getattr(store, "engine", None)
+    if engine is not None:  # each distinct policy text is numbered (admin page: version, diff)
+        runtime.policy_version = PolicyVersions(engine).record(
+            loaded.policy_path.read_text(), source=loaded.policy_path.name, now=clock())
     return runtime
 
 

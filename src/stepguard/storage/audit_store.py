@@ -157,6 +157,22 @@ class SqlAuditLog:
             return [*bounds, audit_entries.c.seq < 0]  # nothing in the period
         return [*bounds, audit_entries.c.seq >= int(low), audit_entries.c.seq <= int(high)]
 
+    def latest(self, *, before_seq: int | None = None, limit: int = 50,
+               subject: str | None = None, kind: str | None = None, rule: str | None = None,
+               outcome: str | None = None, since: float | None = None,
+               until: float | None = None) -> list[AuditEntry]:
+        """One page, newest first: at most `limit` entries before `before_seq` under the filters
+        (a (filter, seq) index range read backwards; never the whole ledger)."""
+        conditions = _filters(None, subject, kind, rule, outcome)
+        if before_seq is not None:
+            conditions.append(audit_entries.c.seq < before_seq)
+        if since is not None or until is not None:
+            conditions.extend(self._time_range(since, until))
+        query = (select(audit_entries).where(*conditions)
+                 .order_by(audit_entries.c.seq.desc()).limit(max(1, min(limit, 1000))))
+        with self._read() as connection:
+            return [_entry(row) for row in connection.execute(query)]
+
     def count(self) -> int:
         """How many entries are stored (pruned ones not included)."""
         with self._read() as connection:

@@ -1,4 +1,5 @@
-"""The portal: sign-in, step-up, account and admin pages (Jinja2, no front-end build).
+"""The portal: sign-in, step-up and account pages (Jinja2, no front-end build); the admin
+console is `web.admin`.
 
 Handlers translate HTTP to the service layer and back; the service does the work in threads so the
 event loop never waits on the store or argon2.
@@ -94,10 +95,6 @@ class Portal:
             r("/account/push-device/finish", self.push_device_finish, methods=["POST"]),
             r("/account/push/{pid}", self.push_page, methods=["GET"]),
             r("/account/push/{pid}", self.push_answer, methods=["POST"]),
-            r("/admin", self.admin_page, methods=["GET"]),
-            r("/admin/sessions/revoke", self.admin_revoke, methods=["POST"]),
-            r("/admin/users/disable", self.admin_disable, methods=["POST"]),
-            r("/admin/users/unlock", self.admin_unlock, methods=["POST"]),
         ]
 
     def client_ip(self, request: Request) -> str:
@@ -864,138 +861,6 @@ class Portal:
             )
 
         return await self._json_call(request, finish)
-
-    # ------------------------------------------------------------------ admin
-
-    async def _admin(self, request: Request) -> tuple[SessionRecord, UserRecord] | Response:
-        found = await self._signed_in(request)
-        if isinstance(found, Response):
-            return found
-        session, user = found
-        if "admins" not in user.groups:
-            return self.message(request, "Not allowed", "The admin console is for admins.", 403)
-        context = self.context(request)
-        check = await run_in_threadpool(self.guard.check, context, self.token(request))
-        if not check.decision.allowed:
-            if check.decision.outcome.value == "deny":
-                return self.message(request, "Not allowed", " ".join(check.decision.reasons), 403)
-            challenge = await run_in_threadpool(
-                lambda: self.stepup.start(
-                    check.decision, context, session, return_url=str(request.url.path)
-                )
-            )
-            return RedirectResponse(f"/step-up/{challenge.id}", 303)
-        return found
-
-    async def admin_page(self, request: Request) -> Response:
-        found = await self._admin(request)
-        if isinstance(found, Response):
-            return found
-        q = request.query_params
-        filters = {
-            "user": q.get("user", ""),
-            "rule": q.get("rule", ""),
-            "outcome": q.get("outcome", ""),
-        }
-        view = await run_in_threadpool(self._admin_view, filters)
-        return self.page(
-            request,
-            "admin.html",
-            *found,
-            filters=filters,
-            revoke_url="/admin/sessions/revoke",
-            disable_url="/admin/users/disable",
-            unlock_url="/admin/users/unlock",
-            **view,
-        )
-
-    def _admin_view(self, filters: dict[str, str]) -> dict[str, Any]:
-        store = self.rt.store
-        users = store.users.list(limit=200)
-        names = {u.id: u.username for u in users}
-        subject = next((u.id for u in users if u.username == filters["user"]), filters["user"])
-        entries = list(
-            self.rt.audit_log.entries(
-                subject=subject or None,
-                rule=filters["rule"] or None,
-                outcome=filters["outcome"] or None,
-            )
-        )[-100:][::-1]
-        return {
-            "users": [
-                {
-                    "id": u.id,
-                    "username": u.username,
-                    "display_name": u.display_name,
-                    "groups": sorted(u.groups),
-                    "disabled": u.disabled,
-                    "factor_count": len(store.factors.for_user(u.id)),
-                }
-                for u in users
-            ],
-            "sessions": [
-                {
-                    "id": s.id,
-                    "user": names.get(s.user_id, s.user_id),
-                    "ip": s.ip,
-                    "last_seen_text": _when(s.last_seen),
-                }
-                for u in users
-                for s in store.sessions.list_for_user(u.id)
-            ],
-            "entries": [
-                {
-                    "seq": e.seq,
-                    "at_text": _when(e.at),
-                    "kind": e.kind,
-                    "subject": names.get(e.subject, e.subject),
-                    "rule": e.rule,
-                    "decision": e.decision,
-                    "outcome": e.outcome,
-                    "factor": e.factor,
-                    "reasons": list(e.reasons),
-                }
-                for e in entries
-            ],
-        }
-
-    async def admin_revoke(self, request: Request) -> Response:
-        found = await self._admin(request)
-        if isinstance(found, Response):
-            return found
-        form = await self.form(request, found[0])
-        await run_in_threadpool(
-            self.accounts.revoke_session, None, form.get("session_id", ""), admin=found[1].id
-        )
-        return RedirectResponse("/admin", 303)
-
-    async def admin_disable(self, request: Request) -> Response:
-        found = await self._admin(request)
-        if isinstance(found, Response):
-            return found
-        form = await self.form(request, found[0])
-        await run_in_threadpool(self.accounts.disable_user, form.get("user_id", ""), by=found[1].id)
-        return RedirectResponse("/admin", 303)
-
-    async def admin_unlock(self, request: Request) -> Response:
-        """Lift a user's throttle locks: a confirmation page first, then the unlock."""
-        found = await self._admin(request)
-        if isinstance(found, Response):
-            return found
-        try:
-            form = await self.form(request, found[0])
-        except CsrfRejected:
-            return self.message(request, "Request refused", "The form expired.", 403)
-        user = await run_in_threadpool(self.rt.store.users.get, form.get("user_id", ""))
-        if user is None:
-            return self.message(request, "No such user", "That user does not exist.", 404)
-        if form.get("confirm") != "yes":
-            return self.page(request, "admin_unlock.html", *found,
-                             account={"id": user.id, "username": user.username},
-                             unlock_url="/admin/users/unlock", cancel_url="/admin")
-        await run_in_threadpool(self.accounts.unlock, user.id, by=found[1].id)
-        return RedirectResponse("/admin", 303)
-
 
 _BROWSERS = (("Edg/", "Edge"), ("OPR/", "Opera"), ("Firefox/", "Firefox"),
              ("Chromium/", "Chromium"), ("Chrome/", "Chrome"), ("Version/", "Safari"))
