@@ -234,3 +234,80 @@ def test_the_policy_page_shows_the_version_in_force_and_its_diff(tmp_path: Path)
     assert "+    require: {level: aal2, max_age: 30m" in page.text
     assert "preview" in page.text and "report" in page.text
     assert "version 2" in overview.text and "mode <strong>enforce</strong>" in overview.text
+
+
+def seed_activity(c: Console) -> None:
+    rt = c.runtime
+    for n in range(40):
+        rt.record(kind="decision", subject=c.target.user.id, decision=("allow", "step_up",
+                  "deny")[n % 3], outcome="x", rule=("console", "a-rather-long-rule-name-for-"
+                  "customer-exports", "critical-risk")[n % 3],
+                  detail={"signals": ["new_device", "impossible_travel"][: n % 3]})
+        if n % 4 == 0:
+            rt.record(kind="challenge", subject=c.target.user.id, rule="console",
+                      outcome="started")
+            rt.record(kind="verification", subject=c.target.user.id, factor="totp",
+                      outcome="passed")
+        c.clock.advance(3600)
+    rt.record(kind="verification", subject=c.target.user.id, outcome="locked")
+    rt.audit.flush(timeout=10)
+
+
+@pytest.mark.browser
+def test_the_dashboard_is_readable_at_phone_width(console: Console) -> None:
+    from playwright.sync_api import Route as PwRoute
+    from playwright.sync_api import sync_playwright
+
+    from tests.support.servers import require_binaries
+
+    require_binaries("chromium")
+    seed_activity(console)
+    client = console.client("auditor")
+    html = client.get("/admin/dashboard", params={"period": "7d"})
+    assert html.status_code == 200, html.text[:300]
+    for name in ("Decisions over time", "Step-ups started and passed", "Top rules",
+                 "Top risk signals", "Lockouts", "new_device", "critical-risk"):
+        assert name in html.text, name
+    assert "<script" not in html.text.split("<main", 1)[1]  # server-side charts, no script
+
+    def serve(route: PwRoute) -> None:  # every request answered by the app in process
+        url = route.request.url.removeprefix(BASE)
+        answer = client.get(url)
+        route.fulfill(status=answer.status_code, body=answer.content,
+                      headers={k: v for k, v in answer.headers.items()
+                               if k.lower() not in ("content-length", "content-encoding")})
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path="/usr/bin/chromium", headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=1)
+        csp_errors: list[str] = []
+        page.on("console", lambda m: csp_errors.append(m.text) if m.type == "error" else None)
+        page.route(f"{BASE}/**", serve)
+        page.goto(f"{BASE}/admin/dashboard?period=7d")
+        overflow = page.evaluate("document.documentElement.scrollWidth")
+        charts = page.evaluate("""() => [...document.querySelectorAll('svg.chart')].map(svg => {
+            const box = svg.getBoundingClientRect();
+            const scale = svg.getScreenCTM().a;
+            const sizes = [...svg.querySelectorAll('text')].map(
+                t => parseFloat(getComputedStyle(t).fontSize) * scale);
+            const clipped = [...svg.querySelectorAll('text')].filter(t => {
+                const r = t.getBoundingClientRect();
+                return r.right > box.right + 1 || r.left < box.left - 1; }).length;
+            return {left: box.left, right: box.right, smallest: Math.min(...sizes), clipped,
+                    label: svg.getAttribute('aria-labelledby')}; })""")
+        (Path(__file__).parents[2] / "test-output" / "screenshots").mkdir(parents=True,
+                                                                            exist_ok=True)
+        page.screenshot(path=str(Path(__file__).parents[2] / "test-output" / "screenshots"
+                                 / "admin-dashboard-390.png"), full_page=True)
+        browser.close()
+    client.close()
+    assert overflow <= 390, overflow
+    assert len(charts) == 5
+    for chart in charts:
+        assert chart["left"] >= 0 and chart["right"] <= 390, chart
+        assert chart["smallest"] >= 11, chart  # readable text at phone width
+        assert chart["clipped"] == 0, chart
+    assert not [e for e in csp_errors if "Content Security Policy" in e], csp_errors

@@ -261,6 +261,7 @@ class AdminConsole:
                 series[key][index] += count
         started: dict[str, int] = {}
         passed: dict[str, int] = {}
+        tried: dict[str, int] = {}  # per factor: verifications answered (passed or failed)
         rules: dict[str, int] = {}
         lockouts = 0
         for t in tallies:
@@ -268,13 +269,16 @@ class AdminConsole:
                 started[t.rule or "-"] = started.get(t.rule or "-", 0) + t.entries
             if t.kind == "verification" and t.outcome == "passed":
                 passed[t.factor or "-"] = passed.get(t.factor or "-", 0) + t.entries
+            if t.kind == "verification" and t.factor and (
+                    t.outcome in ("passed", "refused") or t.outcome.startswith("failed:")):
+                tried[t.factor] = tried.get(t.factor, 0) + t.entries
             if t.kind == "decision" and t.decision in ("step_up", "deny"):
                 rules[t.rule or "-"] = rules.get(t.rule or "-", 0) + t.entries
             if t.kind == "verification" and t.outcome == "locked":
                 lockouts += t.entries
         signals = self._signals(since, now + 1)
         top_rules = sorted(rules.items(), key=lambda kv: (-kv[1], kv[0]))[:8]
-        factors = sorted(set(passed))
+        factors = sorted(set(passed) | set(tried))
         total_started = sum(started.values())
         labels = [datetime.fromtimestamp(s, UTC).strftime(label) for s in starts]
         return {
@@ -282,9 +286,11 @@ class AdminConsole:
                 ("Decisions over time", charts.stacked(
                     "Decisions by outcome over time", labels, series, ident="decisions")),
                 ("Step-ups started and passed", charts.paired(
-                    "Step-ups started (all factors) and passed, per factor",
-                    [("all factors", total_started, sum(passed.values())),
-                     *[(f, 0, passed[f]) for f in factors]], ("started", "passed"),
+                    "Step-ups started and passed: challenges in all, then per factor the "
+                    "proofs tried and passed",
+                    [("all challenges", total_started, sum(passed.values())),
+                     *[(f, tried.get(f, 0), passed.get(f, 0)) for f in factors]],
+                    ("started", "passed"),
                     ident="stepups")),
                 ("Top rules (step-ups and denies)", charts.bars(
                     "Rules that stepped up or denied most", top_rules, ident="rules",
