@@ -176,7 +176,8 @@ def lock_alice(runtime: Runtime, alice: Seeded, clock: Clock) -> None:
 def test_users_unlock_lifts_the_lock(runtime: Runtime, alice: Seeded, clock: Clock,
                                      config_path: Path) -> None:
     lock_alice(runtime, alice, clock)
-    result = CliRunner().invoke(cli, ["users", "unlock", "alice", "--config", str(config_path)])
+    result = CliRunner().invoke(cli, ["users", "unlock", "alice", "--config", str(config_path),
+                                        "--yes"])
     assert result.exit_code == 0, result.output
     assert "unlocked" in result.output
     assert login(browser(runtime), "alice", alice.password, STRANGER).status_code == 303

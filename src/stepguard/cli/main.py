@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from stepguard.cli import api_keys_cmd, policy_cmd, replay_cmd, report_cmd, server_cmd
+from stepguard.cli import admin_cmd, api_keys_cmd, policy_cmd, replay_cmd, report_cmd, server_cmd
 from stepguard.cli.output import console, fail_with_problems
 from stepguard.config.load import load_config
 from stepguard.core.errors import ConfigError
@@ -17,6 +17,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 policy_cmd.app.command("replay")(replay_cmd.replay_cmd)
+policy_cmd.app.command("versions")(admin_cmd.policy_versions)
+policy_cmd.app.command("diff")(admin_cmd.policy_diff)
 app.add_typer(policy_cmd.app, name="policy")
 app.add_typer(report_cmd.app, name="report")
 
