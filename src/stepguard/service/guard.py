@@ -47,7 +47,7 @@ class Check:
 
 
 @dataclass(frozen=True, slots=True)
-class _Loaded:
+class Loaded:
     """What one token's decisions need, valid while its session's and user's versions hold."""
 
     record: SessionRecord
@@ -57,11 +57,11 @@ class _Loaded:
     versions: tuple[int, int]
 
     @classmethod
-    def of(cls, snapshot: SessionSnapshot) -> _Loaded:
+    def of(cls, snapshot: SessionSnapshot) -> Loaded:
         return cls(snapshot.record, snapshot.user, snapshot.grants, snapshot.history,
                    snapshot.versions.pair)
 
-    def seen(self, versions: Versions) -> _Loaded:
+    def seen(self, versions: Versions) -> Loaded:
         """This copy with the store's last-seen time when another instance saw it later."""
         if versions.last_seen <= self.record.last_seen:
             return self
@@ -92,20 +92,20 @@ class SessionCache:
 
     def __init__(self, size: int = 10_000) -> None:
         self.size = size
-        self._items: OrderedDict[str, _Loaded] = OrderedDict()
+        self._items: OrderedDict[str, Loaded] = OrderedDict()
         self._flights: dict[str, _Flight] = {}
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: str) -> _Loaded | None:
+    def get(self, key: str) -> Loaded | None:
         found = self._items.get(key)
         if found is not None:
             with self._lock, contextlib.suppress(KeyError):
                 self._items.move_to_end(key)
         return found
 
-    def put(self, key: str, loaded: _Loaded) -> None:
+    def put(self, key: str, loaded: Loaded) -> None:
         with self._lock:
             self._items[key] = loaded
             self._items.move_to_end(key)
@@ -151,14 +151,14 @@ class Guard:
         loaded = self.load(token)
         return (loaded.record, loaded.user) if loaded else None
 
-    def _alive(self, loaded: _Loaded) -> bool:
+    def _alive(self, loaded: Loaded) -> bool:
         record = loaded.record
         settings = self.rt.policy.levels[Level.AAL1]
         now = self.rt.now()
         return (not loaded.user.disabled and now - record.created <= settings.max_session
                 and now - record.last_seen <= settings.idle)
 
-    def load(self, token: str | None) -> _Loaded | None:
+    def load(self, token: str | None) -> Loaded | None:
         """The session, user, grants and risk history of a token, as of this moment: the cached
         copy once its versions are read unchanged, or a fresh load (one load per token at a
         time; concurrent requests for it wait, then only compare versions)."""
@@ -174,7 +174,7 @@ class Guard:
                 found = self._read(key, self.cache.get(key))
         return found if found is not None and self._alive(found) else None
 
-    def _read(self, key: str, cached: _Loaded | None, *, connect: bool = True) -> _Loaded | None:
+    def _read(self, key: str, cached: Loaded | None, *, connect: bool = True) -> Loaded | None:
         """None (no live session), the cached copy (versions unchanged, last seen brought up
         to date) or a fresh copy (now cached)."""
         known = cached.versions if cached is not None else UNKNOWN
@@ -199,7 +199,7 @@ class Guard:
             return fresh
         self.cache.misses += 1
         self.rt.observer.cache_miss.inc()
-        loaded = _Loaded.of(found)
+        loaded = Loaded.of(found)
         self.cache.put(key, loaded)
         return loaded
 
@@ -209,7 +209,7 @@ class Guard:
         yet, a load in flight, a grant to spend, a challenge to start, a busy audit queue)."""
         if self.rt.audit.backlog > AUDIT_INLINE_LIMIT:
             return None
-        loaded: _Loaded | None = None
+        loaded: Loaded | None = None
         if token:
             if len(token) > 256:
                 return None
@@ -236,22 +236,34 @@ class Guard:
         return check
 
     def check(self, context: RequestContext, token: str | None, *, audit: bool = True) -> Check:
-        now = self.rt.now()
         loaded = self.load(token)
+        return self.judge(context, loaded, key=hash_token(token) if token else None, audit=audit)
+
+    def judge(self, context: RequestContext, loaded: Loaded | None, *, key: str | None = None,
+              audit: bool = True) -> Check:
+        """The decision flow over what was loaded: decide → consume a single-use grant (decide
+        again without it if another request spent it) → note the amount → audit. Every door
+        comes through here: `check` with a session token, the MCP door with an agent's state
+        (`key` None: nothing to note as seen)."""
+        now = self.rt.now()
         result = self._decide(context, loaded)
         decision = result.decision
         if decision.consume_grant and not self._consume(decision, result.session):
             spent = [g for g in loaded.grants if g.id != decision.consume_grant] if loaded else []
             decision = decide(self.rt.policy, context, result.state, result.risk, spent, now)
             result = replace(result, decision=decision)
-        if loaded is not None and token:
-            self._touch(loaded, hash_token(token), context, now)
+        if loaded is not None and key:
+            self._touch(loaded, key, context, now)
         self._remember_amount(result)
         if audit:
             self._audit(result)
         return result
 
-    def _decide(self, context: RequestContext, loaded: _Loaded | None) -> Check:
+    def preview(self, context: RequestContext, loaded: Loaded | None) -> Check:
+        """What `judge` would decide now, with nothing spent, noted or audited."""
+        return self._decide(context, loaded)
+
+    def _decide(self, context: RequestContext, loaded: Loaded | None) -> Check:
         """Risk and `core.decide` over what `load` found (pure but for the location lookup)."""
         record, user = (loaded.record, loaded.user) if loaded else (None, None)
         state = record.state(user.subject()) if record and user else None
@@ -279,7 +291,7 @@ class Guard:
         return assess(context=context, session=state, history=history, location=location,
                       settings=self.rt.risk, now=self.rt.now())
 
-    def _touch(self, loaded: _Loaded, key: str, context: RequestContext, now: float) -> None:
+    def _touch(self, loaded: Loaded, key: str, context: RequestContext, now: float) -> None:
         """Note the session as seen (written behind, in batches) at most every `TOUCH_EVERY`."""
         record = loaded.record
         if now - record.last_seen < TOUCH_EVERY:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from stepguard.storage.agent_tokens import MemoryAgentTokens
 from stepguard.core.context import AuthEvent
 from stepguard.core.errors import Conflict, StoreUnavailable
 from stepguard.core.grant import Grant
@@ -576,6 +577,7 @@ class MemoryStore:
         self.throttle = MemoryThrottle(self, throttle or ThrottleSettings())
         self.history = MemoryHistory(self)
         self.api_keys = MemoryApiKeys(self)
+        self.agent_tokens = MemoryAgentTokens()
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
