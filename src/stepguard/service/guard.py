@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 
 from stepguard.audit.ledger import AuditEvent, AuditKind, request_summary
@@ -240,11 +240,12 @@ class Guard:
         return self.judge(context, loaded, key=hash_token(token) if token else None, audit=audit)
 
     def judge(self, context: RequestContext, loaded: Loaded | None, *, key: str | None = None,
-              audit: bool = True) -> Check:
+              audit: bool = True, detail: Mapping[str, object] | None = None) -> Check:
         """The decision flow over what was loaded: decide → consume a single-use grant (decide
         again without it if another request spent it) → note the amount → audit. Every door
         comes through here: `check` with a session token, the MCP door with an agent's state
-        (`key` None: nothing to note as seen)."""
+        (`key` None: nothing to note as seen; `detail` joins the audit entry, which is then
+        always an entry of its own)."""
         now = self.rt.now()
         result = self._decide(context, loaded)
         decision = result.decision
@@ -256,7 +257,7 @@ class Guard:
             self._touch(loaded, key, context, now)
         self._remember_amount(result)
         if audit:
-            self._audit(result)
+            self._audit(result, detail)
         return result
 
     def preview(self, context: RequestContext, loaded: Loaded | None) -> Check:
@@ -302,37 +303,38 @@ class Guard:
         if current is not None and current.versions == loaded.versions:
             self.cache.put(key, replace(current, record=replace(current.record, last_seen=now)))
 
-    def _audit(self, check: Check) -> None:
+    def _audit(self, check: Check, extra: Mapping[str, object] | None = None) -> None:
         """Allows cost a counter (a plain allow in summary mode) or an unchecked event, checked
         and sealed in the audit writer's thread; every other decision is checked and logged
         here (they are few)."""
         d = check.decision
         if d.outcome is Outcome.ALLOW:
-            self._audit_allow(check, d)
+            self._audit_allow(check, d, extra)
             return
         self.rt.record(kind="decision", subject=check.user.id if check.user else "",
                        session_id=check.session.id if check.session else "",
                        request=request_summary(check.context, ip_key=self.rt.ip_key),
                        decision=d.outcome.value, rule=d.rule, reasons=d.reasons,
                        outcome="login" if d.login else d.outcome.value,
-                       detail=_detail(d, check.risk))
+                       detail={**_detail(d, check.risk), **(extra or {})})
 
 
-    def _audit_allow(self, check: Check, d: Decision) -> None:
+    def _audit_allow(self, check: Check, d: Decision,
+                     extra: Mapping[str, object] | None = None) -> None:
         rt, user, context = self.rt, check.user, check.context
         subject = user.id if user else ""
         session = rt.session_ref(check.session.id) if check.session else ""
         rt.observer.allowed(d.rule)
         summary = rt.audit.summary
         if (summary is not None and self._plain.get(d.rule, False) and not d.grant_id
-                and check.risk.level == "low"):
+                and check.risk.level == "low" and extra is None):
             summary.note(subject=subject, session=session, rule=d.rule, at=rt.now(),
                          host=context.host, method=context.method, path=context.path)
             return
         event = AuditEvent.unchecked(
             at=rt.now(), kind=AuditKind.DECISION, subject=subject, session=session,
             request=request_summary(context, ip_key=rt.ip_key), decision="allow", rule=d.rule,
-            reasons=d.reasons, outcome="allow", detail=_detail(d, check.risk))
+            reasons=d.reasons, outcome="allow", detail={**_detail(d, check.risk), **(extra or {})})
         rt.audit.submit(event, checked=False)
         if rt.observer.debug:
             rt.observer.event(event.checked())
@@ -354,6 +356,8 @@ def _detail(decision: Decision, risk: RiskAssessment) -> dict[str, object]:
     if decision.grant_id:
         detail["grant"] = decision.grant_id
         detail["consumed"] = bool(decision.consume_grant)
+    if decision.binding:
+        detail["binding"] = decision.binding
     if decision.outcome is Outcome.STEP_UP and decision.requirement is not None:
         detail["level"] = decision.requirement.level.label
     return detail
