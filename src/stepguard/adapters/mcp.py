@@ -156,7 +156,7 @@ class McpDoor:
         try:
             await exchange.run(receive)
         except UpstreamError as exc:
-            await exchange.fail(502, INTERNAL_ERROR, exc.reason)
+            await exchange.fail(502, INTERNAL_ERROR, str(exc))
         except StoreUnavailable:
             await exchange.fail(503, INTERNAL_ERROR, "Stepguard cannot reach its store; the "
                                 "call was not run. Try again shortly.")
@@ -232,7 +232,7 @@ class _Exchange:
         try:
             message = loads_json(body)
         except BadRequest as exc:
-            await _error(self.send, 400, None, PARSE_ERROR, exc.reason)
+            await _error(self.send, 400, None, PARSE_ERROR, str(exc))
             return
         problem = _shape(message)
         if problem is not None:
@@ -291,7 +291,7 @@ class _Exchange:
         try:
             call = tool_call(self.server, message.get("params"))
         except BadRequest as exc:
-            await _error(self.send, 200, ident, INVALID_PARAMS, exc.reason)
+            await _error(self.send, 200, ident, INVALID_PARAMS, str(exc))
             return
         door = self.door
         loaded = await run_in_threadpool(door.agents.loaded, self.agent, ip=self.client_ip,
