@@ -413,19 +413,14 @@ def test_huge_messages_and_missing_or_foreign_credentials_are_refused(door: Door
     assert httpx.post(door.mcp_url("nope"), content="{}", timeout=10,
                       headers={"Authorization": f"Bearer {door.token}"}).status_code == 404
 
-    async def session_of_alice() -> str:
-        async with connect(door) as client:
-            await client.list_tools()
-            return str(client.session._dispatcher.transport.session_id)  # type: ignore[attr-defined]
-
-    try:
-        session = asyncio.run(session_of_alice())
-    except AttributeError:
-        session = ""
-    if session:
-        foreign = post(door, '{"jsonrpc":"2.0","id":1,"method":"tools/list"}',
-                       token=door.other_token, headers={"Mcp-Session-Id": session})
-        assert foreign.status_code == 404
+    init = post(door, json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "1"}}}))
+    session = init.headers["mcp-session-id"]
+    listing = '{"jsonrpc":"2.0","id":2,"method":"tools/list"}'
+    assert post(door, listing, headers={"Mcp-Session-Id": session}).status_code == 200
+    foreign = post(door, listing, token=door.other_token, headers={"Mcp-Session-Id": session})
+    assert foreign.status_code == 404  # bob's agent cannot ride alice's session
     forged = post(door, '{"jsonrpc":"2.0","id":1,"method":"tools/list"}',
                   headers={"Mcp-Session-Id": "abc.def"})
     assert forged.status_code == 404

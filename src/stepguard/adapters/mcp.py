@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -408,10 +409,8 @@ class _Exchange:
                 return "passed"
             if challenge.expires <= self.door.rt.now():
                 return "expired"
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(waiter.event.wait(), POLL)
-            except TimeoutError:
-                pass
         return "expired"
 
     async def tool_error(self, ident: Any, text: str) -> None:

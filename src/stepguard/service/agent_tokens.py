@@ -28,7 +28,7 @@ from stepguard.service.runtime import Runtime
 from stepguard.storage.agent_tokens import AgentTokenRecord
 from stepguard.storage.records import SessionRecord, UserRecord
 
-TOKEN_PREFIX = "sga"
+TOKEN_PREFIX = "sga"  # noqa: S105 - the token shape's prefix, not a secret
 AGENT_FACTOR = "agent"
 TOUCH_EVERY = 60.0
 _TOKEN_SHAPE = re.compile(r"sga_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")

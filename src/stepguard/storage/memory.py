@@ -15,7 +15,6 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from stepguard.storage.agent_tokens import MemoryAgentTokens
 from stepguard.core.context import AuthEvent
 from stepguard.core.errors import Conflict, StoreUnavailable
 from stepguard.core.grant import Grant
@@ -27,6 +26,7 @@ from stepguard.service.throttle import (
     user_prefix,
 )
 from stepguard.service.throttle import check as throttle_check
+from stepguard.storage.agent_tokens import MemoryAgentTokens
 from stepguard.storage.records import (
     SESSION_EVENT_LIMIT,
     ApiKeyRecord,

@@ -12,8 +12,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from stepguard.service.throttle import ThrottleSettings
-from stepguard.storage.engine import make_engine
 from stepguard.storage.agent_tokens import SqlAgentTokens
+from stepguard.storage.engine import make_engine
 from stepguard.storage.session_states import SqlSessionStates
 from stepguard.storage.sql_api_keys import SqlApiKeys
 from stepguard.storage.sql_base import Database
