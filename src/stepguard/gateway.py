@@ -42,6 +42,7 @@ from stepguard.service.guard import Guard
 from stepguard.service.runtime import Runtime
 from stepguard.service.stepup import StepUp
 from stepguard.web import metrics_access
+from stepguard.web.agents_page import AgentsPage
 from stepguard.web.portal import Portal
 from stepguard.web.security import SecurityHeadersMiddleware
 
@@ -197,6 +198,7 @@ def create_app(runtime: Runtime) -> Gateway:
         *([] if runtime.config.upstreams else [Route("/", root)]),
         *decision_api_routes(runtime, guard, stepup),
         *portal.routes(),
+        *AgentsPage(portal).routes(),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     https = runtime.config.server.public_url.startswith("https://")

@@ -282,7 +282,8 @@ class _Exchange:
         reply = await self.upstream.send("POST", body, self.headers, None)
         upstream_id = reply.headers.pop(SESSION_HEADER, None)
         self.session = McpSession(upstream_id or "", url_mode, client)
-        reply.headers[SESSION_HEADER] = self.door.wrap(self.agent, self.session)
+        if reply.status == 200:  # a session only for an initialize the upstream accepted
+            reply.headers[SESSION_HEADER] = self.door.wrap(self.agent, self.session)
         await self.relay(reply)
 
     # ------------------------------------------------------------------ tools/call
