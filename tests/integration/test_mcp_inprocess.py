@@ -21,7 +21,8 @@ from tests.support.servers import REPO_ROOT, Process, free_port, python_env
 
 BANK = REPO_ROOT / "examples" / "mcp_bank"
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-    "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    "protocolVersion": "2025-11-25", "capabilities": {},
+    "clientInfo": {"name": "t", "version": "1"}}}
 
 
 @pytest.fixture(scope="module")
