@@ -28,8 +28,9 @@ from stepguard.service.accounts import Accounts, NeedsFreshProof
 from stepguard.service.guard import Guard
 from stepguard.service.push_devices import PushDevices
 from stepguard.service.runtime import Runtime, new_id, sign
-from stepguard.service.stepup import ChallengeGone, Passed, StepUp
+from stepguard.service.stepup import ChallengeGone, Passed, StepUp, delegated
 from stepguard.storage.records import SessionRecord, UserRecord
+from stepguard.web.agent_calls import agent_call_view
 from stepguard.web.render import Renderer
 from stepguard.web.security import (
     CsrfRejected,
@@ -316,6 +317,7 @@ class Portal:
             # Only a request whose body is held is replayed; others are simply retried.
             "held_method": challenge.held_method if challenge.held_body else "GET",
             "return_url": challenge.return_url,
+            "agent_call": agent_call_view(challenge),
         }
         return self.page(
             request,
@@ -375,6 +377,8 @@ class Portal:
     def _next_url(self, passed: Passed) -> str:
         """After a pass: the confirmation page of a held request, else the return URL."""
         challenge = passed.challenge
+        if delegated(challenge):  # an agent's tool call: the agent runs it, nothing to send
+            return "/account?approved=agent-call"
         if challenge.held_method not in ("GET", "HEAD") and challenge.held_body:
             return f"/step-up/{challenge.id}/confirm"
         return self.safe(challenge.return_url)
