@@ -121,7 +121,12 @@ def create_app(runtime: Runtime) -> Gateway:
     guard, stepup, accounts = Guard(runtime), StepUp(runtime), Accounts(runtime)
     metrics = Metrics.of(runtime.observer.registry)
     forward = ForwardAuth(runtime, guard, stepup, observe=metrics.forward_auth)
-    portal = Portal(runtime, guard, stepup, accounts)
+    https = runtime.config.server.public_url.startswith("https://")
+    proxy = (ReverseProxy(runtime, guard, stepup, https=https,
+                          unavailable=metrics.unavailable.inc)
+             if runtime.config.upstreams else None)
+    portal = Portal(runtime, guard, stepup, accounts,
+                    replay=proxy.replay if proxy is not None else None)
     forward_auth = forward.endpoint(CaddyStrategy())
     auth_request = forward.endpoint(NginxStrategy())
 
@@ -191,10 +196,6 @@ def create_app(runtime: Runtime) -> Gateway:
         *portal.routes(),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    https = runtime.config.server.public_url.startswith("https://")
-    proxy = (ReverseProxy(runtime, guard, stepup, https=https,
-                          unavailable=metrics.unavailable.inc)
-             if runtime.config.upstreams else None)
     own_prefixes = tuple(_literal_prefix(r) for r in routes)
     if proxy is not None:
         routes.append(Route("/{path:path}", proxy, methods=list(PROXIED_METHODS)))
@@ -205,7 +206,7 @@ def create_app(runtime: Runtime) -> Gateway:
                AUTH_REQUEST_PATH: (auth_request, AUTH_REQUEST_METHODS)}
     app.proxy, app.own_prefixes = proxy, own_prefixes
     if proxy is not None:
-        app.state.replay, app.state.proxy = proxy.replay, proxy
+        app.state.proxy = proxy
     app.state.runtime, app.state.guard, app.state.stepup = runtime, guard, stepup
     app.state.accounts, app.state.portal = accounts, portal
     app.add_middleware(SecurityHeadersMiddleware, https=https)
