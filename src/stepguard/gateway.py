@@ -126,7 +126,12 @@ def create_app(runtime: Runtime) -> Gateway:
     guard, stepup, accounts = Guard(runtime), StepUp(runtime), Accounts(runtime)
     metrics = Metrics.of(runtime.observer.registry)
     forward = ForwardAuth(runtime, guard, stepup, observe=metrics.forward_auth)
-    portal = Portal(runtime, guard, stepup, accounts)
+    https = runtime.config.server.public_url.startswith("https://")
+    proxy = (ReverseProxy(runtime, guard, stepup, https=https,
+                          unavailable=metrics.unavailable.inc)
+             if runtime.config.upstreams else None)
+    portal = Portal(runtime, guard, stepup, accounts,
+                    replay=proxy.replay if proxy is not None else None)
     forward_auth = forward.endpoint(CaddyStrategy())
     auth_request = forward.endpoint(NginxStrategy())
 
@@ -199,10 +204,6 @@ def create_app(runtime: Runtime) -> Gateway:
         *AgentsPage(portal).routes(),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    https = runtime.config.server.public_url.startswith("https://")
-    proxy = (ReverseProxy(runtime, guard, stepup, https=https,
-                          unavailable=metrics.unavailable.inc)
-             if runtime.config.upstreams else None)
     mcp = McpDoor(runtime, guard, stepup) if runtime.config.mcp_servers else None
     own_prefixes = tuple(_literal_prefix(r) for r in routes) + ((MCP_PREFIX,) if mcp else ())
     if proxy is not None:
@@ -214,7 +215,7 @@ def create_app(runtime: Runtime) -> Gateway:
                AUTH_REQUEST_PATH: (auth_request, AUTH_REQUEST_METHODS)}
     app.proxy, app.own_prefixes, app.mcp = proxy, own_prefixes, mcp
     if proxy is not None:
-        app.state.replay, app.state.proxy = proxy.replay, proxy
+        app.state.proxy = proxy
     app.state.runtime, app.state.guard, app.state.stepup = runtime, guard, stepup
     app.state.accounts, app.state.portal = accounts, portal
     app.add_middleware(SecurityHeadersMiddleware, https=https)

@@ -172,6 +172,13 @@ class StepUp:
             raise ChallengeGone("This confirmation belongs to another session.")
         return challenge
 
+    def passed(self, challenge_id: str, session: SessionRecord) -> ChallengeRecord | None:
+        """This session's passed challenge (its held request waits for confirmation), or None."""
+        challenge = self.rt.store.challenges.get(challenge_id)
+        if challenge is None or challenge.status != "passed" or challenge.session_id != session.id:
+            return None
+        return challenge
+
     def methods_for(self, challenge: ChallengeRecord, user_id: str) -> list[str]:
         """Methods the requirement allows, that reach its level and the user has set up."""
         requirement = challenge.requirement

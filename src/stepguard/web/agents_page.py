@@ -22,8 +22,9 @@ PATH = "/account/agents"
 
 class AgentsPage:
     def __init__(self, portal: Portal) -> None:
-        self.portal = portal
-        self.tokens = AgentTokens(portal.rt)
+        self.pages, self.account = portal.pages, portal.account
+        self.rt = portal.pages.rt
+        self.tokens = AgentTokens(self.rt)
 
     def routes(self) -> list[Route]:
         return [Route(PATH, self.show, methods=["GET"]),
@@ -31,51 +32,51 @@ class AgentsPage:
                 Route(f"{PATH}/revoke", self.revoke, methods=["POST"])]
 
     async def show(self, request: Request, *, token: str = "", status: int = 200) -> Response:
-        found = await self.portal._signed_in(request)
+        found = await self.pages.signed_in(request)
         if isinstance(found, Response):
             return found
         session, user = found
-        now = self.portal.rt.now()
+        now = self.rt.now()
         rows = await run_in_threadpool(self.tokens.for_user, user.id)
         agents = [{"id": r.id, "name": r.name, "live": r.live(now),
                    "expires": r.expires, "last_used": r.last_used} for r in rows]
-        return self.portal.page(request, "agents.html", session, user, status, agents=agents,
+        return self.pages.page(request, "agents.html", session, user, status, agents=agents,
                                 new_token=token, create_url=PATH, revoke_url=f"{PATH}/revoke",
-                                mcp_url=self.portal.rt.config.server.public_url.rstrip("/")
+                                mcp_url=self.rt.config.server.public_url.rstrip("/")
                                 + "/mcp/<server>")
 
     async def create(self, request: Request) -> Response:
-        found = await self.portal._signed_in(request)
+        found = await self.pages.signed_in(request)
         if isinstance(found, Response):
             return found
         session, user = found
         try:
-            form = await self.portal.form(request, session)
-            self.portal.accounts.require_fresh(session, first_factor_ok=False)
+            form = await self.pages.form(request, session)
+            self.account.accounts.require_fresh(session, first_factor_ok=False)
             issued = await run_in_threadpool(
                 self.tokens.create, user.id, form.get("name", ""),
-                ttl=self.portal.rt.config.mcp.agent_token_ttl)
+                ttl=self.rt.config.mcp.agent_token_ttl)
         except CsrfRejected:
-            return self.portal.message(request, "Request refused", "The form expired.", 403)
-        except NeedsFreshProof as exc:
-            return await self.portal.confirm_first(request, session, user, exc, PATH)
+            return self.pages.message(request, "Request refused", "The form expired.", 403)
+        except NeedsFreshProof:
+            return await self.account.confirm_first(request, session, PATH)
         except ValueError as exc:
-            return self.portal.message(request, "Not created", str(exc), 400,
+            return self.pages.message(request, "Not created", str(exc), 400,
                                        {"href": PATH, "text": "Back to agents"})
         return await self.show(request, token=issued.token)
 
     async def revoke(self, request: Request) -> Response:
-        found = await self.portal._signed_in(request)
+        found = await self.pages.signed_in(request)
         if isinstance(found, Response):
             return found
         session, user = found
         try:
-            form = await self.portal.form(request, session)
+            form = await self.pages.form(request, session)
             await run_in_threadpool(self.tokens.revoke, form.get("token_id", ""),
                                     user_id=user.id)
         except CsrfRejected:
-            return self.portal.message(request, "Request refused", "The form expired.", 403)
+            return self.pages.message(request, "Request refused", "The form expired.", 403)
         except AgentTokenNotFound:
-            return self.portal.message(request, "Not found", "No such agent token.", 404,
+            return self.pages.message(request, "Not found", "No such agent token.", 404,
                                        {"href": PATH, "text": "Back to agents"})
         return RedirectResponse(PATH, 303)
