@@ -274,10 +274,23 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return total
 
 
+METRICS_TOKEN = secrets.token_urlsafe(24)  # /metrics answers only with it (404 otherwise)
+
+
+def with_metrics(config: Path) -> Path:
+    """The config with a metrics token, so that the cache counters can be read."""
+    with config.open("a") as out:
+        out.write(f'metrics: {{token: "{METRICS_TOKEN}"}}\n')
+    return config
+
+
 def cache_counts(bases: Sequence[str]) -> tuple[float, float]:
     hits = misses = 0.0
     for base in bases:
-        text = httpx.get(base + "/metrics", timeout=10.0).text
+        answer = httpx.get(base + "/metrics", timeout=10.0,
+                           headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+        answer.raise_for_status()
+        text = answer.text
         for result, value in re.findall(
                 r'^stepguard_session_cache_total\{result="(hit|miss)"\} ([0-9.e+]+)$', text,
                 re.MULTILINE):
@@ -390,7 +403,7 @@ def tokens_file(folder: Path, people: Sequence[Person]) -> Path:
 def sqlite_setup(workdir: Path, users: int) -> Iterator[tuple[Target, list[Person]]]:
     solo = instance(workdir, workdir / "stepguard.yaml", "sqlite")
     public = f"http://localhost:{solo.port}"
-    config = write_config(workdir, public_url=public, policy=FLEET_POLICY)
+    config = with_metrics(write_config(workdir, public_url=public, policy=FLEET_POLICY))
     people = seed(config, users)
     with ExitStack() as stack:
         solo.start()
@@ -413,8 +426,8 @@ def fleet_setup(workdir: Path, users: int) -> Iterator[tuple[Target, list[Person
         app = stack.enter_context(noop_server(workdir, 1, "noop"))
         nginx_port = free_port()
         public = f"http://localhost:{nginx_port}"
-        config = fleet_config(workdir, store_url=url, redis_url=redis.redis_url,
-                              public_url=public, allows="summary")
+        config = with_metrics(fleet_config(workdir, store_url=url, redis_url=redis.redis_url,
+                                           public_url=public, allows="summary"))
         people = seed(config, users)
         members = [instance(workdir, config, name) for name in ("a", "b")]
         start_all(members)
