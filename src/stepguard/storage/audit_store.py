@@ -169,7 +169,7 @@ class SqlAuditLog:
         if since is not None or until is not None:
             conditions.extend(self._time_range(since, until))
         query = (select(audit_entries).where(*conditions)
-                 .order_by(audit_entries.c.seq.desc()).limit(max(1, min(limit, 1000))))
+                 .order_by(audit_entries.c.seq.desc()).limit(max(0, min(limit, 10_000))))
         with self._read() as connection:
             return [_entry(row) for row in connection.execute(query)]
 

@@ -24,15 +24,17 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from stepguard.audit.commands import verify_log
 from stepguard.audit.ledger import AuditEntry, VerifyReport
-from stepguard.storage.audit_stats import AuditStats
-from stepguard.storage.dead_letters import DeadLetters
-from stepguard.storage.policy_versions import PolicyVersions, policy_diff
+from stepguard.service.accounts import Accounts
+from stepguard.service.admin_queries import AdminQueries, AuditFilters
+from stepguard.service.guard import Guard
+from stepguard.service.stepup import StepUp
+from stepguard.storage.policy_versions import policy_diff
 from stepguard.storage.records import SessionRecord, UserRecord
 from stepguard.web import charts
-from stepguard.web.portal import Portal
+from stepguard.web.page import Pages
 from stepguard.web.security import CsrfRejected
+from stepguard.web.text import when as _when
 
 RANK = {"auditor": 1, "operator": 2, "admin": 3}
 PAGE = 50
@@ -54,12 +56,10 @@ AdminHandler = Callable[[Request, Operator], Awaitable[Response]]
 
 
 class AdminConsole:
-    def __init__(self, portal: Portal) -> None:
-        self.portal, self.rt = portal, portal.rt
-        engine = getattr(self.rt.store, "engine", None)
-        self.stats = AuditStats(engine) if engine is not None else None
-        self.letters = DeadLetters(engine) if engine is not None else None
-        self.versions = PolicyVersions(engine) if engine is not None else None
+    def __init__(self, pages: Pages, guard: Guard, stepup: StepUp, accounts: Accounts) -> None:
+        self.pages, self.rt = pages, pages.rt
+        self.guard, self.stepup, self.accounts = guard, stepup, accounts
+        self.queries = AdminQueries(pages.rt)
         self.verified: tuple[float, VerifyReport] | None = None
 
     def table(self) -> list[tuple[str, str, str, AdminHandler]]:
@@ -99,7 +99,7 @@ class AdminConsole:
         return endpoint
 
     async def _enter(self, request: Request, needed: str) -> Operator | Response:
-        portal = self.portal
+        portal = self.pages
         found = await portal.session(request)
         if found is None:
             return RedirectResponse(f"/login?rd={quote(request.url.path, safe='')}", 303)
@@ -110,19 +110,19 @@ class AdminConsole:
             return portal.message(request, "Not allowed", f"Your account may not use {words}.",
                                   403)
         context = portal.context(request)
-        check = await run_in_threadpool(portal.guard.check, context, portal.token(request))
+        check = await run_in_threadpool(self.guard.check, context, portal.token(request))
         if not check.decision.allowed:
             if check.decision.outcome.value == "deny":
                 return portal.message(request, "Not allowed", " ".join(check.decision.reasons),
                                       403)
             back = "/admin" if request.method != "GET" else request.url.path
             challenge = await run_in_threadpool(
-                lambda: portal.stepup.start(check.decision, context, session, return_url=back))
+                lambda: self.stepup.start(check.decision, context, session, return_url=back))
             return RedirectResponse(f"/step-up/{challenge.id}", 303)
         return Operator(session, user, role)
 
     def _page(self, request: Request, who: Operator, name: str, **context: Any) -> Response:
-        response = self.portal.page(request, name, who.session, who.user, role=who.role,
+        response = self.pages.page(request, name, who.session, who.user, role=who.role,
                                     may={r: who.may(r) for r in RANK}, **context)
         response.headers["Cache-Control"] = "no-store"
         return response
@@ -135,20 +135,18 @@ class AdminConsole:
                           **view)
 
     def _overview(self) -> dict[str, Any]:
-        store, state = self.rt.store, self.rt.audit_log.state()
-        users = store.users.list(limit=500)
-        names = {u.id: u.username for u in users}
+        q = self.queries
+        people, state = q.people(), q.ledger()
+        names = people.names
         version = self.rt.policy_version
         now = self.rt.now()
-        shadow = self._shadow(now - 86400.0, now + 1)
         return {
             "users": [{"id": u.id, "username": u.username, "display_name": u.display_name,
                        "groups": sorted(u.groups), "disabled": u.disabled,
                        "role": self.role_of(u) or "",
-                       "factor_count": len(store.factors.for_user(u.id))} for u in users],
+                       "factor_count": people.factor_counts.get(u.id, 0)} for u in people.users],
             "sessions": [{"id": s.id, "user": names.get(s.user_id, s.user_id), "ip": s.ip,
-                          "last_seen_text": _when(s.last_seen)}
-                         for u in users for s in store.sessions.list_for_user(u.id)],
+                          "last_seen_text": _when(s.last_seen)} for s in people.sessions],
             "chain": {"head": state.head.seq, "hash": state.head.hash[:16],
                       "count": state.count, "checkpoint": state.checkpoint_seq,
                       "verified": self._verified()},
@@ -157,16 +155,14 @@ class AdminConsole:
                        "loaded": _when(version.loaded_at) if version else "",
                        "mode": "report" if self.rt.policy.report else "enforce",
                        "report_rules": [r.name for r in self.rt.policy.rules if r.report]},
-            "shadow": shadow,
-            "dead_letters": self.letters.count() if self.letters else 0,
+            "shadow": self._shadow(now - 86400.0, now + 1),
+            "dead_letters": q.dead_letter_count(),
         }
 
     def _shadow(self, since: float, until: float) -> list[dict[str, Any]]:
         """Per rule, real outcomes beside the would-be outcomes of report mode."""
-        if self.stats is None:
-            return []
         rows: dict[str, dict[str, int]] = {}
-        for t in self.stats.tallies(since=since, until=until):
+        for t in self.queries.activity(since=since, until=until).tallies:
             if t.kind != "decision":
                 continue
             row = rows.setdefault(t.rule or "-", {})
@@ -190,17 +186,11 @@ class AdminConsole:
         return self._page(request, who, "admin_audit.html", filters=filters, **view)
 
     def _audit_view(self, filters: dict[str, str], before: int | None) -> dict[str, Any]:
-        store = self.rt.store
-        subject = filters["user"]
-        if subject:
-            user = store.users.by_username(subject)
-            subject = user.id if user is not None else subject
-        entries = self.rt.audit_log.latest(
-            before_seq=before, limit=PAGE, subject=subject or None,
-            rule=filters["rule"] or None, outcome=filters["outcome"] or None,
-            kind=filters["kind"] or None, since=_day(filters["from"]),
-            until=_day(filters["to"], end=True))
-        names = {u.id: u.username for u in store.users.list(limit=500)}
+        entries = self.queries.page(AuditFilters(
+            user=filters["user"], rule=filters["rule"], outcome=filters["outcome"],
+            kind=filters["kind"], since=_day(filters["from"]),
+            until=_day(filters["to"], end=True)), before=before, limit=PAGE)
+        names = self.queries.people().names
         more = len(entries) == PAGE
         query = {k: v for k, v in filters.items() if v}
         return {"entries": [_row(e, names) for e in entries],
@@ -214,7 +204,7 @@ class AdminConsole:
 
     def _policy_view(self) -> dict[str, Any]:
         current = self.rt.policy_version
-        versions = self.versions.latest(20) if self.versions else []
+        versions = self.queries.policy_versions(20)
         previous = next((v for v in versions if current and v.version < current.version), None)
         return {
             "current": {"version": current.version, "digest": current.digest,
@@ -231,7 +221,7 @@ class AdminConsole:
         }
 
     async def notifications(self, request: Request, who: Operator) -> Response:
-        letters = await run_in_threadpool(self.letters.recent) if self.letters else []
+        letters = await run_in_threadpool(self.queries.dead_letters)
         return self._page(request, who, "admin_notifications.html", letters=[
             {"at": _when(x.created_at), "target": x.target, "event": x.event,
              "attempts": x.attempts, "error": x.last_error} for x in letters])
@@ -247,14 +237,12 @@ class AdminConsole:
         length, bucket, label = PERIODS[period]
         now = self.rt.now()
         since = (now // bucket + 1) * bucket - length
-        if self.stats is None:
-            return {"charts": [], "tables": []}
-        tallies = self.stats.tallies(since=since, until=now + 1)
+        activity = self.queries.activity(since=since, until=now + 1, bucket=bucket)
+        tallies = activity.tallies
         starts = [since + i * bucket for i in range(int(length // bucket))]
         series: dict[str, list[float]] = {k: [0.0] * len(starts)
                                           for k in ("allow", "step_up", "deny")}
-        for start, decision, count in self.stats.timeline(since=since, until=now + 1,
-                                                          bucket=bucket):
+        for start, decision, count in activity.timeline:
             index = int((start - since) // bucket)
             if 0 <= index < len(starts):
                 key = decision if decision in series else "deny"
@@ -276,7 +264,7 @@ class AdminConsole:
                 rules[t.rule or "-"] = rules.get(t.rule or "-", 0) + t.entries
             if t.kind == "verification" and t.outcome == "locked":
                 lockouts += t.entries
-        signals = self._signals(since, now + 1)
+        signals = sorted(activity.signals.items(), key=lambda kv: (-kv[1], kv[0]))[:8]
         top_rules = sorted(rules.items(), key=lambda kv: (-kv[1], kv[0]))[:8]
         factors = sorted(set(passed) | set(tried))
         total_started = sum(started.values())
@@ -308,23 +296,13 @@ class AdminConsole:
                        ("Top risk signals", signals, ["signal", "decisions"])],
         }
 
-    def _signals(self, since: float, until: float, sample: int = 5000) -> list[tuple[str, int]]:
-        """Signals of the latest `sample` decision entries of the period (one indexed page
-        read backwards, not the ledger)."""
-        counts: dict[str, int] = {}
-        for entry in self.rt.audit_log.latest(kind="decision", since=since, until=until,
-                                              limit=min(sample, 1000)):
-            for name in entry.detail.get("signals", []) or []:
-                counts[str(name)] = counts.get(str(name), 0) + 1
-        return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:8]
-
     # ------------------------------------------------------------------ actions
 
     async def verify_chain(self, request: Request, who: Operator) -> Response:
         refused = await self._form(request, who)
         if isinstance(refused, Response):
             return refused
-        report = await run_in_threadpool(verify_log, self.rt.audit_log, public_key=None)
+        report = await run_in_threadpool(self.queries.verify)
         self.verified = (time.time(), report)
         text = "Ledger intact." if report.ok else f"Ledger BROKEN: {report}"
         return RedirectResponse("/admin?" + urlencode({"m": text}), 303)
@@ -333,24 +311,24 @@ class AdminConsole:
         form = await self._form(request, who)
         if isinstance(form, Response):
             return form
-        target = await run_in_threadpool(self.rt.store.sessions.get, form.get("session_id", ""))
+        target = await run_in_threadpool(self.queries.session, form.get("session_id", ""))
         if target is None:
-            return self.portal.message(request, "No such session", "It has ended.", 404,
+            return self.pages.message(request, "No such session", "It has ended.", 404,
                                        link={"href": "/admin", "text": "Back"})
-        owner = await run_in_threadpool(self.rt.store.users.get, target.user_id)
+        owner = await run_in_threadpool(self.queries.user, target.user_id)
         name = owner.username if owner else target.user_id
         return await self._confirmed(
             request, who, form, f"End this session of {name}?",
             f"The session of {name} from {target.ip or 'an unknown address'} ends on its next "
             "request, on every instance.", {"session_id": target.id},
-            lambda: self.portal.accounts.revoke_session(None, target.id, admin=who.user.id),
+            lambda: self.accounts.revoke_session(None, target.id, admin=who.user.id),
             "Session ended.")
 
     async def disable_user(self, request: Request, who: Operator) -> Response:
         return await self._user_action(
             request, who, "Disable {name}?", "{name} can no longer sign in, and every session "
             "of theirs ends on its next request.",
-            lambda user: self.portal.accounts.disable_user(user.id, by=who.user.id),
+            lambda user: self.accounts.disable_user(user.id, by=who.user.id),
             "{name} disabled.", not_self=True)
 
     async def unlock_user(self, request: Request, who: Operator) -> Response:
@@ -359,13 +337,13 @@ class AdminConsole:
             "sign-in and step-up attempts put on {name}, so that attempts from any address are "
             "accepted again. Do it only after you have checked that the attempts were not this "
             "person's, or have reset their password.",
-            lambda user: self.portal.accounts.unlock(user.id, by=who.user.id), "{name} unlocked.")
+            lambda user: self.accounts.unlock(user.id, by=who.user.id), "{name} unlocked.")
 
     async def end_sessions(self, request: Request, who: Operator) -> Response:
         return await self._user_action(
             request, who, "End every session of {name}?", "Every browser and client of {name} "
             "must sign in again.",
-            lambda user: self.portal.accounts.end_sessions(user.id, by=who.user.id),
+            lambda user: self.accounts.end_sessions(user.id, by=who.user.id),
             "Sessions of {name} ended.")
 
     async def reset_factors(self, request: Request, who: Operator) -> Response:
@@ -374,7 +352,7 @@ class AdminConsole:
             "authenticator apps, passkeys, push devices and recovery codes of {name} and ends "
             "their sessions; they keep their password and must enrol a second factor again. "
             "Confirm the person's identity out of band first.",
-            lambda user: self.portal.accounts.reset_factors(user.id, by=who.user.id),
+            lambda user: self.accounts.reset_factors(user.id, by=who.user.id),
             "Sign-in methods of {name} reset.", not_self=True)
 
     async def create_user(self, request: Request, who: Operator) -> Response:
@@ -384,11 +362,11 @@ class AdminConsole:
         username = form.get("username", "").strip()
         groups = tuple(g.strip() for g in form.get("groups", "").split(",") if g.strip())
         problem = _username_problem(username) or _groups_problem(groups)
-        taken = await run_in_threadpool(self.rt.store.users.by_username, username)
+        taken = await run_in_threadpool(self.queries.user_named, username)
         if problem is None and taken is not None:
             problem = "That username is taken."
         if problem:
-            return self.portal.message(request, "Cannot create the user", problem, 400,
+            return self.pages.message(request, "Cannot create the user", problem, 400,
                                        link={"href": "/admin", "text": "Back"})
         fields = {"username": username, "display_name": form.get("display_name", "")[:200],
                   "email": form.get("email", "")[:254], "groups": ",".join(groups)}
@@ -400,7 +378,7 @@ class AdminConsole:
                                                   if groups else "") + ".",
                               action=request.url.path, fields=fields)
         password = secrets.token_urlsafe(15)
-        await run_in_threadpool(lambda: self.portal.accounts.add_user(
+        await run_in_threadpool(lambda: self.accounts.add_user(
             username, password=password, display_name=fields["display_name"],
             email=fields["email"], groups=groups))
         return self._page(request, who, "admin_created.html", username=username,
@@ -412,12 +390,12 @@ class AdminConsole:
         form = await self._form(request, who)
         if isinstance(form, Response):
             return form
-        user = await run_in_threadpool(self.rt.store.users.get, form.get("user_id", ""))
+        user = await run_in_threadpool(self.queries.user, form.get("user_id", ""))
         if user is None:
-            return self.portal.message(request, "No such user", "That user does not exist.", 404,
+            return self.pages.message(request, "No such user", "That user does not exist.", 404,
                                        link={"href": "/admin", "text": "Back"})
         if not_self and user.id == who.user.id:
-            return self.portal.message(request, "Not on yourself", "Ask another administrator: "
+            return self.pages.message(request, "Not on yourself", "Ask another administrator: "
                                        "this would lock you out.", 409,
                                        link={"href": "/admin", "text": "Back"})
         name = user.username
@@ -437,9 +415,9 @@ class AdminConsole:
 
     async def _form(self, request: Request, who: Operator) -> dict[str, str] | Response:
         try:
-            return await self.portal.form(request, who.session)
+            return await self.pages.form(request, who.session)
         except CsrfRejected:
-            return self.portal.message(request, "Request refused", "The form expired or came "
+            return self.pages.message(request, "Request refused", "The form expired or came "
                                        "from another site; open the console and try again.",
                                        403, link={"href": "/admin", "text": "Back"})
 
@@ -452,12 +430,6 @@ def _row(entry: AuditEntry, names: dict[str, str]) -> dict[str, Any]:
             "request": f"{request.get('method', '')} {request.get('host', '')}"
                        f"{request.get('path', '')}".strip(),
             "reasons": list(entry.reasons)}
-
-
-def _when(at: float | None) -> str:
-    if at is None:
-        return ""
-    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _int(value: str | None) -> int | None:
