@@ -9,8 +9,8 @@ dead letters.
   page's "policy in force, its version and the diff against the previous one".
 - `notification_dead_letters`: webhook deliveries that failed every retry, kept for operators.
 
-Revision ID: 0010
-Revises: 0006
+Revision ID: 0010_rollout
+Revises: 0008_mcp
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0010"
-down_revision = "0006"
+revision = "0010_rollout"
+down_revision = "0008_mcp"
 branch_labels = None
 depends_on = None
 
