@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from stepguard.audit.ledger import AuditEvent, seal_chain
-from stepguard.audit.replay import DecisionInput, render_text, replay
+from stepguard.audit.replay import DecisionInput, recorded_requests, render_text, replay
 from stepguard.core.context import AuthEvent, RequestContext, SessionState, Subject
 from stepguard.core.levels import Level
 from stepguard.core.policy import compile_policy
@@ -69,3 +69,21 @@ def test_entries_without_inputs_are_counted_not_replayed() -> None:
     assert report.not_recorded == 1 and report.replayed == 0
     assert "1 without recorded inputs" in render_text(report)
     assert "No request would change outcome." in render_text(report)
+
+
+def test_another_doors_arguments_are_not_recorded_and_its_calls_replay_as_that_door() -> None:
+    from stepguard.core.toolcall import ToolCall, call_context
+
+    context = call_context(ToolCall(server="bank", tool="transfer",
+                                    arguments={"to": "DE-secret-iban", "amount": 5}),
+                           digest="ab" * 32)
+    recorded = DecisionInput(context, STATE, (), frozenset({"args.to", "args.amount"})).as_json()
+    assert recorded["attrs"] == {} and recorded["door"] == "mcp"
+    assert "DE-secret-iban" not in str(recorded)
+    event = AuditEvent(at=NOW, kind="decision", subject="u1",
+                       request={"method": context.method, "host": "bank",
+                                "path": "/bank/transfer", "action": "transfer"},
+                       decision="allow", rule="default", outcome="allow",
+                       detail={"input": recorded})
+    (request,) = list(recorded_requests(seal_chain([event])[0]))
+    assert request.context.door == "mcp" and request.context.call_digest == "ab" * 32

@@ -63,14 +63,19 @@ class DecisionInput:
 
     def as_json(self) -> dict[str, Any]:
         context, state = self.context, self.state
+        # Only the HTTP door's declared attributes are kept: another door redacts its own
+        # arguments (the MCP door's `mcp.redact`), and a rule reading them replays undetermined.
         recorded: dict[str, Any] = {
             "v": INPUT_VERSION,
             "scheme": context.scheme,
+            "door": context.door,
             "attrs": {k: _scalar(v) for k, v in context.attributes.items()
-                      if k in self.attributes},
+                      if k in self.attributes} if context.door == "http" else {},
             "session": None,
             "grants": [],
         }
+        if context.call_digest:
+            recorded["call_digest"] = context.call_digest
         if state is not None:
             recorded["session"] = {
                 "created": state.created, "last_seen": state.last_seen,
@@ -295,7 +300,8 @@ def recorded_requests(entry: AuditEntry) -> Iterable[Replayed]:
         context = RequestContext(
             method=method, host=host, path=path, scheme=str(recorded.get("scheme") or "https"),
             client_ip="" if pseudonymised else ip, action=str(entry.request.get("action", "")),
-            attributes=attributes)
+            attributes=attributes, door=str(recorded.get("door") or "http"),
+            call_digest=str(recorded.get("call_digest") or ""))
         return Replayed(seq=entry.seq, at=at, subject=entry.subject, context=context,
                         state=state, risk=risk, grants=grants, before=before,
                         before_rule=before_rule, count=count,
