@@ -12,6 +12,7 @@ from starlette.testclient import TestClient
 
 from stepguard.asgi import StepguardMiddleware
 from stepguard.audit.ledger import AuditEntry
+from stepguard.web.app import create_app
 from tests.integration.test_asgi_middleware import starlette_app
 from tests.integration.test_decision_api import (
     DECIDE_PATH,
@@ -20,6 +21,8 @@ from tests.integration.test_decision_api import (
     make_env,
     open_session,
 )
+from tests.integration.test_reverse_proxy import upstream  # noqa: F401  (the fixture)
+from tests.support.gateway import make_runtime, seed_user
 
 POLICY = """
 rules:
@@ -157,3 +160,27 @@ def test_plain_allows_still_cost_no_entry_of_their_own(env: Env) -> None:
     entries = decisions(env)
     assert [e.outcome for e in entries] == ["allow_summary"]
     assert entries[0].detail["count"] == 5
+
+
+def test_reverse_proxy_mode_passes_report_decisions_to_the_upstream(tmp_path: Path,
+                                                                     upstream: str) -> None:  # noqa: F811
+    """The fourth door: in reverse-proxy mode a report-mode step-up still reaches the upstream
+    with the user's identity, and a report-mode allow never opens an enforced deny."""
+    runtime = make_runtime(tmp_path, policy=POLICY,
+                           extra=f'upstreams:\n  - host: "*"\n    url: "{upstream}"\n')
+    try:
+        env = Env(runtime, runtime.clock, seed_user(runtime), "")  # type: ignore[arg-type]
+        token, _ = open_session(env)
+        with TestClient(create_app(runtime), base_url="http://localhost:9091",
+                        client=("203.0.113.5", 1000), follow_redirects=False) as client:
+            client.cookies.set("stepguard_session", token)
+            passed = client.get("/export/all", headers={"Accept": "text/html"})
+            assert passed.status_code == 200, passed.text
+            assert [v for k, v in passed.json()["headers"] if k.lower() == "remote-user"] == [
+                "alice"]
+            assert client.get("/blocked/x").status_code == 403
+        runtime.audit.flush(timeout=10)
+        outcomes = [(e.rule, e.outcome) for e in runtime.audit_log.entries(kind="decision")]
+        assert ("new-export", "would_step_up") in outcomes and ("blocked", "deny") in outcomes
+    finally:
+        runtime.close()
