@@ -37,9 +37,11 @@ from stepguard.adapters.proxy import ReverseProxy
 from stepguard.core.errors import BadRequest, StoreUnavailable
 from stepguard.service.accounts import Accounts
 from stepguard.service.guard import Guard
+from stepguard.service.idp import IdentityProviders
 from stepguard.service.runtime import Runtime
 from stepguard.service.stepup import StepUp
 from stepguard.web import metrics_access
+from stepguard.web.oidc import OidcPages
 from stepguard.web.portal import Portal
 from stepguard.web.security import SecurityHeadersMiddleware
 
@@ -122,6 +124,9 @@ def create_app(runtime: Runtime) -> Gateway:
     metrics = Metrics.of(runtime.observer.registry)
     forward = ForwardAuth(runtime, guard, stepup, observe=metrics.forward_auth)
     portal = Portal(runtime, guard, stepup, accounts)
+    providers = (IdentityProviders.start(runtime, accounts, stepup)
+                 if runtime.config.oidc.providers else None)
+    provider_pages = OidcPages(portal, providers) if providers is not None else None
     forward_auth = forward.endpoint(CaddyStrategy())
     auth_request = forward.endpoint(NginxStrategy())
 
@@ -179,6 +184,8 @@ def create_app(runtime: Runtime) -> Gateway:
         # The server has stopped accepting and finished its in-flight requests; now write the
         # audit queue (or spill it, see service/audit_spill.py) off the event loop.
         await run_in_threadpool(runtime.close)
+        if providers is not None:
+            providers.close()
 
     routes = [
         # Answered by `Gateway.__call__` first; here for any other method (405).
@@ -189,6 +196,7 @@ def create_app(runtime: Runtime) -> Gateway:
         *([] if runtime.config.upstreams else [Route("/", root)]),
         *decision_api_routes(runtime, guard, stepup),
         *portal.routes(),
+        *(provider_pages.routes() if provider_pages is not None else []),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     https = runtime.config.server.public_url.startswith("https://")
@@ -208,6 +216,7 @@ def create_app(runtime: Runtime) -> Gateway:
         app.state.replay, app.state.proxy = proxy.replay, proxy
     app.state.runtime, app.state.guard, app.state.stepup = runtime, guard, stepup
     app.state.accounts, app.state.portal = accounts, portal
+    app.state.identity_providers = providers
     app.add_middleware(SecurityHeadersMiddleware, https=https)
     return app
 

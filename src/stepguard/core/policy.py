@@ -36,7 +36,9 @@ ATTRIBUTE_TYPES = ("number", "string", "bool", "list")
 _TOP = frozenset({"version", "levels", "networks", "attributes", "rules", "default", "tests"})
 _RULE = frozenset({"name", "description", "match", "when", "require", "deny", "allow"})
 _MATCH = frozenset({"hosts", "methods", "paths", "users", "groups", "actions", "networks"})
-_REQUIRE = frozenset({"level", "max_age", "methods", "scope", "single_use", "bind", "reason"})
+_REQUIRE = frozenset({"level", "max_age", "methods", "scope", "single_use", "bind", "reason",
+                      "via"})
+VIA = ("local", "idp")  # step up with Stepguard's own factors, or at the identity provider
 _LEVEL = frozenset({"acr", "max_session", "idle"})
 
 
@@ -316,8 +318,12 @@ def _requirement(spec: Any, path: Path, name: str, env: _Env) -> Requirement:
     if scope is not None and not isinstance(scope, str):
         env.problems.add((*path, "scope"), "expected a scope name")
         scope = name
+    via = spec.get("via", "")
+    if via != "" and via not in VIA:
+        env.problems.add((*path, "via"), "expected local or idp")
+        via = "local"
     return Requirement(level=level, max_age=max_age, methods=methods, scope=scope,
-                       single_use=single_use, bind=tuple(bind), reason=reason)
+                       single_use=single_use, bind=tuple(bind), reason=reason, via=via)
 
 
 def _level_of(value: Any, path: Path, problems: _Problems) -> Level:

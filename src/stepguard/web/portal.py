@@ -62,6 +62,9 @@ class Portal:
             f"{origin.scheme}://{origin.netloc}",
             *[o.rstrip("/") for o in runtime.config.webauthn.origins],
         ]
+        # Set by `web.oidc.OidcPages` when identity providers are configured.
+        self.provider_buttons: list[dict[str, str]] = []
+        self.provider_logout: Callable[[SessionRecord], str] = lambda _session: ""
 
     # ------------------------------------------------------------------ plumbing
 
@@ -204,7 +207,14 @@ class Portal:
             challenge_id="",
             reasons=["Sign in to continue."],
             error=None,
+            **self.sign_in_options(rd),
         )
+
+    def sign_in_options(self, rd: str) -> dict[str, Any]:
+        """The identity providers' buttons (set by `web.oidc`) and the password form switch."""
+        buttons = [{**b, "action": f"{b['action']}?rd={quote(rd, safe='')}"}
+                   for b in self.provider_buttons]
+        return {"providers": buttons, "passwords": self.rt.config.oidc.passwords}
 
     async def login_submit(self, request: Request) -> Response:
         rd = self.safe(request.query_params.get("rd"))
@@ -214,10 +224,9 @@ class Portal:
             return self.message(
                 request, "Request refused", "The form expired. Please try again.", 403
             )
-        context = self.context(request)
-        new_device = not context.device_id
-        if new_device:  # named now, so that this very sign-in already records the device
-            context = replace(context, device_id=new_id())
+        if not self.rt.config.oidc.passwords:
+            return self._login_error(request, rd, "Sign in with your identity provider.", 403)
+        context = self.sign_in_context(request)
         try:
             signed = await run_in_threadpool(
                 self.accounts.sign_in, form.get("username", ""), form.get("password", ""), context
@@ -226,9 +235,20 @@ class Portal:
             return self._login_error(request, rd, _throttle_text(exc), 429)
         except VerificationFailed:
             return self._login_error(request, rd, "The username or password is not right.", 401)
-        response = self.with_token(RedirectResponse(rd, 303), signed.token)
+        return self.signed_in(request, rd, signed.token, context)
+
+    def sign_in_context(self, request: Request) -> RequestContext:
+        """The request's context, with a new device id when the browser has none yet (named now,
+        so that this very sign-in already records the device)."""
+        context = self.context(request)
+        return context if context.device_id else replace(context, device_id=new_id())
+
+    def signed_in(self, request: Request, rd: str, token: str,
+                  context: RequestContext) -> Response:
+        """After a sign-in: the session cookie, and the device cookie for a new device."""
+        response = self.with_token(RedirectResponse(rd, 303), token)
         response.delete_cookie(PRE_SESSION_COOKIE, path="/")
-        if new_device:
+        if not self.devices.device_id(request.cookies.get(DEVICE_COOKIE)):
             response.set_cookie(
                 DEVICE_COOKIE,
                 sign(self.rt.cookie_key, context.device_id),
@@ -249,6 +269,7 @@ class Portal:
             reasons=[],
             error=error,
             status=status,
+            **self.sign_in_options(rd),
         )
 
     async def logout(self, request: Request) -> Response:
@@ -259,7 +280,8 @@ class Portal:
             except CsrfRejected:
                 return self.message(request, "Request refused", "Please try again.", 403)
             await run_in_threadpool(self.accounts.sign_out, found[0])
-        response = RedirectResponse("/login", 303)
+        after = found and await run_in_threadpool(self.provider_logout, found[0])
+        response = RedirectResponse(after or "/login", 303)
         response.delete_cookie(self.cookie_name, path="/", domain=self.cookie_kwargs.get("domain"))
         return response
 
