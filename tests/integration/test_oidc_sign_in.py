@@ -159,7 +159,9 @@ def test_a_fresh_proof_rule_sends_prompt_login_and_checks_it(site: Site) -> None
     site.idps["corp"].id_token_hook = lambda h, c: (h, {**c, "auth_time": c["auth_time"] - 120})
     refused = browser.at_provider(start, method="mfa")
     refused = browser.get(refused.headers["location"])
-    assert refused.status_code == 403 and "did not ask you to sign in again" in refused.text
+    assert refused.status_code == 403
+    assert "older sign-in" in refused.text or "did not ask you to sign in again" in refused.text
+    assert forward_auth(browser, "/idp-fresh/pay", method="POST").status_code == 303
 
 
 def test_rule_via_local_offers_no_provider_and_via_idp_refuses_local_codes(site: Site) -> None:
