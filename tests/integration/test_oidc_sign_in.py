@@ -230,6 +230,8 @@ def test_a_callback_in_another_browser_is_refused(site: Site) -> None:
     pytest.param(lambda c: {k: v for k, v in c.items() if k != "nonce"}, id="nonce-missing"),
     pytest.param(lambda c: {**c, "aud": "another-client"}, id="aud-other-client"),
     pytest.param(lambda c: {**c, "aud": [CLIENT_ID, "another-client"]}, id="aud-extra"),
+    pytest.param(lambda c: {**c, "aud": [CLIENT_ID, "another-client"], "azp": CLIENT_ID},
+                 id="aud-extra-with-azp"),
     pytest.param(lambda c: {**c, "azp": "another-client"}, id="azp-other-client"),
     pytest.param(lambda c: {**c, "iss": "http://127.0.0.1:9/"}, id="iss-other"),
     pytest.param(lambda c: {**c, "exp": int(time.time()) - 600, "iat": int(time.time()) - 900},
@@ -292,6 +294,13 @@ def test_mix_up_an_answer_for_one_provider_at_another_providers_callback(site: S
                f"&iss={params['iss']}")
     refused = browser.get(at_corp)
     assert refused.status_code == 403 and "another provider" in refused.text
+    # The attacker also rewrites `iss` to the provider of the callback path.
+    again = browser.at_provider(browser.start_login("partner"))
+    params = query(again.headers["location"])
+    rewritten = (f"/oidc/corp/callback?code={params['code']}&state={params['state']}"
+                 f"&iss={site.idps['corp'].issuer}")
+    refused = browser.get(rewritten)
+    assert refused.status_code == 403 and "another provider's address" in refused.text
     # The right callback path, but the response names another issuer (RFC 9207).
     other = browser.at_provider(browser.start_login("corp"))
     params = query(other.headers["location"])
@@ -397,7 +406,8 @@ def test_forged_or_replayed_logout_tokens_are_refused(site: Site) -> None:
         idp.logout_token("another-client", sub="sub-alice"),
         idp.logout_token(CLIENT_ID, sub="sub-alice", events={}),
         idp.logout_token(CLIENT_ID, sub="sub-alice", nonce="n"),
-        idp.logout_token(CLIENT_ID, sub="sub-alice", iat=int(time.time()) - 3600),
+        idp.logout_token(CLIENT_ID, sub="sub-alice", iat=int(time.time()) - 400,
+                         exp=int(time.time()) + 60),
         idp.logout_token(CLIENT_ID),  # neither sub nor sid
         idp.sign({"typ": "JWT"}, {"iss": idp.issuer, "aud": CLIENT_ID, "sub": "sub-alice",
                                   "iat": int(time.time()), "exp": int(time.time()) + 60,
