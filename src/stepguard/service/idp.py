@@ -36,6 +36,7 @@ from stepguard.service.oidc import (
 from stepguard.service.runtime import Runtime, new_id
 from stepguard.service.stepup import ChallengeGone, Passed, StepUp
 from stepguard.storage.identity_records import IdentityRecord, OidcFlow, SessionLink
+from stepguard.storage.interfaces import Store
 from stepguard.storage.records import SessionRecord, UserRecord
 
 MAX_GROUPS = 100
@@ -350,16 +351,17 @@ class IdentityProviders:
                                       post_logout_redirect_uri=after,
                                       state=secrets.token_urlsafe(16))
 
-    def source_of(self, user_ids: list[str]) -> dict[str, str]:
-        """user id -> the provider that made it ("local" for the others)."""
-        found = {i.user_id: i.provider for i in self.rt.store.identities.for_users(user_ids)}
-        return {uid: found.get(uid, "local") for uid in user_ids}
-
     def _client(self, name: str) -> OidcClient:
         client = self.clients.get(name)
         if client is None:
             raise OidcRefused("No such identity provider.", code="unknown_provider")
         return client
+
+
+def sources(store: Store, user_ids: list[str]) -> dict[str, str]:
+    """user id -> where the user comes from: the identity provider that made it, else `local`."""
+    found = {i.user_id: i.provider for i in store.identities.for_users(user_ids)}
+    return {uid: found.get(uid, "local") for uid in user_ids}
 
 
 def groups_of(settings: OidcProvider, claims: Mapping[str, Any]) -> list[str]:

@@ -26,6 +26,7 @@ from stepguard.core.context import RequestContext
 from stepguard.core.errors import StepguardError, Throttled, VerificationFailed
 from stepguard.service.accounts import Accounts, NeedsFreshProof
 from stepguard.service.guard import Guard
+from stepguard.service.idp import sources
 from stepguard.service.push_devices import PushDevices
 from stepguard.service.runtime import Runtime, new_id, sign
 from stepguard.service.stepup import ChallengeGone, Passed, StepUp
@@ -935,6 +936,7 @@ class Portal:
         store = self.rt.store
         users = store.users.list(limit=200)
         names = {u.id: u.username for u in users}
+        source = sources(store, [u.id for u in users])
         subject = next((u.id for u in users if u.username == filters["user"]), filters["user"])
         entries = list(
             self.rt.audit_log.entries(
@@ -952,6 +954,7 @@ class Portal:
                     "groups": sorted(u.groups),
                     "disabled": u.disabled,
                     "factor_count": len(store.factors.for_user(u.id)),
+                    "source": source[u.id],
                 }
                 for u in users
             ],
