@@ -389,10 +389,9 @@ def test_back_channel_logout_ends_the_session(site: Site) -> None:
 
 
 def test_forged_or_replayed_logout_tokens_are_refused(site: Site) -> None:
+    import httpx
     from joserfc import jwt
     from joserfc.jwk import ECKey
-
-    import httpx
 
     browser = site.browser()
     browser.sign_in("corp", user="alice")
@@ -467,7 +466,8 @@ def test_an_unreachable_provider_is_a_clear_error_at_start(tmp_path: Path) -> No
 
 def test_the_demo_starts_with_the_bundled_provider(tmp_path: Path) -> None:
     from stepguard.demo.run import free_port as demo_port
-    from stepguard.demo.run import idp_config, start_idp, write_config as demo_config
+    from stepguard.demo.run import idp_config, start_idp
+    from stepguard.demo.run import write_config as demo_config
 
     port = demo_port()
     config = demo_config(tmp_path, port=port, bank_port=demo_port(),

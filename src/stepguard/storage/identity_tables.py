@@ -65,3 +65,5 @@ oidc_logout_tokens = Table(
     Column("key", String(64), primary_key=True),
     Column("expires", Double, nullable=False),
 )
+
+IDENTITY_TABLES = (user_identities, oidc_flows, oidc_sessions, oidc_logout_tokens)
