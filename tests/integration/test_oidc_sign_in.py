@@ -46,6 +46,7 @@ def _no_hooks(site: Site) -> Iterator[None]:
     yield
     for idp in site.idps.values():
         idp.id_token_hook = None
+        idp.userinfo_hook = None
 
 
 def _b64(data: bytes) -> str:
@@ -278,6 +279,21 @@ def test_a_token_signed_by_an_unpublished_key_is_refused(site: Site) -> None:
     site.idps["corp"].id_token_hook = lambda h, c: jwt.encode(
         {"alg": "ES256", "kid": foreign.kid}, c, foreign)
     assert site.browser().sign_in("corp").status_code == 403
+
+
+def test_userinfo_adds_claims_but_never_identity_or_proof(site: Site) -> None:
+    idp = site.idps["corp"]
+    idp.userinfo_hook = lambda info: {**info, "sub": "sub-bob"}
+    refused = site.browser().sign_in("corp", user="alice")
+    assert refused.status_code == 403 and "another user" in refused.text
+    idp.id_token_hook = lambda h, c: (h, {k: v for k, v in c.items() if k != "groups"})
+    idp.userinfo_hook = lambda info: {**info, "acr": "urn:demo-idp:phr", "amr": ["hwk"],
+                                      "groups": ["staff", "from-userinfo"]}
+    browser = site.browser()
+    assert browser.sign_in("corp", user="alice", method="pwd").status_code == 303
+    user = site.runtime.store.users.by_username("alice")
+    assert user is not None and "from-userinfo" in user.groups
+    assert forward_auth(browser, "/passkey/x").status_code == 302  # still a password sign-in
 
 
 def test_key_rotation_is_followed(site: Site) -> None:

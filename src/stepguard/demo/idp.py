@@ -98,7 +98,10 @@ class DemoIdp:
             Route("/login", self.login, methods=["POST"]),
             Route("/token", self.token, methods=["POST"]),
             Route("/logout", self.end_session),
+            Route("/userinfo", self.userinfo),
         ])
+        self._access: dict[str, str] = {}  # access token -> sub
+        self.userinfo_hook: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     # --- administration (the demo and the tests call these) -------------------------------------
 
@@ -158,7 +161,8 @@ class DemoIdp:
         return JSONResponse({
             "issuer": i, "authorization_endpoint": f"{i}/authorize",
             "token_endpoint": f"{i}/token", "jwks_uri": f"{i}/jwks",
-            "end_session_endpoint": f"{i}/logout", "response_types_supported": ["code"],
+            "end_session_endpoint": f"{i}/logout", "userinfo_endpoint": f"{i}/userinfo",
+            "response_types_supported": ["code"],
             "subject_types_supported": ["public"], "scopes_supported": ["openid", "profile",
                                                                         "email", "groups"],
             "id_token_signing_alg_values_supported": [self.alg],
@@ -229,9 +233,24 @@ class DemoIdp:
         challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
         if not hmac.compare_digest(challenge.rstrip(b"=").decode(), grant["code_challenge"]):
             return JSONResponse({"error": "invalid_grant", "error_description": "PKCE"}, 400)
-        return JSONResponse({"access_token": secrets.token_urlsafe(24), "token_type": "Bearer",
+        access = secrets.token_urlsafe(24)
+        self._access[access] = grant["login"].sub
+        return JSONResponse({"access_token": access, "token_type": "Bearer",
                              "expires_in": 300, "id_token": self._id_token(grant)},
                             headers={"Cache-Control": "no-store"})
+
+    async def userinfo(self, request: Request) -> Response:
+        header = request.headers.get("authorization", "")
+        sub = self._access.get(header[7:]) if header.lower().startswith("bearer ") else None
+        if sub is None:
+            return JSONResponse({"error": "invalid_token"}, 401)
+        user = self.users[sub]
+        info: dict[str, Any] = {"sub": sub, "preferred_username": user.username,
+                                "name": user.name, "email": user.email,
+                                "email_verified": user.email_verified, "groups": user.groups}
+        if self.userinfo_hook is not None:
+            info = self.userinfo_hook(info)
+        return JSONResponse(info)
 
     async def end_session(self, request: Request) -> Response:
         q = request.query_params

@@ -209,8 +209,11 @@ class IdentityProviders:
         if not code or len(code) > 2048:
             raise OidcRefused("The sign-in answer has no code.", code="no_code")
         tokens = client.exchange(code, code_verifier=flow.code_verifier)
-        return client.id_token(str(tokens["id_token"]), nonce=flow.nonce, max_age=flow.max_age,
-                               access_token=tokens.get("access_token"))
+        token = client.id_token(str(tokens["id_token"]), nonce=flow.nonce, max_age=flow.max_age,
+                                access_token=tokens.get("access_token"))
+        if flow.purpose == "login":
+            token = client.with_userinfo(token, tokens.get("access_token"))
+        return token
 
     # --- sign-in: just-in-time users ---------------------------------------------------------
 

@@ -18,7 +18,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -39,6 +39,9 @@ from stepguard.service.jwks import DISCOVERY_PATH, MAX_DOCUMENT_BYTES, JwksCache
 
 _JOSE_KEYS = {"RSA": RSAKey, "EC": ECKey, "OKP": OKPKey}  # JwksCache keeps only these types
 BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
+# Claims the UserInfo endpoint may never add: they identify the user or prove the sign-in.
+_PROTECTED = frozenset({"iss", "sub", "aud", "exp", "iat", "nbf", "nonce", "acr", "amr",
+                        "auth_time", "azp", "sid", "at_hash", "c_hash", "jti", "events"})
 LOGOUT_TOKEN_WINDOW = 120.0  # seconds: a logout token must have been issued this recently
 
 
@@ -63,6 +66,7 @@ class ProviderMetadata:
     token_endpoint: str
     jwks_uri: str
     end_session_endpoint: str = ""
+    userinfo_endpoint: str = ""
     claims_parameter: bool = False
     iss_parameter: bool = False  # RFC 9207: the authorization response names its issuer
 
@@ -246,6 +250,32 @@ class OidcClient:
         return LogoutToken(issuer=claims["iss"], subject=sub, sid=sid, jti=claims["jti"],
                            iat=float(claims["iat"]))
 
+    def with_userinfo(self, token: IdToken, access_token: object) -> IdToken:
+        """The id_token's claims completed from the UserInfo endpoint (providers such as
+        oidc-provider put profile, email and groups only there). UserInfo only adds claims the
+        id_token lacks, never the ones that identify or prove (`sub`, `iss`, `acr`, ...), and
+        only when its `sub` is the id_token's (OpenID Connect Core 5.3.2)."""
+        if not self.metadata.userinfo_endpoint or not isinstance(access_token, str):
+            return token
+        try:
+            response = self._http.get(self.metadata.userinfo_endpoint, headers={
+                "Authorization": f"Bearer {access_token}", "Accept": "application/json"})
+        except httpx.HTTPError as exc:
+            raise IssuerUnavailable(f"the provider's userinfo endpoint could not be reached "
+                                    f"({type(exc).__name__})") from None
+        if response.status_code != 200 or len(response.content) > MAX_DOCUMENT_BYTES:
+            raise OidcRefused("The provider's userinfo answer was refused.", code="userinfo")
+        try:
+            info = json.loads(response.content)
+        except ValueError:
+            raise OidcRefused("The provider's userinfo answer is not JSON.",
+                              code="userinfo") from None
+        if not isinstance(info, dict) or not isinstance(info.get("sub"), str) or \
+                not hmac.compare_digest(info["sub"].encode(), token.subject.encode()):
+            raise OidcRefused("The provider's userinfo names another user.", code="userinfo")
+        extra = {k: v for k, v in info.items() if k not in token.claims and k not in _PROTECTED}
+        return replace(token, claims={**token.claims, **extra})
+
     def end_session_url(self, *, id_token_hint: str, post_logout_redirect_uri: str,
                         state: str) -> str:
         """RP-initiated logout at the provider ("" when it offers none)."""
@@ -342,11 +372,12 @@ def _metadata(settings: OidcProvider, url: str, client: httpx.Client) -> Provide
     methods = doc.get("code_challenge_methods_supported")
     if isinstance(methods, list) and "S256" not in methods:
         raise ProviderUnreachable(f"GET {url}: the provider does not support PKCE S256")
-    end = doc.get("end_session_endpoint")
+    end, userinfo = doc.get("end_session_endpoint"), doc.get("userinfo_endpoint")
     return ProviderMetadata(
         issuer=doc["issuer"], authorization_endpoint=doc["authorization_endpoint"],
         token_endpoint=doc["token_endpoint"], jwks_uri=doc["jwks_uri"],
         end_session_endpoint=end if _endpoint(end, settings.issuer) else "",
+        userinfo_endpoint=userinfo if _endpoint(userinfo, settings.issuer) else "",
         claims_parameter=doc.get("claims_parameter_supported") is True,
         iss_parameter=doc.get("authorization_response_iss_parameter_supported") is True)
 
