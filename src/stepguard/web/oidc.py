@@ -8,7 +8,7 @@ from the provider's site) and `__Host-` on https.
 
 from __future__ import annotations
 
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -21,6 +21,7 @@ from stepguard.service.oidc import OidcRefused
 from stepguard.service.stepup import ChallengeGone
 from stepguard.storage.records import SessionRecord
 from stepguard.web.portal import Portal
+from stepguard.web.security import CONTENT_SECURITY_POLICY
 
 FLOW_COOKIE = "stepguard_oidc"
 _CALLBACK_PARAMS = ("code", "state", "iss", "error", "error_description")
@@ -33,6 +34,7 @@ class OidcPages:
         self.cookie = f"__Host-{FLOW_COOKIE}" if portal.https else FLOW_COOKIE
         portal.provider_buttons = providers.buttons()
         portal.provider_logout = self._logout_url
+        portal.content_security_policy = content_security_policy(providers)
 
     def routes(self) -> list[Route]:
         return [
@@ -137,6 +139,22 @@ class OidcPages:
     def _logout_url(self, session: SessionRecord) -> str:
         after = self.portal.rt.config.server.public_url.rstrip("/") + "/login"
         return self.providers.logout_url(session, after=after)
+
+
+def content_security_policy(providers: IdentityProviders) -> str:
+    """The portal's policy, with `form-action` widened to the providers' authorization and
+    end-session endpoints: browsers apply `form-action` to the redirect that follows a form
+    (the sign-in button, the step-up button, sign-out), so 'self' alone would stop them."""
+    origins = sorted({_origin(url) for client in providers.clients.values()
+                      for url in (client.metadata.authorization_endpoint,
+                                  client.metadata.end_session_endpoint) if url})
+    return CONTENT_SECURITY_POLICY.replace("form-action 'self'",
+                                           " ".join(["form-action 'self'", *origins]))
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 async def _bounded_body(request: Request) -> bytes | None:

@@ -66,6 +66,7 @@ class Portal:
         # Set by `web.oidc.OidcPages` when identity providers are configured.
         self.provider_buttons: list[dict[str, str]] = []
         self.provider_logout: Callable[[SessionRecord], str] = lambda _session: ""
+        self.content_security_policy = ""  # "" = the default (security_headers)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -144,6 +145,8 @@ class Portal:
         who = {"name": user.display_name or user.username, "email": user.email} if user else None
         html = self.renderer.render(name, csrf_token=token, user=who, **context)
         response = HTMLResponse(html, status)
+        if self.content_security_policy:
+            response.headers["Content-Security-Policy"] = self.content_security_policy
         if fresh:
             response.set_cookie(
                 PRE_SESSION_COOKIE,
