@@ -507,3 +507,48 @@ def test_users_list_shows_the_source(site: Site, capsys: pytest.CaptureFixture[s
     found = sources(site.runtime.store, list(users.values()))
     assert found[users["alice"]] == "corp"
     assert found[users["local-only"]] == "local"
+
+
+def test_the_portal_doors_refuse_bad_requests_with_clear_answers(site: Site) -> None:
+    import httpx
+
+    anonymous = site.browser()
+    page = anonymous.get("/login")
+    token = anonymous.csrf(page)
+    assert anonymous.post("/oidc/corp/start", {"csrf_token": "x" * 64}).status_code == 403
+    assert anonymous.post("/oidc/nobody/start", {"csrf_token": token}).status_code == 404
+    assert anonymous.post("/step-up/abc/idp", {"csrf_token": token}).status_code == 303
+    ambiguous = anonymous.get("/oidc/corp/callback?state=a&state=b&code=c")
+    assert ambiguous.status_code == 400
+    browser = site.browser()
+    browser.sign_in("corp", user="alice")
+    account = browser.get("/account")
+    assert browser.post("/step-up/gone/idp", {"csrf_token": browser.csrf(account)}
+                        ).status_code == 410
+    assert browser.post("/step-up/gone/idp", {"csrf_token": "y" * 64}).status_code == 403
+    local = _challenge(forward_auth(browser, "/local-strong/x"))
+    refused = browser.post(f"{local}/idp", {"csrf_token": browser.csrf(browser.get(local))})
+    assert refused.status_code == 403 and "cannot be confirmed" in refused.text
+    url = f"{site.url}/oidc/corp/backchannel-logout"
+    assert httpx.post(url, content=b"logout_token=%ff%fe",
+                      headers={"content-type": "application/x-www-form-urlencoded"}
+                      ).status_code == 400
+    assert httpx.post(url, content=b"x" * 40_000,
+                      headers={"content-type": "application/x-www-form-urlencoded"}
+                      ).status_code == 400
+    assert httpx.post(url, data={"logout_token": ["a", "b"]}).status_code == 400
+
+
+def test_a_provider_down_during_sign_in_fails_closed(site: Site) -> None:
+    from dataclasses import replace
+
+    browser = site.browser()
+    back = browser.at_provider(browser.start_login("corp"))
+    client = site.providers.clients["corp"]
+    real = client.metadata
+    client.metadata = replace(real, token_endpoint="http://127.0.0.1:9/token")
+    try:
+        answer = browser.get(back.headers["location"])
+    finally:
+        client.metadata = real
+    assert answer.status_code == 503 and "could not be reached" in answer.text

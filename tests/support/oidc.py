@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -23,7 +24,7 @@ from tests.support.servers import free_port
 
 CLIENT_ID = "stepguard"
 CLIENT_SECRET = "stepguard-test-secret"  # noqa: S105 (a test provider's client secret)
-_CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+_CSRF = re.compile(r'name="csrf(?:_token|-token)" (?:value|content)="([^"]+)"')
 _RID = re.compile(r'name="rid" value="([^"]+)"')
 
 POLICY = """\
@@ -72,6 +73,7 @@ class Site:
     url: str
     runtime: Runtime
     idps: dict[str, DemoIdp]
+    providers: Any = None  # the running IdentityProviders
 
     def browser(self) -> Browser:
         return Browser(self)
@@ -110,7 +112,7 @@ def serve_site(folder: Path, providers: dict[str, dict[str, object]],
     app = create_app(runtime)
     server = ThreadServer(app, port, lifespan="on").start()
     try:
-        yield Site(url, runtime, idps)
+        yield Site(url, runtime, idps, app.state.identity_providers)
     finally:
         server.stop()
         for s in servers:

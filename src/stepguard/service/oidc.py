@@ -37,6 +37,14 @@ from stepguard.config.schema import OidcProvider
 from stepguard.core.errors import InvalidToken, IssuerUnavailable, StepguardError
 from stepguard.service.jwks import DISCOVERY_PATH, MAX_DOCUMENT_BYTES, JwksCache
 
+# authlib's httpx client runs on `httpx2` where that is installed, else on `httpx`: a
+# connection failure is either one's error.
+try:
+    import httpx2
+
+    _TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx.HTTPError, httpx2.HTTPError)
+except ImportError:  # pragma: no cover - depends on what else is installed
+    _TRANSPORT_ERRORS = (httpx.HTTPError,)
 _JOSE_KEYS = {"RSA": RSAKey, "EC": ECKey, "OKP": OKPKey}  # JwksCache keeps only these types
 BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 # Claims the UserInfo endpoint may never add: they identify the user or prove the sign-in.
@@ -191,7 +199,7 @@ class OidcClient:
                                            grant_type="authorization_code",
                                            redirect_uri=self.redirect_uri,
                                            code_verifier=code_verifier)
-        except httpx.HTTPError as exc:
+        except _TRANSPORT_ERRORS as exc:
             raise IssuerUnavailable(f"the provider's token endpoint could not be reached "
                                     f"({type(exc).__name__})") from None
         except (AuthlibBaseError, ValueError) as exc:

@@ -8,7 +8,7 @@ from the provider's site) and `__Host-` on https.
 
 from __future__ import annotations
 
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -112,8 +112,6 @@ class OidcPages:
         if body is None or not request.headers.get("content-type", "").startswith(
                 "application/x-www-form-urlencoded"):
             return JSONResponse({"error": "invalid_request"}, 400, headers=headers)
-        from urllib.parse import parse_qs
-
         try:
             form = parse_qs(body.decode("ascii"), strict_parsing=False)
         except (UnicodeDecodeError, ValueError):
