@@ -144,6 +144,7 @@ class IdentityProviders:
             code_verifier=secrets.token_urlsafe(64), max_age=max_age, prompt=prompt,
             acr_values=acr_values, essential_acr=purpose == "step_up")
         now = self.rt.now()
+        self.rt.store.identities.purge(now=now)  # abandoned flows do not pile up
         self.rt.store.identities.add_flow(OidcFlow(
             state_hash=state_hash(request.state), provider=client.name,
             purpose="step_up" if purpose == "step_up" else "login",
