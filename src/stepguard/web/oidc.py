@@ -30,11 +30,11 @@ _MAX_LOGOUT_BODY = 32 * 1024
 
 class OidcPages:
     def __init__(self, portal: Portal, providers: IdentityProviders) -> None:
-        self.portal, self.providers = portal, providers
-        self.cookie = f"__Host-{FLOW_COOKIE}" if portal.https else FLOW_COOKIE
-        portal.provider_buttons = providers.buttons()
-        portal.provider_logout = self._logout_url
-        portal.content_security_policy = content_security_policy(providers)
+        self.pages, self.step_up_pages, self.providers = portal.pages, portal.step_up, providers
+        self.cookie = f"__Host-{FLOW_COOKIE}" if self.pages.https else FLOW_COOKIE
+        self.pages.provider_buttons = providers.buttons()
+        self.pages.provider_logout = self._logout_url
+        self.pages.content_security_policy = content_security_policy(providers)
 
     def routes(self) -> list[Route]:
         return [
@@ -46,46 +46,46 @@ class OidcPages:
         ]
 
     async def start(self, request: Request) -> Response:
-        rd = self.portal.safe(request.query_params.get("rd"))
+        rd = self.pages.safe(request.query_params.get("rd"))
         try:
-            await self.portal.form(request, None)
+            await self.pages.form(request, None)
             started = await run_in_threadpool(
                 self.providers.begin_login, request.path_params["provider"], return_url=rd,
                 browser=request.cookies.get(self.cookie, ""))
         except CsrfRejected:
-            return self.portal.message(request, "Request refused",
+            return self.pages.message(request, "Request refused",
                                        "The form expired. Please try again.", 403)
         except OidcRefused as exc:
-            return self.portal.message(request, "Sign-in refused", exc.reason, 404)
+            return self.pages.message(request, "Sign-in refused", exc.reason, 404)
         return self._to_provider(started.url, started.browser)
 
     async def step_up(self, request: Request) -> Response:
-        found = await self.portal.session(request)
+        found = await self.pages.session(request)
         cid = request.path_params["cid"]
         if found is None:
             return RedirectResponse(f"/login?rd={quote('/step-up/' + cid, safe='')}", 303)
         try:
-            await self.portal.form(request, found[0])
+            await self.pages.form(request, found[0])
             started = await run_in_threadpool(
                 lambda: self.providers.begin_step_up(
                     cid, found[0], browser=request.cookies.get(self.cookie, "")))
         except CsrfRejected:
-            return self.portal.message(request, "Request refused", "The form expired.", 403)
+            return self.pages.message(request, "Request refused", "The form expired.", 403)
         except ChallengeGone as exc:
-            return self.portal.message(request, "Confirmation expired", str(exc), 410)
+            return self.pages.message(request, "Confirmation expired", str(exc), 410)
         except OidcRefused as exc:
-            return self.portal.message(request, "Not possible here", exc.reason, 403)
+            return self.pages.message(request, "Not possible here", exc.reason, 403)
         return self._to_provider(started.url, started.browser)
 
     async def callback(self, request: Request) -> Response:
         params = {k: v for k, v in request.query_params.items() if k in _CALLBACK_PARAMS}
         if len(request.query_params.getlist("state")) > 1 or len(
                 request.query_params.getlist("code")) > 1:
-            return self.portal.message(request, "Sign-in refused",
+            return self.pages.message(request, "Sign-in refused",
                                        "The sign-in answer is ambiguous.", 400)
-        found = await self.portal.session(request)
+        found = await self.pages.session(request)
         session = found[0] if found else None
-        context = self.portal.sign_in_context(request)
+        context = self.pages.sign_in_context(request)
         try:
             done = await run_in_threadpool(
                 lambda: self.providers.finish(
@@ -93,16 +93,16 @@ class OidcPages:
                     browser=request.cookies.get(self.cookie, ""), context=context,
                     session=session))
         except OidcRefused as exc:
-            return self.portal.message(request, "Sign-in refused", exc.reason, 403,
+            return self.pages.message(request, "Sign-in refused", exc.reason, 403,
                                        link={"href": "/login", "text": "Sign in again"})
         except IssuerUnavailable:
-            return self.portal.message(request, "Identity provider unavailable",
+            return self.pages.message(request, "Identity provider unavailable",
                                        "The identity provider could not be reached. Try again "
                                        "shortly.", 503)
         if isinstance(done, SignedInAt):
-            return self.portal.signed_in(request, self.portal.safe(done.return_url),
-                                         done.signed.token, context)
-        return self.portal._after_pass(request, done)
+            return self.pages.signed_in_response(request, self.pages.safe(done.return_url),
+                                                 done.signed.token, context)
+        return self.step_up_pages.after_pass(done)
 
     async def backchannel_logout(self, request: Request) -> Response:
         """OpenID Connect Back-Channel Logout 1.0: 200 when done, 400 with an error otherwise;
@@ -130,12 +130,12 @@ class OidcPages:
     def _to_provider(self, url: str, browser: str) -> Response:
         response = RedirectResponse(url, 303)
         response.set_cookie(self.cookie, browser, max_age=int(
-            self.portal.rt.config.oidc.flow_ttl), httponly=True, secure=self.portal.https,
+            self.pages.rt.config.oidc.flow_ttl), httponly=True, secure=self.pages.https,
             samesite="lax", path="/")
         return response
 
     def _logout_url(self, session: SessionRecord) -> str:
-        after = self.portal.rt.config.server.public_url.rstrip("/") + "/login"
+        after = self.pages.rt.config.server.public_url.rstrip("/") + "/login"
         return self.providers.logout_url(session, after=after)
 
 
