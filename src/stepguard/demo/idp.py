@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from html import escape
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlencode
 
 import httpx
@@ -174,7 +174,8 @@ class DemoIdp:
                                                       "client_secret_post"]})
 
     async def jwks(self, _: Request) -> Response:
-        return JSONResponse(KeySet(self.keys).as_dict(private=False))
+        keys: list[Any] = list(self.keys)
+        return JSONResponse(KeySet(keys).as_dict(private=False))
 
     async def authorize(self, request: Request) -> Response:
         q = dict(request.query_params)
@@ -364,7 +365,8 @@ class ThreadServer:
     """Serve an ASGI application (e.g. `DemoIdp.app`) with uvicorn in a thread on
     127.0.0.1:`port`."""
 
-    def __init__(self, app: Any, port: int, *, lifespan: str = "off") -> None:
+    def __init__(self, app: Any, port: int, *,
+                 lifespan: Literal["auto", "on", "off"] = "off") -> None:
         import uvicorn
 
         config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",

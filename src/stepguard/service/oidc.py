@@ -19,7 +19,7 @@ import hmac
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import urlencode, urlsplit
 
 import httpx
@@ -45,7 +45,6 @@ try:
     _TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx.HTTPError, httpx2.HTTPError)
 except ImportError:  # pragma: no cover - depends on what else is installed
     _TRANSPORT_ERRORS = (httpx.HTTPError,)
-_JOSE_KEYS = {"RSA": RSAKey, "EC": ECKey, "OKP": OKPKey}  # JwksCache keeps only these types
 BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 # Claims the UserInfo endpoint may never add: they identify the user or prove the sign-in.
 _PROTECTED = frozenset({"iss", "sub", "aud", "exp", "iat", "nbf", "nonce", "acr", "amr",
@@ -316,7 +315,7 @@ class OidcClient:
         kid = header.get("kid")
         try:
             key = self.keys.key_for(kid if isinstance(kid, str) else None, alg=alg)
-            token = jwt.decode(raw, _JOSE_KEYS[key.kty].import_key(key.key), algorithms=[alg])
+            token = jwt.decode(raw, _jose_key(key.kty, key.key), algorithms=[alg])
         except InvalidToken as exc:
             raise OidcRefused(exc.reason, code="unknown_key") from None
         except (JoseError, ValueError, TypeError):
@@ -381,16 +380,26 @@ def _metadata(settings: OidcProvider, url: str, client: httpx.Client) -> Provide
     if isinstance(methods, list) and "S256" not in methods:
         raise ProviderUnreachable(f"GET {url}: the provider does not support PKCE S256")
     end, userinfo = doc.get("end_session_endpoint"), doc.get("userinfo_endpoint")
+    end = end if _endpoint(end, settings.issuer) else ""
+    userinfo = userinfo if _endpoint(userinfo, settings.issuer) else ""
     return ProviderMetadata(
         issuer=doc["issuer"], authorization_endpoint=doc["authorization_endpoint"],
         token_endpoint=doc["token_endpoint"], jwks_uri=doc["jwks_uri"],
-        end_session_endpoint=end if _endpoint(end, settings.issuer) else "",
-        userinfo_endpoint=userinfo if _endpoint(userinfo, settings.issuer) else "",
+        end_session_endpoint=end, userinfo_endpoint=userinfo,
         claims_parameter=doc.get("claims_parameter_supported") is True,
         iss_parameter=doc.get("authorization_response_iss_parameter_supported") is True)
 
 
-def _endpoint(value: object, issuer: str) -> bool:
+def _jose_key(kty: str, key: Any) -> RSAKey | ECKey | OKPKey:
+    """A `cryptography` public key from `JwksCache` (RSA, EC or OKP only) as a joserfc key."""
+    if kty == "RSA":
+        return RSAKey.import_key(key)
+    if kty == "EC":
+        return ECKey.import_key(key)
+    return OKPKey.import_key(key)
+
+
+def _endpoint(value: object, issuer: str) -> TypeGuard[str]:
     """An https URL (http only where the issuer itself is loopback http)."""
     if not isinstance(value, str):
         return False

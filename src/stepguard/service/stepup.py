@@ -190,14 +190,16 @@ class StepUp:
         if self.rt.store.factors.recovery_codes(user_id):
             kinds.add("recovery")
         allowed = requirement.methods or frozenset(FACTOR_LEVEL)
-        local = [
+        local: list[str] = [
             m
             for m in ("webauthn", "totp", "push", "recovery")
             if m in allowed and m in kinds and FACTOR_LEVEL[m] >= requirement.level
         ]
         via, provider = self.via(challenge, user_id)
         at_idp = ["idp"] if provider else []
-        return {"local": local, "idp": at_idp, "either": [*local, *at_idp]}[via]
+        if via == "idp":
+            return at_idp
+        return [*local, *at_idp] if via == "either" else local
 
     def via(self, challenge: ChallengeRecord, user_id: str) -> tuple[str, str]:
         """Where this step-up is proved — `local` (Stepguard's factors), `idp` (a new sign-in at

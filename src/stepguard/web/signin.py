@@ -89,7 +89,7 @@ class SignInPages:
             except CsrfRejected:
                 return pages.message(request, "Request refused", "Please try again.", 403)
             await run_in_threadpool(self.accounts.sign_out, found[0])
-        after = found and await run_in_threadpool(pages.provider_logout, found[0])
+        after = await run_in_threadpool(pages.provider_logout, found[0]) if found else ""
         response = RedirectResponse(after or "/login", 303)
         response.delete_cookie(
             pages.cookie_name, path="/", domain=pages.cookie_kwargs.get("domain")

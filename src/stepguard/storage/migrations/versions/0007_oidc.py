@@ -2,7 +2,7 @@
 and the logout tokens already used.
 
 Revision ID: 0007_oidc
-Revises: 0006
+Revises: 0008_mcp
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007_oidc"
-down_revision = "0006"
+down_revision = "0008_mcp"  # re-chained after main's 0008_mcp at the merge
 branch_labels = None
 depends_on = None
 
