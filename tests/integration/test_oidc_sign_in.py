@@ -302,32 +302,27 @@ def test_key_rotation_is_followed(site: Site) -> None:
     assert site.browser().sign_in("corp").status_code == 303
 
 
+def _answer_at(browser: Any, started_at: str, callback_of: str, iss: str | None) -> Any:
+    """Sign in at `started_at`'s provider, then deliver its answer to `callback_of`'s callback
+    with `iss` (the provider's own when "same", none when None)."""
+    back = browser.at_provider(browser.start_login(started_at))
+    params = query(back.headers["location"])
+    issuer = params["iss"] if iss == "same" else iss
+    url = f"/oidc/{callback_of}/callback?code={params['code']}&state={params['state']}"
+    return browser.get(url + (f"&iss={issuer}" if issuer is not None else ""))
+
+
 def test_mix_up_an_answer_for_one_provider_at_another_providers_callback(site: Site) -> None:
     browser = site.browser()
-    back = browser.at_provider(browser.start_login("partner"))
-    params = query(back.headers["location"])
-    at_corp = (f"/oidc/corp/callback?code={params['code']}&state={params['state']}"
-               f"&iss={params['iss']}")
-    refused = browser.get(at_corp)
+    refused = _answer_at(browser, "partner", "corp", "same")
     assert refused.status_code == 403 and "another provider" in refused.text
     # The attacker also rewrites `iss` to the provider of the callback path.
-    again = browser.at_provider(browser.start_login("partner"))
-    params = query(again.headers["location"])
-    rewritten = (f"/oidc/corp/callback?code={params['code']}&state={params['state']}"
-                 f"&iss={site.idps['corp'].issuer}")
-    refused = browser.get(rewritten)
+    refused = _answer_at(browser, "partner", "corp", site.idps["corp"].issuer)
     assert refused.status_code == 403 and "address" in refused.text
     # The right callback path, but the response names another issuer (RFC 9207).
-    other = browser.at_provider(browser.start_login("corp"))
-    params = query(other.headers["location"])
-    wrong_iss = (f"/oidc/corp/callback?code={params['code']}&state={params['state']}"
-                 f"&iss={site.idps['partner'].issuer}")
-    assert browser.get(wrong_iss).status_code == 403
+    assert _answer_at(browser, "corp", "corp", site.idps["partner"].issuer).status_code == 403
     # And no iss at all, from a provider that promises to send it.
-    third = browser.at_provider(browser.start_login("corp"))
-    params = query(third.headers["location"])
-    assert browser.get(f"/oidc/corp/callback?code={params['code']}"
-                       f"&state={params['state']}").status_code == 403
+    assert _answer_at(browser, "corp", "corp", None).status_code == 403
 
 
 @pytest.mark.parametrize("rd", ["https://evil.example/x", "//evil.example", "/\\evil.example",

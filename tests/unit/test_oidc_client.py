@@ -54,8 +54,8 @@ def ok_routes(**extra: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(("answer", "message"), [
     (httpx.ConnectError("refused"), "ConnectError"),
     (httpx.Response(500), "answered 500"),
-    (httpx.Response(200, content=b"<html>"), "did not answer JSON"),
-    (httpx.Response(200, json=[1]), "not answer a JSON object"),
+    (httpx.Response(200, content=b"<html>"), "is not JSON"),
+    (httpx.Response(200, json=[1]), "not a JSON object"),
     (document(issuer="https://evil.example"), "names the issuer"),
     (document(token_endpoint=None), "no usable token_endpoint"),
     (document(jwks_uri="ftp://x"), "no usable jwks_uri"),

@@ -35,7 +35,7 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from stepguard.config.schema import OidcProvider
 from stepguard.core.errors import InvalidToken, IssuerUnavailable, StepguardError
-from stepguard.service.jwks import DISCOVERY_PATH, MAX_DOCUMENT_BYTES, JwksCache
+from stepguard.service.jwks import DISCOVERY_PATH, MAX_DOCUMENT_BYTES, JwksCache, get_json
 
 # authlib's httpx client runs on `httpx2` where that is installed, else on `httpx`: a
 # connection failure is either one's error.
@@ -358,17 +358,9 @@ class OidcClient:
 
 def _metadata(settings: OidcProvider, url: str, client: httpx.Client) -> ProviderMetadata:
     try:
-        response = client.get(url, headers={"Accept": "application/json"})
-    except httpx.HTTPError as exc:
-        raise ProviderUnreachable(f"GET {url} failed: {type(exc).__name__}: {exc}") from None
-    if response.status_code != 200 or len(response.content) > MAX_DOCUMENT_BYTES:
-        raise ProviderUnreachable(f"GET {url} answered {response.status_code}")
-    try:
-        doc = json.loads(response.content)
-    except ValueError:
-        raise ProviderUnreachable(f"GET {url} did not answer JSON") from None
-    if not isinstance(doc, dict):
-        raise ProviderUnreachable(f"GET {url} did not answer a JSON object")
+        doc = get_json(client, url, what="discovery document")
+    except IssuerUnavailable as exc:
+        raise ProviderUnreachable(f"GET {url} failed: {exc}") from None
     if doc.get("issuer") != settings.issuer:
         raise ProviderUnreachable(f"GET {url}: the document names the issuer "
                                   f"{str(doc.get('issuer'))[:200]!r}, not {settings.issuer!r}")

@@ -10,6 +10,7 @@
 // provider ignores acr_values, always with a password (aal1). Consent is implicit.
 import { readFileSync } from 'node:fs';
 
+import { ACR_AMR, finishLogins, requestedAcr } from './user.mjs';
 import Provider from 'oidc-provider';
 
 const env = process.env;
@@ -18,19 +19,7 @@ const issuer = `http://127.0.0.1:${port}`;
 const rp = env.OIDC_RP;
 const name = env.OIDC_PROVIDER_NAME;
 const ignoreAcr = env.OIDC_IGNORE_ACR === '1';
-const ACR_AMR = {
-  'urn:stepguard:aal1': ['pwd'],
-  'urn:stepguard:aal2': ['pwd', 'otp'],
-  'urn:stepguard:aal3': ['hwk', 'user'],
-};
 
-function requestedAcr(params) {
-  if (ignoreAcr) return 'urn:stepguard:aal1';
-  if (params.acr_values) return params.acr_values.split(' ')[0];
-  const claims = params.claims ? JSON.parse(params.claims) : {};
-  const acr = claims.id_token?.acr;
-  return acr?.value ?? acr?.values?.[0] ?? 'urn:stepguard:aal1';
-}
 
 const provider = new Provider(issuer, {
   clients: [{
@@ -74,17 +63,8 @@ const provider = new Provider(issuer, {
   },
 });
 
-// The "user": finishes each login interaction with the requested acr and its amr.
-provider.use(async (ctx, next) => {
-  if (ctx.method !== 'GET' || !ctx.path.startsWith('/interaction/')) return next();
-  const details = await provider.interactionDetails(ctx.req, ctx.res);
-  const acr = requestedAcr(details.params);
-  const result = details.prompt.name === 'login'
-    ? { login: { accountId: 'alice', acr, amr: ACR_AMR[acr] ?? ['pwd'] } }
-    : { consent: {} };
-  ctx.respond = false;
-  await provider.interactionFinished(ctx.req, ctx.res, result, { mergeWithLastSubmission: false });
-});
+// The "user" (user.mjs): finishes each login with the requested acr and its amr.
+finishLogins(provider, (params) => (ignoreAcr ? 'urn:stepguard:aal1' : requestedAcr(params)));
 
 provider.listen(port, '127.0.0.1', () => {
   console.log(`oidc-provider (login) listening on ${issuer}`);
