@@ -547,3 +547,24 @@ def test_a_provider_down_during_sign_in_fails_closed(site: Site) -> None:
     finally:
         client.metadata = real
     assert answer.status_code == 503 and "could not be reached" in answer.text
+
+
+def test_a_disabled_user_cannot_sign_in_at_the_provider(site: Site) -> None:
+    idp = site.idps["partner"]
+    idp.add_user(User("sub-gina", "gina", "gina@example.com", "Gina"))
+    assert site.browser().sign_in("partner", user="gina").status_code == 303
+    user = site.runtime.store.users.by_username("partner:gina")
+    assert user is not None
+    Accounts(site.runtime).disable_user(user.id)
+    refused = site.browser().sign_in("partner", user="gina")
+    assert refused.status_code == 403 and "disabled" in refused.text
+
+
+def test_passwords_can_be_turned_off(tmp_path: Path) -> None:
+    with serve_site(tmp_path, {"corp": {}}, oidc_extra="  passwords: false\n") as only_idp:
+        browser = only_idp.browser()
+        page = browser.get("/login")
+        assert 'name="password"' not in page.text and 'data-provider="corp"' in page.text
+        refused = browser.post("/login", {"csrf_token": browser.csrf(page), "username": "x",
+                                          "password": "y"})
+        assert refused.status_code == 403
