@@ -1,4 +1,4 @@
-"""Identity-provider tables on the shared `metadata` (created by migration `0007_oidc`)."""
+"""Identity-provider tables on the shared `metadata` (created by migration `0009_oidc`)."""
 
 from __future__ import annotations
 

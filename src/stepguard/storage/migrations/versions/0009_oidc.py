@@ -1,7 +1,7 @@
 """Identity providers (OpenID Connect): linked identities, flows in flight, provider sessions
 and the logout tokens already used.
 
-Revision ID: 0007_oidc
+Revision ID: 0009_oidc
 Revises: 0008_mcp
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007_oidc"
-down_revision = "0008_mcp"  # re-chained after main's 0008_mcp at the merge
+revision = "0009_oidc"
+down_revision = "0008_mcp"
 branch_labels = None
 depends_on = None
 
