@@ -210,9 +210,9 @@ PAGES: dict[str, dict[str, Any]] = {
         "may": {"auditor": True, "operator": True, "admin": True},
         "users": [
             {"id": "u1", "username": "alice", "display_name": EVIL, "groups": ["admins", "ops"],
-             "disabled": False, "role": "admin", "factor_count": 2},
+             "disabled": False, "role": "admin", "factor_count": 2, "source": "local"},
             {"id": "u2", "username": "bob", "display_name": "Bob", "groups": [],
-             "disabled": True, "role": "", "factor_count": 0},
+             "disabled": True, "role": "", "factor_count": 0, "source": "corp-idp"},
         ],
         "sessions": [{"id": "s9", "user": "alice", "ip": "203.0.113.7", "last_seen_text": "now"}],
         "chain": {"head": 7, "hash": "0123456789abcdef", "count": 7, "checkpoint": 0,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from stepguard.audit.commands import verify_log
 from stepguard.audit.ledger import AuditEntry, VerifyReport
+from stepguard.service.idp import sources
 from stepguard.service.runtime import Runtime
 from stepguard.storage.audit_stats import AuditStats, Tally
 from stepguard.storage.audit_store import LedgerState
@@ -36,6 +37,7 @@ class AuditFilters:
 class People:
     users: tuple[UserRecord, ...]
     factor_counts: dict[str, int]
+    sources: dict[str, str]  # user id -> `local` or the identity provider that made the user
     sessions: tuple[SessionRecord, ...]
 
     @property
@@ -64,6 +66,7 @@ class AdminQueries:
         store = self.rt.store
         users = store.users.list(limit=USERS)
         return People(users, {u.id: len(store.factors.for_user(u.id)) for u in users},
+                      sources(store, [u.id for u in users]),
                       tuple(s for u in users for s in store.sessions.list_for_user(u.id)))
 
     def user(self, user_id: str) -> UserRecord | None:

@@ -10,7 +10,7 @@ dead letters.
 - `notification_dead_letters`: webhook deliveries that failed every retry, kept for operators.
 
 Revision ID: 0010_rollout
-Revises: 0008_mcp
+Revises: 0009_oidc
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0010_rollout"
-down_revision = "0008_mcp"
+down_revision = "0009_oidc"
 branch_labels = None
 depends_on = None
 
