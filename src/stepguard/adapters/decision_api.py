@@ -215,7 +215,7 @@ class DecisionService:
     def _decide_bearer(self, request: Facts, context: RequestContext) -> DecideResponse:
         """The bearer flow of `adapters.bearer` (validation, acr/amr/auth_time, token grants,
         audit); `IssuerUnavailable` propagates as a `StoreUnavailable` (503)."""
-        check = decide_bearer(self.rt, context, f"Bearer {request.bearer}",
+        check = decide_bearer(self.guard, context, f"Bearer {request.bearer}",
                               validator=self.bearer_validator)
         token_error: Literal["invalid_token"] | None = (
             "invalid_token" if check.error is not None else None)
