@@ -191,7 +191,7 @@ class DecisionService:
         context = self.context(request)
         if request.bearer is not None:
             return self._decide_bearer(request, context)
-        return self.respond(request, context, self.guard.check(context, request.session_token))
+        return self.conclude(request, context, self.guard.check(context, request.session_token))
 
     def decide_cached(self, request: DecideRequest) -> DecideResponse | None:
         """The same answer without blocking I/O when the session is cached (see
@@ -200,17 +200,26 @@ class DecisionService:
             return None
         context = self.context(request)
         check = self.guard.check_cached(context, request.session_token)
-        return None if check is None else self.respond(request, context, check)
+        return None if check is None else self.conclude(request, context, check)
 
-    def respond(self, request: Facts, context: RequestContext,
-                 check: Check) -> DecideResponse:
-        decision = check.decision
+    def conclude(self, request: Facts, context: RequestContext, check: Check) -> DecideResponse:
+        """After the decision: begin the step-up it asks for (a challenge is stored now; never
+        from `Guard.check_cached`'s answers, which need none), then the answer."""
+        url = self.begin(request, context, check)
+        return self.answer(check, challenge_url=url)
+
+    def begin(self, request: Facts, context: RequestContext, check: Check) -> str | None:
+        """The URL where a step-up continues (`StepUp.begin`); None for an allow or a deny."""
+        if check.decision.outcome is not Outcome.STEP_UP:
+            return None
+        return self.base + self.stepup.begin(check.decision, context, check.session,
+                                             return_url=self.return_url(request, context))
+
+    def answer(self, check: Check, *, challenge_url: str | None = None) -> DecideResponse:
+        """The response for a decision (renders only)."""
         state = check.session.state(check.subject) if check.session and check.subject else None
         username = check.user.username if check.user else ""
-        if decision.outcome is Outcome.STEP_UP:
-            url = self._challenge(decision, context, check.session, request)
-            return self._response(decision, state, username, challenge_url=url)
-        return self._response(decision, state, username)
+        return self._response(check.decision, state, username, challenge_url=challenge_url)
 
     def _decide_bearer(self, request: Facts, context: RequestContext) -> DecideResponse:
         """The bearer flow of `adapters.bearer` (validation, acr/amr/auth_time, token grants,
@@ -221,11 +230,6 @@ class DecisionService:
             "invalid_token" if check.error is not None else None)
         username = check.subject.name if check.subject else ""
         return self._response(check.decision, check.session, username, token_error=token_error)
-
-    def _challenge(self, decision: Decision, context: RequestContext, session: Any,
-                   request: Facts) -> str:
-        return self.base + self.stepup.location(decision, context, session,
-                                                return_url=self.return_url(request, context))
 
     def return_url(self, request: Facts, context: RequestContext) -> str:
         """The caller's return URL if it is on a protected domain; else the request's own URL."""

@@ -145,7 +145,7 @@ class EmbeddedDecider:
             if check is not None:
                 if check.decision.outcome is Outcome.ALLOW:
                     return allowed_state(service, check)
-                return service.respond(request, context, check)
+                return service.conclude(request, context, check)
         return await self._in_thread(request)
 
     async def _in_thread(self, request: Facts) -> DecideResponse:
