@@ -19,6 +19,7 @@ from stepguard.core.decision import Decision
 from stepguard.core.errors import ReplayDetected, StepguardError, Throttled, VerificationFailed
 from stepguard.core.grant import Grant
 from stepguard.core.levels import FACTOR_AMR, Level
+from stepguard.core.throttle import plan_attempt, user_factor_key
 from stepguard.factors import push as push_factor
 from stepguard.factors import webauthn as wa
 from stepguard.factors.recovery import verify_recovery_code
@@ -27,13 +28,11 @@ from stepguard.factors.totp import verify_totp
 from stepguard.service.attempts import (
     abandoned,
     failed,
-    plan_attempt,
     reserve,
     succeeded,
     trust_client,
 )
 from stepguard.service.runtime import Runtime, hash_token, new_id, new_token
-from stepguard.service.throttle import user_factor_key
 from stepguard.storage.records import (
     HELD_BODY_LIMIT,
     ChallengeRecord,

@@ -28,14 +28,15 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from stepguard.core.errors import StoreUnavailable, Throttled
-from stepguard.service.throttle import (
+from stepguard.core.throttle import (
     ThrottleSettings,
+    ThrottleState,
     forget_before,
     policy_for,
     state_after,
     user_prefix,
 )
-from stepguard.storage.records import Reserved, ThrottleState
+from stepguard.storage.records import Reserved
 
 T = TypeVar("T")
 
