@@ -39,8 +39,9 @@ from starlette.routing import Route
 
 from stepguard.adapters.bearer import BearerValidator, decide_bearer
 from stepguard.adapters.cookies import DeviceCookies
-from stepguard.core.canonical import canonical_host, canonical_method, canonical_path, loads_json
-from stepguard.core.context import RequestContext, SessionState, Subject
+from stepguard.adapters.http_context import canonical_path_of
+from stepguard.core.canonical import canonical_host, canonical_method, loads_json
+from stepguard.core.context import AuthEvent, RequestContext, SessionState, Subject
 from stepguard.core.decide import valid_events
 from stepguard.core.decision import Decision, Outcome
 from stepguard.core.errors import BadRequest, StoreUnavailable, VerificationFailed
@@ -138,7 +139,9 @@ class DecideResponse(_Model):
 class DecideFacts:
     """`DecideRequest`'s fields without the model, for a caller that checked them against its
     constraints itself (the embedded middleware, see `asgi.middleware.check_fields`): building
-    and validating the model is the costliest step of its hot path."""
+    and validating the model is the costliest step of its hot path. `context`, when given, is
+    the one `DecisionService.context` would build from these fields (the middleware builds it
+    from the same readings, memoised, instead of parsing them twice)."""
 
     method: str
     host: str
@@ -153,6 +156,7 @@ class DecideFacts:
     session_token: str | None
     bearer: str | None
     return_url: str | None
+    context: RequestContext | None = None  # the canonical context, when the caller built it
 
 
 Facts = DecideRequest | DecideFacts
@@ -180,9 +184,11 @@ class DecisionService:
 
     def context(self, request: Facts) -> RequestContext:
         """The canonical request context (`BadRequest` when method, host or path is ambiguous)."""
+        if isinstance(request, DecideFacts) and request.context is not None:
+            return request.context
         return RequestContext(
             method=canonical_method(request.method), host=_canonical_host(request.host),
-            path=canonical_path(request.path), scheme=request.scheme, query=request.query,
+            path=_canonical_path(request.path), scheme=request.scheme, query=request.query,
             client_ip=request.client_ip, user_agent=request.user_agent,
             device_id=self.devices.device_id(request.device_cookie),
             action=request.action, attributes=dict(request.attributes))
@@ -267,14 +273,19 @@ class DecisionService:
         """Who was allowed, and how and when they last proved it at the level reached."""
         if state is None:
             return None
-        events = [e for e in valid_events(self.rt.policy.levels, state, self.rt.now())
-                  if e.level >= decision.level]
-        event = max(events, key=lambda e: e.at, default=None)
+        event = self.shown_event(decision, state)
         return _subject_info(state.subject, username, self.acr(decision.level),
                              event.amr if event else (), event.at if event else None)
 
+    def shown_event(self, decision: Decision, state: SessionState) -> AuthEvent | None:
+        """The authentication an allow reports: the newest live event at the level reached."""
+        events = [e for e in valid_events(self.rt.policy.levels, state, self.rt.now())
+                  if e.level >= decision.level]
+        return max(events, key=lambda e: e.at, default=None)
+
 
 _canonical_host = lru_cache(maxsize=4096)(canonical_host)  # pure; refusals are not remembered
+_canonical_path = canonical_path_of
 
 
 def _subject_info(subject: Subject, username: str, acr: str | None, amr: Sequence[str],
