@@ -1,4 +1,4 @@
-"""Contract: Throttle counters, shared and atomic, with the back-off of `service.throttle`."""
+"""Contract: Throttle counters, shared and atomic, with the back-off of `core.throttle`."""
 
 from __future__ import annotations
 

@@ -34,7 +34,7 @@ _NEVER = float("-inf")
 
 
 class SqlThrottle:
-    """Counts consecutive failures per key; the back-off comes from `service.throttle`."""
+    """Counts consecutive failures per key; the back-off comes from `core.throttle`."""
 
     def __init__(self, db: Database, settings: ThrottleSettings) -> None:
         self._db = db
