@@ -9,6 +9,7 @@ from stepguard.core.context import AuthEvent, RequestContext
 from stepguard.core.decision import Decision, Outcome, Requirement
 from stepguard.core.errors import StepguardError, VerificationFailed
 from stepguard.core.levels import FACTOR_AMR, Level
+from stepguard.core.throttle import client_network, plan_attempt
 from stepguard.factors import webauthn as wa
 from stepguard.factors.password import OWASP, hash_password, verify_dummy, verify_password
 from stepguard.factors.recovery import generate_recovery_codes, hash_recovery_code
@@ -16,9 +17,7 @@ from stepguard.factors.secretbox import open_sealed, seal, seed_aad
 from stepguard.factors.totp import new_totp_secret, provisioning_uri, qr_svg, verify_totp
 from stepguard.service.attempts import (
     abandoned,
-    client_network,
     failed,
-    plan_attempt,
     reserve,
     succeeded,
     trust_client,

@@ -19,6 +19,7 @@ from stepguard.core.decision import Decision
 from stepguard.core.errors import ReplayDetected, StepguardError, Throttled, VerificationFailed
 from stepguard.core.grant import Grant
 from stepguard.core.levels import FACTOR_AMR, Level
+from stepguard.core.throttle import plan_attempt, user_factor_key
 from stepguard.factors import push as push_factor
 from stepguard.factors import webauthn as wa
 from stepguard.factors.recovery import verify_recovery_code
@@ -27,13 +28,11 @@ from stepguard.factors.totp import verify_totp
 from stepguard.service.attempts import (
     abandoned,
     failed,
-    plan_attempt,
     reserve,
     succeeded,
     trust_client,
 )
 from stepguard.service.runtime import Runtime, hash_token, new_id, new_token
-from stepguard.service.throttle import user_factor_key
 from stepguard.storage.records import (
     HELD_BODY_LIMIT,
     ChallengeRecord,
@@ -153,11 +152,13 @@ class StepUp:
         """Bytes of a request body a challenge may hold (the config's, at most the store's)."""
         return min(HELD_BODY_LIMIT, self.rt.config.challenge.held_body_limit)
 
-    def location(self, decision: Decision, context: RequestContext,
-                 session: SessionRecord | None, *, return_url: str,
-                 held: HeldRequest | None = None) -> str:
-        """The portal path for a step-up decision: the sign-in page when there is no session (or
-        the decision is a sign-in), else a new challenge's page."""
+    def begin(self, decision: Decision, context: RequestContext,
+              session: SessionRecord | None, *, return_url: str,
+              held: HeldRequest | None = None) -> str:
+        """Begin the step-up a decision asks for and name where it continues: the sign-in page
+        when there is no session (or the decision is a sign-in; nothing is stored), else a new
+        challenge (stored and audited now) and its page. Called by the flow that decides, before
+        the answer is rendered — never while rendering."""
         if decision.login or session is None:
             return f"/login?rd={quote(return_url, safe='')}"
         challenge = self.start(decision, context, session, return_url=return_url, held=held)

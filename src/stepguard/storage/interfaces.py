@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from stepguard.core.context import AuthEvent
 from stepguard.core.grant import Grant
 from stepguard.core.risk import Location, RiskHistory
+from stepguard.core.throttle import ThrottleState
 from stepguard.storage.agent_tokens import AgentTokenRecord
 from stepguard.storage.identity_records import IdentityRecord, OidcFlow, SessionLink
 from stepguard.storage.records import (
@@ -33,7 +34,6 @@ from stepguard.storage.records import (
     Reserved,
     SessionRecord,
     SessionSnapshot,
-    ThrottleState,
     UserRecord,
     Versions,
 )

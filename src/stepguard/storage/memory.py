@@ -19,13 +19,14 @@ from stepguard.core.context import AuthEvent
 from stepguard.core.errors import Conflict, StoreUnavailable
 from stepguard.core.grant import Grant
 from stepguard.core.risk import EMPTY_HISTORY, RiskHistory
-from stepguard.service.throttle import (
+from stepguard.core.throttle import (
     ThrottleSettings,
+    ThrottleState,
     forget_before,
     state_after,
     user_prefix,
 )
-from stepguard.service.throttle import check as throttle_check
+from stepguard.core.throttle import check as throttle_check
 from stepguard.storage.agent_tokens import MemoryAgentTokens
 from stepguard.storage.identity_records import IdentityRecord, OidcFlow, SessionLink
 from stepguard.storage.records import (
@@ -41,7 +42,6 @@ from stepguard.storage.records import (
     Reserved,
     SessionRecord,
     SessionSnapshot,
-    ThrottleState,
     UserRecord,
     Versions,
 )

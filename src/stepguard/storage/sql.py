@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from stepguard.service.throttle import ThrottleSettings
+from stepguard.core.throttle import ThrottleSettings
 from stepguard.storage.agent_tokens import SqlAgentTokens
 from stepguard.storage.engine import make_engine
 from stepguard.storage.session_states import SqlSessionStates
