@@ -123,7 +123,10 @@ def test_a_provider_that_ignores_the_context_does_not_satisfy_the_rule(site: Sit
     browser = site.browser()
     browser.sign_in("ignores", method="pwd")
     start = _start_step_up(browser, "/idp-strong/x")
-    refused = _finish(browser, start, method="mfa")  # acr says aal2, but no acrs came back
+    # The answer proves aal2 through acr/amr, but no acrs came back: still refused.
+    site.idps["ignores"].id_token_hook = lambda h, c: (
+        h, {**c, "acr": "urn:demo-idp:mfa", "amr": ["pwd", "otp"]})
+    refused = _finish(browser, start, method="mfa")
     assert refused.status_code == 403, refused.text[:400]
     assert "authentication context" in refused.text
     assert forward_auth(browser, "/idp-strong/x").status_code == 302
