@@ -188,7 +188,8 @@ class Options:
     workers: int
     budget: float  # seconds of (estimated) tests per mutant at most
     stats_file: Path
-    progress: Callable[[str], None] = print
+    progress: Callable[[str], None] = lambda line: print(line, flush=True)
+    save: Callable[[dict[str, Outcome]], None] = lambda results: None  # every 50 outcomes
 
 
 @dataclass
@@ -461,6 +462,8 @@ class MutantRunner:
             outcome.seconds = time.monotonic() - began
             self.results[name] = outcome
             done += 1
+            if done % 50 == 0:
+                options.save(self.results)
             if done % 100 == 0:
                 rate = done / (time.monotonic() - started)
                 options.progress(f"  {done}/{len(options.names)} mutants, {rate:.1f}/s")

@@ -32,6 +32,7 @@ import sys
 import time
 import tokenize
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 EQUIVALENT = ROOT / "tests" / "mutation" / "equivalent.txt"
@@ -158,22 +159,28 @@ def run(names: list[str], *, workers: int, budget: float) -> dict[str, object]:
                                     stats_file=ROOT / "mutants" / "mutate-stats.json")
     os.chdir(ROOT / "mutants")
     try:
+        options.save = save
         results = mutant_runner.run(options, [*cfg.pytest_add_cli_args_test_selection,
                                               *cfg.pytest_add_cli_args])
     finally:
         os.chdir(ROOT)
-    metas: dict[Path, dict[str, object]] = {}
+    save(results)
+    return dict(results)
+
+
+def save(results: dict[str, Any]) -> None:
+    """Outcomes into mutmut's meta files (`mutmut results` / `show` read them) and a log."""
+    metas: dict[Path, dict[str, Any]] = {}
     mutants = Mutants(ROOT / "mutants")
     for name, outcome in results.items():
         meta = mutants.meta_of[name]
         data = metas.setdefault(meta, json.loads(meta.read_text()))
-        data["exit_code_by_key"][name] = outcome.status  # type: ignore[index]
+        data["exit_code_by_key"][name] = outcome.status
     for meta, data in metas.items():
         meta.write_text(json.dumps(data, indent=4))
     log = ROOT / "mutants" / "mutate-results.json"
     previous = json.loads(log.read_text()) if log.exists() else {}
     log.write_text(json.dumps({**previous, **{n: vars(o) for n, o in results.items()}}, indent=1))
-    return dict(results)
 
 
 def equivalents() -> dict[str, str]:
@@ -184,6 +191,10 @@ def equivalents() -> dict[str, str]:
                 name, _, why = line.strip().partition(" ")
                 found[name] = why.strip()
     return found
+
+
+def module_of(name: str) -> str:
+    return name[: name.index(".x_") if ".x_" in name else name.index(".xǁ")]
 
 
 def report(mutants: Mutants, names: list[str], skipped: tuple[int, int], seconds: float) -> int:
@@ -204,6 +215,11 @@ def report(mutants: Mutants, names: list[str], skipped: tuple[int, int], seconds
     if stale:
         print("\nListed as equivalent but no longer surviving (remove from the list):")
         print("\n".join(f"  {n}" for n in stale))
+    print("\nper module: killed / non-equivalent run (kill rate)")
+    for module in sorted({module_of(n) for n in names}):
+        mine = [n for n in names if module_of(n) == module and n not in equivalent]
+        hit = sum(n in killed for n in mine)
+        print(f"  {module:<40} {hit:5} / {len(mine):<5} ({100.0 * hit / max(len(mine), 1):5.1f}%)")
     print(f"\nmutants generated {len(mutants.status)}; left out {skipped[0]} message-only and "
           f"{skipped[1]} outside the ledger's verify; run {len(names)} in {seconds / 60:.1f} min")
     print(f"killed {len(killed)}, survived {len(survived)} ({len(equivalent)} judged equivalent)")
@@ -216,7 +232,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--workers", "--max-children", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--budget", type=float, default=30.0,
                         help="at most this many seconds of tests per mutant")
-    parser.add_argument("--keep", action="store_true", help="reuse mutants/ from the last run")
+    parser.add_argument("--keep", action="store_true",
+                        help="reuse mutants/ and the test measurements from the last run")
+    parser.add_argument("--resume", action="store_true",
+                        help="with --keep: run only the selected mutants that have no result yet")
     parser.add_argument("--only", default="", help="glob of mutant names to run (development)")
     parser.add_argument("--sample", type=int, default=1, help="run every N-th mutant only")
     parser.add_argument("--report-only", action="store_true",
@@ -240,6 +259,8 @@ def main(argv: list[str]) -> int:
         print(f"{len(unrun)} of the {len(names)} selected mutants have no result yet (left out)")
         names = [n for n in names if mutants.status[n] is not None]
     else:
+        if args.resume:
+            names = [n for n in names if mutants.status[n] is None]
         print(f"running {len(names)} of {len(mutants.status)} mutants")
         run(names, workers=args.workers, budget=args.budget)
         mutants = Mutants(ROOT / "mutants")
