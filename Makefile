@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# `make demo IDP=1` also starts the bundled OpenID provider (`stepguard demo --idp`).
 demo: $(STAMP)
-	$(VENV)/bin/stepguard demo
+	$(VENV)/bin/stepguard demo $(if $(IDP),--idp,)
 
 test: $(STAMP)
 	-bash scripts/install-system-packages

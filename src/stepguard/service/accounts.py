@@ -142,7 +142,7 @@ class Accounts:
     def _check_password(self, user: UserRecord | None, password: str) -> None:
         with self.rt.password_slots:  # bounded: argon2id is memory-hard
             if user is None or user.disabled or not user.password_hash:
-                verify_dummy(password)
+                verify_dummy(password)  # raises: the same time and answer as a wrong password
             check = verify_password(
                 stored_hash=user.password_hash, password=password, settings=OWASP
             )
@@ -159,8 +159,12 @@ class Accounts:
             request=request_summary(context, ip_key=self.rt.ip_key),
         )
 
-    def _open_session(self, user: UserRecord, context: RequestContext) -> SignedIn:
+    def _open_session(self, user: UserRecord, context: RequestContext,
+                      event: AuthEvent | None = None) -> SignedIn:
+        """A new session whose first authentication event is `event` (default: a password)."""
         now, token = self.rt.now(), new_token()
+        event = event or AuthEvent(factor="password", amr=FACTOR_AMR["password"],
+                                   level=Level.AAL1, at=now)
         session = SessionRecord(
             id=new_id(),
             token_hash=hash_token(token),
@@ -170,18 +174,17 @@ class Accounts:
             ip=context.client_ip,
             user_agent=context.user_agent[:512],
             device_id=context.device_id,
-            events=(AuthEvent(factor="password", amr=FACTOR_AMR["password"], level=Level.AAL1,
-                              at=now),),
+            events=(event,),
         )
         self.rt.store.sessions.add(session)
         self._remember(user, context)
-        trust_client(self.rt, user_id=user.id, factor="password", client_ip=context.client_ip,
+        trust_client(self.rt, user_id=user.id, factor=event.factor, client_ip=context.client_ip,
                      device_id=context.device_id)
         self.rt.record(
             kind="session",
             subject=user.id,
             session_id=session.id,
-            factor="password",
+            factor=event.factor,
             outcome="signed_in",
             request=request_summary(context, ip_key=self.rt.ip_key),
         )

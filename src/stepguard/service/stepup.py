@@ -37,6 +37,7 @@ from stepguard.service.throttle import user_factor_key
 from stepguard.storage.records import (
     HELD_BODY_LIMIT,
     ChallengeRecord,
+    FactorKind,
     FactorRecord,
     PushRecord,
     SessionRecord,
@@ -53,6 +54,16 @@ FACTOR_LEVEL = {
 
 
 PUSH_SETTINGS = push_factor.PushSettings()
+
+# The held method of a challenge for an agent's tool call (the MCP door): the agent's session
+# holds it, the human answers it from any browser session of the same user, and the grant goes
+# to the agent's session, single use and bound to the call (see `delegated`).
+AGENT_CALL = "MCP"
+
+
+def delegated(challenge: ChallengeRecord) -> bool:
+    """Whether this challenge is answered in another session than the one that holds it."""
+    return challenge.held_method == AGENT_CALL
 
 
 class ChallengeGone(StepguardError):
@@ -157,8 +168,15 @@ class StepUp:
         now = self.rt.now()
         if challenge is None or challenge.status != "pending" or challenge.expires <= now:
             raise ChallengeGone("This request for confirmation has expired. Please start again.")
-        if challenge.session_id and (session is None or session.id != challenge.session_id):
+        if challenge.session_id and (session is None or not _answers(challenge, session)):
             raise ChallengeGone("This confirmation belongs to another session.")
+        return challenge
+
+    def passed(self, challenge_id: str, session: SessionRecord) -> ChallengeRecord | None:
+        """This session's passed challenge (its held request waits for confirmation), or None."""
+        challenge = self.rt.store.challenges.get(challenge_id)
+        if challenge is None or challenge.status != "passed" or challenge.session_id != session.id:
+            return None
         return challenge
 
     def methods_for(self, challenge: ChallengeRecord, user_id: str) -> list[str]:
@@ -172,11 +190,30 @@ class StepUp:
         if self.rt.store.factors.recovery_codes(user_id):
             kinds.add("recovery")
         allowed = requirement.methods or frozenset(FACTOR_LEVEL)
-        return [
+        local: list[str] = [
             m
             for m in ("webauthn", "totp", "push", "recovery")
             if m in allowed and m in kinds and FACTOR_LEVEL[m] >= requirement.level
         ]
+        via, provider = self.via(challenge, user_id)
+        at_idp = ["idp"] if provider else []
+        if via == "idp":
+            return at_idp
+        return [*local, *at_idp] if via == "either" else local
+
+    def via(self, challenge: ChallengeRecord, user_id: str) -> tuple[str, str]:
+        """Where this step-up is proved — `local` (Stepguard's factors), `idp` (a new sign-in at
+        the user's identity provider) or `either` — and that provider's name ("" = none): the
+        rule's `require.via` wins, else the provider's `step_up`; local users step up locally."""
+        providers = {p.name: p for p in self.rt.config.oidc.providers}
+        if not providers:
+            return (challenge.requirement.via or "local", "")
+        linked = [i.provider for i in self.rt.store.identities.for_users([user_id])
+                  if i.provider in providers]
+        provider = linked[0] if linked else ""
+        if challenge.requirement.via:
+            return (challenge.requirement.via, provider)
+        return (providers[provider].step_up if provider else "local", provider)
 
     # ------------------------------------------------------------------ factors
 
@@ -462,7 +499,8 @@ class StepUp:
             raise VerificationFailed(f"{method} cannot be used for this request.")
         return challenge
 
-    def _factors(self, user_id: str, kind: str, challenge: ChallengeRecord) -> list[FactorRecord]:
+    def _factors(self, user_id: str, kind: FactorKind,
+                 challenge: ChallengeRecord) -> list[FactorRecord]:
         # A factor added after the challenge started cannot satisfy it (SECURITY.md case 10).
         return [
             f
@@ -519,17 +557,20 @@ class StepUp:
         )
 
     def _complete(
-        self, challenge: ChallengeRecord, session: SessionRecord, factor: str, client_ip: str
+        self, challenge: ChallengeRecord, session: SessionRecord, factor: str, client_ip: str,
+        proof: AuthEvent | None = None,
     ) -> Passed:
+        """Pass the challenge with a local factor, or with `proof` (an identity provider's
+        answer: its level, amr and authentication time, already checked against the rule)."""
         now = self.rt.now()
         with self.rt.store.transaction():
             if not self.rt.store.challenges.mark_passed(challenge.id, now=now):
                 raise ChallengeGone("This confirmation was already used.")
-            level = FACTOR_LEVEL[factor]
-            self.rt.store.sessions.add_event(
-                session.id, AuthEvent(factor=factor, amr=FACTOR_AMR[factor], level=level, at=now)
-            )
-            grant = self._grant(challenge, session, factor, level, now)
+            event = proof or AuthEvent(factor=factor, amr=FACTOR_AMR[factor],
+                                       level=FACTOR_LEVEL[factor], at=now)
+            level = event.level
+            self.rt.store.sessions.add_event(session.id, event)
+            grant = self._grant(challenge, session, event)
             token = new_token()
             self.rt.store.sessions.rotate(session.id, hash_token(token), now=now)
             self.rt.store.throttle.reset(user_factor_key(session.user_id, factor))
@@ -551,32 +592,36 @@ class StepUp:
         return Passed(challenge, token, grant)
 
     def _grant(
-        self,
-        challenge: ChallengeRecord,
-        session: SessionRecord,
-        factor: str,
-        level: Level,
-        now: float,
+        self, challenge: ChallengeRecord, session: SessionRecord, event: AuthEvent
     ) -> Grant | None:
+        """The grant a passed challenge earns; it dates from the proof (`event.at`)."""
         requirement = challenge.requirement
-        if not requirement.needs_grant:
+        agent = delegated(challenge) and challenge.session_id is not None
+        if not requirement.needs_grant and not agent:
             return None
         ttl = requirement.max_age or self.rt.config.challenge.grant_ttl
         grant = Grant(
             id=new_id(),
             subject_id=session.user_id,
-            session_id=session.id,
+            session_id=challenge.session_id if agent and challenge.session_id else session.id,
             scope=challenge.scope,
-            level=level,
-            amr=FACTOR_AMR[factor],
-            granted_at=now,
-            expires_at=now + ttl,
-            single_use=requirement.single_use,
+            level=event.level,
+            amr=event.amr,
+            granted_at=event.at,
+            expires_at=event.at + ttl,
+            single_use=requirement.single_use or agent,
             binding=challenge.binding,
-            factor=factor,
+            factor=event.factor,
         )
         self.rt.store.grants.add(grant)
         return grant
+
+
+def _answers(challenge: ChallengeRecord, session: SessionRecord) -> bool:
+    """The challenge's own session; for an agent's call, any session of the same user."""
+    if session.id == challenge.session_id:
+        return not delegated(challenge)  # an agent's own session never answers its own call
+    return delegated(challenge) and session.user_id == challenge.user_id
 
 
 def ceremony_data(ceremony: wa.Ceremony) -> dict[str, Any]:
