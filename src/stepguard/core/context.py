@@ -26,6 +26,8 @@ class RequestContext:
     device_id: str = ""
     action: str = ""
     attributes: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    door: str = "http"  # which door saw it: http, postgres
+    statement: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)  # SQL facts (postgres)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

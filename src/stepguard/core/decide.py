@@ -213,11 +213,11 @@ def _judge(
     failed: bool,
 ) -> Decision:
     scope = _scope(rule, requirement)
-    digest = _digest(requirement, context)
     if not requirement.needs_grant:
         event = _satisfying_event(policy.levels, session, requirement, now)
         if event is not None:
             return _allowed(rule.name, scope, event.level)
+    digest = _digest(requirement, context)
     grant = _satisfying_grant(session, requirement, scope, digest, grants, now)
     if grant is not None:
         return Decision(
@@ -240,6 +240,11 @@ def _scope(rule: Rule, requirement: Requirement) -> str:
 
 
 def _digest(requirement: Requirement, context: RequestContext) -> str:
+    if context.door == "postgres":  # a grant covers one statement (its digest), never another
+        return binding_digest(
+            method="SQL", path=str(context.statement.get("database", "")),
+            fields=("statement", *requirement.bind),
+            attributes={**context.attributes, "statement": context.statement.get("digest", "")})
     if not requirement.bind:
         return ""
     return binding_digest(

@@ -26,6 +26,7 @@ from stepguard.core.matching import (
     path_matcher,
 )
 from stepguard.core.reason import REASON_NAMES, check_template
+from stepguard.core.statement import KINDS, MATCH_KEYS, statement_matcher
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Path = tuple[str | int, ...]
@@ -35,7 +36,9 @@ Check = Callable[[RequestContext, Subject | None], bool]
 ATTRIBUTE_TYPES = ("number", "string", "bool", "list")
 _TOP = frozenset({"version", "levels", "networks", "attributes", "rules", "default", "tests"})
 _RULE = frozenset({"name", "description", "match", "when", "require", "deny", "allow"})
-_MATCH = frozenset({"hosts", "methods", "paths", "users", "groups", "actions", "networks"})
+_MATCH = frozenset({"hosts", "methods", "paths", "users", "groups", "actions", "networks",
+                    "postgres"})
+_HTTP_KEYS = ("methods", "hosts", "paths", "actions")  # keys that only an HTTP request can match
 _REQUIRE = frozenset({"level", "max_age", "methods", "scope", "single_use", "bind", "reason"})
 _LEVEL = frozenset({"acr", "max_session", "idle"})
 
@@ -394,6 +397,10 @@ def _match(spec: Any, path: Path, env: _Env) -> tuple[tuple[Check, str], ...]:
         return ()
     _unknown_keys(spec, _MATCH, path, env.problems)
     checks: list[tuple[Check, str]] = []
+    if any(key in spec for key in _HTTP_KEYS):  # an HTTP rule never matches another door
+        checks.append((lambda ctx, _s: ctx.door == "http", "door http"))
+    if "postgres" in spec:
+        checks.append(_postgres_check(spec["postgres"], (*path, "postgres"), env))
     for key in ("methods", "hosts", "paths", "actions", "networks", "users", "groups"):
         if key in spec:
             check = _match_check(key, _list(spec[key], (*path, key), env.problems), path, env)
@@ -420,6 +427,25 @@ def _match_check(key: str, items: list[str], path: Path, env: _Env) -> tuple[Che
     except ValueError as exc:
         env.problems.add((*path, key), str(exc))
         return None
+
+
+def _postgres_check(spec: Any, path: Path, env: _Env) -> tuple[Check, str]:
+    """A `postgres:` block: databases, kinds, tables, columns (each a list; all given must hold)."""
+    label = f"postgres {spec}"
+    door: Check = lambda ctx, _s: ctx.door == "postgres"  # noqa: E731
+    if spec is None:
+        spec = {}
+    if not isinstance(spec, Mapping):
+        env.problems.add(path, "expected a mapping of databases, kinds, tables, columns")
+        return door, label
+    _unknown_keys(spec, MATCH_KEYS, path, env.problems)
+    lists = {key: _list(spec[key], (*path, key), env.problems) for key in MATCH_KEYS if key in spec}
+    unknown = [k for k in lists.get("kinds", []) if k not in KINDS]
+    if unknown:
+        env.problems.add((*path, "kinds"), f"unknown kind(s) {unknown} (expected some of: "
+                         f"{', '.join(KINDS)})")
+    matches = statement_matcher(lists)
+    return (lambda ctx, _s: ctx.door == "postgres" and matches(ctx.statement)), label
 
 
 def _methods_check(items: list[str], _env: _Env) -> Check:

@@ -164,8 +164,11 @@ class Guard:
         time; concurrent requests for it wait, then only compare versions)."""
         if not token or len(token) > 256:
             return None
+        return self.load_key(hash_token(token))
+
+    def load_key(self, key: str) -> _Loaded | None:
+        """`load` by the token's hash (doors that hold a session reference, not its cookie)."""
         self.rt.require_stores()  # a store known to be down: fail closed before any cache
-        key = hash_token(token)
         cached = self.cache.get(key)
         if cached is not None:  # the versions read; a load only if they moved
             found = self._read(key, cached)
@@ -207,13 +210,16 @@ class Guard:
         """The decision when it needs one statement on an open connection and nothing else:
         cheap enough for the event loop. None means: use `check` in a thread (no cached copy
         yet, a load in flight, a grant to spend, a challenge to start, a busy audit queue)."""
+        if token and len(token) > 256:
+            return None
+        return self.check_cached_key(context, hash_token(token) if token else None)
+
+    def check_cached_key(self, context: RequestContext, key: str | None) -> Check | None:
+        """`check_cached` by the session token's hash."""
         if self.rt.audit.backlog > AUDIT_INLINE_LIMIT:
             return None
         loaded: _Loaded | None = None
-        if token:
-            if len(token) > 256:
-                return None
-            key = hash_token(token)
+        if key:
             cached = self.cache.get(key)
             if cached is None or self.cache.in_flight(key):
                 return None
@@ -236,16 +242,22 @@ class Guard:
         return check
 
     def check(self, context: RequestContext, token: str | None, *, audit: bool = True) -> Check:
+        key = hash_token(token) if token and len(token) <= 256 else None
+        return self.check_key(context, key, audit=audit)
+
+    def check_key(self, context: RequestContext, key: str | None, *,
+                  audit: bool = True) -> Check:
+        """`check` by the session token's hash: the one decision flow of every door."""
         now = self.rt.now()
-        loaded = self.load(token)
+        loaded = self.load_key(key) if key else None
         result = self._decide(context, loaded)
         decision = result.decision
         if decision.consume_grant and not self._consume(decision, result.session):
             spent = [g for g in loaded.grants if g.id != decision.consume_grant] if loaded else []
             decision = decide(self.rt.policy, context, result.state, result.risk, spent, now)
             result = replace(result, decision=decision)
-        if loaded is not None and token:
-            self._touch(loaded, hash_token(token), context, now)
+        if loaded is not None and key:
+            self._touch(loaded, key, context, now)
         self._remember_amount(result)
         if audit:
             self._audit(result)
