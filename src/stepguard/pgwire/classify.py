@@ -43,7 +43,8 @@ regexp_match regexp_matches regexp_replace regexp_split_to_array repeat replace 
 row_number rpad rtrim sign split_part sqrt starts_with statement_timestamp stddev string_agg
 string_to_array strpos substr substring sum timeofday to_char to_date to_hex to_json to_jsonb
 to_number to_timestamp translate trim trunc unnest upper variance version clock_timestamp
-transaction_timestamp array_upper array_lower array_ndims random gen_random_uuid
+transaction_timestamp array_upper array_lower array_ndims random gen_random_uuid pg_sleep
+pg_backend_pid current_database current_schema current_user session_user
 """.split())
 SAFE_OPERATORS = frozenset("""
 + - * / % ^ = <> != < > <= >= || ~ ~* !~ !~* ~~ ~~* !~~ !~~* @> <@ && -> ->> #> #>> ? ?| ?& @@ @?

@@ -221,8 +221,7 @@ class Connection:
         self.classifier = self.gw.classifier(self.database)
         dropped = [k for k in params if k.lower() not in _PASS_PARAMS and k not in (
             "user", "database", "application_name", "client_encoding")]
-        encoding = params.get("client_encoding", "UTF8").upper().replace("-", "")
-        if encoding not in ("UTF8", "UNICODE"):
+        if not _utf8(params.get("client_encoding", "UTF8")):
             await self._fatal("22023", "Stepguard speaks UTF8 only (client_encoding=UTF8).")
             raise Closed()
         self.application = params.get("application_name", "")[:64]
@@ -283,8 +282,8 @@ class Connection:
         return loaded.record
 
     def _check_settings(self, parameters: dict[str, str]) -> None:
-        if parameters.get("standard_conforming_strings", "on") != "on" or parameters.get(
-                "client_encoding", "UTF8").upper() not in ("UTF8", "UNICODE"):
+        if parameters.get("standard_conforming_strings", "on") != "on" or not _utf8(
+                parameters.get("client_encoding", "UTF8")):
             raise m.ProtocolViolation("the server's string settings changed "
                                       "(standard_conforming_strings, client_encoding)")
 
@@ -533,15 +532,17 @@ class Connection:
         found = guard.check_cached_key(context, key)
         if found is not None and found.session is not None:
             return found
-        check = await asyncio.to_thread(guard.check_key, context, key)
-        if check.session is None:  # the token was rotated by a step-up: follow the session
-            if await self._session() is not None:
-                check = await asyncio.to_thread(guard.check_key, context,
-                                                self.identity.session_key)
-            if check.session is None:  # revoked, signed out, expired: never judged anonymous
+        if await asyncio.to_thread(guard.load_key, key) is None:
+            # rotated by a step-up (follow the session), or ended: never judged anonymous
+            if await self._session() is None:
                 await self._fatal("28000", "The Stepguard session this connection belongs to "
                                            "has ended.")
                 raise Closed()
+        check = await asyncio.to_thread(guard.check_key, context, self.identity.session_key)
+        if check.session is None:
+            await self._fatal("28000", "The Stepguard session this connection belongs to has "
+                                       "ended.")
+            raise Closed()
         return check
 
     def _note(self, check: Check) -> None:
@@ -564,17 +565,24 @@ class Connection:
         self.hold = Hold(challenge.id)
         try:
             outcome = await self._wait(challenge.id, check.context)
+        except BaseException:  # the client left or the gateway stops: the approval is void
+            await asyncio.shield(self._abandon(challenge.id))
+            raise
         finally:
             self.hold = None
         if isinstance(outcome, Check):
             self._last_audit = outcome
             return None
-        await asyncio.to_thread(self.rt.store.challenges.abandon, challenge.id,
-                                now=self.rt.now())
+        await self._abandon(challenge.id)
         if outcome == "cancelled":
             return ("57014", "canceling statement due to user request", "")
         return ("28000", f"Stepguard: {reason} The step-up was not completed ({outcome}).",
                 f"Run the statement again and approve it at the new link (this one was {link}).")
+
+    async def _abandon(self, challenge_id: str) -> None:
+        with contextlib.suppress(StepguardError):
+            await asyncio.to_thread(self.rt.store.challenges.abandon, challenge_id,
+                                    now=self.rt.now())
 
     async def _wait(self, challenge_id: str, context: RequestContext) -> Check | str:
         assert self.hold is not None
@@ -673,6 +681,11 @@ def _sql_effect(statement: Statement) -> tuple[str, str, Any] | None:
     if statement.kind == "set" and statement.text.lower().startswith("discard"):
         return ("stmt", ALL, REMOVE)
     return None
+
+
+def _utf8(value: str) -> bool:
+    """PostgreSQL's reading of an encoding name: case and punctuation ignored."""
+    return "".join(c for c in value.upper() if c.isalnum()) in ("UTF8", "UNICODE")
 
 
 def _plain_text(text: str) -> bool:
