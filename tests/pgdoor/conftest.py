@@ -59,6 +59,7 @@ SCHEMA = [
     "INSERT INTO customers SELECT g, 'c' || g FROM generate_series(1, 10) g",
     "CREATE TABLE cards (id int primary key, number text, holder text)",
     "INSERT INTO cards VALUES (1, '4111111111111111', 'c1')",
+    "CREATE VIEW customer_cards AS SELECT id, number FROM cards",
     "CREATE TABLE log (id serial primary key, note text)",
     "CREATE FUNCTION purge() RETURNS int LANGUAGE sql AS 'DELETE FROM customers RETURNING 1'",
 ]

@@ -27,6 +27,8 @@ from pglast.parser import ParseError, normalize, parse_sql_json
 PARSER_SETTINGS = frozenset({"standard_conforming_strings", "client_encoding", "names",
                              "backslash_quote"})
 ROLE_SETTINGS = frozenset({"role", "session_authorization"})
+# Settings that name the human behind the connection in the server's views and logs.
+IDENTITY_SETTINGS = frozenset({"application_name"})
 
 # Builtin functions without side effects: a call to any other function (or one named in another
 # schema than pg_catalog) counts as kind `function`, which a policy can step up or deny.
@@ -178,9 +180,10 @@ def _statement(text: str, node: dict[str, Any], views: Mapping[str, tuple[str, .
     if name == "CopyStmt" and (body.get("filename") or body.get("is_program")):
         kinds.add("admin")  # a server-side file or program
     tables = set(walk.tables)
-    for table in list(tables):
-        tables.update(views.get(table, ()))
-        tables.update(views.get(_bare(table), ()))
+    for table in list(tables):  # a view reads its tables (an unqualified name: any schema's)
+        for view, read in views.items():
+            if view == table or ("." not in table and _bare(view) == table):
+                tables.update(read)
     statement = Statement(
         text=text, kind=kind, kinds=frozenset(kinds), tables=frozenset(tables),
         columns=frozenset(_columns(walk, tables)), functions=frozenset(walk.functions),
@@ -212,6 +215,8 @@ def _refusal(name: str, body: dict[str, Any]) -> str:
     if name == "VariableSetStmt" and body.get("name") in PARSER_SETTINGS:
         return (f"Changing {body.get('name')} is not allowed through Stepguard: it would change "
                 "how later statements are read.")
+    if name == "VariableSetStmt" and body.get("name") in IDENTITY_SETTINGS:
+        return "application_name names the person using this connection; it cannot be changed."
     if name == "VariableSetStmt" and body.get("name") == "search_path":
         return _search_path_refusal(_constants(body.get("args", [])))
     return ""
@@ -320,7 +325,7 @@ class _Walk:
 
     def _set_config(self, args: list[Any]) -> None:
         setting = _constants(args[:1])[0] if args else None
-        if setting is None or setting.lower() in PARSER_SETTINGS:
+        if setting is None or setting.lower() in PARSER_SETTINGS | IDENTITY_SETTINGS:
             self.refusal = ("set_config may only name a constant setting, and not one that "
                             "changes how statements are read")
         elif setting.lower() in ROLE_SETTINGS:
