@@ -324,6 +324,9 @@ class PostgresSection(Section):
     """The database door: PostgreSQL gateways judged by the same policy (docs/databases.md)."""
 
     listeners: list[PostgresListener] = Field(default_factory=list)
+    public_address: str = Field(
+        "", description="host:port users connect to (in issued connection strings); default: "
+                        "the first listener")
     hold_timeout: Duration = Field(
         120.0, description="how long a statement waiting for a step-up is held before it is "
                            "refused (SQLSTATE 28000)")

@@ -21,6 +21,8 @@ from typing import Any
 
 from pglast.parser import ParseError, normalize, parse_sql_json
 
+from stepguard.core.context import RequestContext
+
 
 # Settings that change how PostgreSQL reads the bytes of later statements: the classifier reads
 # them one way only (UTF-8, standard conforming strings), so no statement may change them.
@@ -123,6 +125,27 @@ class Classification:
     """Every statement of one query string, in order."""
 
     statements: tuple[Statement, ...]
+
+
+def statement_context(text: str, *, database: str, params: bytes = b"", client_ip: str = "",
+                      user_agent: str = "", literals: bool = False,
+                      statement: Statement | None = None) -> RequestContext:
+    """The request context of one statement through the postgres door (what the policy sees).
+
+    The binding digest covers the statement's text and its parameter values (extended protocol),
+    so an approval is for exactly what runs."""
+    if statement is None:
+        statements = classify(text).statements
+        if len(statements) != 1:
+            raise Unparseable("expected exactly one statement")
+        statement = statements[0]
+    digest = statement.digest
+    if params:
+        digest = hashlib.sha256(digest.encode() + b"\x00" + params).hexdigest()
+    facts = statement.facts(database, digest)
+    facts["text"] = statement.text if literals else statement.normalized
+    return RequestContext(method="", host="", path="", client_ip=client_ip,
+                          user_agent=user_agent, door="postgres", statement=facts)
 
 
 class Classifier:

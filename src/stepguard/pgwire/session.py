@@ -26,7 +26,7 @@ from stepguard.core.context import RequestContext
 from stepguard.core.decision import Decision, Outcome
 from stepguard.core.errors import StepguardError, StoreUnavailable
 from stepguard.pgwire import messages as m
-from stepguard.pgwire.classify import Classifier, Statement, Unparseable
+from stepguard.pgwire.classify import Classifier, Statement, Unparseable, statement_context
 from stepguard.pgwire.scram import MECHANISM, ScramError, ServerExchange, Verifier
 from stepguard.pgwire.tracking import ALL, REMOVE, Expect, Portal, Tracker
 from stepguard.pgwire.upstream import Upstream, UpstreamError, open_upstream
@@ -504,14 +504,10 @@ class Connection:
 
     def _context(self, statement: Statement, params: bytes) -> RequestContext:
         assert self.database is not None
-        digest = statement.digest
-        if params:
-            digest = hashlib.sha256(digest.encode() + b"\x00" + params).hexdigest()
-        facts = statement.facts(self.database.name, digest)
-        facts["text"] = (statement.text if self.rt.config.postgres.audit_literals
-                         else statement.normalized)
-        return RequestContext(method="", host="", path="", client_ip=self.client_ip,
-                              user_agent=self.application, door="postgres", statement=facts)
+        return statement_context(statement.text, database=self.database.name, params=params,
+                                 client_ip=self.client_ip, user_agent=self.application,
+                                 literals=self.rt.config.postgres.audit_literals,
+                                 statement=statement)
 
     async def _judge(self, statement: Statement, params: bytes) -> tuple[str, str, str] | None:
         """None when the statement may run now; else (SQLSTATE, message, hint) of the refusal."""

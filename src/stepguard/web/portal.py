@@ -30,6 +30,7 @@ from stepguard.service.push_devices import PushDevices
 from stepguard.service.runtime import Runtime, new_id, sign
 from stepguard.service.stepup import ChallengeGone, Passed, StepUp
 from stepguard.storage.records import SessionRecord, UserRecord
+from stepguard.web.db_tokens import DbTokenPages
 from stepguard.web.render import Renderer
 from stepguard.web.security import (
     CsrfRejected,
@@ -98,6 +99,7 @@ class Portal:
             r("/admin/sessions/revoke", self.admin_revoke, methods=["POST"]),
             r("/admin/users/disable", self.admin_disable, methods=["POST"]),
             r("/admin/users/unlock", self.admin_unlock, methods=["POST"]),
+            *DbTokenPages(self).routes(),
         ]
 
     def client_ip(self, request: Request) -> str:
@@ -556,6 +558,7 @@ class Portal:
             enrol_push_url="/account/push-device",
             recovery_url="/account/recovery",
             logout_url="/logout",
+            db_tokens_url="/account/db-tokens" if self.rt.config.postgres.listeners else "",
             **view,
         )
 
