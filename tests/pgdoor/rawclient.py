@@ -59,7 +59,8 @@ class Raw:
     def parse(self, name: str, sql: str) -> None:
         self.send(b"P", m.cstring(name) + m.cstring(sql) + b"\x00\x00")
 
-    def bind(self, portal: str = "", statement: str = "", params: list[bytes] | None = None) -> None:
+    def bind(self, portal: str = "", statement: str = "",
+             params: list[bytes] | None = None) -> None:
         values = params or []
         body = m.cstring(portal) + m.cstring(statement) + b"\x00\x00"
         body += struct.pack("!h", len(values))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -24,9 +23,10 @@ HELD = ("28000",)  # held, then refused because nobody approved it
 REFUSED = ("28000", "42501", "42601", "26000", "34000", "42P05")
 
 
-@pytest.fixture()
-def door(tmp_path: Path, postgres_server: PostgresServer) -> Iterator[Door]:
-    made = make_door(tmp_path, postgres_server)
+@pytest.fixture(scope="module")
+def door(tmp_path_factory: pytest.TempPathFactory,
+         postgres_server: PostgresServer) -> Iterator[Door]:
+    made = make_door(tmp_path_factory.mktemp("attacks"), postgres_server)
     made.gateway.hold_timeout = 0.3
     yield made
     stop_door(made)

@@ -19,7 +19,6 @@ import psycopg
 import pytest
 
 from stepguard.core.errors import StepguardError
-
 from tests.pgdoor.conftest import Door
 
 
@@ -74,7 +73,8 @@ def _challenges(door: Door):  # type: ignore[no-untyped-def]
 
 def test_a_refused_or_expired_step_up_gives_28000_and_nothing_runs(door: Door) -> None:
     door.gateway.hold_timeout = 0.5
-    with door.connect() as connection, pytest.raises(psycopg.errors.InvalidAuthorizationSpecification) as caught:
+    refusal = psycopg.errors.InvalidAuthorizationSpecification
+    with door.connect() as connection, pytest.raises(refusal) as caught:
         connection.execute("DELETE FROM customers WHERE id = 2")
     assert "/step-up/" in (caught.value.diag.message_hint or "")
     assert door.count() == 10

@@ -40,7 +40,7 @@ def start_beside_http(config: Path) -> subprocess.Popen[bytes] | None:
         return None
     command = [sys.executable, "-c", "from stepguard.cli.main import app; app()",
                "postgres", "serve", "--config", str(config)]
-    return subprocess.Popen(command)
+    return subprocess.Popen(command)  # noqa: S603 - our own interpreter and arguments
 
 
 def db_login(

@@ -301,8 +301,9 @@ class PostgresDatabase(Section):
                                "encrypted with the certificate checked against ca_file and host")
     ca_file: str = Field("", description="CA bundle for tls: verify-full (relative to this file)")
     views: dict[str, list[str]] = Field(
-        default_factory=dict, description="view -> tables it reads, so `tables:` rules see "
-                                          "through views (e.g. public.card_summary: [public.cards])")
+        default_factory=dict,
+        description="view -> tables it reads, so `tables:` rules see through views "
+                    "(e.g. public.card_summary: [public.cards])")
 
     _upstream = field_validator("upstream")(lambda v: _check_listen(v) or v)
 

@@ -23,7 +23,6 @@ from pglast.parser import ParseError, normalize, parse_sql_json
 
 from stepguard.core.context import RequestContext
 
-
 # Settings that change how PostgreSQL reads the bytes of later statements: the classifier reads
 # them one way only (UTF-8, standard conforming strings), so no statement may change them.
 PARSER_SETTINGS = frozenset({"standard_conforming_strings", "client_encoding", "names",
@@ -39,7 +38,8 @@ abs age array_agg array_length array_position array_to_string avg bit_length boo
 cardinality ceil ceiling char_length character_length coalesce concat concat_ws count cume_dist
 current_date current_setting date_part date_trunc decode dense_rank encode every exp extract
 first_value floor format generate_series greatest initcap jsonb_agg jsonb_array_elements
-jsonb_array_length jsonb_build_array jsonb_build_object jsonb_each jsonb_extract_path jsonb_object_agg
+jsonb_array_length jsonb_build_array jsonb_build_object jsonb_each jsonb_extract_path
+jsonb_object_agg
 jsonb_typeof json_agg json_array_elements json_build_array json_build_object json_each
 json_object_agg json_typeof lag last_value lead least left length ln log lower lpad ltrim make_date
 make_interval max md5 min mod now ntile nullif octet_length percent_rank pi position power rank
@@ -49,11 +49,11 @@ string_to_array strpos substr substring sum timeofday to_char to_date to_hex to_
 to_number to_timestamp translate trim trunc unnest upper variance version clock_timestamp
 transaction_timestamp array_upper array_lower array_ndims random gen_random_uuid pg_sleep
 pg_backend_pid current_database current_schema current_user session_user
-""".split())
+""".split())  # noqa: SIM905
 SAFE_OPERATORS = frozenset("""
 + - * / % ^ = <> != < > <= >= || ~ ~* !~ !~* ~~ ~~* !~~ !~~* @> <@ && -> ->> #> #>> ? ?| ?& @@ @?
 # & | << >> |/ ||/ @ -|-
-""".split())
+""".split())  # noqa: SIM905
 
 _DDL = frozenset("""
 AlterCollationStmt AlterDatabaseRefreshCollStmt AlterDatabaseSetStmt AlterDatabaseStmt
@@ -72,11 +72,11 @@ CreateTableAsStmt CreateTableSpaceStmt CreateTransformStmt CreateTrigStmt Create
 CreatedbStmt DefineStmt DropStmt DropSubscriptionStmt DropTableSpaceStmt DropUserMappingStmt
 DropdbStmt ImportForeignSchemaStmt IndexStmt RefreshMatViewStmt RenameStmt ReplicaIdentityStmt
 RuleStmt SecLabelStmt ViewStmt
-""".split())
+""".split())  # noqa: SIM905
 _GRANT = frozenset("""GrantStmt GrantRoleStmt CreateRoleStmt AlterRoleStmt AlterRoleSetStmt
-DropRoleStmt DropOwnedStmt ReassignOwnedStmt""".split())
+DropRoleStmt DropOwnedStmt ReassignOwnedStmt""".split())  # noqa: SIM905
 _ADMIN = frozenset("""AlterSystemStmt CheckPointStmt ClusterStmt LoadStmt ReindexStmt VacuumStmt
-AlterDatabaseSetStmt""".split())
+AlterDatabaseSetStmt""".split())  # noqa: SIM905
 _SIMPLE = {
     "SelectStmt": "select", "InsertStmt": "insert", "UpdateStmt": "update",
     "DeleteStmt": "delete", "MergeStmt": "merge", "TruncateStmt": "truncate",
@@ -284,9 +284,7 @@ def _columns(walk: _Walk, tables: set[str]) -> set[str]:
     names = walk.aliases | {_bare(t) for t in tables}
     columns: set[str] = set()
     for parts in walk.columns:
-        if len(parts) == 1 and parts[0] in names:
-            columns.add("*")
-        elif parts[-1] == "*":
+        if len(parts) == 1 and parts[0] in names or parts[-1] == "*":
             columns.add("*")
         else:
             columns.add(parts[-1])
@@ -370,6 +368,8 @@ class _Walk:
 
 def _statement_handler(kind: str) -> Any:
     def handle(walk: _Walk, body: dict[str, Any]) -> None:
+        if kind == "select" and "valuesLists" in body:
+            return  # VALUES (…) reads nothing
         walk.kinds.add(kind)
         if kind in ("update", "delete") and _unbounded(body.get("whereClause")):
             walk.unbounded = True
@@ -414,9 +414,12 @@ def _constants(args: list[Any]) -> list[str | None]:
     return values
 
 
+_MERGE_ACTIONS = {"CMD_DELETE": "delete", "CMD_UPDATE": "update", "CMD_INSERT": "insert"}
 _HANDLERS: dict[str, Any] = {
     "ColumnRef": _Walk.column_ref,
     "ResTarget": _Walk.res_target,
+    "MergeWhenClause": lambda walk, body: walk.kinds.add(
+        _MERGE_ACTIONS.get(body.get("commandType", ""), "merge")),
     "FuncCall": _Walk.func_call,
     "A_Expr": _Walk.operator,
 }

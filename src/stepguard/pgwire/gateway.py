@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import logging
 import ssl
 import struct
 from pathlib import Path
+from typing import Any
 
 from stepguard.config.schema import PostgresDatabase, PostgresListener
 from stepguard.pgwire.classify import Classifier
@@ -41,7 +43,7 @@ class PostgresGateway:
         self._classifiers: dict[str, Classifier] = {}
         self._tls: dict[int, ssl.SSLContext | None] = {}
         self._connections: dict[tuple[int, int], Connection] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self.servers: list[asyncio.Server] = []
 
     # ------------------------------------------------------------------ listeners
@@ -52,7 +54,7 @@ class PostgresGateway:
         for listener in self.rt.config.postgres.listeners:
             host, _, port = listener.listen.rpartition(":")
             server = await asyncio.start_server(
-                lambda r, w, li=listener: self._accept(li, r, w), host.strip("[]"), int(port))
+                functools.partial(self._accept, listener), host.strip("[]"), int(port))
             self.servers.append(server)
             address = server.sockets[0].getsockname()
             bound.append((str(address[0]), int(address[1])))
@@ -82,14 +84,14 @@ class PostgresGateway:
                       writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
+        self._tasks.add(task)
         try:
             await Connection(self, listener, reader, writer).run()
         except Exception:  # one connection's bug never ends the listener or other sessions
             log.exception("postgres connection failed")
             writer.close()
         finally:
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            self._tasks.discard(task)
 
     # ------------------------------------------------------------------ shared parts
 

@@ -491,7 +491,8 @@ class Connection:
         if statement.execute is None:
             return statement
         name = statement.execute
-        inner = pending[name] if name in pending else self.tracker.lookup("stmt", name)
+        inner: Statement | None = (pending[name] if name in pending
+                                   else self.tracker.lookup("stmt", name))
         if inner is None or inner is REMOVE:
             return f'prepared statement "{name}" does not exist'
         return replace(inner, text=f"{statement.text} -- {inner.text}",
@@ -528,12 +529,11 @@ class Connection:
         found = guard.check_cached_key(context, key)
         if found is not None and found.session is not None:
             return found
-        if await asyncio.to_thread(guard.load_key, key) is None:
-            # rotated by a step-up (follow the session), or ended: never judged anonymous
-            if await self._session() is None:
-                await self._fatal("28000", "The Stepguard session this connection belongs to "
-                                           "has ended.")
-                raise Closed()
+        # rotated by a step-up (follow the session), or ended: never judged anonymous
+        if await asyncio.to_thread(guard.load_key, key) is None and await self._session() is None:
+            await self._fatal("28000", "The Stepguard session this connection belongs to "
+                                       "has ended.")
+            raise Closed()
         check = await asyncio.to_thread(guard.check_key, context, self.identity.session_key)
         if check.session is None:
             await self._fatal("28000", "The Stepguard session this connection belongs to has "
