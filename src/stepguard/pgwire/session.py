@@ -44,6 +44,8 @@ REFUSED_SQL = "STEPGUARD REFUSED THIS STATEMENT"  # a syntax error: the server f
 _REFUSAL_PARSE = m.message(b"P", m.cstring("") + m.cstring(REFUSED_SQL) + b"\x00\x00")
 _REFUSAL_QUERY = m.message(b"Q", m.cstring(REFUSED_SQL))
 _CHUNK = 262_144
+_MEMO_SIZE = 1024  # plain allows remembered per connection
+_TRACKED = frozenset(b"EZS123CsI")  # server messages the tracker reads
 _PASS_PARAMS = {"datestyle": "DateStyle", "timezone": "TimeZone", "intervalstyle": "IntervalStyle",
                 "extra_float_digits": "extra_float_digits"}
 
@@ -127,6 +129,7 @@ class Connection:
         self.key = (secrets.randbits(31), secrets.randbits(31))
         self.out = bytearray()
         self.application = ""
+        self._memo: dict[int, tuple[Statement, tuple[int, int], int, Check]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -306,38 +309,64 @@ class Connection:
                 raise exc
 
     async def _from_server(self) -> None:
+        """Relay the server's bytes as they are; only the messages that change what the
+        gateway tracks are read (rows and descriptions are skipped by their length)."""
         assert self.upstream is not None
-        inbox = Inbox(self.upstream.reader, 1 << 30)
-        inbox.buffer += self.upstream.leftover
+        reader = self.upstream.reader
+        buffer = bytearray(self.upstream.leftover)
         while True:
-            out = bytearray()
-            while (found := inbox.next()) is not None:
-                kind, body, raw = found
-                out += self._server_message(kind, body, raw)
+            out, used = self._scan(buffer)
             if out:
                 self.writer.write(out)
                 await self.writer.drain()
-            await inbox.fill()
+            del buffer[:used]
+            chunk = await reader.read(_CHUNK)
+            if not chunk:
+                raise Closed()
+            buffer += chunk
 
-    def _server_message(self, kind: bytes, body: bytes, raw: bytes) -> bytes:
+    def _scan(self, buffer: bytearray) -> tuple[bytes | bytearray, int]:
+        """(bytes for the client, bytes consumed) for the complete messages in `buffer`."""
+        pos, size, start = 0, len(buffer), 0
+        out: bytearray | None = None
+        while pos + 5 <= size:
+            end = pos + 1 + int.from_bytes(buffer[pos + 1:pos + 5], "big")
+            if end > size:
+                break
+            kind = buffer[pos]
+            if kind in _TRACKED:
+                replacement = self._server_message(kind, bytes(buffer[pos + 5:end]))
+                if replacement is not None:
+                    out = out if out is not None else bytearray()
+                    out += buffer[start:pos]
+                    out += replacement
+                    start = end
+            pos = end
+        if out is None:
+            return buffer[:pos], pos
+        out += buffer[start:pos]
+        return out, pos
+
+    def _server_message(self, kind: int, body: bytes) -> bytes | None:
+        """Track one server message; the bytes to send instead of it, if any."""
         tracker = self.tracker
-        if kind == b"E":
+        if kind == 69:  # E
             refusal = tracker.error()
-            return refusal.error if refusal is not None else raw
-        if kind == b"Z":
-            tracker.answer(kind)
+            return refusal.error if refusal is not None else None
+        if kind == 90:  # Z
+            tracker.answer(b"Z")
             self.status = body[:1]
             tracker.ready(self.status)
-            return raw
-        if kind == b"S":
+            return None
+        if kind == 83:  # S
             name, at = m.read_cstring(body, 0)
             value, _ = m.read_cstring(body, at)
             self._check_settings({name: value})
-            return raw
-        done = tracker.answer(kind)
-        if kind == b"C" and done is not None and done.audit is not None:
+            return None
+        done = tracker.answer(bytes((kind,)))
+        if kind == 67 and done is not None and done.audit is not None:  # C
             self._audit_rows(done, body)
-        return raw
+        return None
 
     async def _from_client(self) -> None:
         inbox = self.inbox
@@ -513,15 +542,47 @@ class Connection:
     async def _judge(self, statement: Statement, params: bytes) -> tuple[str, str, str] | None:
         """None when the statement may run now; else (SQLSTATE, message, hint) of the refusal."""
         self._last_audit = None
+        if self._again(statement):
+            return None
         context = self._context(statement, params)
         check = await self._check(context)
         decision = check.decision
         if decision.outcome is Outcome.ALLOW:
             self._note(check)
+            self._remember(statement, check)
             return None
         if decision.outcome is Outcome.DENY:
             return ("42501", " ".join(decision.reasons) or "Stepguard denies this statement.", "")
         return await self._step_up(check, statement)
+
+    def _again(self, statement: Statement) -> bool:
+        """A statement this connection was allowed before, plainly (nothing but its sign-in),
+        while the session's and user's versions are unchanged — read now, per statement, so a
+        revocation still stops the very next one — within the same hour: the same answer,
+        audited again, without deciding it again."""
+        found = self._memo.get(id(statement))
+        if found is None or found[0] is not statement or found[2] != self._hour():
+            return False
+        assert self.identity is not None
+        guard = self.gw.guard
+        if guard.versions_now(self.identity.session_key, found[3].context) != found[1]:
+            return False
+        guard.audit(found[3])
+        return True
+
+    def _remember(self, statement: Statement, check: Check) -> None:
+        guard = self.gw.guard
+        if not self.gw.memo_ok or not guard.plain_allow(check) or self.identity is None:
+            return
+        versions = guard.versions_now(self.identity.session_key, check.context)
+        if versions is None:
+            return
+        if len(self._memo) >= _MEMO_SIZE:
+            self._memo.clear()
+        self._memo[id(statement)] = (statement, versions, self._hour(), check)
+
+    def _hour(self) -> int:
+        return int(self.rt.now() // 3600)
 
     async def _check(self, context: RequestContext) -> Check:
         assert self.identity is not None

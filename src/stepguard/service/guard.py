@@ -241,6 +241,33 @@ class Guard:
         self._audit(check)
         return check
 
+    def versions_now(self, key: str, context: RequestContext) -> tuple[int, int] | None:
+        """The session's and user's versions as of this moment (the revocation check, one read,
+        last-seen noted), for a cached live session; None: not cached, gone or not alive."""
+        cached = self.cache.get(key)
+        if cached is None or self.cache.in_flight(key):
+            return None
+        self.rt.require_stores()
+        try:
+            loaded = self._read(key, cached, connect=False)
+        except StoreUnavailable:
+            return None
+        if loaded is None or not self._alive(loaded):
+            return None
+        self._touch(loaded, key, context, self.rt.now())
+        return loaded.versions
+
+    def plain_allow(self, check: Check) -> bool:
+        """An allow that needs nothing but a live sign-in (no grant, nothing above aal1, low
+        risk): the same answer for the same request while the versions hold."""
+        d = check.decision
+        return (d.allowed and not d.grant_id and check.risk.level == "low"
+                and self._plain.get(d.rule, False))
+
+    def audit(self, check: Check) -> None:
+        """Audit a decision taken again without change (see `versions_now`)."""
+        self._audit(check)
+
     def check(self, context: RequestContext, token: str | None, *, audit: bool = True) -> Check:
         key = hash_token(token) if token and len(token) <= 256 else None
         return self.check_key(context, key, audit=audit)
