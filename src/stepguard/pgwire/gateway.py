@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from stepguard.config.schema import PostgresDatabase, PostgresListener
+from stepguard.core.context import RequestContext
 from stepguard.core.policy import Policy
 from stepguard.pgwire.classify import Classifier
 from stepguard.pgwire.session import Connection
@@ -58,6 +59,7 @@ class PostgresGateway:
         self._classifiers: dict[str, Classifier] = {}
         self._tls: dict[int, ssl.SSLContext | None] = {}
         self._connections: dict[tuple[int, int], Connection] = {}
+        self._turn: dict[str, tuple[int, int]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.servers: list[asyncio.Server] = []
 
@@ -131,6 +133,21 @@ class PostgresGateway:
                                     else None)
             self._tls[key] = context
         return self._tls[key]
+
+    def versions(self, key: str, context: RequestContext) -> tuple[int, int] | None:
+        """The session's versions read after every statement judged in this turn of the event
+        loop had arrived: one read serves them all (each of those statements was received
+        before the read began, so a revocation committed before any of them arrived is seen).
+        The memory is dropped before the loop reads any new data."""
+        found = self._turn.get(key)
+        if found is None:
+            found = self.guard.versions_now(key, context)
+            if found is None:
+                return None
+            if not self._turn:
+                asyncio.get_running_loop().call_soon(self._turn.clear)
+            self._turn[key] = found
+        return found
 
     def remember(self, connection: Connection) -> None:
         self._connections[connection.key] = connection

@@ -564,10 +564,9 @@ class Connection:
         if found is None or found[0] is not statement or found[2] != self._hour():
             return False
         assert self.identity is not None
-        guard = self.gw.guard
-        if guard.versions_now(self.identity.session_key, found[3].context) != found[1]:
+        if self.gw.versions(self.identity.session_key, found[3].context) != found[1]:
             return False
-        guard.audit(found[3])
+        self.gw.guard.audit(found[3])
         return True
 
     def _remember(self, statement: Statement, check: Check) -> None:
