@@ -149,7 +149,7 @@ def _start(runtime: Runtime, folder: Path) -> tuple[PostgresGateway, asyncio.Abs
 
 
 def make_door(folder: Path, server: PostgresServer, *, extra: str = "",
-              policy: str = POLICY) -> Door:
+              policy: str = POLICY, database_extra: str = "") -> Door:
     database_url = create_database(server.url(), prefix="door")
     name = database_url.rsplit("/", 1)[1]
     admin_url = f"postgresql://postgres@127.0.0.1:{server.port}/{name}"
@@ -165,7 +165,7 @@ postgres:
     - listen: "127.0.0.1:{port}"
 {extra}      databases:
         - {{name: app, upstream: "127.0.0.1:{server.port}", database: {name}, user: postgres,
-           views: {{public.customer_cards: [public.cards]}}}}
+           views: {{public.customer_cards: [public.cards]}}{database_extra}}}
 """
     clock = Clock(now=time.time())
     runtime = make_runtime(folder, clock=clock, policy=policy, extra=config)

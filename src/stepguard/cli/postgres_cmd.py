@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from stepguard.cli.output import console, errors
+from stepguard.cli.output import errors
 from stepguard.cli.server_cmd import CONFIG, load, runtime_for, user_named
 
 app = typer.Typer(help="The database door (PostgreSQL gateway).", no_args_is_help=True)
@@ -73,5 +73,5 @@ def db_login(
         level = max((e.level for e in bound.events), default=None)
         issued = TokenService(runtime).issue(bound, user, level=level.label if level else "aal0")
         host, port = public_address(runtime.config)
-        console.print(connection_string(host=host, port=port, user_name=issued.user_name,
-                                        secret=issued.secret, database=database), markup=False)
+        typer.echo(connection_string(host=host, port=port, user_name=issued.user_name,
+                                     secret=issued.secret, database=database))  # one line
