@@ -238,3 +238,34 @@ def test_listen_and_notify_pass_through(door: Door) -> None:
         sender.execute("NOTIFY news, 'hello'")
         received = next(listener.notifies(timeout=5, stop_after=1))
     assert received.payload == "hello"
+
+
+def test_text_read_differently_after_a_settings_change_waits_for_it(door: Door) -> None:
+    """Two queries sent together: the second (with a backslash) is refused while the first,
+    which could change how text is read, has not finished."""
+    raw = _raw(door)
+    raw.send_raw(m.message(b"Q", m.cstring("SELECT set_config('work_mem', '2MB', false)"))
+                 + m.message(b"Q", m.cstring("SELECT 'a\\' AS x")))
+    first = raw.until_ready()
+    second = raw.until_ready()
+    assert not errors(first)
+    assert errors(second)[0]["C"] == "42601"
+    assert not errors(raw.query("SELECT 'a\\' AS x"))  # once it finished, it is fine
+    raw.close()
+
+
+def test_a_function_that_turns_off_standard_strings_ends_the_connection(door: Door) -> None:
+    with door.admin() as admin:
+        admin.execute("CREATE OR REPLACE FUNCTION sneaky() RETURNS void LANGUAGE plpgsql AS "
+                      "$$BEGIN PERFORM set_config('standard_conforming_strings', 'off', false);"
+                      " END$$")
+    door.gateway.hold_timeout = 20
+    try:
+        with door.connect() as connection:
+            approver = door.approve_in_background()
+            with pytest.raises(psycopg.OperationalError):
+                connection.execute("SELECT sneaky()")
+                connection.execute("SELECT 1")
+            approver.join(10)
+    finally:
+        door.gateway.hold_timeout = 0.3
