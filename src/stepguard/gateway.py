@@ -13,14 +13,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     generate_latest,
 )
 from starlette.applications import Starlette
@@ -33,13 +31,18 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from stepguard.adapters.decision_api import decision_api_routes
 from stepguard.adapters.forward_auth import CaddyStrategy, ForwardAuth, NginxStrategy
+from stepguard.adapters.mcp import PREFIX as MCP_PREFIX
+from stepguard.adapters.mcp import McpDoor
 from stepguard.adapters.proxy import ReverseProxy
 from stepguard.core.errors import BadRequest, StoreUnavailable
 from stepguard.service.accounts import Accounts
 from stepguard.service.guard import Guard
+from stepguard.service.hot_metrics import FastCounter, FastHistogram
 from stepguard.service.runtime import Runtime
 from stepguard.service.stepup import StepUp
 from stepguard.web import metrics_access
+from stepguard.web.agents_page import AgentsPage
+from stepguard.web.db_tokens import DbTokenPages
 from stepguard.web.portal import Portal
 from stepguard.web.security import SecurityHeadersMiddleware
 
@@ -68,12 +71,12 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.decisions = Counter("stepguard_forward_auth_responses_total",
-                                 "Forward-auth answers by HTTP status", ["status"],
-                                 registry=self.registry)
-        self.latency = Histogram("stepguard_forward_auth_seconds", "Forward-auth latency",
-                                 registry=self.registry,
-                                 buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25, 1.0))
+        self.decisions = FastCounter("stepguard_forward_auth_responses_total",
+                                     "Forward-auth answers by HTTP status", ["status"],
+                                     self.registry)
+        self.latency = FastHistogram("stepguard_forward_auth_seconds", "Forward-auth latency",
+                                     (0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25, 1.0),
+                                     self.registry)
         self.unavailable = Counter("stepguard_store_unavailable_total",
                                    "Requests refused with 503 because a store was unreachable",
                                    registry=self.registry)
@@ -82,17 +85,16 @@ class Metrics:
                                    registry=self.registry)
         self.store_up = Gauge("stepguard_store_up", "1 when the store answered the last check",
                               ["store"], registry=self.registry)
-        self._by_status: dict[int, Any] = {}
 
     def forward_auth(self, status: int, seconds: float) -> None:
         """One forward-auth answer: its latency and status (503s also count as unavailable)."""
         self.latency.observe(seconds)
-        child = self._by_status.get(status)
-        if child is None:
-            child = self._by_status[status] = self.decisions.labels(str(status))
-        child.inc()
+        self.decisions.inc(_STATUS.get(status) or str(status))
         if status == 503:
             self.unavailable.inc()
+
+
+_STATUS = {status: str(status) for status in (200, 302, 303, 400, 401, 403, 503)}
 
 
 class Gateway(Starlette):
@@ -101,11 +103,15 @@ class Gateway(Starlette):
     raw: dict[str, tuple[ASGIApp, tuple[str, ...]]]
     proxy: ASGIApp | None
     own_prefixes: tuple[str, ...]
+    mcp: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path = scope["path"]
             raw = self.raw.get(path)
+            if self.mcp is not None and path.startswith(MCP_PREFIX):
+                await self.mcp(scope, receive, send)
+                return
             if raw is not None:
                 if scope["method"] in raw[1]:
                     await raw[0](scope, receive, send)
@@ -121,7 +127,12 @@ def create_app(runtime: Runtime) -> Gateway:
     guard, stepup, accounts = Guard(runtime), StepUp(runtime), Accounts(runtime)
     metrics = Metrics.of(runtime.observer.registry)
     forward = ForwardAuth(runtime, guard, stepup, observe=metrics.forward_auth)
-    portal = Portal(runtime, guard, stepup, accounts)
+    https = runtime.config.server.public_url.startswith("https://")
+    proxy = (ReverseProxy(runtime, guard, stepup, https=https,
+                          unavailable=metrics.unavailable.inc)
+             if runtime.config.upstreams else None)
+    portal = Portal(runtime, guard, stepup, accounts,
+                    replay=proxy.replay if proxy is not None else None)
     forward_auth = forward.endpoint(CaddyStrategy())
     auth_request = forward.endpoint(NginxStrategy())
 
@@ -176,6 +187,8 @@ def create_app(runtime: Runtime) -> Gateway:
         yield
         if listener is not None:
             listener.close()
+        if mcp is not None:
+            await mcp.close()
         # The server has stopped accepting and finished its in-flight requests; now write the
         # audit queue (or spill it, see service/audit_spill.py) off the event loop.
         await run_in_threadpool(runtime.close)
@@ -189,13 +202,12 @@ def create_app(runtime: Runtime) -> Gateway:
         *([] if runtime.config.upstreams else [Route("/", root)]),
         *decision_api_routes(runtime, guard, stepup),
         *portal.routes(),
+        *AgentsPage(portal).routes(),
+        *DbTokenPages(portal).routes(),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    https = runtime.config.server.public_url.startswith("https://")
-    proxy = (ReverseProxy(runtime, guard, stepup, https=https,
-                          unavailable=metrics.unavailable.inc)
-             if runtime.config.upstreams else None)
-    own_prefixes = tuple(_literal_prefix(r) for r in routes)
+    mcp = McpDoor(runtime, guard, stepup) if runtime.config.mcp_servers else None
+    own_prefixes = tuple(_literal_prefix(r) for r in routes) + ((MCP_PREFIX,) if mcp else ())
     if proxy is not None:
         routes.append(Route("/{path:path}", proxy, methods=list(PROXIED_METHODS)))
         routes.append(WebSocketRoute("/{path:path}", proxy.websocket))
@@ -203,9 +215,9 @@ def create_app(runtime: Runtime) -> Gateway:
                   exception_handlers={StoreUnavailable: unavailable, BadRequest: bad_request})
     app.raw = {FORWARD_AUTH_PATH: (forward_auth, FORWARD_AUTH_METHODS),
                AUTH_REQUEST_PATH: (auth_request, AUTH_REQUEST_METHODS)}
-    app.proxy, app.own_prefixes = proxy, own_prefixes
+    app.proxy, app.own_prefixes, app.mcp = proxy, own_prefixes, mcp
     if proxy is not None:
-        app.state.replay, app.state.proxy = proxy.replay, proxy
+        app.state.proxy = proxy
     app.state.runtime, app.state.guard, app.state.stepup = runtime, guard, stepup
     app.state.accounts, app.state.portal = accounts, portal
     app.add_middleware(SecurityHeadersMiddleware, https=https)

@@ -149,6 +149,12 @@ def test_reads_filter_and_page(log: SqlAuditLog) -> None:
     assert seqs(rule="admin-roles", outcome="allow") == list(range(4, 41, 4))
     assert seqs(subject="bob", kind="admin", limit=1) == [15]
     assert seqs(subject="nobody") == []
+    newest = lambda **kw: [e.seq for e in log.latest(**kw)]  # noqa: E731
+    assert newest(limit=3) == [40, 39, 38]
+    assert newest(limit=2, subject="bob") == [39, 36]
+    assert newest(limit=2, rule="admin-roles", outcome="allow") == [40, 36]
+    assert newest(limit=0) == []
+    assert newest(limit=5, subject="nobody") == []
 
 
 def test_a_missing_head_row_is_created(url: str, log: SqlAuditLog) -> None:

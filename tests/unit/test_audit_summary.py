@@ -118,3 +118,12 @@ def test_the_set_of_kinds_is_closed() -> None:
     with pytest.raises(ValueError):
         AuditEvent(at=T0, kind="custom")
     assert AuditEvent(at=T0, kind=AuditKind.ADMIN).kind == "admin"
+
+
+def test_memory_log_latest_is_newest_first_and_bounded() -> None:
+    log = MemoryAuditLog()
+    log.append_many([AuditEvent(at=1.0 + n, kind="decision", subject="bob" if n % 2 else "al",
+                                rule="r", outcome="allow") for n in range(6)])
+    assert [e.seq for e in log.latest(limit=2)] == [6, 5]
+    assert [e.seq for e in log.latest(limit=9, subject="bob")] == [6, 4, 2]
+    assert log.latest(limit=3, outcome="deny") == []

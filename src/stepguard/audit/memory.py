@@ -29,5 +29,14 @@ class MemoryAuditLog:
                      and (subject is None or e.subject == subject)
                      and (kind is None or e.kind == kind)])
 
+    def latest(self, *, limit: int, subject: str | None = None, rule: str | None = None,
+               outcome: str | None = None) -> list[AuditEntry]:
+        with self._lock:
+            found = list(self._entries)
+        wanted = [e for e in reversed(found) if (subject is None or e.subject == subject)
+                  and (rule is None or e.rule == rule)
+                  and (outcome is None or e.outcome == outcome)]
+        return wanted[:max(0, limit)]
+
     def count(self) -> int:
         return len(self._entries)

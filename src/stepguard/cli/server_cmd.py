@@ -74,12 +74,13 @@ def serve(config: Path = CONFIG, host: str | None = None, port: int | None = Non
 def _serve_http(settings: Any, bind_host: str, bind_port: int) -> None:
     if settings.server == "granian":
         from granian import Granian
+        from granian.constants import Interfaces
 
         Granian(
             "stepguard.web.factory:app_from_env",
             address=bind_host,
             port=bind_port,
-            interface="asgi",
+            interface=Interfaces.ASGI,
             factory=True,
             workers=settings.workers,
         ).serve()

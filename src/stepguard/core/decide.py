@@ -240,11 +240,8 @@ def _scope(rule: Rule, requirement: Requirement) -> str:
 
 
 def _digest(requirement: Requirement, context: RequestContext) -> str:
-    if context.door == "postgres":  # a grant covers one statement (its digest), never another
-        return binding_digest(
-            method="SQL", path=str(context.statement.get("database", "")),
-            fields=("statement", *requirement.bind),
-            attributes={**context.attributes, "statement": context.statement.get("digest", "")})
+    if context.call_digest:  # the door binds every grant to the whole call it will execute
+        return context.call_digest
     if not requirement.bind:
         return ""
     return binding_digest(

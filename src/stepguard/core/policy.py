@@ -8,6 +8,7 @@ with its path (and line/column when a `locate` function is given). No partial po
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,9 +37,12 @@ Check = Callable[[RequestContext, Subject | None], bool]
 ATTRIBUTE_TYPES = ("number", "string", "bool", "list")
 _TOP = frozenset({"version", "levels", "networks", "attributes", "rules", "default", "tests"})
 _RULE = frozenset({"name", "description", "match", "when", "require", "deny", "allow"})
-_MATCH = frozenset({"hosts", "methods", "paths", "users", "groups", "actions", "networks",
+_MATCH = frozenset({"hosts", "methods", "paths", "users", "groups", "actions", "networks", "mcp",
                     "postgres"})
-_HTTP_KEYS = ("methods", "hosts", "paths", "actions")  # keys that only an HTTP request can match
+_HTTP_MATCH = frozenset({"hosts", "methods", "paths", "actions"})  # flat keys: the HTTP door's
+_MCP_MATCH = frozenset({"servers", "tools"})
+# An MCP tool's arguments are attributes named `args.<name>` (nested objects: `args.a.b`).
+_ARG_NAME = re.compile(r"args(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
 _REQUIRE = frozenset({"level", "max_age", "methods", "scope", "single_use", "bind", "reason"})
 _LEVEL = frozenset({"acr", "max_session", "idle"})
 
@@ -56,6 +60,7 @@ class Rule:
     description: str = ""
     index_hosts: frozenset[str] | None = None  # None = any host (for the index)
     index_segments: frozenset[str] | None = None  # None = any first path segment
+    door: str = ""  # "" = every door; "http" (flat HTTP match keys), "mcp", "postgres"
 
     @property
     def uses_risk(self) -> bool:
@@ -73,9 +78,12 @@ class Policy:
     levels: Mapping[Level, LevelSettings]
     index: Index[Rule] = field(repr=False)
     source: str = ""
+    door_rules: Mapping[str, tuple[Rule, ...]] = field(default_factory=dict, repr=False)
 
     def candidates(self, context: RequestContext) -> tuple[Rule, ...]:
-        return self.index.candidates(context.host, context.path)
+        if context.door == "http":
+            return self.index.candidates(context.host, context.path)
+        return self.door_rules.get(context.door, ())
 
     def rule(self, name: str) -> Rule | None:
         return next((r for r in self.rules if r.name == name), None)
@@ -120,8 +128,10 @@ def compile_policy(document: Any, *, source: str = "", locate: Locate | None = N
     default = _default(document.get("default", {"level": "aal1"}), env)
     if problems.items:
         raise PolicyError(problems.items)
-    entries = [(r, r.index_hosts, r.index_segments) for r in rules]
-    return Policy(tuple(rules), default, networks, attributes, levels, Index(entries), source)
+    entries = [(r, r.index_hosts, r.index_segments) for r in rules if r.door in ("", "http")]
+    doors = {door: tuple(r for r in rules if r.door in ("", door)) for door in ("mcp", "postgres")}
+    return Policy(tuple(rules), default, networks, attributes, levels, Index(entries), source,
+                  doors)
 
 
 @dataclass(slots=True)
@@ -216,8 +226,10 @@ def _attributes(data: Any, problems: _Problems) -> dict[str, str]:
         return {}
     attributes: dict[str, str] = {}
     for name, kind in data.items():
-        if not str(name).isidentifier():
-            problems.add(("attributes", str(name)), f"expected an identifier, got {name!r}")
+        if not str(name).isidentifier() and not _ARG_NAME.fullmatch(str(name)):
+            problems.add(("attributes", str(name)),
+                         f"expected an identifier (or args.<name> for a tool argument), "
+                         f"got {name!r}")
         elif kind not in ATTRIBUTE_TYPES:
             problems.add(
                 ("attributes", str(name)),
@@ -277,7 +289,17 @@ def _rule(spec: Any, i: int, env: _Env) -> Rule | None:
         str(spec.get("description", "")),
         _index_hosts(match.get("hosts")),
         _index_segments(match.get("paths")),
+        _door(match, (*path, "match"), env.problems),
     )
+
+
+def _door(match: Mapping[str, Any], path: Path, problems: _Problems) -> str:
+    http = sorted(k for k in match if k in _HTTP_MATCH)
+    doors = [d for d in ("mcp", "postgres") if d in match]
+    if doors and http or len(doors) > 1:
+        problems.add(path, f"a rule matches one door: {', '.join(doors)} cannot be combined "
+                           f"with {', '.join(http + doors[1:]) or doors[0]}")
+    return doors[0] if doors else ("http" if http else "")
 
 
 def _outcome(
@@ -397,8 +419,6 @@ def _match(spec: Any, path: Path, env: _Env) -> tuple[tuple[Check, str], ...]:
         return ()
     _unknown_keys(spec, _MATCH, path, env.problems)
     checks: list[tuple[Check, str]] = []
-    if any(key in spec for key in _HTTP_KEYS):  # an HTTP rule never matches another door
-        checks.append((lambda ctx, _s: ctx.door == "http", "door http"))
     if "postgres" in spec:
         checks.append(_postgres_check(spec["postgres"], (*path, "postgres"), env))
     for key in ("methods", "hosts", "paths", "actions", "networks", "users", "groups"):
@@ -406,7 +426,30 @@ def _match(spec: Any, path: Path, env: _Env) -> tuple[tuple[Check, str], ...]:
             check = _match_check(key, _list(spec[key], (*path, key), env.problems), path, env)
             if check is not None:
                 checks.append(check)
+    if "mcp" in spec:
+        checks.extend(_mcp_checks(spec["mcp"], (*path, "mcp"), env))
     return tuple(checks)
+
+
+def _mcp_checks(spec: Any, path: Path, env: _Env) -> list[tuple[Check, str]]:
+    """`mcp: {servers: [bank], tools: ["transfer*"]}`: an agent's tool call (`door` "mcp"),
+    whose server name is the context's `host` and tool name its `action`."""
+    if not isinstance(spec, Mapping):
+        env.problems.add(path, "expected a mapping with 'servers' and/or 'tools'")
+        return []
+    _unknown_keys(spec, _MCP_MATCH, path, env.problems)
+    checks: list[tuple[Check, str]] = []
+    if "servers" in spec:
+        servers = frozenset(_list(spec["servers"], (*path, "servers"), env.problems))
+        checks.append((lambda ctx, _s: ctx.host in servers, f"mcp servers {sorted(servers)}"))
+    if "tools" in spec:
+        tools = _list(spec["tools"], (*path, "tools"), env.problems)
+        if any("/" in t for t in tools):
+            env.problems.add((*path, "tools"), "expected tool name globs without '/'")
+        elif tools:
+            matches = path_matcher(["/" + t for t in tools])
+            checks.append((lambda ctx, _s: matches("/" + ctx.action), f"mcp tools {tools}"))
+    return checks
 
 
 def _list(value: Any, path: Path, problems: _Problems) -> list[str]:

@@ -139,13 +139,13 @@ def statement_context(text: str, *, database: str, params: bytes = b"", client_i
         if len(statements) != 1:
             raise Unparseable("expected exactly one statement")
         statement = statements[0]
-    digest = statement.digest
-    if params:
-        digest = hashlib.sha256(digest.encode() + b"\x00" + params).hexdigest()
+    digest = hashlib.sha256(b"\x00".join((b"postgres", database.encode(),
+                                           statement.digest.encode(), params))).hexdigest()
     facts = statement.facts(database, digest)
     facts["text"] = statement.text if literals else statement.normalized
     return RequestContext(method="", host="", path="", client_ip=client_ip,
-                          user_agent=user_agent, door="postgres", statement=facts)
+                          user_agent=user_agent, door="postgres", call_digest=digest,
+                          statement=facts)
 
 
 class Classifier:

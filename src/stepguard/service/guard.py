@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 
 from stepguard.audit.ledger import AuditEvent, AuditKind, request_summary
 from stepguard.core.context import RequestContext, SessionState, Subject
@@ -25,8 +25,10 @@ from stepguard.core.risk import NO_RISK, RiskAssessment, RiskHistory, amount_of,
 from stepguard.service.runtime import Runtime, hash_token
 from stepguard.storage.records import SessionRecord, SessionSnapshot, UserRecord, Versions
 from stepguard.storage.session_states import UNKNOWN
+from stepguard.storage.version_board import Mark
 
 TOUCH_EVERY = 30.0  # seconds between last-seen writes for one session
+STORE_CONTACT_EVERY = 1.0  # seconds a board hit may go without any read reaching the store
 AUDIT_INLINE_LIMIT = 1000  # queued audit entries above which decisions leave the event loop
 
 
@@ -47,7 +49,7 @@ class Check:
 
 
 @dataclass(frozen=True, slots=True)
-class _Loaded:
+class Loaded:
     """What one token's decisions need, valid while its session's and user's versions hold."""
 
     record: SessionRecord
@@ -55,13 +57,18 @@ class _Loaded:
     grants: tuple[Grant, ...]
     history: RiskHistory
     versions: tuple[int, int]
+    mark: Mark | None = None  # the version board's mark taken before the read that confirmed it
+    state: SessionState = field(init=False)  # what the core sees, built once per copy
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "state", self.record.state(self.user.subject()))
 
     @classmethod
-    def of(cls, snapshot: SessionSnapshot) -> _Loaded:
+    def of(cls, snapshot: SessionSnapshot, mark: Mark | None) -> Loaded:
         return cls(snapshot.record, snapshot.user, snapshot.grants, snapshot.history,
-                   snapshot.versions.pair)
+                   snapshot.versions.pair, mark)
 
-    def seen(self, versions: Versions) -> _Loaded:
+    def seen(self, versions: Versions) -> Loaded:
         """This copy with the store's last-seen time when another instance saw it later."""
         if versions.last_seen <= self.record.last_seen:
             return self
@@ -92,20 +99,20 @@ class SessionCache:
 
     def __init__(self, size: int = 10_000) -> None:
         self.size = size
-        self._items: OrderedDict[str, _Loaded] = OrderedDict()
+        self._items: OrderedDict[str, Loaded] = OrderedDict()
         self._flights: dict[str, _Flight] = {}
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: str) -> _Loaded | None:
+    def get(self, key: str) -> Loaded | None:
         found = self._items.get(key)
         if found is not None:
             with self._lock, contextlib.suppress(KeyError):
                 self._items.move_to_end(key)
         return found
 
-    def put(self, key: str, loaded: _Loaded) -> None:
+    def put(self, key: str, loaded: Loaded) -> None:
         with self._lock:
             self._items[key] = loaded
             self._items.move_to_end(key)
@@ -145,20 +152,22 @@ class Guard:
         self.rt = runtime
         self.cache = SessionCache()
         self._plain = _plain_rules(runtime.policy)
+        self._board = runtime.store.version_board
+        self._contact = float("-inf")  # when a read last reached the store
 
     def session_for(self, token: str | None) -> tuple[SessionRecord, UserRecord] | None:
         """The live session of a token, or None (unknown, revoked, disabled user, expired)."""
         loaded = self.load(token)
         return (loaded.record, loaded.user) if loaded else None
 
-    def _alive(self, loaded: _Loaded) -> bool:
+    def _alive(self, loaded: Loaded) -> bool:
         record = loaded.record
         settings = self.rt.policy.levels[Level.AAL1]
         now = self.rt.now()
         return (not loaded.user.disabled and now - record.created <= settings.max_session
                 and now - record.last_seen <= settings.idle)
 
-    def load(self, token: str | None) -> _Loaded | None:
+    def load(self, token: str | None) -> Loaded | None:
         """The session, user, grants and risk history of a token, as of this moment: the cached
         copy once its versions are read unchanged, or a fresh load (one load per token at a
         time; concurrent requests for it wait, then only compare versions)."""
@@ -166,8 +175,8 @@ class Guard:
             return None
         return self.load_key(hash_token(token))
 
-    def load_key(self, key: str) -> _Loaded | None:
-        """`load` by the token's hash (doors that hold a session reference, not its cookie)."""
+    def load_key(self, key: str) -> Loaded | None:
+        """`load` by the token's hash (a door that holds a session reference, not its cookie)."""
         self.rt.require_stores()  # a store known to be down: fail closed before any cache
         cached = self.cache.get(key)
         if cached is not None:  # the versions read; a load only if they moved
@@ -177,11 +186,25 @@ class Guard:
                 found = self._read(key, self.cache.get(key))
         return found if found is not None and self._alive(found) else None
 
-    def _read(self, key: str, cached: _Loaded | None, *, connect: bool = True) -> _Loaded | None:
+    def _read(self, key: str, cached: Loaded | None, *, connect: bool = True) -> Loaded | None:
         """None (no live session), the cached copy (versions unchanged, last seen brought up
-        to date) or a fresh copy (now cached)."""
-        known = cached.versions if cached is not None else UNKNOWN
+        to date) or a fresh copy (now cached).
+
+        With a version board (SQLite), a cached copy whose mark is unchanged needs no read at
+        all (`storage.version_board` says why that still honours every revocation by the next
+        request) — unless no read reached the store for `STORE_CONTACT_EVERY` seconds (a dead
+        store is noticed within that time) or the copy looks expired (another process may have
+        seen the session since)."""
         now = self.rt.now()
+        mark = None
+        if cached is not None and self._board is not None:
+            mark = self._board.mark(cached.record.id, cached.user.id)
+            if (mark is not None and mark == cached.mark
+                    and now - self._contact < STORE_CONTACT_EVERY and self._alive(cached)):
+                self.cache.hits += 1
+                self.rt.observer.cache_hit()
+                return cached
+        known = cached.versions if cached is not None else UNKNOWN
         try:
             found = self.rt.store.session_states.read(key, known=known, now=now, connect=connect)
         except StoreUnavailable:
@@ -189,20 +212,23 @@ class Guard:
                 raise
             # maybe a connection from before a store restart: one retry on a fresh one
             found = self.rt.store.session_states.read(key, known=known, now=now)
+        self._contact = now
         if found is None:
             self.cache.drop(key)
             return None
         if isinstance(found, Versions):
             assert cached is not None
             self.cache.hits += 1
-            self.rt.observer.cache_hit.inc()
+            self.rt.observer.cache_hit()
             fresh = cached.seen(found)
+            if mark != fresh.mark:
+                fresh = replace(fresh, mark=mark)
             if fresh is not cached:
                 self.cache.put(key, fresh)
             return fresh
         self.cache.misses += 1
-        self.rt.observer.cache_miss.inc()
-        loaded = _Loaded.of(found)
+        self.rt.observer.cache_miss()
+        loaded = Loaded.of(found, mark)  # a first load has no mark: its next use reads
         self.cache.put(key, loaded)
         return loaded
 
@@ -218,7 +244,7 @@ class Guard:
         """`check_cached` by the session token's hash."""
         if self.rt.audit.backlog > AUDIT_INLINE_LIMIT:
             return None
-        loaded: _Loaded | None = None
+        loaded: Loaded | None = None
         if key:
             cached = self.cache.get(key)
             if cached is None or self.cache.in_flight(key):
@@ -242,8 +268,8 @@ class Guard:
         return check
 
     def versions_now(self, key: str, context: RequestContext) -> tuple[int, int] | None:
-        """The session's and user's versions as of this moment (the revocation check, one read,
-        last-seen noted), for a cached live session; None: not cached, gone or not alive."""
+        """The session's and user's versions as of this moment (the revocation check, last
+        seen noted), for a cached live session; None: not cached, gone or not alive."""
         cached = self.cache.get(key)
         if cached is None or self.cache.in_flight(key):
             return None
@@ -265,7 +291,7 @@ class Guard:
                 and self._plain.get(d.rule, False))
 
     def audit(self, check: Check) -> None:
-        """Audit a decision taken again without change (see `versions_now`)."""
+        """Audit a decision given again without change (see `versions_now`)."""
         self._audit(check)
 
     def check(self, context: RequestContext, token: str | None, *, audit: bool = True) -> Check:
@@ -274,9 +300,18 @@ class Guard:
 
     def check_key(self, context: RequestContext, key: str | None, *,
                   audit: bool = True) -> Check:
-        """`check` by the session token's hash: the one decision flow of every door."""
-        now = self.rt.now()
+        """`check` by the session token's hash (the postgres door holds the hash)."""
         loaded = self.load_key(key) if key else None
+        return self.judge(context, loaded, key=key, audit=audit)
+
+    def judge(self, context: RequestContext, loaded: Loaded | None, *, key: str | None = None,
+              audit: bool = True, detail: Mapping[str, object] | None = None) -> Check:
+        """The decision flow over what was loaded: decide → consume a single-use grant (decide
+        again without it if another request spent it) → note the amount → audit. Every door
+        comes through here: `check` with a session token, the MCP door with an agent's state
+        (`key` None: nothing to note as seen; `detail` joins the audit entry, which is then
+        always an entry of its own)."""
+        now = self.rt.now()
         result = self._decide(context, loaded)
         decision = result.decision
         if decision.consume_grant and not self._consume(decision, result.session):
@@ -287,13 +322,17 @@ class Guard:
             self._touch(loaded, key, context, now)
         self._remember_amount(result)
         if audit:
-            self._audit(result)
+            self._audit(result, detail)
         return result
 
-    def _decide(self, context: RequestContext, loaded: _Loaded | None) -> Check:
+    def preview(self, context: RequestContext, loaded: Loaded | None) -> Check:
+        """What `judge` would decide now, with nothing spent, noted or audited."""
+        return self._decide(context, loaded)
+
+    def _decide(self, context: RequestContext, loaded: Loaded | None) -> Check:
         """Risk and `core.decide` over what `load` found (pure but for the location lookup)."""
         record, user = (loaded.record, loaded.user) if loaded else (None, None)
-        state = record.state(user.subject()) if record and user else None
+        state = loaded.state if loaded else None
         risk = self._risk(context, state, user, loaded.history if loaded else None)
         grants = loaded.grants if loaded else ()
         decision = decide(self.rt.policy, context, state, risk, grants, self.rt.now())
@@ -318,7 +357,7 @@ class Guard:
         return assess(context=context, session=state, history=history, location=location,
                       settings=self.rt.risk, now=self.rt.now())
 
-    def _touch(self, loaded: _Loaded, key: str, context: RequestContext, now: float) -> None:
+    def _touch(self, loaded: Loaded, key: str, context: RequestContext, now: float) -> None:
         """Note the session as seen (written behind, in batches) at most every `TOUCH_EVERY`."""
         record = loaded.record
         if now - record.last_seen < TOUCH_EVERY:
@@ -329,37 +368,38 @@ class Guard:
         if current is not None and current.versions == loaded.versions:
             self.cache.put(key, replace(current, record=replace(current.record, last_seen=now)))
 
-    def _audit(self, check: Check) -> None:
+    def _audit(self, check: Check, extra: Mapping[str, object] | None = None) -> None:
         """Allows cost a counter (a plain allow in summary mode) or an unchecked event, checked
         and sealed in the audit writer's thread; every other decision is checked and logged
         here (they are few)."""
         d = check.decision
         if d.outcome is Outcome.ALLOW:
-            self._audit_allow(check, d)
+            self._audit_allow(check, d, extra)
             return
         self.rt.record(kind="decision", subject=check.user.id if check.user else "",
                        session_id=check.session.id if check.session else "",
                        request=request_summary(check.context, ip_key=self.rt.ip_key),
                        decision=d.outcome.value, rule=d.rule, reasons=d.reasons,
                        outcome="login" if d.login else d.outcome.value,
-                       detail=_detail(d, check.risk))
+                       detail={**_detail(d, check.risk), **(extra or {})})
 
 
-    def _audit_allow(self, check: Check, d: Decision) -> None:
+    def _audit_allow(self, check: Check, d: Decision,
+                     extra: Mapping[str, object] | None = None) -> None:
         rt, user, context = self.rt, check.user, check.context
         subject = user.id if user else ""
         session = rt.session_ref(check.session.id) if check.session else ""
         rt.observer.allowed(d.rule)
         summary = rt.audit.summary
         if (summary is not None and self._plain.get(d.rule, False) and not d.grant_id
-                and check.risk.level == "low"):
+                and check.risk.level == "low" and extra is None):
             summary.note(subject=subject, session=session, rule=d.rule, at=rt.now(),
                          host=context.host, method=context.method, path=context.path)
             return
         event = AuditEvent.unchecked(
             at=rt.now(), kind=AuditKind.DECISION, subject=subject, session=session,
             request=request_summary(context, ip_key=rt.ip_key), decision="allow", rule=d.rule,
-            reasons=d.reasons, outcome="allow", detail=_detail(d, check.risk))
+            reasons=d.reasons, outcome="allow", detail={**_detail(d, check.risk), **(extra or {})})
         rt.audit.submit(event, checked=False)
         if rt.observer.debug:
             rt.observer.event(event.checked())
@@ -381,6 +421,8 @@ def _detail(decision: Decision, risk: RiskAssessment) -> dict[str, object]:
     if decision.grant_id:
         detail["grant"] = decision.grant_id
         detail["consumed"] = bool(decision.consume_grant)
+    if decision.binding:
+        detail["binding"] = decision.binding
     if decision.outcome is Outcome.STEP_UP and decision.requirement is not None:
         detail["level"] = decision.requirement.level.label
     return detail

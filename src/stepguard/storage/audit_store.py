@@ -138,6 +138,26 @@ class SqlAuditLog:
             cursor = page[-1].seq
             remaining = None if remaining is None else remaining - len(page)
 
+    def latest(
+        self,
+        *,
+        limit: int,
+        subject: str | None = None,
+        rule: str | None = None,
+        outcome: str | None = None,
+    ) -> list[AuditEntry]:
+        """The newest `limit` matching entries, newest first: one bounded statement (pages
+        show recent activity without reading the whole ledger)."""
+        conditions = _filters(None, subject, None, rule, outcome)
+        query = (
+            select(audit_entries)
+            .where(*conditions)
+            .order_by(audit_entries.c.seq.desc())
+            .limit(max(0, limit))
+        )
+        with self._read() as connection:
+            return [_entry(row) for row in connection.execute(query)]
+
     def count(self) -> int:
         """How many entries are stored (pruned ones not included)."""
         with self._read() as connection:

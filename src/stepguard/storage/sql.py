@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from stepguard.service.throttle import ThrottleSettings
+from stepguard.storage.agent_tokens import SqlAgentTokens
 from stepguard.storage.engine import make_engine
 from stepguard.storage.session_states import SqlSessionStates
 from stepguard.storage.sql_api_keys import SqlApiKeys
@@ -24,6 +26,7 @@ from stepguard.storage.sql_pushes import SqlPushes
 from stepguard.storage.sql_sessions import SqlSessions
 from stepguard.storage.sql_throttle import SqlThrottle
 from stepguard.storage.sql_users import SqlUsers
+from stepguard.storage.version_board import VersionBoard
 
 PING_TIMEOUT_MS = 2000
 
@@ -32,7 +35,8 @@ class SqlStore:
     """One object holding every role: `store.users`, `store.sessions`, ... (see `interfaces`)."""
 
     def __init__(self, engine: Engine, *, throttle: ThrottleSettings | None = None) -> None:
-        self._db = Database(engine)
+        self.version_board = _board_for(engine)
+        self._db = Database(engine, self.version_board)
         self.users = SqlUsers(self._db)
         self.factors = SqlFactors(self._db)
         self.sessions = SqlSessions(self._db)
@@ -42,6 +46,7 @@ class SqlStore:
         self.throttle = SqlThrottle(self._db, throttle or ThrottleSettings())
         self.history = SqlHistory(self._db)
         self.api_keys = SqlApiKeys(self._db)
+        self.agent_tokens = SqlAgentTokens(self._db)
         self.session_states = SqlSessionStates(engine)
 
     @classmethod
@@ -76,3 +81,16 @@ class SqlStore:
     def close(self) -> None:
         self.session_states.close()
         self._db.engine.dispose()
+        if self.version_board is not None:
+            self.version_board.close()
+
+
+def _board_for(engine: Engine) -> VersionBoard | None:
+    """SQLite: the board beside the database file (one per process for an in-memory one).
+    PostgreSQL: none — a fleet spans hosts, so each decision reads its versions."""
+    if engine.dialect.name != "sqlite":
+        return None
+    database = engine.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return VersionBoard(None)
+    return VersionBoard.beside(Path(database).resolve())

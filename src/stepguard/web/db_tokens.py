@@ -15,7 +15,7 @@ from stepguard.core.levels import Level
 from stepguard.pgwire.tokens import TokenService, connection_string
 from stepguard.service.accounts import NeedsFreshProof
 from stepguard.storage.records import SessionRecord, UserRecord
-from stepguard.web.security import CsrfRejected
+from stepguard.core.errors import CsrfRejected
 
 if TYPE_CHECKING:
     from stepguard.web.portal import Portal
@@ -25,8 +25,8 @@ PATH = "/account/db-tokens"
 
 class DbTokenPages:
     def __init__(self, portal: Portal) -> None:
-        self.portal = portal
-        self.tokens = TokenService(portal.rt)
+        self.pages, self.account = portal.pages, portal.account
+        self.tokens = TokenService(portal.pages.rt)
 
     def routes(self) -> list[Route]:
         return [Route(PATH, self.page, methods=["GET"]),
@@ -34,10 +34,10 @@ class DbTokenPages:
                 Route(PATH + "/revoke", self.revoke, methods=["POST"])]
 
     def _databases(self) -> list[str]:
-        return [d.name for li in self.portal.rt.config.postgres.listeners for d in li.databases]
+        return [d.name for li in self.pages.rt.config.postgres.listeners for d in li.databases]
 
     async def page(self, request: Request) -> Response:
-        found = await self.portal._signed_in(request)
+        found = await self.pages.signed_in(request)
         if isinstance(found, Response):
             return found
         session, user = found
@@ -45,26 +45,26 @@ class DbTokenPages:
 
     async def _render(self, request: Request, session: SessionRecord, user: UserRecord,
                       **extra: Any) -> Response:
-        now = self.portal.rt.now()
+        now = self.pages.rt.now()
         tokens = await run_in_threadpool(self.tokens.tokens.for_user, user.id, now=now)
         listed = [{"id": t.id, "level": t.level, "current": t.session_id == session.id,
                    "expires_in": f"{max(0, int((t.expires - now) // 60))} min"} for t in tokens]
-        return self.portal.page(request, "db_tokens.html", session, user, tokens=listed,
+        return self.pages.page(request, "db_tokens.html", session, user, tokens=listed,
                                 databases=self._databases(), issue_url=PATH,
                                 revoke_url=PATH + "/revoke", **extra)
 
     async def issue(self, request: Request) -> Response:
-        found = await self.portal._signed_in(request)
+        found = await self.pages.signed_in(request)
         if isinstance(found, Response):
             return found
         session, user = found
         try:
-            form = await self.portal.form(request, session)
-            await run_in_threadpool(self.portal.accounts.require_fresh, session)
+            form = await self.pages.form(request, session)
+            await run_in_threadpool(self.account.accounts.require_fresh, session)
         except CsrfRejected:
-            return self.portal.message(request, "Request refused", "The form expired.", 403)
-        except NeedsFreshProof as exc:
-            return await self.portal.confirm_first(request, session, user, exc, PATH)
+            return self.pages.message(request, "Request refused", "The form expired.", 403)
+        except NeedsFreshProof:
+            return await self.account.confirm_first(request, session, PATH)
         database = form.get("database", "")
         if database not in self._databases():
             return RedirectResponse(PATH, 303)
@@ -76,26 +76,26 @@ class DbTokenPages:
         return await self._render(request, session, user, issued_url=url)
 
     async def revoke(self, request: Request) -> Response:
-        found = await self.portal._signed_in(request)
+        found = await self.pages.signed_in(request)
         if isinstance(found, Response):
             return found
         session, user = found
         try:
-            form = await self.portal.form(request, session)
+            form = await self.pages.form(request, session)
         except CsrfRejected:
-            return self.portal.message(request, "Request refused", "The form expired.", 403)
+            return self.pages.message(request, "Request refused", "The form expired.", 403)
         await run_in_threadpool(self.tokens.revoke, form.get("token_id", ""), user_id=user.id)
         return RedirectResponse(PATH, 303)
 
     def _level(self, session: SessionRecord) -> Level:
-        rt = self.portal.rt
+        rt = self.pages.rt
         user = rt.store.users.get(session.user_id)
         assert user is not None
         events = valid_events(rt.policy.levels, session.state(user.subject()), rt.now())
         return max((e.level for e in events), default=Level.AAL0)
 
     def _address(self) -> tuple[str, int]:
-        return public_address(self.portal.rt.config)
+        return public_address(self.pages.rt.config)
 
 
 def public_address(config: Any) -> tuple[str, int]:

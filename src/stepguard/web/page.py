@@ -1,0 +1,192 @@
+"""The portal's page helper: what every page module shares — who is signed in, the request
+context, rendering with a CSRF token, the CSRF-checked form, messages, cookies and return URLs.
+
+The page modules (`signin`, `step_up`, `account`, `admin`) hold one `Pages` each and translate
+HTTP to the service layer; store and argon2 work runs in threads so the event loop never waits.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+
+from stepguard.adapters.cookies import DEVICE_COOKIE, DeviceCookies, SessionCookie
+from stepguard.adapters.http_context import TrustedProxies
+from stepguard.core.context import RequestContext
+from stepguard.core.errors import Throttled, VerificationFailed
+from stepguard.service.accounts import NeedsFreshProof
+from stepguard.service.guard import Guard
+from stepguard.service.runtime import Runtime
+from stepguard.service.stepup import ChallengeGone
+from stepguard.storage.records import SessionRecord, UserRecord
+from stepguard.web.render import Renderer
+from stepguard.web.security import (
+    CsrfRejected,
+    check_csrf,
+    cookie_attributes,
+    csrf_token,
+    safe_return_url,
+)
+from stepguard.web.text import throttle_text
+
+PRE_SESSION_COOKIE = "stepguard_pre"
+SignedInPair = tuple[SessionRecord, UserRecord]
+JsonCall = Callable[[SessionRecord, UserRecord, bytes], Response]
+
+
+class Pages:
+    """Shared page plumbing for one application (one instance, built from the runtime)."""
+
+    def __init__(self, runtime: Runtime, guard: Guard) -> None:
+        self.rt, self.guard = runtime, guard
+        self.renderer = Renderer(title=runtime.config.portal.title)
+        self.https = runtime.config.server.public_url.startswith("https://")
+        self.cookie_name, self.cookie_kwargs = cookie_attributes(
+            name=runtime.config.session.cookie_name,
+            https=self.https,
+            domain=runtime.config.session.cookie_domain,
+        )
+        self.session_cookie = SessionCookie.of(runtime.config)  # the names it reads back
+        self.devices = DeviceCookies(runtime.cookie_key)
+        self.proxies = TrustedProxies.parse(runtime.config.server.trusted_proxies)
+        origin = urlsplit(runtime.config.server.public_url)
+        self.origins = [
+            f"{origin.scheme}://{origin.netloc}",
+            *[o.rstrip("/") for o in runtime.config.webauthn.origins],
+        ]
+
+    # ------------------------------------------------------------------ the request
+
+    def client_ip(self, request: Request) -> str:
+        peer = request.client.host if request.client else ""
+        return self.proxies.client_ip(peer, request.headers.get("x-forwarded-for"))
+
+    def context(self, request: Request) -> RequestContext:
+        return RequestContext(
+            method=request.method,
+            host=request.url.hostname or "",
+            path=request.url.path,
+            client_ip=self.client_ip(request),
+            user_agent=request.headers.get("user-agent", "")[:512],
+            device_id=self.devices.device_id(request.cookies.get(DEVICE_COOKIE)),
+        )
+
+    def token(self, request: Request) -> str | None:
+        return self.session_cookie.token(request.cookies)
+
+    async def session(self, request: Request) -> SignedInPair | None:
+        return await run_in_threadpool(self.guard.session_for, self.token(request))
+
+    async def signed_in(self, request: Request) -> SignedInPair | Response:
+        """The session and user, or a redirect to sign in and come back here."""
+        found = await self.session(request)
+        if found is None:
+            return RedirectResponse(f"/login?rd={quote(request.url.path, safe='')}", 303)
+        return found
+
+    def binding(self, request: Request, session: SessionRecord | None) -> str:
+        return session.id if session else request.cookies.get(PRE_SESSION_COOKIE, "")
+
+    async def form(self, request: Request, session: SessionRecord | None) -> dict[str, str]:
+        """The POSTed form, after the CSRF check (token + Origin/Referer)."""
+        form = await request.form()
+        header_token = request.headers.get("x-csrf-token")
+        check_csrf(
+            key=self.rt.cookie_key,
+            session_binding=self.binding(request, session),
+            token=str(form.get("csrf_token") or header_token or ""),
+            origin=request.headers.get("origin"),
+            referer=request.headers.get("referer"),
+            allowed_origins=self.origins,
+        )
+        return {k: str(v) for k, v in form.items() if isinstance(v, str)}
+
+    async def json_call(self, request: Request, call: JsonCall) -> Response:
+        """A signed-in JSON call (the CSRF token in `X-CSRF-Token`), errors as JSON."""
+        found = await self.session(request)
+        if found is None:
+            return JSONResponse({"error": "Sign in first."}, 401)
+        session, user = found
+        try:
+            check_csrf(
+                key=self.rt.cookie_key,
+                session_binding=session.id,
+                token=request.headers.get("x-csrf-token"),
+                origin=request.headers.get("origin"),
+                referer=request.headers.get("referer"),
+                allowed_origins=self.origins,
+            )
+            body = await request.body()
+            return await run_in_threadpool(call, session, user, body)
+        except CsrfRejected:
+            return JSONResponse({"error": "The page expired. Reload and try again."}, 403)
+        except (ChallengeGone, NeedsFreshProof) as exc:
+            return JSONResponse({"error": str(exc)}, 410)
+        except Throttled as exc:
+            return JSONResponse({"error": throttle_text(exc)}, 429)
+        except VerificationFailed as exc:
+            return JSONResponse({"error": exc.reason}, 400)
+
+    # ------------------------------------------------------------------ the answer
+
+    def page(
+        self,
+        request: Request,
+        name: str,
+        session: SessionRecord | None = None,
+        user: UserRecord | None = None,
+        status: int = 200,
+        **context: Any,
+    ) -> HTMLResponse:
+        binding = self.binding(request, session)
+        fresh = not binding
+        if fresh:
+            binding = secrets.token_urlsafe(24)
+        token = csrf_token(key=self.rt.cookie_key, session_binding=binding)
+        who = {"name": user.display_name or user.username, "email": user.email} if user else None
+        html = self.renderer.render(name, csrf_token=token, user=who, **context)
+        response = HTMLResponse(html, status)
+        if fresh:
+            response.set_cookie(
+                PRE_SESSION_COOKIE,
+                binding,
+                httponly=True,
+                samesite="strict",
+                secure=self.https,
+                path="/",
+            )
+        return response
+
+    def message(
+        self,
+        request: Request,
+        heading: str,
+        message: str,
+        status: int,
+        link: dict[str, str] | None = None,
+    ) -> HTMLResponse:
+        return self.page(
+            request,
+            "message.html",
+            heading=heading,
+            message=message,
+            link=link or {"href": "/account", "text": "Go to your account"},
+            status=status,
+        )
+
+    def with_token(self, response: Response, token: str) -> Response:
+        response.set_cookie(self.cookie_name, token, **self.cookie_kwargs)
+        return response
+
+    def safe(self, url: str | None, default: str = "/account") -> str:
+        return safe_return_url(url, protected_domains=self._domains(), default=default)
+
+    def _domains(self) -> list[str]:
+        public = urlsplit(self.rt.config.server.public_url).netloc
+        return [*self.rt.config.portal.protected_domains, public]

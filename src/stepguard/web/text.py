@@ -1,0 +1,61 @@
+"""Plain-words helpers shared by the portal's pages: times, browsers, throttle messages, the
+fields of a held form, base64url from the browser."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+from urllib.parse import parse_qsl
+
+from stepguard.core.errors import Throttled
+
+_BROWSERS = (("Edg/", "Edge"), ("OPR/", "Opera"), ("Firefox/", "Firefox"),
+             ("Chromium/", "Chromium"), ("Chrome/", "Chrome"), ("Version/", "Safari"))
+_SYSTEMS = (("Android", "Android"), ("iPhone", "iOS"), ("iPad", "iPadOS"), ("Windows", "Windows"),
+            ("Mac OS X", "macOS"), ("CrOS", "ChromeOS"), ("Linux", "Linux"))
+
+
+def describe_browser(user_agent: str) -> str:
+    """A User-Agent header as "Firefox 128 on Linux"; the raw text (cut) when unknown."""
+    name = next(((label, key) for key, label in _BROWSERS if key in user_agent), None)
+    system = next((label for key, label in _SYSTEMS if key in user_agent), "")
+    if name is None:
+        return user_agent[:80]
+    label, key = name
+    version = user_agent.split(key, 1)[1].split(".", 1)[0].split(" ", 1)[0]
+    text = f"{label} {version}" if version.isdigit() else label
+    return f"{text} on {system}" if system else text
+
+
+def unb64url(text: str) -> bytes:
+    """Base64url without padding -> bytes; ValueError when it is not that."""
+    if len(text) > 4096 or not all(c.isalnum() or c in "-_" for c in text):
+        raise ValueError("not base64url")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def when(at: float | None) -> str:
+    """A stored time as "2026-01-31 09:05 UTC" ("" when there is none)."""
+    if not at:
+        return ""
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def throttle_text(exc: Throttled) -> str:
+    if exc.locked:
+        return "This account is locked after too many failed attempts. Contact your administrator."
+    return f"Too many attempts. Try again in {max(1, int(exc.retry_after))} seconds."
+
+
+def error_text(code: str | None) -> str | None:
+    return {"expired": "That took too long; try again."}.get(code or "")
+
+
+def form_fields(body: bytes) -> list[tuple[str, str]]:
+    """A held urlencoded body as (name, value) pairs for the confirmation page, secrets masked."""
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True)
+    except UnicodeDecodeError:
+        return []
+    hidden = ("password", "csrf", "token", "secret", "code")
+    return [(k, "••••" if any(h in k.lower() for h in hidden) else v[:200]) for k, v in pairs][:50]
