@@ -11,11 +11,11 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from stepguard.core.decide import valid_events
+from stepguard.core.errors import CsrfRejected
 from stepguard.core.levels import Level
 from stepguard.pgwire.tokens import TokenService, connection_string
 from stepguard.service.accounts import NeedsFreshProof
 from stepguard.storage.records import SessionRecord, UserRecord
-from stepguard.core.errors import CsrfRejected
 
 if TYPE_CHECKING:
     from stepguard.web.portal import Portal
