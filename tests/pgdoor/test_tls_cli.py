@@ -129,6 +129,20 @@ def test_the_account_page_issues_a_token_after_a_fresh_proof(door: Door) -> None
     url = url.replace("localhost:", "127.0.0.1:").replace("sslmode=prefer", "sslmode=disable")
     with psycopg.connect(url, autocommit=True) as connection:
         assert connection.execute("SELECT 1").fetchone() == (1,)
+    token_id = url.split("://alice.")[1].split(":")[0]
+
+    async def revoke() -> httpx.Response:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost:9091",
+                                     cookies=cookie) as client:
+            page = await client.get("/account/db-tokens")
+            csrf = page.text.split('name="csrf_token" value="')[1].split('"')[0]
+            return await client.post("/account/db-tokens/revoke", data={
+                "csrf_token": csrf, "token_id": token_id},
+                headers={"Origin": "http://localhost:9091"})
+
+    assert asyncio.run(revoke()).status_code == 303
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(url)
 
 
 def test_db_login_prints_a_connection_string_and_postgres_serve_answers(

@@ -265,7 +265,6 @@ def reason_values(*, context: RequestContext, risk: RiskAssessment) -> dict[str,
             "risk.score": risk.score,
         }
     )
-    if context.statement:
-        values.update({f"sql.{k}": context.statement.get(k, "")
-                       for k in ("database", "kind", "tables")})
+    facts = context.statement  # the postgres door's statement; empty for the other doors
+    values.update({f"sql.{k}": facts.get(k, "") for k in ("database", "kind", "tables")})
     return values

@@ -246,17 +246,9 @@ class Guard:
             return None
         loaded: Loaded | None = None
         if key:
-            cached = self.cache.get(key)
-            if cached is None or self.cache.in_flight(key):
+            loaded = self._cached_live(key, context)
+            if loaded is None:
                 return None
-            self.rt.require_stores()
-            try:
-                loaded = self._read(key, cached, connect=False)
-            except StoreUnavailable:  # the thread path reconnects (or fails closed)
-                return None
-            if loaded is None or not self._alive(loaded):
-                return None
-            self._touch(loaded, key, context, self.rt.now())
         self.rt.require_stores()
         check = self._decide(context, loaded)
         decision = check.decision
@@ -267,9 +259,10 @@ class Guard:
         self._audit(check)
         return check
 
-    def versions_now(self, key: str, context: RequestContext) -> tuple[int, int] | None:
-        """The session's and user's versions as of this moment (the revocation check, last
-        seen noted), for a cached live session; None: not cached, gone or not alive."""
+    def _cached_live(self, key: str, context: RequestContext) -> Loaded | None:
+        """The cached copy of a live session as of this moment (versions read, last seen
+        noted), without waiting: None when not cached, loading, gone, not alive or the store
+        is not reachable on an open connection (the thread path reconnects or fails closed)."""
         cached = self.cache.get(key)
         if cached is None or self.cache.in_flight(key):
             return None
@@ -281,7 +274,13 @@ class Guard:
         if loaded is None or not self._alive(loaded):
             return None
         self._touch(loaded, key, context, self.rt.now())
-        return loaded.versions
+        return loaded
+
+    def versions_now(self, key: str, context: RequestContext) -> tuple[int, int] | None:
+        """The session's and user's versions as of this moment (the revocation check), for a
+        cached live session; None: take the full path."""
+        loaded = self._cached_live(key, context)
+        return loaded.versions if loaded is not None else None
 
     def plain_allow(self, check: Check) -> bool:
         """An allow that needs nothing but a live sign-in (no grant, nothing above aal1, low

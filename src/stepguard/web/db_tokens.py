@@ -53,18 +53,29 @@ class DbTokenPages:
                                 databases=self._databases(), issue_url=PATH,
                                 revoke_url=PATH + "/revoke", **extra)
 
-    async def issue(self, request: Request) -> Response:
+    async def _posted(self, request: Request, *, fresh: bool = False
+                      ) -> tuple[SessionRecord, UserRecord, dict[str, str]] | Response:
+        """The signed-in session, user and CSRF-checked form (a fresh proof first if asked),
+        or the response that stands instead."""
         found = await self.pages.signed_in(request)
         if isinstance(found, Response):
             return found
         session, user = found
         try:
             form = await self.pages.form(request, session)
-            await run_in_threadpool(self.account.accounts.require_fresh, session)
+            if fresh:
+                await run_in_threadpool(self.account.accounts.require_fresh, session)
         except CsrfRejected:
             return self.pages.message(request, "Request refused", "The form expired.", 403)
         except NeedsFreshProof:
             return await self.account.confirm_first(request, session, PATH)
+        return session, user, form
+
+    async def issue(self, request: Request) -> Response:
+        posted = await self._posted(request, fresh=True)
+        if isinstance(posted, Response):
+            return posted
+        session, user, form = posted
         database = form.get("database", "")
         if database not in self._databases():
             return RedirectResponse(PATH, 303)
@@ -76,14 +87,10 @@ class DbTokenPages:
         return await self._render(request, session, user, issued_url=url)
 
     async def revoke(self, request: Request) -> Response:
-        found = await self.pages.signed_in(request)
-        if isinstance(found, Response):
-            return found
-        session, user = found
-        try:
-            form = await self.pages.form(request, session)
-        except CsrfRejected:
-            return self.pages.message(request, "Request refused", "The form expired.", 403)
+        posted = await self._posted(request)
+        if isinstance(posted, Response):
+            return posted
+        _session, user, form = posted
         await run_in_threadpool(self.tokens.revoke, form.get("token_id", ""), user_id=user.id)
         return RedirectResponse(PATH, 303)
 
