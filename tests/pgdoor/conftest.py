@@ -149,7 +149,8 @@ def _start(runtime: Runtime, folder: Path) -> tuple[PostgresGateway, asyncio.Abs
 
 
 def make_door(folder: Path, server: PostgresServer, *, extra: str = "",
-              policy: str = POLICY, database_extra: str = "") -> Door:
+              policy: str = POLICY, database_extra: str = "",
+              extra_at_top: bool = False) -> Door:
     database_url = create_database(server.url(), prefix="door")
     name = database_url.rsplit("/", 1)[1]
     admin_url = f"postgresql://postgres@127.0.0.1:{server.port}/{name}"
@@ -157,11 +158,12 @@ def make_door(folder: Path, server: PostgresServer, *, extra: str = "",
         for statement in SCHEMA:
             connection.execute(statement)
     port = free_port()
+    top, extra = (extra, "") if extra_at_top else ("", extra)
     config = f"""
 postgres:
   hold_timeout: 20s
   poll_interval: 0.05s
-  listeners:
+{top}  listeners:
     - listen: "127.0.0.1:{port}"
 {extra}      databases:
         - {{name: app, upstream: "127.0.0.1:{server.port}", database: {name}, user: postgres,

@@ -9,6 +9,7 @@ data shows that nothing ran.
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Iterator
 
 import psycopg
@@ -269,3 +270,19 @@ def test_a_function_that_turns_off_standard_strings_ends_the_connection(door: Do
             approver.join(10)
     finally:
         door.gateway.hold_timeout = 0.3
+
+
+def test_a_silent_client_is_disconnected_after_the_login_timeout(
+        tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer) -> None:
+    import socket
+
+    door = make_door(tmp_path_factory.mktemp("silent"), postgres_server,
+                     extra="  login_timeout: 0.5s\n", extra_at_top=True)
+    try:
+        with socket.create_connection(("127.0.0.1", door.port), timeout=5) as raw:
+            raw.sendall(struct.pack("!i", 8))  # half a startup packet, then nothing
+            started = time.monotonic()
+            assert raw.recv(100) == b""  # closed by the gateway
+            assert time.monotonic() - started < 4
+    finally:
+        stop_door(door)

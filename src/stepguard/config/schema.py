@@ -341,6 +341,9 @@ class PostgresSection(Section):
         False, description="write statements to the audit ledger with their literal values "
                            "(default: normalised, literals replaced by $n)")
     connect_timeout: Duration = Field(5.0, description="give up reaching an upstream after this")
+    login_timeout: Duration = Field(
+        20.0, gt=0, description="a client that has not finished TLS and sign-in by then is "
+                                "disconnected (slow or silent clients hold no connection)")
 class McpServer(Section):
     """One upstream MCP server behind the MCP door, reached at `/mcp/<name>`."""
 

@@ -135,10 +135,11 @@ class Connection:
 
     async def run(self) -> None:
         try:
-            params = await self._startup()
-            if params is None:
-                return
-            await self._sign_in(params)
+            async with asyncio.timeout(self.rt.config.postgres.login_timeout):
+                params = await self._startup()
+                if params is None:
+                    return
+                await self._sign_in(params)
             await self._relay()
         except (Closed, ConnectionError, asyncio.IncompleteReadError):
             pass
@@ -150,7 +151,7 @@ class Connection:
         except StoreUnavailable:
             await self._fatal("08006", "Stepguard cannot check this session right now "
                                        "(its store is unavailable); try again shortly.")
-        except ssl.SSLError:
+        except (ssl.SSLError, TimeoutError):
             pass
         finally:
             await self._close()
