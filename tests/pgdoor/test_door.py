@@ -258,3 +258,28 @@ def test_the_audit_ledger_keeps_normalised_statements_and_rows(door: Door) -> No
     assert not any("'c3'" in s for s in statements)
     executed = [e for e in entries if e.outcome == "executed"]
     assert executed and executed[-1].detail["rows"] == 1
+
+
+def test_an_approved_portal_is_fetched_in_parts_with_one_approval(door: Door) -> None:
+    """Execute with a row limit (PortalSuspended) continues the run that was approved."""
+    from stepguard.pgwire import messages as m
+    from tests.pgdoor.rawclient import Raw, errors
+
+    with door.admin() as admin:
+        admin.execute("INSERT INTO cards SELECT g, 'n' || g, 'h' FROM generate_series(2, 4) g")
+    raw = Raw(door.port, door.user_name, door.secret)
+    raw.query("BEGIN")
+    raw.parse("", "SELECT id, number FROM cards ORDER BY id")
+    raw.bind("p1", "")
+    approver = door.approve_in_background()
+    for _ in range(3):
+        raw.send(b"E", m.cstring("p1") + b"\x00\x00\x00\x01")  # one row at a time
+    raw.sync()
+    seen = raw.until_ready()
+    approver.join(10)
+    assert not errors(seen)
+    kinds = [k for k, _ in seen]
+    assert kinds.count(b"D") == 3 and kinds.count(b"s") == 3  # three parts of one run
+    assert len(_challenges(door)) == 1
+    raw.query("COMMIT")
+    raw.close()

@@ -458,12 +458,16 @@ class Connection:
         if portal is None:
             return self._refuse("34000", f'portal "{portal_name}" does not exist (Stepguard '
                                          "judges only portals bound through it)")
+        if portal.allowed:  # more rows of a run already allowed (Execute with a row limit)
+            self._send(raw, Expect("execute"))
+            return None
         effective = self._effective(portal.statement, {})
         if isinstance(effective, str):
             return self._refuse("26000", effective)
         outcome = await self._judge(effective, portal.params)
         if outcome is not None:
             return self._refuse(*outcome)
+        portal.allowed = True
         self._mark_settling([portal.statement])
         self._send(raw, Expect("execute", effect=_sql_effect(portal.statement),
                                audit=[self._last_audit] if self._last_audit else None))

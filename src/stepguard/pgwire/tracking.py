@@ -24,6 +24,7 @@ _ABSENT: Any = object()
 class Portal:
     statement: Statement
     params: bytes
+    allowed: bool = False  # an Execute of it was allowed: later ones continue that run
 
 
 @dataclass(slots=True)
