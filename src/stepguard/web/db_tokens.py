@@ -44,14 +44,14 @@ class DbTokenPages:
         return await self._render(request, session, user)
 
     async def _render(self, request: Request, session: SessionRecord, user: UserRecord,
-                      **extra: Any) -> Response:
+                      issued_url: str = "") -> Response:
         now = self.pages.rt.now()
         tokens = await run_in_threadpool(self.tokens.tokens.for_user, user.id, now=now)
         listed = [{"id": t.id, "level": t.level, "current": t.session_id == session.id,
                    "expires_in": f"{max(0, int((t.expires - now) // 60))} min"} for t in tokens]
         return self.pages.page(request, "db_tokens.html", session, user, tokens=listed,
                                 databases=self._databases(), issue_url=PATH,
-                                revoke_url=PATH + "/revoke", **extra)
+                                revoke_url=PATH + "/revoke", issued_url=issued_url)
 
     async def _posted(self, request: Request, *, fresh: bool = False
                       ) -> tuple[SessionRecord, UserRecord, dict[str, str]] | Response:
