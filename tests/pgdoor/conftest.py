@@ -150,7 +150,7 @@ def _start(runtime: Runtime, folder: Path) -> tuple[PostgresGateway, asyncio.Abs
 
 def make_door(folder: Path, server: PostgresServer, *, extra: str = "",
               policy: str = POLICY, database_extra: str = "",
-              extra_at_top: bool = False) -> Door:
+              extra_at_top: bool = False, user: str = "postgres") -> Door:
     database_url = create_database(server.url(), prefix="door")
     name = database_url.rsplit("/", 1)[1]
     admin_url = f"postgresql://postgres@127.0.0.1:{server.port}/{name}"
@@ -166,7 +166,7 @@ postgres:
 {top}  listeners:
     - listen: "127.0.0.1:{port}"
 {extra}      databases:
-        - {{name: app, upstream: "127.0.0.1:{server.port}", database: {name}, user: postgres,
+        - {{name: app, upstream: "127.0.0.1:{server.port}", database: {name}, user: {user},
            views: {{public.customer_cards: [public.cards]}}{database_extra}}}
 """
     clock = Clock(now=time.time())

@@ -179,3 +179,44 @@ def test_db_login_prints_a_connection_string_and_postgres_serve_answers(
     finally:
         process.terminate()
         process.wait(10)
+
+
+@pytest.mark.parametrize("method", ["scram-sha-256", "md5", "password"])
+def test_stepguard_signs_in_upstream_as_the_configured_role(
+        tmp_path: Path, postgres_server: PostgresServer, method: str) -> None:
+    """The upstream asks the role for SCRAM-SHA-256, MD5 or a cleartext password; the client
+    never sees that exchange (it signed in with its token), and a wrong password is a clean
+    error, not a hang."""
+    role = f"door_{method.replace('-', '_')}"
+    hba = postgres_server.base / "data" / "pg_hba.conf"
+    line = f"host all {role} 127.0.0.1/32 {method}\n"
+    original = hba.read_text()
+    admin = psycopg.connect(postgres_server.url().replace("+psycopg", ""), autocommit=True)
+    try:
+        if line not in original:
+            hba.write_text(line + original)
+        encryption = "md5" if method == "md5" else "scram-sha-256"
+        admin.execute(f"SET password_encryption = '{encryption}'")
+        admin.execute(f"DROP ROLE IF EXISTS {role}")
+        admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'role-secret' SUPERUSER")
+        admin.execute("SELECT pg_reload_conf()")
+        time.sleep(0.3)
+        for password, works in (("role-secret", True), ("wrong", False)):
+            folder = tmp_path / f"{method}-{works}"
+            door = make_door(folder, postgres_server, user=role,
+                             database_extra=f", password: {password}")
+            try:
+                if works:
+                    with door.connect() as connection:
+                        assert connection.execute("SELECT current_user").fetchone() == (role,)
+                else:
+                    with pytest.raises(psycopg.OperationalError) as caught:
+                        door.connect()
+                    assert "could not reach the database" in str(caught.value)
+                    assert "role-secret" not in str(caught.value)
+            finally:
+                stop_door(door)
+    finally:
+        hba.write_text(original)
+        admin.execute("SELECT pg_reload_conf()")
+        admin.close()

@@ -141,13 +141,13 @@ class Connection:
                     return
                 await self._sign_in(params)
             await self._relay()
+        except UpstreamError as exc:  # before ConnectionError, its base class
+            log.warning("postgres upstream: %s", exc)
+            await self._fatal("08006", "Stepguard could not reach the database.")
         except (Closed, ConnectionError, asyncio.IncompleteReadError):
             pass
         except m.ProtocolViolation as exc:
             await self._fatal("08P01", str(exc))
-        except UpstreamError as exc:
-            log.warning("postgres upstream: %s", exc)
-            await self._fatal("08006", "Stepguard could not reach the database.")
         except StoreUnavailable:
             await self._fatal("08006", "Stepguard cannot check this session right now "
                                        "(its store is unavailable); try again shortly.")
