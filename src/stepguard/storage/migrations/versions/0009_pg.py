@@ -1,7 +1,7 @@
 """Database tokens for the postgres door (SCRAM verifiers, bound to a portal session).
 
 Revision ID: 0009_pg
-Revises: 0008_mcp
+Revises: 0009_oidc
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0009_pg"
-down_revision = "0008_mcp"
+down_revision = "0009_oidc"
 branch_labels = None
 depends_on = None
 
