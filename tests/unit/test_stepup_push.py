@@ -12,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from stepguard.service.throttle import user_factor_key
 
 from stepguard.audit.ledger import AuditEntry
 from stepguard.audit.memory import MemoryAuditLog
@@ -22,7 +23,6 @@ from stepguard.core.levels import Level
 from stepguard.factors import push as push_factor
 from stepguard.service.runtime import Runtime, build_runtime
 from stepguard.service.stepup import ChallengeGone, Passed, StepUp, _push_request
-from stepguard.service.throttle import user_factor_key
 from stepguard.storage.memory import MemoryStore
 from stepguard.storage.records import FactorRecord, PushRecord, SessionRecord
 from tests.contract import build
