@@ -23,7 +23,7 @@ from playwright.sync_api import Page, expect
 from tests.e2e.test_browser import Shot, sign_in
 from tests.support.demo_server import DemoServer
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.postgres]
 
 
 def _code(secret: str, *, ahead: int = 0) -> str:

@@ -20,6 +20,8 @@ from tests.pgdoor.conftest import Door, make_door, stop_door
 from tests.pgdoor.rawclient import Raw, errors
 from tests.support.postgres import PostgresServer
 
+pytestmark = pytest.mark.postgres
+
 HELD = ("28000",)  # held, then refused because nobody approved it
 REFUSED = ("28000", "42501", "42601", "26000", "34000", "42P05")
 

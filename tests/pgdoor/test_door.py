@@ -21,6 +21,8 @@ import pytest
 from stepguard.core.errors import StepguardError
 from tests.pgdoor.conftest import Door
 
+pytestmark = pytest.mark.postgres
+
 
 def run_in_thread(fn, *args):  # type: ignore[no-untyped-def]
     box: dict[str, object] = {}

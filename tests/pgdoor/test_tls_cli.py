@@ -29,6 +29,8 @@ from tests.pgdoor.conftest import Door, make_door, stop_door
 from tests.support.postgres import PostgresServer
 from tests.support.servers import free_port
 
+pytestmark = pytest.mark.postgres
+
 
 def write_cert(folder: Path, name: str = "server") -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
