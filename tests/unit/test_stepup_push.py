@@ -12,7 +12,6 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-from stepguard.service.throttle import user_factor_key
 
 from stepguard.audit.ledger import AuditEntry
 from stepguard.audit.memory import MemoryAuditLog
@@ -20,6 +19,7 @@ from stepguard.config.load import load_config
 from stepguard.core.decision import Requirement
 from stepguard.core.errors import ReplayDetected, Throttled, VerificationFailed
 from stepguard.core.levels import Level
+from stepguard.core.throttle import user_factor_key
 from stepguard.factors import push as push_factor
 from stepguard.service.runtime import Runtime, build_runtime
 from stepguard.service.stepup import ChallengeGone, Passed, StepUp, _push_request
