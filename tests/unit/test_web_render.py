@@ -178,6 +178,16 @@ PAGES: dict[str, dict[str, Any]] = {
         "enrol_push_url": "/account/push-device",
         "recovery_url": "/account/recovery",
         "logout_url": "/logout",
+        "db_tokens_url": "/account/db-tokens",
+    },
+    "db_tokens.html": {
+        "tokens": [{"id": "0123456789abcdef", "level": "aal2", "current": True,
+                    "expires_in": "480 min"},
+                   {"id": EVIL, "level": "aal1", "current": False, "expires_in": "3 min"}],
+        "databases": ["app", EVIL],
+        "issued_url": "postgresql://alice.0123456789abcdef:" + EVIL + "@db:6432/app",
+        "issue_url": "/account/db-tokens", "revoke_url": "/account/db-tokens/revoke",
+        "user": USER,
     },
     "enrol_totp.html": {
         "qr_svg": QR,

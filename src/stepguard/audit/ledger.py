@@ -50,7 +50,7 @@ class AuditKind(StrEnum):
 
 KNOWN_KINDS = frozenset(kind.value for kind in AuditKind)
 
-REQUEST_FIELDS = ("method", "host", "path", "client_ip", "action")
+REQUEST_FIELDS = ("method", "host", "path", "client_ip", "action", "statement")
 
 _ENTRY_DOMAIN = b"stepguard-audit-entry-v1\n"
 _CHECKPOINT_DOMAIN = b"stepguard-audit-checkpoint-v1\n"
@@ -147,6 +147,11 @@ def request_summary(request: RequestContext, *, ip_key: bytes | None = None) -> 
     ip = request.client_ip
     if ip and ip_key is not None:
         ip = pseudonymise_ip(ip, key=ip_key)
+    if request.door == "postgres":  # the database door: kind, database, statement text
+        facts = request.statement
+        return {"method": str(facts.get("kind", "")).upper(), "host": str(facts.get("database")),
+                "path": "", "client_ip": ip, "action": "postgres",
+                "statement": str(facts.get("text", ""))[:2000]}
     return {
         "method": request.method,
         "host": request.host,

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import typer
 
-from stepguard.cli import admin_cmd, api_keys_cmd, policy_cmd, replay_cmd, report_cmd, server_cmd
+from stepguard.cli import (
+    admin_cmd,
+    api_keys_cmd,
+    policy_cmd,
+    postgres_cmd,
+    replay_cmd,
+    report_cmd,
+    server_cmd,
+)
 from stepguard.cli.output import console, fail_with_problems
 from stepguard.config.load import load_config
 from stepguard.core.errors import ConfigError
@@ -35,6 +43,8 @@ config_app = typer.Typer(help="Check configuration files.", no_args_is_help=True
 app.add_typer(config_app, name="config")
 server_cmd.register(app)
 app.add_typer(api_keys_cmd.app, name="api-keys")
+app.add_typer(postgres_cmd.app, name="postgres")
+app.command("db-login")(postgres_cmd.db_login)
 
 
 @config_app.command("validate")

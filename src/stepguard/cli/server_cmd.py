@@ -60,6 +60,18 @@ def serve(config: Path = CONFIG, host: str | None = None, port: int | None = Non
     bind_host, bind_port = host or settings.host, port or settings.port
     os.environ["STEPGUARD_CONFIG"] = str(config.resolve())
     runtime_for(config).close()  # validate, open and migrate once before any worker starts
+    from stepguard.cli.postgres_cmd import start_beside_http
+
+    door = start_beside_http(config)  # the database door, when postgres listeners are set
+    try:
+        _serve_http(settings, bind_host, bind_port)
+    finally:
+        if door is not None:
+            door.terminate()
+            door.wait(10)
+
+
+def _serve_http(settings: Any, bind_host: str, bind_port: int) -> None:
     if settings.server == "granian":
         from granian import Granian
         from granian.constants import Interfaces

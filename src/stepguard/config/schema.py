@@ -556,6 +556,62 @@ class AdminSection(Section):
                     "also create users and reset factors")
 
 
+class PostgresDatabase(Section):
+    """One database clients may ask for, and how Stepguard reaches it upstream."""
+
+    name: str = Field(description="database name clients connect to (as in psql's dbname)")
+    upstream: str = Field(description="host:port of the real PostgreSQL")
+    database: str = Field("", description="upstream database name (default: `name`)")
+    user: str = Field(description="role Stepguard signs in as upstream (never shown to users)")
+    password: str = Field("", description="that role's password; use file: or ${ENV}")
+    tls: Literal["disable", "require", "verify-full"] = Field(
+        "disable", description="TLS to the upstream: require = encrypted; verify-full = "
+                               "encrypted with the certificate checked against ca_file and host")
+    ca_file: str = Field("", description="CA bundle for tls: verify-full (relative to this file)")
+    views: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="view -> tables it reads, so `tables:` rules see through views "
+                    "(e.g. public.card_summary: [public.cards])")
+
+    _upstream = field_validator("upstream")(lambda v: _check_listen(v) or v)
+
+
+class PostgresListener(Section):
+    """A PostgreSQL wire-protocol listener (see docs/databases.md)."""
+
+    listen: str = Field("127.0.0.1:6432", description="host:port to accept PostgreSQL clients on")
+    tls_cert: str = Field("", description="path of the PEM certificate chain for TLS to clients "
+                                          "(SSLRequest); empty = clients get no TLS")
+    tls_key: str = Field("", description="path of the PEM private key of tls_cert")
+    require_tls: bool = Field(False, description="refuse clients that do not start TLS")
+    databases: list[PostgresDatabase] = Field(default_factory=list)
+
+    _listen = field_validator("listen")(lambda v: _check_listen(v) or v)
+
+
+class PostgresSection(Section):
+    """The database door: PostgreSQL gateways judged by the same policy (docs/databases.md)."""
+
+    listeners: list[PostgresListener] = Field(default_factory=list)
+    public_address: str = Field(
+        "", description="host:port users connect to (in issued connection strings); default: "
+                        "the first listener")
+    hold_timeout: Duration = Field(
+        120.0, description="how long a statement waiting for a step-up is held before it is "
+                           "refused (SQLSTATE 28000)")
+    poll_interval: Duration = Field(0.5, description="how often a held statement checks for "
+                                                     "its approval")
+    token_ttl: Duration = Field(28800.0, description="lifetime of a database token (db-login)")
+    max_message: int = Field(
+        67_108_864, ge=65_536, le=1_073_741_823,
+        description="largest client message accepted, in bytes (larger: error 08P01, closed)")
+    audit_literals: bool = Field(
+        False, description="write statements to the audit ledger with their literal values "
+                           "(default: normalised, literals replaced by $n)")
+    connect_timeout: Duration = Field(5.0, description="give up reaching an upstream after this")
+    login_timeout: Duration = Field(
+        20.0, gt=0, description="a client that has not finished TLS and sign-in by then is "
+                                "disconnected (slow or silent clients hold no connection)")
 class McpServer(Section):
     """One upstream MCP server behind the MCP door, reached at `/mcp/<name>`."""
 
@@ -615,6 +671,7 @@ class StepguardConfig(Section):
     metrics: MetricsSection = MetricsSection()
     notifications: NotificationsSection = NotificationsSection()
     admin: AdminSection = AdminSection()
+    postgres: PostgresSection = PostgresSection()
     oidc: OidcSection = OidcSection()
     mcp_servers: list[McpServer] = Field(default_factory=list,
                                          description="upstream MCP servers (the MCP door)")

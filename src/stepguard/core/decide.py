@@ -241,11 +241,11 @@ def _judge(
     failed: bool,
 ) -> Decision:
     scope = _scope(rule, requirement)
-    digest = _digest(requirement, context)
     if not requirement.needs_grant:
         event = _satisfying_event(policy.levels, session, requirement, now)
         if event is not None:
             return _allowed(rule.name, scope, event.level)
+    digest = _digest(requirement, context)
     grant = _satisfying_grant(session, requirement, scope, digest, grants, now)
     if grant is not None:
         return Decision(

@@ -27,6 +27,7 @@ from stepguard.core.matching import (
     path_matcher,
 )
 from stepguard.core.reason import REASON_NAMES, check_template
+from stepguard.core.statement import KINDS, MATCH_KEYS, statement_matcher
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Path = tuple[str | int, ...]
@@ -38,7 +39,8 @@ _TOP = frozenset(
     {"version", "mode", "levels", "networks", "attributes", "rules", "default", "tests"})
 _RULE = frozenset({"name", "description", "mode", "match", "when", "require", "deny", "allow"})
 MODES = ("enforce", "report")
-_MATCH = frozenset({"hosts", "methods", "paths", "users", "groups", "actions", "networks", "mcp"})
+_MATCH = frozenset({"hosts", "methods", "paths", "users", "groups", "actions", "networks", "mcp",
+                    "postgres"})
 _HTTP_MATCH = frozenset({"hosts", "methods", "paths", "actions"})  # flat keys: the HTTP door's
 _MCP_MATCH = frozenset({"servers", "tools"})
 # An MCP tool's arguments are attributes named `args.<name>` (nested objects: `args.a.b`).
@@ -62,7 +64,7 @@ class Rule:
     description: str = ""
     index_hosts: frozenset[str] | None = None  # None = any host (for the index)
     index_segments: frozenset[str] | None = None  # None = any first path segment
-    door: str = ""  # "" = every door; "http" (flat HTTP match keys) or "mcp" (`match.mcp`)
+    door: str = ""  # "" = every door; "http" (flat HTTP match keys), "mcp", "postgres"
     report: bool = False  # `mode: report`: decided and audited as "would …", never enforced
 
     @property
@@ -149,9 +151,9 @@ def _policy(rules: Sequence[Rule], default: Rule, networks: Mapping[str, tuple[N
             attributes: Mapping[str, str], levels: Mapping[Level, LevelSettings], source: str,
             report: bool = False, enforced: Policy | None = None) -> Policy:
     entries = [(r, r.index_hosts, r.index_segments) for r in rules if r.door in ("", "http")]
-    mcp = tuple(r for r in rules if r.door in ("", "mcp"))
+    doors = {door: tuple(r for r in rules if r.door in ("", door)) for door in ("mcp", "postgres")}
     return Policy(tuple(rules), default, networks, attributes, levels, Index(entries), source,
-                  {"mcp": mcp}, report, enforced)
+                  doors, report, enforced)
 
 
 def _mode(value: Any, path: Path, problems: _Problems) -> bool:
@@ -324,9 +326,11 @@ def _rule(spec: Any, i: int, env: _Env) -> Rule | None:
 
 def _door(match: Mapping[str, Any], path: Path, problems: _Problems) -> str:
     http = sorted(k for k in match if k in _HTTP_MATCH)
-    if "mcp" in match and http:
-        problems.add(path, f"a rule matches one door: 'mcp' cannot be combined with {http}")
-    return "mcp" if "mcp" in match else ("http" if http else "")
+    doors = [d for d in ("mcp", "postgres") if d in match]
+    if doors and http or len(doors) > 1:
+        problems.add(path, f"a rule matches one door: {', '.join(doors)} cannot be combined "
+                           f"with {', '.join(http + doors[1:]) or doors[0]}")
+    return doors[0] if doors else ("http" if http else "")
 
 
 def _outcome(
@@ -450,6 +454,8 @@ def _match(spec: Any, path: Path, env: _Env) -> tuple[tuple[Check, str], ...]:
         return ()
     _unknown_keys(spec, _MATCH, path, env.problems)
     checks: list[tuple[Check, str]] = []
+    if "postgres" in spec:
+        checks.append(_postgres_check(spec["postgres"], (*path, "postgres"), env))
     for key in ("methods", "hosts", "paths", "actions", "networks", "users", "groups"):
         if key in spec:
             check = _match_check(key, _list(spec[key], (*path, key), env.problems), path, env)
@@ -499,6 +505,25 @@ def _match_check(key: str, items: list[str], path: Path, env: _Env) -> tuple[Che
     except ValueError as exc:
         env.problems.add((*path, key), str(exc))
         return None
+
+
+def _postgres_check(spec: Any, path: Path, env: _Env) -> tuple[Check, str]:
+    """A `postgres:` block: databases, kinds, tables, columns (each a list; all given must hold)."""
+    label = f"postgres {spec}"
+    door: Check = lambda ctx, _s: ctx.door == "postgres"  # noqa: E731
+    if spec is None:
+        spec = {}
+    if not isinstance(spec, Mapping):
+        env.problems.add(path, "expected a mapping of databases, kinds, tables, columns")
+        return door, label
+    _unknown_keys(spec, MATCH_KEYS, path, env.problems)
+    lists = {key: _list(spec[key], (*path, key), env.problems) for key in MATCH_KEYS if key in spec}
+    unknown = [k for k in lists.get("kinds", []) if k not in KINDS]
+    if unknown:
+        env.problems.add((*path, "kinds"), f"unknown kind(s) {unknown} (expected some of: "
+                         f"{', '.join(KINDS)})")
+    matches = statement_matcher(lists)
+    return (lambda ctx, _s: ctx.door == "postgres" and matches(ctx.statement)), label
 
 
 def _methods_check(items: list[str], _env: _Env) -> Check:

@@ -190,8 +190,11 @@ class Guard:
         time; concurrent requests for it wait, then only compare versions)."""
         if not token or len(token) > 256:
             return None
+        return self.load_key(hash_token(token))
+
+    def load_key(self, key: str) -> Loaded | None:
+        """`load` by the token's hash (a door that holds a session reference, not its cookie)."""
         self.rt.require_stores()  # a store known to be down: fail closed before any cache
-        key = hash_token(token)
         cached = self.cache.get(key)
         if cached is not None:  # the versions read; a load only if they moved
             found = self._read(key, cached)
@@ -250,24 +253,19 @@ class Guard:
         """The decision when it needs one statement on an open connection and nothing else:
         cheap enough for the event loop. None means: use `check` in a thread (no cached copy
         yet, a load in flight, a grant to spend, a challenge to start, a busy audit queue)."""
+        if token and len(token) > 256:
+            return None
+        return self.check_cached_key(context, hash_token(token) if token else None)
+
+    def check_cached_key(self, context: RequestContext, key: str | None) -> Check | None:
+        """`check_cached` by the session token's hash."""
         if self.rt.audit.backlog > AUDIT_INLINE_LIMIT:
             return None
         loaded: Loaded | None = None
-        if token:
-            if len(token) > 256:
+        if key:
+            loaded = self._cached_live(key, context)
+            if loaded is None:
                 return None
-            key = hash_token(token)
-            cached = self.cache.get(key)
-            if cached is None or self.cache.in_flight(key):
-                return None
-            self.rt.require_stores()
-            try:
-                loaded = self._read(key, cached, connect=False)
-            except StoreUnavailable:  # the thread path reconnects (or fails closed)
-                return None
-            if loaded is None or not self._alive(loaded):
-                return None
-            self._touch(loaded, key, context, self.rt.now())
         self.rt.require_stores()
         check = self._decide(context, loaded)
         decision = check.decision
@@ -278,9 +276,49 @@ class Guard:
         self._audit(check)
         return check
 
+    def _cached_live(self, key: str, context: RequestContext) -> Loaded | None:
+        """The cached copy of a live session as of this moment (versions read, last seen
+        noted), without waiting: None when not cached, loading, gone, not alive or the store
+        is not reachable on an open connection (the thread path reconnects or fails closed)."""
+        cached = self.cache.get(key)
+        if cached is None or self.cache.in_flight(key):
+            return None
+        self.rt.require_stores()
+        try:
+            loaded = self._read(key, cached, connect=False)
+        except StoreUnavailable:
+            return None
+        if loaded is None or not self._alive(loaded):
+            return None
+        self._touch(loaded, key, context, self.rt.now())
+        return loaded
+
+    def versions_now(self, key: str, context: RequestContext) -> tuple[int, int] | None:
+        """The session's and user's versions as of this moment (the revocation check), for a
+        cached live session; None: take the full path."""
+        loaded = self._cached_live(key, context)
+        return loaded.versions if loaded is not None else None
+
+    def plain_allow(self, check: Check) -> bool:
+        """An allow that needs nothing but a live sign-in (no grant, nothing above aal1, low
+        risk): the same answer for the same request while the versions hold."""
+        d = check.decision
+        return (d.allowed and not d.grant_id and check.risk.level == "low"
+                and self._plain.get(d.rule, False))
+
+    def audit(self, check: Check) -> None:
+        """Audit a decision given again without change (see `versions_now`)."""
+        self._audit(check)
+
     def check(self, context: RequestContext, token: str | None, *, audit: bool = True) -> Check:
-        loaded = self.load(token)
-        return self.judge(context, loaded, key=hash_token(token) if token else None, audit=audit)
+        key = hash_token(token) if token and len(token) <= 256 else None
+        return self.check_key(context, key, audit=audit)
+
+    def check_key(self, context: RequestContext, key: str | None, *,
+                  audit: bool = True) -> Check:
+        """`check` by the session token's hash (the postgres door holds the hash)."""
+        loaded = self.load_key(key) if key else None
+        return self.judge(context, loaded, key=key, audit=audit)
 
     def judge(self, context: RequestContext, loaded: Loaded | None, *, key: str | None = None,
               audit: bool = True, detail: Mapping[str, object] | None = None) -> Check:

@@ -74,6 +74,7 @@ class AccountPages:
             enrol_push_url="/account/push-device",
             recovery_url="/account/recovery",
             logout_url="/logout",
+            db_tokens_url="/account/db-tokens" if self.pages.rt.config.postgres.listeners else "",
             **account_view(overview, session),
         )
 
