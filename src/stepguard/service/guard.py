@@ -290,6 +290,14 @@ class Guard:
         """What `judge` would decide now, with nothing spent, noted or audited."""
         return self._decide(context, loaded)
 
+    def settle(self, check: Check, *, detail: Mapping[str, object] | None = None) -> Check:
+        """`judge` for a previewed allow that spends no grant and notes no amount (its only
+        write is the audit entry, queued): the preview audited, without deciding again."""
+        assert check.decision.allowed and not check.decision.consume_grant
+        assert amount_of(check.context) is None
+        self._audit(check, detail)
+        return check
+
     def _decide(self, context: RequestContext, loaded: Loaded | None) -> Check:
         """Risk and `core.decide` over what `load` found (pure but for the location lookup)."""
         record, user = (loaded.record, loaded.user) if loaded else (None, None)
