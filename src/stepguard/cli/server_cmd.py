@@ -146,12 +146,23 @@ def users_list(config: Path = CONFIG) -> None:
 
 
 def users_disable(username: str, config: Path = CONFIG) -> None:
-    """Disable a user and end all their sessions."""
+    """Disable a user and end all their sessions and agent tokens."""
     from stepguard.service.accounts import Accounts
 
     with user_named(username, config) as (runtime, user):
         Accounts(runtime).disable_user(user.id)
-    console.print(f"disabled {username}; their sessions are ended")
+    console.print(f"disabled {username}; their sessions and agent tokens are ended")
+
+
+def users_end_sessions(username: str, config: Path = CONFIG) -> None:
+    """End all of a user's sessions and revoke every agent token of theirs ("sign out
+    everywhere")."""
+    from stepguard.service.accounts import Accounts
+
+    with user_named(username, config) as (runtime, user):
+        sessions, agents = Accounts(runtime).end_all_sessions(user.id)
+    console.print(f"ended {sessions} session(s) and revoked {agents} agent token(s) of "
+                  f"{username}")
 
 
 def users_unlock(username: str, config: Path = CONFIG) -> None:
@@ -283,6 +294,7 @@ def register(app: typer.Typer) -> None:
     users.command("import")(users_import)
     users.command("set-password")(users_set_password)
     users.command("unlock")(users_unlock)
+    users.command("end-sessions")(users_end_sessions)
     app.add_typer(users, name="users")
     audit = typer.Typer(help="The audit ledger.", no_args_is_help=True)
     audit.command("verify")(audit_verify)
