@@ -19,6 +19,9 @@ POST's SSE stream and, once the human passed, `notifications/elicitation/complet
 call's result; any other gets error -32042 with the link, and its retry with the same arguments
 runs once.
 
+Who: a Stepguard agent token (`service.agent_tokens`) or, when `mcp.audience` is set, an access
+token of the configured IdP issued for the door (`adapters.agent_bearer`).
+
 Session ids are the upstream's, wrapped with an HMAC over the agent's session: another agent
 cannot ride a session, and the wrapper carries what the door must remember of `initialize`
 (URL elicitation declared, the client's name), so any instance can serve any request.
@@ -40,6 +43,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
+from stepguard.adapters.agent_bearer import BearerAgents, looks_like_jwt
 from stepguard.adapters.mcp_upstream import (
     SESSION_HEADER,
     HttpUpstream,
@@ -108,6 +112,7 @@ class McpDoor:
     def __init__(self, runtime: Runtime, guard: Guard, stepup: StepUp) -> None:
         self.rt, self.guard, self.stepup = runtime, guard, stepup
         self.agents = AgentTokens(runtime)
+        self.idp_agents = BearerAgents(runtime)  # IdP access tokens, when mcp.audience is set
         settings = runtime.config.mcp
         self.settings = settings
         self.upstreams: dict[str, Upstream] = {}
@@ -136,7 +141,9 @@ class McpDoor:
         try:
             agent = self.agents.cached(presented)
             if agent is None:
-                agent = await run_in_threadpool(self.agents.authenticate, presented)
+                authenticate = (self.idp_agents.authenticate if looks_like_jwt(presented)
+                                else self.agents.authenticate)
+                agent = await run_in_threadpool(authenticate, presented)
         except VerificationFailed as exc:
             await _plain(send, 401, f"{exc.reason}\n", {
                 "www-authenticate": f'Bearer realm="stepguard", error="invalid_token", '

@@ -326,6 +326,11 @@ class McpSection(Section):
                                                           "this long")
     session_idle: Duration = Field(900.0, description="a stdio upstream's process ends after its "
                                                       "MCP session was idle this long")
+    audience: Annotated[list[str], BeforeValidator(_as_list)] = Field(
+        default_factory=list, validate_default=True,
+        description="accept access tokens of the `bearer` issuer as agent credentials when their "
+                    "`aud` is one of these (the door's resource URL, never the web API's "
+                    "audience); `sub` names the Stepguard user. Empty: agent tokens only")
 
 
 class StepguardConfig(Section):
