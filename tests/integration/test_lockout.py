@@ -22,10 +22,10 @@ from stepguard.core.context import RequestContext
 from stepguard.core.decision import Decision, Outcome, Requirement
 from stepguard.core.errors import Throttled, VerificationFailed
 from stepguard.core.levels import Level
+from stepguard.core.throttle import user_factor_key
 from stepguard.service.accounts import Accounts
 from stepguard.service.runtime import Runtime, build_runtime
 from stepguard.service.stepup import StepUp
-from stepguard.service.throttle import user_factor_key
 from stepguard.web.app import create_app
 from tests.contract import build
 from tests.support.gateway import Clock, Seeded, seed_user, write_config

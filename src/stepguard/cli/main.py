@@ -55,11 +55,13 @@ def config_reference() -> None:
 def demo(
     data: Path = typer.Option(Path("data"), help="folder for the SQLite store and config"),
     port: int = 9091,
+    idp: bool = typer.Option(False, "--idp", help="also start the bundled OpenID provider "
+                                                  "and offer sign-in with it"),
 ) -> None:
     """Run Acme Bank behind the gateway on 127.0.0.1 with seeded users."""
     from stepguard.demo.run import run
 
-    run(data, port)
+    run(data, port, idp=idp)
 
 
 if __name__ == "__main__":

@@ -135,12 +135,17 @@ def users_add(
 
 
 def users_list(config: Path = CONFIG) -> None:
-    """List users."""
+    """List users: username, id, groups and source (`local` or the identity provider)."""
+    from stepguard.service.idp import sources
+
     runtime = runtime_for(config)
-    for user in runtime.store.users.list(limit=10_000):
+    users = runtime.store.users.list(limit=10_000)
+    source = sources(runtime.store, [u.id for u in users])
+    for user in users:
         flag = " [disabled]" if user.disabled else ""
         console.print(
-            f"{user.username}\t{user.id}\t{','.join(sorted(user.groups))}{flag}", markup=False
+            f"{user.username}\t{user.id}\t{','.join(sorted(user.groups))}\t{source[user.id]}{flag}",
+            markup=False,
         )
     runtime.close()
 

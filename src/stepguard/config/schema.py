@@ -251,6 +251,135 @@ class BearerSection(Section):
         return value
 
 
+_PROVIDER_NAME = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+# RFC 8176 amr values -> the Stepguard factor they stand for (a sign-in that used a passkey at the
+# identity provider counts as a passkey here). Values not listed count as the factor `oidc`.
+DEFAULT_AMR_FACTORS = {"hwk": "webauthn", "swk": "webauthn", "otp": "totp", "mca": "push",
+                       "pwd": "password"}
+
+
+class OidcProvider(Section):
+    """One OpenID Connect identity provider: a button on the sign-in page (see
+    docs/identity-providers.md)."""
+
+    name: str = Field(pattern=_PROVIDER_NAME,
+                      description="short id used in URLs (/oidc/NAME/callback) and the ledger")
+    label: str = Field("", description="button text; default 'Sign in with NAME'")
+    issuer: str = Field(description="the provider's issuer URL (its OpenID discovery is read "
+                                    "from ISSUER/.well-known/openid-configuration at start)")
+    client_id: str = Field(min_length=1, description="Stepguard's client id at the provider")
+    client_secret: str = Field("", description="client secret (use file: or ${ENV}); empty = a "
+                                               "public client (PKCE only)")
+    token_auth: Literal["client_secret_basic", "client_secret_post", "none"] = Field(
+        "client_secret_basic", description="how Stepguard authenticates at the token endpoint")
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "profile", "email"],
+                              description="scopes asked for (openid is always included)")
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256", "EdDSA"],
+                                  description="id_token signature algorithms allowed "
+                                              "(asymmetric only)")
+    leeway: Duration = Field(60.0, description="clock skew allowed on exp, iat, auth_time")
+    max_token_age: Duration = Field(
+        600.0, description="an id_token issued (iat) longer ago than this is refused")
+    http_timeout: Duration = Field(5.0, description="timeout of discovery, JWKS and token calls")
+    jwks_refetch_interval: Duration = Field(
+        30.0, description="at most one JWKS refetch per interval on an unknown `kid` (rotation)")
+    username_claim: str = Field("preferred_username",
+                                description="claim giving the new user's username (kept "
+                                            "afterwards); falls back to `sub`")
+    username_prefix: str = Field("", description="prefix of usernames made by this provider "
+                                                 "(e.g. `corp:`) so two providers never collide")
+    email_claim: str = Field("email", description="claim with the email address")
+    name_claim: str = Field("name", description="claim with the display name")
+    groups_claim: str = Field("", description="claim with the user's groups, e.g. groups")
+    group_map: dict[str, str] = Field(
+        default_factory=dict, description="provider group -> Stepguard group; when set, "
+                                          "unmapped groups are dropped")
+    static_groups: list[str] = Field(default_factory=list,
+                                     description="groups every user of this provider gets")
+    allowed_domains: list[str] = Field(
+        default_factory=list, description="only users whose verified email is in one of these "
+                                          "domains may sign in (empty = any)")
+    allowed_groups: list[str] = Field(
+        default_factory=list, description="only users in one of these provider groups may sign "
+                                          "in (empty = any)")
+    acr_levels: dict[str, str] = Field(
+        default_factory=dict,
+        description="acr value -> aal1..aal3; empty = the policy's `levels` acr URIs; an acr "
+                    "not listed counts as aal1")
+    amr_levels: dict[str, str] = Field(
+        default_factory=dict, description="amr value -> aal2/aal3 it proves on its own "
+                                          "(e.g. hwk: aal3); empty = levels come from acr only")
+    amr_factors: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_AMR_FACTORS),
+        description="amr value -> Stepguard factor, for rules with `methods`")
+    level_acr: dict[str, str] = Field(
+        default_factory=dict,
+        description="aal2/aal3 -> the acr_values to ask for when stepping up at the provider "
+                    "(Entra ID: an auth context id such as c1); default: the inverse of "
+                    "acr_levels")
+    step_up: Literal["local", "idp", "either"] = Field(
+        "local", description="where this provider's users step up when the rule does not say "
+                             "(`require.via`): Stepguard factors, a new login at the provider, "
+                             "or the user's choice")
+    request_auth_time: bool = Field(
+        True, description="ask for `auth_time` as an essential claim (claims parameter) at "
+                          "every sign-in; without it a sign-in counts as aal1")
+    logout: bool = Field(True, description="signing out also ends the provider's session "
+                                           "(RP-initiated logout) when it offers one")
+    backchannel_logout: bool = Field(
+        True, description="accept OIDC Back-Channel Logout at /oidc/NAME/backchannel-logout")
+
+    _urls = field_validator("issuer")(_check_issuer_url)
+
+    @field_validator("algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: list[str]) -> list[str]:
+        return BearerSection._asymmetric_only(value)
+
+    @field_validator("acr_levels", "amr_levels")
+    @classmethod
+    def _levels(cls, value: dict[str, str]) -> dict[str, str]:
+        return BearerSection._levels(value)
+
+    @field_validator("level_acr")
+    @classmethod
+    def _level_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        wrong = [k for k in value if k not in ("aal1", "aal2", "aal3")]
+        if wrong:
+            raise ValueError(f"expected aal1, aal2 or aal3 as keys; got {', '.join(wrong)}")
+        return value
+
+    @field_validator("amr_factors")
+    @classmethod
+    def _factors(cls, value: dict[str, str]) -> dict[str, str]:
+        from stepguard.core.levels import FACTORS
+
+        wrong = [f for f in value.values() if f not in FACTORS]
+        if wrong:
+            raise ValueError(f"unknown factor(s) {', '.join(wrong)} "
+                             f"(expected some of: {', '.join(FACTORS)})")
+        return value
+
+
+class OidcSection(Section):
+    """Sign-in with identity providers (OpenID Connect); see docs/identity-providers.md."""
+
+    providers: list[OidcProvider] = Field(default_factory=list,
+                                          description="one sign-in button each")
+    passwords: bool = Field(True, description="also offer Stepguard's own username + password "
+                                              "form on the sign-in page")
+    flow_ttl: Duration = Field(600.0, description="how long a sign-in at a provider may take")
+
+    @field_validator("providers")
+    @classmethod
+    def _unique(cls, value: list[OidcProvider]) -> list[OidcProvider]:
+        names = [p.name for p in value]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"provider names must be unique; repeated: {', '.join(twice)}")
+        return value
+
+
 class RedisSettings(Section):
     """Optional Redis for the throttle counters (see docs/deploy.md). Empty url = no Redis."""
 
@@ -350,6 +479,7 @@ class StepguardConfig(Section):
     bearer: BearerSection = BearerSection()
     redis: RedisSettings = RedisSettings()
     metrics: MetricsSection = MetricsSection()
+    oidc: OidcSection = OidcSection()
     mcp_servers: list[McpServer] = Field(default_factory=list,
                                          description="upstream MCP servers (the MCP door)")
     mcp: McpSection = McpSection()

@@ -25,6 +25,7 @@ class Requirement:
     single_use: bool = False
     bind: tuple[str, ...] = ()
     reason: str = ""  # template, rendered by core.reason
+    via: str = ""  # where to step up: "local", "idp"; "" = as the identity provider says
 
     @property
     def needs_grant(self) -> bool:

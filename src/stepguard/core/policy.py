@@ -41,7 +41,9 @@ _HTTP_MATCH = frozenset({"hosts", "methods", "paths", "actions"})  # flat keys: 
 _MCP_MATCH = frozenset({"servers", "tools"})
 # An MCP tool's arguments are attributes named `args.<name>` (nested objects: `args.a.b`).
 _ARG_NAME = re.compile(r"args(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
-_REQUIRE = frozenset({"level", "max_age", "methods", "scope", "single_use", "bind", "reason"})
+_REQUIRE = frozenset({"level", "max_age", "methods", "scope", "single_use", "bind", "reason",
+                      "via"})
+VIA = ("local", "idp")  # step up with Stepguard's own factors, or at the identity provider
 _LEVEL = frozenset({"acr", "max_session", "idle"})
 
 
@@ -337,8 +339,12 @@ def _requirement(spec: Any, path: Path, name: str, env: _Env) -> Requirement:
     if scope is not None and not isinstance(scope, str):
         env.problems.add((*path, "scope"), "expected a scope name")
         scope = name
+    via = spec.get("via", "")
+    if via != "" and via not in VIA:
+        env.problems.add((*path, "via"), "expected local or idp")
+        via = "local"
     return Requirement(level=level, max_age=max_age, methods=methods, scope=scope,
-                       single_use=single_use, bind=tuple(bind), reason=reason)
+                       single_use=single_use, bind=tuple(bind), reason=reason, via=via)
 
 
 def _level_of(value: Any, path: Path, problems: _Problems) -> Level:

@@ -28,7 +28,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_config(data: Path, *, port: int, bank_port: int) -> Path:
+def write_config(data: Path, *, port: int, bank_port: int, idp: str = "") -> Path:
     """A complete config in the data folder (kept across runs, secrets generated once)."""
     data.mkdir(parents=True, exist_ok=True)
     secrets_file = data / "secrets.env"
@@ -55,8 +55,42 @@ upstreams:
       - paths: ["/transfers"]
         action: payments.transfer
         attributes: {{amount: "form:amount", payee: "form:payee"}}
-""")
+""" + idp)
     return config
+
+
+def idp_config(issuer: str, secret: str) -> str:
+    """The bundled OpenID provider as the sign-in source (`stepguard demo --idp`)."""
+    from stepguard.demo.idp import ACR_LEVELS
+
+    levels = ", ".join(f'"{acr}": {level}' for acr, level in ACR_LEVELS.items())
+    return f"""oidc:
+  providers:
+    - name: demo-idp
+      label: "Sign in with the demo identity provider"
+      issuer: "{issuer}"
+      client_id: acme-bank
+      client_secret: "{secret}"
+      algorithms: [ES256]
+      groups_claim: groups
+      acr_levels: {{{levels}}}
+      step_up: either
+"""
+
+
+def start_idp(port: int) -> tuple[str, str]:
+    """Run the bundled OpenID provider on a free port; its issuer and the client secret."""
+    from stepguard.demo.idp import Client, DemoIdp, ThreadServer, User
+
+    idp_port, secret = free_port(), secrets.token_urlsafe(24)
+    idp = DemoIdp(f"http://127.0.0.1:{idp_port}")
+    base = f"http://localhost:{port}"
+    idp.add_client(Client("acme-bank", secret, [f"{base}/oidc/demo-idp/callback"],
+                          [f"{base}/login"], f"{base}/oidc/demo-idp/backchannel-logout"))
+    idp.add_user(User("idp-carol", "carol", "carol@acme.example", "Carol (IdP)", ["admins"]))
+    idp.add_user(User("idp-dan", "dan", "dan@acme.example", "Dan (IdP)", ["tellers"]))
+    ThreadServer(idp.app, idp_port).start()
+    return idp.issuer, secret
 
 
 def _policy_text() -> str:
@@ -88,9 +122,10 @@ def seed(accounts: Accounts) -> list[tuple[str, str, str]]:
     return seeded
 
 
-def run(data: Path = Path("data"), port: int = 9091) -> None:
+def run(data: Path = Path("data"), port: int = 9091, *, idp: bool = False) -> None:
     bank_port = free_port()
-    config = write_config(data, port=port, bank_port=bank_port)
+    provider = idp_config(*start_idp(port)) if idp else ""
+    config = write_config(data, port=port, bank_port=bank_port, idp=provider)
     runtime = build_runtime(load_config(config))
     seeded = seed(Accounts(runtime))
     (data / "users.txt").open("a").writelines(f"{u} {p} {s}\n" for u, p, s in seeded)
@@ -99,6 +134,10 @@ def run(data: Path = Path("data"), port: int = 9091) -> None:
     )
     threading.Thread(target=bank.run, daemon=True).start()
     _walkthrough(port, data)
+    if idp:
+        print("  Identity provider: press \"Sign in with the demo identity provider\" and pick "
+              "carol or dan;\n  how you sign in there (password, one-time code, passkey) sets "
+              "the level Stepguard starts from.\n", flush=True)
     uvicorn.run(create_app(runtime), host="127.0.0.1", port=port, log_level="warning")
 
 

@@ -9,6 +9,7 @@ from stepguard.core.context import AuthEvent, RequestContext
 from stepguard.core.decision import Decision, Outcome, Requirement
 from stepguard.core.errors import StepguardError, VerificationFailed
 from stepguard.core.levels import FACTOR_AMR, Level
+from stepguard.core.throttle import client_network, plan_attempt
 from stepguard.factors import webauthn as wa
 from stepguard.factors.password import OWASP, hash_password, verify_dummy, verify_password
 from stepguard.factors.recovery import generate_recovery_codes, hash_recovery_code
@@ -16,9 +17,7 @@ from stepguard.factors.secretbox import open_sealed, seal, seed_aad
 from stepguard.factors.totp import new_totp_secret, provisioning_uri, qr_svg, verify_totp
 from stepguard.service.attempts import (
     abandoned,
-    client_network,
     failed,
-    plan_attempt,
     reserve,
     succeeded,
     trust_client,
@@ -186,8 +185,12 @@ class Accounts:
             request=request_summary(context, ip_key=self.rt.ip_key),
         )
 
-    def _open_session(self, user: UserRecord, context: RequestContext) -> SignedIn:
+    def _open_session(self, user: UserRecord, context: RequestContext,
+                      event: AuthEvent | None = None) -> SignedIn:
+        """A new session whose first authentication event is `event` (default: a password)."""
         now, token = self.rt.now(), new_token()
+        event = event or AuthEvent(factor="password", amr=FACTOR_AMR["password"],
+                                   level=Level.AAL1, at=now)
         session = SessionRecord(
             id=new_id(),
             token_hash=hash_token(token),
@@ -197,18 +200,17 @@ class Accounts:
             ip=context.client_ip,
             user_agent=context.user_agent[:512],
             device_id=context.device_id,
-            events=(AuthEvent(factor="password", amr=FACTOR_AMR["password"], level=Level.AAL1,
-                              at=now),),
+            events=(event,),
         )
         self.rt.store.sessions.add(session)
         self._remember(user, context)
-        trust_client(self.rt, user_id=user.id, factor="password", client_ip=context.client_ip,
+        trust_client(self.rt, user_id=user.id, factor=event.factor, client_ip=context.client_ip,
                      device_id=context.device_id)
         self.rt.record(
             kind="session",
             subject=user.id,
             session_id=session.id,
-            factor="password",
+            factor=event.factor,
             outcome="signed_in",
             request=request_summary(context, ip_key=self.rt.ip_key),
         )

@@ -1,8 +1,10 @@
 """The decision flow: load state → risk → `core.decide()` → consume a grant → audit.
 
 Adapters (forward-auth, reverse proxy, ASGI middleware, decision API) build a `RequestContext`
-and call `Guard.check`; they only translate its `Check` into their protocol. Any store failure
-raises `StoreUnavailable`, which adapters turn into a challenge or a 503 — never an allow.
+and call `Guard.check`; they only translate its `Check` into their protocol. The MCP door calls
+`Guard.judge` with an agent's state, bearer tokens `Guard.judge_token`: one flow for every door.
+Any store failure raises `StoreUnavailable`, which adapters turn into a challenge or a 503 —
+never an allow.
 """
 
 from __future__ import annotations
@@ -10,14 +12,14 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from stepguard.audit.ledger import AuditEvent, AuditKind, request_summary
 from stepguard.core.context import RequestContext, SessionState, Subject
 from stepguard.core.decide import decide
 from stepguard.core.decision import Decision, Outcome, Requirement
-from stepguard.core.errors import StoreUnavailable
+from stepguard.core.errors import Conflict, StoreUnavailable
 from stepguard.core.grant import Grant
 from stepguard.core.levels import Level
 from stepguard.core.policy import Policy
@@ -269,22 +271,68 @@ class Guard:
               audit: bool = True, detail: Mapping[str, object] | None = None) -> Check:
         """The decision flow over what was loaded: decide → consume a single-use grant (decide
         again without it if another request spent it) → note the amount → audit. Every door
-        comes through here: `check` with a session token, the MCP door with an agent's state
-        (`key` None: nothing to note as seen; `detail` joins the audit entry, which is then
-        always an entry of its own)."""
+        comes through here (or through `judge_token`, which ends in the same steps): `check`
+        with a session token, the MCP door with an agent's state (`key` None: nothing to note
+        as seen; `detail` joins the audit entry, which is then always an entry of its own)."""
+        check = self._decide(context, loaded)
+        return self._settle(check, loaded.grants if loaded else (), loaded=loaded, key=key,
+                            audit=audit, detail=detail)
+
+    def judge_token(self, context: RequestContext, state: SessionState | None, *,
+                    grant_for: Callable[[Decision], Grant | None],
+                    risk: RiskAssessment = NO_RISK,
+                    detail: Mapping[str, object] | None = None) -> Check:
+        """The decision flow for a state authenticated elsewhere (a bearer token's), which has
+        no Stepguard session to hold grants: when the policy asks for a grant, the state's own
+        authentication may stand in for one (`grant_for`, None when it does not reach the
+        requirement); a single-use one is stored first, so that it is spent exactly once like
+        any other. A bound requirement is refused (403): whoever authenticated the state never
+        showed the user the bound values. Then the same steps as `judge`: consume → decide
+        again → audit."""
         now = self.rt.now()
-        result = self._decide(context, loaded)
-        decision = result.decision
-        if decision.consume_grant and not self._consume(decision, result.session):
-            spent = [g for g in loaded.grants if g.id != decision.consume_grant] if loaded else []
-            decision = decide(self.rt.policy, context, result.state, result.risk, spent, now)
-            result = replace(result, decision=decision)
+        decision = decide(self.rt.policy, context, state, risk, (), now)
+        grants: tuple[Grant, ...] = ()
+        requirement = decision.requirement
+        if (state is not None and decision.outcome is Outcome.STEP_UP and requirement is not None
+                and requirement.needs_grant):
+            if requirement.bind:
+                decision = _refuse_binding(decision)
+            else:
+                grant = grant_for(decision)
+                if grant is not None:
+                    if grant.single_use:
+                        with contextlib.suppress(Conflict):  # spent (or being spent) already
+                            self.rt.store.grants.add(grant)
+                    grants = (grant,)
+                    decision = decide(self.rt.policy, context, state, risk, grants, now)
+        check = Check(decision, context, None, None, risk, state)
+        return self._settle(check, grants, detail=detail)
+
+    def refused(self, context: RequestContext, decision: Decision, *, outcome: str,
+                detail: Mapping[str, object]) -> Check:
+        """A request refused before the policy could decide (a malformed or invalid credential):
+        audited like any decision, with `outcome` naming why."""
+        check = Check(decision, context, None, None, NO_RISK)
+        self._audit(check, detail, outcome=outcome)
+        return check
+
+    def _settle(self, check: Check, grants: Sequence[Grant], *, loaded: Loaded | None = None,
+                key: str | None = None, audit: bool = True,
+                detail: Mapping[str, object] | None = None) -> Check:
+        """After `core.decide`: spend the single-use grant it chose (if another request won it,
+        decide again without it) → note the session as seen → note the amount → audit."""
+        decision = check.decision
+        now = self.rt.now()
+        if decision.consume_grant and not self._consume(decision, check.state):
+            spent = [g for g in grants if g.id != decision.consume_grant]
+            check = replace(check, decision=decide(self.rt.policy, check.context, check.state,
+                                                   check.risk, spent, now))
         if loaded is not None and key:
-            self._touch(loaded, key, context, now)
-        self._remember_amount(result)
+            self._touch(loaded, key, check.context, now)
+        self._remember_amount(check)
         if audit:
-            self._audit(result, detail)
-        return result
+            self._audit(check, detail)
+        return check
 
     def preview(self, context: RequestContext, loaded: Loaded | None) -> Check:
         """What `judge` would decide now, with nothing spent, noted or audited."""
@@ -313,9 +361,9 @@ class Guard:
         if check.decision.allowed and check.user is not None and amount is not None:
             self.rt.store.history.record_amount(check.user.id, amount)
 
-    def _consume(self, decision: Decision, record: SessionRecord | None) -> bool:
-        assert record is not None
-        return self.rt.store.grants.consume(decision.consume_grant, session_id=record.id,
+    def _consume(self, decision: Decision, state: SessionState | None) -> bool:
+        assert state is not None  # the core grants nothing to a request without a session
+        return self.rt.store.grants.consume(decision.consume_grant, session_id=state.id,
                                             now=self.rt.now())
 
     def _risk(self, context: RequestContext, state: SessionState | None,
@@ -337,27 +385,29 @@ class Guard:
         if current is not None and current.versions == loaded.versions:
             self.cache.put(key, replace(current, record=replace(current.record, last_seen=now)))
 
-    def _audit(self, check: Check, extra: Mapping[str, object] | None = None) -> None:
+    def _audit(self, check: Check, extra: Mapping[str, object] | None = None, *,
+               outcome: str = "") -> None:
         """Allows cost a counter (a plain allow in summary mode) or an unchecked event, checked
         and sealed in the audit writer's thread; every other decision is checked and logged
-        here (they are few)."""
+        here (they are few). Subject and session come from the state decided on (a Stepguard
+        session's, an agent's or a bearer token's)."""
         d = check.decision
         if d.outcome is Outcome.ALLOW:
             self._audit_allow(check, d, extra)
             return
-        self.rt.record(kind="decision", subject=check.user.id if check.user else "",
-                       session_id=check.session.id if check.session else "",
+        state = check.state
+        self.rt.record(kind="decision", subject=state.subject.id if state else "",
+                       session_id=state.id if state else "",
                        request=request_summary(check.context, ip_key=self.rt.ip_key),
                        decision=d.outcome.value, rule=d.rule, reasons=d.reasons,
-                       outcome="login" if d.login else d.outcome.value,
+                       outcome=outcome or ("login" if d.login else d.outcome.value),
                        detail={**_detail(d, check.risk), **(extra or {})})
-
 
     def _audit_allow(self, check: Check, d: Decision,
                      extra: Mapping[str, object] | None = None) -> None:
-        rt, user, context = self.rt, check.user, check.context
-        subject = user.id if user else ""
-        session = rt.session_ref(check.session.id) if check.session else ""
+        rt, state, context = self.rt, check.state, check.context
+        subject = state.subject.id if state else ""
+        session = rt.session_ref(state.id) if state else ""
         rt.observer.allowed(d.rule)
         summary = rt.audit.summary
         if (summary is not None and self._plain.get(d.rule, False) and not d.grant_id
@@ -382,6 +432,15 @@ def _plain_rules(policy: Policy) -> dict[str, bool]:
 def _plain(requirement: Requirement | None) -> bool:
     return requirement is None or (requirement.level <= Level.AAL1 and not requirement.needs_grant
                                    and requirement.max_age is None and not requirement.methods)
+
+
+def _refuse_binding(decision: Decision) -> Decision:
+    reason = ("This request must be approved on Stepguard's step-up page, which shows what is "
+              "approved; an access token cannot approve a bound transaction.")
+    return Decision(outcome=Outcome.DENY, rule=decision.rule,
+                    reasons=(*decision.reasons, reason), requirement=decision.requirement,
+                    scope=decision.scope, binding=decision.binding,
+                    bound_values=decision.bound_values)
 
 
 def _detail(decision: Decision, risk: RiskAssessment) -> dict[str, object]:

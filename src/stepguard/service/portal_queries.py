@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from stepguard.audit.ledger import AuditEntry
+from stepguard.service.idp import sources
 from stepguard.service.runtime import Runtime
 from stepguard.service.stepup import StepUp
 from stepguard.storage.records import FactorRecord, PushRecord, SessionRecord, UserRecord
@@ -40,6 +41,7 @@ class AdminOverview:
 
     users: tuple[UserRecord, ...]
     factor_counts: dict[str, int]
+    sources: dict[str, str]  # user id -> `local` or the identity provider that made the user
     sessions: tuple[SessionRecord, ...]
     entries: tuple[AuditEntry, ...]
 
@@ -76,6 +78,7 @@ class PortalQueries:
         return AdminOverview(
             users=users,
             factor_counts={u.id: len(store.factors.for_user(u.id)) for u in users},
+            sources=sources(store, [u.id for u in users]),
             sessions=tuple(s for u in users for s in store.sessions.list_for_user(u.id)),
             entries=tuple(entries),
         )

@@ -26,6 +26,7 @@ from stepguard.config.schema import RedisSettings, StepguardConfig, StoreSetting
 from stepguard.core.errors import ConfigError, Problem, StoreUnavailable
 from stepguard.core.policy import Policy
 from stepguard.core.risk import Location, RiskSettings
+from stepguard.core.throttle import ThrottleSettings
 from stepguard.factors.secretbox import Keyring
 from stepguard.factors.webauthn import RelyingParty
 from stepguard.service import audit_spill
@@ -33,7 +34,6 @@ from stepguard.service.geo import ChainLocator, Locator, MaxMindLocator, StaticL
 from stepguard.service.health import RedisWatch
 from stepguard.service.last_seen import LastSeenWriter
 from stepguard.service.observe import Observer, configure_logging
-from stepguard.service.throttle import ThrottleSettings
 from stepguard.storage.audit_store import SqlAuditLog
 from stepguard.storage.interfaces import Store
 from stepguard.storage.migrate import upgrade

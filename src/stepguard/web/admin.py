@@ -127,6 +127,7 @@ def admin_view(overview: AdminOverview) -> dict[str, Any]:
                 "groups": sorted(u.groups),
                 "disabled": u.disabled,
                 "factor_count": overview.factor_counts.get(u.id, 0),
+                "source": overview.sources.get(u.id, "local"),
             }
             for u in overview.users
         ],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -22,7 +23,7 @@ from stepguard.core.context import RequestContext
 from stepguard.core.errors import Throttled, VerificationFailed
 from stepguard.service.accounts import NeedsFreshProof
 from stepguard.service.guard import Guard
-from stepguard.service.runtime import Runtime
+from stepguard.service.runtime import Runtime, new_id, sign
 from stepguard.service.stepup import ChallengeGone
 from stepguard.storage.records import SessionRecord, UserRecord
 from stepguard.web.render import Renderer
@@ -60,6 +61,10 @@ class Pages:
             f"{origin.scheme}://{origin.netloc}",
             *[o.rstrip("/") for o in runtime.config.webauthn.origins],
         ]
+        # Set by `web.oidc.OidcPages` when identity providers are configured.
+        self.provider_buttons: list[dict[str, str]] = []
+        self.provider_logout: Callable[[SessionRecord], str] = lambda _session: ""
+        self.content_security_policy = ""  # "" = the default (security_headers)
 
     # ------------------------------------------------------------------ the request
 
@@ -152,6 +157,8 @@ class Pages:
         who = {"name": user.display_name or user.username, "email": user.email} if user else None
         html = self.renderer.render(name, csrf_token=token, user=who, **context)
         response = HTMLResponse(html, status)
+        if self.content_security_policy:
+            response.headers["Content-Security-Policy"] = self.content_security_policy
         if fresh:
             response.set_cookie(
                 PRE_SESSION_COOKIE,
@@ -179,6 +186,29 @@ class Pages:
             link=link or {"href": "/account", "text": "Go to your account"},
             status=status,
         )
+
+    def sign_in_context(self, request: Request) -> RequestContext:
+        """The request's context, with a new device id when the browser has none yet (named now,
+        so that this very sign-in already records the device)."""
+        context = self.context(request)
+        return context if context.device_id else replace(context, device_id=new_id())
+
+    def signed_in_response(self, request: Request, rd: str, token: str,
+                           context: RequestContext) -> Response:
+        """After a sign-in: the session cookie, and the device cookie for a new device."""
+        response = self.with_token(RedirectResponse(rd, 303), token)
+        response.delete_cookie(PRE_SESSION_COOKIE, path="/")
+        if not self.devices.device_id(request.cookies.get(DEVICE_COOKIE)):
+            response.set_cookie(
+                DEVICE_COOKIE,
+                sign(self.rt.cookie_key, context.device_id),
+                max_age=400 * 86400,
+                httponly=True,
+                secure=self.https,
+                samesite="lax",
+                path="/",
+            )
+        return response
 
     def with_token(self, response: Response, token: str) -> Response:
         response.set_cookie(self.cookie_name, token, **self.cookie_kwargs)

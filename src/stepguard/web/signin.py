@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from typing import Any
 from urllib.parse import quote
 
 from starlette.concurrency import run_in_threadpool
@@ -10,11 +10,9 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from stepguard.adapters.cookies import DEVICE_COOKIE
 from stepguard.core.errors import Throttled, VerificationFailed
 from stepguard.service.accounts import Accounts
-from stepguard.service.runtime import new_id, sign
-from stepguard.web.page import PRE_SESSION_COOKIE, Pages
+from stepguard.web.page import Pages
 from stepguard.web.security import CsrfRejected
 from stepguard.web.text import throttle_text
 
@@ -39,7 +37,14 @@ class SignInPages:
             challenge_id="",
             reasons=["Sign in to continue."],
             error=None,
+            **self.sign_in_options(rd),
         )
+
+    def sign_in_options(self, rd: str) -> dict[str, Any]:
+        """The identity providers' buttons (set by `web.oidc`) and the password form switch."""
+        buttons = [{**b, "action": f"{b['action']}?rd={quote(rd, safe='')}"}
+                   for b in self.pages.provider_buttons]
+        return {"providers": buttons, "passwords": self.pages.rt.config.oidc.passwords}
 
     async def login_submit(self, request: Request) -> Response:
         pages = self.pages
@@ -50,10 +55,9 @@ class SignInPages:
             return pages.message(
                 request, "Request refused", "The form expired. Please try again.", 403
             )
-        context = pages.context(request)
-        new_device = not context.device_id
-        if new_device:  # named now, so that this very sign-in already records the device
-            context = replace(context, device_id=new_id())
+        if not pages.rt.config.oidc.passwords:
+            return self._login_error(request, rd, "Sign in with your identity provider.", 403)
+        context = pages.sign_in_context(request)
         try:
             signed = await run_in_threadpool(
                 self.accounts.sign_in, form.get("username", ""), form.get("password", ""), context
@@ -62,19 +66,7 @@ class SignInPages:
             return self._login_error(request, rd, throttle_text(exc), 429)
         except VerificationFailed:
             return self._login_error(request, rd, "The username or password is not right.", 401)
-        response = pages.with_token(RedirectResponse(rd, 303), signed.token)
-        response.delete_cookie(PRE_SESSION_COOKIE, path="/")
-        if new_device:
-            response.set_cookie(
-                DEVICE_COOKIE,
-                sign(pages.rt.cookie_key, context.device_id),
-                max_age=400 * 86400,
-                httponly=True,
-                secure=pages.https,
-                samesite="lax",
-                path="/",
-            )
-        return response
+        return pages.signed_in_response(request, rd, signed.token, context)
 
     def _login_error(self, request: Request, rd: str, error: str, status: int) -> Response:
         return self.pages.page(
@@ -85,6 +77,7 @@ class SignInPages:
             reasons=[],
             error=error,
             status=status,
+            **self.sign_in_options(rd),
         )
 
     async def logout(self, request: Request) -> Response:
@@ -96,7 +89,8 @@ class SignInPages:
             except CsrfRejected:
                 return pages.message(request, "Request refused", "Please try again.", 403)
             await run_in_threadpool(self.accounts.sign_out, found[0])
-        response = RedirectResponse("/login", 303)
+        after = await run_in_threadpool(pages.provider_logout, found[0]) if found else ""
+        response = RedirectResponse(after or "/login", 303)
         response.delete_cookie(
             pages.cookie_name, path="/", domain=pages.cookie_kwargs.get("domain")
         )

@@ -155,6 +155,10 @@ class StepUpPages:
             return await self._retry(request, session, user, cid, exc.reason, 401)
         return self.pages.with_token(RedirectResponse(self._next_url(passed), 303), passed.token)
 
+    def after_pass(self, passed: Passed) -> Response:
+        """The rotated session cookie and where to go after a passed challenge."""
+        return self.pages.with_token(RedirectResponse(self._next_url(passed), 303), passed.token)
+
     def _next_url(self, passed: Passed) -> str:
         """After a pass: the confirmation page of a held request, else the return URL."""
         challenge = passed.challenge
