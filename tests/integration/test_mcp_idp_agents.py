@@ -2,10 +2,12 @@
 process in front of the real bank MCP server. The issuer is simulated as in test_bearer.py
 (discovery + JWKS on an httpx MockTransport, tokens signed with real keys).
 
-A token for the door's audience stands for its `sub` (a Stepguard username) as an aal1 agent:
+A token for the door's audience stands for the user its issuer + `sub` is linked to (as the
+OpenID sign-in links them) as an aal1 agent:
 a large transfer is held for alice's bound approval on the portal, and the same client's next
 (refreshed) token runs it once. Another client's token, a token for the web API's audience, an
-unknown or disabled user, a door without `mcp.audience` — refused or held, never run.
+identity linked to no user (a matching username is no link) or a disabled user, a door without
+`mcp.audience` — refused or held, never run.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from stepguard.core.errors import InvalidToken
 from stepguard.gateway import create_app
 from stepguard.service.accounts import Accounts
 from stepguard.service.runtime import Runtime
+from stepguard.storage.identity_records import IdentityRecord
 from tests.integration import test_mcp_inprocess
 from tests.integration.test_bearer import AUDIENCE, ISSUER, T0, Issuer, Key, ec_key, sign
 from tests.integration.test_gateway import csrf, sign_in
@@ -80,11 +83,19 @@ def env(tmp_path: Path, bank: tuple[Process, Path]) -> Iterator[Env]:
     clock, key = Clock(T0), ec_key()
     runtime = runtime_with(tmp_path, process, clock, key)
     alice = seed_user(runtime)
+    link(runtime, "idp-alice", alice.user.id)
     with TestClient(create_app(runtime), base_url="http://localhost:9091",
                     follow_redirects=False) as client:
         yield Env(runtime, client, clock, alice, key, ledger)
     bearer._validators.pop(id(runtime), None)
     runtime.close()
+
+
+def link(runtime: Runtime, subject: str, user_id: str) -> None:
+    """The identity an OpenID sign-in links: the issuer's `sub` to the Stepguard user."""
+    runtime.store.identities.link(IdentityRecord(
+        issuer=ISSUER, subject=subject, user_id=user_id, provider="corp", created=T0,
+        last_login=T0))
 
 
 def rpc(env: Env, token: str, message: dict[str, Any], session: str = "") -> Any:
@@ -132,14 +143,14 @@ def held_url(answer: Any) -> str:
 
 
 def test_an_idp_agent_is_held_for_the_humans_approval_and_runs_once(env: Env) -> None:
-    token = env.token(sub="alice", client_id="desktop", jti="t1")
+    token = env.token(sub="idp-alice", client_id="desktop", jti="t1")
     assert not call(env, token, {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
         "name": "get_balance", "arguments": {}}})["result"]["isError"]
     url = held_url(call(env, token, transfer("DE-idp")))
     assert env.transfers("DE-idp") == 0
     approve(env, url)
     env.clock.advance(30)  # the client refreshed its access token meanwhile
-    refreshed = env.token(sub="alice", client_id="desktop", jti="t2")
+    refreshed = env.token(sub="idp-alice", client_id="desktop", jti="t2")
     assert not call(env, refreshed, transfer("DE-idp"))["result"]["isError"]
     assert env.transfers("DE-idp") == 1
     held_url(call(env, refreshed, transfer("DE-idp")))  # single use
@@ -152,15 +163,15 @@ def test_an_idp_agent_is_held_for_the_humans_approval_and_runs_once(env: Env) ->
 
 
 def test_another_clients_token_does_not_inherit_the_approval(env: Env) -> None:
-    token = env.token(sub="alice", client_id="desktop")
+    token = env.token(sub="idp-alice", client_id="desktop")
     approve(env, held_url(call(env, token, transfer("DE-other"))))
-    other = env.token(sub="alice", client_id="browser-extension")
+    other = env.token(sub="idp-alice", client_id="browser-extension")
     held_url(call(env, other, transfer("DE-other")))
     assert env.transfers("DE-other") == 0
 
 
 def test_a_strong_recent_idp_sign_in_is_not_an_approval(env: Env) -> None:
-    token = env.token(sub="alice", client_id="desktop", acr="urn:stepguard:aal3",
+    token = env.token(sub="idp-alice", client_id="desktop", acr="urn:stepguard:aal3",
                       amr=["hwk", "user"], auth_time=int(env.clock.now))
     held_url(call(env, token, transfer("DE-acr")))
     assert env.transfers("DE-acr") == 0
@@ -169,7 +180,8 @@ def test_a_strong_recent_idp_sign_in_is_not_an_approval(env: Env) -> None:
 @pytest.mark.parametrize("claims", [
     {"sub": "alice", "aud": AUDIENCE},  # minted for the web API, not for the door
     {"sub": "alice", "iss": "https://evil.test"},
-    {"sub": "mallory"},  # no such Stepguard user
+    {"sub": "mallory"},  # linked to no Stepguard user
+    {"sub": "alice"},  # a username is never a link
     {"sub": "alice", "exp": int(T0) - 100},
 ])
 def test_tokens_not_for_the_door_or_its_users_are_refused(env: Env,
@@ -181,7 +193,7 @@ def test_tokens_not_for_the_door_or_its_users_are_refused(env: Env,
 
 
 def test_a_disabled_user_s_idp_agent_is_refused(env: Env) -> None:
-    token = env.token(sub="alice", client_id="desktop")
+    token = env.token(sub="idp-alice", client_id="desktop")
     assert rpc(env, token, INIT).status_code == 200
     Accounts(env.runtime).disable_user(env.alice.user.id)
     assert rpc(env, token, INIT).status_code == 401
@@ -196,7 +208,7 @@ def test_without_a_door_audience_idp_tokens_are_refused(tmp_path: Path,
         seed_user(runtime)
         agents = BearerAgents(runtime)
         assert agents.validator is None
-        token = sign(key, aud=DOOR, sub="alice", iat=int(T0) - 5, exp=int(T0) + 300)
+        token = sign(key, aud=DOOR, sub="idp-alice", iat=int(T0) - 5, exp=int(T0) + 300)
         with pytest.raises(InvalidToken, match="not accepted"):
             agents.authenticate(token)
     finally:

@@ -9,9 +9,11 @@ resource URL — never the web API's `bearer.audience`, so a token minted for an
 not accepted here (no token passthrough, MCP authorization spec). Empty `mcp.audience`: the door
 accepts Stepguard agent tokens only.
 
-The token's `sub` names the Stepguard user (its username); a token for an unknown or disabled
-user is refused. The agent is then the same as a Stepguard agent token's: a session of that user
-whose only authentication event is aal1, factor `agent` — the IdP's `acr`/`amr` say how the
+The user is the one linked to the token's issuer + `sub` (`store.identities`, as the OpenID
+sign-in links them: never by email or username); a token of an identity linked to no user, or
+to a disabled one, is refused. The agent is then the same as a Stepguard agent token's: a
+session of that user whose only authentication event is aal1, factor `agent` (at the token's
+issue time) — the IdP's `acr`/`amr` say how the
 human signed in when the agent was connected, not that they approve this call — so anything
 above aal1 needs the human's bound, single-use approval on the step-up page. Its session is one
 per (issuer, user, OAuth client): a refreshed token of the same client finds the approval its
@@ -50,7 +52,8 @@ class BearerAgents:
         if self.validator is None or raw is None:
             self._refuse("IdP access tokens are not accepted at the MCP door")
         token = self._validate(raw)
-        user = self.rt.store.users.by_username(token.subject.id)
+        identity = self.rt.store.identities.get(token.issuer, token.subject.id)
+        user = self.rt.store.users.get(identity.user_id) if identity is not None else None
         if user is None or user.disabled:
             self._refuse("the token's subject is not an active Stepguard user")
         client = token.client_id or token.state.id  # no client named: one per sign-in

@@ -330,7 +330,7 @@ class _Exchange:
         # preview stands, settled on the event loop, unless the audit queue is backed up or an
         # amount is to be noted.
         if plain and amount_of(context) is None and door.rt.audit.backlog <= AUDIT_INLINE_LIMIT:
-            check = door.guard.settle(pre, detail=self.detail(context, call))
+            check = door.guard.judge_preview(pre, detail=self.detail(context, call))
         else:
             check = await self.judge(context, loaded, call)
         decision = check.decision

@@ -459,7 +459,8 @@ class McpSection(Section):
         default_factory=list, validate_default=True,
         description="accept access tokens of the `bearer` issuer as agent credentials when their "
                     "`aud` is one of these (the door's resource URL, never the web API's "
-                    "audience); `sub` names the Stepguard user. Empty: agent tokens only")
+                    "audience), for the user linked to the token's issuer and `sub` (see "
+                    "docs/identity-providers.md). Empty: agent tokens only")
 
 
 class StepguardConfig(Section):
