@@ -137,13 +137,8 @@ class McpDoor:
             await _plain(send, 405, "use POST, GET or DELETE\n", {"allow": "POST, GET, DELETE"})
             return
         headers = _headers(scope)
-        presented = _bearer(headers.get("authorization"))
         try:
-            agent = self.agents.cached(presented)
-            if agent is None:
-                authenticate = (self.idp_agents.authenticate if looks_like_jwt(presented)
-                                else self.agents.authenticate)
-                agent = await run_in_threadpool(authenticate, presented)
+            agent = await self.authenticate(headers)
         except VerificationFailed as exc:
             await _plain(send, 401, f"{exc.reason}\n", {
                 "www-authenticate": f'Bearer realm="stepguard", error="invalid_token", '
@@ -171,6 +166,17 @@ class McpDoor:
         except StoreUnavailable:
             await exchange.fail(503, INTERNAL_ERROR, "Stepguard cannot reach its store; the "
                                 "call was not run. Try again shortly.")
+
+    async def authenticate(self, headers: Mapping[str, str]) -> Agent:
+        """The agent the request's credential proves (an agent token, from a valid copy without
+        a thread when possible, or an IdP access token); `VerificationFailed` otherwise."""
+        presented = _bearer(headers.get("authorization"))
+        agent = self.agents.cached(presented)
+        if agent is not None:
+            return agent
+        authenticate = (self.idp_agents.authenticate if looks_like_jwt(presented)
+                        else self.agents.authenticate)
+        return await run_in_threadpool(authenticate, presented)
 
     # ------------------------------------------------------------------ session ids
 
@@ -414,6 +420,13 @@ class _Exchange:
             return
         await self.event({"jsonrpc": "2.0", "method": "notifications/elicitation/complete",
                           "params": {"elicitationId": challenge_id}})
+        try:  # revoked while the call waited (sign out everywhere, a new password, disabled)?
+            self.agent = await door.authenticate(self.headers)
+        except VerificationFailed:
+            await self.event(_tool_result(ident, "The agent's credential was revoked while the "
+                                          "call waited; Stepguard did not run it."))
+            await self.end_events()
+            return
         loaded = await run_in_threadpool(door.agents.loaded, self.agent, ip=self.client_ip,
                                          user_agent=self.client_name)
         again = await self.judge(check.context, loaded, call)
