@@ -153,6 +153,9 @@ class AgentTokens:
         user = self.rt.store.users.get(record.user_id) if record is not None else None
         good = hmac.compare_digest(_hash(secret), record.secret_hash if record else _DUMMY_HASH)
         if record is None or user is None or not good or not record.live(now) or user.disabled:
+            if good and record is not None:  # its owner's copy is stale for good: drop it
+                with self._lock:
+                    self._copies.pop(record.id, None)
             self.rt.record(kind="verification", factor=AGENT_FACTOR,
                            outcome="failed:" + ("invalid" if match else "malformed"),
                            detail={"agent": token_id if record else ""})
