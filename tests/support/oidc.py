@@ -79,10 +79,10 @@ class Site:
         return Browser(self)
 
 
-def make_idp(name: str, stepguard_url: str, *, honour_acr: bool = True) -> tuple[DemoIdp,
-                                                                                 ThreadServer]:
+def make_idp(name: str, stepguard_url: str, *, honour_acr: bool = True,
+             honour_acrs: bool = True) -> tuple[DemoIdp, ThreadServer]:
     port = free_port()
-    idp = DemoIdp(f"http://127.0.0.1:{port}", honour_acr=honour_acr)
+    idp = DemoIdp(f"http://127.0.0.1:{port}", honour_acr=honour_acr, honour_acrs=honour_acrs)
     idp.add_client(Client(CLIENT_ID, CLIENT_SECRET, [f"{stepguard_url}/oidc/{name}/callback"],
                           [f"{stepguard_url}/login"],
                           f"{stepguard_url}/oidc/{name}/backchannel-logout"))
@@ -95,13 +95,15 @@ def make_idp(name: str, stepguard_url: str, *, honour_acr: bool = True) -> tuple
 @contextmanager
 def serve_site(folder: Path, providers: dict[str, dict[str, object]],
                *, oidc_extra: str = "") -> Iterator[Site]:
-    """Start one provider per entry ({"honour_acr": bool, "config": extra yaml}) and
+    """Start one provider per entry ({"honour_acr": bool, "honour_acrs": bool, "config": extra
+    yaml}) and
     Stepguard configured with all of them."""
     port = free_port()
     url = f"http://localhost:{port}"
     idps, servers = {}, []
     for name, options in providers.items():
-        idp, server = make_idp(name, url, honour_acr=bool(options.get("honour_acr", True)))
+        idp, server = make_idp(name, url, honour_acr=bool(options.get("honour_acr", True)),
+                               honour_acrs=bool(options.get("honour_acrs", True)))
         idps[name] = idp
         servers.append(server)
     entries = "".join(provider_config(name, idps[name], extra=str(options.get("config", "")))

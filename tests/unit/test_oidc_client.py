@@ -91,6 +91,19 @@ def test_the_authorization_request_asks_for_what_the_step_up_needs() -> None:
     assert query["scope"].split() == ["openid", "profile", "email"]
 
 
+@pytest.mark.parametrize("announced", [True, False])
+def test_an_auth_context_is_asked_for_as_an_essential_acrs_claim(announced: bool) -> None:
+    from stepguard.service.oidc import AuthorizationRequest
+
+    client = client_for(ok_routes(**{"/.well-known/openid-configuration": document(
+        claims_parameter_supported=announced)}))
+    url = client.authorization_url(AuthorizationRequest(
+        state="st", nonce="no", code_verifier="v" * 64, max_age=600, auth_context="c1"))
+    claims = json.loads(dict(httpx.URL(url).params)["claims"])["id_token"]
+    assert claims["acrs"] == {"essential": True, "value": "c1"}
+    assert ("auth_time" in claims) is announced
+
+
 def test_the_response_issuer_check() -> None:
     client = client_for(ok_routes())
     client.check_response_issuer(None)  # not announced: may be absent

@@ -92,6 +92,9 @@ def test_allow_lists(claims: dict[str, Any], refused: bool) -> None:
     ({"level_acr": {"high": "x"}}, "as keys"),
     ({"amr_factors": {"hwk": "sms"}}, "unknown factor"),
     ({"client_id": ""}, "at least 1"),
+    ({"auth_contexts": {"c100": {"level": "aal2"}}}, "c1..c99"),
+    ({"auth_contexts": {"c1": {"level": "aal9"}}}, "aal1"),
+    ({"auth_contexts": {"c1": {"level": "aal2", "factor": "sms"}}}, "unknown factor"),
 ])
 def test_provider_config_problems_are_named(fields: dict[str, Any], message: str) -> None:
     values = {"name": "corp", "issuer": "https://idp.example", "client_id": "sg", **fields}
@@ -117,3 +120,35 @@ def test_policy_via_is_parsed_and_stored_with_the_challenge() -> None:
     with pytest.raises(PolicyError, match="expected local or idp"):
         compile_policy({"rules": [{"name": "r", "match": {"paths": ["/x"]},
                                    "require": {"level": "aal2", "via": "sms"}}]})
+
+
+CONTEXTS = {"c1": {"level": "aal2"}, "c2": {"level": "aal3", "factor": "webauthn"},
+            "c10": {"level": "aal2", "factor": "totp"}}
+
+
+@pytest.mark.parametrize(("acrs", "level", "factor"), [
+    (("c1",), Level.AAL2, "password"),
+    (("c2", "c1"), Level.AAL3, "webauthn"),
+    (("c77", "C1", "c1 "), Level.AAL1, "password"),  # unknown ids are ignored
+])
+def test_auth_contexts_in_acrs_raise_the_level(acrs: tuple[str, ...], level: Level,
+                                               factor: str) -> None:
+    tok = IdToken(issuer="https://idp.example", subject="s", claims={}, acr="urn:idp:pwd",
+                  amr=("pwd",), auth_time=NOW - 60, sid="", raw="", acrs=acrs)
+    event = proof_of(tok, settings(auth_contexts=CONTEXTS), LEVELS, now=NOW)
+    assert (event.level, event.factor) == (level, factor)
+
+
+@pytest.mark.parametrize(("level", "methods", "wanted"), [
+    (Level.AAL2, frozenset(), "c1"),          # the weakest context reaching the level
+    (Level.AAL3, frozenset(), "c2"),
+    (Level.AAL2, frozenset({"totp"}), "c10"),  # one that counts as an allowed method
+    (Level.AAL1, frozenset({"push"}), ""),     # none: the step-up asks with acr_values
+])
+def test_the_auth_context_a_step_up_asks_for(level: Level, methods: frozenset[str],
+                                             wanted: str) -> None:
+    from stepguard.service.idp import auth_context_for
+
+    requirement = Requirement(level=level, methods=methods)
+    assert auth_context_for(settings(auth_contexts=CONTEXTS), requirement) == wanted
+    assert auth_context_for(settings(), requirement) == ""

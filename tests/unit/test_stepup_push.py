@@ -19,10 +19,10 @@ from stepguard.config.load import load_config
 from stepguard.core.decision import Requirement
 from stepguard.core.errors import ReplayDetected, Throttled, VerificationFailed
 from stepguard.core.levels import Level
+from stepguard.core.throttle import user_factor_key
 from stepguard.factors import push as push_factor
 from stepguard.service.runtime import Runtime, build_runtime
 from stepguard.service.stepup import ChallengeGone, Passed, StepUp, _push_request
-from stepguard.service.throttle import user_factor_key
 from stepguard.storage.memory import MemoryStore
 from stepguard.storage.records import FactorRecord, PushRecord, SessionRecord
 from tests.contract import build

@@ -68,12 +68,12 @@ def test_a_body_above_the_hold_limit_is_refused_and_at_the_limit_held(world: Wor
     assert str(limit) in str(refused.value)
 
 
-def test_location_sends_a_sign_in_to_the_login_page_with_the_return_url(world: World) -> None:
-    assert world.stepup.location(replace(DECISION, login=True), CONTEXT, world.laptop,
+def test_begin_sends_a_sign_in_to_the_login_page_with_the_return_url(world: World) -> None:
+    assert world.stepup.begin(replace(DECISION, login=True), CONTEXT, world.laptop,
                                  return_url="https://app.test/a?b=1") \
         == "/login?rd=https%3A%2F%2Fapp.test%2Fa%3Fb%3D1"
-    assert world.stepup.location(DECISION, CONTEXT, None, return_url="/x") == "/login?rd=%2Fx"
-    location = world.stepup.location(DECISION, CONTEXT, world.laptop, return_url="/x")
+    assert world.stepup.begin(DECISION, CONTEXT, None, return_url="/x") == "/login?rd=%2Fx"
+    location = world.stepup.begin(DECISION, CONTEXT, world.laptop, return_url="/x")
     assert location.startswith("/step-up/")
     challenge = world.rt.store.challenges.get(location.removeprefix("/step-up/"))
     assert challenge is not None and challenge.return_url == "/x"

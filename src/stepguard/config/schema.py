@@ -7,6 +7,7 @@ every problem at once with the file, the path inside it, the line and what was e
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
@@ -258,6 +259,30 @@ DEFAULT_AMR_FACTORS = {"hwk": "webauthn", "swk": "webauthn", "otp": "totp", "mca
                        "pwd": "password"}
 
 
+_AUTH_CONTEXT_ID = re.compile(r"^c([1-9]|[1-9][0-9])$")
+
+
+class AuthContext(Section):
+    """What one authentication context of the provider proves when the id_token's `acrs`
+    claim names it (Microsoft Entra ID Conditional Access authentication context)."""
+
+    level: Literal["aal1", "aal2", "aal3"] = Field(
+        description="the level a sign-in that satisfied this context proves")
+    factor: str = Field("", description="the Stepguard factor it counts as, for rules with "
+                                        "`methods` (e.g. webauthn when its Conditional Access "
+                                        "policy demands phishing-resistant MFA); empty = from "
+                                        "amr")
+
+    @field_validator("factor")
+    @classmethod
+    def _factor(cls, value: str) -> str:
+        from stepguard.core.levels import FACTORS
+
+        if value and value not in FACTORS:
+            raise ValueError(f"unknown factor {value} (expected one of: {', '.join(FACTORS)})")
+        return value
+
+
 class OidcProvider(Section):
     """One OpenID Connect identity provider: a button on the sign-in page (see
     docs/identity-providers.md)."""
@@ -315,8 +340,14 @@ class OidcProvider(Section):
     level_acr: dict[str, str] = Field(
         default_factory=dict,
         description="aal2/aal3 -> the acr_values to ask for when stepping up at the provider "
-                    "(Entra ID: an auth context id such as c1); default: the inverse of "
+                    "(Entra ID: use auth_contexts instead); default: the inverse of "
                     "acr_levels")
+    auth_contexts: dict[str, AuthContext] = Field(
+        default_factory=dict,
+        description="Entra ID authentication context id (c1..c99) -> what it proves; a sign-in "
+                    "whose id_token `acrs` names one counts as its level, and a step-up at the "
+                    "provider asks for the weakest context reaching the rule's level (claims "
+                    "parameter) and needs it back in `acrs`; unknown ids are ignored")
     step_up: Literal["local", "idp", "either"] = Field(
         "local", description="where this provider's users step up when the rule does not say "
                              "(`require.via`): Stepguard factors, a new login at the provider, "
@@ -347,6 +378,14 @@ class OidcProvider(Section):
         wrong = [k for k in value if k not in ("aal1", "aal2", "aal3")]
         if wrong:
             raise ValueError(f"expected aal1, aal2 or aal3 as keys; got {', '.join(wrong)}")
+        return value
+
+    @field_validator("auth_contexts")
+    @classmethod
+    def _context_ids(cls, value: dict[str, AuthContext]) -> dict[str, AuthContext]:
+        wrong = [k for k in value if not _AUTH_CONTEXT_ID.match(k)]
+        if wrong:
+            raise ValueError(f"expected auth context ids c1..c99; got {', '.join(wrong)}")
         return value
 
     @field_validator("amr_factors")

@@ -11,6 +11,11 @@ amr pwd), a password and a one-time code (`urn:demo-idp:mfa`, pwd otp) or a pass
 (`urn:demo-idp:phr`, hwk user). An existing sign-in is reused unless `prompt=login` or
 `max_age` asks for a new one, or (when `honour_acr` is on) it is weaker than `acr_values`.
 With `honour_acr = False` it behaves like a provider that ignores `acr_values`.
+
+It also speaks Microsoft Entra ID's authentication contexts: an essential `acrs` claim request
+(`claims={"id_token":{"acrs":{"essential":true,"value":"c1"}}}`, or `values`) makes a weaker
+sign-in than the context needs (`AUTH_CONTEXTS`) ask again, and the id_token's `acrs` lists the
+requested contexts the sign-in satisfied. With `honour_acrs = False` it ignores that request.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import secrets
 import threading
 import time
@@ -43,6 +49,8 @@ METHODS: dict[str, tuple[str, tuple[str, ...], int]] = {  # method -> acr, amr, 
 ACR_RANK = {acr: rank for acr, _amr, rank in METHODS.values()}
 # How Stepguard maps these (the `acr_levels` of a provider entry).
 ACR_LEVELS = {"urn:demo-idp:pwd": "aal1", "urn:demo-idp:mfa": "aal2", "urn:demo-idp:phr": "aal3"}
+# Entra ID style authentication contexts: id -> the weakest sign-in method that satisfies it.
+AUTH_CONTEXTS = {"c1": "mfa", "c2": "phr"}
 SSO_COOKIE = "demo_idp_sso"
 Hook = Callable[[dict[str, Any], dict[str, Any]], "str | tuple[dict[str, Any], dict[str, Any]]"]
 
@@ -78,9 +86,10 @@ class _Login:
 class DemoIdp:
     """The provider's state and its Starlette application (`app`)."""
 
-    def __init__(self, issuer: str, *, honour_acr: bool = True, alg: str = "ES256",
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, issuer: str, *, honour_acr: bool = True, honour_acrs: bool = True,
+                 alg: str = "ES256", clock: Callable[[], float] = time.time) -> None:
         self.issuer, self.honour_acr, self.alg, self.clock = issuer, honour_acr, alg, clock
+        self.honour_acrs = honour_acrs
         self.clients: dict[str, Client] = {}
         self.users: dict[str, User] = {}
         self.keys: list[ECKey] = []
@@ -206,7 +215,7 @@ class DemoIdp:
             return HTMLResponse("unknown user or method", 400)
         if not user.active:
             return self._error(q, "access_denied", "the account is disabled")
-        if self.honour_acr and METHODS[method][2] < _wanted_rank(q):
+        if _rank(method) < self._wanted_rank(q):
             rid = secrets.token_urlsafe(16)
             self._pending[rid] = q
             return self._login_page(rid, q, "This application needs a stronger sign-in.")
@@ -278,14 +287,34 @@ class DemoIdp:
         if max_age is not None and (not max_age.isdigit()
                                     or self.clock() - login.auth_time > int(max_age)):
             return False
-        return not self.honour_acr or METHODS[login.method][2] >= _wanted_rank(q)
+        return _rank(login.method) >= self._wanted_rank(q)
+
+    def _wanted_rank(self, q: dict[str, str]) -> int:
+        """The rank a sign-in needs: the weakest requested acr, the strongest requested auth
+        context (each only when honoured)."""
+        acrs = [ACR_RANK[v] for v in q.get("acr_values", "").split() if v in ACR_RANK]
+        contexts = [_rank(AUTH_CONTEXTS[c]) for c in self._requested_contexts(q)]
+        return max(min(acrs, default=0) if self.honour_acr else 0,
+                   max(contexts, default=0) if self.honour_acrs else 0)
+
+    def _requested_contexts(self, q: dict[str, str]) -> list[str]:
+        try:
+            wanted = json.loads(q.get("claims", "{}"))["id_token"]["acrs"]
+        except (ValueError, KeyError, TypeError):
+            return []
+        if not isinstance(wanted, dict):
+            return []
+        values = wanted.get("values", [wanted.get("value")])
+        return [v for v in values if isinstance(v, str) and v in AUTH_CONTEXTS] \
+            if isinstance(values, list) else []
 
     def _issue(self, q: dict[str, str], login: _Login) -> Response:
         code = secrets.token_urlsafe(24)
         with self._lock:
             self._codes[code] = {"client_id": q["client_id"], "redirect_uri": q["redirect_uri"],
                                  "code_challenge": q["code_challenge"], "nonce": q.get("nonce"),
-                                 "login": login, "expires": self.clock() + 60}
+                                 "login": login, "expires": self.clock() + 60,
+                                 "contexts": self._requested_contexts(q)}
         query = {"code": code, "iss": self.issuer}
         if "state" in q:
             query["state"] = q["state"]
@@ -319,7 +348,7 @@ class DemoIdp:
     def _id_token(self, grant: dict[str, Any]) -> str:
         login: _Login = grant["login"]
         user = self.users[login.sub]
-        acr, amr, _rank = METHODS[login.method]
+        acr, amr, _ = METHODS[login.method]
         now = int(self.clock())
         claims: dict[str, Any] = {
             "iss": self.issuer, "sub": user.sub, "aud": grant["client_id"], "iat": now,
@@ -328,6 +357,10 @@ class DemoIdp:
             "email": user.email, "email_verified": user.email_verified, "groups": user.groups}
         if grant["nonce"] is not None:
             claims["nonce"] = grant["nonce"]
+        satisfied = [c for c in grant["contexts"]
+                     if _rank(login.method) >= _rank(AUTH_CONTEXTS[c])]
+        if self.honour_acrs and satisfied:
+            claims["acrs"] = satisfied
         header: dict[str, Any] = {"typ": "JWT"}
         if self.id_token_hook is not None:
             changed = self.id_token_hook(header, claims)
@@ -347,7 +380,9 @@ class DemoIdp:
         wanted = escape(q.get("acr_values", "")) or "any"
         html = (f"<!doctype html><title>Demo identity provider</title>"
                 f"<h1>Demo identity provider</h1><p>{escape(note)}</p>"
-                f"<p>Requested: acr {wanted}, max_age {escape(q.get('max_age', '-'))}, "
+                f"<p>Requested: acr {wanted}, auth context "
+                f"{escape(' '.join(self._requested_contexts(q))) or '-'}, "
+                f"max_age {escape(q.get('max_age', '-'))}, "
                 f"prompt {escape(q.get('prompt', '-'))}</p>"
                 f'<form method="post" action="/login"><input type="hidden" name="rid" '
                 f'value="{rid}"><label>User <select name="username">{users}</select></label>'
@@ -356,9 +391,8 @@ class DemoIdp:
         return HTMLResponse(html)
 
 
-def _wanted_rank(q: dict[str, str]) -> int:
-    values = q.get("acr_values", "").split()
-    return min((ACR_RANK[v] for v in values if v in ACR_RANK), default=0)
+def _rank(method: str) -> int:
+    return METHODS[method][2]
 
 
 class ThreadServer:

@@ -22,6 +22,7 @@ from typing import Any
 from stepguard.audit.ledger import request_summary
 from stepguard.config.schema import OidcProvider
 from stepguard.core.context import AuthEvent, RequestContext
+from stepguard.core.decision import Requirement
 from stepguard.core.errors import ConfigError, Conflict, Problem
 from stepguard.core.levels import Level
 from stepguard.service.accounts import Accounts, SignedIn
@@ -64,13 +65,18 @@ def proof_of(token: IdToken, settings: OidcProvider, acr_levels: Mapping[str, Le
              *, now: float) -> AuthEvent:
     """The provider's proof as a Stepguard authentication event (ASVS V6.8.4: assume the
     weakest when something is missing). The level is the highest that `acr` (through
-    `acr_levels`) or an `amr` value (through `amr_levels`) proves; unknown values prove aal1.
+    `acr_levels`), an `amr` value (through `amr_levels`) or an Entra ID auth context in `acrs`
+    (through `auth_contexts`) proves; unknown values prove aal1.
     Without `auth_time` the age of the proof is unknown, so it counts as aal1, now."""
     level = acr_levels.get(token.acr, Level.AAL1)
     for value in token.amr:
         if value in settings.amr_levels:
             level = max(level, Level.parse(settings.amr_levels[value]))
+    contexts = [settings.auth_contexts[c] for c in token.acrs if c in settings.auth_contexts]
+    for context in contexts:
+        level = max(level, Level.parse(context.level))
     factors = {settings.amr_factors[v] for v in token.amr if v in settings.amr_factors}
+    factors |= {context.factor for context in contexts if context.factor}
     factor = next((f for f in _FACTOR_ORDER if f in factors), "oidc")
     if token.auth_time is None:
         return AuthEvent(factor=factor, amr=token.amr, level=Level.AAL1, at=now)
@@ -130,19 +136,21 @@ class IdentityProviders:
         client = self._client(name)
         requirement = challenge.requirement
         fresh = requirement.max_age == 0 or requirement.single_use
+        context = auth_context_for(client.settings, requirement)
         return self._begin(client, browser, purpose="step_up", challenge_id=challenge.id,
                            session_id=session.id, max_age=requirement.max_age,
-                           prompt="login" if fresh else "",
-                           acr_values=" ".join(self._acr_values(client, requirement.level)))
+                           prompt="login" if fresh else "", auth_context=context,
+                           acr_values="" if context else " ".join(
+                               self._acr_values(client, requirement.level)))
 
     def _begin(self, client: OidcClient, browser: str, *, purpose: str, return_url: str = "",
                challenge_id: str = "", session_id: str = "", max_age: float | None = None,
-               prompt: str = "", acr_values: str = "") -> Started:
+               prompt: str = "", acr_values: str = "", auth_context: str = "") -> Started:
         browser = browser if _usable_browser(browser) else secrets.token_urlsafe(32)
         request = AuthorizationRequest(
             state=secrets.token_urlsafe(32), nonce=secrets.token_urlsafe(32),
             code_verifier=secrets.token_urlsafe(64), max_age=max_age, prompt=prompt,
-            acr_values=acr_values, essential_acr=purpose == "step_up")
+            acr_values=acr_values, essential_acr=purpose == "step_up", auth_context=auth_context)
         now = self.rt.now()
         self.rt.store.identities.purge(now=now)  # abandoned flows do not pile up
         self.rt.store.identities.add_flow(OidcFlow(
@@ -296,13 +304,18 @@ class IdentityProviders:
         return self.stepup._complete(challenge, session, proof.factor, context.client_ip, proof)
 
     def _check_proof(self, client: OidcClient, flow: OidcFlow, token: IdToken, proof: AuthEvent,
-                     requirement: Any, now: float) -> None:
+                     requirement: Requirement, now: float) -> None:
         """Never trust the request, check the answer (RFC 9470's pattern): the id_token's own
-        `acr`/`amr` must reach the level, and its `auth_time` the freshness."""
+        `acrs` must name the auth context asked for (the same one, worked out again from the
+        challenge), its `acr`/`amr` must reach the level, and its `auth_time` the freshness."""
         leeway = client.settings.leeway
         if token.auth_time is None:
             raise OidcRefused("The identity provider did not say when you signed in.",
                               code="no_auth_time")
+        wanted = auth_context_for(client.settings, requirement)
+        if wanted and wanted not in token.acrs:
+            raise OidcRefused("The identity provider did not confirm the authentication "
+                              "context this request needs.", code="acrs")
         if proof.level < requirement.level:
             raise OidcRefused(f"The identity provider confirmed {proof.level.label}, but this "
                               f"needs {requirement.level.label}.", code="acr")
@@ -360,6 +373,17 @@ class IdentityProviders:
         if client is None:
             raise OidcRefused("No such identity provider.", code="unknown_provider")
         return client
+
+
+def auth_context_for(settings: OidcProvider, requirement: Requirement) -> str:
+    """The auth context a step-up at this provider asks for: the weakest configured one that
+    reaches the rule's level (and counts as one of its `methods`, when it names some); "" when
+    none does (the step-up then asks with `acr_values`)."""
+    fitting = [(Level.parse(c.level), int(cid[1:]), cid)
+               for cid, c in settings.auth_contexts.items()
+               if Level.parse(c.level) >= requirement.level
+               and (not requirement.methods or c.factor in requirement.methods)]
+    return min(fitting)[2] if fitting else ""
 
 
 def sources(store: Store, user_ids: list[str]) -> dict[str, str]:
