@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(PY) bench/fleet.py
 	$(PY) bench/invalidation.py
 	$(PY) bench/load.py
+	$(PY) bench/mcp.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage coverage.json mutants

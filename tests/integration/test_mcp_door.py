@@ -281,6 +281,44 @@ def test_url_elicitation_holds_the_call_and_runs_it_once_when_approved(door: Doo
     assert transfers(door, 3100, "DE-held") == 1
 
 
+def test_a_token_revoked_while_its_call_waits_does_not_run_the_call(door: Door) -> None:
+    """The human approves, but the agent's token was revoked meanwhile (from another process,
+    as the account page or `stepguard users end-sessions` would): the held call never runs."""
+    from stepguard.config.load import load_config
+    from stepguard.service.runtime import build_runtime
+
+    other = build_runtime(load_config(door.workdir / "stepguard.yaml"))
+    try:
+        alice = other.store.users.by_username("alice")
+        assert alice is not None
+        issued = AgentTokens(other).create(alice.id, "short-lived agent", ttl=3600)
+    finally:
+        other.close()
+    human = Human(door)
+
+    async def elicit(context: Any, params: Any) -> Any:
+        from mcp import types
+
+        def revoke_then_approve() -> None:
+            runtime = build_runtime(load_config(door.workdir / "stepguard.yaml"))
+            try:
+                AgentTokens(runtime).revoke(issued.record.id, user_id=None)
+            finally:
+                runtime.close()
+            assert human.approve(params.url).status_code == 303
+
+        await asyncio.to_thread(revoke_then_approve)
+        return types.ElicitResult(action="accept")
+
+    async def run() -> Any:
+        async with connect(door, token=issued.token, elicitation=elicit) as client:
+            return await client.call_tool("transfer", {"amount": 3400, "to": "DE-revoked"})
+
+    result = asyncio.run(run())
+    assert result.is_error and "revoked" in result.content[0].text
+    assert transfers(door, 3400, "DE-revoked") == 0
+
+
 def test_a_declined_elicitation_is_a_tool_error_and_nothing_runs(door: Door) -> None:
     async def decline(context: Any, params: Any) -> Any:
         from mcp import types

@@ -16,6 +16,7 @@ from starlette.testclient import TestClient
 from stepguard.core.errors import StoreUnavailable
 from stepguard.gateway import create_app
 from stepguard.service.agent_tokens import AgentTokens
+from stepguard.service.guard import STORE_CONTACT_EVERY
 from tests.support.gateway import Clock, make_runtime, seed_user
 from tests.support.servers import REPO_ROOT, Process, free_port, python_env
 
@@ -73,6 +74,8 @@ def test_a_dead_store_never_runs_a_call(env, bank, monkeypatch) -> None:  # type
         raise StoreUnavailable("down")
 
     monkeypatch.setattr(runtime.store.grants, "active_for_session", down)
+    # a warm copy of the agent's state is used at most STORE_CONTACT_EVERY after a read
+    runtime.clock.advance(STORE_CONTACT_EVERY)
     answer = rpc(client, token, transfer(50), session)
     assert answer.status_code == 503 and answer.json()["error"]["code"] == -32603
     monkeypatch.setattr(runtime.store.agent_tokens, "get", down)
@@ -90,8 +93,10 @@ def test_every_judged_call_is_audited_with_digest_and_redacted_arguments(env) ->
     entries = [e for e in runtime.audit_log.entries(kind="decision")
                if e.detail.get("via") == "mcp"]
     assert [e.decision for e in entries] == ["allow", "step_up"]
+    agent = token.split("_")[1]
     for entry in entries:
         assert entry.subject == alice.user.id
+        assert entry.detail["agent"] == agent  # which token made the call (its public id)
         assert entry.detail["arguments"]["to"] == "[redacted]"
         assert len(entry.detail["call_digest"]) == 64
         assert "DE-audit" not in json.dumps(dict(entry.detail))

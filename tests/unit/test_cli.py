@@ -60,6 +60,45 @@ def test_example_policy_validates_and_its_tests_pass() -> None:
     assert "0 failed" in result.output
 
 
+def test_the_agent_policy_tests_with_tool_call_cases_pass() -> None:
+    tests = ROOT / "examples/mcp_bank/policy.tests.yaml"
+    result = runner.invoke(app, ["policy", "test", str(tests)])
+    assert result.exit_code == 0, result.output
+    assert "13 passed, 0 failed" in result.output
+
+
+def test_a_tool_call_case_that_expects_the_wrong_thing_fails(tmp_path: Path) -> None:
+    (tmp_path / "policy.yaml").write_text((ROOT / "examples/mcp_bank/policy.yaml").read_text())
+    (tmp_path / "t.yaml").write_text(
+        "cases:\n  - name: changed arguments\n"
+        "    call: {server: bank, tool: transfer, arguments: {amount: 5001, to: DE89}}\n"
+        "    grants: [{scope: agent-large-transfer, single_use: true,\n"
+        "              call: {arguments: {amount: 5000, to: DE89}}}]\n"
+        "    expect: {outcome: allow}\n"
+        "  - name: both kinds\n    request: {path: /}\n"
+        "    call: {server: bank, tool: transfer}\n    expect: {outcome: allow}\n")
+    result = runner.invoke(app, ["policy", "test", str(tmp_path / "t.yaml")])
+    assert result.exit_code == 1
+    assert "FAIL changed arguments" in result.output and "got 'step_up'" in result.output
+    assert "FAIL both kinds" in result.output and "either a request or a call" in result.output
+
+
+def test_explain_takes_an_agents_tool_call() -> None:
+    policy = str(ROOT / "examples/mcp_bank/policy.yaml")
+    call = '{"server":"bank","tool":"transfer","arguments":{"amount":5000,"to":"DE89"}}'
+    result = runner.invoke(app, ["policy", "explain", policy, "--call", call])
+    assert result.exit_code == 0, result.output
+    assert "agent-large-transfer" in result.output and "STEP_UP" in result.output
+    assert "Your agent wants to send 5000 to DE89" in result.output
+    denied = runner.invoke(app, ["policy", "explain", policy, "--call",
+                                 '{"server":"bank","tool":"drop_table"}'])
+    assert denied.exit_code == 0 and "DENY" in denied.output
+    bad = runner.invoke(app, ["policy", "explain", policy, "--call",
+                              '{"server":"bank","tool":"tr ansfer"}'])
+    assert bad.exit_code == 0 and "400" in bad.output
+    assert runner.invoke(app, ["policy", "explain", policy]).exit_code == 2
+
+
 def test_a_failing_policy_test_exits_1(tmp_path: Path) -> None:
     (tmp_path / "policy.yaml").write_text((ROOT / "examples/policy.yaml").read_text())
     (tmp_path / "t.yaml").write_text(

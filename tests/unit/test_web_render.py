@@ -172,6 +172,7 @@ PAGES: dict[str, dict[str, Any]] = {
              "created_text": "1 May", "last_used_text": "never"},
         ],
         "revoke_url": "/account/sessions/revoke",
+        "end_all_url": "/account/sessions/end-all",
         "remove_factor_url": "/account/factors/remove",
         "enrol_totp_url": "/account/totp",
         "enrol_passkey_url": "/account/passkey",

@@ -19,6 +19,9 @@ POST's SSE stream and, once the human passed, `notifications/elicitation/complet
 call's result; any other gets error -32042 with the link, and its retry with the same arguments
 runs once.
 
+Who: a Stepguard agent token (`service.agent_tokens`) or, when `mcp.audience` is set, an access
+token of the configured IdP issued for the door (`adapters.agent_bearer`).
+
 Session ids are the upstream's, wrapped with an HMAC over the agent's session: another agent
 cannot ride a session, and the wrapper carries what the door must remember of `initialize`
 (URL elicitation declared, the client's name), so any instance can serve any request.
@@ -40,6 +43,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
+from stepguard.adapters.agent_bearer import BearerAgents, looks_like_jwt
 from stepguard.adapters.mcp_upstream import (
     SESSION_HEADER,
     HttpUpstream,
@@ -53,6 +57,7 @@ from stepguard.adapters.mcp_upstream import (
 from stepguard.core.canonical import loads_json
 from stepguard.core.decision import Outcome
 from stepguard.core.errors import BadRequest, StoreUnavailable, VerificationFailed
+from stepguard.core.risk import amount_of
 from stepguard.core.toolcall import (
     ToolCall,
     call_context,
@@ -62,7 +67,7 @@ from stepguard.core.toolcall import (
     tool_call,
 )
 from stepguard.service.agent_tokens import Agent, AgentTokens
-from stepguard.service.guard import Check, Guard, Loaded
+from stepguard.service.guard import AUDIT_INLINE_LIMIT, Check, Guard, Loaded
 from stepguard.service.runtime import Runtime
 from stepguard.service.stepup import AGENT_CALL, HeldRequest, HeldTooLarge, StepUp
 
@@ -107,6 +112,7 @@ class McpDoor:
     def __init__(self, runtime: Runtime, guard: Guard, stepup: StepUp) -> None:
         self.rt, self.guard, self.stepup = runtime, guard, stepup
         self.agents = AgentTokens(runtime)
+        self.idp_agents = BearerAgents(runtime)  # IdP access tokens, when mcp.audience is set
         settings = runtime.config.mcp
         self.settings = settings
         self.upstreams: dict[str, Upstream] = {}
@@ -132,16 +138,15 @@ class McpDoor:
             return
         headers = _headers(scope)
         try:
-            agent = await run_in_threadpool(self.agents.authenticate,
-                                            _bearer(headers.get("authorization")))
+            agent = await self.authenticate(headers)
         except VerificationFailed as exc:
             await _plain(send, 401, f"{exc.reason}\n", {
                 "www-authenticate": f'Bearer realm="stepguard", error="invalid_token", '
                                     f'error_description="{exc.reason}"'})
             return
         except StoreUnavailable:
-            await _plain(send, 503, "Stepguard cannot reach its store; try again shortly.\n",
-                         {"retry-after": "5"})
+            await _error(send, 503, None, INTERNAL_ERROR, "Stepguard cannot reach its store; "
+                         "nothing was run. Try again shortly.", headers={"retry-after": "5"})
             return
         version = headers.get("mcp-protocol-version", "")
         if version and version > "2025-12-31":
@@ -161,6 +166,17 @@ class McpDoor:
         except StoreUnavailable:
             await exchange.fail(503, INTERNAL_ERROR, "Stepguard cannot reach its store; the "
                                 "call was not run. Try again shortly.")
+
+    async def authenticate(self, headers: Mapping[str, str]) -> Agent:
+        """The agent the request's credential proves (an agent token, from a valid copy without
+        a thread when possible, or an IdP access token); `VerificationFailed` otherwise."""
+        presented = _bearer(headers.get("authorization"))
+        agent = self.agents.cached(presented)
+        if agent is not None:
+            return agent
+        authenticate = (self.idp_agents.authenticate if looks_like_jwt(presented)
+                        else self.agents.authenticate)
+        return await run_in_threadpool(authenticate, presented)
 
     # ------------------------------------------------------------------ session ids
 
@@ -213,6 +229,8 @@ class _Exchange:
         self.door, self.scope, self.send, self.headers = door, scope, send, headers
         self.agent, self.server, self.upstream = agent, server, upstream
         self.session = session if isinstance(session, McpSession) else None
+        # the client's wrapped session id, verified: given back as it came (no new MAC)
+        self.wrapped = headers.get(SESSION_HEADER) if self.session is not None else None
         self.started = False
 
     @property
@@ -282,8 +300,10 @@ class _Exchange:
         reply = await self.upstream.send("POST", body, self.headers, None)
         upstream_id = reply.headers.pop(SESSION_HEADER, None)
         self.session = McpSession(upstream_id or "", url_mode, client)
+        self.wrapped = None
         if reply.status == 200:  # a session only for an initialize the upstream accepted
-            reply.headers[SESSION_HEADER] = self.door.wrap(self.agent, self.session)
+            reply.headers[SESSION_HEADER] = self.wrapped = self.door.wrap(self.agent,
+                                                                          self.session)
         await self.relay(reply)
 
     # ------------------------------------------------------------------ tools/call
@@ -296,19 +316,29 @@ class _Exchange:
             await _error(self.send, 200, ident, INVALID_PARAMS, str(exc))
             return
         door = self.door
-        loaded = await run_in_threadpool(door.agents.loaded, self.agent, ip=self.client_ip,
-                                         user_agent=self.client_name)
+        loaded = door.agents.loaded_cached(self.agent, ip=self.client_ip,
+                                           user_agent=self.client_name)
+        if loaded is None:
+            loaded = await run_in_threadpool(door.agents.loaded, self.agent, ip=self.client_ip,
+                                             user_agent=self.client_name)
         context = call_context(call, client_ip=self.client_ip, user_agent=self.client_name,
                                digest=call_digest(call, definition="unchecked"))
         pre = door.guard.preview(context, loaded)
+        plain = pre.decision.allowed and not pre.decision.grant_id
         definition: dict[str, Any] | None = None
-        if not (pre.decision.allowed and not pre.decision.grant_id):
+        if not plain:
             # Not a plain allow: bind to the tool as its server describes it now.
             definition = await tool_definition(self.upstream, call.tool, self.headers,
                                                self.upstream_session)
             context = replace(context, call_digest=call_digest(
                 call, definition=definition_digest(definition)))
-        check = await self.judge(context, loaded, call)
+        # A plain allow spends nothing and writes nothing but its audit entry (queued): the
+        # preview stands, settled on the event loop, unless the audit queue is backed up or an
+        # amount is to be noted.
+        if plain and amount_of(context) is None and door.rt.audit.backlog <= AUDIT_INLINE_LIMIT:
+            check = door.guard.judge_preview(pre, detail=self.detail(context, call))
+        else:
+            check = await self.judge(context, loaded, call)
         decision = check.decision
         if decision.allowed:
             await self.run_call(message, call)
@@ -319,11 +349,15 @@ class _Exchange:
             await self.step_up(message, call, check, loaded, definition)
 
     async def judge(self, context: Any, loaded: Loaded, call: ToolCall) -> Check:
-        detail = {"via": "mcp", "server": call.server, "tool": call.tool,
-                  "client": self.client_name, "agent_token": self.agent.token.id,
-                  "arguments": self.door.redacted(dict(call.arguments)),
-                  "call_digest": context.call_digest}
-        return await run_in_threadpool(self.door.guard.judge, context, loaded, detail=detail)
+        return await run_in_threadpool(self.door.guard.judge, context, loaded,
+                                       detail=self.detail(context, call))
+
+    def detail(self, context: Any, call: ToolCall) -> dict[str, Any]:
+        """What the audit entry of a judged call holds beside the decision."""
+        return {"via": "mcp", "server": call.server, "tool": call.tool,
+                "client": self.client_name, "agent": self.agent.token.id,
+                "arguments": self.door.redacted(dict(call.arguments)),
+                "call_digest": context.call_digest}
 
     async def run_call(self, message: dict[str, Any], call: ToolCall) -> None:
         """Send upstream exactly what was decided on: the canonical call."""
@@ -386,6 +420,13 @@ class _Exchange:
             return
         await self.event({"jsonrpc": "2.0", "method": "notifications/elicitation/complete",
                           "params": {"elicitationId": challenge_id}})
+        try:  # revoked while the call waited (sign out everywhere, a new password, disabled)?
+            self.agent = await door.authenticate(self.headers)
+        except VerificationFailed:
+            await self.event(_tool_result(ident, "The agent's credential was revoked while the "
+                                          "call waited; Stepguard did not run it."))
+            await self.end_events()
+            return
         loaded = await run_in_threadpool(door.agents.loaded, self.agent, ip=self.client_ip,
                                          user_agent=self.client_name)
         again = await self.judge(check.context, loaded, call)
@@ -433,7 +474,8 @@ class _Exchange:
                 return
             headers = dict(reply.headers)
             if SESSION_HEADER in headers and self.session is not None:
-                headers[SESSION_HEADER] = self.door.wrap(self.agent, self.session)
+                headers[SESSION_HEADER] = self.wrapped or self.door.wrap(self.agent,
+                                                                         self.session)
             elif SESSION_HEADER in headers:
                 headers.pop(SESSION_HEADER)
             await _start(self.send, reply.status, headers)
@@ -570,10 +612,10 @@ async def _plain(send: Send, status: int, text: str,
 
 
 async def _error(send: Send, status: int, ident: Any, code: int, text: str,
-                 data: Any = None) -> None:
+                 data: Any = None, headers: Mapping[str, str] | None = None) -> None:
     error: dict[str, Any] = {"code": code, "message": text}
     if data is not None:
         error["data"] = data
     body = json.dumps({"jsonrpc": "2.0", "id": ident, "error": error}).encode()
-    await _start(send, status, {"content-type": "application/json"})
+    await _start(send, status, {"content-type": "application/json", **(headers or {})})
     await send({"type": "http.response.body", "body": body})

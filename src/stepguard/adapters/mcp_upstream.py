@@ -20,12 +20,13 @@ import json
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
-import httpx
-
+from stepguard.adapters.relay import Answer, Relay
+from stepguard.adapters.relay import UpstreamError as RelayError
 from stepguard.core.errors import StepguardError
 
 SESSION_HEADER = "mcp-session-id"
@@ -48,6 +49,24 @@ class Reply:
 
 async def _nothing() -> None:
     return None
+
+
+async def _answer_body(answer: Answer) -> AsyncGenerator[bytes, None]:
+    """An upstream answer's body as it arrives; closing early closes its connection."""
+    rest = answer.rest() if answer.connection is not None else None
+    try:
+        for chunk in answer.body:
+            yield chunk
+        if rest is not None:
+            async for chunk in rest:
+                yield chunk
+    except RelayError as exc:
+        raise UpstreamError(f"the MCP server broke its answer off ({exc})") from None
+    finally:
+        if rest is not None:
+            await rest.aclose()
+            if answer.connection is not None and not answer.connection.done:
+                answer.connection.close()
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
@@ -80,27 +99,35 @@ async def sse_messages(chunks: AsyncIterator[bytes]) -> AsyncIterator[Any]:
 
 
 class HttpUpstream:
-    """A Streamable HTTP MCP server: one pooled HTTP client, responses streamed through."""
+    """A Streamable HTTP MCP server, reached through the reverse proxy's keep-alive HTTP/1.1
+    client (`adapters.relay`: a fraction of httpx's CPU per request); answers stream through."""
 
     def __init__(self, url: str, *, timeout: float) -> None:
+        parts = urlsplit(url)
         self.url = url
-        self.client = httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=5.0),
-                                        limits=httpx.Limits(max_keepalive_connections=64))
+        self.base = f"{parts.scheme}://{parts.netloc}"
+        self.target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self.relay = Relay(timeout=timeout)
 
     async def send(self, method: str, body: bytes | None, headers: Mapping[str, str],
                    session: str | None) -> Reply:
-        sent = {k: v for k, v in headers.items() if k in FORWARDED_HEADERS}
+        sent = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()
+                if k in FORWARDED_HEADERS]
         if session:
-            sent[SESSION_HEADER] = session
-        request = self.client.build_request(method, self.url, content=body, headers=sent)
-        try:
-            response = await self.client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise UpstreamError(f"the MCP server cannot be reached ({type(exc).__name__})") \
-                from None
-        kept = {k: response.headers[k] for k in ("content-type", SESSION_HEADER)
-                if k in response.headers}
-        return Reply(response.status_code, kept, response.aiter_raw(), response.aclose)
+            sent.append((SESSION_HEADER.encode(), session.encode("latin-1")))
+        try:  # never retried: a tools/call is sent at most once
+            answer = await self.relay.send(self.base, method, self.target, sent, body or b"",
+                                           retry=False)
+        except (RelayError, OSError, TimeoutError, UnicodeEncodeError) as exc:
+            raise UpstreamError("the MCP server cannot be reached "
+                                f"({type(exc).__name__})") from None
+        kept = {}
+        for name, value in answer.headers:
+            key = name.decode("latin-1").lower()
+            if key in ("content-type", SESSION_HEADER):
+                kept[key] = value.decode("latin-1")
+        stream = _answer_body(answer)
+        return Reply(answer.status, kept, stream, stream.aclose)
 
     async def request(self, message: Mapping[str, Any], headers: Mapping[str, str],
                       session: str | None) -> Any:
@@ -120,7 +147,7 @@ class HttpUpstream:
             await reply.close()
 
     async def close(self) -> None:
-        await self.client.aclose()
+        await self.relay.close()
 
 
 class _Process:

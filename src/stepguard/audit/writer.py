@@ -112,7 +112,10 @@ class AuditWriter:
     def _enqueue(self, event: AuditEvent | _Unchecked) -> None:
         self._queue.append(event)
         self._submitted += 1
-        self._not_empty.notify()
+        # Wake the writer only when it may be idle (the first entry) or its batch is full: a
+        # lingering writer woken by every entry costs a thread switch per decision.
+        if len(self._queue) == 1 or len(self._queue) >= self._batch_size:
+            self._not_empty.notify()
 
     # ------------------------------------------------------------------ waiting
 

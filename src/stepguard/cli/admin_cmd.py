@@ -32,13 +32,14 @@ def confirm(question: str, yes: bool) -> None:
 
 
 def users_end_sessions(username: str, config: Path = CONFIG, yes: bool = YES) -> None:
-    """End every session of a user (honoured by the next request on every instance)."""
+    """End every session and agent token of a user (honoured by the next request everywhere)."""
     from stepguard.service.accounts import Accounts
 
-    confirm(f"End every session of {username}?", yes)
+    confirm(f"End every session and agent token of {username}?", yes)
     with user_named(username, config) as (runtime, user):
-        count = Accounts(runtime).end_sessions(user.id, by=operator())
-    console.print(f"ended {count} session(s) of {username}")
+        sessions, agents = Accounts(runtime).end_all_sessions(user.id, by=operator())
+    console.print(f"ended {sessions} session(s) of {username} and revoked {agents} agent "
+                  "token(s)")
 
 
 def audit_list(

@@ -37,22 +37,31 @@ def validate(file: Path) -> None:
 @app.command("explain")
 def explain_cmd(
     file: Path,
-    request: str = typer.Option(..., help='JSON: {"method":"POST","host":"…","path":"…",…}'),
+    request: str = typer.Option("null", help='JSON: {"method":"POST","host":"…","path":"…",…}'),
+    call: str = typer.Option("null", help='an agent\'s MCP tool call instead of a request, JSON: '
+                             '{"server":"bank","tool":"transfer","arguments":{…}}'),
     session: str = typer.Option("null", help='JSON: {"user":"alice","level":"aal2","age":"3m"}'),
     risk: str = typer.Option("null", help='JSON: {"signals":["new_device"]} or {"score":70}'),
     grants: str = typer.Option("[]", help="JSON list of grants held by the session"),
 ) -> None:
-    """Show which rules were looked at, which matched, why, and the decision."""
+    """Show which rules were looked at, which matched, why, and the decision — for a web
+    request (--request) or an agent's MCP tool call (--call)."""
     try:
         policy = load_policy(file)
     except ConfigError as exc:
         fail_with_problems(exc, str(file))
     spec = {
         "request": _json(request, "--request"),
-        "session": _json(session, "--session"),
         "risk": _json(risk, "--risk"),
         "grants": _json(grants, "--grants"),
     }
+    if call != "null":  # a call's session is an agent unless --session says otherwise
+        spec["call"] = _json(call, "--call")
+    if call == "null" or session != "null":
+        spec["session"] = _json(session, "--session")
+    if spec.get("call") is None and spec["request"] is None:
+        errors.print("give --request (a web request) or --call (an agent's tool call)")
+        raise typer.Exit(2)
     try:
         case = build_case(spec, now=FIXED_NOW)
     except BadRequest as exc:

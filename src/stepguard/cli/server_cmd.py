@@ -164,14 +164,14 @@ def users_list(config: Path = CONFIG) -> None:
 
 def users_disable(username: str, config: Path = CONFIG,
                   yes: bool = typer.Option(False, "--yes", "-y", help="do not ask")) -> None:
-    """Disable a user and end all their sessions."""
+    """Disable a user and end all their sessions and agent tokens."""
     from stepguard.cli.admin_cmd import confirm, operator
     from stepguard.service.accounts import Accounts
 
     confirm(f"Disable {username} and end every session of theirs?", yes)
     with user_named(username, config) as (runtime, user):
         Accounts(runtime).disable_user(user.id, by=operator())
-    console.print(f"disabled {username}; their sessions are ended")
+    console.print(f"disabled {username}; their sessions and agent tokens are ended")
 
 
 def users_unlock(username: str, config: Path = CONFIG,

@@ -650,6 +650,12 @@ class McpSection(Section):
                                                           "this long")
     session_idle: Duration = Field(900.0, description="a stdio upstream's process ends after its "
                                                       "MCP session was idle this long")
+    audience: Annotated[list[str], BeforeValidator(_as_list)] = Field(
+        default_factory=list, validate_default=True,
+        description="accept access tokens of the `bearer` issuer as agent credentials when their "
+                    "`aud` is one of these (the door's resource URL, never the web API's "
+                    "audience), for the user linked to the token's issuer and `sub` (see "
+                    "docs/identity-providers.md). Empty: agent tokens only")
 
 
 class StepguardConfig(Section):

@@ -86,9 +86,32 @@ class Accounts:
         return user
 
     def disable_user(self, user_id: str, *, by: str = "cli") -> bool:
-        changed = self.rt.store.users.set_disabled(user_id, True, now=self.rt.now())
-        self.rt.record(kind="admin", subject=user_id, outcome="user_disabled", detail={"by": by})
+        """Disable a user: every session and every agent token ends (re-enabling revives
+        neither)."""
+        with self.rt.store.transaction():
+            changed = self.rt.store.users.set_disabled(user_id, True, now=self.rt.now())
+            agents = self._end_agents(user_id)
+        self.rt.record(kind="admin", subject=user_id, outcome="user_disabled",
+                       detail={"by": by, "agents_revoked": agents})
         return changed
+
+    def end_all_sessions(self, user_id: str, *, except_session: str | None = None,
+                         by: str = "cli") -> tuple[int, int]:
+        """"Sign out everywhere": end the user's sessions (but `except_session`, the browser
+        asking) and revoke every agent token, in one transaction. (sessions, agent tokens)."""
+        now = self.rt.now()
+        with self.rt.store.transaction():
+            sessions = self.rt.store.sessions.revoke_all_for_user(
+                user_id, now=now, except_session=except_session)
+            agents = self._end_agents(user_id)
+        self.rt.record(kind="admin" if by != "owner" else "session", subject=user_id,
+                       session_id=except_session or "", outcome="sessions_ended",
+                       detail={"by": by, "sessions": sessions, "agents_revoked": agents})
+        return sessions, agents
+
+    def _end_agents(self, user_id: str) -> int:
+        """Revoke every live agent token of the user (they die with the user's sessions)."""
+        return self.rt.store.agent_tokens.revoke_all_for_user(user_id, now=self.rt.now())
 
     def reset_factors(self, user_id: str, *, by: str = "cli") -> int:
         with self.rt.store.transaction():
@@ -97,29 +120,37 @@ class Accounts:
                 self.rt.store.factors.remove(factor.id, user_id=user_id)
             self.rt.store.factors.replace_recovery_codes(user_id, [], now=self.rt.now())
             self.rt.store.sessions.revoke_all_for_user(user_id, now=self.rt.now())
+            agents = self._end_agents(user_id)
         self.rt.record(
             kind="admin",
             subject=user_id,
             outcome="factors_reset",
-            detail={"by": by, "count": len(factors)},
+            detail={"by": by, "count": len(factors), "agents_revoked": agents},
         )
         return len(factors)
 
     def end_sessions(self, user_id: str, *, by: str = "cli") -> int:
-        """Revoke every session of a user (honoured by the next request everywhere)."""
-        ended = self.rt.store.sessions.revoke_all_for_user(user_id, now=self.rt.now())
+        """An operator ends every session and agent token of a user (honoured by the next
+        request everywhere); the number of sessions ended."""
+        now = self.rt.now()
+        with self.rt.store.transaction():
+            ended = self.rt.store.sessions.revoke_all_for_user(user_id, now=now)
+            agents = self._end_agents(user_id)
         self.rt.record(kind="admin", subject=user_id, outcome="sessions_ended",
-                       detail={"by": by, "count": ended})
+                       detail={"by": by, "count": ended, "agents_revoked": agents})
         return ended
 
     def set_password(self, user_id: str, password: str, *, by: str = "cli") -> bool:
-        """A new password ends every session of the user (SECURITY.md: revoke-all) and lifts
-        any throttle lock (the old password's guesses no longer matter)."""
+        """A new password ends every session and agent token of the user (SECURITY.md:
+        revoke-all) and lifts any throttle lock (the old password's guesses no longer
+        matter)."""
         with self.rt.store.transaction():
             changed = self.rt.store.users.set_password_hash(user_id, hash_password(password))
             self.rt.store.sessions.revoke_all_for_user(user_id, now=self.rt.now())
+            agents = self._end_agents(user_id)
         self.rt.store.throttle.reset_user(user_id)
-        self.rt.record(kind="admin", subject=user_id, outcome="password_set", detail={"by": by})
+        self.rt.record(kind="admin", subject=user_id, outcome="password_set",
+                       detail={"by": by, "agents_revoked": agents})
         return changed
 
     def unlock(self, user_id: str, *, by: str = "cli") -> None:

@@ -10,6 +10,16 @@ cookies, and a session token is never an agent token (another shape, another tab
 To the policy an agent is a session of its user whose only authentication event is the token's
 creation (aal1, factor `agent`): anything above that needs the human, through a step-up whose
 grant is bound to the call (`service.stepup.AGENT_CALL`).
+
+On a store with a version board (SQLite, `storage.version_board`) an agent's state — its token
+row, its user, its grants and its user's risk history — is kept after a read, with the board's
+mark taken before that read, and used without reading the store while the mark is unchanged
+(`cached`, `loaded`): every write that could change a decision (revoking the token or all of
+the user's, disabling the user, a grant added or spent, a history change) raises the mark first.
+The presented secret is still hashed and compared on every request; a copy is not used once
+`STORE_CONTACT_EVERY` passed without any read reaching the store (a dead store fails closed
+within that time), once the token expired, or when its last-used time is due a write. Without a
+board (PostgreSQL spans hosts; the memory store reads in-process) every request reads.
 """
 
 from __future__ import annotations
@@ -18,19 +28,25 @@ import hashlib
 import hmac
 import re
 import secrets
-from dataclasses import dataclass
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, replace
 
 from stepguard.core.context import AuthEvent
 from stepguard.core.errors import StepguardError, VerificationFailed
+from stepguard.core.grant import Grant
 from stepguard.core.levels import Level
-from stepguard.service.guard import Loaded
+from stepguard.core.risk import RiskHistory
+from stepguard.service.guard import STORE_CONTACT_EVERY, Loaded
 from stepguard.service.runtime import Runtime
-from stepguard.storage.agent_tokens import AgentTokenRecord
+from stepguard.storage.agent_tokens import AgentTokenRecord, session_of
 from stepguard.storage.records import SessionRecord, UserRecord
+from stepguard.storage.version_board import Mark
 
 TOKEN_PREFIX = "sga"  # noqa: S105 - the token shape's prefix, not a secret
 AGENT_FACTOR = "agent"
 TOUCH_EVERY = 60.0
+CACHE_SIZE = 10_000  # agents whose state is kept behind the version board
 _TOKEN_SHAPE = re.compile(r"sga_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 _NAME_SHAPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}")
 _DUMMY_HASH = hashlib.sha256(b"stepguard-no-such-agent-token").hexdigest()
@@ -56,7 +72,7 @@ class Agent:
     @property
     def session_id(self) -> str:
         """The agent's session as the policy and the grants know it."""
-        return f"agent-{self.token.id}"
+        return session_of(self.token.id)
 
     def session(self, now: float, *, ip: str = "", user_agent: str = "") -> SessionRecord:
         event = AuthEvent(factor=AGENT_FACTOR, amr=(AGENT_FACTOR,), level=Level.AAL1,
@@ -66,10 +82,24 @@ class Agent:
                              user_agent=user_agent[:512], events=(event,))
 
 
+@dataclass(frozen=True, slots=True)
+class _Copy:
+    """An agent's state as read after `mark` was taken: valid while the mark holds."""
+
+    agent: Agent
+    grants: tuple[Grant, ...]
+    history: RiskHistory
+    mark: Mark
+
+
 class AgentTokens:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
         self.store = runtime.store.agent_tokens
+        self._board = runtime.store.version_board
+        self._copies: OrderedDict[str, _Copy] = OrderedDict()
+        self._lock = threading.Lock()
+        self._contact = float("-inf")  # when a read of ours last reached the store
 
     def create(self, user_id: str, name: str, *, ttl: float, by: str = "account") -> \
             IssuedAgentToken:
@@ -93,36 +123,94 @@ class AgentTokens:
     def for_user(self, user_id: str) -> tuple[AgentTokenRecord, ...]:
         return self.store.for_user(user_id)
 
+    def cached(self, presented: str | None) -> Agent | None:
+        """The agent a token proves, from a copy still valid without reading the store (cheap
+        enough for the event loop); None: use `authenticate` in a thread."""
+        match = _TOKEN_SHAPE.fullmatch(presented or "") if self._board is not None else None
+        copy = self._copies.get(match.group(1)) if match else None
+        if copy is None or match is None:
+            return None
+        now, agent = self.rt.now(), copy.agent
+        record = agent.token
+        if (not hmac.compare_digest(_hash(match.group(2)), record.secret_hash)
+                or not self._current(copy, now) or not record.live(now) or agent.user.disabled
+                or record.last_used is None or now - record.last_used >= TOUCH_EVERY):
+            return None
+        return agent
+
     def authenticate(self, presented: str | None) -> Agent:
-        """The live agent a token proves; `VerificationFailed` (audited, without the token)."""
+        """The live agent a token proves; `VerificationFailed` (audited, without the token).
+        Reads the store (and, behind a version board, keeps what it read for `cached`)."""
         match = _TOKEN_SHAPE.fullmatch(presented or "")
         token_id, secret = match.groups() if match else ("", "")
         record = self.store.get(token_id) if token_id else None
+        mark = None
+        if record is not None and self._board is not None:
+            # the mark before the reads the copy is made of: a write ending after it moves it
+            mark = self._board.mark(session_of(record.id), record.user_id)
+            record = self.store.get(token_id)
         now = self.rt.now()
         user = self.rt.store.users.get(record.user_id) if record is not None else None
         good = hmac.compare_digest(_hash(secret), record.secret_hash if record else _DUMMY_HASH)
         if record is None or user is None or not good or not record.live(now) or user.disabled:
+            if good and record is not None:  # its owner's copy is stale for good: drop it
+                with self._lock:
+                    self._copies.pop(record.id, None)
             self.rt.record(kind="verification", factor=AGENT_FACTOR,
                            outcome="failed:" + ("invalid" if match else "malformed"),
-                           detail={"agent_token": token_id if record else ""})
+                           detail={"agent": token_id if record else ""})
             raise VerificationFailed("the agent token is missing, malformed, expired, revoked "
                                      "or wrong", code="invalid_token")
         if record.last_used is None or now - record.last_used >= TOUCH_EVERY:
             self.store.touch(record.id, now=now)
-        return Agent(record, user)
+            record = replace(record, last_used=now)
+        agent = Agent(record, user)
+        if mark is not None:
+            self._keep(_Copy(agent, *self._state(agent, now), mark))
+        return agent
 
     def loaded(self, agent: Agent, *, ip: str = "", user_agent: str = "") -> Loaded:
         """What the decision flow needs for this agent: its session, its user, its grants
-        (bound calls a human approved) and its user's risk history."""
+        (bound calls a human approved) and its user's risk history — from the copy `cached`
+        uses while it is valid, else read now."""
         now = self.rt.now()
-        grants = self.rt.store.grants.active_for_session(agent.session_id, now=now)
-        history = self.rt.store.history.load(agent.user.id)
+        found = self.loaded_cached(agent, ip=ip, user_agent=user_agent)
+        if found is not None:
+            return found
+        grants, history = self._state(agent, now)
         return Loaded(agent.session(now, ip=ip, user_agent=user_agent), agent.user, grants,
                       history, (0, 0))
 
+    def loaded_cached(self, agent: Agent, *, ip: str = "", user_agent: str = "") -> Loaded | None:
+        """`loaded` without reading the store; None when no valid copy holds this agent."""
+        copy = self._copies.get(agent.token.id)
+        now = self.rt.now()
+        if copy is None or copy.agent != agent or not self._current(copy, now):
+            return None
+        return Loaded(agent.session(now, ip=ip, user_agent=user_agent), agent.user, copy.grants,
+                      copy.history, (0, 0))
+
+    def _state(self, agent: Agent, now: float) -> tuple[tuple[Grant, ...], RiskHistory]:
+        grants = self.rt.store.grants.active_for_session(agent.session_id, now=now)
+        history = self.rt.store.history.load(agent.user.id)
+        self._contact = now
+        return grants, history
+
+    def _current(self, copy: _Copy, now: float) -> bool:
+        assert self._board is not None
+        return (now - self._contact < STORE_CONTACT_EVERY
+                and self._board.mark(copy.agent.session_id, copy.agent.user.id) == copy.mark)
+
+    def _keep(self, copy: _Copy) -> None:
+        with self._lock:
+            self._copies[copy.agent.token.id] = copy
+            self._copies.move_to_end(copy.agent.token.id)
+            while len(self._copies) > CACHE_SIZE:
+                self._copies.popitem(last=False)
+
     def _audit(self, outcome: str, record: AgentTokenRecord, by: str) -> None:
         self.rt.record(kind="admin", subject=record.user_id, outcome=outcome,
-                       detail={"agent_token": record.id, "name": record.name, "by": by})
+                       detail={"agent": record.id, "name": record.name, "by": by})
 
 
 def _hash(secret: str) -> str:

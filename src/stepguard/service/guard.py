@@ -391,6 +391,13 @@ class Guard:
         """What `judge` would decide now, with nothing spent, noted or audited."""
         return self._decide(context, loaded)
 
+    def judge_preview(self, check: Check, *,
+                      detail: Mapping[str, object] | None = None) -> Check:
+        """`judge` for a `preview` that spends no grant, without deciding again (the MCP door's
+        plain allows: their only write is the queued audit entry when no amount is noted)."""
+        assert not check.decision.consume_grant
+        return self._settle(check, (), detail=detail)
+
     def _decide(self, context: RequestContext, loaded: Loaded | None) -> Check:
         """Risk and `core.decide` over what `load` found (pure but for the location lookup)."""
         record, user = (loaded.record, loaded.user) if loaded else (None, None)

@@ -2,8 +2,10 @@
 
 One row per token (created by migration `0008_mcp`). Only the SHA-256 of the token's 256-bit
 secret is stored; revocation is one statement, so a token is either valid or not for every
-instance sharing the store. `SqlAgentTokens` and `MemoryAgentTokens` hold the same contract
-(tests/contract/test_agent_tokens.py).
+instance sharing the store; it also raises the version of the agent's session (`session_of`:
+the id its grants are bound to) or of its user, so a copy cached behind the version board
+(`service.agent_tokens`) is dropped by the very next request. `SqlAgentTokens` and
+`MemoryAgentTokens` hold the same contract (tests/contract/test_agent_tokens.py).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from sqlalchemy.engine import Engine
 
 from stepguard.core.errors import Conflict
 from stepguard.storage.engine import metadata
-from stepguard.storage.sql_base import Database, is_conflict
+from stepguard.storage.sql_base import Database, bump_session, bump_user, is_conflict
 
 agent_tokens = Table(
     "agent_tokens",
@@ -33,6 +35,11 @@ agent_tokens = Table(
     Index("ix_agent_tokens_user", "user_id"),
 )
 _A = agent_tokens.c
+
+
+def session_of(token_id: str) -> str:
+    """The session id an agent token's decisions and grants are bound to."""
+    return f"agent-{token_id}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,13 +94,18 @@ class SqlAgentTokens:
             condition.append(_A.user_id == user_id)
         with self._db.write() as connection:
             query = update(agent_tokens).where(*condition).values(revoked_at=now)
-            return connection.execute(query).rowcount == 1
+            done = connection.execute(query).rowcount == 1
+            if done:
+                bump_session(connection, session_of(token_id))
+            return done
 
     def revoke_all_for_user(self, user_id: str, *, now: float) -> int:
         query = (update(agent_tokens).where(_A.user_id == user_id, _A.revoked_at.is_(None))
                  .values(revoked_at=now))
         with self._db.write() as connection:
-            return int(connection.execute(query).rowcount)
+            count = int(connection.execute(query).rowcount)
+            bump_user(connection, user_id)
+            return count
 
     def touch(self, token_id: str, *, now: float) -> bool:
         with self._db.write() as connection:

@@ -39,6 +39,7 @@ class AccountPages:
         return [
             r("/account", self.account_page, methods=["GET"]),
             r("/account/sessions/revoke", self.revoke_session, methods=["POST"]),
+            r("/account/sessions/end-all", self.end_all_sessions, methods=["POST"]),
             r("/account/factors/remove", self.remove_factor, methods=["POST"]),
             r("/account/totp", self.totp_begin, methods=["GET"]),
             r("/account/totp", self.totp_confirm, methods=["POST"]),
@@ -68,6 +69,7 @@ class AccountPages:
             user,
             flash=request.query_params.get("m"),
             revoke_url="/account/sessions/revoke",
+            end_all_url="/account/sessions/end-all",
             remove_factor_url="/account/factors/remove",
             enrol_totp_url="/account/totp",
             enrol_passkey_url="/account/passkey",
@@ -108,6 +110,16 @@ class AccountPages:
                 else "No such session."
             ),
         )
+
+    async def end_all_sessions(self, request: Request) -> Response:
+        """Sign out everywhere else and revoke every agent token (no fresh proof: it only
+        takes access away)."""
+        def end(session: SessionRecord, user: UserRecord, form: dict[str, str]) -> str:
+            sessions, agents = self.accounts.end_all_sessions(
+                user.id, except_session=session.id, by="owner")
+            return (f"Signed out {sessions} other session(s); revoked {agents} agent "
+                    "token(s).")
+        return await self._account_post(request, end)
 
     async def remove_factor(self, request: Request) -> Response:
         return await self._account_post(
