@@ -239,6 +239,8 @@ PAGES: dict[str, dict[str, Any]] = {
         "unlock_url": "/admin/users/unlock",
         "cancel_url": "/admin",
     },
+    "inline_done.html": {"embedded": True, "parent_origin": EVIL,
+                          "inline_challenge": "c1"},
     "message.html": {
         "heading": "Request denied",
         "message": EVIL,
@@ -372,7 +374,8 @@ def test_missing_context_raises(renderer: Renderer, name: str) -> None:
     required = [
         k
         for k in PAGES[name]
-        if k not in {"error", "user", "flash", "push", "link", "challenge_id", "reasons"}
+        if k not in {"error", "user", "flash", "push", "link", "challenge_id", "reasons",
+                     "embedded", "parent_origin", "inline_challenge"}
     ]
     for key in required:
         context = {k: v for k, v in PAGES[name].items() if k != key}
@@ -995,7 +998,8 @@ def test_js_polls_push_until_approved_then_follows_redirect(tmp_path: Path) -> N
     assert [f["url"] for f in out["fetches"]] == ["/step-up/c1/push/status"] * 3
     assert {f["method"] for f in out["fetches"]} == {"GET"}
     assert {f["credentials"] for f in out["fetches"]} == {"same-origin"}
-    assert out["delays"] == [2000, 2000, 2000]
+    # three polls, then the "Continue" link offered in case the page stays (a download)
+    assert out["delays"] == [2000, 2000, 2000, 4000]
     assert out["assigned"] == ORIGIN + "/step-up/c1/confirm"
 
 

@@ -288,6 +288,28 @@ class MetricsSection(Section):
     _listen = field_validator("listen")(_check_listen)
 
 
+def _check_origins(values: list[str]) -> list[str]:
+    for value in values:
+        scheme, _, rest = value.partition("://")
+        if scheme not in ("http", "https") or not rest or any(c in rest for c in "/?#@ *"):
+            raise ValueError(f"{value!r} is not an origin (scheme://host[:port], nothing after)")
+    return [v.lower() for v in values]
+
+
+class InlineSection(Section):
+    """The inline step-up dialog (`stepguard.js`, served at /static/inline/stepguard.js): the
+    application origins that may load the module (CORS) and frame the dialog (CSP
+    frame-ancestors). The portal's own origin is always allowed; no other origin is by default."""
+
+    enabled: bool = Field(True, description="serve the module and the dialog frame")
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="application origins (scheme://host[:port]) allowed to embed the dialog; "
+                    "exact matches only, no wildcards")
+
+    _origins = field_validator("allowed_origins")(_check_origins)
+
+
 class StepguardConfig(Section):
     policy: str = Field("policy.yaml", description="policy file, relative to this file")
     server: ServerSettings = ServerSettings()
@@ -305,6 +327,7 @@ class StepguardConfig(Section):
     bearer: BearerSection = BearerSection()
     redis: RedisSettings = RedisSettings()
     metrics: MetricsSection = MetricsSection()
+    inline: InlineSection = InlineSection()
 
 
 class ApiSection(Section):

@@ -31,7 +31,9 @@ METHOD_NAMES = {
     "recovery": "Recovery code",
     "push": "Approval on another device",
 }
-_PAGE_DEFAULTS: dict[str, Any] = {"user": None, "flash": None, "error": None}
+_PAGE_DEFAULTS: dict[str, Any] = {"user": None, "flash": None, "error": None,
+                                  "embedded": False, "parent_origin": None,
+                                  "inline_challenge": ""}
 
 
 class Renderer:

@@ -15,6 +15,7 @@ from starlette.routing import Route
 from stepguard.core.errors import Throttled, VerificationFailed
 from stepguard.service.stepup import ChallengeGone, Passed, StepUp
 from stepguard.storage.records import ChallengeRecord, SessionRecord, UserRecord
+from stepguard.web.inline import InlineFrames
 from stepguard.web.page import Pages
 from stepguard.web.security import CsrfRejected
 from stepguard.web.text import error_text, form_fields, throttle_text
@@ -26,13 +27,21 @@ ALL_METHODS = frozenset({"webauthn", "totp", "push", "recovery"})
 
 
 class StepUpPages:
-    def __init__(self, pages: Pages, stepup: StepUp, replay: Replay | None = None) -> None:
-        self.pages, self.stepup, self.replay = pages, stepup, replay
+    """The step-up page in two views: the full page, and the embedded view the inline dialog
+    frames (`?view=inline&origin=O`, O an allowed application origin; see `web.inline`). The
+    embedded view keeps every form, redirect and JSON answer in that view and ends on
+    `/step-up/{cid}/inline/done`, which tells the parent (and only O) that the proof passed."""
+
+    def __init__(self, pages: Pages, stepup: StepUp, inline: InlineFrames,
+                 replay: Replay | None = None) -> None:
+        self.pages, self.stepup, self.inline, self.replay = pages, stepup, inline, replay
 
     def routes(self) -> list[Route]:
         r = Route
         return [
             r("/step-up/{cid}", self.step_up_page, methods=["GET"]),
+            r("/step-up/{cid}/inline", self.inline_page, methods=["GET"]),
+            r("/step-up/{cid}/inline/done", self.inline_done, methods=["GET"]),
             r("/step-up/{cid}/totp", self.step_up_totp, methods=["POST"]),
             r("/step-up/{cid}/recovery", self.step_up_recovery, methods=["POST"]),
             r("/step-up/{cid}/webauthn/begin", self.webauthn_begin, methods=["POST"]),
@@ -45,10 +54,41 @@ class StepUpPages:
 
     # ------------------------------------------------------------------ the page
 
+    def parent(self, request: Request) -> str | None:
+        """The allowed application origin framing this request's page, or None (full page)."""
+        if request.query_params.get("view") != "inline":
+            return None
+        origin = request.query_params.get("origin")
+        return origin if self.inline.allows(origin) else None
+
+    def message(self, request: Request, heading: str, text: str, status: int,
+                parent: str | None, *, signed_out: bool = False) -> Response:
+        if parent is None:
+            return self.pages.message(request, heading, text, status)
+        return self.inline.framable(self.pages.page(
+            request, "message.html", status=status, heading=heading, message=text,
+            link=None, signed_out=signed_out, embedded=True, parent_origin=parent,
+            inline_challenge=request.path_params.get("cid", "")))
+
     async def step_up_page(self, request: Request) -> Response:
+        return await self._page(request, self.parent(request))
+
+    async def inline_page(self, request: Request) -> Response:
+        """The dialog frame: refused (and not framable) for an origin that is not allowed."""
+        parent = self.parent(request)
+        if parent is None:
+            return self.pages.message(
+                request, "Not available here",
+                "This site is not allowed to show Stepguard's confirmation dialog.", 403)
+        return await self._page(request, parent)
+
+    async def _page(self, request: Request, parent: str | None) -> Response:
         found = await self.pages.session(request)
         cid = request.path_params["cid"]
         if found is None:
+            if parent is not None:
+                return self.message(request, "Signed out", "Sign in again, then retry.", 401,
+                                    parent, signed_out=True)
             return RedirectResponse(f"/login?rd={quote('/step-up/' + cid, safe='')}", 303)
         session, user = found
         try:
@@ -56,7 +96,7 @@ class StepUpPages:
             methods = await run_in_threadpool(self.stepup.methods_for, challenge, user.id)
             push = await run_in_threadpool(self.stepup.current_push, challenge)
         except ChallengeGone as exc:
-            return self.pages.message(request, "Confirmation expired", str(exc), 410)
+            return self.message(request, "Confirmation expired", str(exc), 410, parent)
         return self._step_up(
             request,
             session,
@@ -68,7 +108,21 @@ class StepUpPages:
                 "number": push.number,
                 "expires_in": max(0, int(push.expires - self.pages.rt.now())),
             },
+            parent=parent,
         )
+
+    async def inline_done(self, request: Request) -> Response:
+        """The end of the dialog: tells the parent that this session's proof passed."""
+        parent = self.parent(request)
+        found = await self.pages.session(request)
+        cid = request.path_params["cid"]
+        passed = found and await run_in_threadpool(self.stepup.settled, cid, found[0])
+        if parent is None or not passed:
+            return self.message(request, "Nothing to continue",
+                                "There is no confirmation to hand back.", 404, parent)
+        return self.inline.framable(self.pages.page(
+            request, "inline_done.html", *found, embedded=True, parent_origin=parent,
+            inline_challenge=cid))
 
     def _step_up(
         self,
@@ -80,9 +134,11 @@ class StepUpPages:
         error: str | None = None,
         push: Any = None,
         status: int = 200,
+        parent: str | None = None,
     ) -> Response:
         allowed = challenge.requirement.methods or ALL_METHODS
         base = f"/step-up/{challenge.id}"
+        keep = "" if parent is None else self.inline.query(parent)
         view = {
             "id": challenge.id,
             "reasons": list(challenge.reasons),
@@ -97,7 +153,7 @@ class StepUpPages:
             "held_method": challenge.held_method if challenge.held_body else "GET",
             "return_url": challenge.return_url,
         }
-        return self.pages.page(
+        response = self.pages.page(
             request,
             "step_up.html",
             session,
@@ -106,14 +162,18 @@ class StepUpPages:
             challenge=view,
             error=error,
             push=push,
-            totp_url=f"{base}/totp",
-            recovery_url=f"{base}/recovery",
-            webauthn_begin_url=f"{base}/webauthn/begin",
-            webauthn_finish_url=f"{base}/webauthn/finish",
-            push_start_url=f"{base}/push",
-            push_status_url=f"{base}/push/status",
+            totp_url=f"{base}/totp{keep}",
+            recovery_url=f"{base}/recovery{keep}",
+            webauthn_begin_url=f"{base}/webauthn/begin{keep}",
+            webauthn_finish_url=f"{base}/webauthn/finish{keep}",
+            push_start_url=f"{base}/push{keep}",
+            push_status_url=f"{base}/push/status{keep}",
             account_url="/account",
+            embedded=parent is not None,
+            parent_origin=parent,
+            inline_challenge=challenge.id,
         )
+        return response if parent is None else self.inline.framable(response)
 
     async def _retry(
         self,
@@ -124,17 +184,19 @@ class StepUpPages:
         error: str,
         status: int,
     ) -> Response:
+        parent = self.parent(request)
         try:
             challenge = await run_in_threadpool(self.stepup.live, cid, session)
         except ChallengeGone as exc:
-            return self.pages.message(request, "Confirmation expired", str(exc), 410)
+            return self.message(request, "Confirmation expired", str(exc), 410, parent)
         methods = await run_in_threadpool(self.stepup.methods_for, challenge, user.id)
-        return self._step_up(request, session, user, challenge, methods, error=error, status=status)
+        return self._step_up(request, session, user, challenge, methods, error=error,
+                             status=status, parent=parent)
 
     # ------------------------------------------------------------------ form factors
 
     async def _verify(self, request: Request, call: Verify) -> Response:
-        pages = self.pages
+        pages, parent = self.pages, self.parent(request)
         found = await pages.session(request)
         cid = request.path_params["cid"]
         if found is None:
@@ -144,25 +206,33 @@ class StepUpPages:
             form = await pages.form(request, session)
             passed = await run_in_threadpool(call, session, form)
         except CsrfRejected:
-            return pages.message(request, "Request refused", "The form expired. Try again.", 403)
+            return self.message(request, "Request refused", "The form expired. Try again.", 403,
+                                parent)
         except ChallengeGone as exc:
-            return pages.message(request, "Confirmation expired", str(exc), 410)
+            return self.message(request, "Confirmation expired", str(exc), 410, parent)
         except Throttled as exc:
             return await self._retry(request, session, user, cid, throttle_text(exc), 429)
         except VerificationFailed as exc:
             return await self._retry(request, session, user, cid, exc.reason, 401)
-        return self.pages.with_token(RedirectResponse(self._next_url(passed), 303), passed.token)
+        return self.pages.with_token(
+            RedirectResponse(self._next_url(passed, parent), 303), passed.token
+        )
 
-    def _next_url(self, passed: Passed) -> str:
-        """After a pass: the confirmation page of a held request, else the return URL."""
+    def _next_url(self, passed: Passed, parent: str | None) -> str:
+        """After a pass: the dialog's end (embedded view); else the confirmation page of a held
+        request, else the return URL. The dialog never replays a held request: the
+        application's own code sends it again (once) and the new grant lets it through."""
         challenge = passed.challenge
+        if parent is not None:
+            return f"/step-up/{challenge.id}/inline/done{self.inline.query(parent)}"
         if challenge.held_method not in ("GET", "HEAD") and challenge.held_body:
             return f"/step-up/{challenge.id}/confirm"
         return self.pages.safe(challenge.return_url)
 
-    def _json_pass(self, passed: Passed) -> Response:
+    def _json_pass(self, request: Request, passed: Passed) -> Response:
         return self.pages.with_token(
-            JSONResponse({"redirect": self._next_url(passed)}), passed.token
+            JSONResponse({"redirect": self._next_url(passed, self.parent(request))}),
+            passed.token,
         )
 
     async def step_up_totp(self, request: Request) -> Response:
@@ -194,14 +264,14 @@ class StepUpPages:
 
         def finish(session: SessionRecord, user: UserRecord, body: bytes) -> Response:
             passed = self.stepup.finish_webauthn(cid, session, body.decode(), client_ip=ip)
-            return self._json_pass(passed)
+            return self._json_pass(request, passed)
 
         return await self.pages.json_call(request, finish)
 
     # ------------------------------------------------------------------ push
 
     async def push_start(self, request: Request) -> Response:
-        pages = self.pages
+        pages, parent = self.pages, self.parent(request)
         found = await pages.session(request)
         cid = request.path_params["cid"]
         if found is None:
@@ -216,13 +286,17 @@ class StepUpPages:
                 )
             )
         except CsrfRejected:
-            return pages.message(request, "Request refused", "The form expired. Try again.", 403)
+            return self.message(request, "Request refused", "The form expired. Try again.", 403,
+                                parent)
         except ChallengeGone as exc:
-            return pages.message(request, "Confirmation expired", str(exc), 410)
+            return self.message(request, "Confirmation expired", str(exc), 410, parent)
         except (Throttled, VerificationFailed) as exc:
             text = throttle_text(exc) if isinstance(exc, Throttled) else exc.reason
             return await self._retry(request, session, user, cid, text, 429)
-        return RedirectResponse(f"/step-up/{cid}", 303)  # the page shows the number to pick
+        # the page shows the number to pick
+        if parent is not None:
+            return RedirectResponse(f"/step-up/{cid}/inline{self.inline.query(parent)}", 303)
+        return RedirectResponse(f"/step-up/{cid}", 303)
 
     async def push_status(self, request: Request) -> Response:
         found = await self.pages.session(request)
@@ -234,7 +308,7 @@ class StepUpPages:
         except ChallengeGone as exc:
             return JSONResponse({"status": "gone", "error": str(exc)}, 410)
         if isinstance(result, Passed):
-            return self._json_pass(result)
+            return self._json_pass(request, result)
         return JSONResponse({"status": result})
 
     # ------------------------------------------------------------------ held requests

@@ -30,6 +30,7 @@
 
   var CEREMONY_TIMEOUT_MS = 60000;
   var POLL_INTERVAL_MS = 2000;
+  var CONTINUE_AFTER_MS = 4000;
 
   // --- base64url <-> ArrayBuffer ---------------------------------------------------------------
 
@@ -91,6 +92,22 @@
       throw new Error("The server sent an address this page will not open.");
     }
     window.location.assign(target.href);
+    // A download, or an address that only differs by its #fragment, leaves this page in place:
+    // never leave "Continuing…" on screen without a way on.
+    window.setTimeout(function () { offerContinue(target.href); }, CONTINUE_AFTER_MS);
+  }
+
+  function offerContinue(href) {
+    var region = document.getElementById("sg-status");
+    if (!region || typeof document.createElement !== "function") {
+      return;
+    }
+    var link = document.createElement("a");
+    link.href = href;
+    link.textContent = "Continue";
+    region.textContent = "Done. If nothing happened, ";
+    region.appendChild(link);
+    region.appendChild(document.createTextNode("."));
   }
 
   function readJson(response) {
@@ -488,7 +505,69 @@
     document.querySelectorAll("[data-push-approve]").forEach(setUpApproval);
   }
 
+  // --- the inline dialog's frame (or popup): talk to the application page -------------------
+  // Only in the embedded view (body[data-inline-origin], set by the server to an allowed
+  // origin), only to that exact origin, and only "ready", "resize", "passed" and "cancelled"
+  // with the challenge id: no code, assertion or token ever leaves this page.
+
+  function inlineTarget() {
+    var body = document.body;
+    var origin = body && body.getAttribute ? body.getAttribute("data-inline-origin") : null;
+    if (!origin) {
+      return null;
+    }
+    var parent = window.parent !== window ? window.parent : window.opener;
+    return parent ? { window: parent, origin: origin } : null;
+  }
+
+  function tellParent(type, extra) {
+    var target = inlineTarget();
+    if (!target) {
+      return;
+    }
+    var message = Object.assign({
+      source: "stepguard",
+      version: 1,
+      type: type,
+      challenge: document.body.getAttribute("data-inline-challenge") || ""
+    }, extra || {});
+    target.window.postMessage(message, target.origin);
+    if ((type === "passed" || type === "cancelled") && window.opener && window.parent === window) {
+      window.close();  // the popup's work is done
+    }
+  }
+
+  function setUpInline() {
+    if (!inlineTarget()) {
+      return;
+    }
+    document.querySelectorAll("[data-inline-cancel]").forEach(function (button) {
+      button.addEventListener("click", function () { tellParent("cancelled"); });
+    });
+    document.addEventListener("keydown", function (event) {
+      if (event.key === "Escape") {
+        tellParent("cancelled");
+      }
+    });
+    if (document.querySelector("[data-inline-done]")) {
+      tellParent("passed");
+      return;
+    }
+    if (document.querySelector("[data-inline-signed-out]")) {
+      tellParent("signed_out");
+    }
+    var report = function () {
+      tellParent("resize", { height: Math.ceil(document.documentElement.scrollHeight) });
+    };
+    tellParent("ready", { title: document.title });
+    report();
+    if (typeof window.ResizeObserver === "function") {
+      new window.ResizeObserver(report).observe(document.body);
+    }
+  }
+
   function start() {
+    setUpInline();
     setUpWebauthn();
     setUpPush();
     setUpDevices();
