@@ -1,7 +1,7 @@
 """The inline step-up door: the `stepguard.js` module an application includes, and the rules
 for the dialog frame that module opens on Stepguard's origin.
 
-- The module (`inline/stepguard.js`, an npm-style ES module kept in this package) is served at
+- The module (`static/inline/stepguard.js`, an npm-style ES module in this package) is served at
   `MODULE_PATH` with CORS for the allowed application origins only (module scripts are fetched
   in CORS mode), never with credentials.
 - The dialog frame is the step-up page in its embedded view (`/step-up/{cid}/inline?origin=O`):
@@ -23,7 +23,7 @@ from starlette.responses import PlainTextResponse, Response
 from stepguard.service.runtime import Runtime
 from stepguard.web.security import CONTENT_SECURITY_POLICY
 
-MODULE_DIR = Path(__file__).parent / "inline"
+MODULE_DIR = Path(__file__).parent / "static" / "inline"
 MODULE_PATH = "/static/inline/stepguard.js"
 _FRAME_ANCESTORS = "frame-ancestors 'none'"
 

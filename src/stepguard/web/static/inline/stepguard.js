@@ -121,12 +121,44 @@ iframe { display: block; width: 100%; height: 32rem; max-height: calc(100vh - 5r
 [hidden] { display: none !important; }
 `;
 
+// The last control that had focus: a page often disables the button that sent the request
+// (which drops its focus) before the dialog opens; focus returns there afterwards.
+let lastFocused = null;
+document.addEventListener("focusin", (event) => {
+  if (!(event.target instanceof StepguardStepUp)) {
+    lastFocused = event.target;
+  }
+}, true);
+
+/** Focus goes back where it was; to a control the page disabled meanwhile once it is enabled. */
+function restoreFocus(element) {
+  if (!element || typeof element.focus !== "function" || !element.isConnected) {
+    return;
+  }
+  if (!element.disabled) {
+    element.focus();
+    return;
+  }
+  const observer = new MutationObserver(() => {
+    if (!element.disabled) {
+      observer.disconnect();
+      element.focus();
+    }
+  });
+  observer.observe(element, { attributes: true, attributeFilter: ["disabled"] });
+  window.setTimeout(() => observer.disconnect(), 30000);
+}
+
 /** <stepguard-step-up>: a modal dialog that frames Stepguard's step-up page for a challenge. */
 export class StepguardStepUp extends HTMLElement {
   constructor() {
     super();
     this.attachShadow({ mode: "open" });
-    this.shadowRoot.innerHTML = `<style>${STYLE}</style>
+    // A constructed style sheet: allowed under the strictest style-src (no inline <style>).
+    const sheet = new CSSStyleSheet();
+    sheet.replaceSync(STYLE);
+    this.shadowRoot.adoptedStyleSheets = [sheet];
+    this.shadowRoot.innerHTML = `
       <dialog aria-labelledby="sg-title">
         <div class="bar"><h2 id="sg-title"></h2><button type="button" id="sg-cancel"></button></div>
         <iframe id="sg-frame" allow="publickey-credentials-get; publickey-credentials-create"
@@ -149,7 +181,8 @@ export class StepguardStepUp extends HTMLElement {
     root.getElementById("sg-cancel").textContent = texts.cancel;
     const address = `${settings.portal}/step-up/${challenge.id}/inline?view=inline&origin=` +
       encodeURIComponent(window.location.origin);
-    const opener = document.activeElement;
+    const active = document.activeElement;
+    const opener = active && active !== document.body ? active : lastFocused;
     return new Promise((resolve) => {
       let popup = null;
       let ready = false;
@@ -171,9 +204,7 @@ export class StepguardStepUp extends HTMLElement {
           this.dialog.close();
         }
         this.remove();
-        if (opener && typeof opener.focus === "function") {
-          opener.focus();
-        }
+        restoreFocus(opener);
         resolve(outcome);
       };
       const onMessage = (event) => {
