@@ -318,3 +318,23 @@ def test_push_approval_in_the_dialog(browser: Browser, page: Page, site: Site,
         assert [t["payee"] for t in site.sent()[before:]] == ["Grace"]
     finally:
         phone_context.close()
+
+
+def test_a_forged_passed_message_is_ignored(page: Page, site: Site) -> None:
+    """Only the frame's own window, on Stepguard's origin, for this challenge, can end the
+    dialog: a "passed" message posted by the page itself (same origin here) changes nothing."""
+    if site.kind != "reverse-proxy":
+        pytest.skip("the component's check does not depend on the proxy")
+    sign_in(page, site.users["carol"])
+    before = len(site.sent())
+    frame = send_transfer(page, "5000", "Mallory")
+    expect(frame.get_by_role("button", name="Confirm with code")).to_be_visible()
+    src = page.locator("stepguard-step-up iframe").get_attribute("src") or ""
+    cid = re.search(r"/step-up/([^/]+)/inline", src).group(1)  # type: ignore[union-attr]
+    page.evaluate("""cid => window.postMessage(
+        {source: "stepguard", version: 1, type: "passed", challenge: cid}, "*")""", cid)
+    page.wait_for_timeout(500)
+    expect(page.get_by_role("dialog", name="Confirm it's you")).to_be_visible()
+    assert len(site.sent()) == before
+    page.get_by_role("dialog").get_by_role("button", name="Cancel").click()
+    expect(page.locator("#result")).to_have_text("Not confirmed: the transfer was not sent.")
