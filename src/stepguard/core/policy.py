@@ -14,6 +14,7 @@ from typing import Any
 
 from stepguard.core.context import RequestContext, Subject
 from stepguard.core.decision import Requirement
+from stepguard.core.display import AttributeDisplay, parse_display
 from stepguard.core.durations import parse_duration
 from stepguard.core.errors import ExpressionError, PolicyError, Problem
 from stepguard.core.expression import CompiledExpression, compile_expression
@@ -70,6 +71,7 @@ class Policy:
     levels: Mapping[Level, LevelSettings]
     index: Index[Rule] = field(repr=False)
     source: str = ""
+    display: Mapping[str, AttributeDisplay] = field(default_factory=dict)
 
     def candidates(self, context: RequestContext) -> tuple[Rule, ...]:
         return self.index.candidates(context.host, context.path)
@@ -111,14 +113,16 @@ def compile_policy(document: Any, *, source: str = "", locate: Locate | None = N
     _unknown_keys(document, _TOP, (), problems)
     levels = _levels(document.get("levels"), problems)
     networks = _networks(document.get("networks"), problems)
-    attributes = _attributes(document.get("attributes"), problems)
+    display: dict[str, AttributeDisplay] = {}
+    attributes = _attributes(document.get("attributes"), problems, display)
     env = _Env(networks, attributes, problems)
     rules = _rules(document.get("rules"), env)
     default = _default(document.get("default", {"level": "aal1"}), env)
     if problems.items:
         raise PolicyError(problems.items)
     entries = [(r, r.index_hosts, r.index_segments) for r in rules]
-    return Policy(tuple(rules), default, networks, attributes, levels, Index(entries), source)
+    return Policy(tuple(rules), default, networks, attributes, levels, Index(entries), source,
+                  display)
 
 
 @dataclass(slots=True)
@@ -205,7 +209,9 @@ def _cidr(value: Any, path: Path, problems: _Problems) -> Network | None:
         return None
 
 
-def _attributes(data: Any, problems: _Problems) -> dict[str, str]:
+def _attributes(data: Any, problems: _Problems,
+                display: dict[str, AttributeDisplay]) -> dict[str, str]:
+    """`name: type`, or `name: {type, label, currency}` (how the portal shows it)."""
     if data is None:
         return {}
     if not isinstance(data, Mapping):
@@ -213,6 +219,13 @@ def _attributes(data: Any, problems: _Problems) -> dict[str, str]:
         return {}
     attributes: dict[str, str] = {}
     for name, kind in data.items():
+        if isinstance(kind, Mapping):
+            shown, wrong = parse_display(kind)
+            for text in wrong:
+                problems.add(("attributes", str(name)), text)
+            if shown is not None:
+                display[str(name)] = shown
+            kind = kind.get("type")
         if not str(name).isidentifier():
             problems.add(("attributes", str(name)), f"expected an identifier, got {name!r}")
         elif kind not in ATTRIBUTE_TYPES:

@@ -7,8 +7,12 @@ HTTP to the service layer; store and argon2 work runs in threads so the event lo
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -22,7 +26,7 @@ from stepguard.core.context import RequestContext
 from stepguard.core.errors import Throttled, VerificationFailed
 from stepguard.service.accounts import NeedsFreshProof
 from stepguard.service.guard import Guard
-from stepguard.service.runtime import Runtime
+from stepguard.service.runtime import Runtime, sign, unsign
 from stepguard.service.stepup import ChallengeGone
 from stepguard.storage.records import SessionRecord, UserRecord
 from stepguard.web.render import Renderer
@@ -36,8 +40,20 @@ from stepguard.web.security import (
 from stepguard.web.text import throttle_text
 
 PRE_SESSION_COOKIE = "stepguard_pre"
+FLASH_COOKIE = "stepguard_flash"
+FLASH_SECONDS = 60
 SignedInPair = tuple[SessionRecord, UserRecord]
 JsonCall = Callable[[SessionRecord, UserRecord, bytes], Response]
+
+
+@dataclass(frozen=True)
+class Flash:
+    """A failed form's outcome, carried over its redirect to a fresh GET (post/redirect/get):
+    the error, the status the page answers with, and the fields to keep (never a secret)."""
+
+    error: str
+    status: int
+    fields: dict[str, str] = field(default_factory=dict)
 
 
 class Pages:
@@ -89,6 +105,30 @@ class Pages:
         if found is None:
             return RedirectResponse(f"/login?rd={quote(request.url.path, safe='')}", 303)
         return found
+
+    def flash_redirect(self, url: str, flash: Flash) -> Response:
+        """303 to `url`, which shows `flash` once (a signed, short-lived, HttpOnly cookie)."""
+        payload = json.dumps({"e": flash.error, "s": flash.status, "f": flash.fields})
+        value = base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+        response = RedirectResponse(url, 303)
+        response.set_cookie(FLASH_COOKIE, sign(self.rt.cookie_key, "flash:" + value),
+                            max_age=FLASH_SECONDS, httponly=True, secure=self.https,
+                            samesite="strict", path="/")
+        return response
+
+    def flash(self, request: Request) -> Flash | None:
+        """The flash this GET shows (forged, garbled or absent: None)."""
+        value = unsign(self.rt.cookie_key, request.cookies.get(FLASH_COOKIE))
+        if not value.startswith("flash:"):
+            return None
+        try:
+            raw = value.removeprefix("flash:")
+            data = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+            fields = {str(k): str(v)[:200] for k, v in dict(data.get("f", {})).items()}
+            status = int(data["s"])
+            return Flash(str(data["e"]), status if 400 <= status < 500 else 400, fields)
+        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
+            return None
 
     def binding(self, request: Request, session: SessionRecord | None) -> str:
         return session.id if session else request.cookies.get(PRE_SESSION_COOKIE, "")
@@ -152,6 +192,8 @@ class Pages:
         who = {"name": user.display_name or user.username, "email": user.email} if user else None
         html = self.renderer.render(name, csrf_token=token, user=who, **context)
         response = HTMLResponse(html, status)
+        if FLASH_COOKIE in request.cookies:  # shown once
+            response.delete_cookie(FLASH_COOKIE, path="/")
         if fresh:
             response.set_cookie(
                 PRE_SESSION_COOKIE,

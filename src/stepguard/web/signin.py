@@ -14,7 +14,7 @@ from stepguard.adapters.cookies import DEVICE_COOKIE
 from stepguard.core.errors import Throttled, VerificationFailed
 from stepguard.service.accounts import Accounts
 from stepguard.service.runtime import new_id, sign
-from stepguard.web.page import PRE_SESSION_COOKIE, Pages
+from stepguard.web.page import PRE_SESSION_COOKIE, Flash, Pages
 from stepguard.web.security import CsrfRejected
 from stepguard.web.text import throttle_text
 
@@ -32,13 +32,16 @@ class SignInPages:
 
     async def login_page(self, request: Request) -> Response:
         rd = self.pages.safe(request.query_params.get("rd"))
+        flash = self.pages.flash(request)
         return self.pages.page(
             request,
             "login.html",
+            status=flash.status if flash else 200,
             action_url=f"/login?rd={quote(rd, safe='')}",
             challenge_id="",
-            reasons=["Sign in to continue."],
-            error=None,
+            reasons=[] if flash else ["Sign in to continue."],
+            error=flash.error if flash else None,
+            username=flash.fields.get("username", "") if flash else "",
         )
 
     async def login_submit(self, request: Request) -> Response:
@@ -54,14 +57,15 @@ class SignInPages:
         new_device = not context.device_id
         if new_device:  # named now, so that this very sign-in already records the device
             context = replace(context, device_id=new_id())
+        username = form.get("username", "")
         try:
             signed = await run_in_threadpool(
-                self.accounts.sign_in, form.get("username", ""), form.get("password", ""), context
+                self.accounts.sign_in, username, form.get("password", ""), context
             )
         except Throttled as exc:
-            return self._login_error(request, rd, throttle_text(exc), 429)
+            return self._login_error(rd, throttle_text(exc), 429, username)
         except VerificationFailed:
-            return self._login_error(request, rd, "The username or password is not right.", 401)
+            return self._login_error(rd, "The username or password is not right.", 401, username)
         response = pages.with_token(RedirectResponse(rd, 303), signed.token)
         response.delete_cookie(PRE_SESSION_COOKIE, path="/")
         if new_device:
@@ -76,15 +80,11 @@ class SignInPages:
             )
         return response
 
-    def _login_error(self, request: Request, rd: str, error: str, status: int) -> Response:
-        return self.pages.page(
-            request,
-            "login.html",
-            action_url=f"/login?rd={quote(rd, safe='')}",
-            challenge_id="",
-            reasons=[],
-            error=error,
-            status=status,
+    def _login_error(self, rd: str, error: str, status: int, username: str) -> Response:
+        """Post/redirect/get: a refresh shows the error again, never re-sends the password."""
+        return self.pages.flash_redirect(
+            f"/login?rd={quote(rd, safe='')}",
+            Flash(error, status, {"username": username[:200]}),
         )
 
     async def logout(self, request: Request) -> Response:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from urllib.parse import parse_qsl
 
 from stepguard.core.errors import Throttled
+from stepguard.web.render import duration_text
 
 _BROWSERS = (("Edg/", "Edge"), ("OPR/", "Opera"), ("Firefox/", "Firefox"),
              ("Chromium/", "Chromium"), ("Chrome/", "Chrome"), ("Version/", "Safari"))
@@ -44,7 +45,7 @@ def when(at: float | None) -> str:
 def throttle_text(exc: Throttled) -> str:
     if exc.locked:
         return "This account is locked after too many failed attempts. Contact your administrator."
-    return f"Too many attempts. Try again in {max(1, int(exc.retry_after))} seconds."
+    return f"Too many attempts. Try again in {duration_text(max(1.0, exc.retry_after))}."
 
 
 def error_text(code: str | None) -> str | None:

@@ -566,7 +566,16 @@
     }
   }
 
+  function focusError() {
+    // A page that opens with an error (a failed form, after its redirect): start there.
+    var region = document.getElementById("sg-alert");
+    if (region && region.textContent && region.textContent.trim() && region.focus) {
+      region.focus();
+    }
+  }
+
   function start() {
+    focusError();
     setUpInline();
     setUpWebauthn();
     setUpPush();
