@@ -6,6 +6,9 @@ Every Python app runs under granian (Stepguard's default server), one worker, on
     user with a cached session (allowed, 200, identity headers) vs `bench/floor_app.py`, the
     least Python forward-auth (cookie → SHA-256 → dict → identity headers, ~30 lines), sent the
     same request headers. Target ≥ 0.6×. The no-op app (`bench/noop_app.py`) is printed too.
+    The request is an ordinary one: from the address the session signed in from. A reference
+    row sends the same cookie from another address (a risk signal: each allow is then its own
+    sealed audit entry, not a summary count).
 (b) **behind nginx auth_request**: nginx with deploy/nginx/stepguard.conf (auth subrequest to
     Stepguard, then a no-op app as the protected upstream) vs the same nginx config with the
     floor as the auth endpoint. Targets: ≥ 0.75× the req/s, one-connection p99 at most +1 ms.
@@ -314,13 +317,21 @@ server {{
 """
 
 
-def forward_auth_headers(cookies: dict[str, str]) -> dict[str, str]:
+SIGN_IN_ADDRESS = "127.0.0.1"  # the bench signs in straight from loopback (no proxy)
+MOVED_ADDRESS = "198.51.100.7"
+
+
+def forward_auth_headers(cookies: dict[str, str], *,
+                         client_ip: str = SIGN_IN_ADDRESS) -> dict[str, str]:
+    """An ordinary request: the signed-in browser, from the address it signed in from. With
+    `client_ip=MOVED_ADDRESS` the session changed address mid-way — a risk signal, so each allow
+    is its own sealed audit entry instead of a summary count (a reference row)."""
     return {
         "X-Forwarded-Method": "GET",
         "X-Forwarded-Proto": "https",
         "X-Forwarded-Host": SITE,
         "X-Forwarded-Uri": "/orders?page=2",
-        "X-Forwarded-For": "198.51.100.7",
+        "X-Forwarded-For": client_ip,
         "Accept": "text/html",
         "Cookie": cookie_header(cookies),
     }
@@ -406,6 +417,8 @@ def bench(settings: WrkSettings, workers: int, workdir: Path, *,
             Target("floor forward-auth", running.floor.url + FORWARD_AUTH_PATH, headers,
                    settings),
             Target("forward-auth", stepguard.url + FORWARD_AUTH_PATH, headers, settings),
+            Target("forward-auth, moved address", stepguard.url + FORWARD_AUTH_PATH,
+                   forward_auth_headers(cookies, client_ip=MOVED_ADDRESS), settings),
         ])
         guarded_conf = partial(nginx_conf, upstream_port=running.upstream.port, server_name=SITE)
         guarded = stack.enter_context(
@@ -436,6 +449,8 @@ def bench(settings: WrkSettings, workers: int, workdir: Path, *,
                    alone["no-op app"]),
         Comparison("(reference) the floor vs a no-op app", alone["floor forward-auth"],
                    alone["no-op app"]),
+        Comparison("(reference) forward-auth, moved address (sealed one by one) vs the floor",
+                   alone["forward-auth, moved address"], alone["floor forward-auth"]),
         Comparison("behind nginx auth_request, saturated", saturated["nginx auth_request"],
                    saturated["nginx → floor"], ratio_target=NGINX_RATIO_TARGET),
         Comparison("behind nginx auth_request, one connection", one["nginx auth_request c1"],

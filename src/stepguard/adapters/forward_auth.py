@@ -38,6 +38,7 @@ from stepguard.adapters.http_context import (
     split_url,
     wants_html,
 )
+from stepguard.adapters.memo import Memo
 from stepguard.adapters.rfc9470 import step_up_response
 from stepguard.core.context import RequestContext
 from stepguard.core.decision import Decision, Outcome
@@ -126,6 +127,7 @@ class ForwardAuth:
         self.session_cookie = SessionCookie.of(runtime.config)
         self.devices = DeviceCookies(runtime.cookie_key)
         self.observe = observe
+        self._identities: Memo[tuple[object, ...], RawHeaders] = Memo(4096)
 
     def endpoint(self, strategy: Strategy) -> Endpoint:
         return Endpoint(self, strategy)
@@ -184,8 +186,7 @@ class ForwardAuth:
                 original: Original) -> RawHeaders | Response:
         decision = check.decision
         if decision.outcome is Outcome.ALLOW:
-            return [(name.encode("latin-1"), value.encode())
-                    for name, value in identity_headers(check, self.rt).items()]
+            return self.identity(check)
         if decision.outcome is Outcome.DENY:
             return Response(json.dumps({"error": "denied", "reasons": list(decision.reasons)}),
                             403, media_type="application/json")
@@ -194,6 +195,17 @@ class ForwardAuth:
         if wants_html(headers):
             return strategy.redirect(location, check.context.method)
         return api_challenge(decision, location, self.rt)
+
+    def identity(self, check: Check) -> RawHeaders:
+        """The identity headers as raw ASGI pairs, remembered per user record, level and amr
+        (a pure function of them; the record is compared whole, so any change is a new key)."""
+        key = (check.user, check.decision.level, check.state.amr() if check.state else ())
+        found = self._identities.get(key)
+        if found is None:
+            found = [(name.encode("latin-1"), value.encode())
+                     for name, value in identity_headers(check, self.rt).items()]
+            self._identities.put(key, found)
+        return found
 
     def challenge_location(self, check: Check, return_url: str) -> str:
         base = self.rt.config.server.public_url.rstrip("/")
@@ -207,10 +219,10 @@ def original_url(original: Original) -> str:
 
 def identity_headers(check: Check, runtime: Runtime) -> dict[str, str]:
     """Every identity header, always (Caddy 2.6 copies them unconditionally); empty if anonymous."""
-    user, session = check.user, check.session
+    user, state = check.user, check.state
     level = check.decision.level
     acr = runtime.policy.levels[level].acr if user and level in runtime.policy.levels else ""
-    amr = ",".join(session.state(user.subject()).amr()) if session and user else ""
+    amr = ",".join(state.amr()) if state and user else ""
     return {
         "Remote-User": user.username if user else "",
         "Remote-Groups": ",".join(sorted(user.groups)) if user else "",

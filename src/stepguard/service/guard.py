@@ -11,7 +11,7 @@ import contextlib
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from stepguard.audit.ledger import AuditEvent, AuditKind, request_summary
 from stepguard.core.context import RequestContext, SessionState, Subject
@@ -25,8 +25,10 @@ from stepguard.core.risk import NO_RISK, RiskAssessment, RiskHistory, amount_of,
 from stepguard.service.runtime import Runtime, hash_token
 from stepguard.storage.records import SessionRecord, SessionSnapshot, UserRecord, Versions
 from stepguard.storage.session_states import UNKNOWN
+from stepguard.storage.version_board import Mark
 
 TOUCH_EVERY = 30.0  # seconds between last-seen writes for one session
+STORE_CONTACT_EVERY = 1.0  # seconds a board hit may go without any read reaching the store
 AUDIT_INLINE_LIMIT = 1000  # queued audit entries above which decisions leave the event loop
 
 
@@ -55,11 +57,16 @@ class _Loaded:
     grants: tuple[Grant, ...]
     history: RiskHistory
     versions: tuple[int, int]
+    mark: Mark | None = None  # the version board's mark taken before the read that confirmed it
+    state: SessionState = field(init=False)  # what the core sees, built once per copy
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "state", self.record.state(self.user.subject()))
 
     @classmethod
-    def of(cls, snapshot: SessionSnapshot) -> _Loaded:
+    def of(cls, snapshot: SessionSnapshot, mark: Mark | None) -> _Loaded:
         return cls(snapshot.record, snapshot.user, snapshot.grants, snapshot.history,
-                   snapshot.versions.pair)
+                   snapshot.versions.pair, mark)
 
     def seen(self, versions: Versions) -> _Loaded:
         """This copy with the store's last-seen time when another instance saw it later."""
@@ -145,6 +152,8 @@ class Guard:
         self.rt = runtime
         self.cache = SessionCache()
         self._plain = _plain_rules(runtime.policy)
+        self._board = runtime.store.version_board
+        self._contact = float("-inf")  # when a read last reached the store
 
     def session_for(self, token: str | None) -> tuple[SessionRecord, UserRecord] | None:
         """The live session of a token, or None (unknown, revoked, disabled user, expired)."""
@@ -176,9 +185,23 @@ class Guard:
 
     def _read(self, key: str, cached: _Loaded | None, *, connect: bool = True) -> _Loaded | None:
         """None (no live session), the cached copy (versions unchanged, last seen brought up
-        to date) or a fresh copy (now cached)."""
-        known = cached.versions if cached is not None else UNKNOWN
+        to date) or a fresh copy (now cached).
+
+        With a version board (SQLite), a cached copy whose mark is unchanged needs no read at
+        all (`storage.version_board` says why that still honours every revocation by the next
+        request) — unless no read reached the store for `STORE_CONTACT_EVERY` seconds (a dead
+        store is noticed within that time) or the copy looks expired (another process may have
+        seen the session since)."""
         now = self.rt.now()
+        mark = None
+        if cached is not None and self._board is not None:
+            mark = self._board.mark(cached.record.id, cached.user.id)
+            if (mark is not None and mark == cached.mark
+                    and now - self._contact < STORE_CONTACT_EVERY and self._alive(cached)):
+                self.cache.hits += 1
+                self.rt.observer.cache_hit()
+                return cached
+        known = cached.versions if cached is not None else UNKNOWN
         try:
             found = self.rt.store.session_states.read(key, known=known, now=now, connect=connect)
         except StoreUnavailable:
@@ -186,20 +209,23 @@ class Guard:
                 raise
             # maybe a connection from before a store restart: one retry on a fresh one
             found = self.rt.store.session_states.read(key, known=known, now=now)
+        self._contact = now
         if found is None:
             self.cache.drop(key)
             return None
         if isinstance(found, Versions):
             assert cached is not None
             self.cache.hits += 1
-            self.rt.observer.cache_hit.inc()
+            self.rt.observer.cache_hit()
             fresh = cached.seen(found)
+            if mark != fresh.mark:
+                fresh = replace(fresh, mark=mark)
             if fresh is not cached:
                 self.cache.put(key, fresh)
             return fresh
         self.cache.misses += 1
-        self.rt.observer.cache_miss.inc()
-        loaded = _Loaded.of(found)
+        self.rt.observer.cache_miss()
+        loaded = _Loaded.of(found, mark)  # a first load has no mark: its next use reads
         self.cache.put(key, loaded)
         return loaded
 
@@ -254,7 +280,7 @@ class Guard:
     def _decide(self, context: RequestContext, loaded: _Loaded | None) -> Check:
         """Risk and `core.decide` over what `load` found (pure but for the location lookup)."""
         record, user = (loaded.record, loaded.user) if loaded else (None, None)
-        state = record.state(user.subject()) if record and user else None
+        state = loaded.state if loaded else None
         risk = self._risk(context, state, user, loaded.history if loaded else None)
         grants = loaded.grants if loaded else ()
         decision = decide(self.rt.policy, context, state, risk, grants, self.rt.now())

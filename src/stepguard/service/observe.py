@@ -16,6 +16,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter
 
 from stepguard.audit.ledger import AuditEvent
+from stepguard.service.hot_metrics import FastCounter
 
 _QUIET_KINDS = frozenset({"decision"})  # one log line per request would drown the rest
 
@@ -25,8 +26,8 @@ class Observer:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.decisions = Counter("stepguard_decisions_total", "Decisions by outcome and rule",
-                                 ["outcome", "rule"], registry=self.registry)
+        self.decisions = FastCounter("stepguard_decisions_total", "Decisions by outcome and rule",
+                                     ["outcome", "rule"], self.registry)
         self.challenges = Counter("stepguard_challenges_total",
                                   "Step-up challenges started and passed, by rule",
                                   ["rule", "event"], registry=self.registry)
@@ -36,25 +37,26 @@ class Observer:
         self.verification_failures = Counter("stepguard_verification_failures_total",
                                              "Failed verifications by factor and reason",
                                              ["factor", "reason"], registry=self.registry)
-        cache = Counter("stepguard_session_cache_total",
-                        "Session cache lookups: hit (versions unchanged) or miss (loaded)",
-                        ["result"], registry=self.registry)
-        self.cache_hit, self.cache_miss = cache.labels("hit"), cache.labels("miss")
-        self._allows: dict[str, Any] = {}
+        self.cache = FastCounter("stepguard_session_cache_total",
+                                 "Session cache lookups: hit (versions unchanged) or miss (loaded)",
+                                 ["result"], self.registry)
         self.log = structlog.get_logger("stepguard")
         self.debug = False  # set by `configure_logging(level="debug")` callers
 
     def allowed(self, rule: str) -> None:
         """Count one allow (the per-request path, which builds no checked event)."""
-        child = self._allows.get(rule)
-        if child is None:
-            child = self._allows[rule] = self.decisions.labels("allow", rule or "-")
-        child.inc()
+        self.decisions.inc("allow", rule or "-")
+
+    def cache_hit(self) -> None:
+        self.cache.inc("hit")
+
+    def cache_miss(self) -> None:
+        self.cache.inc("miss")
 
     def event(self, event: AuditEvent) -> None:
         """Count one audit event and log it (decisions only at debug level)."""
         if event.kind == "decision":
-            self.decisions.labels(event.decision or event.outcome, event.rule or "-").inc()
+            self.decisions.inc(event.decision or event.outcome, event.rule or "-")
         elif event.kind == "challenge":
             self.challenges.labels(event.rule or "-", "started").inc()
         elif event.kind == "verification":

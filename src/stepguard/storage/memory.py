@@ -566,6 +566,7 @@ class MemoryStore:
         self.lock = threading.RLock()
         self.tables = _Tables()
         self.down = False
+        self.version_board = None  # reads are in-process already
         self.users = MemoryUsers(self)
         self.factors = MemoryFactors(self)
         self.sessions = MemorySessions(self)

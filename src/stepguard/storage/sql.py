@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
@@ -24,6 +25,7 @@ from stepguard.storage.sql_pushes import SqlPushes
 from stepguard.storage.sql_sessions import SqlSessions
 from stepguard.storage.sql_throttle import SqlThrottle
 from stepguard.storage.sql_users import SqlUsers
+from stepguard.storage.version_board import VersionBoard
 
 PING_TIMEOUT_MS = 2000
 
@@ -32,7 +34,8 @@ class SqlStore:
     """One object holding every role: `store.users`, `store.sessions`, ... (see `interfaces`)."""
 
     def __init__(self, engine: Engine, *, throttle: ThrottleSettings | None = None) -> None:
-        self._db = Database(engine)
+        self.version_board = _board_for(engine)
+        self._db = Database(engine, self.version_board)
         self.users = SqlUsers(self._db)
         self.factors = SqlFactors(self._db)
         self.sessions = SqlSessions(self._db)
@@ -76,3 +79,16 @@ class SqlStore:
     def close(self) -> None:
         self.session_states.close()
         self._db.engine.dispose()
+        if self.version_board is not None:
+            self.version_board.close()
+
+
+def _board_for(engine: Engine) -> VersionBoard | None:
+    """SQLite: the board beside the database file (one per process for an in-memory one).
+    PostgreSQL: none — a fleet spans hosts, so each decision reads its versions."""
+    if engine.dialect.name != "sqlite":
+        return None
+    database = engine.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return VersionBoard(None)
+    return VersionBoard.beside(Path(database).resolve())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
 from typing import Any
 
@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from stepguard.core.errors import StoreUnavailable
 from stepguard.storage import tables
+from stepguard.storage.version_board import VersionBoard
 
 READ_ONLY = "stepguard_read_only"  # execution option: SQLite may BEGIN DEFERRED (no write lock)
 
@@ -31,8 +32,9 @@ _UNAVAILABLE = (
 class Database:
     """The engine plus the transaction the current context has open, if any."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, board: VersionBoard | None = None) -> None:
         self.engine = engine
+        self.board = board  # told of every version change around its commit (`version_board`)
         self._current: ContextVar[Connection | None] = ContextVar(
             f"stepguard_store_{id(self)}", default=None
         )
@@ -58,11 +60,13 @@ class Database:
         with unavailable_on_driver_error(), self.engine.connect() as connection:
             if read_only:
                 connection = connection.execution_options(**{READ_ONLY: True})
-            with connection.begin():
+            with ExitStack() as after_commit, connection.begin():
                 token = self._current.set(connection)
                 try:
                     yield connection
-                    _apply_bumps(connection)  # last, so no lock cycle can form
+                    changed = _apply_bumps(connection)  # last, so no lock cycle can form
+                    if self.board is not None and changed:
+                        after_commit.enter_context(self.board.writing(changed))
                 finally:
                     self._current.reset(token)
                     connection.info.pop(_BUMPS_KEY, None)
@@ -112,15 +116,16 @@ def _bumps(connection: Connection) -> tuple[set[str], set[str]]:
     return found
 
 
-def _apply_bumps(connection: Connection) -> None:
+def _apply_bumps(connection: Connection) -> set[str]:
     """Raise the marked versions as the transaction's last statements, users before sessions and
     each in sorted order: every transaction takes these row locks last and in one order, so no
-    lock cycle (deadlock) can include them."""
+    lock cycle (deadlock) can include them. The ids whose versions were raised."""
     users, sessions = connection.info.pop(_BUMPS_KEY, (set(), set()))
     for table, ids in ((tables.users, users), (tables.sessions, sessions)):
         for chunk in _chunks(sorted(ids)):
             connection.execute(update(table).where(table.c.id.in_(chunk))
                                .values(version=table.c.version + 1))
+    return users | sessions
 
 
 def _chunks(ids: list[str], size: int = 500) -> list[list[str]]:

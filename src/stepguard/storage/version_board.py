@@ -1,0 +1,150 @@
+"""The version board: a shared-memory hint that lets a cached session skip its per-request read.
+
+On one host (a SQLite store: every process that opens the database file is on this machine) the
+decision's per-request read of a session's versions (`session_states`) can be replaced by a few
+loads from shared memory. The board is a file beside the database (`<db>-stepguard-board`,
+mapped by every process that opens the store) of `SLOTS` slots; a session id and a user id each
+hash (CRC-32) to one slot. Each slot holds two counters, `begun` and `ended`:
+
+* a write transaction that raises versions (`sql_base._apply_bumps`) adds 1 to `begun` of each
+  touched slot **before** it commits, and 1 to `ended` **after** the commit (or rollback);
+* a reader takes a `mark` of a cached entry's two slots — `ended` then `begun` of each — and
+  gets `None` while any write on them is in flight (`begun != ended`), else the `ended` values.
+
+A cached copy may be used without reading the store only if its recorded mark (taken *before*
+the read that loaded or confirmed it) equals the current one. Why that honours every revocation
+by the very next request: a write T that commits before a revoking call returns has begun before
+its commit and ended before the call returned; a request that starts afterwards reads `ended`
+larger than any mark recorded before T began, and a mark taken while T was in flight is `None`
+(never recorded). So the copy's mark either predates T (it differs now → the store is read) or
+was taken after T ended (then the read that followed it saw T's commit). A process that dies
+between `begun` and `ended` leaves the slot "in flight" for good: sessions on it are read from
+the store on every request (slower, never stale). Collisions only cost reads.
+
+Counters are 64-bit words, each written by one aligned store under a lock (a thread lock and
+`flock` on the file across processes) and read lock-free; the argument above needs loads and
+stores to stay in program order (x86-64's total store order; documented in docs/architecture.md).
+A PostgreSQL fleet spans hosts: it has no board and reads versions on every request.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+import struct
+import threading
+import zlib
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from stepguard.core.errors import StoreUnavailable
+
+SLOTS = 1 << 16
+_WORD = struct.Struct("<Q")
+_SLOT_BYTES = 16  # begun, ended
+SIZE = SLOTS * _SLOT_BYTES
+
+Mark = tuple[int, int]  # the `ended` counters of a session's slot and its user's slot
+
+
+def slot_of(identifier: str) -> int:
+    """The slot of a session or user id (the same in every process: CRC-32, not `hash`)."""
+    return zlib.crc32(identifier.encode()) % SLOTS
+
+
+class VersionBoard:
+    """Per-slot `begun`/`ended` counters in memory shared by every process of one host."""
+
+    def __init__(self, path: Path | None) -> None:
+        """The board in the file `path` (created zeroed, mode 0600, when first used), or one
+        for this process only (`None`: an in-memory database, which no other process opens)."""
+        self.path = path
+        self._memory: mmap.mmap | None = None
+        self._fd: int | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def beside(cls, database: Path) -> VersionBoard:
+        return cls(database.with_name(database.name + "-stepguard-board"))
+
+    def _open(self) -> mmap.mmap:
+        """The mapping, opened on first use; an unopenable board is an unavailable store (a
+        writer that cannot tell the board must not write: readers would miss its change)."""
+        with self._lock:
+            if self._memory is None:
+                if self.path is None:
+                    self._memory = mmap.mmap(-1, SIZE)
+                else:
+                    try:
+                        self._fd, self._memory = _map(self.path)
+                    except OSError as error:
+                        raise StoreUnavailable("the version board cannot be opened") from error
+            return self._memory
+
+    # ------------------------------------------------------------------ readers
+
+    def mark(self, session_id: str, user_id: str) -> Mark | None:
+        """The current mark of a session's and its user's slots; None while a write is in flight
+        on either."""
+        memory, word = self._memory or self._open(), _WORD.unpack_from
+        s, u = slot_of(session_id) * _SLOT_BYTES, slot_of(user_id) * _SLOT_BYTES
+        s_ended, u_ended = word(memory, s + 8)[0], word(memory, u + 8)[0]
+        s_begun, u_begun = word(memory, s)[0], word(memory, u)[0]
+        if s_begun != s_ended or u_begun != u_ended:
+            return None
+        return (s_ended, u_ended)
+
+    # ------------------------------------------------------------------ writers
+
+    @contextmanager
+    def writing(self, ids: Iterable[str]) -> Iterator[None]:
+        """Around a commit that changes the versions of `ids` (sessions and users): `begun` up
+        before, `ended` up after, whatever the commit's outcome."""
+        slots = sorted({slot_of(i) for i in ids})
+        if not slots:
+            yield
+            return
+        self._add(slots, 0)
+        try:
+            yield
+        finally:
+            self._add(slots, 8)
+
+    def _add(self, slots: list[int], offset: int) -> None:
+        memory = self._memory or self._open()
+        with self._lock:
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                for slot in slots:
+                    at = slot * _SLOT_BYTES + offset
+                    _WORD.pack_into(memory, at, _WORD.unpack_from(memory, at)[0] + 1)
+            finally:
+                if self._fd is not None:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._memory is not None:
+                self._memory.close()
+                self._memory = None
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+def _map(path: Path) -> tuple[int, mmap.mmap]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.fstat(fd).st_size < SIZE:
+                os.ftruncate(fd, SIZE)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        return fd, mmap.mmap(fd, SIZE)
+    except BaseException:
+        os.close(fd)
+        raise
