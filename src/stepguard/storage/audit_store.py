@@ -145,10 +145,13 @@ class SqlAuditLog:
         subject: str | None = None,
         rule: str | None = None,
         outcome: str | None = None,
+        exclude_outcomes: Sequence[str] = (),
     ) -> list[AuditEntry]:
         """The newest `limit` matching entries, newest first: one bounded statement (pages
         show recent activity without reading the whole ledger)."""
         conditions = _filters(None, subject, None, rule, outcome)
+        if exclude_outcomes:
+            conditions.append(audit_entries.c.outcome.not_in(list(exclude_outcomes)))
         query = (
             select(audit_entries)
             .where(*conditions)

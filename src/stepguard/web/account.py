@@ -21,7 +21,14 @@ from stepguard.service.stepup import StepUp
 from stepguard.storage.records import SessionRecord, UserRecord
 from stepguard.web.page import Pages
 from stepguard.web.security import CsrfRejected
-from stepguard.web.text import describe_browser, throttle_text, unb64url, when
+from stepguard.web.text import (
+    bound_view,
+    describe_browser,
+    security_event,
+    throttle_text,
+    unb64url,
+    when,
+)
 
 AccountAction = Callable[[SessionRecord, UserRecord, dict[str, str]], str]
 ENROL_COOKIE = "stepguard_enrol"
@@ -254,7 +261,7 @@ class AccountPages:
                 "location": push.location,
                 "browser": describe_browser(push.user_agent),
                 "reasons": list(challenge.reasons),
-                "bound_values": list(challenge.bound_values),
+                "bound_values": bound_view(challenge.bound_values, pages.rt.policy.display),
                 "nonce": push.nonce,
                 "digest": push.digest,
             },
@@ -359,17 +366,30 @@ def account_view(overview: AccountOverview, session: SessionRecord) -> dict[str,
             }
             for s in overview.sessions
         ],
-        "devices": [{"id": d[:8] + "…", "last_seen_text": ""} for d in overview.known_devices],
+        "devices": devices_view(overview, session),
         "events": [
-            {
-                "at_text": when(e.at),
-                "kind": e.kind,
-                "outcome": e.outcome,
-                "detail": e.factor or e.rule,
-            }
+            {"at_text": when(e.at), "text": text, "detail": list(e.reasons)}
             for e in overview.events
+            if (text := security_event(e)) is not None
         ],
         "pending_pushes": [
             {"id": p.id, "url": f"/account/push/{p.id}"} for p in overview.pending_pushes
         ],
     }
+
+
+def devices_view(overview: AccountOverview, session: SessionRecord) -> list[dict[str, Any]]:
+    """Known devices (every device that signed in, from the first sign-in on), described by the
+    newest open session on each: browser, last seen, and which one is this browser."""
+    newest: dict[str, SessionRecord] = {}
+    for s in overview.sessions:  # most recently seen first
+        newest.setdefault(s.device_id, s)
+    shown = []
+    for device in overview.known_devices:
+        seen = newest.get(device)
+        shown.append({
+            "browser": describe_browser(seen.user_agent) if seen else "",
+            "last_seen_text": when(seen.last_seen) if seen else "",
+            "current": device == session.device_id,
+        })
+    return sorted(shown, key=lambda d: (not d["current"], d["last_seen_text"] == ""))

@@ -18,7 +18,7 @@ from stepguard.storage.records import ChallengeRecord, SessionRecord, UserRecord
 from stepguard.web.inline import InlineFrames
 from stepguard.web.page import Pages
 from stepguard.web.security import CsrfRejected
-from stepguard.web.text import error_text, form_fields, throttle_text
+from stepguard.web.text import bound_view, error_text, form_fields, throttle_text
 
 # The reverse proxy's replay of a held request: (request, challenge id, session) -> response.
 Replay = Callable[[Request, str, SessionRecord], Awaitable[Response]]
@@ -142,7 +142,7 @@ class StepUpPages:
         view = {
             "id": challenge.id,
             "reasons": list(challenge.reasons),
-            "bound_values": list(challenge.bound_values),
+            "bound_values": bound_view(challenge.bound_values, self.pages.rt.policy.display),
             "level_label": challenge.requirement.level.label,
             "methods": methods,
             "not_set_up": [

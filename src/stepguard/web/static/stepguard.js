@@ -574,8 +574,53 @@
     }
   }
 
+  // --- recovery codes: copy and download (made in the browser: the server keeps no copy) ----
+
+  function codesText(listId) {
+    var list = document.getElementById(listId);
+    if (!list) {
+      return "";
+    }
+    var codes = [];
+    list.querySelectorAll("code").forEach(function (code) { codes.push(code.textContent.trim()); });
+    return codes.join("\n") + "\n";
+  }
+
+  function setUpCodes() {
+    document.querySelectorAll("[data-codes-copy]").forEach(function (button) {
+      if (!navigator.clipboard || !window.isSecureContext) {
+        return;
+      }
+      button.hidden = false;
+      button.addEventListener("click", function () {
+        navigator.clipboard.writeText(codesText(button.getAttribute("data-codes-copy")))
+          .then(function () { showStatus("Copied. Paste them somewhere safe."); })
+          .catch(function () { showError("Could not copy. Select the codes and copy them."); });
+      });
+    });
+    document.querySelectorAll("[data-codes-download]").forEach(function (button) {
+      if (typeof window.Blob !== "function" || !window.URL || !URL.createObjectURL) {
+        return;
+      }
+      button.hidden = false;
+      button.addEventListener("click", function () {
+        var text = codesText(button.getAttribute("data-codes-download"));
+        var url = URL.createObjectURL(new Blob([text], { type: "text/plain" }));
+        var link = document.createElement("a");
+        link.href = url;
+        link.download = button.getAttribute("data-filename") || "recovery-codes.txt";
+        document.body.appendChild(link);
+        link.click();
+        link.remove();
+        window.setTimeout(function () { URL.revokeObjectURL(url); }, 1000);
+        showStatus("Downloaded. Keep the file somewhere safe.");
+      });
+    });
+  }
+
   function start() {
     focusError();
+    setUpCodes();
     setUpInline();
     setUpWebauthn();
     setUpPush();
