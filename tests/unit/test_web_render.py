@@ -616,7 +616,7 @@ def test_admin_page(renderer: Renderer) -> None:
         if f.get("name") == "user_id"
     ]
     assert disabled == ["u1"]
-    assert "<td>admins, ops</td>" in html and f"{ESCAPED}; new device" in html
+    assert '<td data-label="Groups">admins, ops</td>' in html and f"{ESCAPED}; new device" in html
     assert "None" not in html
 
 

@@ -360,7 +360,7 @@ def account_view(overview: AccountOverview, session: SessionRecord) -> dict[str,
                 "id": s.id,
                 "current": s.id == session.id,
                 "ip": s.ip,
-                "user_agent": s.user_agent[:80],
+                "user_agent": describe_browser(s.user_agent),
                 "created_text": when(s.created),
                 "last_seen_text": when(s.last_seen),
             }

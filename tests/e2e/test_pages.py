@@ -1,0 +1,178 @@
+"""Every portal page in Chromium, as users reach it in `stepguard demo` (issue 15).
+
+Each page is checked at 390 px and 1280 px: a full-page screenshot (test-output/screenshots/
+pages/), no sideways scrolling, and no axe-core violation of WCAG 2.2 A/AA. Sign-in and step-up
+are also done with the keyboard alone. A failed sign-in answers with a fresh page (refresh does
+not send the password again) that starts on the error and keeps the username.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+
+import pyotp
+import pytest
+from playwright.sync_api import Browser, Page, expect
+
+from tests.e2e.accessibility import check_page, install_axe
+from tests.e2e.conftest import CSP_REPORTER, TIMEOUT_MS, PageProblems
+from tests.support.demo_server import DemoServer, DemoUser
+
+pytestmark = pytest.mark.browser
+CEREMONY_TIMEOUT_MS = 15_000
+
+
+@pytest.fixture(scope="module")
+def axe() -> str:
+    return install_axe()
+
+
+def new_page(browser: Browser, demo: DemoServer, problems: PageProblems) -> Page:
+    context = browser.new_context(base_url=demo.base_url, viewport={"width": 1280, "height": 800})
+    context.set_default_timeout(TIMEOUT_MS)
+    context.add_init_script(CSP_REPORTER)
+    page = context.new_page()
+    page.on("console", problems.console)
+    page.on("pageerror", problems.page_error)
+    return page
+
+
+@pytest.fixture
+def second(browser: Browser, demo: DemoServer, problems: PageProblems) -> Iterator[Page]:
+    page = new_page(browser, demo, problems)
+    yield page
+    page.context.close()
+
+
+def code(user: DemoUser, step: int = 0) -> str:
+    return pyotp.TOTP(user.totp_secret).at(time.time() + 30 * step)
+
+
+def sign_in(page: Page, user: DemoUser, rd: str = "/account") -> None:
+    page.goto(f"/login?rd={rd}")
+    page.get_by_label("Username").fill(user.username)
+    page.get_by_label("Password").fill(user.password)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).not_to_have_url(re.compile(r"/login"))
+
+
+def confirm_with_code(page: Page, value: str) -> None:
+    page.get_by_label("6-digit code from your authenticator app").fill(value)
+    page.get_by_role("button", name="Confirm with code").click()
+
+
+def test_every_portal_page_reads_well_and_passes_axe(page: Page, second: Page, demo: DemoServer,
+                                                    axe: str, problems: PageProblems) -> None:
+    alice, bob = demo.user("alice"), demo.user("bob")
+    page.goto("/login?rd=/account")
+    check_page(page, axe, "login")
+
+    # A wrong password: a fresh GET that starts on the error and keeps the username.
+    problems.expect(r"status of 401")
+    page.get_by_label("Username").fill("alice")
+    page.get_by_label("Password").fill("not her password")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(re.compile(r"/login\?rd="))
+    expect(page.locator("#sg-alert")).to_have_text("The username or password is not right.")
+    expect(page.locator("#sg-alert")).to_be_focused()
+    expect(page.get_by_label("Username")).to_have_value("alice")
+    check_page(page, axe, "login-error")
+    with page.expect_navigation() as reload:
+        page.reload()  # a GET again: nothing is re-sent, the error was shown once
+    assert reload.value is not None and reload.value.request.method == "GET"
+    expect(page.locator("#sg-alert")).to_be_empty()
+
+    sign_in(page, alice, rd="/admin")
+    expect(page).to_have_url(re.compile(r"/step-up/[^/]+$"))  # the admin console steps up
+    check_page(page, axe, "step-up-admin")
+    confirm_with_code(page, code(alice))
+    expect(page).to_have_url(re.compile(r"/admin$"))
+    check_page(page, axe, "admin")
+    page.get_by_role("button", name="Unlock bob").click()
+    expect(page.get_by_role("button", name=re.compile("Unlock"))).to_be_visible()
+    check_page(page, axe, "admin-unlock")
+
+    page.goto("/account")
+    check_page(page, axe, "account")
+    page.goto("/account/totp")  # the admin step-up above is a fresh proof: no second one
+    expect(page).to_have_url(re.compile(r"/account/totp$"))
+    check_page(page, axe, "enrol-totp")
+    page.goto("/account/passkey")
+    check_page(page, axe, "enrol-passkey")
+    page.goto("/account/push-device")
+    check_page(page, axe, "enrol-push")
+    page.get_by_label("Name for this device").fill("Alice's phone")
+    page.get_by_role("button", name="Add this browser").click()
+    expect(page).to_have_url(re.compile(r"/account\?m=Device"), timeout=CEREMONY_TIMEOUT_MS)
+    page.get_by_role("button", name="Make new recovery codes").click()
+    expect(page.get_by_role("heading", name="Your recovery codes")).to_be_visible()
+    expect(page.get_by_role("button", name="Download the codes")).to_be_visible()
+    check_page(page, axe, "recovery-codes")
+
+    # A transfer from another browser, approved on this one (the push device).
+    sign_in(second, alice, rd="/transfers")
+    second.get_by_label("Amount").fill("5000")
+    second.get_by_label("Payee").fill("Bob")
+    second.get_by_role("button", name="Send").click()
+    expect(second).to_have_url(re.compile(r"/step-up/[^/]+$"))
+    check_page(second, axe, "step-up-transfer")
+    second.get_by_role("button", name="Send a push to my registered device").click()
+    expect(second.locator(".push-number")).to_be_visible()
+    check_page(second, axe, "step-up-push-sent")
+    page.goto("/account")
+    check_page(page, axe, "account-pending-push")
+    page.get_by_role("link", name="Review the request from another browser").click()
+    check_page(page, axe, "push-approve")
+    number = second.locator(".push-number").inner_text().strip()
+    page.get_by_role("button", name=number, exact=True).click()
+    expect(second).to_have_url(re.compile(r"/confirm$"), timeout=CEREMONY_TIMEOUT_MS)
+    check_page(second, axe, "confirm")
+
+    problems.expect(r"status of 404")
+    page.goto("/step-up/nothing-here/confirm")
+    check_page(page, axe, "message")
+
+    sign_in(page, bob, rd="/account")
+    check_page(page, axe, "account-fresh")
+    # Known from the very first sign-in: this browser is listed as a known device.
+    expect(page.get_by_role("region", name="Known devices")).to_contain_text("This browser")
+
+
+def test_sign_in_and_step_up_with_the_keyboard_only(page: Page, demo: DemoServer) -> None:
+    bob = demo.user("bob")
+    page.goto("/transfers")
+    expect(page).to_have_url(re.compile(r"/login"))
+    page.keyboard.press("Tab")  # the skip link comes first
+    expect(page.get_by_role("link", name="Skip to main content")).to_be_focused()
+    tab_to(page, page.get_by_label("Username"))
+    page.keyboard.type(bob.username)
+    page.keyboard.press("Tab")
+    expect(page.get_by_label("Password")).to_be_focused()
+    page.keyboard.type(bob.password)
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="New transfer")).to_be_visible()
+
+    page.get_by_label("Amount").focus()
+    page.keyboard.type("2500")
+    page.keyboard.press("Tab")
+    page.keyboard.type("Carol")
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(re.compile(r"/step-up/[^/]+$"))
+    tab_to(page, page.get_by_label("6-digit code from your authenticator app"))
+    page.keyboard.type(code(bob, step=1))
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(re.compile(r"/confirm$"))
+    tab_to(page, page.get_by_role("button", name="Send the request"))
+    page.keyboard.press("Enter")
+    expect(page.locator("#result")).to_have_text("Sent 2500 to Carol.")
+
+
+def tab_to(page: Page, target, limit: int = 30) -> None:  # type: ignore[no-untyped-def]
+    """Press Tab until `target` has focus (every control on the way is reachable by keyboard)."""
+    for _ in range(limit):
+        if target.evaluate("e => e === document.activeElement"):
+            return
+        page.keyboard.press("Tab")
+    raise AssertionError(f"{target} is not reachable with Tab")
