@@ -28,6 +28,7 @@ from playwright.sync_api import Browser, BrowserContext, FrameLocator, Page, exp
 
 from stepguard.config.load import load_config
 from stepguard.service.runtime import build_runtime
+from tests.e2e.accessibility import check_page, install_axe
 from tests.e2e.conftest import CSP_REPORTER, TIMEOUT_MS, PageProblems
 from tests.support.gateway import Seeded, seed_user
 from tests.support.servers import (
@@ -50,7 +51,7 @@ CEREMONY_TIMEOUT_MS = 15_000
 VIRTUAL_AUTHENTICATOR = {"protocol": "ctap2", "transport": "internal", "hasResidentKey": True,
                          "hasUserVerification": True, "isUserVerified": True,
                          "automaticPresenceSimulation": True}
-USERS = ("alice", "bob", "carol", "dave", "erin")
+USERS = ("alice", "bob", "carol", "dave", "erin", "frank")
 SECRETS = {"BANK_COOKIE_KEY": secrets.token_urlsafe(32),
            "BANK_TOTP_KEY": base64.b64encode(secrets.token_bytes(32)).decode()}
 
@@ -338,3 +339,34 @@ def test_a_forged_passed_message_is_ignored(page: Page, site: Site) -> None:
     assert len(site.sent()) == before
     page.get_by_role("dialog").get_by_role("button", name="Cancel").click()
     expect(page.locator("#result")).to_have_text("Not confirmed: the transfer was not sent.")
+
+
+def test_the_dialog_passes_axe_and_works_with_the_keyboard_only(page: Page, site: Site) -> None:
+    if site.kind != "reverse-proxy":
+        pytest.skip("the dialog and its frame are the same behind a proxy")
+    axe = install_axe()
+    frank = site.users["frank"]
+    sign_in(page, frank)
+    before = len(site.sent())
+    page.get_by_label("Amount (EUR)").focus()
+    page.keyboard.type("1500")
+    page.keyboard.press("Tab")
+    page.keyboard.type("Heidi")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("dialog", name="Confirm it's you")).to_be_visible()
+    frame = page.frame_locator("stepguard-step-up iframe")
+    expect(frame.get_by_label("6-digit code from your authenticator app")).to_be_visible()
+    check_page(page, axe, "inline-dialog")
+    check_page(page, axe, "inline-dialog-frame", frame_selector="stepguard-step-up iframe")
+    for _ in range(20):  # Tab from the dialog into the frame, to the code field
+        if frame.get_by_label("6-digit code from your authenticator app").evaluate(
+                "e => e === document.activeElement && document.hasFocus()"):
+            break
+        page.keyboard.press("Tab")
+    else:
+        raise AssertionError("the code field is not reachable with Tab")
+    page.keyboard.type(code_for(frank))
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("dialog")).to_have_count(0)
+    expect(page.locator("#result")).to_have_text(re.compile(r"^Sent 1500(\.0)? EUR to Heidi"))
+    assert [t["payee"] for t in site.sent()[before:]] == ["Heidi"]
