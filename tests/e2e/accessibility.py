@@ -39,7 +39,8 @@ def install_axe() -> str:
         result = subprocess.run([str(npm), "ci", "--no-audit", "--no-fund", "--loglevel=error"],
                                 cwd=AXE_DIR, capture_output=True, text=True, timeout=600)
         if result.returncode != 0:
-            _unavailable("`npm ci` in tests/e2e/axe failed\n" + (result.stdout + result.stderr)[-2000:])
+            output = (result.stdout + result.stderr)[-2000:]
+            _unavailable(f"`npm ci` in tests/e2e/axe failed\n{output}")
         STAMP.write_text(lock)
     return AXE_SCRIPT.read_text()
 
