@@ -141,16 +141,16 @@ def test_every_portal_page_reads_well_and_passes_axe(page: Page, second: Page, d
 
 
 def test_sign_in_and_step_up_with_the_keyboard_only(page: Page, demo: DemoServer) -> None:
-    bob = demo.user("bob")
+    user = demo.user("alice")  # her next TOTP step (the first test used this one)
     page.goto("/transfers")
     expect(page).to_have_url(re.compile(r"/login"))
     page.keyboard.press("Tab")  # the skip link comes first
     expect(page.get_by_role("link", name="Skip to main content")).to_be_focused()
     tab_to(page, page.get_by_label("Username"))
-    page.keyboard.type(bob.username)
+    page.keyboard.type(user.username)
     page.keyboard.press("Tab")
     expect(page.get_by_label("Password")).to_be_focused()
-    page.keyboard.type(bob.password)
+    page.keyboard.type(user.password)
     page.keyboard.press("Enter")
     expect(page.get_by_role("heading", name="New transfer")).to_be_visible()
 
@@ -161,7 +161,7 @@ def test_sign_in_and_step_up_with_the_keyboard_only(page: Page, demo: DemoServer
     page.keyboard.press("Enter")
     expect(page).to_have_url(re.compile(r"/step-up/[^/]+$"))
     tab_to(page, page.get_by_label("6-digit code from your authenticator app"))
-    page.keyboard.type(code(bob, step=1))
+    page.keyboard.type(code(user, step=1))
     page.keyboard.press("Enter")
     expect(page).to_have_url(re.compile(r"/confirm$"))
     tab_to(page, page.get_by_role("button", name="Send the request"))
@@ -176,3 +176,60 @@ def tab_to(page: Page, target, limit: int = 30) -> None:  # type: ignore[no-unty
             return
         page.keyboard.press("Tab")
     raise AssertionError(f"{target} is not reachable with Tab")
+
+
+def test_passkey_first_sign_in(page: Page, demo: DemoServer, problems: PageProblems) -> None:
+    """A passkey (discoverable, user-verified) signs in with no username or password: from the
+    button and from conditional UI; the password can then be dropped for good."""
+    bob = demo.user("bob")
+    sign_in(page, bob, rd="/account")
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("WebAuthn.enable")
+    authenticator = cdp.send("WebAuthn.addVirtualAuthenticator", {"options": {
+        "protocol": "ctap2", "transport": "internal", "hasResidentKey": True,
+        "hasUserVerification": True, "isUserVerified": True,
+        "automaticPresenceSimulation": True}})["authenticatorId"]
+    page.goto("/account/passkey")
+    expect(page).to_have_url(re.compile(r"/step-up/[^/]+$"))
+    confirm_with_code(page, code(bob))
+    page.get_by_label("Name for this passkey").fill("Bob's laptop")
+    page.get_by_role("button", name="Create passkey").click()
+    expect(page).to_have_url(re.compile(r"/account\?m=Passkey"), timeout=CEREMONY_TIMEOUT_MS)
+    stored = cdp.send("WebAuthn.getCredentials", {"authenticatorId": authenticator})
+    assert stored["credentials"][0]["isResidentCredential"]  # discoverable
+
+    page.get_by_role("button", name="Stop using a password").click()
+    expect(page.get_by_text("You now sign in with your passkey")).to_be_visible()
+    page.get_by_role("button", name="Sign out").click()
+
+    # Conditional UI: the login page asks for a passkey in the background (mediation
+    # "conditional"); the virtual authenticator answers at once, as a user picking it from
+    # the username field's autofill: signed in without typing anything.
+    page.goto("/login?rd=/account")
+    expect(page).to_have_url(re.compile(r"/account$"), timeout=CEREMONY_TIMEOUT_MS)
+    expect(page.locator(".signed-in")).to_contain_text("Bob")
+    page.get_by_role("button", name="Sign out").click()
+
+    # The button, where the browser offers no autofill.
+    page.add_init_script("PublicKeyCredential.isConditionalMediationAvailable ="
+                         " async () => false;")
+    page.goto("/login?rd=/account")
+    expect(page.get_by_label("Username")).to_be_visible()
+    page.get_by_role("button", name="Use a passkey").click()
+    expect(page).to_have_url(re.compile(r"/account$"), timeout=CEREMONY_TIMEOUT_MS)
+    expect(page.locator(".signed-in")).to_contain_text("Bob")
+
+
+def test_a_passwordless_account_refuses_its_old_password(browser: Browser, demo: DemoServer,
+                                                         problems: PageProblems) -> None:
+    """(After test_passkey_first_sign_in dropped bob's password.) Another browser, no passkey."""
+    page = new_page(browser, demo, problems)
+    problems.expect(r"status of 401")
+    try:
+        page.goto("/login?rd=/account")
+        page.get_by_label("Username").fill("bob")
+        page.get_by_label("Password").fill(demo.user("bob").password)
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.locator("#sg-alert")).to_have_text("The username or password is not right.")
+    finally:
+        page.context.close()

@@ -423,7 +423,7 @@ def test_login_form(renderer: Renderer) -> None:
     assert form["action"] == "/login" and form["method"] == "post"
     names = {f.get("name"): f for f in form["fields"]}
     assert names["challenge_id"]["value"] == "c1" and names["challenge_id"]["type"] == "hidden"
-    assert names["username"]["autocomplete"] == "username"
+    assert names["username"]["autocomplete"] == "username webauthn"  # passkey autofill
     assert names["password"]["type"] == "password"
     assert names["password"]["autocomplete"] == "current-password"
 

@@ -25,7 +25,7 @@ from stepguard.service.attempts import (
     unknown_subject,
 )
 from stepguard.service.runtime import Runtime, hash_token, new_id, new_token
-from stepguard.service.stepup import StepUp, ceremony_data, ceremony_from
+from stepguard.service.stepup import FACTOR_LEVEL, StepUp, ceremony_data, ceremony_from
 from stepguard.storage.records import ChallengeRecord, FactorRecord, SessionRecord, UserRecord
 
 FRESH_FOR_ENROLMENT = 600.0  # seconds: adding or removing a factor needs a proof this recent
@@ -60,7 +60,7 @@ class Accounts:
         self,
         username: str,
         *,
-        password: str,
+        password: str | None,
         display_name: str = "",
         email: str = "",
         groups: tuple[str, ...] = (),
@@ -71,7 +71,8 @@ class Accounts:
             display_name=display_name,
             email=email,
             groups=frozenset(groups),
-            password_hash=hash_password(password),
+            # No password: this user signs in with a passkey only (see docs/account-recovery.md).
+            password_hash=hash_password(password) if password is not None else "",
             created=self.rt.now(),
         )
         self.rt.store.users.add(user)
@@ -149,17 +150,21 @@ class Accounts:
         if check.rehash:
             self.rt.store.users.set_password_hash(user.id, check.rehash)
 
-    def _failed(self, user: UserRecord | None, context: RequestContext) -> None:
+    def _failed(self, user: UserRecord | None, context: RequestContext,
+                factor: str = "password") -> None:
         failed(self.rt, user_id=user.id if user else None)
         self.rt.record(
             kind="verification",
             subject=user.id if user else "",
-            factor="password",
+            factor=factor,
             outcome="failed:invalid",
             request=request_summary(context, ip_key=self.rt.ip_key),
         )
 
-    def _open_session(self, user: UserRecord, context: RequestContext) -> SignedIn:
+    def _open_session(self, user: UserRecord, context: RequestContext,
+                      factor: str = "password") -> SignedIn:
+        """A new session whose first authentication event is `factor` (password, or a passkey
+        for a passwordless sign-in), remembered for risk, trusted and audited."""
         now, token = self.rt.now(), new_token()
         session = SessionRecord(
             id=new_id(),
@@ -170,18 +175,18 @@ class Accounts:
             ip=context.client_ip,
             user_agent=context.user_agent[:512],
             device_id=context.device_id,
-            events=(AuthEvent(factor="password", amr=FACTOR_AMR["password"], level=Level.AAL1,
+            events=(AuthEvent(factor=factor, amr=FACTOR_AMR[factor], level=FACTOR_LEVEL[factor],
                               at=now),),
         )
         self.rt.store.sessions.add(session)
         self._remember(user, context)
-        trust_client(self.rt, user_id=user.id, factor="password", client_ip=context.client_ip,
+        trust_client(self.rt, user_id=user.id, factor=factor, client_ip=context.client_ip,
                      device_id=context.device_id)
         self.rt.record(
             kind="session",
             subject=user.id,
             session_id=session.id,
-            factor="password",
+            factor=factor,
             outcome="signed_in",
             request=request_summary(context, ip_key=self.rt.ip_key),
         )
@@ -370,6 +375,16 @@ class Accounts:
             )
         )
         self._factor_changed(session, "webauthn", "enrolled")
+
+    def remove_password(self, session: SessionRecord) -> bool:
+        """Passkey-only from now on: needs a fresh proof and a registered passkey (so the user
+        can still sign in); ends the user's other sessions like any factor change."""
+        self.require_fresh(session, first_factor_ok=False)
+        if not self.rt.store.factors.for_user(session.user_id, kind="webauthn"):
+            raise VerificationFailed("Add a passkey first: it is how you will sign in.")
+        changed = self.rt.store.users.set_password_hash(session.user_id, "")
+        self._factor_changed(session, "password", "removed")
+        return changed
 
     def regenerate_recovery_codes(self, session: SessionRecord) -> list[str]:
         self.require_fresh(session)

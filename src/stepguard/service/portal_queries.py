@@ -27,6 +27,7 @@ class AccountOverview:
     known_devices: tuple[str, ...]
     events: tuple[AuditEntry, ...]
     pending_pushes: tuple[PushRecord, ...]
+    has_password: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +65,7 @@ class PortalQueries:
             events=tuple(self.rt.audit_log.latest(limit=ACCOUNT_EVENTS, subject=user.id,
                                                   exclude_outcomes=NOISE)),
             pending_pushes=tuple(p for p, _ in self.stepup.pending_pushes(session)),
+            has_password=bool(getattr(store.users.get(user.id), "password_hash", "")),
         )
 
     def admin(self, filters: AdminFilters) -> AdminOverview:

@@ -53,6 +53,7 @@ class AccountPages:
             r("/account/passkey/begin", self.passkey_begin, methods=["POST"]),
             r("/account/passkey/finish", self.passkey_finish, methods=["POST"]),
             r("/account/recovery", self.recovery_regenerate, methods=["POST"]),
+            r("/account/password/remove", self.remove_password, methods=["POST"]),
             r("/account/push-device", self.push_device_page, methods=["GET"]),
             r("/account/push-device/begin", self.push_device_begin, methods=["POST"]),
             r("/account/push-device/finish", self.push_device_finish, methods=["POST"]),
@@ -80,6 +81,7 @@ class AccountPages:
             enrol_passkey_url="/account/passkey",
             enrol_push_url="/account/push-device",
             recovery_url="/account/recovery",
+            remove_password_url="/account/password/remove",  # noqa: S106 (a URL)
             logout_url="/logout",
             **account_view(overview, session),
         )
@@ -124,6 +126,16 @@ class AccountPages:
                 else "Not found."
             ),
         )
+
+    async def remove_password(self, request: Request) -> Response:
+        def remove(session: SessionRecord, user: UserRecord, form: dict[str, str]) -> str:
+            try:
+                self.accounts.remove_password(session)
+            except VerificationFailed as exc:
+                return f"Password kept: {exc.reason}"
+            return "You now sign in with your passkey; your password no longer works."
+
+        return await self._account_post(request, remove)
 
     # ------------------------------------------------------------------ enrolment
 
@@ -372,6 +384,7 @@ def account_view(overview: AccountOverview, session: SessionRecord) -> dict[str,
             for e in overview.events
             if (text := security_event(e)) is not None
         ],
+        "has_password": overview.has_password,
         "pending_pushes": [
             {"id": p.id, "url": f"/account/push/{p.id}"} for p in overview.pending_pushes
         ],

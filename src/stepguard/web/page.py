@@ -147,6 +147,17 @@ class Pages:
         )
         return {k: str(v) for k, v in form.items() if isinstance(v, str)}
 
+    def check_header_csrf(self, request: Request, binding: str) -> None:
+        """The CSRF check of a JSON call: `X-CSRF-Token` for `binding`, and Origin/Referer."""
+        check_csrf(
+            key=self.rt.cookie_key,
+            session_binding=binding,
+            token=request.headers.get("x-csrf-token"),
+            origin=request.headers.get("origin"),
+            referer=request.headers.get("referer"),
+            allowed_origins=self.origins,
+        )
+
     async def json_call(self, request: Request, call: JsonCall) -> Response:
         """A signed-in JSON call (the CSRF token in `X-CSRF-Token`), errors as JSON."""
         found = await self.session(request)
@@ -154,14 +165,7 @@ class Pages:
             return JSONResponse({"error": "Sign in first."}, 401)
         session, user = found
         try:
-            check_csrf(
-                key=self.rt.cookie_key,
-                session_binding=session.id,
-                token=request.headers.get("x-csrf-token"),
-                origin=request.headers.get("origin"),
-                referer=request.headers.get("referer"),
-                allowed_origins=self.origins,
-            )
+            self.check_header_csrf(request, session.id)
             body = await request.body()
             return await run_in_threadpool(call, session, user, body)
         except CsrfRejected:

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from urllib.parse import quote
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from stepguard.adapters.cookies import DEVICE_COOKIE
+from stepguard.core.context import RequestContext
 from stepguard.core.errors import Throttled, VerificationFailed
-from stepguard.service.accounts import Accounts
+from stepguard.service.accounts import Accounts, SignedIn
+from stepguard.service.passkey_sign_in import PasskeySignIn
 from stepguard.service.runtime import new_id, sign
 from stepguard.web.page import PRE_SESSION_COOKIE, Flash, Pages
 from stepguard.web.security import CsrfRejected
@@ -20,13 +23,19 @@ from stepguard.web.text import throttle_text
 
 
 class SignInPages:
+    """The sign-in form (a password, or a passkey: a button and conditional UI autofill),
+    passkey sign-in's JSON calls, and sign-out."""
+
     def __init__(self, pages: Pages, accounts: Accounts) -> None:
         self.pages, self.accounts = pages, accounts
+        self.passkeys = PasskeySignIn(accounts)
 
     def routes(self) -> list[Route]:
         return [
             Route("/login", self.login_page, methods=["GET"]),
             Route("/login", self.login_submit, methods=["POST"]),
+            Route("/login/passkey/begin", self.passkey_begin, methods=["POST"]),
+            Route("/login/passkey/finish", self.passkey_finish, methods=["POST"]),
             Route("/logout", self.logout, methods=["POST"]),
         ]
 
@@ -38,6 +47,8 @@ class SignInPages:
             "login.html",
             status=flash.status if flash else 200,
             action_url=f"/login?rd={quote(rd, safe='')}",
+            passkey_begin_url="/login/passkey/begin",
+            passkey_finish_url=f"/login/passkey/finish?rd={quote(rd, safe='')}",
             challenge_id="",
             reasons=[] if flash else ["Sign in to continue."],
             error=flash.error if flash else None,
@@ -53,10 +64,7 @@ class SignInPages:
             return pages.message(
                 request, "Request refused", "The form expired. Please try again.", 403
             )
-        context = pages.context(request)
-        new_device = not context.device_id
-        if new_device:  # named now, so that this very sign-in already records the device
-            context = replace(context, device_id=new_id())
+        context, new_device = self._device_context(request)
         username = form.get("username", "")
         try:
             signed = await run_in_threadpool(
@@ -66,7 +74,20 @@ class SignInPages:
             return self._login_error(rd, throttle_text(exc), 429, username)
         except VerificationFailed:
             return self._login_error(rd, "The username or password is not right.", 401, username)
-        response = pages.with_token(RedirectResponse(rd, 303), signed.token)
+        return self._signed_in(RedirectResponse(rd, 303), signed, context, new_device)
+
+    def _device_context(self, request: Request) -> tuple[RequestContext, bool]:
+        """The request context; a browser without a device cookie gets its device id now, so
+        that this very sign-in already records the device."""
+        context = self.pages.context(request)
+        if context.device_id:
+            return context, False
+        return replace(context, device_id=new_id()), True
+
+    def _signed_in(self, response: Response, signed: SignedIn, context: RequestContext,
+                   new_device: bool) -> Response:
+        pages = self.pages
+        pages.with_token(response, signed.token)
         response.delete_cookie(PRE_SESSION_COOKIE, path="/")
         if new_device:
             response.set_cookie(
@@ -79,6 +100,43 @@ class SignInPages:
                 path="/",
             )
         return response
+
+    # ------------------------------------------------------------------ passkey sign-in
+
+    async def passkey_begin(self, request: Request) -> Response:
+        pre = request.cookies.get(PRE_SESSION_COOKIE, "")
+        try:
+            self.pages.check_header_csrf(request, pre)
+            options, ceremony = await run_in_threadpool(self.passkeys.begin, pre)
+        except CsrfRejected:
+            return JSONResponse({"error": "The page expired. Reload and try again."}, 403)
+        except VerificationFailed as exc:
+            return JSONResponse({"error": exc.reason}, 400)
+        return JSONResponse({"publicKey": json.loads(options), "ceremony": ceremony})
+
+    async def passkey_finish(self, request: Request) -> Response:
+        pages, rd = self.pages, self.pages.safe(request.query_params.get("rd"))
+        pre = request.cookies.get(PRE_SESSION_COOKIE, "")
+        try:
+            pages.check_header_csrf(request, pre)
+            payload = json.loads(await request.body() or b"{}")
+            if not isinstance(payload, dict) or not isinstance(payload.get("credential"), dict):
+                raise ValueError("not a passkey answer")
+            ceremony = str(payload.get("ceremony", ""))
+            credential = json.dumps(payload["credential"])
+        except CsrfRejected:
+            return JSONResponse({"error": "The page expired. Reload and try again."}, 403)
+        except ValueError:
+            return JSONResponse({"error": "The passkey answer was not readable."}, 400)
+        context, new_device = self._device_context(request)
+        try:
+            signed = await run_in_threadpool(
+                self.passkeys.finish, pre, ceremony, credential, context)
+        except Throttled as exc:
+            return JSONResponse({"error": throttle_text(exc)}, 429)
+        except VerificationFailed as exc:
+            return JSONResponse({"error": exc.reason}, 400)
+        return self._signed_in(JSONResponse({"redirect": rd}), signed, context, new_device)
 
     def _login_error(self, rd: str, error: str, status: int, username: str) -> Response:
         """Post/redirect/get: a refresh shows the error again, never re-sends the password."""

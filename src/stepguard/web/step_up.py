@@ -116,8 +116,8 @@ class StepUpPages:
         parent = self.parent(request)
         found = await self.pages.session(request)
         cid = request.path_params["cid"]
-        passed = found and await run_in_threadpool(self.stepup.settled, cid, found[0])
-        if parent is None or not passed:
+        if parent is None or found is None or not await run_in_threadpool(
+                self.stepup.settled, cid, found[0]):
             return self.message(request, "Nothing to continue",
                                 "There is no confirmation to hand back.", 404, parent)
         return self.inline.framable(self.pages.page(

@@ -286,6 +286,80 @@
     }
   }
 
+  // --- passkey sign-in: a button, and conditional UI (autofill in the username field) --------
+  // POST begin -> {publicKey, ceremony}; navigator.credentials.get (mediation "conditional" for
+  // the autofill, which waits for the user without a time limit); POST finish {ceremony,
+  // credential} -> {redirect}. Starting the button's ceremony cancels the waiting autofill one.
+
+  function setUpPasskeySignIn() {
+    var box = document.querySelector("[data-passkey-sign-in]");
+    if (!box || typeof window.PublicKeyCredential !== "function" || !navigator.credentials) {
+      return;
+    }
+    box.hidden = false;
+    var waiting = null;
+
+    function signIn(mediation) {
+      var controller = new AbortController();
+      var timer = mediation ? null :
+        window.setTimeout(function () { controller.abort(); }, CEREMONY_TIMEOUT_MS);
+      var ceremony = "";
+      if (!mediation) {
+        if (waiting) {
+          waiting.abort();
+        }
+        clearError();
+        showStatus("Follow your browser's prompt to use your passkey.");
+      } else {
+        waiting = controller;
+      }
+      return postJson(box.getAttribute("data-begin-url"), {})
+        .then(function (data) {
+          ceremony = data.ceremony;
+          var request = { publicKey: requestOptions(data.publicKey), signal: controller.signal };
+          if (mediation) {
+            request.mediation = mediation;
+          }
+          return navigator.credentials.get(request);
+        })
+        .then(function (credential) {
+          if (!credential) {
+            throw new Error("No passkey was chosen.");
+          }
+          showStatus("Checking…");
+          return postJson(box.getAttribute("data-finish-url"),
+            { ceremony: ceremony, credential: authenticationJson(credential) });
+        })
+        .then(function (result) {
+          showStatus("Signed in. Continuing…");
+          followRedirect(result.redirect || "/account");
+        })
+        .catch(function (error) {
+          if (mediation && controller.signal.aborted) {
+            return; // the autofill ceremony gave way to the button's
+          }
+          showError(ceremonyMessage(error, !mediation && controller.signal.aborted));
+        })
+        .finally(function () {
+          if (timer) {
+            window.clearTimeout(timer);
+          }
+        });
+    }
+
+    box.querySelector("[data-passkey-button]").addEventListener("click", function () {
+      signIn(null);
+    });
+    var conditional = window.PublicKeyCredential.isConditionalMediationAvailable;
+    if (typeof conditional === "function") {
+      conditional.call(window.PublicKeyCredential).then(function (available) {
+        if (available) {
+          signIn("conditional");
+        }
+      }).catch(function () {});
+    }
+  }
+
   // --- push approval polling -------------------------------------------------------------------
 
   var PUSH_TEXT = {
@@ -623,6 +697,7 @@
     setUpCodes();
     setUpInline();
     setUpWebauthn();
+    setUpPasskeySignIn();
     setUpPush();
     setUpDevices();
   }
