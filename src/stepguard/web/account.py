@@ -20,6 +20,7 @@ from stepguard.service.push_devices import PushDevices
 from stepguard.service.stepup import StepUp
 from stepguard.storage.records import SessionRecord, UserRecord
 from stepguard.web.page import Pages
+from stepguard.web.render import N_
 from stepguard.web.security import CsrfRejected
 from stepguard.web.text import (
     bound_view,
@@ -83,7 +84,7 @@ class AccountPages:
             recovery_url="/account/recovery",
             remove_password_url="/account/password/remove",  # noqa: S106 (a URL)
             logout_url="/logout",
-            **account_view(overview, session),
+            **account_view(overview, session, self.pages.translator(request)),
         )
 
     async def _account_post(self, request: Request, action: AccountAction) -> Response:
@@ -96,14 +97,14 @@ class AccountPages:
             form = await pages.form(request, session)
             note = await run_in_threadpool(action, session, user, form)
         except CsrfRejected:
-            return pages.message(request, "Request refused", "The form expired.", 403)
+            return pages.message(request, N_("Request refused"), N_("The form expired."), 403)
         except NeedsFreshProof as exc:
             return pages.message(
                 request,
                 "Confirm it's you",
                 str(exc) + " Sign in again, or confirm with a second factor, then retry.",
                 403,
-                {"href": "/login?rd=%2Faccount", "text": "Sign in again"},
+                {"href": "/login?rd=%2Faccount", "text": N_("Sign in again")},
             )
         return RedirectResponse(f"/account?m={quote(note)}", 303)
 
@@ -111,9 +112,9 @@ class AccountPages:
         return await self._account_post(
             request,
             lambda s, u, f: (
-                "Session ended."
+                N_("Session ended.")
                 if self.accounts.revoke_session(s, f.get("session_id", ""))
-                else "No such session."
+                else N_("No such session.")
             ),
         )
 
@@ -121,9 +122,9 @@ class AccountPages:
         return await self._account_post(
             request,
             lambda s, u, f: (
-                "Removed."
+                N_("Removed.")
                 if self.accounts.remove_factor(s, f.get("factor_id", ""))
-                else "Not found."
+                else N_("Not found.")
             ),
         )
 
@@ -133,7 +134,7 @@ class AccountPages:
                 self.accounts.remove_password(session)
             except VerificationFailed as exc:
                 return f"Password kept: {exc.reason}"
-            return "You now sign in with your passkey; your password no longer works."
+            return N_("You now sign in with your passkey; your password no longer works.")
 
         return await self._account_post(request, remove)
 
@@ -177,7 +178,7 @@ class AccountPages:
                 self.accounts.confirm_totp(session, factor_id, form.get("code", ""))
             except VerificationFailed as exc:
                 return f"Authenticator not added: {exc.reason}"
-            return "Authenticator app added."
+            return N_("Authenticator app added.")
 
         return await self._account_post(request, confirm)
 
@@ -235,9 +236,9 @@ class AccountPages:
             await pages.form(request, session)
             codes = await run_in_threadpool(self.accounts.regenerate_recovery_codes, session)
         except CsrfRejected:
-            return pages.message(request, "Request refused", "The form expired.", 403)
+            return pages.message(request, N_("Request refused"), N_("The form expired."), 403)
         except NeedsFreshProof as exc:
-            return pages.message(request, "Confirm it's you", str(exc), 403)
+            return pages.message(request, N_("Confirm it's you"), str(exc), 403)
         return pages.page(
             request, "recovery_codes.html", session, user, codes=codes, done_url="/account"
         )
@@ -255,7 +256,7 @@ class AccountPages:
         match = [(p, c) for p, c in pending if p.id == pid]
         if not match:
             return pages.message(
-                request, "Nothing to approve", "This request is no longer pending.", 404
+                request, N_("Nothing to approve"), N_("This request is no longer pending."), 404
             )
         push, challenge = match[0]
         devices = await run_in_threadpool(self.stepup.push_devices, user.id)
@@ -272,7 +273,7 @@ class AccountPages:
                 "ip": push.client_ip,
                 "location": push.location,
                 "browser": describe_browser(push.user_agent),
-                "reasons": list(challenge.reasons),
+                "reasons": [pages.translator(request)(r) for r in challenge.reasons],
                 "bound_values": bound_view(challenge.bound_values, pages.rt.policy.display),
                 "nonce": push.nonce,
                 "digest": push.digest,
@@ -295,10 +296,10 @@ class AccountPages:
                     client_ip=ip,
                 )
             except Throttled as exc:
-                return f"Not answered: {throttle_text(exc)}"
+                return f"Not answered: {throttle_text(exc, self.pages.language(request))}"
             except (ValueError, StepguardError) as exc:
                 return f"Not answered: {getattr(exc, 'reason', 'the answer was not readable.')}"
-            return "Approved." if status == "approved" else "Refused."
+            return N_("Approved.") if status == "approved" else N_("Refused.")
 
         return await self._account_post(request, answer)
 
@@ -327,7 +328,7 @@ class AccountPages:
                 public_key = unb64url(fields["public_key"])
                 signature = unb64url(fields["signature"])
             except ValueError:
-                return JSONResponse({"error": "The device answer was not readable."}, 400)
+                return JSONResponse({"error": N_("The device answer was not readable.")}, 400)
             device = self.push_devices.finish(
                 session,
                 enrolment_id=fields["enrolment_id"],
@@ -344,8 +345,9 @@ class AccountPages:
         return await self.pages.json_call(request, finish)
 
 
-def account_view(overview: AccountOverview, session: SessionRecord) -> dict[str, Any]:
-    """The account page's template context, worded from the overview."""
+def account_view(overview: AccountOverview, session: SessionRecord,
+                 say: Callable[[str], str] = str) -> dict[str, Any]:
+    """The account page's template context, worded from the overview (`say` translates)."""
     return {
         "factors": [
             {
@@ -380,7 +382,7 @@ def account_view(overview: AccountOverview, session: SessionRecord) -> dict[str,
         ],
         "devices": devices_view(overview, session),
         "events": [
-            {"at_text": when(e.at), "text": text, "detail": list(e.reasons)}
+            {"at_text": when(e.at), "text": say(text), "detail": [say(r) for r in e.reasons]}
             for e in overview.events
             if (text := security_event(e)) is not None
         ],

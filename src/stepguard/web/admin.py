@@ -16,6 +16,7 @@ from stepguard.service.guard import Guard
 from stepguard.service.portal_queries import AdminFilters, AdminOverview, PortalQueries
 from stepguard.service.stepup import StepUp
 from stepguard.web.page import Pages, SignedInPair
+from stepguard.web.render import N_
 from stepguard.web.security import CsrfRejected
 from stepguard.web.text import when
 
@@ -42,12 +43,14 @@ class AdminPages:
             return found
         session, user = found
         if "admins" not in user.groups:
-            return pages.message(request, "Not allowed", "The admin console is for admins.", 403)
+            return pages.message(request,
+                                 N_("Not allowed"), N_("The admin console is for admins."), 403)
         context = pages.context(request)
         check = await run_in_threadpool(self.guard.check, context, pages.token(request))
         if not check.decision.allowed:
             if check.decision.outcome.value == "deny":
-                return pages.message(request, "Not allowed", " ".join(check.decision.reasons), 403)
+                return pages.message(request,
+                                     N_("Not allowed"), " ".join(check.decision.reasons), 403)
             challenge = await run_in_threadpool(
                 lambda: self.stepup.start(
                     check.decision, context, session, return_url=str(request.url.path)
@@ -103,10 +106,10 @@ class AdminPages:
         try:
             form = await pages.form(request, found[0])
         except CsrfRejected:
-            return pages.message(request, "Request refused", "The form expired.", 403)
+            return pages.message(request, N_("Request refused"), N_("The form expired."), 403)
         user = await run_in_threadpool(self.queries.user, form.get("user_id", ""))
         if user is None:
-            return pages.message(request, "No such user", "That user does not exist.", 404)
+            return pages.message(request, N_("No such user"), N_("That user does not exist."), 404)
         if form.get("confirm") != "yes":
             return pages.page(request, "admin_unlock.html", *found,
                               account={"id": user.id, "username": user.username},

@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -29,7 +29,8 @@ from stepguard.service.guard import Guard
 from stepguard.service.runtime import Runtime, sign, unsign
 from stepguard.service.stepup import ChallengeGone
 from stepguard.storage.records import SessionRecord, UserRecord
-from stepguard.web.render import Renderer
+from stepguard.web import i18n
+from stepguard.web.render import N_, Renderer
 from stepguard.web.security import (
     CsrfRejected,
     check_csrf,
@@ -40,6 +41,8 @@ from stepguard.web.security import (
 from stepguard.web.text import throttle_text
 
 PRE_SESSION_COOKIE = "stepguard_pre"
+# Page texts made in Python (handlers' messages, flashes): translated when the page is drawn.
+TRANSLATED_KEYS = ("heading", "message", "error", "flash")
 FLASH_COOKIE = "stepguard_flash"
 FLASH_SECONDS = 60
 SignedInPair = tuple[SessionRecord, UserRecord]
@@ -106,6 +109,21 @@ class Pages:
             return RedirectResponse(f"/login?rd={quote(request.url.path, safe='')}", 303)
         return found
 
+    def language(self, request: Request) -> str:
+        """This page's language: `?lang=`, else the remembered switch, else Accept-Language."""
+        return i18n.choose(request.query_params.get("lang"),
+                           request.cookies.get(i18n.LANGUAGE_COOKIE),
+                           request.headers.get("accept-language"))
+
+    def say(self, request: Request, message: str) -> str:
+        """`message` in this request's language (for JSON answers made in Python)."""
+        return i18n.gettext(self.language(request), message)
+
+    def translator(self, request: Request) -> Callable[[str], str]:
+        """Exact-text translation into this request's language (unknown texts pass through)."""
+        language = self.language(request)
+        return lambda message: i18n.gettext(language, message)
+
     def flash_redirect(self, url: str, flash: Flash) -> Response:
         """303 to `url`, which shows `flash` once (a signed, short-lived, HttpOnly cookie)."""
         payload = json.dumps({"e": flash.error, "s": flash.status, "f": flash.fields})
@@ -162,20 +180,21 @@ class Pages:
         """A signed-in JSON call (the CSRF token in `X-CSRF-Token`), errors as JSON."""
         found = await self.session(request)
         if found is None:
-            return JSONResponse({"error": "Sign in first."}, 401)
+            return JSONResponse({"error": self.say(request, N_("Sign in first."))}, 401)
         session, user = found
         try:
             self.check_header_csrf(request, session.id)
             body = await request.body()
             return await run_in_threadpool(call, session, user, body)
         except CsrfRejected:
-            return JSONResponse({"error": "The page expired. Reload and try again."}, 403)
+            return JSONResponse(
+                {"error": self.say(request, N_("The page expired. Reload and try again."))}, 403)
         except (ChallengeGone, NeedsFreshProof) as exc:
-            return JSONResponse({"error": str(exc)}, 410)
+            return JSONResponse({"error": self.say(request, str(exc))}, 410)
         except Throttled as exc:
-            return JSONResponse({"error": throttle_text(exc)}, 429)
+            return JSONResponse({"error": throttle_text(exc, self.language(request))}, 429)
         except VerificationFailed as exc:
-            return JSONResponse({"error": exc.reason}, 400)
+            return JSONResponse({"error": self.say(request, exc.reason)}, 400)
 
     # ------------------------------------------------------------------ the answer
 
@@ -194,8 +213,15 @@ class Pages:
             binding = secrets.token_urlsafe(24)
         token = csrf_token(key=self.rt.cookie_key, session_binding=binding)
         who = {"name": user.display_name or user.username, "email": user.email} if user else None
-        html = self.renderer.render(name, csrf_token=token, user=who, **context)
-        response = HTMLResponse(html, status)
+        language = self.language(request)
+        html = self.renderer.render(
+            name, csrf_token=token, user=who, language=language,
+            language_links=language_links(request, language),
+            **i18n.translated(language, context, TRANSLATED_KEYS))
+        response = HTMLResponse(html, status, headers={"Content-Language": language})
+        if request.query_params.get("lang") in i18n.LANGUAGES:  # the switch: remembered
+            response.set_cookie(i18n.LANGUAGE_COOKIE, language, max_age=365 * 86400,
+                                httponly=True, secure=self.https, samesite="lax", path="/")
         if FLASH_COOKIE in request.cookies:  # shown once
             response.delete_cookie(FLASH_COOKIE, path="/")
         if fresh:
@@ -222,7 +248,7 @@ class Pages:
             "message.html",
             heading=heading,
             message=message,
-            link=link or {"href": "/account", "text": "Go to your account"},
+            link=link or {"href": "/account", "text": N_("Go to your account")},
             status=status,
         )
 
@@ -236,3 +262,13 @@ class Pages:
     def _domains(self) -> list[str]:
         public = urlsplit(self.rt.config.server.public_url).netloc
         return [*self.rt.config.portal.protected_domains, public]
+
+
+def language_links(request: Request, current: str) -> list[dict[str, object]]:
+    """The language switch: this page in each language (GET pages; the choice is remembered)."""
+    links = []
+    for code, name in i18n.LANGUAGES.items():
+        query = [(k, v) for k, v in request.query_params.multi_items() if k != "lang"]
+        href = request.url.path + "?" + urlencode([*query, ("lang", code)])
+        links.append({"code": code, "name": name, "href": href, "current": code == current})
+    return links

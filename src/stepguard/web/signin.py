@@ -18,6 +18,7 @@ from stepguard.service.accounts import Accounts, SignedIn
 from stepguard.service.passkey_sign_in import PasskeySignIn
 from stepguard.service.runtime import new_id, sign
 from stepguard.web.page import PRE_SESSION_COOKIE, Flash, Pages
+from stepguard.web.render import N_
 from stepguard.web.security import CsrfRejected
 from stepguard.web.text import throttle_text
 
@@ -50,7 +51,7 @@ class SignInPages:
             passkey_begin_url="/login/passkey/begin",
             passkey_finish_url=f"/login/passkey/finish?rd={quote(rd, safe='')}",
             challenge_id="",
-            reasons=[] if flash else ["Sign in to continue."],
+            reasons=[] if flash else [N_("Sign in to continue.")],
             error=flash.error if flash else None,
             username=flash.fields.get("username", "") if flash else "",
         )
@@ -62,7 +63,7 @@ class SignInPages:
             form = await pages.form(request, None)
         except CsrfRejected:
             return pages.message(
-                request, "Request refused", "The form expired. Please try again.", 403
+                request, N_("Request refused"), N_("The form expired. Please try again."), 403
             )
         context, new_device = self._device_context(request)
         username = form.get("username", "")
@@ -71,9 +72,11 @@ class SignInPages:
                 self.accounts.sign_in, username, form.get("password", ""), context
             )
         except Throttled as exc:
-            return self._login_error(rd, throttle_text(exc), 429, username)
+            text = throttle_text(exc, self.pages.language(request))
+            return self._login_error(rd, text, 429, username)
         except VerificationFailed:
-            return self._login_error(rd, "The username or password is not right.", 401, username)
+            return self._login_error(rd,
+                                     N_("The username or password is not right."), 401, username)
         return self._signed_in(RedirectResponse(rd, 303), signed, context, new_device)
 
     def _device_context(self, request: Request) -> tuple[RequestContext, bool]:
@@ -109,7 +112,7 @@ class SignInPages:
             self.pages.check_header_csrf(request, pre)
             options, ceremony = await run_in_threadpool(self.passkeys.begin, pre)
         except CsrfRejected:
-            return JSONResponse({"error": "The page expired. Reload and try again."}, 403)
+            return JSONResponse({"error": N_("The page expired. Reload and try again.")}, 403)
         except VerificationFailed as exc:
             return JSONResponse({"error": exc.reason}, 400)
         return JSONResponse({"publicKey": json.loads(options), "ceremony": ceremony})
@@ -125,15 +128,15 @@ class SignInPages:
             ceremony = str(payload.get("ceremony", ""))
             credential = json.dumps(payload["credential"])
         except CsrfRejected:
-            return JSONResponse({"error": "The page expired. Reload and try again."}, 403)
+            return JSONResponse({"error": N_("The page expired. Reload and try again.")}, 403)
         except ValueError:
-            return JSONResponse({"error": "The passkey answer was not readable."}, 400)
+            return JSONResponse({"error": N_("The passkey answer was not readable.")}, 400)
         context, new_device = self._device_context(request)
         try:
             signed = await run_in_threadpool(
                 self.passkeys.finish, pre, ceremony, credential, context)
         except Throttled as exc:
-            return JSONResponse({"error": throttle_text(exc)}, 429)
+            return JSONResponse({"error": throttle_text(exc, self.pages.language(request))}, 429)
         except VerificationFailed as exc:
             return JSONResponse({"error": exc.reason}, 400)
         return self._signed_in(JSONResponse({"redirect": rd}), signed, context, new_device)
@@ -152,7 +155,7 @@ class SignInPages:
             try:
                 await pages.form(request, found[0])
             except CsrfRejected:
-                return pages.message(request, "Request refused", "Please try again.", 403)
+                return pages.message(request, N_("Request refused"), N_("Please try again."), 403)
             await run_in_threadpool(self.accounts.sign_out, found[0])
         response = RedirectResponse("/login", 303)
         response.delete_cookie(

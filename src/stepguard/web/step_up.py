@@ -17,6 +17,7 @@ from stepguard.service.stepup import ChallengeGone, Passed, StepUp
 from stepguard.storage.records import ChallengeRecord, SessionRecord, UserRecord
 from stepguard.web.inline import InlineFrames
 from stepguard.web.page import Pages
+from stepguard.web.render import N_
 from stepguard.web.security import CsrfRejected
 from stepguard.web.text import bound_view, error_text, form_fields, throttle_text
 
@@ -78,8 +79,8 @@ class StepUpPages:
         parent = self.parent(request)
         if parent is None:
             return self.pages.message(
-                request, "Not available here",
-                "This site is not allowed to show Stepguard's confirmation dialog.", 403)
+                request, N_("Not available here"),
+                N_("This site is not allowed to show Stepguard's confirmation dialog."), 403)
         return await self._page(request, parent)
 
     async def _page(self, request: Request, parent: str | None) -> Response:
@@ -87,7 +88,8 @@ class StepUpPages:
         cid = request.path_params["cid"]
         if found is None:
             if parent is not None:
-                return self.message(request, "Signed out", "Sign in again, then retry.", 401,
+                return self.message(request,
+                                    N_("Signed out"), N_("Sign in again, then retry."), 401,
                                     parent, signed_out=True)
             return RedirectResponse(f"/login?rd={quote('/step-up/' + cid, safe='')}", 303)
         session, user = found
@@ -96,7 +98,7 @@ class StepUpPages:
             methods = await run_in_threadpool(self.stepup.methods_for, challenge, user.id)
             push = await run_in_threadpool(self.stepup.current_push, challenge)
         except ChallengeGone as exc:
-            return self.message(request, "Confirmation expired", str(exc), 410, parent)
+            return self.message(request, N_("Confirmation expired"), str(exc), 410, parent)
         return self._step_up(
             request,
             session,
@@ -118,8 +120,8 @@ class StepUpPages:
         cid = request.path_params["cid"]
         if parent is None or found is None or not await run_in_threadpool(
                 self.stepup.settled, cid, found[0]):
-            return self.message(request, "Nothing to continue",
-                                "There is no confirmation to hand back.", 404, parent)
+            return self.message(request, N_("Nothing to continue"),
+                                N_("There is no confirmation to hand back."), 404, parent)
         return self.inline.framable(self.pages.page(
             request, "inline_done.html", *found, embedded=True, parent_origin=parent,
             inline_challenge=cid))
@@ -141,7 +143,7 @@ class StepUpPages:
         keep = "" if parent is None else self.inline.query(parent)
         view = {
             "id": challenge.id,
-            "reasons": list(challenge.reasons),
+            "reasons": [self.pages.translator(request)(r) for r in challenge.reasons],
             "bound_values": bound_view(challenge.bound_values, self.pages.rt.policy.display),
             "level_label": challenge.requirement.level.label,
             "methods": methods,
@@ -188,7 +190,7 @@ class StepUpPages:
         try:
             challenge = await run_in_threadpool(self.stepup.live, cid, session)
         except ChallengeGone as exc:
-            return self.message(request, "Confirmation expired", str(exc), 410, parent)
+            return self.message(request, N_("Confirmation expired"), str(exc), 410, parent)
         methods = await run_in_threadpool(self.stepup.methods_for, challenge, user.id)
         return self._step_up(request, session, user, challenge, methods, error=error,
                              status=status, parent=parent)
@@ -206,12 +208,14 @@ class StepUpPages:
             form = await pages.form(request, session)
             passed = await run_in_threadpool(call, session, form)
         except CsrfRejected:
-            return self.message(request, "Request refused", "The form expired. Try again.", 403,
+            return self.message(request,
+                                N_("Request refused"), N_("The form expired. Try again."), 403,
                                 parent)
         except ChallengeGone as exc:
-            return self.message(request, "Confirmation expired", str(exc), 410, parent)
+            return self.message(request, N_("Confirmation expired"), str(exc), 410, parent)
         except Throttled as exc:
-            return await self._retry(request, session, user, cid, throttle_text(exc), 429)
+            text = throttle_text(exc, self.pages.language(request))
+            return await self._retry(request, session, user, cid, text, 429)
         except VerificationFailed as exc:
             return await self._retry(request, session, user, cid, exc.reason, 401)
         return self.pages.with_token(
@@ -286,12 +290,14 @@ class StepUpPages:
                 )
             )
         except CsrfRejected:
-            return self.message(request, "Request refused", "The form expired. Try again.", 403,
+            return self.message(request,
+                                N_("Request refused"), N_("The form expired. Try again."), 403,
                                 parent)
         except ChallengeGone as exc:
-            return self.message(request, "Confirmation expired", str(exc), 410, parent)
+            return self.message(request, N_("Confirmation expired"), str(exc), 410, parent)
         except (Throttled, VerificationFailed) as exc:
-            text = throttle_text(exc) if isinstance(exc, Throttled) else exc.reason
+            text = (throttle_text(exc, self.pages.language(request))
+                    if isinstance(exc, Throttled) else exc.reason)
             return await self._retry(request, session, user, cid, text, 429)
         # the page shows the number to pick
         if parent is not None:
@@ -323,7 +329,8 @@ class StepUpPages:
             self.stepup.passed, request.path_params["cid"], session
         )
         if challenge is None:
-            return pages.message(request, "Nothing to send", "There is no request to send.", 404)
+            return pages.message(request,
+                                 N_("Nothing to send"), N_("There is no request to send."), 404)
         held = {
             "method": challenge.held_method,
             "url": pages.safe(challenge.return_url),
@@ -345,11 +352,12 @@ class StepUpPages:
         pages = self.pages
         found = await pages.session(request)
         if found is None or self.replay is None:
-            return pages.message(request, "Nothing to send", "There is no request to send.", 404)
+            return pages.message(request,
+                                 N_("Nothing to send"), N_("There is no request to send."), 404)
         try:
             await pages.form(request, found[0])
         except CsrfRejected:
-            return pages.message(request, "Request refused", "The form expired.", 403)
+            return pages.message(request, N_("Request refused"), N_("The form expired."), 403)
         response = await self.replay(request, request.path_params["cid"], found[0])
         if response.status_code in (403, 404):
             return pages.message(

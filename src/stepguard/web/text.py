@@ -13,7 +13,8 @@ from babel.numbers import format_currency
 from stepguard.audit.ledger import AuditEntry
 from stepguard.core.display import AttributeDisplay
 from stepguard.core.errors import Throttled
-from stepguard.web.render import duration_text
+from stepguard.web.i18n import DEFAULT, translations
+from stepguard.web.render import N_, duration_text
 
 _BROWSERS = (("Edg/", "Edge"), ("OPR/", "Opera"), ("Firefox/", "Firefox"),
              ("Chromium/", "Chromium"), ("Chrome/", "Chrome"), ("Version/", "Safari"))
@@ -47,14 +48,18 @@ def when(at: float | None) -> str:
     return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def throttle_text(exc: Throttled) -> str:
+def throttle_text(exc: Throttled, language: str = DEFAULT) -> str:
+    """Why an attempt was refused, in `language`."""
+    say = translations(language)
     if exc.locked:
-        return "This account is locked after too many failed attempts. Contact your administrator."
-    return f"Too many attempts. Try again in {duration_text(max(1.0, exc.retry_after))}."
+        return str(say.gettext(N_("This account is locked after too many failed attempts. "
+                                  "Contact your administrator.")))
+    wait = duration_text(max(1.0, exc.retry_after), say.ngettext)
+    return str(say.gettext(N_("Too many attempts. Try again in %(wait)s."))) % {"wait": wait}
 
 
 def error_text(code: str | None) -> str | None:
-    return {"expired": "That took too long; try again."}.get(code or "")
+    return {"expired": N_("That took too long; try again.")}.get(code or "")
 
 
 def form_fields(body: bytes) -> list[tuple[str, str]]:
@@ -90,34 +95,42 @@ def money(value: str, currency: str, language: str = "en") -> str:
     return str(format_currency(amount, currency, locale=language))
 
 
-_METHODS = {"password": "your password", "totp": "your authenticator app",
-            "webauthn": "a passkey", "recovery": "a recovery code",
-            "push": "an approval on another device", "api_key": "an API key"}
-_ADMIN = {"user_added": "Account created", "user_disabled": "Account disabled by an administrator",
-          "password_set": "Password changed", "unlocked": "Account unlocked by an administrator",
-          "factors_reset": "Sign-in methods reset by an administrator"}
-_ENROLMENT = {"enrolled": "{method} added", "removed": "A sign-in method was removed",
-              "regenerated": "New recovery codes made"}
+_SESSION = {"signed_in": N_("Signed in"), "signed_out": N_("Signed out"),
+            "revoked": N_("A session was ended")}
+_PASSED = {"password": N_("Confirmed it was you with your password"),
+           "totp": N_("Confirmed it was you with your authenticator app"),
+           "webauthn": N_("Confirmed it was you with a passkey"),
+           "recovery": N_("Confirmed it was you with a recovery code"),
+           "push": N_("Confirmed it was you with an approval on another device")}
+_FAILED = {"password": N_("Failed attempt with your password"),
+           "totp": N_("Failed attempt with your authenticator app"),
+           "webauthn": N_("Failed attempt with a passkey"),
+           "recovery": N_("Failed attempt with a recovery code"),
+           "push": N_("Failed attempt with an approval on another device")}
+_ENROLLED = {"totp": N_("Authenticator app added"), "webauthn": N_("Passkey added"),
+             "push": N_("Approving device added")}
+_ENROLMENT = {"removed": N_("A sign-in method was removed"),
+              "regenerated": N_("New recovery codes made")}
+_ADMIN = {"user_added": N_("Account created"),
+          "user_disabled": N_("Account disabled by an administrator"),
+          "password_set": N_("Password changed"),
+          "unlocked": N_("Account unlocked by an administrator"),
+          "factors_reset": N_("Sign-in methods reset by an administrator")}
+_OTHER = {("challenge", "started"): N_("Asked to confirm it was you"),
+          ("decision", "deny"): N_("A request was blocked")}
 
 
 def security_event(entry: AuditEntry) -> str | None:
-    """An audit entry as the account holder reads it; None for what is not worth showing."""
-    method = _METHODS.get(entry.factor, "a sign-in method")
-    kind, outcome = entry.kind, entry.outcome
+    """An audit entry as the account holder reads it (the catalog's English, to translate);
+    None for what is not worth showing."""
+    kind, outcome, factor = entry.kind, entry.outcome, entry.factor
     if kind == "session":
-        return {"signed_in": "Signed in", "signed_out": "Signed out",
-                "revoked": "A session was ended"}.get(outcome)
+        return _SESSION.get(outcome)
     if kind == "verification":
-        if outcome == "passed":
-            return f"Confirmed it was you with {method}"
-        return f"Failed attempt with {method}" if outcome.startswith("failed") else None
+        table = _PASSED if outcome == "passed" else _FAILED if outcome.startswith("failed") else {}
+        return table.get(factor)
     if kind == "enrolment":
-        text = _ENROLMENT.get(outcome)
-        return text.format(method=method[0].upper() + method[1:]) if text else None
-    if kind == "challenge" and outcome == "started":
-        return "Asked to confirm it was you"
-    if kind == "decision" and outcome == "deny":
-        return "A request was blocked"
+        return _ENROLLED.get(factor) if outcome == "enrolled" else _ENROLMENT.get(outcome)
     if kind == "admin":
         return _ADMIN.get(outcome)
-    return None
+    return _OTHER.get((kind, outcome))
