@@ -233,3 +233,37 @@ def test_a_passwordless_account_refuses_its_old_password(browser: Browser, demo:
         expect(page.locator("#sg-alert")).to_have_text("The username or password is not right.")
     finally:
         page.context.close()
+
+
+def test_pages_in_german(browser: Browser, demo: DemoServer, axe: str,
+                         problems: PageProblems) -> None:
+    """A German browser gets German pages (Accept-Language), clean for axe at both widths."""
+    context = browser.new_context(base_url=demo.base_url, locale="de-DE",
+                                  viewport={"width": 1280, "height": 800})
+    context.set_default_timeout(TIMEOUT_MS)
+    context.add_init_script(CSP_REPORTER)
+    page = context.new_page()
+    page.on("console", problems.console)
+    page.on("pageerror", problems.page_error)
+    try:
+        alice = demo.user("alice")
+        page.goto("/login?rd=/account")
+        expect(page.locator("html")).to_have_attribute("lang", "de")
+        check_page(page, axe, "login-de")
+        page.get_by_label("Benutzername").fill(alice.username)
+        page.get_by_label("Passwort").fill(alice.password)
+        page.get_by_role("button", name="Anmelden").click()
+        expect(page.get_by_role("heading", name="Ihr Konto")).to_be_visible()
+        check_page(page, axe, "account-de")
+        page.goto("/transfers")
+        page.get_by_label("Amount").fill("3000")
+        page.get_by_label("Payee").fill("Ada")
+        page.get_by_role("button", name="Send").click()
+        expect(page.get_by_role("heading", name="Bestätigen Sie, dass Sie es sind")).to_be_visible()
+        expect(page.get_by_role("region", name="Sie geben frei")).to_contain_text("3.000,00\u00a0€")
+        expect(page.get_by_role("region", name="Sie geben frei")).to_contain_text("Betrag")
+        check_page(page, axe, "step-up-de")
+        page.get_by_role("link", name="English").click()
+        expect(page.get_by_role("heading", name="Confirm it's you")).to_be_visible()
+    finally:
+        context.close()

@@ -29,7 +29,7 @@ from stepguard.service.guard import Guard
 from stepguard.service.runtime import Runtime, sign, unsign
 from stepguard.service.stepup import ChallengeGone
 from stepguard.storage.records import SessionRecord, UserRecord
-from stepguard.web import i18n
+from stepguard.web import i18n, js_texts
 from stepguard.web.render import N_, Renderer
 from stepguard.web.security import (
     CsrfRejected,
@@ -216,7 +216,7 @@ class Pages:
         language = self.language(request)
         html = self.renderer.render(
             name, csrf_token=token, user=who, language=language,
-            language_links=language_links(request, language),
+            language_links=language_links(request, language), js_texts=js_texts.texts(language),
             **i18n.translated(language, context, TRANSLATED_KEYS))
         response = HTMLResponse(html, status, headers={"Content-Language": language})
         if request.query_params.get("lang") in i18n.LANGUAGES:  # the switch: remembered

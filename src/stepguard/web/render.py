@@ -41,7 +41,7 @@ METHOD_NAMES = {
     "push": N_("Approval on another device"),
 }
 _PAGE_DEFAULTS: dict[str, Any] = {"user": None, "flash": None, "error": None,
-                                  "language": DEFAULT, "language_links": [],
+                                  "language": DEFAULT, "language_links": [], "js_texts": {},
                                   "embedded": False, "parent_origin": None,
                                   "inline_challenge": ""}
 

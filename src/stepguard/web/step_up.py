@@ -144,7 +144,8 @@ class StepUpPages:
         view = {
             "id": challenge.id,
             "reasons": [self.pages.translator(request)(r) for r in challenge.reasons],
-            "bound_values": bound_view(challenge.bound_values, self.pages.rt.policy.display),
+            "bound_values": bound_view(challenge.bound_values, self.pages.rt.policy.display,
+                                       self.pages.language(request)),
             "level_label": challenge.requirement.level.label,
             "methods": methods,
             "not_set_up": [

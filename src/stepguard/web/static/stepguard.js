@@ -28,6 +28,21 @@
 (function () {
   "use strict";
 
+  // Texts in the page's language: the server puts {English: translation} in
+  // <script type="application/json" id="sg-texts"> (data, not code: allowed by the CSP).
+  var TEXTS = (function () {
+    var node = document.getElementById && document.getElementById("sg-texts");
+    try {
+      return node ? JSON.parse(node.textContent || "{}") : {};
+    } catch (ignored) {
+      return {};
+    }
+  })();
+
+  function t(text) {
+    return Object.prototype.hasOwnProperty.call(TEXTS, text) ? TEXTS[text] : text;
+  }
+
   var CEREMONY_TIMEOUT_MS = 60000;
   var POLL_INTERVAL_MS = 2000;
   var CONTINUE_AFTER_MS = 4000;
@@ -89,7 +104,7 @@
   function followRedirect(url) {
     var target = new URL(url, window.location.href);
     if (target.protocol !== "https:" && target.protocol !== "http:") {
-      throw new Error("The server sent an address this page will not open.");
+      throw new Error(t("The server sent an address this page will not open."));
     }
     window.location.assign(target.href);
     // A download, or an address that only differs by its #fragment, leaves this page in place:
@@ -104,8 +119,8 @@
     }
     var link = document.createElement("a");
     link.href = href;
-    link.textContent = "Continue";
-    region.textContent = "Done. If nothing happened, ";
+    link.textContent = t("Continue");
+    region.textContent = t("Done. If nothing happened, ");
     region.appendChild(link);
     region.appendChild(document.createTextNode("."));
   }
@@ -205,19 +220,19 @@
 
   function ceremonyMessage(error, aborted) {
     if (aborted) {
-      return "No passkey answered within 60 seconds. Try again.";
+      return t("No passkey answered within 60 seconds. Try again.");
     }
     switch (error && error.name) {
       case "NotAllowedError":
-        return "The passkey request was cancelled or timed out. Try again, or choose another way.";
+        return t("The passkey request was cancelled or timed out. Try again, or choose another way.");
       case "InvalidStateError":
-        return "This passkey is already registered for your account.";
+        return t("This passkey is already registered for your account.");
       case "SecurityError":
-        return "Passkeys cannot be used on this address.";
+        return t("Passkeys cannot be used on this address.");
       case "NotSupportedError":
-        return "This browser or authenticator does not support the requested passkey.";
+        return t("This browser or authenticator does not support the requested passkey.");
       default:
-        return (error && error.message) || "Something went wrong. Try again.";
+        return (error && error.message) || t("Something went wrong. Try again.");
     }
   }
 
@@ -233,32 +248,32 @@
     var timer = window.setTimeout(function () { controller.abort(); }, CEREMONY_TIMEOUT_MS);
     button.disabled = true;
     clearError();
-    showStatus("Preparing…");
+    showStatus(t("Preparing…"));
     return postJson(button.getAttribute("data-begin-url"), register ? { label: label } : {})
       .then(function (data) {
         var json = data.publicKey || data;
-        showStatus("Follow your browser's prompt to use your passkey.");
+        showStatus(t("Follow your browser's prompt to use your passkey."));
         return register
           ? navigator.credentials.create({ publicKey: creationOptions(json), signal: controller.signal })
           : navigator.credentials.get({ publicKey: requestOptions(json), signal: controller.signal });
       })
       .then(function (credential) {
         if (!credential) {
-          throw new Error("No passkey was chosen.");
+          throw new Error(t("No passkey was chosen."));
         }
         var payload = register ? registrationJson(credential) : authenticationJson(credential);
         if (register) {
           payload.label = label;
         }
-        showStatus("Checking…");
+        showStatus(t("Checking…"));
         return postJson(button.getAttribute("data-finish-url"), payload);
       })
       .then(function (result) {
         if (result.redirect) {
-          showStatus("Done. Continuing…");
+          showStatus(t("Done. Continuing…"));
           followRedirect(result.redirect);
         } else {
-          showStatus("Done.");
+          showStatus(t("Done."));
         }
       })
       .catch(function (error) {
@@ -309,7 +324,7 @@
           waiting.abort();
         }
         clearError();
-        showStatus("Follow your browser's prompt to use your passkey.");
+        showStatus(t("Follow your browser's prompt to use your passkey."));
       } else {
         waiting = controller;
       }
@@ -324,14 +339,14 @@
         })
         .then(function (credential) {
           if (!credential) {
-            throw new Error("No passkey was chosen.");
+            throw new Error(t("No passkey was chosen."));
           }
-          showStatus("Checking…");
+          showStatus(t("Checking…"));
           return postJson(box.getAttribute("data-finish-url"),
             { ceremony: ceremony, credential: authenticationJson(credential) });
         })
         .then(function (result) {
-          showStatus("Signed in. Continuing…");
+          showStatus(t("Signed in. Continuing…"));
           followRedirect(result.redirect || "/account");
         })
         .catch(function (error) {
@@ -363,10 +378,10 @@
   // --- push approval polling -------------------------------------------------------------------
 
   var PUSH_TEXT = {
-    pending: "Waiting for your answer on your other device…",
-    approved: "Approved. Continuing…",
-    denied: "The request was denied on your other device. Choose another way, or send a new push.",
-    expired: "The push request expired. Send a new one, or choose another way."
+    pending: t("Waiting for your answer on your other device…"),
+    approved: t("Approved. Continuing…"),
+    denied: t("The request was denied on your other device. Choose another way, or send a new push."),
+    expired: t("The push request expired. Send a new one, or choose another way.")
   };
 
   function pollPush(element) {
@@ -414,7 +429,7 @@
           if (error instanceof TypeError) {
             schedule();  // network hiccup: try again until the push expires
           } else {
-            showError(error.message || "Could not check the push request.");
+            showError(error.message || t("Could not check the push request."));
           }
         });
     }
@@ -469,7 +484,7 @@
     var keys;
     button.disabled = true;
     clearError();
-    showStatus("Preparing…");
+    showStatus(t("Preparing…"));
     return postJson(button.getAttribute("data-begin-url"), {})
       .then(function (data) {
         enrolment = data;
@@ -485,7 +500,7 @@
         ]);
       })
       .then(function (parts) {
-        showStatus("Registering this browser…");
+        showStatus(t("Registering this browser…"));
         return postJson(button.getAttribute("data-finish-url"), {
           enrolment_id: enrolment.enrolment_id,
           alg: "ES256",
@@ -500,11 +515,11 @@
         }).then(function () { return result; });
       })
       .then(function (result) {
-        showStatus("Done. Continuing…");
+        showStatus(t("Done. Continuing…"));
         followRedirect(result.redirect || "/account");
       })
       .catch(function (error) {
-        showError((error && error.message) || "This browser could not be added.");
+        showError((error && error.message) || t("This browser could not be added."));
         button.disabled = false;
       });
   }
@@ -558,7 +573,7 @@
             form.elements.signature.value = bufferToBase64url(signature);
             form.submit();
           }).catch(function (error) {
-            showError((error && error.message) || "This browser could not sign the answer.");
+            showError((error && error.message) || t("This browser could not sign the answer."));
           });
         });
       });
@@ -668,8 +683,8 @@
       button.hidden = false;
       button.addEventListener("click", function () {
         navigator.clipboard.writeText(codesText(button.getAttribute("data-codes-copy")))
-          .then(function () { showStatus("Copied. Paste them somewhere safe."); })
-          .catch(function () { showError("Could not copy. Select the codes and copy them."); });
+          .then(function () { showStatus(t("Copied. Paste them somewhere safe.")); })
+          .catch(function () { showError(t("Could not copy. Select the codes and copy them.")); });
       });
     });
     document.querySelectorAll("[data-codes-download]").forEach(function (button) {
@@ -687,7 +702,7 @@
         link.click();
         link.remove();
         window.setTimeout(function () { URL.revokeObjectURL(url); }, 1000);
-        showStatus("Downloaded. Keep the file somewhere safe.");
+        showStatus(t("Downloaded. Keep the file somewhere safe."));
       });
     });
   }

@@ -25,16 +25,34 @@ const STEP_UP_ERROR = "insufficient_user_authentication";
 const CHALLENGE_PATH = /^\/step-up\/([A-Za-z0-9_-]{1,128})$/;
 const FRAME_READY_MS = 8000;
 
-const settings = {
-  portal: MODULE_ORIGIN, // Stepguard's origin: where the module was served from
-  mode: "frame",         // "frame" (a dialog on this page) or "popup" (a small window)
-  texts: {
+// The dialog's own texts (the frame's come from Stepguard in the same language).
+const TEXTS = {
+  en: {
     title: "Confirm it's you",
     cancel: "Cancel",
     popup: "Continue in the window that opened. Waiting for it…",
     openPopup: "Open in a new window",
     blocked: "The confirmation did not load here."
+  },
+  de: {
+    title: "Bestätigen Sie, dass Sie es sind",
+    cancel: "Abbrechen",
+    popup: "Fahren Sie im geöffneten Fenster fort. Wir warten darauf …",
+    openPopup: "In einem neuen Fenster öffnen",
+    blocked: "Die Bestätigung konnte hier nicht geladen werden."
   }
+};
+
+/** The page's language (`<html lang>`), if Stepguard speaks it; else English. */
+function pageLanguage() {
+  const lang = (document.documentElement.lang || "en").toLowerCase().split("-")[0];
+  return Object.prototype.hasOwnProperty.call(TEXTS, lang) ? lang : "en";
+}
+
+const settings = {
+  portal: MODULE_ORIGIN, // Stepguard's origin: where the module was served from
+  mode: "frame",         // "frame" (a dialog on this page) or "popup" (a small window)
+  texts: {}              // overrides of the dialog's texts (configure({texts}))
 };
 
 /** Change the portal origin, the default mode or the dialog's own texts. */
@@ -175,12 +193,13 @@ export class StepguardStepUp extends HTMLElement {
 
   /** Run the step-up for `challenge`; resolves "passed" or "cancelled". */
   run(challenge, { mode = settings.mode } = {}) {
-    const texts = settings.texts;
+    const language = pageLanguage();
+    const texts = Object.assign({}, TEXTS[language], settings.texts);
     const root = this.shadowRoot;
     root.getElementById("sg-title").textContent = texts.title;
     root.getElementById("sg-cancel").textContent = texts.cancel;
     const address = `${settings.portal}/step-up/${challenge.id}/inline?view=inline&origin=` +
-      encodeURIComponent(window.location.origin);
+      encodeURIComponent(window.location.origin) + `&lang=${language}`;
     const active = document.activeElement;
     const opener = active && active !== document.body ? active : lastFocused;
     return new Promise((resolve) => {
