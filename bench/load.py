@@ -8,7 +8,12 @@ POST /step-up/…/totp) at 20 per second in total, for users of the same 1,000. 
 measured twice, without churn (the anchor) and with it, taking turns, best of `--rounds`:
 
 * throughput with churn ≥ 0.8× the anchor, p99 with churn ≤ 2× the anchor;
-* the session-cache hit rate during each run (from `/metrics`) is printed beside them.
+* the session-cache hit rate during each run (from `/metrics`) is printed beside them;
+* the churn's own cost: the CPU the Stepguard processes spend on the churn alone (no wrk), beside
+  the CPU they spend under wrk without churn. Sign-ins hash with argon2id (memory-hard, tens of
+  ms each by design), so on a machine where wrk and the server already share every core the
+  churn's own work bounds the ratio: `ceiling ≈ 1 − churn CPU ÷ server CPU under wrk`, printed
+  beside the measured ratio (what the cache design can be judged against).
 
 Two set-ups: **SQLite** (one `stepguard serve`, wrk straight at forward-auth) and a **fleet**
 (two instances on one PostgreSQL + Redis, wrk at nginx `auth_request` in front of them, the
@@ -34,6 +39,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT / "src"), str(REPO_ROOT)]
@@ -240,12 +246,51 @@ class Run:
     churn_ops: float  # operations per second the churn driver completed
     churn_failed: int
     churn_why: str = ""
+    server_cpu: float = 0.0  # CPU-seconds per second the Stepguard processes used
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU time of these processes and all their descendants (Linux /proc)."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(entry.name)
+        parents[pid] = int(fields[1])
+        times[pid] = (int(fields[11]) + int(fields[12])) / tick
+    wanted, total = set(pids), 0.0
+    for pid, seconds in times.items():
+        ancestor = pid
+        while ancestor > 1 and ancestor not in wanted:
+            ancestor = parents.get(ancestor, 0)
+        if ancestor in wanted:
+            total += seconds
+    return total
+
+
+METRICS_TOKEN = secrets.token_urlsafe(24)  # /metrics answers only with it (404 otherwise)
+
+
+def with_metrics(config: Path) -> Path:
+    """The config with a metrics token, so that the cache counters can be read."""
+    with config.open("a") as out:
+        out.write(f'metrics: {{token: "{METRICS_TOKEN}"}}\n')
+    return config
 
 
 def cache_counts(bases: Sequence[str]) -> tuple[float, float]:
     hits = misses = 0.0
     for base in bases:
-        text = httpx.get(base + "/metrics", timeout=10.0).text
+        answer = httpx.get(base + "/metrics", timeout=10.0,
+                           headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+        answer.raise_for_status()
+        text = answer.text
         for result, value in re.findall(
                 r'^stepguard_session_cache_total\{result="(hit|miss)"\} ([0-9.e+]+)$', text,
                 re.MULTILINE):
@@ -268,6 +313,7 @@ def run_wrk(wrk: str, url: str, headers: dict[str, str], script: Path, seconds: 
 
 def measure(wrk: str, target: Target, seconds: int, churn: Churn | None) -> Run:
     before = cache_counts(target.instances)
+    cpu_before = cpu_seconds(target.pids)
     if churn is not None:
         churn.start()
     started = time.monotonic()
@@ -278,12 +324,27 @@ def measure(wrk: str, target: Target, seconds: int, churn: Churn | None) -> Run:
         elapsed = time.monotonic() - started
         if churn is not None:
             churn.stop()
+    cpu = (cpu_seconds(target.pids) - cpu_before) / elapsed
     after = cache_counts(target.instances)
     hits, misses = after[0] - before[0], after[1] - before[1]
     rate = hits / (hits + misses) if hits + misses else 0.0
     return Run(result, rate, churn.done / elapsed if churn else 0.0,
                churn.failed if churn else 0,
-               ", ".join(f"{k} ×{v}" for k, v in churn.why.most_common(3)) if churn else "")
+               ", ".join(f"{k} ×{v}" for k, v in churn.why.most_common(3)) if churn else "",
+               cpu)
+
+
+def churn_alone(target: Target, people: Sequence[Person], seconds: int, start: int) -> float:
+    """CPU-seconds per second the Stepguard processes spend on the churn with no other load."""
+    churn = Churn(people, target.instances, target.public_url, start=start)
+    cpu_before = cpu_seconds(target.pids)
+    started = time.monotonic()
+    churn.start()
+    try:
+        time.sleep(seconds)
+    finally:
+        churn.stop()
+    return (cpu_seconds(target.pids) - cpu_before) / (time.monotonic() - started)
 
 
 @dataclass(frozen=True)
@@ -294,11 +355,13 @@ class Target:
     script: Path
     instances: list[str]  # base URLs for /metrics and the churn
     public_url: str
+    pids: list[int]  # the Stepguard server processes (their workers are counted too)
 
 
 def compare(wrk: str, target: Target, people: Sequence[Person], seconds: int,
-            rounds: int) -> tuple[Run, Run]:
-    """No churn and churn in turns, `rounds` times; the best figures of each."""
+            rounds: int) -> tuple[Run, Run, float]:
+    """No churn and churn in turns, `rounds` times; the best figures of each, and the CPU the
+    churn costs the servers on its own."""
     run_wrk(wrk, target.url, target.headers, target.script, 3, "warm-up")  # fill the caches
     quiet: list[Run] = []
     busy: list[Run] = []
@@ -308,7 +371,8 @@ def compare(wrk: str, target: Target, people: Sequence[Person], seconds: int,
         churn = Churn(people, target.instances, target.public_url, start=start)
         busy.append(measure(wrk, target, seconds, churn))
         start = churn._next
-    return _best(quiet), _best(busy)
+    alone = churn_alone(target, people, seconds, start)
+    return _best(quiet), _best(busy), alone
 
 
 def _best(runs: Sequence[Run]) -> Run:
@@ -319,7 +383,7 @@ def _best(runs: Sequence[Run]) -> Run:
                     sum(r.wrk.socket_errors for r in runs))
     why = "; ".join(r.churn_why for r in runs if r.churn_why)
     return Run(wrk, min(r.hit_rate for r in runs), min(r.churn_ops for r in runs),
-               sum(r.churn_failed for r in runs), why)
+               sum(r.churn_failed for r in runs), why, fastest.server_cpu)
 
 
 # ================================================================================================
@@ -339,7 +403,7 @@ def tokens_file(folder: Path, people: Sequence[Person]) -> Path:
 def sqlite_setup(workdir: Path, users: int) -> Iterator[tuple[Target, list[Person]]]:
     solo = instance(workdir, workdir / "stepguard.yaml", "sqlite")
     public = f"http://localhost:{solo.port}"
-    config = write_config(workdir, public_url=public, policy=FLEET_POLICY)
+    config = with_metrics(write_config(workdir, public_url=public, policy=FLEET_POLICY))
     people = seed(config, users)
     with ExitStack() as stack:
         solo.start()
@@ -348,7 +412,8 @@ def sqlite_setup(workdir: Path, users: int) -> Iterator[tuple[Target, list[Perso
                    "X-Forwarded-Host": SITE, "X-Forwarded-Uri": "/orders?page=2",
                    "X-Forwarded-For": CLIENT_IP, "Accept": "application/json"}
         yield Target("SQLite, 1 instance, forward-auth", solo.url + "/api/authz/forward-auth",
-                     headers, tokens_file(workdir, people), [solo.url], public), people
+                     headers, tokens_file(workdir, people), [solo.url], public,
+                     _pids([solo])), people
 
 
 @contextmanager
@@ -361,8 +426,8 @@ def fleet_setup(workdir: Path, users: int) -> Iterator[tuple[Target, list[Person
         app = stack.enter_context(noop_server(workdir, 1, "noop"))
         nginx_port = free_port()
         public = f"http://localhost:{nginx_port}"
-        config = fleet_config(workdir, store_url=url, redis_url=redis.redis_url,
-                              public_url=public, allows="summary")
+        config = with_metrics(fleet_config(workdir, store_url=url, redis_url=redis.redis_url,
+                                           public_url=public, allows="summary"))
         people = seed(config, users)
         members = [instance(workdir, config, name) for name in ("a", "b")]
         start_all(members)
@@ -372,7 +437,12 @@ def fleet_setup(workdir: Path, users: int) -> Iterator[tuple[Target, list[Person
         headers = {"Host": SITE, "Accept": "application/json", "X-Forwarded-For": CLIENT_IP}
         yield Target("PostgreSQL, 2 instances behind nginx auth_request",
                      f"http://127.0.0.1:{nginx_port}/orders?page=2", headers,
-                     tokens_file(workdir, people), [m.url for m in members], public), people
+                     tokens_file(workdir, people), [m.url for m in members], public,
+                     _pids(members)), people
+
+
+def _pids(members: Sequence[Any]) -> list[int]:
+    return [pid for m in members if (pid := m.process.pid) is not None]
 
 
 SETUPS: dict[str, Callable[[Path, int], object]] = {"sqlite": sqlite_setup,
@@ -388,8 +458,9 @@ def check_allowed(target: Target, person: Person) -> None:
                            f"({answer.status_code})")
 
 
-def report(name: str, quiet: Run, busy: Run) -> list[str]:
+def report(name: str, quiet: Run, busy: Run, alone: float) -> list[str]:
     throughput = busy.wrk.requests_per_second / quiet.wrk.requests_per_second
+    ceiling = max(0.0, 1 - alone / quiet.server_cpu) if quiet.server_cpu else 0.0
     p99 = busy.wrk.p99_ms / quiet.wrk.p99_ms if quiet.wrk.p99_ms else float("inf")
     valid = quiet.wrk.valid and busy.wrk.valid
     return [
@@ -404,6 +475,10 @@ def report(name: str, quiet: Run, busy: Run) -> list[str]:
         f"{'PASS' if throughput >= THROUGHPUT_TARGET else 'MISS'}",
         f"  p99 {p99:.2f}× no churn (target ≤ {P99_TARGET}×) — "
         f"{'PASS' if p99 <= P99_TARGET else 'MISS'}",
+        f"  server CPU: {quiet.server_cpu:.2f} CPU-s/s under wrk without churn, "
+        f"{busy.server_cpu:.2f} with it; the churn alone costs {alone:.2f} CPU-s/s "
+        f"→ ceiling on this machine ≈ {ceiling:.2f}× (measured {throughput:.2f}×, "
+        f"{throughput / ceiling if ceiling else 0:.2f} of the ceiling)",
         f"  churn: {busy.churn_ops:.1f} sign-ins + step-ups/s done (target {CHURN_PER_SECOND:.0f}),"
         f" {busy.churn_failed} failed cycles"
         + (f" ({busy.churn_why})" if busy.churn_why else "")
@@ -429,8 +504,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir = Path(tempfile.mkdtemp(prefix=f"sg-bench-load-{name}-"))
         with setup(workdir, args.users) as (target, people):  # type: ignore[attr-defined]
             check_allowed(target, people[0])
-            quiet, busy = compare(wrk, target, people, args.duration, args.rounds)
-        print("\n".join(report(target.name, quiet, busy)))
+            quiet, busy, alone = compare(wrk, target, people, args.duration, args.rounds)
+        print("\n".join(report(target.name, quiet, busy, alone)))
         valid = valid and quiet.wrk.valid and busy.wrk.valid
     return 0 if valid else 1
 

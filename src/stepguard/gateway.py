@@ -31,6 +31,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from stepguard.adapters.decision_api import decision_api_routes
 from stepguard.adapters.forward_auth import CaddyStrategy, ForwardAuth, NginxStrategy
+from stepguard.adapters.mcp import PREFIX as MCP_PREFIX
+from stepguard.adapters.mcp import McpDoor
 from stepguard.adapters.proxy import ReverseProxy
 from stepguard.core.errors import BadRequest, StoreUnavailable
 from stepguard.service.accounts import Accounts
@@ -39,6 +41,7 @@ from stepguard.service.hot_metrics import FastCounter, FastHistogram
 from stepguard.service.runtime import Runtime
 from stepguard.service.stepup import StepUp
 from stepguard.web import metrics_access
+from stepguard.web.agents_page import AgentsPage
 from stepguard.web.portal import Portal
 from stepguard.web.security import SecurityHeadersMiddleware
 
@@ -99,11 +102,15 @@ class Gateway(Starlette):
     raw: dict[str, tuple[ASGIApp, tuple[str, ...]]]
     proxy: ASGIApp | None
     own_prefixes: tuple[str, ...]
+    mcp: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path = scope["path"]
             raw = self.raw.get(path)
+            if self.mcp is not None and path.startswith(MCP_PREFIX):
+                await self.mcp(scope, receive, send)
+                return
             if raw is not None:
                 if scope["method"] in raw[1]:
                     await raw[0](scope, receive, send)
@@ -179,6 +186,8 @@ def create_app(runtime: Runtime) -> Gateway:
         yield
         if listener is not None:
             listener.close()
+        if mcp is not None:
+            await mcp.close()
         # The server has stopped accepting and finished its in-flight requests; now write the
         # audit queue (or spill it, see service/audit_spill.py) off the event loop.
         await run_in_threadpool(runtime.close)
@@ -192,9 +201,11 @@ def create_app(runtime: Runtime) -> Gateway:
         *([] if runtime.config.upstreams else [Route("/", root)]),
         *decision_api_routes(runtime, guard, stepup),
         *portal.routes(),
+        *AgentsPage(portal).routes(),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    own_prefixes = tuple(_literal_prefix(r) for r in routes)
+    mcp = McpDoor(runtime, guard, stepup) if runtime.config.mcp_servers else None
+    own_prefixes = tuple(_literal_prefix(r) for r in routes) + ((MCP_PREFIX,) if mcp else ())
     if proxy is not None:
         routes.append(Route("/{path:path}", proxy, methods=list(PROXIED_METHODS)))
         routes.append(WebSocketRoute("/{path:path}", proxy.websocket))
@@ -202,7 +213,7 @@ def create_app(runtime: Runtime) -> Gateway:
                   exception_handlers={StoreUnavailable: unavailable, BadRequest: bad_request})
     app.raw = {FORWARD_AUTH_PATH: (forward_auth, FORWARD_AUTH_METHODS),
                AUTH_REQUEST_PATH: (auth_request, AUTH_REQUEST_METHODS)}
-    app.proxy, app.own_prefixes = proxy, own_prefixes
+    app.proxy, app.own_prefixes, app.mcp = proxy, own_prefixes, mcp
     if proxy is not None:
         app.state.proxy = proxy
     app.state.runtime, app.state.guard, app.state.stepup = runtime, guard, stepup

@@ -88,6 +88,15 @@ PAGES: dict[str, dict[str, Any]] = {
         "push": None,
         **STEP_UP_URLS,
     },
+    "agents.html": {
+        "agents": [{"id": "a1", "name": EVIL, "live": True, "expires": 1.9e9, "last_used": None},
+                   {"id": "a2", "name": "old", "live": False, "expires": 1.8e9,
+                    "last_used": 1.7e9}],
+        "new_token": "sga_0123456789abcdef_" + "x" * 43,
+        "create_url": "/account/agents", "revoke_url": "/account/agents/revoke",
+        "mcp_url": "https://sg.example.com/mcp/<server>",
+        "user": USER,
+    },
     "confirm.html": {
         "held": {
             "method": "post",
@@ -1020,3 +1029,13 @@ def test_js_push_polling_stops_when_denied(tmp_path: Path) -> None:
 def test_js_push_polling_stops_at_expiry(tmp_path: Path) -> None:
     out = run_js(tmp_path, push={**PUSH, "data-push-expires-in": "0"}, fastTimers=True, replies=[])
     assert out["fetches"] == [] and "expired" in out["pushText"]
+
+
+def test_step_up_shows_an_agents_call_with_bound_values_marked(renderer) -> None:  # type: ignore[no-untyped-def]
+    call = {"client": EVIL, "server": "bank", "tool": "transfer", "title": "",
+            "description": "Send money " + EVIL, "listed": False,
+            "arguments": [("amount", "5000", True), ("to", "DE\u0410", False)]}
+    html = render(renderer, "step_up.html", challenge={**_challenge(), "agent_call": call})
+    assert "Your AI agent asks to run a tool" in html and "(approved value)" in html
+    assert "does not list this tool" in html and "non-ASCII" in html
+    assert EVIL not in html  # escaped

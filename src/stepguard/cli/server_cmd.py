@@ -62,12 +62,13 @@ def serve(config: Path = CONFIG, host: str | None = None, port: int | None = Non
     runtime_for(config).close()  # validate, open and migrate once before any worker starts
     if settings.server == "granian":
         from granian import Granian
+        from granian.constants import Interfaces
 
         Granian(
             "stepguard.web.factory:app_from_env",
             address=bind_host,
             port=bind_port,
-            interface="asgi",
+            interface=Interfaces.ASGI,
             factory=True,
             workers=settings.workers,
         ).serve()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from stepguard.core.durations import parse_duration
 
@@ -308,6 +308,44 @@ class InlineSection(Section):
                     "exact matches only, no wildcards")
 
     _origins = field_validator("allowed_origins")(_check_origins)
+class McpServer(Section):
+    """One upstream MCP server behind the MCP door, reached at `/mcp/<name>`."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$",
+                      description="the server's name: its path /mcp/<name> and `match.mcp.servers`")
+    url: str = Field("", description="Streamable HTTP endpoint of the upstream (e.g. "
+                                     "http://127.0.0.1:8000/mcp); or set `command`")
+    command: list[str] = Field(default_factory=list,
+                               description="stdio upstream: the program and its arguments, "
+                                           "started once per MCP session")
+    env: dict[str, str] = Field(default_factory=dict, description="environment of a stdio "
+                                "upstream (nothing else is inherited but PATH)")
+    cwd: str = Field("", description="working directory of a stdio upstream")
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpServer:
+        if bool(self.command) == bool(self.url):
+            raise ValueError("set exactly one of `url` (Streamable HTTP) or `command` (stdio)")
+        return self
+
+
+class McpSection(Section):
+    """The MCP door: step-up for AI agents' tool calls (see docs/mcp.md)."""
+
+    max_body: int = Field(262_144, ge=1024, le=8_388_608,
+                          description="largest JSON-RPC message a client may send, in bytes")
+    redact: list[str] = Field(
+        default_factory=lambda: ["password", "secret", "token", "api_key", "authorization",
+                                 "card_number", "cvv"],
+        description="tool argument names (case-insensitive, at any depth) recorded as "
+                    "'[redacted]' in the audit ledger and never shown in logs")
+    hold: Duration = Field(300.0, description="how long a call held in a URL elicitation waits "
+                                              "for the human before it ends in a tool error")
+    agent_token_ttl: Duration = Field(30 * 86400.0, description="lifetime of a new agent token")
+    upstream_timeout: Duration = Field(120.0, description="give up on an upstream answer after "
+                                                          "this long")
+    session_idle: Duration = Field(900.0, description="a stdio upstream's process ends after its "
+                                                      "MCP session was idle this long")
 
 
 class StepguardConfig(Section):
@@ -327,6 +365,9 @@ class StepguardConfig(Section):
     bearer: BearerSection = BearerSection()
     redis: RedisSettings = RedisSettings()
     metrics: MetricsSection = MetricsSection()
+    mcp_servers: list[McpServer] = Field(default_factory=list,
+                                         description="upstream MCP servers (the MCP door)")
+    mcp: McpSection = McpSection()
     inline: InlineSection = InlineSection()
 
 

@@ -77,12 +77,12 @@ def _build(node: yaml.Node, path: DataPath, positions: dict[DataPath, tuple[int,
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = yaml.SafeLoader("").construct_object(key_node)  # type: ignore[no-untyped-call]
+            key = yaml.SafeLoader("").construct_object(key_node)
             result[key] = _build(value_node, (*path, str(key)), positions)
         return result
     if isinstance(node, yaml.SequenceNode):
         return [_build(item, (*path, i), positions) for i, item in enumerate(node.value)]
-    return yaml.SafeLoader("").construct_object(node)  # type: ignore[no-untyped-call]
+    return yaml.SafeLoader("").construct_object(node)
 
 
 def resolve_secrets(

@@ -26,6 +26,10 @@ class RequestContext:
     device_id: str = ""
     action: str = ""
     attributes: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    door: str = "http"  # which door built it: "http", or "mcp" for an agent's tool call
+    # A digest of exactly what the door will execute (an MCP tool call: server, tool, its
+    # definition and every argument); when set, every grant for this request is bound to it.
+    call_digest: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

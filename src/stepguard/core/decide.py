@@ -240,6 +240,8 @@ def _scope(rule: Rule, requirement: Requirement) -> str:
 
 
 def _digest(requirement: Requirement, context: RequestContext) -> str:
+    if context.call_digest:  # the door binds every grant to the whole call it will execute
+        return context.call_digest
     if not requirement.bind:
         return ""
     return binding_digest(

@@ -8,6 +8,7 @@ with its path (and line/column when a `locate` function is given). No partial po
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +37,11 @@ Check = Callable[[RequestContext, Subject | None], bool]
 ATTRIBUTE_TYPES = ("number", "string", "bool", "list")
 _TOP = frozenset({"version", "levels", "networks", "attributes", "rules", "default", "tests"})
 _RULE = frozenset({"name", "description", "match", "when", "require", "deny", "allow"})
-_MATCH = frozenset({"hosts", "methods", "paths", "users", "groups", "actions", "networks"})
+_MATCH = frozenset({"hosts", "methods", "paths", "users", "groups", "actions", "networks", "mcp"})
+_HTTP_MATCH = frozenset({"hosts", "methods", "paths", "actions"})  # flat keys: the HTTP door's
+_MCP_MATCH = frozenset({"servers", "tools"})
+# An MCP tool's arguments are attributes named `args.<name>` (nested objects: `args.a.b`).
+_ARG_NAME = re.compile(r"args(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
 _REQUIRE = frozenset({"level", "max_age", "methods", "scope", "single_use", "bind", "reason"})
 _LEVEL = frozenset({"acr", "max_session", "idle"})
 
@@ -54,6 +59,7 @@ class Rule:
     description: str = ""
     index_hosts: frozenset[str] | None = None  # None = any host (for the index)
     index_segments: frozenset[str] | None = None  # None = any first path segment
+    door: str = ""  # "" = every door; "http" (flat HTTP match keys) or "mcp" (`match.mcp`)
 
     @property
     def uses_risk(self) -> bool:
@@ -71,10 +77,13 @@ class Policy:
     levels: Mapping[Level, LevelSettings]
     index: Index[Rule] = field(repr=False)
     source: str = ""
+    door_rules: Mapping[str, tuple[Rule, ...]] = field(default_factory=dict, repr=False)
     display: Mapping[str, AttributeDisplay] = field(default_factory=dict)
 
     def candidates(self, context: RequestContext) -> tuple[Rule, ...]:
-        return self.index.candidates(context.host, context.path)
+        if context.door == "http":
+            return self.index.candidates(context.host, context.path)
+        return self.door_rules.get(context.door, ())
 
     def rule(self, name: str) -> Rule | None:
         return next((r for r in self.rules if r.name == name), None)
@@ -120,9 +129,10 @@ def compile_policy(document: Any, *, source: str = "", locate: Locate | None = N
     default = _default(document.get("default", {"level": "aal1"}), env)
     if problems.items:
         raise PolicyError(problems.items)
-    entries = [(r, r.index_hosts, r.index_segments) for r in rules]
+    entries = [(r, r.index_hosts, r.index_segments) for r in rules if r.door in ("", "http")]
+    mcp = tuple(r for r in rules if r.door in ("", "mcp"))
     return Policy(tuple(rules), default, networks, attributes, levels, Index(entries), source,
-                  display)
+                  {"mcp": mcp}, display)
 
 
 @dataclass(slots=True)
@@ -226,8 +236,10 @@ def _attributes(data: Any, problems: _Problems,
             if shown is not None:
                 display[str(name)] = shown
             kind = kind.get("type")
-        if not str(name).isidentifier():
-            problems.add(("attributes", str(name)), f"expected an identifier, got {name!r}")
+        if not str(name).isidentifier() and not _ARG_NAME.fullmatch(str(name)):
+            problems.add(("attributes", str(name)),
+                         f"expected an identifier (or args.<name> for a tool argument), "
+                         f"got {name!r}")
         elif kind not in ATTRIBUTE_TYPES:
             problems.add(
                 ("attributes", str(name)),
@@ -287,7 +299,15 @@ def _rule(spec: Any, i: int, env: _Env) -> Rule | None:
         str(spec.get("description", "")),
         _index_hosts(match.get("hosts")),
         _index_segments(match.get("paths")),
+        _door(match, (*path, "match"), env.problems),
     )
+
+
+def _door(match: Mapping[str, Any], path: Path, problems: _Problems) -> str:
+    http = sorted(k for k in match if k in _HTTP_MATCH)
+    if "mcp" in match and http:
+        problems.add(path, f"a rule matches one door: 'mcp' cannot be combined with {http}")
+    return "mcp" if "mcp" in match else ("http" if http else "")
 
 
 def _outcome(
@@ -412,7 +432,30 @@ def _match(spec: Any, path: Path, env: _Env) -> tuple[tuple[Check, str], ...]:
             check = _match_check(key, _list(spec[key], (*path, key), env.problems), path, env)
             if check is not None:
                 checks.append(check)
+    if "mcp" in spec:
+        checks.extend(_mcp_checks(spec["mcp"], (*path, "mcp"), env))
     return tuple(checks)
+
+
+def _mcp_checks(spec: Any, path: Path, env: _Env) -> list[tuple[Check, str]]:
+    """`mcp: {servers: [bank], tools: ["transfer*"]}`: an agent's tool call (`door` "mcp"),
+    whose server name is the context's `host` and tool name its `action`."""
+    if not isinstance(spec, Mapping):
+        env.problems.add(path, "expected a mapping with 'servers' and/or 'tools'")
+        return []
+    _unknown_keys(spec, _MCP_MATCH, path, env.problems)
+    checks: list[tuple[Check, str]] = []
+    if "servers" in spec:
+        servers = frozenset(_list(spec["servers"], (*path, "servers"), env.problems))
+        checks.append((lambda ctx, _s: ctx.host in servers, f"mcp servers {sorted(servers)}"))
+    if "tools" in spec:
+        tools = _list(spec["tools"], (*path, "tools"), env.problems)
+        if any("/" in t for t in tools):
+            env.problems.add((*path, "tools"), "expected tool name globs without '/'")
+        elif tools:
+            matches = path_matcher(["/" + t for t in tools])
+            checks.append((lambda ctx, _s: matches("/" + ctx.action), f"mcp tools {tools}"))
+    return checks
 
 
 def _list(value: Any, path: Path, problems: _Problems) -> list[str]:

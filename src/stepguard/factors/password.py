@@ -15,7 +15,7 @@ import secrets
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -71,7 +71,7 @@ def verify_password(
     return PasswordCheck()
 
 
-def verify_dummy(password: str, *, settings: PasswordSettings = OWASP) -> None:
+def verify_dummy(password: str, *, settings: PasswordSettings = OWASP) -> NoReturn:
     """Spend one verification's time for an unknown user, then fail like a wrong password."""
     _check_length(password, settings)
     with contextlib.suppress(VerificationError, InvalidHashError):

@@ -143,7 +143,7 @@ class Accounts:
     def _check_password(self, user: UserRecord | None, password: str) -> None:
         with self.rt.password_slots:  # bounded: argon2id is memory-hard
             if user is None or user.disabled or not user.password_hash:
-                verify_dummy(password)
+                verify_dummy(password)  # raises: the same time and answer as a wrong password
             check = verify_password(
                 stored_hash=user.password_hash, password=password, settings=OWASP
             )

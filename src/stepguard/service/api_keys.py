@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 from stepguard.core.errors import StepguardError, VerificationFailed
 from stepguard.service.runtime import Runtime
-from stepguard.storage.sql_api_keys import ApiKeyRecord, SqlApiKeys
+from stepguard.storage.records import ApiKeyRecord
+from stepguard.storage.sql_api_keys import SqlApiKeys
 
 KEY_PREFIX = "sgk"
 TOUCH_EVERY = 60.0  # seconds between `last_used` writes for one key

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
 from stepguard.audit.ledger import AuditEvent, AuditKind, request_summary
@@ -49,7 +49,7 @@ class Check:
 
 
 @dataclass(frozen=True, slots=True)
-class _Loaded:
+class Loaded:
     """What one token's decisions need, valid while its session's and user's versions hold."""
 
     record: SessionRecord
@@ -64,11 +64,11 @@ class _Loaded:
         object.__setattr__(self, "state", self.record.state(self.user.subject()))
 
     @classmethod
-    def of(cls, snapshot: SessionSnapshot, mark: Mark | None) -> _Loaded:
+    def of(cls, snapshot: SessionSnapshot, mark: Mark | None) -> Loaded:
         return cls(snapshot.record, snapshot.user, snapshot.grants, snapshot.history,
                    snapshot.versions.pair, mark)
 
-    def seen(self, versions: Versions) -> _Loaded:
+    def seen(self, versions: Versions) -> Loaded:
         """This copy with the store's last-seen time when another instance saw it later."""
         if versions.last_seen <= self.record.last_seen:
             return self
@@ -99,20 +99,20 @@ class SessionCache:
 
     def __init__(self, size: int = 10_000) -> None:
         self.size = size
-        self._items: OrderedDict[str, _Loaded] = OrderedDict()
+        self._items: OrderedDict[str, Loaded] = OrderedDict()
         self._flights: dict[str, _Flight] = {}
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: str) -> _Loaded | None:
+    def get(self, key: str) -> Loaded | None:
         found = self._items.get(key)
         if found is not None:
             with self._lock, contextlib.suppress(KeyError):
                 self._items.move_to_end(key)
         return found
 
-    def put(self, key: str, loaded: _Loaded) -> None:
+    def put(self, key: str, loaded: Loaded) -> None:
         with self._lock:
             self._items[key] = loaded
             self._items.move_to_end(key)
@@ -160,14 +160,14 @@ class Guard:
         loaded = self.load(token)
         return (loaded.record, loaded.user) if loaded else None
 
-    def _alive(self, loaded: _Loaded) -> bool:
+    def _alive(self, loaded: Loaded) -> bool:
         record = loaded.record
         settings = self.rt.policy.levels[Level.AAL1]
         now = self.rt.now()
         return (not loaded.user.disabled and now - record.created <= settings.max_session
                 and now - record.last_seen <= settings.idle)
 
-    def load(self, token: str | None) -> _Loaded | None:
+    def load(self, token: str | None) -> Loaded | None:
         """The session, user, grants and risk history of a token, as of this moment: the cached
         copy once its versions are read unchanged, or a fresh load (one load per token at a
         time; concurrent requests for it wait, then only compare versions)."""
@@ -183,7 +183,7 @@ class Guard:
                 found = self._read(key, self.cache.get(key))
         return found if found is not None and self._alive(found) else None
 
-    def _read(self, key: str, cached: _Loaded | None, *, connect: bool = True) -> _Loaded | None:
+    def _read(self, key: str, cached: Loaded | None, *, connect: bool = True) -> Loaded | None:
         """None (no live session), the cached copy (versions unchanged, last seen brought up
         to date) or a fresh copy (now cached).
 
@@ -225,7 +225,7 @@ class Guard:
             return fresh
         self.cache.misses += 1
         self.rt.observer.cache_miss()
-        loaded = _Loaded.of(found, mark)  # a first load has no mark: its next use reads
+        loaded = Loaded.of(found, mark)  # a first load has no mark: its next use reads
         self.cache.put(key, loaded)
         return loaded
 
@@ -235,7 +235,7 @@ class Guard:
         yet, a load in flight, a grant to spend, a challenge to start, a busy audit queue)."""
         if self.rt.audit.backlog > AUDIT_INLINE_LIMIT:
             return None
-        loaded: _Loaded | None = None
+        loaded: Loaded | None = None
         if token:
             if len(token) > 256:
                 return None
@@ -262,22 +262,35 @@ class Guard:
         return check
 
     def check(self, context: RequestContext, token: str | None, *, audit: bool = True) -> Check:
-        now = self.rt.now()
         loaded = self.load(token)
+        return self.judge(context, loaded, key=hash_token(token) if token else None, audit=audit)
+
+    def judge(self, context: RequestContext, loaded: Loaded | None, *, key: str | None = None,
+              audit: bool = True, detail: Mapping[str, object] | None = None) -> Check:
+        """The decision flow over what was loaded: decide → consume a single-use grant (decide
+        again without it if another request spent it) → note the amount → audit. Every door
+        comes through here: `check` with a session token, the MCP door with an agent's state
+        (`key` None: nothing to note as seen; `detail` joins the audit entry, which is then
+        always an entry of its own)."""
+        now = self.rt.now()
         result = self._decide(context, loaded)
         decision = result.decision
         if decision.consume_grant and not self._consume(decision, result.session):
             spent = [g for g in loaded.grants if g.id != decision.consume_grant] if loaded else []
             decision = decide(self.rt.policy, context, result.state, result.risk, spent, now)
             result = replace(result, decision=decision)
-        if loaded is not None and token:
-            self._touch(loaded, hash_token(token), context, now)
+        if loaded is not None and key:
+            self._touch(loaded, key, context, now)
         self._remember_amount(result)
         if audit:
-            self._audit(result)
+            self._audit(result, detail)
         return result
 
-    def _decide(self, context: RequestContext, loaded: _Loaded | None) -> Check:
+    def preview(self, context: RequestContext, loaded: Loaded | None) -> Check:
+        """What `judge` would decide now, with nothing spent, noted or audited."""
+        return self._decide(context, loaded)
+
+    def _decide(self, context: RequestContext, loaded: Loaded | None) -> Check:
         """Risk and `core.decide` over what `load` found (pure but for the location lookup)."""
         record, user = (loaded.record, loaded.user) if loaded else (None, None)
         state = loaded.state if loaded else None
@@ -305,7 +318,7 @@ class Guard:
         return assess(context=context, session=state, history=history, location=location,
                       settings=self.rt.risk, now=self.rt.now())
 
-    def _touch(self, loaded: _Loaded, key: str, context: RequestContext, now: float) -> None:
+    def _touch(self, loaded: Loaded, key: str, context: RequestContext, now: float) -> None:
         """Note the session as seen (written behind, in batches) at most every `TOUCH_EVERY`."""
         record = loaded.record
         if now - record.last_seen < TOUCH_EVERY:
@@ -316,37 +329,38 @@ class Guard:
         if current is not None and current.versions == loaded.versions:
             self.cache.put(key, replace(current, record=replace(current.record, last_seen=now)))
 
-    def _audit(self, check: Check) -> None:
+    def _audit(self, check: Check, extra: Mapping[str, object] | None = None) -> None:
         """Allows cost a counter (a plain allow in summary mode) or an unchecked event, checked
         and sealed in the audit writer's thread; every other decision is checked and logged
         here (they are few)."""
         d = check.decision
         if d.outcome is Outcome.ALLOW:
-            self._audit_allow(check, d)
+            self._audit_allow(check, d, extra)
             return
         self.rt.record(kind="decision", subject=check.user.id if check.user else "",
                        session_id=check.session.id if check.session else "",
                        request=request_summary(check.context, ip_key=self.rt.ip_key),
                        decision=d.outcome.value, rule=d.rule, reasons=d.reasons,
                        outcome="login" if d.login else d.outcome.value,
-                       detail=_detail(d, check.risk))
+                       detail={**_detail(d, check.risk), **(extra or {})})
 
 
-    def _audit_allow(self, check: Check, d: Decision) -> None:
+    def _audit_allow(self, check: Check, d: Decision,
+                     extra: Mapping[str, object] | None = None) -> None:
         rt, user, context = self.rt, check.user, check.context
         subject = user.id if user else ""
         session = rt.session_ref(check.session.id) if check.session else ""
         rt.observer.allowed(d.rule)
         summary = rt.audit.summary
         if (summary is not None and self._plain.get(d.rule, False) and not d.grant_id
-                and check.risk.level == "low"):
+                and check.risk.level == "low" and extra is None):
             summary.note(subject=subject, session=session, rule=d.rule, at=rt.now(),
                          host=context.host, method=context.method, path=context.path)
             return
         event = AuditEvent.unchecked(
             at=rt.now(), kind=AuditKind.DECISION, subject=subject, session=session,
             request=request_summary(context, ip_key=rt.ip_key), decision="allow", rule=d.rule,
-            reasons=d.reasons, outcome="allow", detail=_detail(d, check.risk))
+            reasons=d.reasons, outcome="allow", detail={**_detail(d, check.risk), **(extra or {})})
         rt.audit.submit(event, checked=False)
         if rt.observer.debug:
             rt.observer.event(event.checked())
@@ -368,6 +382,8 @@ def _detail(decision: Decision, risk: RiskAssessment) -> dict[str, object]:
     if decision.grant_id:
         detail["grant"] = decision.grant_id
         detail["consumed"] = bool(decision.consume_grant)
+    if decision.binding:
+        detail["binding"] = decision.binding
     if decision.outcome is Outcome.STEP_UP and decision.requirement is not None:
         detail["level"] = decision.requirement.level.label
     return detail

@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -62,8 +63,9 @@ class FastCounter(Collector):
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
-        for values, count in sorted(self._counts.totals().items()):  # type: ignore[arg-type]
-            family.add_metric(list(values), count)  # type: ignore[arg-type]
+        totals: dict[Any, float] = self._counts.totals()
+        for values, count in sorted(totals.items()):
+            family.add_metric(list(values), count)
         yield family
 
 

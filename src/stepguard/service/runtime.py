@@ -147,7 +147,8 @@ def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,
         spill_dir=loaded.path.parent / config.audit.spill_dir,
     )
     runtime.observer.debug = config.server.log_level == "debug"
-    runtime.replayed = audit_spill.replay(runtime.spill_dir, runtime.audit)
+    runtime.replayed = audit_spill.replay(loaded.path.parent / config.audit.spill_dir,
+                                          runtime.audit)
     return runtime
 
 

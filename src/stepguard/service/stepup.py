@@ -37,6 +37,7 @@ from stepguard.service.throttle import user_factor_key
 from stepguard.storage.records import (
     HELD_BODY_LIMIT,
     ChallengeRecord,
+    FactorKind,
     FactorRecord,
     PushRecord,
     SessionRecord,
@@ -53,6 +54,16 @@ FACTOR_LEVEL = {
 
 
 PUSH_SETTINGS = push_factor.PushSettings()
+
+# The held method of a challenge for an agent's tool call (the MCP door): the agent's session
+# holds it, the human answers it from any browser session of the same user, and the grant goes
+# to the agent's session, single use and bound to the call (see `delegated`).
+AGENT_CALL = "MCP"
+
+
+def delegated(challenge: ChallengeRecord) -> bool:
+    """Whether this challenge is answered in another session than the one that holds it."""
+    return challenge.held_method == AGENT_CALL
 
 
 class ChallengeGone(StepguardError):
@@ -157,7 +168,7 @@ class StepUp:
         now = self.rt.now()
         if challenge is None or challenge.status != "pending" or challenge.expires <= now:
             raise ChallengeGone("This request for confirmation has expired. Please start again.")
-        if challenge.session_id and (session is None or session.id != challenge.session_id):
+        if challenge.session_id and (session is None or not _answers(challenge, session)):
             raise ChallengeGone("This confirmation belongs to another session.")
         return challenge
 
@@ -475,7 +486,8 @@ class StepUp:
             raise VerificationFailed(f"{method} cannot be used for this request.")
         return challenge
 
-    def _factors(self, user_id: str, kind: str, challenge: ChallengeRecord) -> list[FactorRecord]:
+    def _factors(self, user_id: str, kind: FactorKind,
+                 challenge: ChallengeRecord) -> list[FactorRecord]:
         # A factor added after the challenge started cannot satisfy it (SECURITY.md case 10).
         return [
             f
@@ -572,24 +584,32 @@ class StepUp:
         now: float,
     ) -> Grant | None:
         requirement = challenge.requirement
-        if not requirement.needs_grant:
+        agent = delegated(challenge) and challenge.session_id is not None
+        if not requirement.needs_grant and not agent:
             return None
         ttl = requirement.max_age or self.rt.config.challenge.grant_ttl
         grant = Grant(
             id=new_id(),
             subject_id=session.user_id,
-            session_id=session.id,
+            session_id=challenge.session_id if agent and challenge.session_id else session.id,
             scope=challenge.scope,
             level=level,
             amr=FACTOR_AMR[factor],
             granted_at=now,
             expires_at=now + ttl,
-            single_use=requirement.single_use,
+            single_use=requirement.single_use or agent,
             binding=challenge.binding,
             factor=factor,
         )
         self.rt.store.grants.add(grant)
         return grant
+
+
+def _answers(challenge: ChallengeRecord, session: SessionRecord) -> bool:
+    """The challenge's own session; for an agent's call, any session of the same user."""
+    if session.id == challenge.session_id:
+        return not delegated(challenge)  # an agent's own session never answers its own call
+    return delegated(challenge) and session.user_id == challenge.user_id
 
 
 def ceremony_data(ceremony: wa.Ceremony) -> dict[str, Any]:

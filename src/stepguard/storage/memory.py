@@ -26,6 +26,7 @@ from stepguard.service.throttle import (
     user_prefix,
 )
 from stepguard.service.throttle import check as throttle_check
+from stepguard.storage.agent_tokens import MemoryAgentTokens
 from stepguard.storage.records import (
     SESSION_EVENT_LIMIT,
     ApiKeyRecord,
@@ -577,6 +578,7 @@ class MemoryStore:
         self.throttle = MemoryThrottle(self, throttle or ThrottleSettings())
         self.history = MemoryHistory(self)
         self.api_keys = MemoryApiKeys(self)
+        self.agent_tokens = MemoryAgentTokens()
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

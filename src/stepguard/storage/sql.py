@@ -13,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from stepguard.service.throttle import ThrottleSettings
+from stepguard.storage.agent_tokens import SqlAgentTokens
 from stepguard.storage.engine import make_engine
 from stepguard.storage.session_states import SqlSessionStates
 from stepguard.storage.sql_api_keys import SqlApiKeys
@@ -45,6 +46,7 @@ class SqlStore:
         self.throttle = SqlThrottle(self._db, throttle or ThrottleSettings())
         self.history = SqlHistory(self._db)
         self.api_keys = SqlApiKeys(self._db)
+        self.agent_tokens = SqlAgentTokens(self._db)
         self.session_states = SqlSessionStates(engine)
 
     @classmethod

@@ -120,7 +120,8 @@ def _apply_bumps(connection: Connection) -> set[str]:
     """Raise the marked versions as the transaction's last statements, users before sessions and
     each in sorted order: every transaction takes these row locks last and in one order, so no
     lock cycle (deadlock) can include them. The ids whose versions were raised."""
-    users, sessions = connection.info.pop(_BUMPS_KEY, (set(), set()))
+    users, sessions = _bumps(connection)
+    connection.info.pop(_BUMPS_KEY, None)
     for table, ids in ((tables.users, users), (tables.sessions, sessions)):
         for chunk in _chunks(sorted(ids)):
             connection.execute(update(table).where(table.c.id.in_(chunk))

@@ -13,8 +13,9 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from stepguard.core.errors import Throttled, VerificationFailed
-from stepguard.service.stepup import ChallengeGone, Passed, StepUp
+from stepguard.service.stepup import ChallengeGone, Passed, StepUp, delegated
 from stepguard.storage.records import ChallengeRecord, SessionRecord, UserRecord
+from stepguard.web.agent_calls import agent_call_view
 from stepguard.web.inline import InlineFrames
 from stepguard.web.page import Pages
 from stepguard.web.render import N_
@@ -155,6 +156,7 @@ class StepUpPages:
             # Only a request whose body is held is replayed; others are simply retried.
             "held_method": challenge.held_method if challenge.held_body else "GET",
             "return_url": challenge.return_url,
+            "agent_call": agent_call_view(challenge),
         }
         response = self.pages.page(
             request,
@@ -230,6 +232,8 @@ class StepUpPages:
         challenge = passed.challenge
         if parent is not None:
             return f"/step-up/{challenge.id}/inline/done{self.inline.query(parent)}"
+        if delegated(challenge):  # an agent's tool call: the agent runs it, nothing to send
+            return "/account?approved=agent-call"
         if challenge.held_method not in ("GET", "HEAD") and challenge.held_body:
             return f"/step-up/{challenge.id}/confirm"
         return self.pages.safe(challenge.return_url)
