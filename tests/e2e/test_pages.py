@@ -101,6 +101,8 @@ def test_every_portal_page_reads_well_and_passes_axe(page: Page, second: Page, d
     check_page(page, axe, "enrol-totp")
     page.goto("/account/passkey")
     check_page(page, axe, "enrol-passkey")
+    page.goto("/account/agents")
+    check_page(page, axe, "agents")
     page.goto("/account/push-device")
     check_page(page, axe, "enrol-push")
     page.get_by_label("Name for this device").fill("Alice's phone")
@@ -200,7 +202,7 @@ def test_passkey_first_sign_in(page: Page, demo: DemoServer, problems: PageProbl
 
     page.get_by_role("button", name="Stop using a password").click()
     expect(page.get_by_text("You now sign in with your passkey")).to_be_visible()
-    page.get_by_role("button", name="Sign out").click()
+    page.get_by_role("button", name="Sign out", exact=True).click()
 
     # Conditional UI: the login page asks for a passkey in the background (mediation
     # "conditional"); the virtual authenticator answers at once, as a user picking it from
@@ -208,7 +210,7 @@ def test_passkey_first_sign_in(page: Page, demo: DemoServer, problems: PageProbl
     page.goto("/login?rd=/account")
     expect(page).to_have_url(re.compile(r"/account$"), timeout=CEREMONY_TIMEOUT_MS)
     expect(page.locator(".signed-in")).to_contain_text("Bob")
-    page.get_by_role("button", name="Sign out").click()
+    page.get_by_role("button", name="Sign out", exact=True).click()
 
     # The button, where the browser offers no autofill.
     page.add_init_script("PublicKeyCredential.isConditionalMediationAvailable ="
