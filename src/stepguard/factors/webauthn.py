@@ -301,6 +301,13 @@ def finish_authentication(
         lambda: parse_authentication_credential_json(credential_json)
     )
     _check_credential(ceremony, credential, stored, user_id)
+    return _verified_assertion(rp, ceremony, credential, stored)
+
+
+def _verified_assertion(rp: RelyingParty, ceremony: Ceremony,
+                        credential: AuthenticationCredential,
+                        stored: StoredCredential) -> AssertionAccepted:
+    """The signature, challenge, origin, RP id and UV checks, then the sign counter."""
     verified = _refusing(
         lambda: verify_authentication_response(
             credential=credential,
@@ -359,25 +366,7 @@ def finish_discoverable(
     if credential.response.user_handle is None:
         raise VerificationFailed("this passkey did not say whose it is", code="wrong_user")
     _check_credential(ceremony, credential, stored, owner_id)
-    verified = _refusing(
-        lambda: verify_authentication_response(
-            credential=credential,
-            expected_challenge=ceremony.challenge,
-            expected_rp_id=rp.id,
-            expected_origin=list(rp.origins),
-            credential_public_key=stored.public_key,
-            credential_current_sign_count=0,
-            require_user_verification=True,
-        )
-    )
-    _check_counter(verified.new_sign_count, stored.sign_count)
-    return AssertionAccepted(
-        credential_id=verified.credential_id,
-        new_sign_count=verified.new_sign_count,
-        uv=verified.user_verified,
-        binding="",
-        backed_up=verified.credential_backed_up,
-    )
+    return _verified_assertion(rp, ceremony, credential, stored)  # the ceremony requires UV
 
 
 def _new_ceremony(
