@@ -88,6 +88,7 @@ def test_the_frame_is_framable_by_allowed_origins_only(env) -> None:  # type: ig
         assert page.status_code == 200
         assert frame_ancestors(page) == f"frame-ancestors 'self' {APP}"
         assert page.headers["x-frame-options"] == "SAMEORIGIN"
+        assert page.headers["cross-origin-opener-policy"] == "unsafe-none"  # the popup variant
         assert f'data-inline-origin="{origin}"' in page.text
         assert "Confirm with code" in page.text and "Cancel" in page.text
     for origin in (EVIL, "null", APP.upper(), APP + "/", APP + ":443", "", "*"):
@@ -98,6 +99,7 @@ def test_the_frame_is_framable_by_allowed_origins_only(env) -> None:  # type: ig
         assert "data-inline-origin" not in refused.text
     full = client.get(f"/step-up/{cid}?view=inline&origin={quote(EVIL, safe='')}")
     assert full.status_code == 200 and frame_ancestors(full) == "frame-ancestors 'none'"
+    assert full.headers["cross-origin-opener-policy"] == "same-origin"
     assert "data-inline-origin" not in full.text
 
 
@@ -174,3 +176,15 @@ def test_allowed_origins_must_be_exact_origins(origin: str) -> None:
 def test_allowed_origins_are_kept_lower_case() -> None:
     assert InlineSection(allowed_origins=["https://App.Test:8443"]).allowed_origins == [
         "https://app.test:8443"]
+
+
+def test_a_step_up_passkey_answer_that_is_not_utf8_is_a_400(env) -> None:  # type: ignore[no-untyped-def]
+    client, alice, _, _ = env
+    sign_in(client, alice)
+    cid = challenge(client)
+    page = client.get(f"/step-up/{cid}")
+    token = re.search(r'<meta name="csrf-token" content="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+    for body in (b"\xff\xfe", b"not json", b"[]"):
+        answer = client.post(f"/step-up/{cid}/webauthn/finish", content=body,
+                             headers={"X-CSRF-Token": token, "Origin": BASE})
+        assert answer.status_code == 400, (body, answer.status_code)

@@ -143,3 +143,16 @@ def test_a_user_without_a_password_cannot_sign_in_with_one(gw: Gw) -> None:
             answer = client.post("/login", data={"username": "nopass", "password": guess,
                                                  "csrf_token": meta_csrf(page.text)})
             assert answer.status_code == 303 and "/login" in answer.headers["location"]
+
+
+def test_a_garbage_passkey_enrolment_answer_is_a_400_not_a_500(gw: Gw) -> None:
+    with gw.client() as client:
+        sign_in(client, gw.alice)
+        first = client.get("/account/passkey")
+        assert prove(client, gw, first.headers["location"]) == "/account/passkey"
+        page = client.get("/account/passkey")
+        headers = {"X-CSRF-Token": meta_csrf(page.text), "Origin": BASE}
+        assert client.post("/account/passkey/begin", headers=headers).status_code == 200
+        for body in (b"not json", b"[1]", b'"text"', b'{"credential": 5}', b"\xff"):
+            answer = client.post("/account/passkey/finish", headers=headers, content=body)
+            assert answer.status_code == 400, (body, answer.status_code)

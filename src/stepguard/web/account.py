@@ -217,8 +217,17 @@ class AccountPages:
         enrolment_id = request.cookies.get(ENROL_COOKIE, "")
 
         def finish(session: SessionRecord, user: UserRecord, body: bytes) -> Response:
-            payload = json.loads(body or b"{}")
-            credential = payload.get("credential", payload)
+            try:  # client input: a 400, never a 500
+                payload = json.loads(body or b"{}")
+                if not isinstance(payload, dict):
+                    raise ValueError("not an object")
+                credential = payload.get("credential", payload)
+                if not isinstance(credential, dict):
+                    raise ValueError("no credential")
+            except ValueError:
+                return JSONResponse(
+                    {"error": self.pages.say(request, N_("The passkey answer was not readable."))},
+                    400)
             self.accounts.finish_passkey(
                 session, enrolment_id, json.dumps(credential), str(payload.get("label", "Passkey"))
             )

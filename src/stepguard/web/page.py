@@ -195,6 +195,9 @@ class Pages:
             return JSONResponse({"error": throttle_text(exc, self.language(request))}, 429)
         except VerificationFailed as exc:
             return JSONResponse({"error": self.say(request, exc.reason)}, 400)
+        except ValueError:  # client input the call could not read (not UTF-8, not JSON)
+            return JSONResponse(
+                {"error": self.say(request, N_("The answer was not readable."))}, 400)
 
     # ------------------------------------------------------------------ the answer
 
