@@ -21,16 +21,17 @@ $(DEMO_STAMP): pyproject.toml
 	$(PY) -m pip install -q -e .
 	touch $(DEMO_STAMP)
 
+# `make demo IDP=1` also starts the bundled OpenID provider (`stepguard demo --idp`).
 demo: $(DEMO_STAMP)
-	$(VENV)/bin/stepguard demo
+	$(VENV)/bin/stepguard demo $(if $(IDP),--idp,)
 
 test: $(STAMP)
 	-bash scripts/install-system-packages
 	$(PY) -m pytest -q -p no:cacheprovider --cov=stepguard --cov-branch --cov-report=term:skip-covered --cov-report=json:coverage.json tests
 	$(PY) scripts/coverage_gate.py coverage.json
 
-# Mutation testing of the security-critical layer; not part of `test`. The full run is long
-# (about 4,400 mutants); `make mutate MUTATE_ARGS="--sample 4"` runs every 4th for an estimate.
+# Mutation testing of the security-critical layer (docs/security.md#mutation-testing); not part
+# of `test`. While writing tests: MUTATE_ARGS="--keep --only 'stepguard.service.stepup.*'".
 mutate: $(STAMP)
 	$(PY) scripts/mutate.py $(MUTATE_ARGS)
 

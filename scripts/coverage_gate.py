@@ -21,8 +21,9 @@ TARGET = {"core": 95.0, "service": 90.0, "adapters": 90.0, "web": 90.0}
 FLOORS = {
     "core": (95.0, 95.0),
     "service": (90.0, 77.0),  # measured 91.3 / 78.9: push (being reworked), health probes
-    "adapters": (90.0, 82.0),  # measured 94.7 / 84.3: reverse-proxy error paths, bearer edge cases
-    "web": (93.0, 86.0),  # measured 94.0 / 87.5 by tests/unit + tests/integration alone
+    # adapters and web: the fast tests alone (no servers) reach 94.2 / 83.4 and 94.1 / 84.8
+    "adapters": (90.0, 83.0),  # reverse-proxy error paths, bearer edge cases
+    "web": (93.0, 84.0),  # the portal's push pages
 }
 
 

@@ -32,6 +32,7 @@ import sys
 import time
 import tokenize
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 EQUIVALENT = ROOT / "tests" / "mutation" / "equivalent.txt"
@@ -73,6 +74,10 @@ def _tokens(text: str) -> list[tuple[int, str]]:
 
 def is_message_only(original: str, mutant: str) -> bool:
     """True when the mutant changes only the wording of human-readable strings."""
+    changed = [x + y for x, y in zip(original.splitlines(), mutant.splitlines(), strict=False)
+               if x != y]
+    if not any('"' in line or "'" in line for line in changed):
+        return False
     a, b = _tokens(original), _tokens(mutant)
     if len(a) != len(b):
         return False
@@ -130,44 +135,52 @@ class Mutants:
 
 
 def generate() -> None:
-    from mutmut.__main__ import (
-        copy_also_copy_files,
-        copy_src_dir,
-        create_mutants,
-        setup_source_paths,
-    )
+    from mutmut.__main__ import copy_also_copy_files, copy_src_dir, create_mutants
+
     Path("mutants").mkdir(exist_ok=True)
     copy_src_dir()
     copy_also_copy_files()
-    setup_source_paths()
     create_mutants(os.cpu_count() or 2)
 
 
-def run(names: list[str], *, max_children: int, budget: float) -> None:
-    """mutmut's own run, each function's tests cut to the fastest that fit in `budget` seconds."""
-    import mutmut.__main__ as mm
+def run(names: list[str], *, workers: int, budget: float) -> dict[str, object]:
+    """Each mutant against the tests that execute the statement it changes (mutant_runner),
+    its exit code written to mutmut's meta files so `mutmut results` / `show` read them."""
+    from mutmut.configuration import config
+    from mutmut.utils.file_utils import setup_source_paths
 
-    load = mm.collect_or_load_stats
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import mutant_runner
 
-    def load_and_prune(*args: object, **kwargs: object) -> None:
-        load(*args, **kwargs)  # type: ignore[arg-type]
-        state = mm.state()
-        duration = state.duration_by_test
-        for function, tests in state.tests_by_mangled_function_name.items():
-            kept, spent = set(), 0.0
-            for test in sorted(tests, key=lambda t: (duration.get(t, 0.0), t)):
-                if kept and spent + duration.get(test, 0.0) > budget:
-                    break
-                kept.add(test)
-                spent += duration.get(test, 0.0)
-            state.tests_by_mangled_function_name[function] = kept
-
-    mm.collect_or_load_stats = load_and_prune
+    setup_source_paths()
+    cfg = config()
+    files = [str(m.with_suffix("")) for m in sorted((ROOT / "mutants").glob("src/**/*.py.meta"))]
+    options = mutant_runner.Options(names=names, files=files, workers=workers, budget=budget,
+                                    stats_file=ROOT / "mutants" / "mutate-stats.json")
+    os.chdir(ROOT / "mutants")
     try:
-        mm._run(names, max_children)
-    except SystemExit as exc:
-        if exc.code not in (0, None):
-            raise
+        options.save = save
+        results = mutant_runner.run(options, [*cfg.pytest_add_cli_args_test_selection,
+                                              *cfg.pytest_add_cli_args])
+    finally:
+        os.chdir(ROOT)
+    save(results)
+    return dict(results)
+
+
+def save(results: dict[str, Any]) -> None:
+    """Outcomes into mutmut's meta files (`mutmut results` / `show` read them) and a log."""
+    metas: dict[Path, dict[str, Any]] = {}
+    mutants = Mutants(ROOT / "mutants")
+    for name, outcome in results.items():
+        meta = mutants.meta_of[name]
+        data = metas.setdefault(meta, json.loads(meta.read_text()))
+        data["exit_code_by_key"][name] = outcome.status
+    for meta, data in metas.items():
+        meta.write_text(json.dumps(data, indent=4))
+    log = ROOT / "mutants" / "mutate-results.json"
+    previous = json.loads(log.read_text()) if log.exists() else {}
+    log.write_text(json.dumps({**previous, **{n: vars(o) for n, o in results.items()}}, indent=1))
 
 
 def equivalents() -> dict[str, str]:
@@ -178,6 +191,10 @@ def equivalents() -> dict[str, str]:
                 name, _, why = line.strip().partition(" ")
                 found[name] = why.strip()
     return found
+
+
+def module_of(name: str) -> str:
+    return name[: name.index(".x_") if ".x_" in name else name.index(".xǁ")]
 
 
 def report(mutants: Mutants, names: list[str], skipped: tuple[int, int], seconds: float) -> int:
@@ -194,10 +211,15 @@ def report(mutants: Mutants, names: list[str], skipped: tuple[int, int], seconds
     print("\nSurviving mutants (not judged equivalent):")
     for name in real:
         print(f"  {name}: {status[name]}\n{diff(*mutants.source(name))}")
-    stale = sorted(set(judged) - set(survived))
+    stale = sorted(set(judged) & set(names) - set(survived))
     if stale:
         print("\nListed as equivalent but no longer surviving (remove from the list):")
         print("\n".join(f"  {n}" for n in stale))
+    print("\nper module: killed / non-equivalent run (kill rate)")
+    for module in sorted({module_of(n) for n in names}):
+        mine = [n for n in names if module_of(n) == module and n not in equivalent]
+        hit = sum(n in killed for n in mine)
+        print(f"  {module:<40} {hit:5} / {len(mine):<5} ({100.0 * hit / max(len(mine), 1):5.1f}%)")
     print(f"\nmutants generated {len(mutants.status)}; left out {skipped[0]} message-only and "
           f"{skipped[1]} outside the ledger's verify; run {len(names)} in {seconds / 60:.1f} min")
     print(f"killed {len(killed)}, survived {len(survived)} ({len(equivalent)} judged equivalent)")
@@ -207,10 +229,13 @@ def report(mutants: Mutants, names: list[str], skipped: tuple[int, int], seconds
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
-    parser.add_argument("--budget", type=float, default=2.0,
-                        help="seconds of (fastest-first) tests per mutated function")
-    parser.add_argument("--keep", action="store_true", help="reuse mutants/ from the last run")
+    parser.add_argument("--workers", "--max-children", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--budget", type=float, default=30.0,
+                        help="at most this many seconds of tests per mutant")
+    parser.add_argument("--keep", action="store_true",
+                        help="reuse mutants/ and the test measurements from the last run")
+    parser.add_argument("--resume", action="store_true",
+                        help="with --keep: run only the selected mutants that have no result yet")
     parser.add_argument("--only", default="", help="glob of mutant names to run (development)")
     parser.add_argument("--sample", type=int, default=1, help="run every N-th mutant only")
     parser.add_argument("--report-only", action="store_true",
@@ -222,6 +247,7 @@ def main(argv: list[str]) -> int:
     started = time.monotonic()
     if not args.report_only:
         generate()
+        print(f"generated the mutants in {time.monotonic() - started:.0f} s")
     mutants = Mutants(ROOT / "mutants")
     names, messages, outside = mutants.selected()
     if args.only:
@@ -233,8 +259,10 @@ def main(argv: list[str]) -> int:
         print(f"{len(unrun)} of the {len(names)} selected mutants have no result yet (left out)")
         names = [n for n in names if mutants.status[n] is not None]
     else:
+        if args.resume:
+            names = [n for n in names if mutants.status[n] is None]
         print(f"running {len(names)} of {len(mutants.status)} mutants")
-        run(names, max_children=args.max_children, budget=args.budget)
+        run(names, workers=args.workers, budget=args.budget)
         mutants = Mutants(ROOT / "mutants")
     return report(mutants, names, (messages, outside), time.monotonic() - started)
 

@@ -38,10 +38,13 @@ from stepguard.core.errors import BadRequest, StoreUnavailable
 from stepguard.service.accounts import Accounts
 from stepguard.service.guard import Guard
 from stepguard.service.hot_metrics import FastCounter, FastHistogram
+from stepguard.service.idp import IdentityProviders
 from stepguard.service.runtime import Runtime
 from stepguard.service.stepup import StepUp
 from stepguard.web import metrics_access
 from stepguard.web.agents_page import AgentsPage
+from stepguard.web.db_tokens import DbTokenPages
+from stepguard.web.oidc import OidcPages
 from stepguard.web.portal import Portal
 from stepguard.web.security import SecurityHeadersMiddleware
 
@@ -132,6 +135,9 @@ def create_app(runtime: Runtime) -> Gateway:
              if runtime.config.upstreams else None)
     portal = Portal(runtime, guard, stepup, accounts,
                     replay=proxy.replay if proxy is not None else None)
+    providers = (IdentityProviders.start(runtime, accounts, stepup)
+                 if runtime.config.oidc.providers else None)
+    provider_pages = OidcPages(portal, providers) if providers is not None else None
     forward_auth = forward.endpoint(CaddyStrategy())
     auth_request = forward.endpoint(NginxStrategy())
 
@@ -191,6 +197,8 @@ def create_app(runtime: Runtime) -> Gateway:
         # The server has stopped accepting and finished its in-flight requests; now write the
         # audit queue (or spill it, see service/audit_spill.py) off the event loop.
         await run_in_threadpool(runtime.close)
+        if providers is not None:
+            providers.close()
 
     routes = [
         # Answered by `Gateway.__call__` first; here for any other method (405).
@@ -202,6 +210,8 @@ def create_app(runtime: Runtime) -> Gateway:
         *decision_api_routes(runtime, guard, stepup),
         *portal.routes(),
         *AgentsPage(portal).routes(),
+        *DbTokenPages(portal).routes(),
+        *(provider_pages.routes() if provider_pages is not None else []),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     mcp = McpDoor(runtime, guard, stepup) if runtime.config.mcp_servers else None
@@ -218,6 +228,7 @@ def create_app(runtime: Runtime) -> Gateway:
         app.state.proxy = proxy
     app.state.runtime, app.state.guard, app.state.stepup = runtime, guard, stepup
     app.state.accounts, app.state.portal = accounts, portal
+    app.state.identity_providers = providers
     app.add_middleware(SecurityHeadersMiddleware, https=https)
     return app
 

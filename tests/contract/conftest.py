@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import text
 
 from stepguard.storage.engine import make_engine
+from stepguard.storage.identity_tables import IDENTITY_TABLES
 from stepguard.storage.interfaces import Store
 from stepguard.storage.memory import MemoryStore
 from stepguard.storage.migrate import upgrade
@@ -49,7 +50,7 @@ def postgres_store_url(postgres_contract_url: str) -> str:
     engine = make_engine(postgres_contract_url)
     try:
         with engine.begin() as connection:
-            names = ", ".join(table.name for table in TABLES)
+            names = ", ".join(table.name for table in (*TABLES, *IDENTITY_TABLES))
             connection.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
     finally:
         engine.dispose()

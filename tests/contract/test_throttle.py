@@ -1,12 +1,17 @@
-"""Contract: Throttle counters, shared and atomic, with the back-off of `service.throttle`."""
+"""Contract: Throttle counters, shared and atomic, with the back-off of `core.throttle`."""
 
 from __future__ import annotations
 
 import pytest
 
 from stepguard.core.errors import Throttled
-from stepguard.service.throttle import ip_key, user_device_key, user_factor_key, user_ip_key
-from stepguard.storage.records import ThrottleState
+from stepguard.core.throttle import (
+    ThrottleState,
+    ip_key,
+    user_device_key,
+    user_factor_key,
+    user_ip_key,
+)
 from stepguard.storage.sql import SqlStore
 from tests.contract import build
 from tests.contract.build import NOW

@@ -53,6 +53,7 @@ from stepguard.adapters.bearer import (
 from stepguard.adapters.http_context import build_context
 from stepguard.config.load import load_config
 from stepguard.core.errors import InvalidToken
+from stepguard.service.guard import Guard
 from stepguard.service.runtime import Runtime, build_runtime
 from tests.support.servers import Process, free_port
 
@@ -197,11 +198,13 @@ bearer:
 def protected_app(runtime: Runtime) -> Starlette:
     """An API guarded by Stepguard: any path, decided by the policy from the bearer token."""
 
+    guard = Guard(runtime)
+
     async def endpoint(request: Request) -> Response:
         context = build_context(method=request.method, scheme="https", host="api.stepguard.test",
                                 target=request.url.path, client_ip="127.0.0.1",
                                 headers=request.headers)
-        check = await run_in_threadpool(decide_bearer, runtime, context,
+        check = await run_in_threadpool(decide_bearer, guard, context,
                                         request.headers.get("authorization"))
         refusal = bearer_response(check, runtime)
         if refusal is not None:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from stepguard.core.errors import StoreUnavailable
-from stepguard.service.throttle import ThrottleSettings, ip_key
+from stepguard.core.throttle import ThrottleSettings, ip_key
 from stepguard.storage.redis_throttle import RedisThrottle, connect
 from tests.contract import test_throttle as contract
 from tests.support.servers import Redis, require_binaries

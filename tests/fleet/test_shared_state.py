@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from stepguard.service.throttle import user_factor_key
+from stepguard.core.throttle import user_factor_key
 from tests.fleet.harness import Browser, Fleet, decision_paths
 from tests.support.gateway import Seeded
 

@@ -43,6 +43,7 @@ from stepguard.core.context import RequestContext
 from stepguard.core.decision import Outcome
 from stepguard.core.errors import InvalidToken, IssuerUnavailable
 from stepguard.core.levels import Level
+from stepguard.service.guard import Guard
 from stepguard.service.jwks import JwksCache
 from stepguard.service.runtime import Runtime, build_runtime
 
@@ -177,6 +178,9 @@ def forge(header: dict[str, Any], payload: dict[str, Any], mac_key: bytes | None
 
 # --- fixtures -----------------------------------------------------------------------------------
 
+_guards: dict[int, Guard] = {}  # the runtime fixture's Guard, by id of its runtime
+
+
 
 @pytest.fixture
 def runtime(tmp_path: Path) -> Iterator[Runtime]:
@@ -191,7 +195,9 @@ bearer: {{issuer: "{ISSUER}", audience: "{AUDIENCE}", groups_claim: groups}}
 """)
     clock = Clock()
     rt = build_runtime(load_config(tmp_path / "stepguard.yaml"), clock=clock)
+    _guards[id(rt)] = Guard(rt)
     yield rt
+    del _guards[id(rt)]
     rt.close()
 
 
@@ -217,6 +223,11 @@ def validator(runtime: Runtime, issuer: Issuer, clock: Clock) -> BearerValidator
     return BearerValidator(settings, issuer.jwks(clock), now=clock)
 
 
+def guard_of(runtime: Runtime) -> Guard:
+    """The runtime's one Guard, as a server has."""
+    return _guards[id(runtime)]
+
+
 def ctx(path: str = "/reports", method: str = "GET", **attributes: Any) -> RequestContext:
     return RequestContext(method=method, host="api.test", path=path, attributes=attributes)
 
@@ -224,7 +235,7 @@ def ctx(path: str = "/reports", method: str = "GET", **attributes: Any) -> Reque
 def check(runtime: Runtime, validator: BearerValidator, token: str | None, path: str = "/reports",
           **attributes: Any):  # type: ignore[no-untyped-def]
     header = f"Bearer {token}" if token is not None else None
-    return decide_bearer(runtime, ctx(path, **attributes), header, validator=validator)
+    return decide_bearer(guard_of(runtime), ctx(path, **attributes), header, validator=validator)
 
 
 # --- validation ---------------------------------------------------------------------------------
@@ -539,14 +550,14 @@ def test_invalid_tokens_get_invalid_token(runtime: Runtime, validator: BearerVal
     assert response is not None
     assert response.headers["www-authenticate"] == (
         'Bearer error="invalid_token", error_description="the token is meant for another audience"')
-    malformed = decide_bearer(runtime, ctx(), "Bearer a b", validator=validator)
+    malformed = decide_bearer(guard_of(runtime), ctx(), "Bearer a b", validator=validator)
     assert malformed.status == 400
     assert 'error="invalid_request"' in (bearer_challenge(malformed, runtime) or "")
 
 
 def test_no_token_follows_the_policy(runtime: Runtime, validator: BearerValidator) -> None:
-    assert decide_bearer(runtime, ctx("/public/a"), None, validator=validator).allowed
-    result = decide_bearer(runtime, ctx("/reports"), "Basic abc", validator=validator)
+    assert decide_bearer(guard_of(runtime), ctx("/public/a"), None, validator=validator).allowed
+    result = decide_bearer(guard_of(runtime), ctx("/reports"), "Basic abc", validator=validator)
     assert result.status == 401 and bearer_challenge(result, runtime) == "Bearer"
 
 
@@ -668,3 +679,28 @@ def test_validation_cost_per_token(runtime: Runtime, clock: Clock,
         assert per_token < 3000
     with capsys.disabled():
         print(f"\n  bearer validation per token (cached JWKS): {', '.join(figures)}")
+
+
+def test_the_bearer_path_spends_single_use_grants_and_audits_every_decision(
+        runtime: Runtime, validator: BearerValidator, key: Key) -> None:
+    """The bearer door goes through the one decision flow: a single-use grant made from the
+    token's authentication is spent in the grant store, and every decision (allow, step-up,
+    refused token) is its own audit entry naming the token."""
+    fresh = sign(key, acr="urn:stepguard:aal2", amr=["pwd", "otp"], auth_time=int(T0) - 5)
+    spent = check(runtime, validator, fresh, "/wire")
+    assert spent.allowed and spent.decision.consume_grant == spent.decision.grant_id != ""
+    record = runtime.store.grants.get(spent.decision.grant_id)
+    assert record is not None and record.consumed_at == T0 and record.grant.single_use
+    assert check(runtime, validator, fresh, "/wire").status == 401
+    assert check(runtime, validator, sign(key), "/reports").allowed
+    assert check(runtime, validator, sign(key, aud="https://other.test"), "/reports").status == 401
+    runtime.audit.flush(timeout=5)
+    entries = [e for e in runtime.audit_log.entries() if e.kind == "decision"]
+    assert [(e.rule, e.decision, e.outcome) for e in entries] == [
+        ("wire", "allow", "allow"), ("wire", "step_up", "step_up"),
+        ("default", "allow", "allow"), ("bearer-token", "step_up", "invalid_token")]
+    first = entries[0]
+    assert first.subject == "alice" and first.session == runtime.session_ref(spent.session.id)
+    assert first.detail["grant"] == spent.decision.grant_id and first.detail["consumed"] is True
+    assert all(e.detail["via"] == "bearer" for e in entries)
+    assert entries[2].detail["jti"] and entries[3].detail["error"] == "invalid_token"

@@ -24,10 +24,10 @@ from stepguard.asgi import StepguardMiddleware
 from stepguard.audit.ledger import AuditEntry, pseudonymise_ip
 from stepguard.core.context import AuthEvent
 from stepguard.core.levels import Level
+from stepguard.core.throttle import ip_key, user_factor_key
 from stepguard.factors.recovery import generate_recovery_codes, hash_recovery_code
 from stepguard.service.accounts import Accounts
 from stepguard.service.runtime import Runtime, hash_token
-from stepguard.service.throttle import ip_key, user_factor_key
 from stepguard.web.app import create_app
 from tests.integration.test_gateway import BASE, PEER, caddy_headers, csrf, forward, sign_in
 from tests.support.gateway import Clock, Seeded, make_runtime, seed_user, shown

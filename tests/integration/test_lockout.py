@@ -22,10 +22,10 @@ from stepguard.core.context import RequestContext
 from stepguard.core.decision import Decision, Outcome, Requirement
 from stepguard.core.errors import Throttled, VerificationFailed
 from stepguard.core.levels import Level
+from stepguard.core.throttle import user_factor_key
 from stepguard.service.accounts import Accounts
 from stepguard.service.runtime import Runtime, build_runtime
 from stepguard.service.stepup import StepUp
-from stepguard.service.throttle import user_factor_key
 from stepguard.web.app import create_app
 from tests.contract import build
 from tests.support.gateway import Clock, Seeded, seed_user, shown, write_config
@@ -177,7 +177,8 @@ def lock_alice(runtime: Runtime, alice: Seeded, clock: Clock) -> None:
 def test_users_unlock_lifts_the_lock(runtime: Runtime, alice: Seeded, clock: Clock,
                                      config_path: Path) -> None:
     lock_alice(runtime, alice, clock)
-    result = CliRunner().invoke(cli, ["users", "unlock", "alice", "--config", str(config_path)])
+    result = CliRunner().invoke(cli, ["users", "unlock", "alice", "--config", str(config_path),
+                                        "--yes"])
     assert result.exit_code == 0, result.output
     assert "unlocked" in result.output
     assert login(browser(runtime), "alice", alice.password, STRANGER).status_code == 303

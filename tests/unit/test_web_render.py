@@ -31,6 +31,7 @@ from webauthn.helpers import (
 )
 from webauthn.helpers.structs import PublicKeyCredentialDescriptor
 
+from stepguard.web import charts
 from stepguard.web.render import (
     STATIC_DIR,
     TEMPLATES_DIR,
@@ -178,6 +179,16 @@ PAGES: dict[str, dict[str, Any]] = {
         "enrol_push_url": "/account/push-device",
         "recovery_url": "/account/recovery",
         "logout_url": "/logout",
+        "db_tokens_url": "/account/db-tokens",
+    },
+    "db_tokens.html": {
+        "tokens": [{"id": "0123456789abcdef", "level": "aal2", "current": True,
+                    "expires_in": "480 min"},
+                   {"id": EVIL, "level": "aal1", "current": False, "expires_in": "3 min"}],
+        "databases": ["app", EVIL],
+        "issued_url": "postgresql://alice.0123456789abcdef:" + EVIL + "@db:6432/app",
+        "issue_url": "/account/db-tokens", "revoke_url": "/account/db-tokens/revoke",
+        "user": USER,
     },
     "enrol_totp.html": {
         "qr_svg": QR,
@@ -206,48 +217,58 @@ PAGES: dict[str, dict[str, Any]] = {
     },
     "admin.html": {
         "user": USER,
+        "role": "admin",
+        "may": {"auditor": True, "operator": True, "admin": True},
         "users": [
-            {
-                "id": "u1",
-                "username": "alice",
-                "display_name": EVIL,
-                "groups": ["admins", "ops"],
-                "disabled": False,
-                "factor_count": 2,
-            },
-            {
-                "id": "u2",
-                "username": "bob",
-                "display_name": "Bob",
-                "groups": [],
-                "disabled": True,
-                "factor_count": 0,
-            },
+            {"id": "u1", "username": "alice", "display_name": EVIL, "groups": ["admins", "ops"],
+             "disabled": False, "role": "admin", "factor_count": 2, "source": "local"},
+            {"id": "u2", "username": "bob", "display_name": "Bob", "groups": [],
+             "disabled": True, "role": "", "factor_count": 0, "source": "corp-idp"},
         ],
         "sessions": [{"id": "s9", "user": "alice", "ip": "203.0.113.7", "last_seen_text": "now"}],
-        "entries": [
-            {
-                "seq": 7,
-                "at_text": "14:02",
-                "kind": "decision",
-                "subject": "alice",
-                "rule": "large-transfer",
-                "decision": "step_up",
-                "outcome": "challenged",
-                "factor": None,
-                "reasons": [EVIL, "new device"],
-            },
-        ],
-        "filters": {"user": EVIL, "rule": "", "outcome": ""},
-        "revoke_url": "/admin/sessions/revoke",
-        "disable_url": "/admin/users/disable",
-        "unlock_url": "/admin/users/unlock",
+        "chain": {"head": 7, "hash": "0123456789abcdef", "count": 7, "checkpoint": 0,
+                  "verified": {"at": "now", "ok": True, "text": "ok"}},
+        "policy": {"version": 3, "digest": "abcdef0123456789", "loaded": "today",
+                   "mode": "enforce", "report_rules": [EVIL]},
+        "shadow": [{"rule": EVIL, "allow": 5, "would_step_up": 2}],
+        "dead_letters": 1,
     },
-    "admin_unlock.html": {
-        "user": USER,
-        "account": {"id": "u1", "username": EVIL},
-        "unlock_url": "/admin/users/unlock",
-        "cancel_url": "/admin",
+    "admin_confirm.html": {
+        "user": USER, "heading": "Disable alice?", "text": EVIL,
+        "action": "/admin/users/disable", "fields": {"user_id": "u1"},
+    },
+    "admin_created.html": {"user": USER, "role": "admin", "username": EVIL, "password": "pw"},
+    "admin_audit.html": {
+        "user": USER, "role": "auditor",
+        "filters": {"user": EVIL, "rule": "", "outcome": "", "kind": "decision", "from": "",
+                    "to": ""},
+        "entries": [{"seq": 7, "at_text": "14:02", "kind": "decision", "subject": "alice",
+                     "request": "GET app.test/x", "rule": "large-transfer",
+                     "decision": "step_up", "outcome": "step_up", "factor": "",
+                     "reasons": [EVIL, "new device"]}],
+        "next_url": "/admin/audit?before=7", "first_url": "/admin/audit",
+    },
+    "admin_policy.html": {
+        "user": USER, "role": "auditor",
+        "current": {"version": 2, "digest": "ab" * 32, "loaded": "today", "source": "p.yaml",
+                    "text": EVIL},
+        "previous": {"version": 1, "loaded": "yesterday"}, "diff": "-a\n+b\n",
+        "versions": [{"version": 2, "digest": "abab", "loaded": "today"}],
+        "rules": [{"name": "r", "mode": "report", "description": EVIL}],
+    },
+    "admin_notifications.html": {
+        "user": USER, "role": "auditor",
+        "letters": [{"at": "now", "target": "hooks.example", "event": "lockout",
+                     "attempts": 6, "error": EVIL}],
+    },
+    "admin_dashboard.html": {
+        "user": USER, "role": "auditor", "period": "7d", "periods": ["24h", "7d", "30d"],
+        "charts": [(EVIL, charts.bars(EVIL, [(EVIL, 3)], ident="c1")),
+                   ("Over time", charts.stacked("t", ["a", "b"], {"allow": [1, 2]},
+                                                ident="c2")),
+                   ("Pairs", charts.paired("p", [("totp", 2, 1)], ("started", "passed"),
+                                           ident="c3"))],
+        "tables": [("Rules", [(EVIL, 3)], ["rule", "count"])],
     },
     "inline_done.html": {"embedded": True, "parent_origin": EVIL,
                           "inline_challenge": "c1"},
@@ -319,7 +340,8 @@ def render(renderer: Renderer, name: str, **overrides: Any) -> str:
 
 
 def test_every_template_has_a_representative_context() -> None:
-    templates = {p.name for p in TEMPLATES_DIR.glob("*.html")} - {"base.html", "_macros.html"}
+    templates = {p.name for p in TEMPLATES_DIR.glob("*.html")
+                 if not p.name.startswith("_")} - {"base.html"}  # partials are included
     assert templates == set(PAGES)
 
 
@@ -609,14 +631,6 @@ def test_recovery_codes_page(renderer: Renderer) -> None:
 def test_admin_page(renderer: Renderer) -> None:
     html = render(renderer, "admin.html")
     page = Page(html)
-    (filters,) = [f for f in page.forms if f["method"] == "get"]
-    assert filters["action"] is None  # submits to the page itself
-    assert [f.get("name") for f in filters["fields"] if f["tag"] == "input"] == [
-        "user",
-        "rule",
-        "outcome",
-    ]
-    assert page.with_attr("id", "filter-user")[0]["value"] == EVIL  # attribute round-trips escaped
     disabled = [
         f.get("value")
         for form in page.forms
@@ -624,9 +638,22 @@ def test_admin_page(renderer: Renderer) -> None:
         for f in form["fields"]
         if f.get("name") == "user_id"
     ]
-    assert disabled == ["u1"]
-    assert '<td data-label="Groups">admins, ops</td>' in html and f"{ESCAPED}; new device" in html
+    assert disabled == ["u1"]  # bob is disabled already
+    assert '<td data-label="Groups">admins, ops</td>' in html and ESCAPED in html
     assert "None" not in html
+    auditor = render(renderer, "admin.html",
+                     may={"auditor": True, "operator": False, "admin": False})
+    actions = {f["action"] for f in Page(auditor).forms}
+    assert actions == {"/admin/chain/verify"}  # an auditor is shown no action
+
+
+def test_admin_audit_filters(renderer: Renderer) -> None:
+    page = Page(render(renderer, "admin_audit.html"))
+    (filters,) = [f for f in page.forms if f["method"] == "get"]
+    assert filters["action"] == "/admin/audit"
+    assert [f.get("name") for f in filters["fields"] if f["tag"] in ("input", "select")] == [
+        "user", "rule", "outcome", "kind", "from", "to"]
+    assert page.with_attr("id", "f-user")[0]["value"] == EVIL  # attribute round-trips escaped
 
 
 def test_message_page_link_is_optional(renderer: Renderer) -> None:

@@ -13,11 +13,12 @@ into the core's `SessionState` with one authentication event:
   is dated to the very start of its level's session lifetime, so it can still pass rules without
   `max_age`, but every `max_age` fails and the client must re-authenticate with `max_age`.
 
-`decide_bearer(runtime, context, authorization)` is the one call adapters make: it validates the
-`Authorization` header, lets the core decide with the policy as usual, audits, and returns a
-`BearerCheck`; `bearer_response(check, runtime)` renders a refusal: `401 invalid_token`, `401`
-with `WWW-Authenticate: Bearer error="insufficient_user_authentication", acr_values=…,
-max_age=N` (RFC 9470), or `403`.
+`decide_bearer(guard, context, authorization)` is the one call adapters make: it validates the
+`Authorization` header, then runs the one decision flow (`Guard.judge_token`: the core decides
+with the policy as usual, a single-use token grant is spent in the grant store, the decision is
+audited) and returns a `BearerCheck`; `bearer_response(check, runtime)` renders a refusal:
+`401 invalid_token`, `401` with `WWW-Authenticate: Bearer
+error="insufficient_user_authentication", acr_values=…, max_age=N` (RFC 9470), or `403`.
 
 A bearer token has no Stepguard session, so rules that need a grant (a `scope`, `single_use`,
 `max_age: 0s`) are met by the token's own authentication event when it reaches the level, the
@@ -29,7 +30,6 @@ refused (403): the issuer never showed the user the bound values, so a token can
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import math
@@ -43,16 +43,16 @@ import jwt
 from starlette.responses import Response
 
 from stepguard.adapters.rfc9470 import step_up_challenge, step_up_response, token_challenge
-from stepguard.audit.ledger import request_summary
 from stepguard.config.schema import BearerSection
 from stepguard.core.context import AuthEvent, RequestContext, SessionState, Subject
-from stepguard.core.decide import decide, valid_events
+from stepguard.core.decide import valid_events
 from stepguard.core.decision import Decision, Outcome, Requirement
-from stepguard.core.errors import Conflict, InvalidToken
+from stepguard.core.errors import InvalidToken
 from stepguard.core.grant import Grant
 from stepguard.core.levels import FACTOR_AMR, Level, LevelSettings
 from stepguard.core.policy import Policy
 from stepguard.core.risk import NO_RISK, RiskAssessment
+from stepguard.service.guard import Guard
 from stepguard.service.jwks import JwksCache, SigningKey, fits
 from stepguard.service.runtime import Runtime
 
@@ -66,7 +66,7 @@ __all__ = [
     "bearer_credentials",
     "bearer_response",
     "decide_bearer",
-    "decide_with_state",
+    "token_grant",
     "validator_for",
 ]
 
@@ -359,68 +359,44 @@ def bearer_credentials(authorization: str | None) -> str | None:
     return value
 
 
-def decide_bearer(runtime: Runtime, context: RequestContext, authorization: str | None, *,
+def decide_bearer(guard: Guard, context: RequestContext, authorization: str | None, *,
                   validator: BearerValidator | None = None,
                   risk: RiskAssessment = NO_RISK) -> BearerCheck:
-    """Validate the `Authorization` header, decide with the policy, audit: the adapters' one call.
+    """Validate the `Authorization` header, then the one decision flow (`Guard.judge_token`:
+    decide, a token grant, consume, audit): the adapters' one call.
 
     Raises `IssuerUnavailable` (a `StoreUnavailable`) when the issuer's keys cannot be fetched:
     answer 503, never allow. Blocking (may fetch the JWKS): call it from a worker thread.
     """
+    runtime = guard.rt
     try:
         raw = bearer_credentials(authorization)
     except InvalidToken as exc:
-        return _refused(runtime, context, exc)
+        return _refused(guard, context, exc)
     if raw is None:
-        decision = decide_with_state(runtime, context, None, risk=risk, detail={"via": "bearer"})
-        return BearerCheck(decision, context, None, risk, settings=_settings(runtime, validator))
+        check = guard.judge_token(context, None, grant_for=_no_grant, risk=risk,
+                                  detail={"via": "bearer"})
+        return BearerCheck(check.decision, context, None, risk,
+                           settings=_settings(runtime, validator))
     validator = validator or validator_for(runtime)
     if validator is None:
-        return _refused(runtime, context, InvalidToken("bearer tokens are not accepted here"))
+        return _refused(guard, context, InvalidToken("bearer tokens are not accepted here"))
     try:
         token = validator.validate(raw)
     except InvalidToken as exc:
-        return _refused(runtime, context, exc)
-    decision = _decide_token(runtime, validator.settings, context, token, risk)
-    return BearerCheck(decision, context, token, risk, settings=validator.settings)
+        return _refused(guard, context, exc)
+    settings = validator.settings
+
+    def grant_for(decision: Decision) -> Grant | None:
+        return token_grant(token, decision, settings=settings, now=runtime.now())
+
+    check = guard.judge_token(context, token.state, grant_for=grant_for, risk=risk,
+                              detail=_token_detail(token))
+    return BearerCheck(check.decision, context, token, risk, settings=settings)
 
 
-def decide_with_state(runtime: Runtime, context: RequestContext, state: SessionState | None, *,
-                      risk: RiskAssessment = NO_RISK, grants: Sequence[Grant] = (),
-                      audit: bool = True, detail: Mapping[str, object] | None = None) -> Decision:
-    """`core.decide` for a session state the caller built (a token, a remote session), with the
-    same single-use grant consumption and audit entry as `Guard.check`."""
-    now = runtime.now()
-    decision = decide(runtime.policy, context, state, risk, grants, now)
-    if decision.consume_grant and state is not None and not runtime.store.grants.consume(
-            decision.consume_grant, session_id=state.id, now=now):
-        spent = [g for g in grants if g.id != decision.consume_grant]
-        decision = decide(runtime.policy, context, state, risk, spent, now)
-    if audit:
-        _audit(runtime, context, state, decision, risk, detail or {})
-    return decision
-
-
-def _decide_token(runtime: Runtime, settings: BearerSettings, context: RequestContext,
-                  token: BearerToken, risk: RiskAssessment) -> Decision:
-    detail = _token_detail(token)
-    now = runtime.now()
-    first = decide(runtime.policy, context, token.state, risk, (), now)
-    requirement = first.requirement
-    if first.outcome is not Outcome.STEP_UP or requirement is None or not requirement.needs_grant:
-        _audit(runtime, context, token.state, first, risk, detail)
-        return first
-    if requirement.bind:
-        refused = _refuse_binding(first)
-        _audit(runtime, context, token.state, refused, risk, detail)
-        return refused
-    grant = token_grant(token, first, settings=settings, now=now)
-    if grant is not None and grant.single_use:
-        with contextlib.suppress(Conflict):  # this authentication event was spent already
-            runtime.store.grants.add(grant)
-    grants = (grant,) if grant is not None else ()
-    return decide_with_state(runtime, context, token.state, risk=risk, grants=grants,
-                             detail=detail)
+def _no_grant(_: Decision) -> None:
+    return None
 
 
 def token_grant(token: BearerToken, decision: Decision, *, settings: BearerSettings,
@@ -449,20 +425,11 @@ def token_grant(token: BearerToken, decision: Decision, *, settings: BearerSetti
                  binding=decision.binding, factor=event.factor)
 
 
-def _refuse_binding(decision: Decision) -> Decision:
-    reason = ("This request must be approved on Stepguard's step-up page, which shows what is "
-              "approved; an access token cannot approve a bound transaction.")
-    return Decision(outcome=Outcome.DENY, rule=decision.rule,
-                    reasons=(*decision.reasons, reason), requirement=decision.requirement,
-                    scope=decision.scope, binding=decision.binding,
-                    bound_values=decision.bound_values)
-
-
-def _refused(runtime: Runtime, context: RequestContext, error: InvalidToken) -> BearerCheck:
+def _refused(guard: Guard, context: RequestContext, error: InvalidToken) -> BearerCheck:
     decision = Decision(outcome=Outcome.STEP_UP, rule="bearer-token", reasons=(error.reason,),
                         login=True)
-    _audit(runtime, context, None, decision, NO_RISK, {"via": "bearer", "error": error.code},
-           outcome=error.code)
+    guard.refused(context, decision, outcome=error.code,
+                  detail={"via": "bearer", "error": error.code})
     return BearerCheck(decision, context, None, NO_RISK, error)
 
 
@@ -470,23 +437,6 @@ def _token_detail(token: BearerToken) -> dict[str, object]:
     return {"via": "bearer", "issuer": token.issuer, "client_id": token.client_id,
             "jti": token.token_id, "acr": token.acr, "amr": list(token.amr),
             "auth_time": token.auth_time}
-
-
-def _audit(runtime: Runtime, context: RequestContext, state: SessionState | None,
-           decision: Decision, risk: RiskAssessment, detail: Mapping[str, object],
-           outcome: str = "") -> None:
-    entry: dict[str, object] = {"risk_score": risk.score, "risk_level": risk.level, **detail}
-    if decision.grant_id:
-        entry["grant"] = decision.grant_id
-        entry["consumed"] = bool(decision.consume_grant)
-    if decision.outcome is Outcome.STEP_UP and decision.requirement is not None:
-        entry["level"] = decision.requirement.level.label
-    runtime.record(kind="decision", subject=state.subject.id if state else "",
-                   session_id=state.id if state else "",
-                   request=request_summary(context, ip_key=runtime.ip_key),
-                   decision=decision.outcome.value, rule=decision.rule, reasons=decision.reasons,
-                   outcome=outcome or ("login" if decision.login else decision.outcome.value),
-                   detail=entry)
 
 
 # --- answering ----------------------------------------------------------------------------------

@@ -39,8 +39,9 @@ from starlette.routing import Route
 
 from stepguard.adapters.bearer import BearerValidator, decide_bearer
 from stepguard.adapters.cookies import DeviceCookies
-from stepguard.core.canonical import canonical_host, canonical_method, canonical_path, loads_json
-from stepguard.core.context import RequestContext, SessionState, Subject
+from stepguard.adapters.http_context import canonical_path_of
+from stepguard.core.canonical import canonical_host, canonical_method, loads_json
+from stepguard.core.context import AuthEvent, RequestContext, SessionState, Subject
 from stepguard.core.decide import valid_events
 from stepguard.core.decision import Decision, Outcome
 from stepguard.core.errors import BadRequest, StoreUnavailable, VerificationFailed
@@ -138,7 +139,9 @@ class DecideResponse(_Model):
 class DecideFacts:
     """`DecideRequest`'s fields without the model, for a caller that checked them against its
     constraints itself (the embedded middleware, see `asgi.middleware.check_fields`): building
-    and validating the model is the costliest step of its hot path."""
+    and validating the model is the costliest step of its hot path. `context`, when given, is
+    the one `DecisionService.context` would build from these fields (the middleware builds it
+    from the same readings, memoised, instead of parsing them twice)."""
 
     method: str
     host: str
@@ -153,6 +156,7 @@ class DecideFacts:
     session_token: str | None
     bearer: str | None
     return_url: str | None
+    context: RequestContext | None = None  # the canonical context, when the caller built it
 
 
 Facts = DecideRequest | DecideFacts
@@ -180,9 +184,11 @@ class DecisionService:
 
     def context(self, request: Facts) -> RequestContext:
         """The canonical request context (`BadRequest` when method, host or path is ambiguous)."""
+        if isinstance(request, DecideFacts) and request.context is not None:
+            return request.context
         return RequestContext(
             method=canonical_method(request.method), host=_canonical_host(request.host),
-            path=canonical_path(request.path), scheme=request.scheme, query=request.query,
+            path=_canonical_path(request.path), scheme=request.scheme, query=request.query,
             client_ip=request.client_ip, user_agent=request.user_agent,
             device_id=self.devices.device_id(request.device_cookie),
             action=request.action, attributes=dict(request.attributes))
@@ -191,7 +197,7 @@ class DecisionService:
         context = self.context(request)
         if request.bearer is not None:
             return self._decide_bearer(request, context)
-        return self.respond(request, context, self.guard.check(context, request.session_token))
+        return self.conclude(request, context, self.guard.check(context, request.session_token))
 
     def decide_cached(self, request: DecideRequest) -> DecideResponse | None:
         """The same answer without blocking I/O when the session is cached (see
@@ -200,32 +206,36 @@ class DecisionService:
             return None
         context = self.context(request)
         check = self.guard.check_cached(context, request.session_token)
-        return None if check is None else self.respond(request, context, check)
+        return None if check is None else self.conclude(request, context, check)
 
-    def respond(self, request: Facts, context: RequestContext,
-                 check: Check) -> DecideResponse:
-        decision = check.decision
+    def conclude(self, request: Facts, context: RequestContext, check: Check) -> DecideResponse:
+        """After the decision: begin the step-up it asks for (a challenge is stored now; never
+        from `Guard.check_cached`'s answers, which need none), then the answer."""
+        url = self.begin(request, context, check)
+        return self.answer(check, challenge_url=url)
+
+    def begin(self, request: Facts, context: RequestContext, check: Check) -> str | None:
+        """The URL where a step-up continues (`StepUp.begin`); None for an allow or a deny."""
+        if check.decision.outcome is not Outcome.STEP_UP:
+            return None
+        return self.base + self.stepup.begin(check.decision, context, check.session,
+                                             return_url=self.return_url(request, context))
+
+    def answer(self, check: Check, *, challenge_url: str | None = None) -> DecideResponse:
+        """The response for a decision (renders only)."""
         state = check.session.state(check.subject) if check.session and check.subject else None
         username = check.user.username if check.user else ""
-        if decision.outcome is Outcome.STEP_UP:
-            url = self._challenge(decision, context, check.session, request)
-            return self._response(decision, state, username, challenge_url=url)
-        return self._response(decision, state, username)
+        return self._response(check.decision, state, username, challenge_url=challenge_url)
 
     def _decide_bearer(self, request: Facts, context: RequestContext) -> DecideResponse:
         """The bearer flow of `adapters.bearer` (validation, acr/amr/auth_time, token grants,
         audit); `IssuerUnavailable` propagates as a `StoreUnavailable` (503)."""
-        check = decide_bearer(self.rt, context, f"Bearer {request.bearer}",
+        check = decide_bearer(self.guard, context, f"Bearer {request.bearer}",
                               validator=self.bearer_validator)
         token_error: Literal["invalid_token"] | None = (
             "invalid_token" if check.error is not None else None)
         username = check.subject.name if check.subject else ""
         return self._response(check.decision, check.session, username, token_error=token_error)
-
-    def _challenge(self, decision: Decision, context: RequestContext, session: Any,
-                   request: Facts) -> str:
-        return self.base + self.stepup.location(decision, context, session,
-                                                return_url=self.return_url(request, context))
 
     def return_url(self, request: Facts, context: RequestContext) -> str:
         """The caller's return URL if it is on a protected domain; else the request's own URL."""
@@ -263,14 +273,19 @@ class DecisionService:
         """Who was allowed, and how and when they last proved it at the level reached."""
         if state is None:
             return None
-        events = [e for e in valid_events(self.rt.policy.levels, state, self.rt.now())
-                  if e.level >= decision.level]
-        event = max(events, key=lambda e: e.at, default=None)
+        event = self.shown_event(decision, state)
         return _subject_info(state.subject, username, self.acr(decision.level),
                              event.amr if event else (), event.at if event else None)
 
+    def shown_event(self, decision: Decision, state: SessionState) -> AuthEvent | None:
+        """The authentication an allow reports: the newest live event at the level reached."""
+        events = [e for e in valid_events(self.rt.policy.levels, state, self.rt.now())
+                  if e.level >= decision.level]
+        return max(events, key=lambda e: e.at, default=None)
+
 
 _canonical_host = lru_cache(maxsize=4096)(canonical_host)  # pure; refusals are not remembered
+_canonical_path = canonical_path_of
 
 
 def _subject_info(subject: Subject, username: str, acr: str | None, amr: Sequence[str],

@@ -161,8 +161,8 @@ class ForwardAuth:
         token = self.session_cookie.token(cookies)
         try:
             check = self.guard.check_cached(context, token)
-            if check is not None:  # everything was cached: no thread hop
-                return self._answer(headers, strategy, check, original)
+            if check is not None:  # everything was cached: no thread hop, nothing to store
+                return self._answer(headers, strategy, check, self._begin(check, original))
             return await run_in_threadpool(self._decide, headers, strategy, context, original,
                                            token)
         except StoreUnavailable:
@@ -179,19 +179,29 @@ class ForwardAuth:
 
     def _decide(self, headers: HeaderView, strategy: Strategy, context: RequestContext,
                 original: Original, token: str | None) -> RawHeaders | Response:
+        """The flow in a worker thread: decide, begin the step-up it asks for, then answer."""
         check = self.guard.check(context, token)
-        return self._answer(headers, strategy, check, original)
+        return self._answer(headers, strategy, check, self._begin(check, original))
+
+    def _begin(self, check: Check, original: Original) -> str:
+        """Where a step-up continues ("" for an allow or a deny): the sign-in page, or the page
+        of a challenge stored now (`StepUp.begin`; `Guard.check_cached` never returns a
+        step-up that needs one, so the event loop never writes here)."""
+        if check.decision.outcome is not Outcome.STEP_UP:
+            return ""
+        base = self.rt.config.server.public_url.rstrip("/")
+        return base + self.stepup.begin(check.decision, check.context, check.session,
+                                        return_url=original_url(original))
 
     def _answer(self, headers: HeaderView, strategy: Strategy, check: Check,
-                original: Original) -> RawHeaders | Response:
+                location: str) -> RawHeaders | Response:
+        """The answer for a decision (renders only: a step-up's challenge is begun already)."""
         decision = check.decision
         if decision.outcome is Outcome.ALLOW:
             return self.identity(check)
         if decision.outcome is Outcome.DENY:
             return Response(json.dumps({"error": "denied", "reasons": list(decision.reasons)}),
                             403, media_type="application/json")
-        url = original_url(original)
-        location = self.challenge_location(check, url)
         if wants_html(headers):
             return strategy.redirect(location, check.context.method)
         return api_challenge(decision, location, self.rt)
@@ -206,11 +216,6 @@ class ForwardAuth:
                      for name, value in identity_headers(check, self.rt).items()]
             self._identities.put(key, found)
         return found
-
-    def challenge_location(self, check: Check, return_url: str) -> str:
-        base = self.rt.config.server.public_url.rstrip("/")
-        return base + self.stepup.location(check.decision, check.context, check.session,
-                                           return_url=return_url)
 
 
 def original_url(original: Original) -> str:

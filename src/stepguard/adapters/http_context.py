@@ -40,7 +40,7 @@ _MULTIPART_NAME = re.compile(rb'(?i)content-disposition:[^\r\n]*?\bname="([^"]*)
 __all__ = ["IDENTITY_HEADERS", "OVERRIDE_HEADERS", "Body", "HeaderView", "RequestHeaders",
            "TrustedProxies", "build_context", "effective_method", "has_override",
            "is_identity_header", "is_override_header", "read_body", "route_attributes",
-           "split_url", "wants_html"]
+           "canonical_path_of", "split_url", "wants_html"]
 
 
 class RequestHeaders:
@@ -180,7 +180,7 @@ def build_context(*, method: str, scheme: str, host: str, target: str, client_ip
 # The same hosts, paths and header names come on every request: their (pure) readings are
 # memoised, bounded. A refusal (BadRequest) is not remembered; it is raised again each time.
 _wire_host = lru_cache(maxsize=4096)(wire_host)
-_canonical_path = lru_cache(maxsize=8192)(canonical_path)
+_canonical_path = canonical_path_of = lru_cache(maxsize=8192)(canonical_path)
 
 
 @lru_cache(maxsize=2048)

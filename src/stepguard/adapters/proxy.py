@@ -202,7 +202,12 @@ class ReverseProxy:
             body = await _bounded_body(receive, self.stepup.hold_limit)
             if body is None:
                 return too_large_to_hold(self.stepup.hold_limit)
-        return await self._challenge(Request(scope, receive), check, body)
+        request = Request(scope, receive)
+        try:
+            location = await self._begin(request, check, body)
+        except HeldTooLarge as exc:
+            return too_large_to_hold(exc.limit)
+        return self._step_up_answer(request, check, location)
 
     def hostname(self, scope: Scope, headers: Headers | RequestHeaders) -> str | None:
         """The host the client asked for, as `request.url.hostname` reads it ("" when none;
@@ -328,19 +333,19 @@ class ReverseProxy:
             body=body,
         )
 
-    async def _challenge(self, request: Request, check: Any, body: bytes) -> Response:
-        url = str(request.url)
-        base = self.rt.config.server.public_url.rstrip("/")
+    async def _begin(self, request: Request, check: Check, body: bytes) -> str:
+        """Begin the step-up (`StepUp.begin`, in a thread): the request is held in the
+        challenge, to be replayed once after it passes; `HeldTooLarge` when it cannot be."""
         held = HeldRequest(request.method, _held_headers(request), body)
-        try:
-            location = await run_in_threadpool(
-                lambda: self.stepup.location(check.decision, check.context, check.session,
-                                             return_url=url, held=held)
-            )
-        except HeldTooLarge as exc:
-            return too_large_to_hold(exc.limit)
+        return await run_in_threadpool(
+            lambda: self.stepup.begin(check.decision, check.context, check.session,
+                                      return_url=str(request.url), held=held))
+
+    def _step_up_answer(self, request: Request, check: Check, location: str) -> Response:
+        """The answer for a step-up begun at `location` (renders only)."""
         if wants_html(request.headers):
             return RedirectResponse(location, 302 if request.method in ("GET", "HEAD") else 303)
+        base = self.rt.config.server.public_url.rstrip("/")
         return step_up_response(check.decision, base + location, self.rt.policy)
 
     async def replay(self, request: Request, challenge_id: str, session: SessionRecord) -> Response:

@@ -56,10 +56,12 @@ from stepguard.adapters.decision_api import (
 from stepguard.adapters.http_context import (
     RequestHeaders,
     TrustedProxies,
+    canonical_path_of,
     effective_method,
     is_identity_header,
     wants_html,
 )
+from stepguard.adapters.memo import Memo
 from stepguard.adapters.rfc9470 import (
     STEP_UP_ERROR,
     describe,
@@ -68,6 +70,7 @@ from stepguard.adapters.rfc9470 import (
 )
 from stepguard.asgi.remote import RemoteDecider
 from stepguard.core.canonical import split_target, wire_host
+from stepguard.core.context import RequestContext
 from stepguard.core.decision import Outcome
 from stepguard.core.errors import BadRequest
 from stepguard.service.guard import Check, Guard
@@ -128,6 +131,19 @@ class EmbeddedDecider:
                                        bearer_validator=bearer_validator)
         self.max_threads = max_threads
         self._limiter: anyio.CapacityLimiter | None = None
+        # An allow's state is a function of the user record, rule, level and the event shown:
+        # built once per combination (bounded), not per request.
+        self._states: Memo[tuple[object, ...], StepguardState] = Memo(4096)
+
+    def context(self, fields: Mapping[str, Any], host: str) -> RequestContext:
+        """`DecisionService.context` of these checked fields, from readings made once (`host`
+        is the canonical host already; the path's canonical form is memoised)."""
+        return RequestContext(
+            method=fields["method"], host=host, path=canonical_path_of(fields["path"]),
+            scheme=fields["scheme"], query=fields["query"], client_ip=fields["client_ip"],
+            user_agent=fields["user_agent"],
+            device_id=self.service.devices.device_id(fields["device_cookie"]),
+            action=fields["action"], attributes=dict(fields["attributes"]))
 
     async def decide(self, request: DecideRequest) -> DecideResponse:
         answer = self.service.decide_cached(request)  # cached session: no thread hop
@@ -144,9 +160,23 @@ class EmbeddedDecider:
             check = service.guard.check_cached(context, request.session_token)
             if check is not None:
                 if check.decision.outcome is Outcome.ALLOW:
-                    return allowed_state(service, check)
-                return service.respond(request, context, check)
+                    return self.allowed(check)
+                return service.conclude(request, context, check)
         return await self._in_thread(request)
+
+    def allowed(self, check: Check) -> StepguardState:
+        """`allowed_state`, remembered per user record, rule, level and authentication event
+        (all compared whole: any change is a new key); an allow by a grant is built each time."""
+        decision = check.decision
+        if decision.grant_id or check.user is None or check.state is None:
+            return allowed_state(self.service, check)
+        event = self.service.shown_event(decision, check.state)
+        key = (check.user, decision.rule, decision.level, event)
+        found = self._states.get(key)
+        if found is None:
+            found = allowed_state(self.service, check)
+            self._states.put(key, found)
+        return found
 
     async def _in_thread(self, request: Facts) -> DecideResponse:
         if self._limiter is None:  # created inside the running event loop
@@ -178,6 +208,8 @@ class StepguardMiddleware:
             else (config.server.trusted_proxies if config else ()))
         self.portal_paths = tuple(portal_paths) if self.portal else ()
         self.exempt = tuple(exempt)
+        self._portal_under = _Prefixes(self.portal_paths)
+        self._exempt_under = _Prefixes(self.exempt)
         self.honour_overrides = (method_override or (
             config.server.method_override if config else "refuse")) == "honour"
 
@@ -185,13 +217,14 @@ class StepguardMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        scope["headers"] = [(k, v) for k, v in scope["headers"]
-                            if not is_identity_header(k.decode("latin-1"))]
+        headers = scope["headers"]
+        if any(_identity_name(name) for name, _ in headers):
+            scope["headers"] = [(k, v) for k, v in headers if not _identity_name(k)]
         path = scope["path"]
-        if self.portal is not None and _under(path, self.portal_paths):
+        if self.portal is not None and self._portal_under(path):
             await self.portal(scope, receive, send)
             return
-        if _under(path, self.exempt):
+        if self._exempt_under(path):
             await self.app(scope, receive, send)
             return
         scope[SCOPE_KEY] = self
@@ -239,7 +272,7 @@ class StepguardMiddleware:
         method = effective_method(scope.get("method", "GET"), headers=headers.items(),
                                   query=query, body=None, honour=self.honour_overrides)
         host = _host(scope, headers)
-        wire_host(host)
+        canonical_host = _wire_host(host)  # refused (400) as forward-auth refuses it; memoised
         fields: dict[str, Any] = dict(
             method=method, host=host,
             path=path, scheme="https" if scope["scheme"] in ("https", "wss") else "http",
@@ -253,7 +286,7 @@ class StepguardMiddleware:
         if problem is not None:
             raise BadRequest(f"the request cannot be decided: {problem}")
         if isinstance(self.decider, EmbeddedDecider):
-            return DecideFacts(**fields)
+            return DecideFacts(**fields, context=self.decider.context(fields, canonical_host))
         try:
             return DecideRequest(**fields)
         except ValidationError as exc:
@@ -319,8 +352,8 @@ def allowed_state(service: DecisionService, check: Check) -> StepguardState:
     """What an allowed request may rely on, straight from the decision (the same values
     `StepguardState.of` reads from a `DecideResponse`)."""
     decision = check.decision
-    state = check.session.state(check.subject) if check.session and check.subject else None
-    subject = service.subject(decision, state, check.user.username if check.user else "")
+    subject = service.subject(decision, check.state if check.user else None,
+                              check.user.username if check.user else "")
     grant = (GrantInfo(decision.grant_id, bool(decision.consume_grant))
              if decision.grant_id else None)
     return StepguardState(rule=decision.rule, level=decision.level.label,
@@ -341,20 +374,23 @@ _LIMITS = {"method": 16, "host": 261, "path": 4096, "query": 4096, "client_ip": 
 
 def check_fields(fields: Mapping[str, Any]) -> str | None:
     """The first way `fields` break `DecideRequest`'s constraints (None when they keep them),
-    checked without building the model: the embedded middleware's hot path."""
+    checked without building the model: the embedded middleware's hot path (method and host
+    answers memoised; action and attributes checked only when given)."""
     for name, limit in _LIMITS.items():
         value = fields.get(name)
         if value is not None and len(value) > limit:
             return f"{name}: at most {limit} characters"
-    if not _METHOD.fullmatch(fields["method"]):
+    if not _is_method(fields["method"]):
         return "method: not an HTTP method token"
-    if not _HOST.fullmatch(fields["host"]):
+    if not _is_host(fields["host"]):
         return "host: not a host"
     if not fields["path"].startswith("/"):
         return "path: must start with /"
-    if not _ACTION.fullmatch(fields["action"]):
+    if fields["action"] and not _ACTION.fullmatch(fields["action"]):
         return "action: not an action name"
     attributes = fields["attributes"]
+    if not attributes:
+        return None
     if len(attributes) > 64:
         return "attributes: at most 64"
     for key, value in attributes.items():
@@ -367,15 +403,44 @@ def check_fields(fields: Mapping[str, Any]) -> str | None:
     return None
 
 
+@lru_cache(maxsize=256)
+def _is_method(text: str) -> bool:
+    return _METHOD.fullmatch(text) is not None
+
+
+@lru_cache(maxsize=4096)
+def _is_host(text: str) -> bool:
+    return _HOST.fullmatch(text) is not None
+
+
+_wire_host = lru_cache(maxsize=4096)(wire_host)  # pure; a refusal is raised each time
+
+
 def _portal_app(runtime: Runtime) -> ASGIApp:
     from stepguard.gateway import create_app
 
     return create_app(runtime)
 
 
-def _under(path: str, prefixes: Iterable[str]) -> bool:
-    return any(path == p.rstrip("/") or path.startswith(p if p.endswith("/") else p + "/")
-               for p in prefixes)
+class _Prefixes:
+    """Whether a path is one of `prefixes` or under it (`/account` and `/account/…`, not
+    `/accounts`), with the prefixes read once."""
+
+    __slots__ = ("exact", "starts")
+
+    def __init__(self, prefixes: Iterable[str]) -> None:
+        prefixes = tuple(prefixes)
+        self.exact = frozenset(p.rstrip("/") for p in prefixes)
+        self.starts = tuple(p if p.endswith("/") else p + "/" for p in prefixes)
+
+    def __call__(self, path: str) -> bool:
+        return path in self.exact or path.startswith(self.starts)
+
+
+@lru_cache(maxsize=2048)
+def _identity_name(name: bytes) -> bool:
+    """`is_identity_header` of a raw header name (the same few names come on every request)."""
+    return is_identity_header(name.decode("latin-1"))
 
 
 def _host(scope: Scope, headers: RequestHeaders) -> str:

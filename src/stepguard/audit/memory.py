@@ -22,12 +22,14 @@ class MemoryAuditLog:
             return entries
 
     def entries(self, *, after_seq: int = 0, subject: str | None = None,
-                kind: str | None = None, **_filters: object) -> Iterator[AuditEntry]:
+                kind: str | None = None, since: float | None = None,
+                until: float | None = None, **_filters: object) -> Iterator[AuditEntry]:
         with self._lock:
             found = list(self._entries)
         return iter([e for e in found if e.seq > after_seq
                      and (subject is None or e.subject == subject)
-                     and (kind is None or e.kind == kind)])
+                     and (kind is None or e.kind == kind)
+                     and (since is None or e.at >= since) and (until is None or e.at < until)])
 
     def latest(self, *, limit: int, subject: str | None = None, rule: str | None = None,
                outcome: str | None = None,

@@ -60,6 +60,18 @@ def serve(config: Path = CONFIG, host: str | None = None, port: int | None = Non
     bind_host, bind_port = host or settings.host, port or settings.port
     os.environ["STEPGUARD_CONFIG"] = str(config.resolve())
     runtime_for(config).close()  # validate, open and migrate once before any worker starts
+    from stepguard.cli.postgres_cmd import start_beside_http
+
+    door = start_beside_http(config)  # the database door, when postgres listeners are set
+    try:
+        _serve_http(settings, bind_host, bind_port)
+    finally:
+        if door is not None:
+            door.terminate()
+            door.wait(10)
+
+
+def _serve_http(settings: Any, bind_host: str, bind_port: int) -> None:
     if settings.server == "granian":
         from granian import Granian
         from granian.constants import Interfaces
@@ -135,40 +147,54 @@ def users_add(
 
 
 def users_list(config: Path = CONFIG) -> None:
-    """List users."""
+    """List users: username, id, groups and source (`local` or the identity provider)."""
+    from stepguard.service.idp import sources
+
     runtime = runtime_for(config)
-    for user in runtime.store.users.list(limit=10_000):
+    users = runtime.store.users.list(limit=10_000)
+    source = sources(runtime.store, [u.id for u in users])
+    for user in users:
         flag = " [disabled]" if user.disabled else ""
         console.print(
-            f"{user.username}\t{user.id}\t{','.join(sorted(user.groups))}{flag}", markup=False
+            f"{user.username}\t{user.id}\t{','.join(sorted(user.groups))}\t{source[user.id]}{flag}",
+            markup=False,
         )
     runtime.close()
 
 
-def users_disable(username: str, config: Path = CONFIG) -> None:
+def users_disable(username: str, config: Path = CONFIG,
+                  yes: bool = typer.Option(False, "--yes", "-y", help="do not ask")) -> None:
     """Disable a user and end all their sessions."""
+    from stepguard.cli.admin_cmd import confirm, operator
     from stepguard.service.accounts import Accounts
 
+    confirm(f"Disable {username} and end every session of theirs?", yes)
     with user_named(username, config) as (runtime, user):
-        Accounts(runtime).disable_user(user.id)
+        Accounts(runtime).disable_user(user.id, by=operator())
     console.print(f"disabled {username}; their sessions are ended")
 
 
-def users_unlock(username: str, config: Path = CONFIG) -> None:
+def users_unlock(username: str, config: Path = CONFIG,
+                 yes: bool = typer.Option(False, "--yes", "-y", help="do not ask")) -> None:
     """Lift every throttle lock and back-off on a user's sign-in and step-up attempts."""
+    from stepguard.cli.admin_cmd import confirm, operator
     from stepguard.service.accounts import Accounts
 
+    confirm(f"Lift every lock on the attempts of {username}?", yes)
     with user_named(username, config) as (runtime, user):
-        Accounts(runtime).unlock(user.id)
+        Accounts(runtime).unlock(user.id, by=operator())
     console.print(f"unlocked {username}: failed attempts no longer hold them back")
 
 
-def users_reset_factors(username: str, config: Path = CONFIG) -> None:
+def users_reset_factors(username: str, config: Path = CONFIG,
+                        yes: bool = typer.Option(False, "--yes", "-y", help="do not ask")) -> None:
     """Remove a user's second factors and recovery codes, and end their sessions."""
+    from stepguard.cli.admin_cmd import confirm, operator
     from stepguard.service.accounts import Accounts
 
+    confirm(f"Remove every second factor and recovery code of {username}?", yes)
     with user_named(username, config) as (runtime, user):
-        count = Accounts(runtime).reset_factors(user.id)
+        count = Accounts(runtime).reset_factors(user.id, by=operator())
     console.print(f"removed {count} factor(s) of {username}")
 
 
@@ -267,6 +293,8 @@ def audit_export(
 
 
 def register(app: typer.Typer) -> None:
+    from stepguard.cli import admin_cmd
+
     app.command("serve")(serve)
     db = typer.Typer(help="Database migrations.", no_args_is_help=True)
     db.command("upgrade")(db_upgrade)
@@ -283,9 +311,12 @@ def register(app: typer.Typer) -> None:
     users.command("import")(users_import)
     users.command("set-password")(users_set_password)
     users.command("unlock")(users_unlock)
+    users.command("end-sessions")(admin_cmd.users_end_sessions)
     app.add_typer(users, name="users")
     audit = typer.Typer(help="The audit ledger.", no_args_is_help=True)
     audit.command("verify")(audit_verify)
     audit.command("export")(audit_export)
     audit.command("prune")(audit_prune)
+    audit.command("list")(admin_cmd.audit_list)
+    audit.command("status")(admin_cmd.audit_status)
     app.add_typer(audit, name="audit")

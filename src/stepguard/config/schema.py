@@ -7,6 +7,7 @@ every problem at once with the file, the path inside it, the line and what was e
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
@@ -251,6 +252,173 @@ class BearerSection(Section):
         return value
 
 
+_PROVIDER_NAME = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+# RFC 8176 amr values -> the Stepguard factor they stand for (a sign-in that used a passkey at the
+# identity provider counts as a passkey here). Values not listed count as the factor `oidc`.
+DEFAULT_AMR_FACTORS = {"hwk": "webauthn", "swk": "webauthn", "otp": "totp", "mca": "push",
+                       "pwd": "password"}
+
+
+_AUTH_CONTEXT_ID = re.compile(r"^c([1-9]|[1-9][0-9])$")
+
+
+class AuthContext(Section):
+    """What one authentication context of the provider proves when the id_token's `acrs`
+    claim names it (Microsoft Entra ID Conditional Access authentication context)."""
+
+    level: Literal["aal1", "aal2", "aal3"] = Field(
+        description="the level a sign-in that satisfied this context proves")
+    factor: str = Field("", description="the Stepguard factor it counts as, for rules with "
+                                        "`methods` (e.g. webauthn when its Conditional Access "
+                                        "policy demands phishing-resistant MFA); empty = from "
+                                        "amr")
+
+    @field_validator("factor")
+    @classmethod
+    def _factor(cls, value: str) -> str:
+        from stepguard.core.levels import FACTORS
+
+        if value and value not in FACTORS:
+            raise ValueError(f"unknown factor {value} (expected one of: {', '.join(FACTORS)})")
+        return value
+
+
+class OidcProvider(Section):
+    """One OpenID Connect identity provider: a button on the sign-in page (see
+    docs/identity-providers.md)."""
+
+    name: str = Field(pattern=_PROVIDER_NAME,
+                      description="short id used in URLs (/oidc/NAME/callback) and the ledger")
+    label: str = Field("", description="button text; default 'Sign in with NAME'")
+    issuer: str = Field(description="the provider's issuer URL (its OpenID discovery is read "
+                                    "from ISSUER/.well-known/openid-configuration at start)")
+    client_id: str = Field(min_length=1, description="Stepguard's client id at the provider")
+    client_secret: str = Field("", description="client secret (use file: or ${ENV}); empty = a "
+                                               "public client (PKCE only)")
+    token_auth: Literal["client_secret_basic", "client_secret_post", "none"] = Field(
+        "client_secret_basic", description="how Stepguard authenticates at the token endpoint")
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "profile", "email"],
+                              description="scopes asked for (openid is always included)")
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256", "EdDSA"],
+                                  description="id_token signature algorithms allowed "
+                                              "(asymmetric only)")
+    leeway: Duration = Field(60.0, description="clock skew allowed on exp, iat, auth_time")
+    max_token_age: Duration = Field(
+        600.0, description="an id_token issued (iat) longer ago than this is refused")
+    http_timeout: Duration = Field(5.0, description="timeout of discovery, JWKS and token calls")
+    jwks_refetch_interval: Duration = Field(
+        30.0, description="at most one JWKS refetch per interval on an unknown `kid` (rotation)")
+    username_claim: str = Field("preferred_username",
+                                description="claim giving the new user's username (kept "
+                                            "afterwards); falls back to `sub`")
+    username_prefix: str = Field("", description="prefix of usernames made by this provider "
+                                                 "(e.g. `corp:`) so two providers never collide")
+    email_claim: str = Field("email", description="claim with the email address")
+    name_claim: str = Field("name", description="claim with the display name")
+    groups_claim: str = Field("", description="claim with the user's groups, e.g. groups")
+    group_map: dict[str, str] = Field(
+        default_factory=dict, description="provider group -> Stepguard group; when set, "
+                                          "unmapped groups are dropped")
+    static_groups: list[str] = Field(default_factory=list,
+                                     description="groups every user of this provider gets")
+    allowed_domains: list[str] = Field(
+        default_factory=list, description="only users whose verified email is in one of these "
+                                          "domains may sign in (empty = any)")
+    allowed_groups: list[str] = Field(
+        default_factory=list, description="only users in one of these provider groups may sign "
+                                          "in (empty = any)")
+    acr_levels: dict[str, str] = Field(
+        default_factory=dict,
+        description="acr value -> aal1..aal3; empty = the policy's `levels` acr URIs; an acr "
+                    "not listed counts as aal1")
+    amr_levels: dict[str, str] = Field(
+        default_factory=dict, description="amr value -> aal2/aal3 it proves on its own "
+                                          "(e.g. hwk: aal3); empty = levels come from acr only")
+    amr_factors: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_AMR_FACTORS),
+        description="amr value -> Stepguard factor, for rules with `methods`")
+    level_acr: dict[str, str] = Field(
+        default_factory=dict,
+        description="aal2/aal3 -> the acr_values to ask for when stepping up at the provider "
+                    "(Entra ID: use auth_contexts instead); default: the inverse of "
+                    "acr_levels")
+    auth_contexts: dict[str, AuthContext] = Field(
+        default_factory=dict,
+        description="Entra ID authentication context id (c1..c99) -> what it proves; a sign-in "
+                    "whose id_token `acrs` names one counts as its level, and a step-up at the "
+                    "provider asks for the weakest context reaching the rule's level (claims "
+                    "parameter) and needs it back in `acrs`; unknown ids are ignored")
+    step_up: Literal["local", "idp", "either"] = Field(
+        "local", description="where this provider's users step up when the rule does not say "
+                             "(`require.via`): Stepguard factors, a new login at the provider, "
+                             "or the user's choice")
+    request_auth_time: bool = Field(
+        True, description="ask for `auth_time` as an essential claim (claims parameter) at "
+                          "every sign-in; without it a sign-in counts as aal1")
+    logout: bool = Field(True, description="signing out also ends the provider's session "
+                                           "(RP-initiated logout) when it offers one")
+    backchannel_logout: bool = Field(
+        True, description="accept OIDC Back-Channel Logout at /oidc/NAME/backchannel-logout")
+
+    _urls = field_validator("issuer")(_check_issuer_url)
+
+    @field_validator("algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: list[str]) -> list[str]:
+        return BearerSection._asymmetric_only(value)
+
+    @field_validator("acr_levels", "amr_levels")
+    @classmethod
+    def _levels(cls, value: dict[str, str]) -> dict[str, str]:
+        return BearerSection._levels(value)
+
+    @field_validator("level_acr")
+    @classmethod
+    def _level_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        wrong = [k for k in value if k not in ("aal1", "aal2", "aal3")]
+        if wrong:
+            raise ValueError(f"expected aal1, aal2 or aal3 as keys; got {', '.join(wrong)}")
+        return value
+
+    @field_validator("auth_contexts")
+    @classmethod
+    def _context_ids(cls, value: dict[str, AuthContext]) -> dict[str, AuthContext]:
+        wrong = [k for k in value if not _AUTH_CONTEXT_ID.match(k)]
+        if wrong:
+            raise ValueError(f"expected auth context ids c1..c99; got {', '.join(wrong)}")
+        return value
+
+    @field_validator("amr_factors")
+    @classmethod
+    def _factors(cls, value: dict[str, str]) -> dict[str, str]:
+        from stepguard.core.levels import FACTORS
+
+        wrong = [f for f in value.values() if f not in FACTORS]
+        if wrong:
+            raise ValueError(f"unknown factor(s) {', '.join(wrong)} "
+                             f"(expected some of: {', '.join(FACTORS)})")
+        return value
+
+
+class OidcSection(Section):
+    """Sign-in with identity providers (OpenID Connect); see docs/identity-providers.md."""
+
+    providers: list[OidcProvider] = Field(default_factory=list,
+                                          description="one sign-in button each")
+    passwords: bool = Field(True, description="also offer Stepguard's own username + password "
+                                              "form on the sign-in page")
+    flow_ttl: Duration = Field(600.0, description="how long a sign-in at a provider may take")
+
+    @field_validator("providers")
+    @classmethod
+    def _unique(cls, value: list[OidcProvider]) -> list[OidcProvider]:
+        names = [p.name for p in value]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"provider names must be unique; repeated: {', '.join(twice)}")
+        return value
+
+
 class RedisSettings(Section):
     """Optional Redis for the throttle counters (see docs/deploy.md). Empty url = no Redis."""
 
@@ -308,6 +476,162 @@ class InlineSection(Section):
                     "exact matches only, no wildcards")
 
     _origins = field_validator("allowed_origins")(_check_origins)
+NOTICE_KINDS = ("sign_in_new_device", "sign_in_new_location", "factor_added", "factor_removed",
+                "recovery_codes_regenerated", "lockout", "request_denied", "step_up_declined",
+                "admin_action")
+
+
+class EmailChannel(Section):
+    """Security notices by email (to the user concerned and to `operators`)."""
+
+    smtp_host: str = Field("", description="SMTP server; empty = no email")
+    smtp_port: int = Field(587, ge=1, le=65535, description="SMTP port")
+    security: Literal["starttls", "tls", "none"] = Field(
+        "starttls", description="starttls (587), tls (465) or none (a local relay only)")
+    username: str = Field("", description="SMTP user (empty = no AUTH)")
+    password: str = Field("", description="SMTP password; use file: or ${ENV}")
+    sender: str = Field("stepguard@localhost", description="From address")
+    operators: list[str] = Field(default_factory=list,
+                                 description="addresses that receive every notice")
+    notify_users: bool = Field(True, description="also send each user their own notices")
+    timeout: Duration = Field(10.0, description="SMTP connection and command timeout")
+
+
+class WebhookChannel(Section):
+    """A signed webhook (HMAC-SHA256 over timestamp and body; see docs/operations.md)."""
+
+    url: str = Field(description="https URL (http only on localhost) that receives notices")
+    secret: str = Field(description="HMAC key shared with the receiver; use file: or ${ENV}")
+    events: list[str] = Field(default_factory=list,
+                              description="notice kinds to send; empty = all")
+    timeout: Duration = Field(5.0, description="per-attempt timeout")
+    retries: int = Field(5, ge=0, le=20, description="retries after the first attempt")
+    backoff: Duration = Field(1.0, description="first retry delay; doubles each retry")
+    max_backoff: Duration = Field(300.0, description="longest delay between retries")
+
+    @field_validator("url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        checked = _check_issuer_url(value.split("?", 1)[0]) if value else value
+        if not checked:
+            raise ValueError("expected a URL")
+        return value
+
+    @field_validator("secret")
+    @classmethod
+    def _strong(cls, value: str) -> str:
+        if len(value) < 16:
+            raise ValueError("expected a secret of at least 16 characters")
+        return value
+
+
+class SyslogChannel(Section):
+    """Notices for a SIEM: RFC 5424 syslog or JSON lines."""
+
+    address: str = Field("", description="udp://host:514, tcp://host:601 or unix:///dev/log; "
+                                         "empty = none")
+    file: str = Field("", description="a file the lines are appended to (relative to this "
+                                      "file), instead of or beside `address`")
+    format: Literal["rfc5424", "json"] = Field("rfc5424", description="line format")
+    facility: int = Field(10, ge=0, le=23, description="syslog facility (10 = authpriv)")
+    app_name: str = Field("stepguard", description="APP-NAME field")
+
+
+class NotificationsSection(Section):
+    """Security notices to users and operators (see docs/operations.md)."""
+
+    events: list[str] = Field(default_factory=lambda: list(NOTICE_KINDS),
+                              description="notice kinds that are sent at all")
+    email: EmailChannel = EmailChannel()
+    webhooks: list[WebhookChannel] = Field(default_factory=list)
+    syslog: SyslogChannel = SyslogChannel()
+    queue: int = Field(10_000, ge=10, le=1_000_000,
+                       description="notices waiting per channel before new ones are dropped "
+                                   "(counted and logged; the audit ledger keeps every event)")
+
+    @field_validator("events")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        unknown = [v for v in value if v not in NOTICE_KINDS]
+        if unknown:
+            raise ValueError(f"unknown notice kinds {unknown} (known: {', '.join(NOTICE_KINDS)})")
+        return value
+
+
+ADMIN_ROLES = ("auditor", "operator", "admin")
+AdminRole = Literal["auditor", "operator", "admin"]
+
+
+def _default_roles() -> dict[AdminRole, list[str]]:
+    return {"admin": ["admins"], "operator": ["operators"], "auditor": ["auditors"]}
+
+
+class AdminSection(Section):
+    """Who may use the admin console, by group (an IdP's groups work too)."""
+
+    roles: dict[AdminRole, list[str]] = Field(
+        default_factory=_default_roles,
+        description="role -> groups holding it; a user gets the highest role of their groups. "
+                    "auditor: read-only; operator: also unlock, disable, end sessions; admin: "
+                    "also create users and reset factors")
+
+
+class PostgresDatabase(Section):
+    """One database clients may ask for, and how Stepguard reaches it upstream."""
+
+    name: str = Field(description="database name clients connect to (as in psql's dbname)")
+    upstream: str = Field(description="host:port of the real PostgreSQL")
+    database: str = Field("", description="upstream database name (default: `name`)")
+    user: str = Field(description="role Stepguard signs in as upstream (never shown to users)")
+    password: str = Field("", description="that role's password; use file: or ${ENV}")
+    tls: Literal["disable", "require", "verify-full"] = Field(
+        "disable", description="TLS to the upstream: require = encrypted; verify-full = "
+                               "encrypted with the certificate checked against ca_file and host")
+    ca_file: str = Field("", description="CA bundle for tls: verify-full (relative to this file)")
+    views: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="view -> tables it reads, so `tables:` rules see through views "
+                    "(e.g. public.card_summary: [public.cards])")
+
+    _upstream = field_validator("upstream")(lambda v: _check_listen(v) or v)
+
+
+class PostgresListener(Section):
+    """A PostgreSQL wire-protocol listener (see docs/databases.md)."""
+
+    listen: str = Field("127.0.0.1:6432", description="host:port to accept PostgreSQL clients on")
+    tls_cert: str = Field("", description="path of the PEM certificate chain for TLS to clients "
+                                          "(SSLRequest); empty = clients get no TLS")
+    tls_key: str = Field("", description="path of the PEM private key of tls_cert")
+    require_tls: bool = Field(False, description="refuse clients that do not start TLS")
+    databases: list[PostgresDatabase] = Field(default_factory=list)
+
+    _listen = field_validator("listen")(lambda v: _check_listen(v) or v)
+
+
+class PostgresSection(Section):
+    """The database door: PostgreSQL gateways judged by the same policy (docs/databases.md)."""
+
+    listeners: list[PostgresListener] = Field(default_factory=list)
+    public_address: str = Field(
+        "", description="host:port users connect to (in issued connection strings); default: "
+                        "the first listener")
+    hold_timeout: Duration = Field(
+        120.0, description="how long a statement waiting for a step-up is held before it is "
+                           "refused (SQLSTATE 28000)")
+    poll_interval: Duration = Field(0.5, description="how often a held statement checks for "
+                                                     "its approval")
+    token_ttl: Duration = Field(28800.0, description="lifetime of a database token (db-login)")
+    max_message: int = Field(
+        67_108_864, ge=65_536, le=1_073_741_823,
+        description="largest client message accepted, in bytes (larger: error 08P01, closed)")
+    audit_literals: bool = Field(
+        False, description="write statements to the audit ledger with their literal values "
+                           "(default: normalised, literals replaced by $n)")
+    connect_timeout: Duration = Field(5.0, description="give up reaching an upstream after this")
+    login_timeout: Duration = Field(
+        20.0, gt=0, description="a client that has not finished TLS and sign-in by then is "
+                                "disconnected (slow or silent clients hold no connection)")
 class McpServer(Section):
     """One upstream MCP server behind the MCP door, reached at `/mcp/<name>`."""
 
@@ -365,6 +689,10 @@ class StepguardConfig(Section):
     bearer: BearerSection = BearerSection()
     redis: RedisSettings = RedisSettings()
     metrics: MetricsSection = MetricsSection()
+    notifications: NotificationsSection = NotificationsSection()
+    admin: AdminSection = AdminSection()
+    postgres: PostgresSection = PostgresSection()
+    oidc: OidcSection = OidcSection()
     mcp_servers: list[McpServer] = Field(default_factory=list,
                                          description="upstream MCP servers (the MCP door)")
     mcp: McpSection = McpSection()

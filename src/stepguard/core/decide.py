@@ -10,7 +10,7 @@ a grant for this subject, session, scope and binding digest will do.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 from stepguard.core.context import AuthEvent, RequestContext, SessionState, Subject
@@ -51,7 +51,10 @@ def decide(
 ) -> Decision:
     """Allow, step up or deny this request."""
     rule, failed = _select(policy, context, session, risk, now, None)
-    return _apply(policy, rule, context, session, risk, grants, now, failed)
+    decision = _apply(policy, rule, context, session, risk, grants, now, failed)
+    if rule.report or policy.report:
+        return _enforced(policy, decision, context, session, risk, grants, now)
+    return decision
 
 
 def explain(
@@ -66,9 +69,34 @@ def explain(
     trace: list[TraceStep] = []
     rule, failed = _select(policy, context, session, risk, now, trace)
     decision = _apply(policy, rule, context, session, risk, grants, now, failed)
+    if rule.report or policy.report:
+        decision = _enforced(policy, decision, context, session, risk, grants, now)
     order = {r.name: r.position for r in policy.rules}
     trace.sort(key=lambda step: order.get(step.rule, len(order)))
     return Explanation(decision, trace)
+
+
+def _enforced(
+    policy: Policy,
+    reported: Decision,
+    context: RequestContext,
+    session: SessionState | None,
+    risk: RiskAssessment,
+    grants: Sequence[Grant],
+    now: float,
+) -> Decision:
+    """The decision enforced when a report-mode rule (or a report-mode policy) decided: the
+    request passes (a whole policy in report mode) or gets what the policy decides without its
+    report-mode rules (so a rule added in report mode never weakens the rules below it). The
+    report-mode decision rides along as `shadow` when its outcome differs."""
+    if policy.report:
+        if reported.allowed:
+            return reported
+        level = _session_level(policy, session, now)
+        return Decision(outcome=Outcome.ALLOW, rule=reported.rule, level=level, shadow=reported)
+    assert policy.enforced is not None  # a report-mode rule exists
+    live = decide(policy.enforced, context, session, risk, grants, now)
+    return live if live.outcome is reported.outcome else replace(live, shadow=reported)
 
 
 def _select(
@@ -213,11 +241,11 @@ def _judge(
     failed: bool,
 ) -> Decision:
     scope = _scope(rule, requirement)
-    digest = _digest(requirement, context)
     if not requirement.needs_grant:
         event = _satisfying_event(policy.levels, session, requirement, now)
         if event is not None:
             return _allowed(rule.name, scope, event.level)
+    digest = _digest(requirement, context)
     grant = _satisfying_grant(session, requirement, scope, digest, grants, now)
     if grant is not None:
         return Decision(

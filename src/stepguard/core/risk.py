@@ -226,16 +226,17 @@ def _tuning_problems(settings: RiskSettings) -> list[Problem]:
 # --- The assessment ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
 class _Facts:
-    """Everything one assessment looks at, bundled so each signal is a one-argument function."""
+    """Everything one assessment looks at, bundled so each signal is a one-argument function
+    (a plain slotted class: built once per request, a frozen dataclass costs several times more)."""
 
-    context: RequestContext
-    session: SessionState | None
-    history: RiskHistory
-    location: Location | None
-    settings: RiskSettings
-    now: float
+    __slots__ = ("context", "history", "location", "now", "session", "settings")
+
+    def __init__(self, context: RequestContext, session: SessionState | None,
+                 history: RiskHistory, location: Location | None, settings: RiskSettings,
+                 now: float) -> None:
+        self.context, self.session, self.history = context, session, history
+        self.location, self.settings, self.now = location, settings, now
 
 
 def assess(
@@ -254,11 +255,14 @@ def assess(
     """
     facts = _Facts(context, session, history, location, settings, now)
     signals = []
+    weights = settings.weights
     for name, check in _CHECKS:
-        weight = settings.weights[name]
+        weight = weights[name]
         reason = check(facts) if weight > 0 else None
         if reason is not None:
             signals.append(Signal(name, weight, reason))
+    if not signals:  # the ordinary request: score 0, which is `low` (thresholds are ≥ 1)
+        return NO_RISK
     score = min(100, sum(signal.weight for signal in signals))
     return RiskAssessment(score, risk_level(score, settings.thresholds), tuple(signals))
 

@@ -9,6 +9,7 @@ from stepguard.core.context import AuthEvent, RequestContext
 from stepguard.core.decision import Decision, Outcome, Requirement
 from stepguard.core.errors import StepguardError, VerificationFailed
 from stepguard.core.levels import FACTOR_AMR, Level
+from stepguard.core.throttle import client_network, plan_attempt
 from stepguard.factors import webauthn as wa
 from stepguard.factors.password import OWASP, hash_password, verify_dummy, verify_password
 from stepguard.factors.recovery import generate_recovery_codes, hash_recovery_code
@@ -16,17 +17,21 @@ from stepguard.factors.secretbox import open_sealed, seal, seed_aad
 from stepguard.factors.totp import new_totp_secret, provisioning_uri, qr_svg, verify_totp
 from stepguard.service.attempts import (
     abandoned,
-    client_network,
     failed,
-    plan_attempt,
     reserve,
     succeeded,
     trust_client,
     unknown_subject,
 )
 from stepguard.service.runtime import Runtime, hash_token, new_id, new_token
-from stepguard.service.stepup import FACTOR_LEVEL, StepUp, ceremony_data, ceremony_from
-from stepguard.storage.records import ChallengeRecord, FactorRecord, SessionRecord, UserRecord
+from stepguard.service.stepup import StepUp, ceremony_data, ceremony_from
+from stepguard.storage.records import (
+    ChallengeRecord,
+    FactorRecord,
+    Reserved,
+    SessionRecord,
+    UserRecord,
+)
 
 FRESH_FOR_ENROLMENT = 600.0  # seconds: adding or removing a factor needs a proof this recent
 
@@ -101,6 +106,13 @@ class Accounts:
         )
         return len(factors)
 
+    def end_sessions(self, user_id: str, *, by: str = "cli") -> int:
+        """Revoke every session of a user (honoured by the next request everywhere)."""
+        ended = self.rt.store.sessions.revoke_all_for_user(user_id, now=self.rt.now())
+        self.rt.record(kind="admin", subject=user_id, outcome="sessions_ended",
+                       detail={"by": by, "count": ended})
+        return ended
+
     def set_password(self, user_id: str, password: str, *, by: str = "cli") -> bool:
         """A new password ends every session of the user (SECURITY.md: revoke-all) and lifts
         any throttle lock (the old password's guesses no longer matter)."""
@@ -132,7 +144,7 @@ class Accounts:
             assert user is not None
             signed = self._open_session(user, context)
         except VerificationFailed:
-            self._failed(user, context)
+            self._failed(user, context, reserved)
             raise
         except BaseException:
             abandoned(self.rt, reserved)
@@ -151,8 +163,9 @@ class Accounts:
             self.rt.store.users.set_password_hash(user.id, check.rehash)
 
     def _failed(self, user: UserRecord | None, context: RequestContext,
-                factor: str = "password") -> None:
-        failed(self.rt, user_id=user.id if user else None)
+                reserved: tuple[Reserved, ...], factor: str = "password") -> None:
+        failed(self.rt, user_id=user.id if user else None, reserved=reserved, factor=factor,
+               client_ip=context.client_ip)
         self.rt.record(
             kind="verification",
             subject=user.id if user else "",
@@ -162,10 +175,11 @@ class Accounts:
         )
 
     def _open_session(self, user: UserRecord, context: RequestContext,
-                      factor: str = "password") -> SignedIn:
-        """A new session whose first authentication event is `factor` (password, or a passkey
-        for a passwordless sign-in), remembered for risk, trusted and audited."""
+                      event: AuthEvent | None = None) -> SignedIn:
+        """A new session whose first authentication event is `event` (default: a password)."""
         now, token = self.rt.now(), new_token()
+        event = event or AuthEvent(factor="password", amr=FACTOR_AMR["password"],
+                                   level=Level.AAL1, at=now)
         session = SessionRecord(
             id=new_id(),
             token_hash=hash_token(token),
@@ -175,22 +189,37 @@ class Accounts:
             ip=context.client_ip,
             user_agent=context.user_agent[:512],
             device_id=context.device_id,
-            events=(AuthEvent(factor=factor, amr=FACTOR_AMR[factor], level=FACTOR_LEVEL[factor],
-                              at=now),),
+            events=(event,),
         )
         self.rt.store.sessions.add(session)
+        novelty = self._novelty(user, context)
         self._remember(user, context)
-        trust_client(self.rt, user_id=user.id, factor=factor, client_ip=context.client_ip,
+        trust_client(self.rt, user_id=user.id, factor=event.factor, client_ip=context.client_ip,
                      device_id=context.device_id)
         self.rt.record(
             kind="session",
             subject=user.id,
             session_id=session.id,
-            factor=factor,
+            factor=event.factor,
             outcome="signed_in",
             request=request_summary(context, ip_key=self.rt.ip_key),
+            detail=novelty,
         )
         return SignedIn(session, token, user)
+
+    def _novelty(self, user: UserRecord, context: RequestContext) -> dict[str, object]:
+        """Whether this sign-in comes from a device or country the user has not signed in from
+        before (a first sign-in is neither: there is nothing to compare with), and where."""
+        history = self.rt.store.history.load(user.id)
+        location = self.rt.locator.locate(context.client_ip) if context.client_ip else None
+        known = bool(history.known_devices or history.known_countries or history.known_networks)
+        country = location.country if location else ""
+        return {
+            "new_device": known and bool(context.device_id)
+            and context.device_id not in history.known_devices,
+            "new_location": known and bool(country) and country not in history.known_countries,
+            "place": location.place if location else "",
+        }
 
     def _remember(self, user: UserRecord, context: RequestContext) -> None:
         location = self.rt.locator.locate(context.client_ip) if context.client_ip else None

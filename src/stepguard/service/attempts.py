@@ -1,10 +1,8 @@
-"""Throttled attempts: reserve under every key before verifying, then settle on the outcome.
+"""Throttled attempts: the store calls around one verification; the rules (which keys, how
+long each locks) are the pure `core.throttle`.
 
-`plan_attempt` names the keys of one attempt (the policy is the pure `service.throttle`):
-an unknown client is checked against its address, the subject+address and the subject's
-ceiling; one of the owner's known clients for this factor (a device that passed it before, or
-a network where it passed) only against its own key. `reserve` counts the attempt under every
-key atomically, or raises `Throttled` and counts nothing. After the verification:
+`core.throttle.plan_attempt` names the keys of one attempt; `reserve` counts the attempt under
+every key atomically, or raises `Throttled` and counts nothing. After the verification:
 `succeeded` clears the subject's keys and gives the attempt back on the address key;
 `failed` only adds the failure to the risk history (it is counted already); `abandoned`
 gives it back everywhere (the attempt never reached a verdict).
@@ -13,28 +11,12 @@ gives it back everywhere (the attempt never reached a verdict).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 
-from stepguard.core.errors import StepguardError
-from stepguard.core.risk import RiskHistory, network_prefix
+from stepguard.audit.ledger import pseudonymise_ip
+from stepguard.core.throttle import Attempt, cleared_by_success, client_network, trusted_entry
 from stepguard.service.runtime import Runtime
-from stepguard.service.throttle import (
-    ip_key,
-    user_device_key,
-    user_factor_key,
-    user_ip_key,
-    user_network_key,
-)
 from stepguard.storage.records import Reserved
 from stepguard.storage.sql_users import username_key
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """The keys one attempt is checked against and counted under (`check` ⊆ `count`)."""
-
-    check: tuple[str, ...]
-    count: tuple[str, ...]
 
 
 def unknown_subject(username: str) -> str:
@@ -42,36 +24,6 @@ def unknown_subject(username: str) -> str:
     the answers never tell the two apart (and the username itself is not stored)."""
     digest = hashlib.sha256(username_key(username).encode("utf-8", "replace")).hexdigest()
     return "unknown-" + digest[:32]
-
-
-def trusted_entry(factor: str, kind: str, value: str) -> str:
-    """How the risk history remembers a client that passed `factor` (`RiskHistory.trusted`)."""
-    return f"{factor}|{kind}|{value}"
-
-
-def client_network(client_ip: str) -> str:
-    """The client's network prefix, or "" when the address is missing or not an address."""
-    try:
-        return network_prefix(client_ip) if client_ip else ""
-    except StepguardError:
-        return ""
-
-
-def plan_attempt(*, subject: str, factor: str, client_ip: str, device_id: str,
-                 history: RiskHistory) -> Attempt:
-    """The throttle keys of one attempt at `factor` by `subject` from this client."""
-    ceiling = user_factor_key(subject, factor)
-    prefix = client_network(client_ip)
-    if device_id and trusted_entry(factor, "device", device_id) in history.trusted:
-        own = user_device_key(subject, factor, device_id)
-    elif prefix and trusted_entry(factor, "net", prefix) in history.trusted:
-        own = user_network_key(subject, factor, prefix)
-    else:
-        # An IPv6 client owns its whole /64: counting single addresses would be no limit.
-        address = prefix if ":" in client_ip and prefix else client_ip
-        keys = (ip_key(address), user_ip_key(subject, factor, address)) if address else ()
-        return Attempt((*keys, ceiling), (*keys, ceiling))
-    return Attempt((own,), (own, ceiling))
 
 
 def reserve(runtime: Runtime, attempt: Attempt) -> tuple[Reserved, ...]:
@@ -83,16 +35,27 @@ def reserve(runtime: Runtime, attempt: Attempt) -> tuple[Reserved, ...]:
 def succeeded(runtime: Runtime, reserved: tuple[Reserved, ...]) -> None:
     """The secret was right: the subject's failures end; the shared address gets it back."""
     for one in reserved:
-        if one.key.startswith("user:"):
+        if cleared_by_success(one.key):
             runtime.store.throttle.reset(one.key)
         else:
             runtime.store.throttle.release(one)
 
 
-def failed(runtime: Runtime, *, user_id: str | None) -> None:
-    """The secret was wrong (already counted): remember it for the failed-attempts signal."""
-    if user_id:
-        runtime.store.history.record_failure(user_id, at=runtime.now())
+def failed(runtime: Runtime, *, user_id: str | None, reserved: tuple[Reserved, ...] = (),
+           factor: str = "", client_ip: str = "") -> None:
+    """The secret was wrong (already counted): remember it for the failed-attempts signal, and
+    audit a lockout (`verification` / `locked`, which notifies) when this failure reached the
+    hard lock of one of the user's keys."""
+    if not user_id:
+        return
+    runtime.store.history.record_failure(user_id, at=runtime.now())
+    limit = runtime.config.throttle.hard_lock_after
+    if any(one.consecutive == limit and one.key.startswith("user:") and ":ip:" not in one.key
+           for one in reserved):
+        if client_ip and runtime.ip_key is not None:
+            client_ip = pseudonymise_ip(client_ip, key=runtime.ip_key)
+        runtime.record(kind="verification", subject=user_id, factor=factor, outcome="locked",
+                       request={"client_ip": client_ip}, detail={"after_failures": limit})
 
 
 def abandoned(runtime: Runtime, reserved: tuple[Reserved, ...]) -> None:

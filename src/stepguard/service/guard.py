@@ -1,8 +1,10 @@
 """The decision flow: load state → risk → `core.decide()` → consume a grant → audit.
 
 Adapters (forward-auth, reverse proxy, ASGI middleware, decision API) build a `RequestContext`
-and call `Guard.check`; they only translate its `Check` into their protocol. Any store failure
-raises `StoreUnavailable`, which adapters turn into a challenge or a 503 — never an allow.
+and call `Guard.check`; they only translate its `Check` into their protocol. The MCP door calls
+`Guard.judge` with an agent's state, bearer tokens `Guard.judge_token`: one flow for every door.
+Any store failure raises `StoreUnavailable`, which adapters turn into a challenge or a 503 —
+never an allow.
 """
 
 from __future__ import annotations
@@ -10,14 +12,15 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from stepguard.audit.ledger import AuditEvent, AuditKind, request_summary
+from stepguard.audit.replay import DecisionInput
 from stepguard.core.context import RequestContext, SessionState, Subject
 from stepguard.core.decide import decide
 from stepguard.core.decision import Decision, Outcome, Requirement
-from stepguard.core.errors import StoreUnavailable
+from stepguard.core.errors import Conflict, StoreUnavailable
 from stepguard.core.grant import Grant
 from stepguard.core.levels import Level
 from stepguard.core.policy import Policy
@@ -42,10 +45,23 @@ class Check:
     user: UserRecord | None
     risk: RiskAssessment
     state: SessionState | None = None
+    grants: tuple[Grant, ...] = ()
 
     @property
     def subject(self) -> Subject | None:
         return self.user.subject() if self.user else None
+
+    def input(self, attributes: frozenset[str] = frozenset()) -> DecisionInput:
+        """What this decision was made from, for the ledger (what-if replay)."""
+        return DecisionInput(self.context, self.state, self.grants, attributes, self.risk)
+
+    def as_json(self) -> dict[str, object]:
+        """The decision input as JSON (a plain allow's summary holds the check itself and
+        calls this in the audit writer's thread)."""
+        return self.input().as_json()
+
+    def risk_detail(self) -> dict[str, object]:
+        return self.input().risk_detail()
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +168,7 @@ class Guard:
         self.rt = runtime
         self.cache = SessionCache()
         self._plain = _plain_rules(runtime.policy)
+        self._attributes = frozenset(runtime.policy.attributes)
         self._board = runtime.store.version_board
         self._contact = float("-inf")  # when a read last reached the store
 
@@ -173,8 +190,11 @@ class Guard:
         time; concurrent requests for it wait, then only compare versions)."""
         if not token or len(token) > 256:
             return None
+        return self.load_key(hash_token(token))
+
+    def load_key(self, key: str) -> Loaded | None:
+        """`load` by the token's hash (a door that holds a session reference, not its cookie)."""
         self.rt.require_stores()  # a store known to be down: fail closed before any cache
-        key = hash_token(token)
         cached = self.cache.get(key)
         if cached is not None:  # the versions read; a load only if they moved
             found = self._read(key, cached)
@@ -233,24 +253,19 @@ class Guard:
         """The decision when it needs one statement on an open connection and nothing else:
         cheap enough for the event loop. None means: use `check` in a thread (no cached copy
         yet, a load in flight, a grant to spend, a challenge to start, a busy audit queue)."""
+        if token and len(token) > 256:
+            return None
+        return self.check_cached_key(context, hash_token(token) if token else None)
+
+    def check_cached_key(self, context: RequestContext, key: str | None) -> Check | None:
+        """`check_cached` by the session token's hash."""
         if self.rt.audit.backlog > AUDIT_INLINE_LIMIT:
             return None
         loaded: Loaded | None = None
-        if token:
-            if len(token) > 256:
+        if key:
+            loaded = self._cached_live(key, context)
+            if loaded is None:
                 return None
-            key = hash_token(token)
-            cached = self.cache.get(key)
-            if cached is None or self.cache.in_flight(key):
-                return None
-            self.rt.require_stores()
-            try:
-                loaded = self._read(key, cached, connect=False)
-            except StoreUnavailable:  # the thread path reconnects (or fails closed)
-                return None
-            if loaded is None or not self._alive(loaded):
-                return None
-            self._touch(loaded, key, context, self.rt.now())
         self.rt.require_stores()
         check = self._decide(context, loaded)
         decision = check.decision
@@ -261,30 +276,116 @@ class Guard:
         self._audit(check)
         return check
 
+    def _cached_live(self, key: str, context: RequestContext) -> Loaded | None:
+        """The cached copy of a live session as of this moment (versions read, last seen
+        noted), without waiting: None when not cached, loading, gone, not alive or the store
+        is not reachable on an open connection (the thread path reconnects or fails closed)."""
+        cached = self.cache.get(key)
+        if cached is None or self.cache.in_flight(key):
+            return None
+        self.rt.require_stores()
+        try:
+            loaded = self._read(key, cached, connect=False)
+        except StoreUnavailable:
+            return None
+        if loaded is None or not self._alive(loaded):
+            return None
+        self._touch(loaded, key, context, self.rt.now())
+        return loaded
+
+    def versions_now(self, key: str, context: RequestContext) -> tuple[int, int] | None:
+        """The session's and user's versions as of this moment (the revocation check), for a
+        cached live session; None: take the full path."""
+        loaded = self._cached_live(key, context)
+        return loaded.versions if loaded is not None else None
+
+    def plain_allow(self, check: Check) -> bool:
+        """An allow that needs nothing but a live sign-in (no grant, nothing above aal1, low
+        risk): the same answer for the same request while the versions hold."""
+        d = check.decision
+        return (d.allowed and not d.grant_id and check.risk.level == "low"
+                and self._plain.get(d.rule, False))
+
+    def audit(self, check: Check) -> None:
+        """Audit a decision given again without change (see `versions_now`)."""
+        self._audit(check)
+
     def check(self, context: RequestContext, token: str | None, *, audit: bool = True) -> Check:
-        loaded = self.load(token)
-        return self.judge(context, loaded, key=hash_token(token) if token else None, audit=audit)
+        key = hash_token(token) if token and len(token) <= 256 else None
+        return self.check_key(context, key, audit=audit)
+
+    def check_key(self, context: RequestContext, key: str | None, *,
+                  audit: bool = True) -> Check:
+        """`check` by the session token's hash (the postgres door holds the hash)."""
+        loaded = self.load_key(key) if key else None
+        return self.judge(context, loaded, key=key, audit=audit)
 
     def judge(self, context: RequestContext, loaded: Loaded | None, *, key: str | None = None,
               audit: bool = True, detail: Mapping[str, object] | None = None) -> Check:
         """The decision flow over what was loaded: decide → consume a single-use grant (decide
         again without it if another request spent it) → note the amount → audit. Every door
-        comes through here: `check` with a session token, the MCP door with an agent's state
-        (`key` None: nothing to note as seen; `detail` joins the audit entry, which is then
-        always an entry of its own)."""
+        comes through here (or through `judge_token`, which ends in the same steps): `check`
+        with a session token, the MCP door with an agent's state (`key` None: nothing to note
+        as seen; `detail` joins the audit entry, which is then always an entry of its own)."""
+        check = self._decide(context, loaded)
+        return self._settle(check, loaded.grants if loaded else (), loaded=loaded, key=key,
+                            audit=audit, detail=detail)
+
+    def judge_token(self, context: RequestContext, state: SessionState | None, *,
+                    grant_for: Callable[[Decision], Grant | None],
+                    risk: RiskAssessment = NO_RISK,
+                    detail: Mapping[str, object] | None = None) -> Check:
+        """The decision flow for a state authenticated elsewhere (a bearer token's), which has
+        no Stepguard session to hold grants: when the policy asks for a grant, the state's own
+        authentication may stand in for one (`grant_for`, None when it does not reach the
+        requirement); a single-use one is stored first, so that it is spent exactly once like
+        any other. A bound requirement is refused (403): whoever authenticated the state never
+        showed the user the bound values. Then the same steps as `judge`: consume → decide
+        again → audit."""
         now = self.rt.now()
-        result = self._decide(context, loaded)
-        decision = result.decision
-        if decision.consume_grant and not self._consume(decision, result.session):
-            spent = [g for g in loaded.grants if g.id != decision.consume_grant] if loaded else []
-            decision = decide(self.rt.policy, context, result.state, result.risk, spent, now)
-            result = replace(result, decision=decision)
+        decision = decide(self.rt.policy, context, state, risk, (), now)
+        grants: tuple[Grant, ...] = ()
+        requirement = decision.requirement
+        if (state is not None and decision.outcome is Outcome.STEP_UP and requirement is not None
+                and requirement.needs_grant):
+            if requirement.bind:
+                decision = _refuse_binding(decision)
+            else:
+                grant = grant_for(decision)
+                if grant is not None:
+                    if grant.single_use:
+                        with contextlib.suppress(Conflict):  # spent (or being spent) already
+                            self.rt.store.grants.add(grant)
+                    grants = (grant,)
+                    decision = decide(self.rt.policy, context, state, risk, grants, now)
+        check = Check(decision, context, None, None, risk, state, grants)
+        return self._settle(check, grants, detail=detail)
+
+    def refused(self, context: RequestContext, decision: Decision, *, outcome: str,
+                detail: Mapping[str, object]) -> Check:
+        """A request refused before the policy could decide (a malformed or invalid credential):
+        audited like any decision, with `outcome` naming why."""
+        check = Check(decision, context, None, None, NO_RISK)
+        self._audit(check, detail, outcome=outcome)
+        return check
+
+    def _settle(self, check: Check, grants: Sequence[Grant], *, loaded: Loaded | None = None,
+                key: str | None = None, audit: bool = True,
+                detail: Mapping[str, object] | None = None) -> Check:
+        """After `core.decide`: spend the single-use grant it chose (if another request won it,
+        decide again without it) → note the session as seen → note the amount → audit."""
+        decision = check.decision
+        now = self.rt.now()
+        if decision.consume_grant and not self._consume(decision, check.state):
+            spent = [g for g in grants if g.id != decision.consume_grant]
+            check = replace(check, decision=decide(self.rt.policy, check.context, check.state,
+                                                   check.risk, spent, now))
         if loaded is not None and key:
-            self._touch(loaded, key, context, now)
-        self._remember_amount(result)
+            self._touch(loaded, key, check.context, now)
+        self._remember_amount(check)
         if audit:
-            self._audit(result, detail)
-        return result
+            self._audit(check, detail)
+        return check
 
     def preview(self, context: RequestContext, loaded: Loaded | None) -> Check:
         """What `judge` would decide now, with nothing spent, noted or audited."""
@@ -297,7 +398,7 @@ class Guard:
         risk = self._risk(context, state, user, loaded.history if loaded else None)
         grants = loaded.grants if loaded else ()
         decision = decide(self.rt.policy, context, state, risk, grants, self.rt.now())
-        return Check(decision, context, record, user, risk, state)
+        return Check(decision, context, record, user, risk, state, grants)
 
     def _remember_amount(self, check: Check) -> None:
         """An allowed action's amount joins the user's baseline (`unusual_amount`)."""
@@ -305,9 +406,9 @@ class Guard:
         if check.decision.allowed and check.user is not None and amount is not None:
             self.rt.store.history.record_amount(check.user.id, amount)
 
-    def _consume(self, decision: Decision, record: SessionRecord | None) -> bool:
-        assert record is not None
-        return self.rt.store.grants.consume(decision.consume_grant, session_id=record.id,
+    def _consume(self, decision: Decision, state: SessionState | None) -> bool:
+        assert state is not None  # the core grants nothing to a request without a session
+        return self.rt.store.grants.consume(decision.consume_grant, session_id=state.id,
                                             now=self.rt.now())
 
     def _risk(self, context: RequestContext, state: SessionState | None,
@@ -329,38 +430,53 @@ class Guard:
         if current is not None and current.versions == loaded.versions:
             self.cache.put(key, replace(current, record=replace(current.record, last_seen=now)))
 
-    def _audit(self, check: Check, extra: Mapping[str, object] | None = None) -> None:
+    def _audit(self, check: Check, extra: Mapping[str, object] | None = None, *,
+               outcome: str = "") -> None:
         """Allows cost a counter (a plain allow in summary mode) or an unchecked event, checked
         and sealed in the audit writer's thread; every other decision is checked and logged
-        here (they are few)."""
+        here (they are few). Subject and session come from the state decided on (a Stepguard
+        session's, an agent's or a bearer token's)."""
         d = check.decision
+        if d.shadow is not None:
+            self.rt.observer.shadowed(_outcome(d.shadow), d.shadow.rule)
         if d.outcome is Outcome.ALLOW:
             self._audit_allow(check, d, extra)
             return
-        self.rt.record(kind="decision", subject=check.user.id if check.user else "",
-                       session_id=check.session.id if check.session else "",
+        state = check.state
+        self.rt.record(kind="decision", subject=state.subject.id if state else "",
+                       session_id=state.id if state else "",
                        request=request_summary(check.context, ip_key=self.rt.ip_key),
                        decision=d.outcome.value, rule=d.rule, reasons=d.reasons,
-                       outcome="login" if d.login else d.outcome.value,
-                       detail={**_detail(d, check.risk), **(extra or {})})
-
+                       outcome=outcome or _outcome(d),
+                       detail={**_detail(d, check.risk), "input": check.input(self._attributes),
+                               **(extra or {})})
 
     def _audit_allow(self, check: Check, d: Decision,
                      extra: Mapping[str, object] | None = None) -> None:
-        rt, user, context = self.rt, check.user, check.context
-        subject = user.id if user else ""
-        session = rt.session_ref(check.session.id) if check.session else ""
+        rt, state, context = self.rt, check.state, check.context
+        subject = state.subject.id if state else ""
+        session = rt.session_ref(state.id) if state else ""
         rt.observer.allowed(d.rule)
         summary = rt.audit.summary
         if (summary is not None and self._plain.get(d.rule, False) and not d.grant_id
-                and check.risk.level == "low" and extra is None):
+                and check.risk.level == "low" and extra is None and d.shadow is None
+                and not context.attributes):
+            state, risk = check.state, check.risk
+            events = state.events if state is not None else ()
+            mark = (len(events), events[-1].at if events else 0.0, risk.score, len(risk.signals))
             summary.note(subject=subject, session=session, rule=d.rule, at=rt.now(),
-                         host=context.host, method=context.method, path=context.path)
+                         host=context.host, method=context.method, path=context.path,
+                         ip=context.client_ip, input_mark=mark, input=check)
             return
+        shadow = d.shadow
         event = AuditEvent.unchecked(
             at=rt.now(), kind=AuditKind.DECISION, subject=subject, session=session,
-            request=request_summary(context, ip_key=rt.ip_key), decision="allow", rule=d.rule,
-            reasons=d.reasons, outcome="allow", detail={**_detail(d, check.risk), **(extra or {})})
+            request=request_summary(context, ip_key=rt.ip_key), decision="allow",
+            rule=shadow.rule if shadow else d.rule,
+            reasons=shadow.reasons if shadow else d.reasons,
+            outcome="would_" + _outcome(shadow) if shadow else "allow",
+            detail={**_detail(d, check.risk), "input": check.input(self._attributes),
+                    **(extra or {})})
         rt.audit.submit(event, checked=False)
         if rt.observer.debug:
             rt.observer.event(event.checked())
@@ -376,9 +492,30 @@ def _plain(requirement: Requirement | None) -> bool:
                                    and requirement.max_age is None and not requirement.methods)
 
 
+def _outcome(decision: Decision) -> str:
+    """A decision's outcome as the ledger names it (`login` for a first sign-in)."""
+    return "login" if decision.login else decision.outcome.value
+
+
+def _refuse_binding(decision: Decision) -> Decision:
+    reason = ("This request must be approved on Stepguard's step-up page, which shows what is "
+              "approved; an access token cannot approve a bound transaction.")
+    return Decision(outcome=Outcome.DENY, rule=decision.rule,
+                    reasons=(*decision.reasons, reason), requirement=decision.requirement,
+                    scope=decision.scope, binding=decision.binding,
+                    bound_values=decision.bound_values)
+
+
 def _detail(decision: Decision, risk: RiskAssessment) -> dict[str, object]:
     detail: dict[str, object] = {"risk_score": risk.score, "risk_level": risk.level,
                                  "signals": list(risk.names)}
+    shadow = decision.shadow
+    if shadow is not None:  # report mode: what was enforced, and what would have been
+        detail["enforced"] = {"outcome": decision.outcome.value, "rule": decision.rule}
+        detail["report"] = {"outcome": _outcome(shadow), "rule": shadow.rule,
+                            "reasons": list(shadow.reasons)}
+        if shadow.requirement is not None:
+            detail["report"]["level"] = shadow.requirement.level.label  # type: ignore[index]
     if decision.grant_id:
         detail["grant"] = decision.grant_id
         detail["consumed"] = bool(decision.consume_grant)

@@ -139,20 +139,25 @@ class JwksCache:
         return uri
 
     def _get_json(self, url: str, *, what: str) -> Mapping[str, Any]:
-        try:
-            response = self._client.get(url, headers={"Accept": "application/json"})
-        except httpx.HTTPError as exc:
-            raise IssuerUnavailable(f"the issuer's {what} could not be fetched "
-                                    f"({type(exc).__name__})") from None
-        if response.status_code != 200 or len(response.content) > MAX_DOCUMENT_BYTES:
-            raise IssuerUnavailable(f"the issuer's {what} answered {response.status_code}")
-        try:
-            document = json.loads(response.content)
-        except ValueError:
-            raise IssuerUnavailable(f"the issuer's {what} is not JSON") from None
-        if not isinstance(document, dict):
-            raise IssuerUnavailable(f"the issuer's {what} is not a JSON object")
-        return document
+        return get_json(self._client, url, what=what)
+
+
+def get_json(client: httpx.Client, url: str, *, what: str) -> Mapping[str, Any]:
+    """One JSON object from the issuer (bounded size); `IssuerUnavailable` says what failed."""
+    try:
+        response = client.get(url, headers={"Accept": "application/json"})
+    except httpx.HTTPError as exc:
+        raise IssuerUnavailable(f"the issuer's {what} could not be fetched "
+                                f"({type(exc).__name__}: {exc})") from None
+    if response.status_code != 200 or len(response.content) > MAX_DOCUMENT_BYTES:
+        raise IssuerUnavailable(f"the issuer's {what} answered {response.status_code}")
+    try:
+        document = json.loads(response.content)
+    except ValueError:
+        raise IssuerUnavailable(f"the issuer's {what} is not JSON") from None
+    if not isinstance(document, dict):
+        raise IssuerUnavailable(f"the issuer's {what} is not a JSON object")
+    return document
 
 
 def _parse_key(entry: object) -> SigningKey | None:

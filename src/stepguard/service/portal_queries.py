@@ -1,5 +1,6 @@
-"""Read-only queries behind the portal's account and admin pages: each page's data in bounded
-reads (the newest audit entries only, never the whole ledger), as records for the page to word."""
+"""Read-only queries behind the portal's account pages: each page's data in bounded reads (the
+newest audit entries only, never the whole ledger), as records for the page to word. The admin
+console's are in `admin_queries`."""
 
 from __future__ import annotations
 
@@ -13,8 +14,6 @@ from stepguard.storage.records import FactorRecord, PushRecord, SessionRecord, U
 ACCOUNT_EVENTS = 15
 # Plain allows are the ledger's bulk and say nothing to the account holder.
 NOISE = ("allow", "allow_summary")
-ADMIN_USERS = 200
-ADMIN_ENTRIES = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,23 +27,6 @@ class AccountOverview:
     events: tuple[AuditEntry, ...]
     pending_pushes: tuple[PushRecord, ...]
     has_password: bool
-
-
-@dataclass(frozen=True, slots=True)
-class AdminFilters:
-    user: str = ""
-    rule: str = ""
-    outcome: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class AdminOverview:
-    """What the admin console shows: users with their factor counts, sessions, recent entries."""
-
-    users: tuple[UserRecord, ...]
-    factor_counts: dict[str, int]
-    sessions: tuple[SessionRecord, ...]
-    entries: tuple[AuditEntry, ...]
 
 
 class PortalQueries:
@@ -66,23 +48,6 @@ class PortalQueries:
                                                   exclude_outcomes=NOISE)),
             pending_pushes=tuple(p for p, _ in self.stepup.pending_pushes(session)),
             has_password=bool(getattr(store.users.get(user.id), "password_hash", "")),
-        )
-
-    def admin(self, filters: AdminFilters) -> AdminOverview:
-        store = self.rt.store
-        users = store.users.list(limit=ADMIN_USERS)
-        subject = next((u.id for u in users if u.username == filters.user), filters.user)
-        entries = self.rt.audit_log.latest(
-            limit=ADMIN_ENTRIES,
-            subject=subject or None,
-            rule=filters.rule or None,
-            outcome=filters.outcome or None,
-        )
-        return AdminOverview(
-            users=users,
-            factor_counts={u.id: len(store.factors.for_user(u.id)) for u in users},
-            sessions=tuple(s for u in users for s in store.sessions.list_for_user(u.id)),
-            entries=tuple(entries),
         )
 
     def user(self, user_id: str) -> UserRecord | None:

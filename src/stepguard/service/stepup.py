@@ -19,6 +19,7 @@ from stepguard.core.decision import Decision
 from stepguard.core.errors import ReplayDetected, StepguardError, Throttled, VerificationFailed
 from stepguard.core.grant import Grant
 from stepguard.core.levels import FACTOR_AMR, Level
+from stepguard.core.throttle import plan_attempt, user_factor_key
 from stepguard.factors import push as push_factor
 from stepguard.factors import webauthn as wa
 from stepguard.factors.recovery import verify_recovery_code
@@ -27,19 +28,18 @@ from stepguard.factors.totp import verify_totp
 from stepguard.service.attempts import (
     abandoned,
     failed,
-    plan_attempt,
     reserve,
     succeeded,
     trust_client,
 )
 from stepguard.service.runtime import Runtime, hash_token, new_id, new_token
-from stepguard.service.throttle import user_factor_key
 from stepguard.storage.records import (
     HELD_BODY_LIMIT,
     ChallengeRecord,
     FactorKind,
     FactorRecord,
     PushRecord,
+    Reserved,
     SessionRecord,
 )
 
@@ -152,11 +152,13 @@ class StepUp:
         """Bytes of a request body a challenge may hold (the config's, at most the store's)."""
         return min(HELD_BODY_LIMIT, self.rt.config.challenge.held_body_limit)
 
-    def location(self, decision: Decision, context: RequestContext,
-                 session: SessionRecord | None, *, return_url: str,
-                 held: HeldRequest | None = None) -> str:
-        """The portal path for a step-up decision: the sign-in page when there is no session (or
-        the decision is a sign-in), else a new challenge's page."""
+    def begin(self, decision: Decision, context: RequestContext,
+              session: SessionRecord | None, *, return_url: str,
+              held: HeldRequest | None = None) -> str:
+        """Begin the step-up a decision asks for and name where it continues: the sign-in page
+        when there is no session (or the decision is a sign-in; nothing is stored), else a new
+        challenge (stored and audited now) and its page. Called by the flow that decides, before
+        the answer is rendered — never while rendering."""
         if decision.login or session is None:
             return f"/login?rd={quote(return_url, safe='')}"
         challenge = self.start(decision, context, session, return_url=return_url, held=held)
@@ -196,11 +198,30 @@ class StepUp:
         if self.rt.store.factors.recovery_codes(user_id):
             kinds.add("recovery")
         allowed = requirement.methods or frozenset(FACTOR_LEVEL)
-        return [
+        local: list[str] = [
             m
             for m in ("webauthn", "totp", "push", "recovery")
             if m in allowed and m in kinds and FACTOR_LEVEL[m] >= requirement.level
         ]
+        via, provider = self.via(challenge, user_id)
+        at_idp = ["idp"] if provider else []
+        if via == "idp":
+            return at_idp
+        return [*local, *at_idp] if via == "either" else local
+
+    def via(self, challenge: ChallengeRecord, user_id: str) -> tuple[str, str]:
+        """Where this step-up is proved — `local` (Stepguard's factors), `idp` (a new sign-in at
+        the user's identity provider) or `either` — and that provider's name ("" = none): the
+        rule's `require.via` wins, else the provider's `step_up`; local users step up locally."""
+        providers = {p.name: p for p in self.rt.config.oidc.providers}
+        if not providers:
+            return (challenge.requirement.via or "local", "")
+        linked = [i.provider for i in self.rt.store.identities.for_users([user_id])
+                  if i.provider in providers]
+        provider = linked[0] if linked else ""
+        if challenge.requirement.via:
+            return (challenge.requirement.via, provider)
+        return (providers[provider].step_up if provider else "local", provider)
 
     # ------------------------------------------------------------------ factors
 
@@ -425,7 +446,7 @@ class StepUp:
                     raise ReplayDetected("This approval request was already answered.")
                 self.rt.store.factors.mark_used(device.id, now=now)
         except VerificationFailed as exc:
-            self._failed(approver, "push", exc, challenge)
+            self._failed(approver, "push", exc, challenge, reserved)
             raise
         except BaseException:
             abandoned(self.rt, reserved)
@@ -442,7 +463,7 @@ class StepUp:
         if answered.approved:
             succeeded(self.rt, reserved)
         else:  # a refusal stays counted: pushes the user keeps refusing slow the next ones
-            failed(self.rt, user_id=approver.user_id)
+            failed(self.rt, user_id=approver.user_id, reserved=reserved, factor="push")
         return answered.status
 
     def poll_push(
@@ -514,7 +535,7 @@ class StepUp:
                 verify()
                 passed = self._complete(challenge, session, factor, client_ip)
         except (VerificationFailed, Throttled) as exc:
-            self._failed(session, factor, exc, challenge)
+            self._failed(session, factor, exc, challenge, reserved, client_ip)
             raise
         except BaseException:
             abandoned(self.rt, reserved)
@@ -530,8 +551,11 @@ class StepUp:
         factor: str,
         exc: Exception,
         challenge: ChallengeRecord,
+        reserved: tuple[Reserved, ...] = (),
+        client_ip: str = "",
     ) -> None:
-        failed(self.rt, user_id=session.user_id)
+        failed(self.rt, user_id=session.user_id, reserved=reserved, factor=factor,
+               client_ip=client_ip)
         code = getattr(exc, "code", "throttled")
         self.rt.record(
             kind="verification",
@@ -544,17 +568,20 @@ class StepUp:
         )
 
     def _complete(
-        self, challenge: ChallengeRecord, session: SessionRecord, factor: str, client_ip: str
+        self, challenge: ChallengeRecord, session: SessionRecord, factor: str, client_ip: str,
+        proof: AuthEvent | None = None,
     ) -> Passed:
+        """Pass the challenge with a local factor, or with `proof` (an identity provider's
+        answer: its level, amr and authentication time, already checked against the rule)."""
         now = self.rt.now()
         with self.rt.store.transaction():
             if not self.rt.store.challenges.mark_passed(challenge.id, now=now):
                 raise ChallengeGone("This confirmation was already used.")
-            level = FACTOR_LEVEL[factor]
-            self.rt.store.sessions.add_event(
-                session.id, AuthEvent(factor=factor, amr=FACTOR_AMR[factor], level=level, at=now)
-            )
-            grant = self._grant(challenge, session, factor, level, now)
+            event = proof or AuthEvent(factor=factor, amr=FACTOR_AMR[factor],
+                                       level=FACTOR_LEVEL[factor], at=now)
+            level = event.level
+            self.rt.store.sessions.add_event(session.id, event)
+            grant = self._grant(challenge, session, event)
             token = new_token()
             self.rt.store.sessions.rotate(session.id, hash_token(token), now=now)
             self.rt.store.throttle.reset(user_factor_key(session.user_id, factor))
@@ -576,13 +603,9 @@ class StepUp:
         return Passed(challenge, token, grant)
 
     def _grant(
-        self,
-        challenge: ChallengeRecord,
-        session: SessionRecord,
-        factor: str,
-        level: Level,
-        now: float,
+        self, challenge: ChallengeRecord, session: SessionRecord, event: AuthEvent
     ) -> Grant | None:
+        """The grant a passed challenge earns; it dates from the proof (`event.at`)."""
         requirement = challenge.requirement
         agent = delegated(challenge) and challenge.session_id is not None
         if not requirement.needs_grant and not agent:
@@ -593,13 +616,13 @@ class StepUp:
             subject_id=session.user_id,
             session_id=challenge.session_id if agent and challenge.session_id else session.id,
             scope=challenge.scope,
-            level=level,
-            amr=FACTOR_AMR[factor],
-            granted_at=now,
-            expires_at=now + ttl,
+            level=event.level,
+            amr=event.amr,
+            granted_at=event.at,
+            expires_at=event.at + ttl,
             single_use=requirement.single_use or agent,
             binding=challenge.binding,
-            factor=factor,
+            factor=event.factor,
         )
         self.rt.store.grants.add(grant)
         return grant

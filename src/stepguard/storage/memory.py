@@ -19,14 +19,16 @@ from stepguard.core.context import AuthEvent
 from stepguard.core.errors import Conflict, StoreUnavailable
 from stepguard.core.grant import Grant
 from stepguard.core.risk import EMPTY_HISTORY, RiskHistory
-from stepguard.service.throttle import (
+from stepguard.core.throttle import (
     ThrottleSettings,
+    ThrottleState,
     forget_before,
     state_after,
     user_prefix,
 )
-from stepguard.service.throttle import check as throttle_check
+from stepguard.core.throttle import check as throttle_check
 from stepguard.storage.agent_tokens import MemoryAgentTokens
+from stepguard.storage.identity_records import IdentityRecord, OidcFlow, SessionLink
 from stepguard.storage.records import (
     SESSION_EVENT_LIMIT,
     ApiKeyRecord,
@@ -40,7 +42,6 @@ from stepguard.storage.records import (
     Reserved,
     SessionRecord,
     SessionSnapshot,
-    ThrottleState,
     UserRecord,
     Versions,
 )
@@ -64,6 +65,10 @@ class _Tables:
     throttle: dict[str, tuple[ThrottleState, float]] = field(default_factory=dict)
     history: dict[str, dict[str, Any]] = field(default_factory=dict)
     api_keys: dict[str, ApiKeyRecord] = field(default_factory=dict)
+    identities: dict[tuple[str, str], IdentityRecord] = field(default_factory=dict)
+    oidc_flows: dict[str, OidcFlow] = field(default_factory=dict)
+    oidc_sessions: dict[str, SessionLink] = field(default_factory=dict)
+    logout_tokens: dict[str, float] = field(default_factory=dict)
 
 
 class _Role:
@@ -560,6 +565,75 @@ class MemoryApiKeys(_Role):
             return True
 
 
+class MemoryIdentities(_Role):
+    """Identity-provider state (see `sql_identities`)."""
+
+    def link(self, identity: IdentityRecord) -> None:
+        with self._store.lock:
+            key = (identity.issuer, identity.subject)
+            if key in self._t.identities:
+                raise Conflict("this identity is already linked")
+            self._t.identities[key] = identity
+
+    def get(self, issuer: str, subject: str) -> IdentityRecord | None:
+        return self._t.identities.get((issuer, subject))
+
+    def for_users(self, user_ids: Iterable[str]) -> tuple[IdentityRecord, ...]:
+        wanted = set(user_ids)
+        return tuple(sorted((i for i in self._t.identities.values() if i.user_id in wanted),
+                            key=lambda i: (i.user_id, i.provider)))
+
+    def touch(self, issuer: str, subject: str, *, email: str, now: float) -> bool:
+        with self._store.lock:
+            found = self._t.identities.get((issuer, subject))
+            if found is None:
+                return False
+            self._t.identities[(issuer, subject)] = replace(found, email=email, last_login=now)
+            return True
+
+    def update_profile(self, user_id: str, *, display_name: str, email: str,
+                       groups: Iterable[str]) -> None:
+        with self._store.lock:
+            user = self._t.users.get(user_id)
+            if user is not None:
+                self._bump_user(user_id)
+                self._t.users[user_id] = replace(user, display_name=display_name[:255],
+                                                 email=email[:320], groups=frozenset(groups))
+
+    def add_flow(self, flow: OidcFlow) -> None:
+        with self._store.lock:
+            self._t.oidc_flows[flow.state_hash] = flow
+
+    def take_flow(self, state_hash: str, *, now: float) -> OidcFlow | None:
+        with self._store.lock:
+            flow = self._t.oidc_flows.pop(state_hash, None)
+        return flow if flow is not None and flow.expires > now else None
+
+    def link_session(self, link: SessionLink) -> None:
+        with self._store.lock:
+            self._t.oidc_sessions[link.session_id] = link
+
+    def session_link(self, session_id: str) -> SessionLink | None:
+        return self._t.oidc_sessions.get(session_id)
+
+    def linked_sessions(self, issuer: str, *, subject: str = "", sid: str = "") -> tuple[str, ...]:
+        return tuple(s.session_id for s in self._t.oidc_sessions.values()
+                     if s.issuer == issuer and (not sid or s.sid == sid)
+                     and (not subject or s.subject == subject))
+
+    def use_logout_token(self, key: str, *, expires: float, now: float) -> bool:
+        with self._store.lock:
+            _purge(self._t.logout_tokens, lambda until: until <= now)
+            if key in self._t.logout_tokens:
+                return False
+            self._t.logout_tokens[key] = expires
+            return True
+
+    def purge(self, *, now: float) -> int:
+        with self._store.lock:
+            return _purge(self._t.oidc_flows, lambda f: f.expires <= now)
+
+
 class MemoryStore:
     """Every role in memory. `down = True` makes every session read fail (outage tests)."""
 
@@ -578,6 +652,7 @@ class MemoryStore:
         self.throttle = MemoryThrottle(self, throttle or ThrottleSettings())
         self.history = MemoryHistory(self)
         self.api_keys = MemoryApiKeys(self)
+        self.identities = MemoryIdentities(self)
         self.agent_tokens = MemoryAgentTokens()
 
     @contextmanager

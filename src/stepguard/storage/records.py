@@ -15,6 +15,7 @@ from stepguard.core.context import AuthEvent, SessionState, Subject
 from stepguard.core.decision import Requirement
 from stepguard.core.grant import Grant
 from stepguard.core.risk import RiskHistory
+from stepguard.core.throttle import ThrottleState
 
 FactorKind = Literal["password", "totp", "webauthn", "recovery", "push"]
 ChallengeStatus = Literal["pending", "passed", "sent", "abandoned", "expired"]
@@ -205,21 +206,6 @@ class GrantRecord:
 
     grant: Grant
     consumed_at: float | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ThrottleState:
-    """Failures counted under one throttle key and the lock they caused.
-
-    `locked_until` is an epoch time (0 = not locked); `hard_locked` stays set until `reset`.
-    """
-
-    consecutive: int = 0
-    locked_until: float = 0.0
-    hard_locked: bool = False
-
-    def locked(self, now: float) -> bool:
-        return self.hard_locked or now < self.locked_until
 
 
 @dataclass(frozen=True, slots=True)

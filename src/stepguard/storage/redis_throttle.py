@@ -2,7 +2,7 @@
 
 Optional (`redis.url`): brute-force traffic then costs Redis one in-memory script call per
 attempt instead of a PostgreSQL upsert, row lock and WAL write (bench/fleet.py measures both).
-The back-off itself still comes from `service.throttle`; the scripts mirror `state_after`,
+The back-off itself still comes from `core.throttle`; the scripts mirror `state_after`,
 `delay_for` and `check` exactly (same free failures, doubling, cap and hard lock), so both
 backends pass one contract suite. A script runs atomically, so reserve-then-verify holds: of
 parallel reservations only those the locks allow are counted.
@@ -28,14 +28,15 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from stepguard.core.errors import StoreUnavailable, Throttled
-from stepguard.service.throttle import (
+from stepguard.core.throttle import (
     ThrottleSettings,
+    ThrottleState,
     forget_before,
     policy_for,
     state_after,
     user_prefix,
 )
-from stepguard.storage.records import Reserved, ThrottleState
+from stepguard.storage.records import Reserved
 
 T = TypeVar("T")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from stepguard.service.throttle import ThrottleSettings
+from stepguard.core.throttle import ThrottleSettings
 from stepguard.storage.agent_tokens import SqlAgentTokens
 from stepguard.storage.engine import make_engine
 from stepguard.storage.session_states import SqlSessionStates
@@ -22,6 +22,7 @@ from stepguard.storage.sql_challenges import SqlChallenges
 from stepguard.storage.sql_factors import SqlFactors
 from stepguard.storage.sql_grants import SqlGrants
 from stepguard.storage.sql_history import SqlHistory
+from stepguard.storage.sql_identities import SqlIdentities
 from stepguard.storage.sql_pushes import SqlPushes
 from stepguard.storage.sql_sessions import SqlSessions
 from stepguard.storage.sql_throttle import SqlThrottle
@@ -46,6 +47,7 @@ class SqlStore:
         self.throttle = SqlThrottle(self._db, throttle or ThrottleSettings())
         self.history = SqlHistory(self._db)
         self.api_keys = SqlApiKeys(self._db)
+        self.identities = SqlIdentities(self._db)
         self.agent_tokens = SqlAgentTokens(self._db)
         self.session_states = SqlSessionStates(engine)
 

@@ -130,6 +130,7 @@ def requirement_to_json(requirement: Requirement) -> dict[str, Any]:
         "single_use": requirement.single_use,
         "bind": list(requirement.bind),
         "reason": requirement.reason,
+        **({"via": requirement.via} if requirement.via else {}),
     }
 
 
@@ -142,6 +143,7 @@ def requirement_from_json(value: Mapping[str, Any]) -> Requirement:
         single_use=value["single_use"],
         bind=tuple(value["bind"]),
         reason=value["reason"],
+        via=str(value.get("via", "")),
     )
 
 

@@ -17,15 +17,16 @@ from sqlalchemy import case, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from stepguard.service.throttle import (
+from stepguard.core.throttle import (
     ThrottleSettings,
+    ThrottleState,
     check,
     forget_before,
     state_after,
     user_prefix,
 )
 from stepguard.storage import tables as t
-from stepguard.storage.records import Reserved, ThrottleState
+from stepguard.storage.records import Reserved
 from stepguard.storage.sql_base import Database
 
 _T = t.throttle.c
@@ -33,7 +34,7 @@ _NEVER = float("-inf")
 
 
 class SqlThrottle:
-    """Counts consecutive failures per key; the back-off comes from `service.throttle`."""
+    """Counts consecutive failures per key; the back-off comes from `core.throttle`."""
 
     def __init__(self, db: Database, settings: ThrottleSettings) -> None:
         self._db = db

@@ -84,6 +84,7 @@ class AccountPages:
             recovery_url="/account/recovery",
             remove_password_url="/account/password/remove",  # noqa: S106 (a URL)
             logout_url="/logout",
+            db_tokens_url="/account/db-tokens" if self.pages.rt.config.postgres.listeners else "",
             **account_view(overview, session, self.pages.translator(request)),
         )
 

@@ -37,9 +37,8 @@ class InlineFrames:
         self.enabled = runtime.config.inline.enabled
         self.origins = frozenset({self.own_origin, *runtime.config.inline.allowed_origins})
         ancestors = " ".join(["'self'", *sorted(self.origins - {self.own_origin})])
-        self.policy = CONTENT_SECURITY_POLICY.replace(
-            _FRAME_ANCESTORS, f"frame-ancestors {ancestors}"
-        )
+        self.ancestors = f"frame-ancestors {ancestors}"
+        self.policy = CONTENT_SECURITY_POLICY.replace(_FRAME_ANCESTORS, self.ancestors)
         self._module = (MODULE_DIR / "stepguard.js").read_bytes()
 
     def allows(self, origin: str | None) -> bool:
@@ -52,7 +51,10 @@ class InlineFrames:
 
     def framable(self, response: Response) -> Response:
         """Let the allowed origins (and only them) frame this page."""
-        response.headers["Content-Security-Policy"] = self.policy
+        # The page's own policy (widened `form-action` with identity providers), reframed.
+        current = response.headers.get("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        response.headers["Content-Security-Policy"] = current.replace(
+            _FRAME_ANCESTORS, self.ancestors)
         response.headers["X-Frame-Options"] = "SAMEORIGIN"  # ignored where CSP is honoured
         # The popup variant must keep its opener (an allowed origin) to answer it.
         response.headers["Cross-Origin-Opener-Policy"] = "unsafe-none"

@@ -12,7 +12,7 @@ import binascii
 import json
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -26,7 +26,7 @@ from stepguard.core.context import RequestContext
 from stepguard.core.errors import Throttled, VerificationFailed
 from stepguard.service.accounts import NeedsFreshProof
 from stepguard.service.guard import Guard
-from stepguard.service.runtime import Runtime, sign, unsign
+from stepguard.service.runtime import Runtime, new_id, sign, unsign
 from stepguard.service.stepup import ChallengeGone
 from stepguard.storage.records import SessionRecord, UserRecord
 from stepguard.web import i18n, js_texts
@@ -79,6 +79,10 @@ class Pages:
             f"{origin.scheme}://{origin.netloc}",
             *[o.rstrip("/") for o in runtime.config.webauthn.origins],
         ]
+        # Set by `web.oidc.OidcPages` when identity providers are configured.
+        self.provider_buttons: list[dict[str, str]] = []
+        self.provider_logout: Callable[[SessionRecord], str] = lambda _session: ""
+        self.content_security_policy = ""  # "" = the default (security_headers)
 
     # ------------------------------------------------------------------ the request
 
@@ -227,6 +231,8 @@ class Pages:
                                 httponly=True, secure=self.https, samesite="lax", path="/")
         if FLASH_COOKIE in request.cookies:  # shown once
             response.delete_cookie(FLASH_COOKIE, path="/")
+        if self.content_security_policy:
+            response.headers["Content-Security-Policy"] = self.content_security_policy
         if fresh:
             response.set_cookie(
                 PRE_SESSION_COOKIE,
@@ -254,6 +260,30 @@ class Pages:
             link=link or {"href": "/account", "text": N_("Go to your account")},
             status=status,
         )
+
+    def sign_in_context(self, request: Request) -> RequestContext:
+        """The request's context, with a new device id when the browser has none yet (named now,
+        so that this very sign-in already records the device)."""
+        context = self.context(request)
+        return context if context.device_id else replace(context, device_id=new_id())
+
+    def signed_in_response(self, request: Request, rd: str, token: str,
+                           context: RequestContext, answer: Response | None = None) -> Response:
+        """After a sign-in: the session cookie, and the device cookie for a new device, on
+        `answer` (default: a redirect to `rd`; passkey sign-in answers JSON)."""
+        response = self.with_token(answer or RedirectResponse(rd, 303), token)
+        response.delete_cookie(PRE_SESSION_COOKIE, path="/")
+        if not self.devices.device_id(request.cookies.get(DEVICE_COOKIE)):
+            response.set_cookie(
+                DEVICE_COOKIE,
+                sign(self.rt.cookie_key, context.device_id),
+                max_age=400 * 86400,
+                httponly=True,
+                secure=self.https,
+                samesite="lax",
+                path="/",
+            )
+        return response
 
     def with_token(self, response: Response, token: str) -> Response:
         response.set_cookie(self.cookie_name, token, **self.cookie_kwargs)

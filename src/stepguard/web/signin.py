@@ -1,9 +1,10 @@
-"""Sign-in pages: the login form, its submission and sign-out."""
+"""Sign-in pages: the login form (a password, a passkey, or an identity provider's button), its
+submission, passkey sign-in's JSON calls and sign-out."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from typing import Any
 from urllib.parse import quote
 
 from starlette.concurrency import run_in_threadpool
@@ -11,12 +12,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from stepguard.adapters.cookies import DEVICE_COOKIE
-from stepguard.core.context import RequestContext
 from stepguard.core.errors import Throttled, VerificationFailed
-from stepguard.service.accounts import Accounts, SignedIn
+from stepguard.service.accounts import Accounts
 from stepguard.service.passkey_sign_in import PasskeySignIn
-from stepguard.service.runtime import new_id, sign
 from stepguard.web.page import PRE_SESSION_COOKIE, Flash, Pages
 from stepguard.web.render import N_
 from stepguard.web.security import CsrfRejected
@@ -24,8 +22,8 @@ from stepguard.web.text import throttle_text
 
 
 class SignInPages:
-    """The sign-in form (a password, or a passkey: a button and conditional UI autofill),
-    passkey sign-in's JSON calls, and sign-out."""
+    """The sign-in form (a password, or a passkey: a button and conditional UI autofill; the
+    identity providers' buttons), passkey sign-in's JSON calls, and sign-out."""
 
     def __init__(self, pages: Pages, accounts: Accounts) -> None:
         self.pages, self.accounts = pages, accounts
@@ -54,7 +52,14 @@ class SignInPages:
             reasons=[] if flash else [N_("Sign in to continue.")],
             error=flash.error if flash else None,
             username=flash.fields.get("username", "") if flash else "",
+            **self.sign_in_options(rd),
         )
+
+    def sign_in_options(self, rd: str) -> dict[str, Any]:
+        """The identity providers' buttons (set by `web.oidc`) and the password form switch."""
+        buttons = [{**b, "action": f"{b['action']}?rd={quote(rd, safe='')}"}
+                   for b in self.pages.provider_buttons]
+        return {"providers": buttons, "passwords": self.pages.rt.config.oidc.passwords}
 
     async def login_submit(self, request: Request) -> Response:
         pages = self.pages
@@ -65,8 +70,13 @@ class SignInPages:
             return pages.message(
                 request, N_("Request refused"), N_("The form expired. Please try again."), 403
             )
-        context, new_device = self._device_context(request)
         username = form.get("username", "")
+        if not pages.rt.config.oidc.passwords:  # no password was checked: answered directly
+            return pages.page(request, "login.html", status=403,
+                              action_url=f"/login?rd={quote(rd, safe='')}", challenge_id="",
+                              reasons=[], error=N_("Sign in with your identity provider."),
+                              **self.sign_in_options(rd))
+        context = pages.sign_in_context(request)
         try:
             signed = await run_in_threadpool(
                 self.accounts.sign_in, username, form.get("password", ""), context
@@ -77,32 +87,7 @@ class SignInPages:
         except VerificationFailed:
             return self._login_error(rd,
                                      N_("The username or password is not right."), 401, username)
-        return self._signed_in(RedirectResponse(rd, 303), signed, context, new_device)
-
-    def _device_context(self, request: Request) -> tuple[RequestContext, bool]:
-        """The request context; a browser without a device cookie gets its device id now, so
-        that this very sign-in already records the device."""
-        context = self.pages.context(request)
-        if context.device_id:
-            return context, False
-        return replace(context, device_id=new_id()), True
-
-    def _signed_in(self, response: Response, signed: SignedIn, context: RequestContext,
-                   new_device: bool) -> Response:
-        pages = self.pages
-        pages.with_token(response, signed.token)
-        response.delete_cookie(PRE_SESSION_COOKIE, path="/")
-        if new_device:
-            response.set_cookie(
-                DEVICE_COOKIE,
-                sign(pages.rt.cookie_key, context.device_id),
-                max_age=400 * 86400,
-                httponly=True,
-                secure=pages.https,
-                samesite="lax",
-                path="/",
-            )
-        return response
+        return pages.signed_in_response(request, rd, signed.token, context)
 
     # ------------------------------------------------------------------ passkey sign-in
 
@@ -131,7 +116,7 @@ class SignInPages:
             return JSONResponse({"error": N_("The page expired. Reload and try again.")}, 403)
         except ValueError:
             return JSONResponse({"error": N_("The passkey answer was not readable.")}, 400)
-        context, new_device = self._device_context(request)
+        context = pages.sign_in_context(request)
         try:
             signed = await run_in_threadpool(
                 self.passkeys.finish, pre, ceremony, credential, context)
@@ -139,7 +124,8 @@ class SignInPages:
             return JSONResponse({"error": throttle_text(exc, self.pages.language(request))}, 429)
         except VerificationFailed as exc:
             return JSONResponse({"error": exc.reason}, 400)
-        return self._signed_in(JSONResponse({"redirect": rd}), signed, context, new_device)
+        return pages.signed_in_response(request, rd, signed.token, context,
+                                        JSONResponse({"redirect": rd}))
 
     def _login_error(self, rd: str, error: str, status: int, username: str) -> Response:
         """Post/redirect/get: a refresh shows the error again, never re-sends the password."""
@@ -157,7 +143,8 @@ class SignInPages:
             except CsrfRejected:
                 return pages.message(request, N_("Request refused"), N_("Please try again."), 403)
             await run_in_threadpool(self.accounts.sign_out, found[0])
-        response = RedirectResponse("/login", 303)
+        after = await run_in_threadpool(pages.provider_logout, found[0]) if found else ""
+        response = RedirectResponse(after or "/login", 303)
         response.delete_cookie(
             pages.cookie_name, path="/", domain=pages.cookie_kwargs.get("domain")
         )

@@ -221,6 +221,10 @@ class StepUpPages:
             return await self._retry(request, session, user, cid, text, 429)
         except VerificationFailed as exc:
             return await self._retry(request, session, user, cid, exc.reason, 401)
+        return self.after_pass(passed, parent)
+
+    def after_pass(self, passed: Passed, parent: str | None = None) -> Response:
+        """The rotated session cookie and where to go after a passed challenge."""
         return self.pages.with_token(
             RedirectResponse(self._next_url(passed, parent), 303), passed.token
         )

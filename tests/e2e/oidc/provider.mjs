@@ -12,25 +12,15 @@
 // an auth_time claim request), mirroring the OpenID rule for ID tokens.
 import { readFileSync } from 'node:fs';
 
+import { ACR_AMR, finishLogins, requestedAcr } from './user.mjs';
 import Provider, { errors } from 'oidc-provider';
 
 const env = process.env;
 const port = Number(env.OIDC_PORT);
 const issuer = `http://127.0.0.1:${port}`;
 const CLIENT_ID = 'stepguard-e2e';
-const ACR_AMR = {
-  'urn:stepguard:aal1': ['pwd'],
-  'urn:stepguard:aal2': ['pwd', 'otp'],
-  'urn:stepguard:aal3': ['hwk', 'user'],
-};
 const RESOURCES = [env.OIDC_AUDIENCE, env.OIDC_OTHER_AUDIENCE];
 
-function requestedAcr(params) {
-  if (params.acr_values) return params.acr_values.split(' ')[0];
-  const claims = params.claims ? JSON.parse(params.claims) : {};
-  const acr = claims.id_token?.acr ?? claims.userinfo?.acr;
-  return acr?.value ?? acr?.values?.[0] ?? 'urn:stepguard:aal1';
-}
 
 const provider = new Provider(issuer, {
   clients: [{
@@ -87,17 +77,8 @@ const provider = new Provider(issuer, {
   },
 });
 
-// The "user": finishes each login interaction with the requested acr and its amr.
-provider.use(async (ctx, next) => {
-  if (ctx.method !== 'GET' || !ctx.path.startsWith('/interaction/')) return next();
-  const details = await provider.interactionDetails(ctx.req, ctx.res);
-  const acr = requestedAcr(details.params);
-  const result = details.prompt.name === 'login'
-    ? { login: { accountId: 'alice', acr, amr: ACR_AMR[acr] ?? ['pwd'] } }
-    : { consent: {} };
-  ctx.respond = false;
-  await provider.interactionFinished(ctx.req, ctx.res, result, { mergeWithLastSubmission: false });
-});
+// The "user" (user.mjs): finishes each login with the requested acr and its amr.
+finishLogins(provider, requestedAcr);
 
 provider.listen(port, '127.0.0.1', () => {
   console.log(`oidc-provider listening on ${issuer}`);

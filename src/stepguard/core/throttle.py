@@ -1,5 +1,10 @@
 """Brute-force back-off (pure): which keys an attempt is counted under, and how long each locks.
 
+Everything here is a function of counts, times and settings passed in: no clock, no store. The
+stores (`storage.sql_throttle`, `storage.memory`, `storage.redis_throttle`) keep the counts and
+call `state_after` / `forget_before` / `check`; `service.attempts` makes the store calls around
+one verification with the keys `plan_attempt` names.
+
 Reserve, then verify: an attempt is counted under its keys *before* its secret is checked, in
 one atomic step that first refuses it if any checked key is locked (`Throttle.reserve`). So
 parallel guesses cannot all pass the check: the first one locks the key for the others. A
@@ -32,10 +37,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stepguard.core.errors import Throttled
-from stepguard.storage.records import ThrottleState
+from stepguard.core.errors import StepguardError, Throttled
+from stepguard.core.risk import RiskHistory, network_prefix
 
 _MAX_DOUBLINGS = 62
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ThrottleState:
+    """Failures counted under one throttle key and the lock they caused.
+
+    `locked_until` is an epoch time (0 = not locked); `hard_locked` stays set until `reset`.
+    """
+
+    consecutive: int = 0
+    locked_until: float = 0.0
+    hard_locked: bool = False
+
+    def locked(self, now: float) -> bool:
+        return self.hard_locked or now < self.locked_until
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,3 +151,53 @@ def check(*states: ThrottleState, now: float) -> None:
     wait = max((state.locked_until - now for state in states), default=0.0)
     if wait > 0:
         raise Throttled(wait)
+
+
+def cleared_by_success(key: str) -> bool:
+    """Whether a success ends the failures under `key` (the subject's own keys) rather than
+    only giving its attempt back (a shared address: others' failures there still count)."""
+    return key.startswith("user:")
+
+
+# --- the keys of one attempt ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """The keys one attempt is checked against and counted under (`check` ⊆ `count`)."""
+
+    check: tuple[str, ...]
+    count: tuple[str, ...]
+
+
+def trusted_entry(factor: str, kind: str, value: str) -> str:
+    """How the risk history remembers a client that passed `factor` (`RiskHistory.trusted`)."""
+    return f"{factor}|{kind}|{value}"
+
+
+def client_network(client_ip: str) -> str:
+    """The client's network prefix, or "" when the address is missing or not an address."""
+    try:
+        return network_prefix(client_ip) if client_ip else ""
+    except StepguardError:
+        return ""
+
+
+def plan_attempt(*, subject: str, factor: str, client_ip: str, device_id: str,
+                 history: RiskHistory) -> Attempt:
+    """The throttle keys of one attempt at `factor` by `subject` from this client: an unknown
+    client is checked against its address, the subject+address and the subject's ceiling; one
+    of the owner's known clients for this factor (a device that passed it before, or a network
+    where it passed) only against its own key, and counted under the ceiling too."""
+    ceiling = user_factor_key(subject, factor)
+    prefix = client_network(client_ip)
+    if device_id and trusted_entry(factor, "device", device_id) in history.trusted:
+        own = user_device_key(subject, factor, device_id)
+    elif prefix and trusted_entry(factor, "net", prefix) in history.trusted:
+        own = user_network_key(subject, factor, prefix)
+    else:
+        # An IPv6 client owns its whole /64: counting single addresses would be no limit.
+        address = prefix if ":" in client_ip and prefix else client_ip
+        keys = (ip_key(address), user_ip_key(subject, factor, address)) if address else ()
+        return Attempt((*keys, ceiling), (*keys, ceiling))
+    return Attempt((own,), (own, ceiling))

@@ -1,0 +1,103 @@
+"""StepUp.start / location / live on the in-memory store: what a challenge keeps of the decision
+and the request, where the user is sent, and which challenge a session may answer."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from stepguard.core.context import RequestContext
+from stepguard.core.decision import Decision, Outcome, Requirement
+from stepguard.core.levels import Level
+from stepguard.service.stepup import ChallengeGone, HeldRequest, HeldTooLarge
+from tests.unit import test_stepup_push
+from tests.unit.test_stepup_push import World, entries
+
+world = test_stepup_push.world  # the same in-memory world (a fixture)
+
+CONTEXT = RequestContext(method="POST", host="app.test", path="/transfers",
+                         client_ip="198.51.100.23", user_agent="Firefox")
+DECISION = Decision(
+    outcome=Outcome.STEP_UP, rule="large-transfer", reasons=("Approve 5000 to Bob",),
+    requirement=Requirement(level=Level.AAL2, scope="pay", single_use=True),
+    scope="pay", binding="ab" * 32, bound_values=(("amount", "5000"),))
+
+
+def test_a_challenge_keeps_the_decision_the_request_and_the_session(world: World) -> None:
+    held = HeldRequest("POST", (("content-type", "text/plain"),), b"amount=5000")
+    challenge = world.stepup.start(DECISION, CONTEXT, world.laptop, return_url="/pay", held=held)
+    assert world.rt.store.challenges.get(challenge.id) == challenge
+    assert (challenge.user_id, challenge.session_id) == (world.user_id, world.laptop.id)
+    assert (challenge.requirement, challenge.reasons, challenge.rule, challenge.login) == (
+        DECISION.requirement, DECISION.reasons, "large-transfer", False)
+    assert (challenge.scope, challenge.binding, challenge.bound_values) == (
+        "pay", "ab" * 32, (("amount", "5000"),))
+    assert (challenge.return_url, challenge.held_method, challenge.held_headers,
+            challenge.held_body) == ("/pay", "POST", held.headers, b"amount=5000")
+    assert challenge.created == world.clock.now
+    assert challenge.expires == world.clock.now + world.rt.config.challenge.ttl
+    assert challenge.status == "pending"
+    entry = entries(world)[-1]
+    assert (entry.kind, entry.subject, entry.decision, entry.outcome, entry.rule) == (
+        "challenge", world.user_id, "step_up", "started", "large-transfer")
+    assert entry.reasons == DECISION.reasons
+    assert entry.session == world.rt.session_ref(world.laptop.id)
+    assert entry.detail == {"challenge": challenge.id, "level": "aal2"}
+    assert entry.request["path"] == "/transfers"
+
+
+def test_without_a_held_request_the_challenge_holds_the_method_only(world: World) -> None:
+    challenge = world.stepup.start(DECISION, CONTEXT, None, return_url="/pay")
+    assert (challenge.user_id, challenge.session_id) == (None, None)
+    assert (challenge.held_method, challenge.held_headers, challenge.held_body) == (
+        "POST", (), b"")
+    assert entries(world)[-1].subject == ""
+
+
+def test_a_body_above_the_hold_limit_is_refused_and_at_the_limit_held(world: World) -> None:
+    limit = world.stepup.hold_limit
+    assert limit == min(world.rt.config.challenge.held_body_limit, limit)
+    held = HeldRequest("POST", (), b"x" * limit)
+    assert world.stepup.start(DECISION, CONTEXT, world.laptop, return_url="/",
+                              held=held).held_body == held.body
+    with pytest.raises(HeldTooLarge) as refused:
+        world.stepup.start(DECISION, CONTEXT, world.laptop, return_url="/",
+                           held=HeldRequest("POST", (), b"x" * (limit + 1)))
+    assert refused.value.limit == limit
+    assert str(limit) in str(refused.value)
+
+
+def test_begin_sends_a_sign_in_to_the_login_page_with_the_return_url(world: World) -> None:
+    assert world.stepup.begin(replace(DECISION, login=True), CONTEXT, world.laptop,
+                                 return_url="https://app.test/a?b=1") \
+        == "/login?rd=https%3A%2F%2Fapp.test%2Fa%3Fb%3D1"
+    assert world.stepup.begin(DECISION, CONTEXT, None, return_url="/x") == "/login?rd=%2Fx"
+    location = world.stepup.begin(DECISION, CONTEXT, world.laptop, return_url="/x")
+    assert location.startswith("/step-up/")
+    challenge = world.rt.store.challenges.get(location.removeprefix("/step-up/"))
+    assert challenge is not None and challenge.return_url == "/x"
+
+
+def test_a_challenge_is_live_until_it_expires_for_its_own_session_only(world: World) -> None:
+    challenge = world.stepup.start(DECISION, CONTEXT, world.laptop, return_url="/")
+    assert world.stepup.live(challenge.id, world.laptop) == challenge
+    for other in (world.phone, None):
+        with pytest.raises(ChallengeGone):
+            world.stepup.live(challenge.id, other)
+    with pytest.raises(ChallengeGone):
+        world.stepup.live("missing", world.laptop)
+    world.clock.now = challenge.expires - 0.5
+    assert world.stepup.live(challenge.id, world.laptop) == challenge
+    world.clock.now = challenge.expires
+    with pytest.raises(ChallengeGone):
+        world.stepup.live(challenge.id, world.laptop)
+
+
+def test_a_sign_in_challenge_is_live_for_anyone_and_a_passed_one_for_none(world: World) -> None:
+    sign_in = world.stepup.start(DECISION, CONTEXT, None, return_url="/")
+    assert world.stepup.live(sign_in.id, world.phone) == sign_in
+    assert world.stepup.live(sign_in.id, None) == sign_in
+    world.rt.store.challenges.mark_passed(sign_in.id, now=world.clock.now)
+    with pytest.raises(ChallengeGone):
+        world.stepup.live(sign_in.id, None)
