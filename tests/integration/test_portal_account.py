@@ -14,7 +14,7 @@ from stepguard.service.runtime import hash_token
 from tests.integration import test_enforcement
 from tests.integration.test_enforcement import Gw, challenge_page, submit
 from tests.integration.test_gateway import BASE, csrf, forward, sign_in
-from tests.support.gateway import seed_user
+from tests.support.gateway import seed_user, shown
 from tests.support.soft_authenticator import SoftAuthenticator
 
 gw = test_enforcement.gw  # the same fixture: a runtime on SQLite, alice, a settable clock
@@ -130,8 +130,9 @@ def test_the_admin_console_needs_the_admins_group_and_a_step_up(gw: Gw) -> None:
             "user_id": bob.user.id, "csrf_token": csrf(console.text), "confirm": "yes"})
         assert disabled.status_code == 303
         page = bobs.get("/login")
-        assert bobs.post("/login", data={"username": "bob", "password": bob.password,
-                                         "csrf_token": csrf(page.text)}).status_code == 401
+        refused = bobs.post("/login", data={"username": "bob", "password": bob.password,
+                                            "csrf_token": csrf(page.text)})
+        assert shown(bobs, refused).status_code == 401
 
 
 def meta_csrf(html: str) -> str:

@@ -78,5 +78,16 @@ def demo(
     run(data, port, idp=idp)
 
 
+@app.command("demo-code")
+def demo_code(
+    username: str = typer.Argument(..., help="a seeded demo user (alice, bob)"),
+    data: Path = typer.Option(Path("data"), help="the demo's data folder"),
+) -> None:
+    """Print a demo user's current authenticator code and how long it stays valid."""
+    from stepguard.demo.run import current_code
+
+    print(current_code(data, username))
+
+
 if __name__ == "__main__":
     app()

@@ -456,6 +456,26 @@ class MetricsSection(Section):
     _listen = field_validator("listen")(_check_listen)
 
 
+def _check_origins(values: list[str]) -> list[str]:
+    for value in values:
+        scheme, _, rest = value.partition("://")
+        if scheme not in ("http", "https") or not rest or any(c in rest for c in "/?#@ *"):
+            raise ValueError(f"{value!r} is not an origin (scheme://host[:port], nothing after)")
+    return [v.lower() for v in values]
+
+
+class InlineSection(Section):
+    """The inline step-up dialog (`stepguard.js`, served at /static/inline/stepguard.js): the
+    application origins that may load the module (CORS) and frame the dialog (CSP
+    frame-ancestors). The portal's own origin is always allowed; no other origin is by default."""
+
+    enabled: bool = Field(True, description="serve the module and the dialog frame")
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="application origins (scheme://host[:port]) allowed to embed the dialog; "
+                    "exact matches only, no wildcards")
+
+    _origins = field_validator("allowed_origins")(_check_origins)
 NOTICE_KINDS = ("sign_in_new_device", "sign_in_new_location", "factor_added", "factor_removed",
                 "recovery_codes_regenerated", "lockout", "request_denied", "step_up_declined",
                 "admin_action")
@@ -682,6 +702,7 @@ class StepguardConfig(Section):
     mcp_servers: list[McpServer] = Field(default_factory=list,
                                          description="upstream MCP servers (the MCP door)")
     mcp: McpSection = McpSection()
+    inline: InlineSection = InlineSection()
 
 
 class ApiSection(Section):

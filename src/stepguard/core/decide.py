@@ -370,7 +370,17 @@ def _reason(
         return _text_of(requirement.reason, context, risk)
     if rule.name == "default":
         return "Sign in to continue."
-    return f"This action needs a stronger proof of who you are ({requirement.level.label})."
+    return (f"This action needs {LEVEL_NEED[requirement.level]}"
+            f"{NEED_EXAMPLES.get(requirement.level, '')}.")
+
+
+# Assurance levels in plain words (people never see "aal2"). NEED_EXAMPLES is said when the
+# rule names no methods (with methods, the methods are the example).
+LEVEL_HAVE = {Level.AAL0: "nothing yet", Level.AAL1: "your password only",
+              Level.AAL2: "a second proof", Level.AAL3: "a passkey or security key"}
+LEVEL_NEED = {Level.AAL0: "nothing", Level.AAL1: "a sign-in", Level.AAL2: "a second proof",
+              Level.AAL3: "a passkey or security key that checks your PIN or fingerprint"}
+NEED_EXAMPLES = {Level.AAL2: ", such as a passkey or a code from your authenticator app"}
 
 
 def _missing(
@@ -386,8 +396,8 @@ def _missing(
     if not strong:
         best = _session_level(policy, session, now)
         return (
-            f"Your current sign-in is {best.label}; this needs {requirement.level.label}"
-            f"{_methods_text(requirement)}."
+            f"You signed in with {LEVEL_HAVE[best]}; this needs {LEVEL_NEED[requirement.level]}"
+            f"{_methods_text(requirement) or NEED_EXAMPLES.get(requirement.level, '')}."
         )
     usable = [e for e in strong if not requirement.methods or e.factor in requirement.methods]
     if not usable:

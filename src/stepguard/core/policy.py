@@ -15,6 +15,7 @@ from typing import Any
 
 from stepguard.core.context import RequestContext, Subject
 from stepguard.core.decision import Requirement
+from stepguard.core.display import AttributeDisplay, parse_display
 from stepguard.core.durations import parse_duration
 from stepguard.core.errors import ExpressionError, PolicyError, Problem
 from stepguard.core.expression import CompiledExpression, compile_expression
@@ -84,6 +85,7 @@ class Policy:
     index: Index[Rule] = field(repr=False)
     source: str = ""
     door_rules: Mapping[str, tuple[Rule, ...]] = field(default_factory=dict, repr=False)
+    display: Mapping[str, AttributeDisplay] = field(default_factory=dict)
     report: bool = False  # `mode: report` for the whole policy: every request passes
     enforced: Policy | None = field(default=None, repr=False)  # without report-mode rules
 
@@ -133,7 +135,8 @@ def compile_policy(document: Any, *, source: str = "", locate: Locate | None = N
     _unknown_keys(document, _TOP, (), problems)
     levels = _levels(document.get("levels"), problems)
     networks = _networks(document.get("networks"), problems)
-    attributes = _attributes(document.get("attributes"), problems)
+    display: dict[str, AttributeDisplay] = {}
+    attributes = _attributes(document.get("attributes"), problems, display)
     env = _Env(networks, attributes, problems)
     rules = _rules(document.get("rules"), env)
     default = _default(document.get("default", {"level": "aal1"}), env)
@@ -143,17 +146,19 @@ def compile_policy(document: Any, *, source: str = "", locate: Locate | None = N
     enforced = None
     if any(r.report for r in rules) and not report:
         kept = [r for r in rules if not r.report]
-        enforced = _policy(kept, default, networks, attributes, levels, source)
-    return _policy(rules, default, networks, attributes, levels, source, report, enforced)
+        enforced = _policy(kept, default, networks, attributes, levels, source, display=display)
+    return _policy(rules, default, networks, attributes, levels, source, report, enforced,
+                   display)
 
 
 def _policy(rules: Sequence[Rule], default: Rule, networks: Mapping[str, tuple[Network, ...]],
             attributes: Mapping[str, str], levels: Mapping[Level, LevelSettings], source: str,
-            report: bool = False, enforced: Policy | None = None) -> Policy:
+            report: bool = False, enforced: Policy | None = None,
+            display: Mapping[str, AttributeDisplay] | None = None) -> Policy:
     entries = [(r, r.index_hosts, r.index_segments) for r in rules if r.door in ("", "http")]
     doors = {door: tuple(r for r in rules if r.door in ("", door)) for door in ("mcp", "postgres")}
     return Policy(tuple(rules), default, networks, attributes, levels, Index(entries), source,
-                  doors, report, enforced)
+                  doors, display or {}, report, enforced)
 
 
 def _mode(value: Any, path: Path, problems: _Problems) -> bool:
@@ -248,7 +253,9 @@ def _cidr(value: Any, path: Path, problems: _Problems) -> Network | None:
         return None
 
 
-def _attributes(data: Any, problems: _Problems) -> dict[str, str]:
+def _attributes(data: Any, problems: _Problems,
+                display: dict[str, AttributeDisplay]) -> dict[str, str]:
+    """`name: type`, or `name: {type, label, currency}` (how the portal shows it)."""
     if data is None:
         return {}
     if not isinstance(data, Mapping):
@@ -256,6 +263,13 @@ def _attributes(data: Any, problems: _Problems) -> dict[str, str]:
         return {}
     attributes: dict[str, str] = {}
     for name, kind in data.items():
+        if isinstance(kind, Mapping):
+            shown, wrong = parse_display(kind)
+            for text in wrong:
+                problems.add(("attributes", str(name)), text)
+            if shown is not None:
+                display[str(name)] = shown
+            kind = kind.get("type")
         if not str(name).isidentifier() and not _ARG_NAME.fullmatch(str(name)):
             problems.add(("attributes", str(name)),
                          f"expected an identifier (or args.<name> for a tool argument), "

@@ -6,6 +6,7 @@ import base64
 import secrets
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -161,6 +162,18 @@ def run(data: Path = Path("data"), port: int = 9091, *, idp: bool = False) -> No
             cluster.stop()
 
 
+def current_code(data: Path, username: str, *, now: float | None = None) -> str:
+    """A seeded user's authenticator code right now, with the seconds it stays valid."""
+    for line in (data / "users.txt").read_text().splitlines():
+        user, _, secret = line.split()
+        if user == username:
+            at = time.time() if now is None else now
+            left = 30 - int(at) % 30
+            return f"{pyotp.TOTP(secret).at(at)}   (valid for {left} more second" + (
+                "s)" if left != 1 else ")")
+    raise SystemExit(f"no demo user {username!r} in {data / 'users.txt'}")
+
+
 def _database(data: Path) -> tuple[db.Cluster | None, int]:
     """A private PostgreSQL with Acme's tables, when the server binaries are installed."""
     found = db.bindir()
@@ -178,11 +191,14 @@ def _database(data: Path) -> tuple[db.Cluster | None, int]:
 
 def _walkthrough(port: int, data: Path, door_port: int | None = None) -> None:
     url = f"http://localhost:{port}"
+    # The commands below are printed with this installation's own paths: they work as printed.
+    stepguard = Path(sys.argv[0]).resolve() if Path(sys.argv[0]).name == "stepguard" else None
+    command = f"{stepguard}" if stepguard else f"{sys.executable} -m stepguard.cli.main"
     print(f"\nAcme Bank behind Stepguard: {url}   (store: {data / 'stepguard.db'})\n")
     print("Users (username password totp-secret) — also in", data / "users.txt")
     for line in (data / "users.txt").read_text().splitlines():
         user, password, secret = line.split()
-        print(f"  {user:6} {password:14} {secret}   code now: {pyotp.TOTP(secret).now()}")
+        print(f"  {user:6} {password:14} {secret}")
     print(
         f"""
 Walk-through:
@@ -193,8 +209,10 @@ Walk-through:
   4. {url}/admin shows users, sessions and the hash-chained audit ledger.
   5. Push approval: in a second browser, sign in and add it at {url}/account/push-device; then
      on a step-up page choose "Send a push" and pick the number in that second browser.
-  Codes: python -c "import pyotp; print(pyotp.TOTP('SECRET').now())"
-  Verify the ledger: .venv/bin/stepguard audit verify -c {data / "stepguard.yaml"}
+  A current code for alice (run it when you need one; codes change every 30 s):
+    {command} demo-code alice --data {data}
+  Verify the ledger:
+    {command} audit verify -c {data / "stepguard.yaml"}
 """,
         flush=True,
     )

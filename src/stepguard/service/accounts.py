@@ -65,7 +65,7 @@ class Accounts:
         self,
         username: str,
         *,
-        password: str,
+        password: str | None,
         display_name: str = "",
         email: str = "",
         groups: tuple[str, ...] = (),
@@ -76,7 +76,8 @@ class Accounts:
             display_name=display_name,
             email=email,
             groups=frozenset(groups),
-            password_hash=hash_password(password),
+            # No password: this user signs in with a passkey only (see docs/account-recovery.md).
+            password_hash=hash_password(password) if password is not None else "",
             created=self.rt.now(),
         )
         self.rt.store.users.add(user)
@@ -193,13 +194,13 @@ class Accounts:
             self.rt.store.users.set_password_hash(user.id, check.rehash)
 
     def _failed(self, user: UserRecord | None, context: RequestContext,
-                reserved: tuple[Reserved, ...]) -> None:
-        failed(self.rt, user_id=user.id if user else None, reserved=reserved, factor="password",
+                reserved: tuple[Reserved, ...], factor: str = "password") -> None:
+        failed(self.rt, user_id=user.id if user else None, reserved=reserved, factor=factor,
                client_ip=context.client_ip)
         self.rt.record(
             kind="verification",
             subject=user.id if user else "",
-            factor="password",
+            factor=factor,
             outcome="failed:invalid",
             request=request_summary(context, ip_key=self.rt.ip_key),
         )
@@ -434,6 +435,16 @@ class Accounts:
             )
         )
         self._factor_changed(session, "webauthn", "enrolled")
+
+    def remove_password(self, session: SessionRecord) -> bool:
+        """Passkey-only from now on: needs a fresh proof and a registered passkey (so the user
+        can still sign in); ends the user's other sessions like any factor change."""
+        self.require_fresh(session, first_factor_ok=False)
+        if not self.rt.store.factors.for_user(session.user_id, kind="webauthn"):
+            raise VerificationFailed("Add a passkey first: it is how you will sign in.")
+        changed = self.rt.store.users.set_password_hash(session.user_id, "")
+        self._factor_changed(session, "password", "removed")
+        return changed
 
     def regenerate_recovery_codes(self, session: SessionRecord) -> list[str]:
         self.require_fresh(session)

@@ -12,6 +12,8 @@ from stepguard.service.stepup import StepUp
 from stepguard.storage.records import FactorRecord, PushRecord, SessionRecord, UserRecord
 
 ACCOUNT_EVENTS = 15
+# Plain allows are the ledger's bulk and say nothing to the account holder.
+NOISE = ("allow", "allow_summary")
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +26,7 @@ class AccountOverview:
     known_devices: tuple[str, ...]
     events: tuple[AuditEntry, ...]
     pending_pushes: tuple[PushRecord, ...]
+    has_password: bool
 
 
 class PortalQueries:
@@ -41,8 +44,10 @@ class PortalQueries:
             push_devices=tuple(self.stepup.push_devices(user.id)),
             sessions=tuple(store.sessions.list_for_user(user.id)),
             known_devices=tuple(sorted(store.history.load(user.id).known_devices)),
-            events=tuple(self.rt.audit_log.latest(limit=ACCOUNT_EVENTS, subject=user.id)),
+            events=tuple(self.rt.audit_log.latest(limit=ACCOUNT_EVENTS, subject=user.id,
+                                                  exclude_outcomes=NOISE)),
             pending_pushes=tuple(p for p, _ in self.stepup.pending_pushes(session)),
+            has_password=bool(getattr(store.users.get(user.id), "password_hash", "")),
         )
 
     def user(self, user_id: str) -> UserRecord | None:

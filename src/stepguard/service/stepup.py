@@ -181,6 +181,12 @@ class StepUp:
             return None
         return challenge
 
+    def settled(self, challenge_id: str, session: SessionRecord) -> bool:
+        """Whether this session passed this challenge (its held request sent or not)."""
+        challenge = self.rt.store.challenges.get(challenge_id)
+        return (challenge is not None and challenge.status in ("passed", "sent")
+                and challenge.session_id == session.id)
+
     def methods_for(self, challenge: ChallengeRecord, user_id: str) -> list[str]:
         """Methods the requirement allows, that reach its level and the user has set up."""
         requirement = challenge.requirement

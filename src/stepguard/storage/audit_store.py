@@ -160,12 +160,15 @@ class SqlAuditLog:
     def latest(self, *, before_seq: int | None = None, limit: int = 50,
                subject: str | None = None, kind: str | None = None, rule: str | None = None,
                outcome: str | None = None, since: float | None = None,
-               until: float | None = None) -> list[AuditEntry]:
+               until: float | None = None,
+               exclude_outcomes: Sequence[str] = ()) -> list[AuditEntry]:
         """One page, newest first: at most `limit` entries before `before_seq` under the filters
         (a (filter, seq) index range read backwards; never the whole ledger)."""
         conditions = _filters(None, subject, kind, rule, outcome)
         if before_seq is not None:
             conditions.append(audit_entries.c.seq < before_seq)
+        if exclude_outcomes:
+            conditions.append(audit_entries.c.outcome.not_in(list(exclude_outcomes)))
         if since is not None or until is not None:
             conditions.extend(self._time_range(since, until))
         query = (select(audit_entries).where(*conditions)
