@@ -91,7 +91,8 @@ def test_every_portal_page_reads_well_and_passes_axe(page: Page, second: Page, d
     expect(page).to_have_url(re.compile(r"/admin$"))
     check_page(page, axe, "admin")
     page.get_by_role("button", name="Unlock bob").click()
-    expect(page.get_by_role("button", name=re.compile("Unlock"))).to_be_visible()
+    expect(page.get_by_role("heading", name="Unlock bob?")).to_be_visible()
+    expect(page.get_by_role("button", name="Confirm")).to_be_visible()
     check_page(page, axe, "admin-unlock")
 
     page.goto("/account")
