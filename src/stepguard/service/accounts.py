@@ -131,15 +131,9 @@ class Accounts:
         return len(factors)
 
     def end_sessions(self, user_id: str, *, by: str = "cli") -> int:
-        """An operator ends every session and agent token of a user (honoured by the next
-        request everywhere); the number of sessions ended."""
-        now = self.rt.now()
-        with self.rt.store.transaction():
-            ended = self.rt.store.sessions.revoke_all_for_user(user_id, now=now)
-            agents = self._end_agents(user_id)
-        self.rt.record(kind="admin", subject=user_id, outcome="sessions_ended",
-                       detail={"by": by, "count": ended, "agents_revoked": agents})
-        return ended
+        """An operator ends every session and agent token of a user (`end_all_sessions`); the
+        number of sessions ended."""
+        return self.end_all_sessions(user_id, by=by)[0]
 
     def set_password(self, user_id: str, password: str, *, by: str = "cli") -> bool:
         """A new password ends every session and agent token of the user (SECURITY.md:
