@@ -70,6 +70,7 @@ NGINX_P99_EXTRA_TARGET_MS = 1.0
 REVERSE_PROXY_RATIO_TARGET = 0.5
 SITE = "app.test"
 FORWARD_AUTH_PATH = "/api/authz/forward-auth"
+BROWSER = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"
 
 
 # ================================================================================================
@@ -135,7 +136,8 @@ portal: {{protected_domains: [{SITE}, 127.0.0.1]}}
 
 def obtain_session_cookie(base_url: str, *, username: str, password: str) -> dict[str, str]:
     """Sign in through the portal (GET /login for any CSRF token, then POST /login)."""
-    with httpx.Client(base_url=base_url, follow_redirects=False, timeout=30.0) as client:
+    with httpx.Client(base_url=base_url, follow_redirects=False, timeout=30.0,
+                      headers={"User-Agent": BROWSER}) as client:
         page = client.get("/login")
         form = {"username": username, "password": password}
         for name, value in re.findall(
@@ -323,7 +325,8 @@ MOVED_ADDRESS = "198.51.100.7"
 
 def forward_auth_headers(cookies: dict[str, str], *,
                          client_ip: str = SIGN_IN_ADDRESS) -> dict[str, str]:
-    """An ordinary request: the signed-in browser, from the address it signed in from. With
+    """An ordinary request: the signed-in browser (its User-Agent), from the address it signed
+    in from. With
     `client_ip=MOVED_ADDRESS` the session changed address mid-way — a risk signal, so each allow
     is its own sealed audit entry instead of a summary count (a reference row)."""
     return {
@@ -333,6 +336,7 @@ def forward_auth_headers(cookies: dict[str, str], *,
         "X-Forwarded-Uri": "/orders?page=2",
         "X-Forwarded-For": client_ip,
         "Accept": "text/html",
+        "User-Agent": BROWSER,
         "Cookie": cookie_header(cookies),
     }
 

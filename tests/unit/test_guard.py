@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -239,5 +240,138 @@ def test_every_request_mode_seals_each_allow(tmp_path: Path, clock: Clock) -> No
         for _ in range(4):
             guard.check(PAGE, token)
         assert [e.outcome for e in decisions(runtime)] == ["allow"] * 4  # type: ignore[attr-defined]
+    finally:
+        runtime.close()
+
+
+# ------------------------------------------------------------------------------ answers given again
+
+
+@pytest.fixture
+def decides(monkeypatch: pytest.MonkeyPatch) -> list[RequestContext]:
+    """Every context `core.decide` is called with (the memo saves exactly these calls)."""
+    from stepguard.service import guard as module
+
+    seen: list[RequestContext] = []
+    real = module.decide
+
+    def counted(policy: Any, context: RequestContext, *args: Any) -> Any:
+        seen.append(context)
+        return real(policy, context, *args)
+
+    monkeypatch.setattr(module, "decide", counted)
+    return seen
+
+
+def guard_with(tmp_path: Path, clock: Clock, policy: str = POLICY,
+               extra: str = "") -> tuple[Guard, Runtime]:
+    loaded = load_config(write_config(tmp_path, policy=policy, extra=extra))
+    runtime = build_runtime(loaded, clock=clock, store=MemoryStore(), audit_log=MemoryAuditLog())
+    return Guard(runtime), runtime
+
+
+def test_a_plain_allow_is_given_again_for_the_same_context_and_audited(
+        runtime: Runtime, decides: list[RequestContext]) -> None:
+    guard = Guard(runtime)
+    _, _, token = signed_in(runtime)
+    assert guard.check(PAGE, token).decision.allowed  # loaded and decided in a thread
+    for _ in range(5):
+        check = guard.check_cached(PAGE, token)
+        assert check is not None and check.decision.allowed
+    assert len(decides) == 1
+    other = RequestContext(method="GET", host="app.test", path="/orders",
+                           client_ip="198.51.100.7")  # equal, but another request's reading
+    assert guard.check_cached(other, token) is not None and len(decides) == 2
+    summary = [e for e in decisions(runtime) if e.outcome == "allow_summary"]  # type: ignore[attr-defined]
+    assert summary[0].detail["count"] == 7  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("how", ["revoke", "disable", "step_up"])
+def test_a_change_to_the_session_ends_the_answers_given_again(
+        runtime: Runtime, decides: list[RequestContext], how: str) -> None:
+    guard = Guard(runtime)
+    user, session, token = signed_in(runtime)
+    guard.check(PAGE, token)
+    assert guard.check_cached(PAGE, token) is not None
+    now = runtime.now()
+    {"revoke": lambda: runtime.store.sessions.revoke(session.id, now=now),
+     "disable": lambda: runtime.store.users.set_disabled(user.id, True, now=now),
+     "step_up": lambda: runtime.store.sessions.add_event(session.id, AuthEvent(
+         factor="totp", amr=("otp",), level=Level.AAL2, at=now))}[how]()
+    check = guard.check_cached(PAGE, token)
+    if how == "step_up":  # decided afresh: the new level is in the answer
+        assert check is not None and check.decision.level is Level.AAL2 and len(decides) == 2
+    else:
+        assert check is None and guard.check(PAGE, token).session is None
+
+
+def test_an_answer_is_not_given_again_once_an_authentication_expires(
+        tmp_path: Path, clock: Clock) -> None:
+    guard, runtime = guard_with(tmp_path, clock, POLICY.replace(
+        "aal2: {acr: \"urn:stepguard:aal2\", max_session: 24h, idle: 1h}",
+        "aal2: {acr: \"urn:stepguard:aal2\", max_session: 10m, idle: 1h}"))
+    try:
+        _, session, token = signed_in(runtime)
+        runtime.store.sessions.add_event(session.id, AuthEvent(
+            factor="totp", amr=("otp",), level=Level.AAL2, at=clock.now))
+        guard.check(PAGE, token)
+        check = guard.check_cached(PAGE, token)
+        assert check is not None and check.decision.level is Level.AAL2
+        clock.advance(601)  # the aal2 proof is older than its 10 minutes: the session is aal1
+        check = guard.check_cached(PAGE, token)
+        assert check is not None and check.decision.level is Level.AAL1
+    finally:
+        runtime.close()
+
+
+def test_an_answer_is_not_given_again_in_another_utc_hour(tmp_path: Path, clock: Clock) -> None:
+    hour = int(clock.now // 3600 % 24)
+    guard, runtime = guard_with(tmp_path, clock, POLICY.replace("default:", f"""\
+  - name: next-hour
+    match: {{paths: ["/orders"]}}
+    when: "hour() == {(hour + 1) % 24}"
+    deny: "Not in this hour"
+default:"""))
+    try:
+        _, _, token = signed_in(runtime)
+        assert guard.check(PAGE, token).decision.allowed
+        clock.now = (clock.now // 3600 + 1) * 3600  # the first second of the next hour
+        check = guard.check_cached(PAGE, token)
+        assert check is not None and check.decision.outcome is Outcome.DENY
+    finally:
+        runtime.close()
+
+
+def test_a_policy_that_reads_durations_is_decided_every_time(
+        tmp_path: Path, clock: Clock, decides: list[RequestContext]) -> None:
+    guard, runtime = guard_with(tmp_path, clock, POLICY.replace("default:", """\
+  - name: idle-check
+    match: {paths: ["/orders"]}
+    when: "session.idle > 600"
+    require: {level: aal2}
+default:"""))
+    try:
+        assert not guard.memo_ok
+        _, _, token = signed_in(runtime)
+        guard.check(PAGE, token)
+        for _ in range(3):
+            assert guard.check_cached(PAGE, token) is not None
+        assert len(decides) == 4
+    finally:
+        runtime.close()
+
+
+def test_an_allow_with_a_fading_risk_signal_is_decided_every_time(
+        tmp_path: Path, clock: Clock, decides: list[RequestContext]) -> None:
+    guard, runtime = guard_with(tmp_path, clock, extra="risk: {weights: {failed_attempts: 10}}\n")
+    try:
+        user, _, token = signed_in(runtime)
+        for _ in range(runtime.risk.failure_burst):
+            runtime.store.history.record_failure(user.id, at=runtime.now())
+        for _ in range(3):
+            check = guard.check(PAGE, token)
+            assert check.risk.level == "low" and "failed_attempts" in check.risk.names
+            assert guard.check_cached(PAGE, token) is not None
+        assert len(decides) == 6  # the failures leave their window as time passes
     finally:
         runtime.close()

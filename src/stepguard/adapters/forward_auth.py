@@ -44,7 +44,7 @@ from stepguard.core.context import RequestContext
 from stepguard.core.decision import Decision, Outcome
 from stepguard.core.errors import BadRequest, StoreUnavailable
 from stepguard.service.guard import Check, Guard
-from stepguard.service.runtime import Runtime
+from stepguard.service.runtime import Runtime, token_key
 from stepguard.service.stepup import StepUp
 
 __all__ = ["DEVICE_COOKIE", "CaddyStrategy", "ForwardAuth", "NginxStrategy", "Original",
@@ -64,6 +64,16 @@ class Original:
     host: str
     target: str
     forwarded_for: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Reading:
+    """One request's headers as forward-auth reads them (remembered per raw headers)."""
+
+    headers: RequestHeaders
+    original: Original
+    context: RequestContext
+    key: str | None  # the session token's hash; None without a (usable) session cookie
 
 
 class Strategy:
@@ -128,6 +138,7 @@ class ForwardAuth:
         self.devices = DeviceCookies(runtime.cookie_key)
         self.observe = observe
         self._identities: Memo[tuple[object, ...], RawHeaders] = Memo(4096)
+        self._requests: Memo[tuple[object, ...], _Reading] = Memo(4096)
 
     def endpoint(self, strategy: Strategy) -> Endpoint:
         return Endpoint(self, strategy)
@@ -151,23 +162,45 @@ class ForwardAuth:
         peer = client[0] if client else ""
         if not self.proxies.trusts(peer):
             return Response("forward-auth is answered only for trusted proxies\n", 403)
-        headers = RequestHeaders(scope["headers"])
-        cookies = parse_cookies(scope["headers"])
+        reading = self.reading(scope, strategy, peer)
+        if isinstance(reading, Response):
+            return reading
+        try:
+            check = self.guard.check_cached_key(reading.context, reading.key)
+            if check is not None:  # everything was cached: no thread hop, nothing to store
+                return self._answer(reading.headers, strategy, check,
+                                    self._begin(check, reading.original))
+            return await run_in_threadpool(self._decide, reading, strategy)
+        except StoreUnavailable:
+            return Response("the session store is unavailable\n", 503,
+                            headers={"Retry-After": "5"})
+
+    def reading(self, scope: Scope, strategy: Strategy, peer: str) -> _Reading | Response:
+        """What the request says (the original request, its context, the session key): a pure
+        function of the strategy, the peer and the raw headers, so the same headers are read
+        once (bounded memo; a refusal is not remembered, it is refused again each time)."""
+        raw = scope["headers"]
+        key = (strategy, peer, *raw)
+        try:
+            found = self._requests.get(key)
+        except TypeError:  # a server that gives headers as lists: read each time
+            return self._read(raw, strategy, peer)
+        if found is not None:
+            return found
+        fresh = self._read(raw, strategy, peer)
+        if isinstance(fresh, _Reading):
+            self._requests.put(key, fresh)
+        return fresh
+
+    def _read(self, raw: RawHeaders, strategy: Strategy, peer: str) -> _Reading | Response:
+        headers = RequestHeaders(raw)
+        cookies = parse_cookies(raw)
         try:
             original = strategy.original(headers)
             context = self.context(headers, cookies, original, peer)
         except BadRequest as exc:
             return strategy.refuse(str(exc))
-        token = self.session_cookie.token(cookies)
-        try:
-            check = self.guard.check_cached(context, token)
-            if check is not None:  # everything was cached: no thread hop, nothing to store
-                return self._answer(headers, strategy, check, self._begin(check, original))
-            return await run_in_threadpool(self._decide, headers, strategy, context, original,
-                                           token)
-        except StoreUnavailable:
-            return Response("the session store is unavailable\n", 503,
-                            headers={"Retry-After": "5"})
+        return _Reading(headers, original, context, token_key(self.session_cookie.token(cookies)))
 
     def context(self, headers: HeaderView, cookies: Mapping[str, str], original: Original,
                 peer: str) -> RequestContext:
@@ -177,11 +210,10 @@ class ForwardAuth:
                              device_id=self.devices.device_id(cookies.get(DEVICE_COOKIE)),
                              honour_overrides=self.honour_overrides)
 
-    def _decide(self, headers: HeaderView, strategy: Strategy, context: RequestContext,
-                original: Original, token: str | None) -> RawHeaders | Response:
+    def _decide(self, reading: _Reading, strategy: Strategy) -> RawHeaders | Response:
         """The flow in a worker thread: decide, begin the step-up it asks for, then answer."""
-        check = self.guard.check(context, token)
-        return self._answer(headers, strategy, check, self._begin(check, original))
+        check = self.guard.check_key(reading.context, reading.key)
+        return self._answer(reading.headers, strategy, check, self._begin(check, reading.original))
 
     def _begin(self, check: Check, original: Original) -> str:
         """Where a step-up continues ("" for an allow or a deny): the sign-in page, or the page

@@ -126,6 +126,11 @@ SIGNALS: tuple[str, ...] = (
 )
 """Every signal the engine knows, in the order an assessment reports them."""
 
+FADING: frozenset[str] = frozenset({"impossible_travel", "failed_attempts"})
+"""The signals that end by themselves as time passes (the failures leave their window, the
+speed needed to have travelled falls). Every other signal holds until its inputs change, or,
+for `unusual_hour`, until the UTC hour does."""
+
 DEFAULT_WEIGHTS: Mapping[str, int] = MappingProxyType(
     {
         "new_device": 20,

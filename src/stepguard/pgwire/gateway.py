@@ -19,7 +19,6 @@ from typing import Any
 
 from stepguard.config.schema import PostgresDatabase, PostgresListener
 from stepguard.core.context import RequestContext
-from stepguard.core.policy import Policy
 from stepguard.pgwire.classify import Classifier
 from stepguard.pgwire.session import Connection
 from stepguard.pgwire.tokens import TokenService
@@ -31,19 +30,6 @@ from stepguard.service.stepup import StepUp
 log = logging.getLogger("stepguard.postgres")
 
 
-TIME_NAMES = frozenset({"session.age", "session.idle", "session.auth_age"})
-
-
-def memo_safe(policy: Policy) -> bool:
-    """Whether a plain allow can be given again while the session's versions hold: no rule's
-    condition reads the session's age or the clock (risk is re-read every hour)."""
-    for rule in policy.rules:
-        when = rule.when
-        if when is not None and (when.names & TIME_NAMES or "hour(" in when.source):
-            return False
-    return True
-
-
 class PostgresGateway:
     def __init__(self, runtime: Runtime, *, guard: Guard | None = None,
                  stepup: StepUp | None = None, base: Path | None = None) -> None:
@@ -53,7 +39,7 @@ class PostgresGateway:
         self.tokens = TokenService(runtime)
         self.base = base or Path.cwd()
         settings = runtime.config.postgres
-        self.memo_ok = memo_safe(runtime.policy)
+        self.memo_ok = self.guard.memo_ok
         self.hold_timeout = settings.hold_timeout
         self.poll_interval = settings.poll_interval
         self._classifiers: dict[str, Classifier] = {}

@@ -24,8 +24,8 @@ from stepguard.core.errors import Conflict, StoreUnavailable
 from stepguard.core.grant import Grant
 from stepguard.core.levels import Level
 from stepguard.core.policy import Policy
-from stepguard.core.risk import NO_RISK, RiskAssessment, RiskHistory, amount_of, assess
-from stepguard.service.runtime import Runtime, hash_token
+from stepguard.core.risk import FADING, NO_RISK, RiskAssessment, RiskHistory, amount_of, assess
+from stepguard.service.runtime import MAX_TOKEN, Runtime, token_key
 from stepguard.storage.records import SessionRecord, SessionSnapshot, UserRecord, Versions
 from stepguard.storage.session_states import UNKNOWN
 from stepguard.storage.version_board import Mark
@@ -75,6 +75,9 @@ class Loaded:
     versions: tuple[int, int]
     mark: Mark | None = None  # the version board's mark taken before the read that confirmed it
     state: SessionState = field(init=False)  # what the core sees, built once per copy
+    # plain allows given from this copy, by request context (see `Guard._remember`)
+    answers: dict[int, Answer] = field(init=False, default_factory=dict, repr=False,
+                                       compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state", self.record.state(self.user.subject()))
@@ -89,6 +92,27 @@ class Loaded:
         if versions.last_seen <= self.record.last_seen:
             return self
         return replace(self, record=replace(self.record, last_seen=versions.last_seen))
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A plain allow given from one cached copy for one request context, valid until `until`."""
+
+    context: RequestContext
+    check: Check
+    until: float
+
+
+ANSWERS_PER_COPY = 64  # remembered plain allows per cached session copy (then started afresh)
+CLOCK_NAMES = frozenset({"session.age", "session.idle", "session.auth_age"})
+
+
+def memo_safe(policy: Policy) -> bool:
+    """Whether a plain allow may be given again, unchanged, until `Guard.horizon`: no rule's
+    condition reads a duration that grows with the clock (`hour()` and the session's level
+    change only at the times the horizon stops at)."""
+    return not any(rule.when is not None and rule.when.names & CLOCK_NAMES
+                   for rule in (*policy.rules, policy.default))
 
 
 class _Flight:
@@ -170,6 +194,7 @@ class Guard:
         self._plain = _plain_rules(runtime.policy)
         self._attributes = frozenset(runtime.policy.attributes)
         self._board = runtime.store.version_board
+        self.memo_ok = memo_safe(runtime.policy)
         self._contact = float("-inf")  # when a read last reached the store
 
     def session_for(self, token: str | None) -> tuple[SessionRecord, UserRecord] | None:
@@ -188,9 +213,8 @@ class Guard:
         """The session, user, grants and risk history of a token, as of this moment: the cached
         copy once its versions are read unchanged, or a fresh load (one load per token at a
         time; concurrent requests for it wait, then only compare versions)."""
-        if not token or len(token) > 256:
-            return None
-        return self.load_key(hash_token(token))
+        key = token_key(token)
+        return self.load_key(key) if key else None
 
     def load_key(self, key: str) -> Loaded | None:
         """`load` by the token's hash (a door that holds a session reference, not its cookie)."""
@@ -253,9 +277,9 @@ class Guard:
         """The decision when it needs one statement on an open connection and nothing else:
         cheap enough for the event loop. None means: use `check` in a thread (no cached copy
         yet, a load in flight, a grant to spend, a challenge to start, a busy audit queue)."""
-        if token and len(token) > 256:
+        if token and len(token) > MAX_TOKEN:
             return None
-        return self.check_cached_key(context, hash_token(token) if token else None)
+        return self.check_cached_key(context, token_key(token))
 
     def check_cached_key(self, context: RequestContext, key: str | None) -> Check | None:
         """`check_cached` by the session token's hash."""
@@ -266,6 +290,10 @@ class Guard:
             loaded = self._cached_live(key, context)
             if loaded is None:
                 return None
+            again = loaded.answers.get(id(context))  # the entry holds the context: ids are unique
+            if again is not None and self.rt.now() < again.until:
+                self._audit(again.check)
+                return again.check
         self.rt.require_stores()
         check = self._decide(context, loaded)
         decision = check.decision
@@ -274,7 +302,39 @@ class Guard:
         if decision.allowed and loaded is not None and amount_of(context) is not None:
             return None  # so does recording an allowed amount
         self._audit(check)
+        if loaded is not None:
+            self._remember(loaded, check)
         return check
+
+    def _remember(self, loaded: Loaded, check: Check) -> None:
+        """Keep a plain allow (no fading risk signal) on the copy it was decided from, to be given
+        again for the same context (the same object: adapters that memoise their reading of a
+        request hand the same one) until `horizon`. The copy is replaced when its versions or
+        last-seen time move, so a revocation, a step-up or a new sign-in starts afresh; every
+        use still reads the version board (or the store) and checks the session is alive."""
+        d = check.decision
+        if (not self.memo_ok or not self.plain_allow(check)
+                or not FADING.isdisjoint(check.risk.names) or d.shadow is not None
+                or check.context.attributes or amount_of(check.context) is not None):
+            return
+        answers = loaded.answers
+        if len(answers) >= ANSWERS_PER_COPY:
+            answers.clear()
+        until = self.horizon(loaded.state, self.rt.now())
+        answers[id(check.context)] = Answer(check.context, check, until)
+
+    def horizon(self, state: SessionState, now: float) -> float:
+        """Until when a plain allow without fading risk signals stays the same answer: the end
+        of the UTC hour (`hour()`, `unusual_hour`), and the first expiry of any authentication
+        event (the session's level, and what rules read of it). Nothing else in a decision
+        moves with the clock but durations (`memo_safe`) and the `FADING` signals."""
+        until = (now // 3600 + 1) * 3600
+        levels, idle_from = self.rt.policy.levels, state.last_seen
+        for event in state.events:
+            setting = levels.get(event.level)
+            if setting is not None:
+                until = min(until, event.at + setting.max_session, idle_from + setting.idle)
+        return until
 
     def _cached_live(self, key: str, context: RequestContext) -> Loaded | None:
         """The cached copy of a live session as of this moment (versions read, last seen
@@ -311,8 +371,7 @@ class Guard:
         self._audit(check)
 
     def check(self, context: RequestContext, token: str | None, *, audit: bool = True) -> Check:
-        key = hash_token(token) if token and len(token) <= 256 else None
-        return self.check_key(context, key, audit=audit)
+        return self.check_key(context, token_key(token), audit=audit)
 
     def check_key(self, context: RequestContext, key: str | None, *,
                   audit: bool = True) -> Check:
@@ -328,8 +387,11 @@ class Guard:
         with a session token, the MCP door with an agent's state (`key` None: nothing to note
         as seen; `detail` joins the audit entry, which is then always an entry of its own)."""
         check = self._decide(context, loaded)
-        return self._settle(check, loaded.grants if loaded else (), loaded=loaded, key=key,
-                            audit=audit, detail=detail)
+        check = self._settle(check, loaded.grants if loaded else (), loaded=loaded, key=key,
+                             audit=audit, detail=detail)
+        if loaded is not None and key and detail is None:
+            self._remember(loaded, check)
+        return check
 
     def judge_token(self, context: RequestContext, state: SessionState | None, *,
                     grant_for: Callable[[Decision], Grant | None],

@@ -313,8 +313,16 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
+MAX_TOKEN = 256  # characters: a longer session cookie is no session (nothing issues one)
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def token_key(token: str | None) -> str | None:
+    """The store's key for a session token (its SHA-256), or None: no usable token."""
+    return hash_token(token) if token and len(token) <= MAX_TOKEN else None
 
 
 def new_id() -> str:
