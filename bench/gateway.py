@@ -14,7 +14,9 @@ Every Python app runs under granian (Stepguard's default server), one worker, on
     floor as the auth endpoint. Targets: ≥ 0.75× the req/s, one-connection p99 at most +1 ms.
     A reference row puts the floor's hop beside nginx proxying straight to the upstream.
 (c) **reverse-proxy mode**: Stepguard proxying to the no-op app vs nginx `proxy_pass` to the
-    same no-op app (target ≥ 0.5×), and the no-op app reached directly as a reference.
+    same no-op app (target ≥ 0.5×), and the no-op app reached directly as a reference. A second
+    reference, `bench/relay_floor_app.py`, is the least Python relay (Stepguard's own upstream
+    client, no decision, under granian): what this server and client cost before any gate.
 (d) **server choice** (reference): Stepguard's forward-auth under uvicorn (httptools + uvloop)
     beside granian's (`--no-uvicorn` skips it).
 
@@ -498,16 +500,24 @@ def reverse_proxy_mode(wrk: str, workdir: Path, workers: int, settings: WrkSetti
             upstream_port=noop.port, server="granian"))
         nginx = stack.enter_context(proxy(workdir / "nginx-proxy-pass", plain_nginx_conf,
                                           noop.port))
+        relay_floor = stack.enter_context(granian_app(
+            workdir, workers, "relay_floor_app:app", "relay-floor",
+            {"RELAY_UPSTREAM": f"http://127.0.0.1:{noop.port}"}))
         cookies = obtain_session_cookie(stepguard.url, username=BENCH_USERNAME, password=password)
-        headers = {"Accept": "text/html", "Cookie": cookie_header(cookies)}
+        headers = {"Accept": "text/html", "User-Agent": BROWSER, "Cookie": cookie_header(cookies)}
         check_allowed(stepguard.url + "/orders?page=2", headers, upstream=True)
         results = best_of_rounds(wrk, [
             Target("nginx proxy_pass", nginx, {"Host": SITE, **headers}, settings),
             Target("reverse-proxy mode", stepguard.url + "/orders?page=2", headers, settings),
+            Target("minimal Python relay", relay_floor.url + "/orders?page=2", headers, settings),
             Target("no-op app direct", noop.url + "/orders?page=2", {}, settings),
         ])
     return [Comparison("reverse-proxy mode vs nginx proxy_pass", results["reverse-proxy mode"],
                        results["nginx proxy_pass"], ratio_target=REVERSE_PROXY_RATIO_TARGET),
+            Comparison("(reference) reverse-proxy mode vs a minimal Python relay",
+                       results["reverse-proxy mode"], results["minimal Python relay"]),
+            Comparison("(reference) the minimal Python relay vs nginx proxy_pass",
+                       results["minimal Python relay"], results["nginx proxy_pass"]),
             Comparison("(reference) reverse-proxy mode vs the upstream directly",
                        results["reverse-proxy mode"], results["no-op app direct"])]
 

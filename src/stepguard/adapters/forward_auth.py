@@ -47,8 +47,8 @@ from stepguard.service.guard import Check, Guard
 from stepguard.service.runtime import Runtime, token_key
 from stepguard.service.stepup import StepUp
 
-__all__ = ["DEVICE_COOKIE", "CaddyStrategy", "ForwardAuth", "NginxStrategy", "Original",
-           "Strategy", "api_challenge", "identity_headers", "original_url"]
+__all__ = ["DEVICE_COOKIE", "CaddyStrategy", "ForwardAuth", "IdentityHeaders", "NginxStrategy",
+           "Original", "Strategy", "api_challenge", "identity_headers", "original_url"]
 
 Observe = Callable[[int, float], None]  # (status, seconds) of one answer, for the metrics
 RawHeaders = list[tuple[bytes, bytes]]
@@ -137,7 +137,7 @@ class ForwardAuth:
         self.session_cookie = SessionCookie.of(runtime.config)
         self.devices = DeviceCookies(runtime.cookie_key)
         self.observe = observe
-        self._identities: Memo[tuple[object, ...], RawHeaders] = Memo(4096)
+        self.identities = IdentityHeaders(runtime)
         self._requests: Memo[tuple[object, ...], _Reading] = Memo(4096)
 
     def endpoint(self, strategy: Strategy) -> Endpoint:
@@ -239,14 +239,25 @@ class ForwardAuth:
         return api_challenge(decision, location, self.rt)
 
     def identity(self, check: Check) -> RawHeaders:
-        """The identity headers as raw ASGI pairs, remembered per user record, level and amr
-        (a pure function of them; the record is compared whole, so any change is a new key)."""
+        return self.identities.raw(check)
+
+
+class IdentityHeaders:
+    """The identity headers of a decision as raw ASGI pairs, remembered per user record, level
+    and amr (a pure function of them; the record is compared whole, so any change is a new
+    key). Forward-auth answers with them; the reverse proxy sends them upstream."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        self._memo: Memo[tuple[object, ...], RawHeaders] = Memo(4096)
+
+    def raw(self, check: Check) -> RawHeaders:
         key = (check.user, check.decision.level, check.state.amr() if check.state else ())
-        found = self._identities.get(key)
+        found = self._memo.get(key)
         if found is None:
-            found = [(name.encode("latin-1"), value.encode())
+            found = [(name.lower().encode("latin-1"), value.encode())
                      for name, value in identity_headers(check, self.rt).items()]
-            self._identities.put(key, found)
+            self._memo.put(key, found)
         return found
 
 

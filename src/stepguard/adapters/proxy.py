@@ -26,7 +26,7 @@ from websockets.asyncio.client import connect as websocket_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from stepguard.adapters.cookies import DEVICE_COOKIE, DeviceCookies, SessionCookie, parse_cookies
-from stepguard.adapters.forward_auth import identity_headers
+from stepguard.adapters.forward_auth import IdentityHeaders, identity_headers
 from stepguard.adapters.http_context import (
     Body,
     RequestHeaders,
@@ -48,7 +48,7 @@ from stepguard.core.decision import Outcome
 from stepguard.core.errors import BadRequest, StoreUnavailable
 from stepguard.core.matching import path_matcher
 from stepguard.service.guard import Check, Guard, with_attributes
-from stepguard.service.runtime import Runtime
+from stepguard.service.runtime import Runtime, token_key
 from stepguard.service.stepup import HeldRequest, HeldTooLarge, StepUp
 from stepguard.storage.records import HELD_BODY_LIMIT, ChallengeRecord, SessionRecord
 from stepguard.web.security import security_headers
@@ -95,6 +95,33 @@ class Hop:
         return [("x-forwarded-for", self.chain), ("x-real-ip", self.client_ip),
                 ("x-forwarded-proto", self.proto), ("x-forwarded-host", self.host)]
 
+    def raw(self) -> list[tuple[bytes, bytes]]:
+        return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers()]
+
+
+@dataclass(frozen=True, slots=True)
+class _Reading:
+    """One request head as the proxy reads it (remembered per method, target, peer and raw
+    headers)."""
+
+    headers: RequestHeaders
+    upstream: Upstream
+    route: UpstreamRoute | None
+    hop: Hop
+    cookies: Mapping[str, str]
+    context: RequestContext  # with the route's action and query attributes, before any body
+    key: str | None  # the session token's hash
+    target: str
+    relayed: list[tuple[bytes, bytes]]  # to the upstream: the client's relayable headers,
+    # its cookies minus Stepguard's, the forwarding headers (identity headers come per answer)
+    inspects: bool  # the body must be read before deciding (`_inspects_body`)
+
+    def with_body(self, proxy: ReverseProxy, scope: Scope, body: bytes) -> RequestContext:
+        """The context again with the body read (a `_method` field, form or JSON attributes)."""
+        fields = read_body(body, self.headers.get("content-type", ""))
+        context = proxy._context(scope, self.headers, self.cookies, self.hop.client_ip, fields)
+        return _with_route(context, self.route, fields)
+
 
 # From the upstream's answer: hop-by-hop headers and the framing Stepguard sets itself.
 RESPONSE_DROPPED = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"te",
@@ -122,6 +149,8 @@ class ReverseProxy:
                              for name, value in security_headers(https=https)]
         self.unavailable = unavailable
         self._hosts: Memo[str, str | None] = Memo()
+        self._readings: Memo[tuple[object, ...], _Reading] = Memo(4096)
+        self.identities = IdentityHeaders(runtime)
         # Stepguard's own cookies: never relayed to the application.
         self._ours = frozenset({*self.session_cookie.names, DEVICE_COOKIE, "stepguard_pre",
                                 "stepguard_enrol"})
@@ -157,44 +186,28 @@ class ReverseProxy:
         The body is read (bounded) only when it must be inspected: for the route's attributes,
         for a method override a framework would read from it, or to hold it across a step-up;
         else it streams through."""
-        headers = RequestHeaders(scope["headers"])
-        hostname = self.hostname(scope, headers)
-        if hostname is None:  # a Host that is no URL authority (`[::1`): the client's error
-            return Response("bad request: invalid Host header\n", 400)
-        upstream = self.upstream_for(hostname)
-        if upstream is None:
-            return Response("no upstream for this host\n", 404)
-        cookies = parse_cookies(scope["headers"])
-        body: bytes | None = None
+        reading = self.reading(scope)
+        if isinstance(reading, Response):
+            return reading
+        context, body = reading.context, None
+        if reading.inspects:
+            body = await _bounded_body(receive, INSPECT_LIMIT)
+            if body is None:
+                return Response("request body too large\n", 413)
+            try:
+                context = reading.with_body(self, scope, body)
+            except BadRequest as exc:
+                return Response(f"bad request: {exc}\n", 400)
         try:
-            hop = self.hop(scope, headers)
-            context = self._context(scope, headers, cookies, hop.client_ip)
-            route = _route(upstream, context.path)
-            fields = Body()
-            if _inspects_body(route, scope["method"], headers):
-                body = await _bounded_body(receive, INSPECT_LIMIT)
-                if body is None:
-                    return Response("request body too large\n", 413)
-                fields = read_body(body, headers.get("content-type", ""))
-                context = self._context(scope, headers, cookies, hop.client_ip, fields)
-            context = _with_route(context, route, fields)
-        except BadRequest as exc:
-            return Response(f"bad request: {exc}\n", 400)
-        try:
-            check = await self._check(context, self.session_cookie.token(cookies))
+            check = await self._check(context, reading.key)
         except StoreUnavailable:
             return Response("the session store is unavailable\n", 503, headers={"Retry-After": "5"})
         if check.decision.outcome is Outcome.ALLOW:
             relayed = await self._relay(
                 context.method,  # an honoured override is sent as the method (issue 9 item 6)
-                _target(scope),
-                relayed_raw_headers(scope["headers"], self._ours),
-                cookies_header(scope["headers"], self._ours),
-                body if body is not None else _body_stream(scope, receive, headers),
-                upstream,
-                identity_headers(check, self.rt),
-                hop,
-            )
+                reading.target, reading.relayed,
+                body if body is not None else _body_stream(scope, receive, reading.headers),
+                reading.upstream, self.identities.raw(check))
             return relayed if isinstance(relayed, Response) else (relayed, context.method)
         if check.decision.outcome is Outcome.DENY:
             return Response(" ".join(check.decision.reasons) + "\n", 403)
@@ -208,6 +221,51 @@ class ReverseProxy:
         except HeldTooLarge as exc:
             return too_large_to_hold(exc.limit)
         return self._step_up_answer(request, check, location)
+
+    def reading(self, scope: Scope) -> _Reading | Response:
+        """What the request's head says (upstream, route, forwarding facts, context before any
+        body, session key, the headers to relay): a pure function of its method, scheme,
+        target, peer and raw headers, so the same head is read once (bounded memo; a refusal
+        is answered again each time, never remembered)."""
+        client = scope.get("client")
+        key = (scope["method"], scope.get("scheme"), scope.get("raw_path"), scope["path"],
+               scope.get("query_string"), client[0] if client else "", *scope["headers"])
+        try:
+            found = self._readings.get(key)
+        except TypeError:  # a server that gives headers as lists: read each time
+            return self._read(scope)
+        if found is not None:
+            return found
+        fresh = self._read(scope)
+        if isinstance(fresh, _Reading):
+            self._readings.put(key, fresh)
+        return fresh
+
+    def _read(self, scope: Scope) -> _Reading | Response:
+        raw = scope["headers"]
+        headers = RequestHeaders(raw)
+        hostname = self.hostname(scope, headers)
+        if hostname is None:  # a Host that is no URL authority (`[::1`): the client's error
+            return Response("bad request: invalid Host header\n", 400)
+        upstream = self.upstream_for(hostname)
+        if upstream is None:
+            return Response("no upstream for this host\n", 404)
+        cookies = parse_cookies(raw)
+        try:
+            hop = self.hop(scope, headers)
+            context = self._context(scope, headers, cookies, hop.client_ip)
+            route = _route(upstream, context.path)
+            routed = _with_route(context, route, Body())
+        except BadRequest as exc:
+            return Response(f"bad request: {exc}\n", 400)
+        relayed = relayed_raw_headers(raw, self._ours)
+        kept = cookies_header(raw, self._ours)
+        if kept:
+            relayed.append((b"cookie", kept))
+        relayed += hop.raw()
+        return _Reading(headers, upstream, route, hop, cookies, routed,
+                        token_key(self.session_cookie.token(cookies)), _target(scope), relayed,
+                        _inspects_body(route, scope["method"], headers))
 
     def hostname(self, scope: Scope, headers: Headers | RequestHeaders) -> str | None:
         """The host the client asked for, as `request.url.hostname` reads it ("" when none;
@@ -288,7 +346,7 @@ class ReverseProxy:
                 context = self._context(websocket.scope, websocket.headers, cookies,
                                         hop.client_ip)
                 context = _with_route(context, _route(upstream, context.path), Body())
-                check = await self._check(context, self.session_cookie.token(cookies))
+                check = await self._check(context, token_key(self.session_cookie.token(cookies)))
         except (BadRequest, StoreUnavailable):
             check = None
         if upstream is None or check is None or check.decision.outcome is not Outcome.ALLOW:
@@ -311,11 +369,12 @@ class ReverseProxy:
         except (TimeoutError, OSError, InvalidHandshake):
             await websocket.close(code=1011)
 
-    async def _check(self, context: RequestContext, token: str | None) -> Check:
-        """The decision: on the event loop when everything is cached, else in a thread."""
-        check = self.guard.check_cached(context, token)
+    async def _check(self, context: RequestContext, key: str | None) -> Check:
+        """The decision (`key`: the session token's hash): on the event loop when everything
+        is cached, else in a thread."""
+        check = self.guard.check_cached_key(context, key)
         return check if check is not None else await run_in_threadpool(
-            self.guard.check, context, token)
+            self.guard.check_key, context, key)
 
     def _context(self, scope: Scope, headers: Headers | RequestHeaders, cookies: Mapping[str, str],
                  client_ip: str, body: Body | None = None) -> RequestContext:
@@ -367,20 +426,19 @@ class ReverseProxy:
             context, target = self._replay_context(request, upstream, challenge, hop.client_ip)
         except BadRequest:
             return Response("nothing to replay\n", 404)
-        check = await self._check(context, self.session_cookie.token(request.cookies))
+        check = await self._check(context, token_key(self.session_cookie.token(request.cookies)))
         if check.decision.outcome is not Outcome.ALLOW:
             return Response("the confirmation no longer covers this request\n", 403)
         held = [(k.lower().encode("latin-1"), v.encode("latin-1"))
                 for k, v in challenge.held_headers]
+        headers = relayed_raw_headers(held, self._ours)
+        kept = cookies_header(request.scope["headers"], self._ours)
+        if kept:
+            headers.append((b"cookie", kept))
+        headers += replace(hop, host=split_url(challenge.return_url)[1]).raw()
         relayed = await self._relay(
-            context.method,
-            target,
-            relayed_raw_headers(held, self._ours),
-            cookies_header(request.scope["headers"], self._ours),
-            challenge.held_body,
-            upstream,
-            identity_headers(check, self.rt),
-            replace(hop, host=split_url(challenge.return_url)[1]),
+            context.method, target, headers, challenge.held_body, upstream,
+            self.identities.raw(check),
             retry=False,  # exactly once: never sent a second time, even on a dead connection
         )
         return relayed if isinstance(relayed, Response) else _relayed_response(relayed,
@@ -408,31 +466,18 @@ class ReverseProxy:
         )
         return _with_route(context, _route(upstream, context.path), body), target
 
-    async def _relay(
-        self,
-        method: str,
-        target: str,
-        headers: list[tuple[bytes, bytes]],
-        cookies: bytes,
-        body: bytes | AsyncIterator[bytes],
-        upstream: Upstream,
-        identity: dict[str, str],
-        hop: Hop,
-        *,
-        retry: bool = True,
-    ) -> Answer | Response:
-        """Send to the upstream: the client's relayable headers, its cookies minus Stepguard's,
-        then the identity and forwarding headers (set last, so nothing can remove them)."""
-        out: list[tuple[bytes, bytes]] = list(headers)
-        if cookies:
-            out.append((b"cookie", cookies))
-        out += [(k.encode("latin-1"), v.encode()) for k, v in identity.items()]
-        out += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in hop.headers()]
+    async def _relay(self, method: str, target: str, headers: list[tuple[bytes, bytes]],
+                     body: bytes | AsyncIterator[bytes], upstream: Upstream,
+                     identity: list[tuple[bytes, bytes]], *, retry: bool = True,
+                     ) -> Answer | Response:
+        """Send to the upstream: the client's relayable headers, its cookies minus Stepguard's
+        and the forwarding headers (`headers`), then the identity headers (set last, so
+        nothing can remove them)."""
         base = urlsplit(upstream.url)
         try:
             return await self.relay.send(f"{base.scheme}://{base.netloc}", method,
-                                         base.path.rstrip("/") + target, out, body,
-                                         retry=retry)
+                                         base.path.rstrip("/") + target, [*headers, *identity],
+                                         body, retry=retry)
         except UpstreamError:
             return Response("the upstream application is unreachable\n", 502)
 

@@ -1,4 +1,4 @@
-"""The reverse proxy's upstream client: HTTP/1.1 over asyncio streams, parsed by httptools.
+"""The reverse proxy's upstream client: HTTP/1.1 on an asyncio protocol, parsed by httptools.
 
 Chosen by measurement (bench/relay_clients.py, CPU per relayed request in the gateway's own
 process, 2 cores): httpx ~4,800 µs, aiohttp ~180 µs, asyncio + httptools ~60 µs. It does only
@@ -23,7 +23,8 @@ from urllib.parse import urlsplit
 import httptools
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-READ_SIZE = 65536
+HEADS_REMEMBERED = 4096  # request heads kept (then started afresh)
+BUFFER_LIMIT = 1 << 18  # bytes of an answer held unread before the upstream is paused
 
 
 class UpstreamError(Exception):
@@ -45,40 +46,82 @@ class Answer:
         connection = self.connection
         assert connection is not None
         try:
-            while not connection.done:
-                await connection.fill()
+            while True:
                 while connection.chunks:
-                    yield connection.chunks.pop(0)
+                    yield connection.take()
+                if connection.done:
+                    return
+                await connection.fill()
         finally:
             connection.release()
 
 
-@dataclass(eq=False)
-class _Connection:
-    pool: _Pool
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    timeout: float
-    status: int = 0
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    chunks: list[bytes] = field(default_factory=list)
-    head_done: bool = False
-    done: bool = False
-    seen_bytes: bool = False
-    reusable: bool = False
-    parser: httptools.HttpResponseParser | None = None
+class _Connection(asyncio.Protocol):
+    """One upstream connection: bytes are parsed as they arrive (`data_received`), and the
+    relay waits for the parser's progress (`fill`) — no stream reader, no task per read."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    chunks: list[bytes]
+
+    def __init__(self, pool: _Pool, timeout: float) -> None:
+        self.pool, self.timeout = pool, timeout
+        self.transport: asyncio.Transport | None = None
+        self.eof = False  # the upstream closed (or the connection was lost)
+        self._events = self._seen = 0  # deliveries from the transport, and those looked at
+        self._waiter: asyncio.Future[None] | None = None
+        self._writable: asyncio.Future[None] | None = None
+        self._buffered = 0
+        self._reading_paused = False
+        self.start()
 
     def start(self) -> None:
         self.status, self.headers, self.chunks = 0, [], []
-        self.head_done = self.done = self.seen_bytes = False
+        self.head_done = self.done = self.seen_bytes = self.reusable = False
+        self.error = ""
+        self._buffered = 0
         self.parser = httptools.HttpResponseParser(self)
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a stream transport (TCP/TLS)
+
+    def data_received(self, data: bytes) -> None:
+        self.seen_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self.error = f"the upstream's answer is not valid HTTP: {exc}"
+        if self._buffered > BUFFER_LIMIT and self.transport is not None:
+            self.transport.pause_reading()  # the client reads slower than the upstream sends
+            self._reading_paused = True
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake()
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+        self._wake()
+        writable, self._writable = self._writable, None
+        if writable is not None and not writable.done():
+            writable.set_exception(ConnectionResetError("the upstream connection was lost"))
+
+    def pause_writing(self) -> None:
+        self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        writable, self._writable = self._writable, None
+        if writable is not None and not writable.done():
+            writable.set_result(None)
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        assert self.parser is not None
         self.status = self.parser.get_status_code()
         if 100 <= self.status < 200 and self.status != 101:
             self.headers = []  # an interim answer (100 Continue): wait for the real one
@@ -87,39 +130,73 @@ class _Connection:
 
     def on_body(self, data: bytes) -> None:
         self.chunks.append(bytes(data))
+        self._buffered += len(data)
 
     def on_message_complete(self) -> None:
         if self.head_done:
-            assert self.parser is not None
             self.done = True
             self.reusable = self.parser.should_keep_alive()
 
+    # the relay's side
+    def _wake(self) -> None:
+        self._events += 1
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def take(self) -> bytes:
+        chunk: bytes = self.chunks.pop(0)
+        self._buffered -= len(chunk)
+        return chunk
+
+    async def drain(self) -> None:
+        """Wait while the upstream's socket buffer is full (request bodies stream in pace)."""
+        if self.eof:
+            raise ConnectionResetError("the upstream closed the connection")
+        if self._writable is not None:
+            await self._writable
+
     async def fill(self) -> None:
-        """Read once from the upstream and parse it (EOF ends a close-delimited body)."""
-        # asyncio.timeout, not wait_for: no task is created per read (3.11's wait_for wraps the
-        # read in a new Task, a measurable share of a relayed request).
-        async with asyncio.timeout(self.timeout):
-            data = await self.reader.read(READ_SIZE)
-        if not data:
+        """Wait until the upstream delivered something since the last look, then judge it:
+        an invalid answer, or a close before the answer ended (which ends a close-delimited
+        body), raise `UpstreamError`; no delivery within the timeout raises `TimeoutError`."""
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        if self._events == self._seen:
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(self.timeout, _expire, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        self._seen = self._events
+        if self.error:
+            raise UpstreamError(self.error)
+        if self.eof and not self.done:
             if self.head_done and not _framed(self.headers):
-                self.done, self.reusable = True, False
+                self.done = True
                 return
             raise UpstreamError("the upstream closed the connection mid-answer")
-        self.seen_bytes = True
-        assert self.parser is not None
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            raise UpstreamError(f"the upstream's answer is not valid HTTP: {exc}") from None
 
     def release(self) -> None:
-        if self.done and self.reusable and not self.reader.at_eof():
+        if self.done and self.reusable and not self.eof and not self.chunks:
+            self._seen = self._events
             self.pool.idle.append(self)
         else:
             self.close()
 
     def close(self) -> None:
-        self.writer.close()
+        self.reusable = False
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 @dataclass
@@ -136,12 +213,13 @@ class Relay:
     def __init__(self, *, timeout: float, max_idle: int = 32) -> None:
         self.timeout, self.max_idle = timeout, max_idle
         self.pools: dict[str, _Pool] = {}
+        self._heads: dict[tuple[object, ...], bytes] = {}
 
     async def send(self, base_url: str, method: str, target: str,
                    headers: list[tuple[bytes, bytes]], body: bytes | AsyncIterator[bytes],
                    *, retry: bool = True) -> Answer:
         pool = self._pool(base_url)
-        head = _head(method, target, pool, headers, body)
+        head = self._head(base_url, method, target, pool, headers, body)
         retry = retry and method in IDEMPOTENT and isinstance(body, bytes)
         while True:
             connection, reused = await self._connection(pool)
@@ -159,6 +237,21 @@ class Relay:
                 connection.close()
             pool.idle.clear()
 
+    def _head(self, base_url: str, method: str, target: str, pool: _Pool,
+              headers: list[tuple[bytes, bytes]], body: bytes | AsyncIterator[bytes]) -> bytes:
+        """The request head, remembered for a body of known length (the proxy hands the same
+        header objects for the same request: their hashes are cached, the key is cheap)."""
+        if not isinstance(body, bytes):
+            return _head(method, target, pool, headers, body)
+        key = (base_url, method, target, len(body), *headers)
+        found = self._heads.get(key)
+        if found is None:
+            found = _head(method, target, pool, headers, body)
+            if len(self._heads) >= HEADS_REMEMBERED:
+                self._heads.clear()
+            self._heads[key] = found
+        return found
+
     def _pool(self, base_url: str) -> _Pool:
         pool = self.pools.get(base_url)
         if pool is None:
@@ -171,38 +264,38 @@ class Relay:
     async def _connection(self, pool: _Pool) -> tuple[_Connection, bool]:
         while pool.idle:
             connection = pool.idle.pop()
-            if not connection.reader.at_eof():
+            if not connection.eof:
                 connection.start()
                 return connection, True
             connection.close()
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(pool.host, pool.port, ssl=pool.tls,
-                                    server_hostname=pool.host if pool.tls else None),
+        loop = asyncio.get_running_loop()
+        _, connection = await asyncio.wait_for(
+            loop.create_connection(lambda: _Connection(pool, self.timeout), pool.host, pool.port,
+                                   ssl=pool.tls, server_hostname=pool.host if pool.tls else None),
             self.timeout)
-        connection = _Connection(pool, reader, writer, self.timeout)
-        connection.start()
         return connection, False
 
     async def _exchange(self, connection: _Connection, method: str, head: bytes,
                         body: bytes | AsyncIterator[bytes]) -> Answer:
-        writer = connection.writer
+        transport = connection.transport
+        assert transport is not None
         if isinstance(body, bytes):
-            writer.write(head + body)
+            transport.write(head + body)
         else:
-            writer.write(head)
+            transport.write(head)
             async for chunk in body:
                 if chunk:
-                    writer.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-                    await writer.drain()
-            writer.write(b"0\r\n\r\n")
-        await writer.drain()
+                    transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                    await connection.drain()
+            transport.write(b"0\r\n\r\n")
+        await connection.drain()
         while not connection.head_done:
             await connection.fill()
         if method == "HEAD" or connection.status in (204, 304):
             connection.done, connection.reusable = True, False  # no body; do not reuse
         if len(self._idle_of(connection)) >= self.max_idle:
             connection.reusable = False
-        body_so_far, connection.chunks = connection.chunks, []
+        body_so_far, connection.chunks, connection._buffered = connection.chunks, [], 0
         answer = Answer(connection.status, connection.headers, body_so_far, connection.done,
                         connection)
         if connection.done:

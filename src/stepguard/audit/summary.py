@@ -29,7 +29,8 @@ from stepguard.audit.ledger import AuditEvent, AuditKind, pseudonymise_ip
 
 PATH_SAMPLE = 10
 
-Key = tuple[str, str, str, int, str, object]  # subject, session, rule, interval, ip, input mark
+Who = tuple[str, str, str, str, object]  # subject, session, rule, ip, input mark
+Key = tuple[Who, int]  # and the interval
 
 
 @dataclass(slots=True)
@@ -59,7 +60,13 @@ class AllowSummary:
              input: Any = None) -> None:
         """Count one plain allow. `input` (kept by reference, for replay) is taken from the
         first allow of its key; `input_mark` must change whenever it would differ."""
-        key = (subject, session, rule, math.floor(at / self.interval), ip, input_mark)
+        self.count((subject, session, rule, ip, input_mark), at=at, host=host, method=method,
+                   path=path, input=input)
+
+    def count(self, who: Who, *, at: float, host: str, method: str, path: str,
+              input: Any = None) -> None:
+        """`note` for a `who` built once (a plain allow given again builds nothing)."""
+        key = (who, math.floor(at / self.interval))
         with self._lock:
             entry = self._open.get(key)
             if entry is None:
@@ -88,12 +95,12 @@ class AllowSummary:
         with self._lock:
             if not self._open:
                 return None
-            return (min(key[3] for key in self._open) + 1) * self.interval
+            return (min(key[1] for key in self._open) + 1) * self.interval
 
     def due(self, now: float) -> list[AuditEvent]:
         """Entries for every interval that closed by `now` (they are forgotten here)."""
         current = math.floor(now / self.interval)
-        return self._take(lambda key: key[3] < current)
+        return self._take(lambda key: key[1] < current)
 
     def drain(self) -> list[AuditEvent]:
         """Entries for every open interval, closed early (a flush or a clean stop)."""
@@ -107,7 +114,7 @@ class AllowSummary:
         return [self._event(key, entry) for key, entry in taken]
 
     def _event(self, key: Key, entry: _Open) -> AuditEvent:
-        subject, session, rule, _, ip, _ = key
+        (subject, session, rule, ip, _), _ = key
         if ip and self.ip_key is not None:
             ip = pseudonymise_ip(ip, key=self.ip_key)
         detail: dict[str, Any] = {

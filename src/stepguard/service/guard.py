@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 
 from stepguard.audit.ledger import AuditEvent, AuditKind, request_summary
 from stepguard.audit.replay import DecisionInput
+from stepguard.audit.summary import Who
 from stepguard.core.context import RequestContext, SessionState, Subject
 from stepguard.core.decide import decide
 from stepguard.core.decision import Decision, Outcome, Requirement
@@ -101,6 +102,7 @@ class Answer:
     context: RequestContext
     check: Check
     until: float
+    who: Who | None  # its line in the allow summary (None: each allow is its own entry)
 
 
 ANSWERS_PER_COPY = 64  # remembered plain allows per cached session copy (then started afresh)
@@ -195,6 +197,7 @@ class Guard:
         self._attributes = frozenset(runtime.policy.attributes)
         self._board = runtime.store.version_board
         self.memo_ok = memo_safe(runtime.policy)
+        self._aal1 = runtime.policy.levels[Level.AAL1]
         self._contact = float("-inf")  # when a read last reached the store
 
     def session_for(self, token: str | None) -> tuple[SessionRecord, UserRecord] | None:
@@ -202,10 +205,10 @@ class Guard:
         loaded = self.load(token)
         return (loaded.record, loaded.user) if loaded else None
 
-    def _alive(self, loaded: Loaded) -> bool:
+    def _alive(self, loaded: Loaded, now: float | None = None) -> bool:
         record = loaded.record
-        settings = self.rt.policy.levels[Level.AAL1]
-        now = self.rt.now()
+        settings = self._aal1
+        now = self.rt.now() if now is None else now
         return (not loaded.user.disabled and now - record.created <= settings.max_session
                 and now - record.last_seen <= settings.idle)
 
@@ -241,7 +244,7 @@ class Guard:
         if cached is not None and self._board is not None:
             mark = self._board.mark(cached.record.id, cached.user.id)
             if (mark is not None and mark == cached.mark
-                    and now - self._contact < STORE_CONTACT_EVERY and self._alive(cached)):
+                    and now - self._contact < STORE_CONTACT_EVERY and self._alive(cached, now)):
                 self.cache.hits += 1
                 self.rt.observer.cache_hit()
                 return cached
@@ -291,9 +294,11 @@ class Guard:
             if loaded is None:
                 return None
             again = loaded.answers.get(id(context))  # the entry holds the context: ids are unique
-            if again is not None and self.rt.now() < again.until:
-                self._audit(again.check)
-                return again.check
+            if again is not None:
+                now = self.rt.now()
+                if now < again.until:
+                    self._audit_again(again, now)
+                    return again.check
         self.rt.require_stores()
         check = self._decide(context, loaded)
         decision = check.decision
@@ -321,7 +326,7 @@ class Guard:
         if len(answers) >= ANSWERS_PER_COPY:
             answers.clear()
         until = self.horizon(loaded.state, self.rt.now())
-        answers[id(check.context)] = Answer(check.context, check, until)
+        answers[id(check.context)] = Answer(check.context, check, until, self._who(check))
 
     def horizon(self, state: SessionState, now: float) -> float:
         """Until when a plain allow without fading risk signals stays the same answer: the end
@@ -348,9 +353,10 @@ class Guard:
             loaded = self._read(key, cached, connect=False)
         except StoreUnavailable:
             return None
-        if loaded is None or not self._alive(loaded):
+        now = self.rt.now()
+        if loaded is None or not self._alive(loaded, now):
             return None
-        self._touch(loaded, key, context, self.rt.now())
+        self._touch(loaded, key, context, now)
         return loaded
 
     def versions_now(self, key: str, context: RequestContext) -> tuple[int, int] | None:
@@ -523,23 +529,17 @@ class Guard:
     def _audit_allow(self, check: Check, d: Decision,
                      extra: Mapping[str, object] | None = None) -> None:
         rt, state, context = self.rt, check.state, check.context
-        subject = state.subject.id if state else ""
-        session = rt.session_ref(state.id) if state else ""
         rt.observer.allowed(d.rule)
         summary = rt.audit.summary
-        if (summary is not None and self._plain.get(d.rule, False) and not d.grant_id
-                and check.risk.level == "low" and extra is None and d.shadow is None
-                and not context.attributes):
-            state, risk = check.state, check.risk
-            events = state.events if state is not None else ()
-            mark = (len(events), events[-1].at if events else 0.0, risk.score, len(risk.signals))
-            summary.note(subject=subject, session=session, rule=d.rule, at=rt.now(),
-                         host=context.host, method=context.method, path=context.path,
-                         ip=context.client_ip, input_mark=mark, input=check)
+        who = self._who(check) if extra is None else None
+        if summary is not None and who is not None:
+            summary.count(who, at=rt.now(), host=context.host, method=context.method,
+                          path=context.path, input=check)
             return
         shadow = d.shadow
         event = AuditEvent.unchecked(
-            at=rt.now(), kind=AuditKind.DECISION, subject=subject, session=session,
+            at=rt.now(), kind=AuditKind.DECISION, subject=state.subject.id if state else "",
+            session=rt.session_ref(state.id) if state else "",
             request=request_summary(context, ip_key=rt.ip_key), decision="allow",
             rule=shadow.rule if shadow else d.rule,
             reasons=shadow.reasons if shadow else d.reasons,
@@ -549,6 +549,31 @@ class Guard:
         rt.audit.submit(event, checked=False)
         if rt.observer.debug:
             rt.observer.event(event.checked())
+
+    def _audit_again(self, again: Answer, now: float) -> None:
+        """Audit a remembered allow given again: a count on its summary line."""
+        summary = self.rt.audit.summary
+        if summary is None or again.who is None:
+            self._audit(again.check)
+            return
+        self.rt.observer.allowed(again.check.decision.rule)
+        context = again.context
+        summary.count(again.who, at=now, host=context.host, method=context.method,
+                      path=context.path, input=again.check)
+
+    def _who(self, check: Check) -> Who | None:
+        """The allow's line in the summary, or None when it must be its own sealed entry (not
+        a plain rule, a grant, raised risk, a report-mode shadow, request attributes, or the
+        site audits every request)."""
+        d, context = check.decision, check.context
+        if (self.rt.audit.summary is None or not self._plain.get(d.rule, False) or d.grant_id
+                or check.risk.level != "low" or d.shadow is not None or context.attributes):
+            return None
+        state, risk = check.state, check.risk
+        events = state.events if state is not None else ()
+        mark = (len(events), events[-1].at if events else 0.0, risk.score, len(risk.signals))
+        return (state.subject.id if state else "",
+                self.rt.session_ref(state.id) if state else "", d.rule, context.client_ip, mark)
 
 
 def _plain_rules(policy: Policy) -> dict[str, bool]:
