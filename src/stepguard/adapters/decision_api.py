@@ -47,7 +47,7 @@ from stepguard.core.decision import Decision, Outcome
 from stepguard.core.errors import BadRequest, StoreUnavailable, VerificationFailed
 from stepguard.service.api_keys import ApiKeys
 from stepguard.service.guard import Check, Guard
-from stepguard.service.runtime import Runtime
+from stepguard.service.runtime import Runtime, token_key
 from stepguard.service.stepup import StepUp
 from stepguard.web.security import safe_return_url
 
@@ -157,6 +157,7 @@ class DecideFacts:
     bearer: str | None
     return_url: str | None
     context: RequestContext | None = None  # the canonical context, when the caller built it
+    session_key: str | None = None  # the session token's hash, when the caller computed it
 
 
 Facts = DecideRequest | DecideFacts
@@ -192,6 +193,12 @@ class DecisionService:
             client_ip=request.client_ip, user_agent=request.user_agent,
             device_id=self.devices.device_id(request.device_cookie),
             action=request.action, attributes=dict(request.attributes))
+
+    def session_key(self, request: Facts) -> str | None:
+        """The store's key of the request's session token (`token_key`), computed once."""
+        if isinstance(request, DecideFacts) and request.session_key is not None:
+            return request.session_key
+        return token_key(request.session_token)
 
     def decide(self, request: Facts) -> DecideResponse:
         context = self.context(request)

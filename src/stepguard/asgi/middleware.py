@@ -74,7 +74,7 @@ from stepguard.core.context import RequestContext
 from stepguard.core.decision import Outcome
 from stepguard.core.errors import BadRequest
 from stepguard.service.guard import Check, Guard
-from stepguard.service.runtime import Runtime
+from stepguard.service.runtime import Runtime, token_key
 from stepguard.service.stepup import StepUp
 
 log = logging.getLogger("stepguard.asgi")
@@ -134,6 +134,7 @@ class EmbeddedDecider:
         # An allow's state is a function of the user record, rule, level and the event shown:
         # built once per combination (bounded), not per request.
         self._states: Memo[tuple[object, ...], StepguardState] = Memo(4096)
+        self._by_check: Memo[int, tuple[Check, StepguardState]] = Memo(4096)
 
     def context(self, fields: Mapping[str, Any], host: str) -> RequestContext:
         """`DecisionService.context` of these checked fields, from readings made once (`host`
@@ -157,7 +158,7 @@ class EmbeddedDecider:
         service = self.service
         if request.bearer is None:
             context = service.context(request)
-            check = service.guard.check_cached(context, request.session_token)
+            check = service.guard.check_cached_key(context, service.session_key(request))
             if check is not None:
                 if check.decision.outcome is Outcome.ALLOW:
                     return self.allowed(check)
@@ -165,8 +166,12 @@ class EmbeddedDecider:
         return await self._in_thread(request)
 
     def allowed(self, check: Check) -> StepguardState:
-        """`allowed_state`, remembered per user record, rule, level and authentication event
-        (all compared whole: any change is a new key); an allow by a grant is built each time."""
+        """`allowed_state`, remembered per check (an allow the guard gives again is the same
+        object) and per user record, rule, level and authentication event (all compared
+        whole: any change is a new key); an allow by a grant is built each time."""
+        again = self._by_check.get(id(check))
+        if again is not None and again[0] is check:
+            return again[1]
         decision = check.decision
         if decision.grant_id or check.user is None or check.state is None:
             return allowed_state(self.service, check)
@@ -176,6 +181,7 @@ class EmbeddedDecider:
         if found is None:
             found = allowed_state(self.service, check)
             self._states.put(key, found)
+        self._by_check.put(id(check), (check, found))
         return found
 
     async def _in_thread(self, request: Facts) -> DecideResponse:
@@ -212,6 +218,7 @@ class StepguardMiddleware:
         self._exempt_under = _Prefixes(self.exempt)
         self.honour_overrides = (method_override or (
             config.server.method_override if config else "refuse")) == "honour"
+        self._readings: Memo[tuple[object, ...], Facts] = Memo(4096)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -261,6 +268,26 @@ class StepguardMiddleware:
 
     def request_for(self, scope: Scope, action: str,
                     attributes: Mapping[str, Any]) -> Facts:
+        """The request to decide: for a plain request (no action, no attributes) decided in
+        this process, read once per request head (bounded memo: a pure function of the scope's
+        method, scheme, target, server, peer and headers; a refusal is never remembered)."""
+        if action or attributes or not isinstance(self.decider, EmbeddedDecider):
+            return self._request_for(scope, action, attributes)
+        client, server = scope.get("client"), scope.get("server")
+        key = (scope.get("method"), scope.get("scheme"), scope.get("raw_path"), scope["path"],
+               scope.get("query_string"), client[0] if client else "",
+               tuple(server) if server else None, *scope["headers"])
+        try:
+            found = self._readings.get(key)
+        except TypeError:  # headers as lists: read each time
+            return self._request_for(scope, action, attributes)
+        if found is None:
+            found = self._request_for(scope, action, attributes)
+            self._readings.put(key, found)
+        return found
+
+    def _request_for(self, scope: Scope, action: str,
+                     attributes: Mapping[str, Any]) -> Facts:
         """The request to decide. Embedded, its fields are checked here in plain Python against
         the model's own constraints (`check_fields`) and the model is only constructed; remote,
         the model validates them too before they go on the wire."""
@@ -286,7 +313,8 @@ class StepguardMiddleware:
         if problem is not None:
             raise BadRequest(f"the request cannot be decided: {problem}")
         if isinstance(self.decider, EmbeddedDecider):
-            return DecideFacts(**fields, context=self.decider.context(fields, canonical_host))
+            return DecideFacts(**fields, context=self.decider.context(fields, canonical_host),
+                               session_key=token_key(fields["session_token"]))
         try:
             return DecideRequest(**fields)
         except ValidationError as exc:

@@ -149,8 +149,8 @@ class SessionCache:
 
     def get(self, key: str) -> Loaded | None:
         found = self._items.get(key)
-        if found is not None:
-            with self._lock, contextlib.suppress(KeyError):
+        if found is not None:  # one C call under the GIL; an eviction racing it is harmless
+            with contextlib.suppress(KeyError):
                 self._items.move_to_end(key)
         return found
 
