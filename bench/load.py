@@ -73,7 +73,15 @@ USERS = 1000
 CHURN_PER_SECOND = 20.0
 THROUGHPUT_TARGET = 0.8
 P99_TARGET = 2.0
-CLIENT_IP = "198.51.100.7"
+CLIENT_IP = "198.51.100.7"  # where wrk's requests come from (every seeded session's address)
+
+
+def home_address(n: int) -> str:
+    """Where user `n` signs in from in the churn: one address per user (250 in turn, one known
+    /24), as real sign-ins come from many clients. From one address, 20 sign-ins a second would
+    meet the per-address throttle, which counts an attempt in flight before its argon2 hash
+    ends (so that parallel guesses cannot outrun it)."""
+    return f"203.0.113.{n % 250 + 1}"
 SESSION_COOKIE = "stepguard_session"
 
 LUA = """\
@@ -107,6 +115,7 @@ class Person:
     password: str
     totp_secret: str
     token: str  # the session wrk uses (never rotated: churn uses sessions of its own)
+    address: str  # where the churn signs this user in from
 
 
 def seed(config: Path, count: int) -> list[Person]:
@@ -123,15 +132,17 @@ def seed(config: Path, count: int) -> list[Person]:
         for user in users:
             secret = pyotp.random_base32(32)
             accounts.add_totp_secret(user, secret)
-            runtime.store.history.record_success(
-                user.id, device_id="", network_prefix=network_prefix(CLIENT_IP), country="",
-                location=None, at=now, hour=int(now // 3600 % 24))
+            address = home_address(len(people))
+            for known in (CLIENT_IP, address):
+                runtime.store.history.record_success(
+                    user.id, device_id="", network_prefix=network_prefix(known), country="",
+                    location=None, at=now, hour=int(now // 3600 % 24))
             token = new_token()
             runtime.store.sessions.add(SessionRecord(
                 id=new_id(), token_hash=hash_token(token), user_id=user.id, created=now,
                 last_seen=now, ip=CLIENT_IP, user_agent="",
                 events=(AuthEvent(factor="password", amr=("pwd",), level=Level.AAL1, at=now),)))
-            people.append(Person(user.username, password, secret, token))
+            people.append(Person(user.username, password, secret, token, address))
         return people
     finally:
         runtime.close()
@@ -200,7 +211,7 @@ class Churn:
     def _cycle(self, http: httpx.Client, person: Person, base: str) -> str:
         """One sign-in and one step-up; "" when both passed, else the step that failed."""
         cookies: dict[str, str] = {}
-        headers = {"X-Forwarded-For": CLIENT_IP, "Origin": self.public_url}
+        headers = {"X-Forwarded-For": person.address, "Origin": self.public_url}
 
         def send(method: str, path: str, **kwargs: object) -> httpx.Response:
             sent = {**headers, **kwargs.pop("headers", {})}  # type: ignore[dict-item]
@@ -215,14 +226,16 @@ class Churn:
         signed = send("POST", "/login", data={"username": person.username,
                                                "password": person.password,
                                                "csrf_token": _csrf(page.text)})
-        if signed.status_code != 303:
-            return f"sign-in {signed.status_code}"
+        if signed.status_code != 303 or signed.headers.get("location", "").startswith("/login"):
+            shown = send("GET", signed.headers.get("location", "/login"))  # the refusal's page
+            said = re.search(r'id="sg-alert"[^>]*>([^<]{0,60})', shown.text)
+            return f"sign-in {signed.status_code}: {said.group(1) if said else '?'}"
         asked = send("GET", "/api/authz/forward-auth", headers={
             "X-Forwarded-Method": "GET", "X-Forwarded-Proto": "http", "X-Forwarded-Host": SITE,
             "X-Forwarded-Uri": "/admin/users", "Accept": "text/html"})
         location = asked.headers.get("location", "").removeprefix(self.public_url)
         if asked.status_code != 302 or not location.startswith("/step-up/"):
-            return f"challenge {asked.status_code}"
+            return f"challenge {asked.status_code} to {location.split('?')[0][:24] or '-'}"
         form = send("GET", location)
         passed = send("POST", location + "/totp", data={
             "code": pyotp.TOTP(person.totp_secret).now(), "csrf_token": _csrf(form.text)})
