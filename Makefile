@@ -14,8 +14,15 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The demo needs Stepguard alone (no test or benchmark tools): its own, smaller install.
+DEMO_STAMP := $(VENV)/.demo-installed
+$(DEMO_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e .
+	touch $(DEMO_STAMP)
+
 # `make demo IDP=1` also starts the bundled OpenID provider (`stepguard demo --idp`).
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(VENV)/bin/stepguard demo $(if $(IDP),--idp,)
 
 test: $(STAMP)

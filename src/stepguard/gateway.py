@@ -43,6 +43,7 @@ from stepguard.service.runtime import Runtime
 from stepguard.service.stepup import StepUp
 from stepguard.web import metrics_access
 from stepguard.web.agents_page import AgentsPage
+from stepguard.web.db_tokens import DbTokenPages
 from stepguard.web.oidc import OidcPages
 from stepguard.web.portal import Portal
 from stepguard.web.security import SecurityHeadersMiddleware
@@ -209,6 +210,7 @@ def create_app(runtime: Runtime) -> Gateway:
         *decision_api_routes(runtime, guard, stepup),
         *portal.routes(),
         *AgentsPage(portal).routes(),
+        *DbTokenPages(portal).routes(),
         *(provider_pages.routes() if provider_pages is not None else []),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]

@@ -107,7 +107,7 @@ def test_step_up_page_is_readable(page: Page, demo: DemoServer, shot: Shot) -> N
     assert page.evaluate("document.styleSheets.length") >= 1  # the CSS loaded under the CSP
     expect(page.locator("#sg-alert")).to_be_empty()  # no error shown on a fresh page
     expect(page.get_by_text("Your form submission (POST) is kept.")).to_be_visible()
-    assert bound_values(page) == {"amount": "2500", "payee": "Carol"}
+    assert bound_values(page) == {"Amount": "€2,500.00", "Payee": "Carol"}  # policy labels
     shot(page, "step-up")
 
 
@@ -125,7 +125,7 @@ def test_large_transfer_is_approved_once_with_totp(page: Page, demo: DemoServer,
     submit_transfer(page, amount="5000", payee="Bob", shot=shot)
     expect(page.get_by_role("region", name="Why am I asked?")).to_contain_text(
         "Approve a transfer of 5000 to Bob")
-    assert bound_values(page) == {"amount": "5000", "payee": "Bob"}
+    assert bound_values(page) == {"Amount": "€5,000.00", "Payee": "Bob"}
     shot(page, "step-up")
 
     confirm_with_totp(page, alice)
@@ -248,7 +248,7 @@ def test_a_push_device_approves_a_transfer_from_another_browser(
         expect(details).to_contain_text("127.0.0.1")
         expect(details).to_contain_text(re.compile(r"Chrom\w* \d+ on Linux"))
         expect(details).to_contain_text("Approve a transfer of 7000 to Dave")
-        assert facts(page.locator("table.facts")) == {"amount": "7000", "payee": "Dave"}
+        assert facts(page.locator("table.facts")) == {"Amount": "€7,000.00", "Payee": "Dave"}
         shot(page, "push-approve")
         page.get_by_role("button", name=number, exact=True).click()
         expect(page).to_have_url(re.compile(r"/account\?m=Approved"))

@@ -68,6 +68,10 @@ rules:
     match: {{paths: ["/vault/**"]}}
     require: {{level: aal2, max_age: {VAULT_MAX_AGE:.0f}s, methods: [totp], scope: vault,
               reason: "Opening the vault"}}
+  - name: preview-report
+    mode: report
+    match: {{paths: ["/preview/**"]}}
+    require: {{level: aal2, max_age: 5m, reason: "Previewing a new rule"}}
   - name: api-reports
     match: {{paths: ["/api/reports/**"]}}
     require: {{level: aal2, max_age: 10m, reason: "Reading reports"}}
@@ -134,6 +138,7 @@ class Stack:
     proxy: Nginx | Caddy
     stepguard: Process
     users: dict[str, Seeded]
+    config: Path | None = None
 
     @property
     def origin(self) -> str:
@@ -280,7 +285,7 @@ def stack(
         else Caddy(caddyfile(**ports, site_name=HOST), workdir / "caddy")
     )
     with stepguard, proxy:
-        yield Stack(kind, proxy, stepguard, users)
+        yield Stack(kind, proxy, stepguard, users, config)
 
 
 def seed_users(config: Path) -> dict[str, Seeded]:
@@ -387,6 +392,31 @@ def test_signed_in_through_the_proxy_the_upstream_sees_alice(stack: Stack) -> No
         "Stepguard-Acr": [AAL1],
         "Stepguard-Amr": ["pwd"],
     }
+
+
+def test_a_report_mode_rule_lets_the_request_through_and_is_audited(stack: Stack) -> None:
+    """Shadow mode through the real proxy: the upstream is reached with alice's identity, and
+    the server's ledger holds the would-be step-up."""
+    alice = stack.users["alice"]
+    with stack.client() as client:
+        sign_in(client, alice)
+        response = client.get(f"/preview/{stack.kind}", headers=HTML)
+    assert response.status_code == 200, response.text
+    assert identity(echoed(response))["Remote-User"] == ["alice"]
+    assert stack.config is not None
+    runtime = build_runtime(load_config(stack.config), migrate=False)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            found = [e for e in runtime.audit_log.entries(kind="decision", rule="preview-report")
+                     if e.request.get("path") == f"/preview/{stack.kind}"]
+            if found or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    finally:
+        runtime.close()
+    assert [e.outcome for e in found] == ["would_step_up"]
+    assert found[0].decision == "allow"
 
 
 def test_sensitive_route_steps_up_with_its_reason_and_totp_lets_it_through(stack: Stack) -> None:

@@ -122,10 +122,10 @@ def test_the_operator_ends_all_sessions_and_agent_tokens_from_the_cli(env: Env) 
     with env.client() as client:
         sign_in(client, env.alice)
         assert door(client, token) == 502
-        result = CliRunner().invoke(cli, ["users", "end-sessions", "alice", "-c",
+        result = CliRunner().invoke(cli, ["users", "end-sessions", "alice", "--yes", "-c",
                                           str(env.folder / "stepguard.yaml")])
         assert result.exit_code == 0, result.output
-        assert "1 session" in result.output and "1 agent token" in result.output
+        assert "ended 1 session(s)" in result.output and "1 agent token" in result.output
         assert door(client, token) == 401  # another process's revocation, the next request
         assert client.get("/account").status_code == 303
 

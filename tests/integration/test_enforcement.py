@@ -30,7 +30,7 @@ from stepguard.service.accounts import Accounts
 from stepguard.service.runtime import Runtime, hash_token
 from stepguard.web.app import create_app
 from tests.integration.test_gateway import BASE, PEER, caddy_headers, csrf, forward, sign_in
-from tests.support.gateway import Clock, Seeded, make_runtime, seed_user
+from tests.support.gateway import Clock, Seeded, make_runtime, seed_user, shown
 
 UNTRUSTED = ("198.51.100.9", 4000)  # not in trusted_proxies (127.0.0.1/32 in the test config)
 OFFICE_IP = "10.20.0.1"  # inside the example policy's `office` network
@@ -65,8 +65,9 @@ def gw(tmp_path: Path) -> Iterator[Gw]:
 
 def wrong_password(client: TestClient, headers: dict[str, str] | None = None) -> int:
     page = client.get("/login")
-    return client.post("/login", headers=headers or {}, data={
-        "username": "alice", "password": "wrong", "csrf_token": csrf(page.text)}).status_code
+    answer = client.post("/login", headers=headers or {}, data={
+        "username": "alice", "password": "wrong", "csrf_token": csrf(page.text)})
+    return int(shown(client, answer, headers).status_code)
 
 
 def challenge_page(client: TestClient, path: str = "/admin/audit") -> str:

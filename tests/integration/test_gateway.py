@@ -14,7 +14,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from stepguard.web.app import create_app
-from tests.support.gateway import Clock, Seeded, make_runtime, seed_user
+from tests.support.gateway import Clock, Seeded, make_runtime, seed_user, shown
 
 BASE = "http://localhost:9091"
 PEER = ("127.0.0.1", 50000)
@@ -281,18 +281,16 @@ def test_wrong_passwords_are_throttled(gateway) -> None:  # type: ignore[no-unty
     statuses = []
     for _ in range(3):
         page = client.get("/login")
-        statuses.append(
-            client.post(
-                "/login",
-                data={"username": "alice", "password": "nope", "csrf_token": csrf(page.text)},
-            ).status_code
+        answer = client.post(
+            "/login", data={"username": "alice", "password": "nope", "csrf_token": csrf(page.text)}
         )
+        statuses.append(shown(client, answer).status_code)
     assert statuses[0] == 401 and 429 in statuses
     page = client.get("/login")
-    blocked = client.post(
+    blocked = shown(client, client.post(
         "/login",
         data={"username": "alice", "password": alice.password, "csrf_token": csrf(page.text)},
-    )
+    ))
     assert blocked.status_code == 429 and "Too many attempts" in blocked.text
 
 

@@ -28,7 +28,7 @@ from stepguard.service.runtime import Runtime, build_runtime
 from stepguard.service.stepup import StepUp
 from stepguard.web.app import create_app
 from tests.contract import build
-from tests.support.gateway import Clock, Seeded, seed_user, write_config
+from tests.support.gateway import Clock, Seeded, seed_user, shown, write_config
 
 BASE = "http://localhost:9091"
 PEER = ("127.0.0.1", 50000)  # a trusted proxy: X-Forwarded-For names the client
@@ -71,9 +71,10 @@ def csrf(html: str) -> str:
 
 def login(client: TestClient, username: str, password: str, ip: str):  # type: ignore[no-untyped-def]
     page = client.get("/login", headers={"X-Forwarded-For": ip})
-    return client.post("/login", headers={"X-Forwarded-For": ip},
-                       data={"username": username, "password": password,
-                             "csrf_token": csrf(page.text)})
+    answer = client.post("/login", headers={"X-Forwarded-For": ip},
+                         data={"username": username, "password": password,
+                               "csrf_token": csrf(page.text)})
+    return shown(client, answer, {"X-Forwarded-For": ip})
 
 
 def context(ip: str, device: str = "") -> RequestContext:
@@ -176,7 +177,8 @@ def lock_alice(runtime: Runtime, alice: Seeded, clock: Clock) -> None:
 def test_users_unlock_lifts_the_lock(runtime: Runtime, alice: Seeded, clock: Clock,
                                      config_path: Path) -> None:
     lock_alice(runtime, alice, clock)
-    result = CliRunner().invoke(cli, ["users", "unlock", "alice", "--config", str(config_path)])
+    result = CliRunner().invoke(cli, ["users", "unlock", "alice", "--config", str(config_path),
+                                        "--yes"])
     assert result.exit_code == 0, result.output
     assert "unlocked" in result.output
     assert login(browser(runtime), "alice", alice.password, STRANGER).status_code == 303

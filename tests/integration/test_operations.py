@@ -56,7 +56,7 @@ def test_password_change_and_disable_end_sessions_on_the_next_request(tmp_path: 
     assert guard.check(CTX, again.token).session is not None
     # Disabled from another process (the CLI): the epoch tells this instance's cache.
     config = tmp_path / "stepguard.yaml"
-    result = runner.invoke(app, ["users", "disable", "alice", "-c", str(config)])
+    result = runner.invoke(app, ["users", "disable", "alice", "-c", str(config), "--yes"])
     assert result.exit_code == 0, result.output
     assert guard.check(CTX, again.token).session is None
     runtime.close()

@@ -14,7 +14,7 @@ from stepguard.service.runtime import hash_token
 from tests.integration import test_enforcement
 from tests.integration.test_enforcement import Gw, challenge_page, submit
 from tests.integration.test_gateway import BASE, csrf, forward, sign_in
-from tests.support.gateway import seed_user
+from tests.support.gateway import seed_user, shown
 from tests.support.soft_authenticator import SoftAuthenticator
 
 gw = test_enforcement.gw  # the same fixture: a runtime on SQLite, alice, a settable clock
@@ -118,16 +118,21 @@ def test_the_admin_console_needs_the_admins_group_and_a_step_up(gw: Gw) -> None:
         console = admin.get("/admin", params={"user": "bob", "rule": "", "outcome": ""})
         assert console.status_code == 200 and "bob" in console.text
         bob_session = gw.runtime.store.sessions.list_for_user(bob.user.id)[0]
-        revoked = admin.post("/admin/sessions/revoke", data={
+        asked = admin.post("/admin/sessions/revoke", data={
             "session_id": bob_session.id, "csrf_token": csrf(console.text)})
+        assert asked.status_code == 200 and 'name="confirm"' in asked.text  # confirm first
+        assert forward(bobs, "/dashboard").status_code == 200  # nothing happened yet
+        revoked = admin.post("/admin/sessions/revoke", data={
+            "session_id": bob_session.id, "csrf_token": csrf(asked.text), "confirm": "yes"})
         assert revoked.status_code == 303
         assert forward(bobs, "/dashboard").headers["location"].startswith(f"{BASE}/login")
         disabled = admin.post("/admin/users/disable", data={
-            "user_id": bob.user.id, "csrf_token": csrf(console.text)})
+            "user_id": bob.user.id, "csrf_token": csrf(console.text), "confirm": "yes"})
         assert disabled.status_code == 303
         page = bobs.get("/login")
-        assert bobs.post("/login", data={"username": "bob", "password": bob.password,
-                                         "csrf_token": csrf(page.text)}).status_code == 401
+        refused = bobs.post("/login", data={"username": "bob", "password": bob.password,
+                                            "csrf_token": csrf(page.text)})
+        assert shown(bobs, refused).status_code == 401
 
 
 def meta_csrf(html: str) -> str:

@@ -51,6 +51,12 @@ class DemoServer(Process):
         self.users = read_users(self.data / "users.txt")
         return self
 
+    @property
+    def postgres_port(self) -> int | None:
+        """The demo's database door, when the demo could start a PostgreSQL."""
+        found = self.data / "postgres.txt"
+        return int(found.read_text().strip().rsplit(":", 1)[1]) if found.exists() else None
+
     def user(self, username: str) -> DemoUser:
         try:
             return self.users[username]

@@ -7,6 +7,7 @@ import secrets
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyotp
 
@@ -74,3 +75,12 @@ def seed_user(runtime: Runtime, username: str = "alice", *, groups: tuple[str, .
     if with_totp:
         accounts.add_totp_secret(user, secret)
     return Seeded(user, password, secret)
+
+
+def shown(client: Any, response: Any, headers: dict[str, str] | None = None) -> Any:
+    """What the browser shows after a form: a failed form answers 303 back to its page (post/
+    redirect/get) and that GET carries the error and its status; anything else as it is."""
+    location = response.headers.get("location", "")
+    if response.status_code == 303 and "stepguard_flash" in response.headers.get("set-cookie", ""):
+        return client.get(location, headers=headers or {})
+    return response

@@ -577,5 +577,5 @@ def test_the_package_exports_exactly_its_public_api() -> None:
     for name in audit.__all__:
         assert getattr(audit, name).__module__.startswith("stepguard.audit."), name
     public = {name for name in vars(audit) if not name.startswith("_")}
-    assert public - set(audit.__all__) <= {"commands", "export", "ledger", "memory", "summary",
-                                           "writer"}
+    assert public - set(audit.__all__) <= {"commands", "export", "ledger", "memory", "replay",
+                                           "summary", "writer"}

@@ -84,7 +84,7 @@ def test_idle_session_loses_its_level() -> None:
     assert decide(policy, ctx("/x"), active, now=NOW).allowed
     decision = decide(policy, ctx("/x"), idle, now=NOW)
     assert decision.outcome is Outcome.STEP_UP
-    assert any("current sign-in is aal1" in r for r in decision.reasons)
+    assert any("You signed in with your password only" in r for r in decision.reasons)
 
 
 def grant(

@@ -41,7 +41,9 @@ FRESH_TOTP = ("totp", Level.AAL2, 20.0)
 
 def test_level() -> None:
     decision = decision_for({"level": "aal2", "max_age": "1h"}, PASSWORD)
-    assert "Your current sign-in is aal1; this needs aal2." in decision.reasons
+    assert ("You signed in with your password only; this needs a second proof, such as a "
+            "passkey or a code from your authenticator app." in decision.reasons)
+    assert not any("aal" in r for r in decision.reasons)  # plain words only
     assert not any(FALSE_AGE in r for r in decision.reasons)
 
 

@@ -31,6 +31,7 @@ from webauthn.helpers import (
 )
 from webauthn.helpers.structs import PublicKeyCredentialDescriptor
 
+from stepguard.web import charts
 from stepguard.web.render import (
     STATIC_DIR,
     TEMPLATES_DIR,
@@ -163,8 +164,9 @@ PAGES: dict[str, dict[str, Any]] = {
                 "last_seen_text": "1 hour ago",
             },
         ],
-        "devices": [{"id": "d-3f2a", "last_seen_text": "now"}],
-        "events": [{"at_text": "14:02", "kind": "step_up", "outcome": "passed", "detail": EVIL}],
+        "devices": [{"browser": EVIL, "last_seen_text": "now", "current": False},
+                    {"browser": "Firefox 128 on Linux", "last_seen_text": "now", "current": True}],
+        "events": [{"at_text": "14:02", "text": "Signed in", "detail": [EVIL]}],
         "pending_pushes": [{"id": "p1", "url": "/account/push/p1"}],
         "push_devices": [
             {"id": "d1", "label": EVIL, "browser": "Chrome 126 on Android",
@@ -178,6 +180,16 @@ PAGES: dict[str, dict[str, Any]] = {
         "enrol_push_url": "/account/push-device",
         "recovery_url": "/account/recovery",
         "logout_url": "/logout",
+        "db_tokens_url": "/account/db-tokens",
+    },
+    "db_tokens.html": {
+        "tokens": [{"id": "0123456789abcdef", "level": "aal2", "current": True,
+                    "expires_in": "480 min"},
+                   {"id": EVIL, "level": "aal1", "current": False, "expires_in": "3 min"}],
+        "databases": ["app", EVIL],
+        "issued_url": "postgresql://alice.0123456789abcdef:" + EVIL + "@db:6432/app",
+        "issue_url": "/account/db-tokens", "revoke_url": "/account/db-tokens/revoke",
+        "user": USER,
     },
     "enrol_totp.html": {
         "qr_svg": QR,
@@ -206,49 +218,61 @@ PAGES: dict[str, dict[str, Any]] = {
     },
     "admin.html": {
         "user": USER,
+        "role": "admin",
+        "may": {"auditor": True, "operator": True, "admin": True},
         "users": [
-            {
-                "id": "u1",
-                "username": "alice",
-                "display_name": EVIL,
-                "groups": ["admins", "ops"],
-                "disabled": False,
-                "factor_count": 2,
-            },
-            {
-                "id": "u2",
-                "username": "bob",
-                "display_name": "Bob",
-                "groups": [],
-                "disabled": True,
-                "factor_count": 0,
-            },
+            {"id": "u1", "username": "alice", "display_name": EVIL, "groups": ["admins", "ops"],
+             "disabled": False, "role": "admin", "factor_count": 2, "source": "local"},
+            {"id": "u2", "username": "bob", "display_name": "Bob", "groups": [],
+             "disabled": True, "role": "", "factor_count": 0, "source": "corp-idp"},
         ],
         "sessions": [{"id": "s9", "user": "alice", "ip": "203.0.113.7", "last_seen_text": "now"}],
-        "entries": [
-            {
-                "seq": 7,
-                "at_text": "14:02",
-                "kind": "decision",
-                "subject": "alice",
-                "rule": "large-transfer",
-                "decision": "step_up",
-                "outcome": "challenged",
-                "factor": None,
-                "reasons": [EVIL, "new device"],
-            },
-        ],
-        "filters": {"user": EVIL, "rule": "", "outcome": ""},
-        "revoke_url": "/admin/sessions/revoke",
-        "disable_url": "/admin/users/disable",
-        "unlock_url": "/admin/users/unlock",
+        "chain": {"head": 7, "hash": "0123456789abcdef", "count": 7, "checkpoint": 0,
+                  "verified": {"at": "now", "ok": True, "text": "ok"}},
+        "policy": {"version": 3, "digest": "abcdef0123456789", "loaded": "today",
+                   "mode": "enforce", "report_rules": [EVIL]},
+        "shadow": [{"rule": EVIL, "allow": 5, "would_step_up": 2}],
+        "dead_letters": 1,
     },
-    "admin_unlock.html": {
-        "user": USER,
-        "account": {"id": "u1", "username": EVIL},
-        "unlock_url": "/admin/users/unlock",
-        "cancel_url": "/admin",
+    "admin_confirm.html": {
+        "user": USER, "heading": "Disable alice?", "text": EVIL,
+        "action": "/admin/users/disable", "fields": {"user_id": "u1"},
     },
+    "admin_created.html": {"user": USER, "role": "admin", "username": EVIL, "password": "pw"},
+    "admin_audit.html": {
+        "user": USER, "role": "auditor",
+        "filters": {"user": EVIL, "rule": "", "outcome": "", "kind": "decision", "from": "",
+                    "to": ""},
+        "entries": [{"seq": 7, "at_text": "14:02", "kind": "decision", "subject": "alice",
+                     "request": "GET app.test/x", "rule": "large-transfer",
+                     "decision": "step_up", "outcome": "step_up", "factor": "",
+                     "reasons": [EVIL, "new device"]}],
+        "next_url": "/admin/audit?before=7", "first_url": "/admin/audit",
+    },
+    "admin_policy.html": {
+        "user": USER, "role": "auditor",
+        "current": {"version": 2, "digest": "ab" * 32, "loaded": "today", "source": "p.yaml",
+                    "text": EVIL},
+        "previous": {"version": 1, "loaded": "yesterday"}, "diff": "-a\n+b\n",
+        "versions": [{"version": 2, "digest": "abab", "loaded": "today"}],
+        "rules": [{"name": "r", "mode": "report", "description": EVIL}],
+    },
+    "admin_notifications.html": {
+        "user": USER, "role": "auditor",
+        "letters": [{"at": "now", "target": "hooks.example", "event": "lockout",
+                     "attempts": 6, "error": EVIL}],
+    },
+    "admin_dashboard.html": {
+        "user": USER, "role": "auditor", "period": "7d", "periods": ["24h", "7d", "30d"],
+        "charts": [(EVIL, charts.bars(EVIL, [(EVIL, 3)], ident="c1")),
+                   ("Over time", charts.stacked("t", ["a", "b"], {"allow": [1, 2]},
+                                                ident="c2")),
+                   ("Pairs", charts.paired("p", [("totp", 2, 1)], ("started", "passed"),
+                                           ident="c3"))],
+        "tables": [("Rules", [(EVIL, 3)], ["rule", "count"])],
+    },
+    "inline_done.html": {"embedded": True, "parent_origin": EVIL,
+                          "inline_challenge": "c1"},
     "message.html": {
         "heading": "Request denied",
         "message": EVIL,
@@ -317,7 +341,8 @@ def render(renderer: Renderer, name: str, **overrides: Any) -> str:
 
 
 def test_every_template_has_a_representative_context() -> None:
-    templates = {p.name for p in TEMPLATES_DIR.glob("*.html")} - {"base.html", "_macros.html"}
+    templates = {p.name for p in TEMPLATES_DIR.glob("*.html")
+                 if not p.name.startswith("_")} - {"base.html"}  # partials are included
     assert templates == set(PAGES)
 
 
@@ -382,7 +407,8 @@ def test_missing_context_raises(renderer: Renderer, name: str) -> None:
     required = [
         k
         for k in PAGES[name]
-        if k not in {"error", "user", "flash", "push", "link", "challenge_id", "reasons"}
+        if k not in {"error", "user", "flash", "push", "link", "challenge_id", "reasons",
+                     "embedded", "parent_origin", "inline_challenge"}
     ]
     for key in required:
         context = {k: v for k, v in PAGES[name].items() if k != key}
@@ -429,7 +455,7 @@ def test_login_form(renderer: Renderer) -> None:
     assert form["action"] == "/login" and form["method"] == "post"
     names = {f.get("name"): f for f in form["fields"]}
     assert names["challenge_id"]["value"] == "c1" and names["challenge_id"]["type"] == "hidden"
-    assert names["username"]["autocomplete"] == "username"
+    assert names["username"]["autocomplete"] == "username webauthn"  # passkey autofill
     assert names["password"]["type"] == "password"
     assert names["password"]["autocomplete"] == "current-password"
 
@@ -453,7 +479,7 @@ def test_step_up_shows_why_and_what(renderer: Renderer) -> None:
     assert f"<li>{ESCAPED}</li>" in html
     assert '<tr><th scope="row">amount</th><td>1,500.00 EUR</td></tr>' in html
     assert f'<tr><th scope="row">payee</th><td>{ESCAPED}</td></tr>' in html
-    assert "assurance level aal2" in html and level_words("aal2") in html
+    assert level_words("aal2") in html and "aal2" not in html.split("<main", 1)[1]  # plain words
     assert "expires in 5 minutes" in html
     assert "Your form submission (POST) is kept" in html
 
@@ -606,14 +632,6 @@ def test_recovery_codes_page(renderer: Renderer) -> None:
 def test_admin_page(renderer: Renderer) -> None:
     html = render(renderer, "admin.html")
     page = Page(html)
-    (filters,) = [f for f in page.forms if f["method"] == "get"]
-    assert filters["action"] is None  # submits to the page itself
-    assert [f.get("name") for f in filters["fields"] if f["tag"] == "input"] == [
-        "user",
-        "rule",
-        "outcome",
-    ]
-    assert page.with_attr("id", "filter-user")[0]["value"] == EVIL  # attribute round-trips escaped
     disabled = [
         f.get("value")
         for form in page.forms
@@ -621,9 +639,22 @@ def test_admin_page(renderer: Renderer) -> None:
         for f in form["fields"]
         if f.get("name") == "user_id"
     ]
-    assert disabled == ["u1"]
-    assert "<td>admins, ops</td>" in html and f"{ESCAPED}; new device" in html
+    assert disabled == ["u1"]  # bob is disabled already
+    assert '<td data-label="Groups">admins, ops</td>' in html and ESCAPED in html
     assert "None" not in html
+    auditor = render(renderer, "admin.html",
+                     may={"auditor": True, "operator": False, "admin": False})
+    actions = {f["action"] for f in Page(auditor).forms}
+    assert actions == {"/admin/chain/verify"}  # an auditor is shown no action
+
+
+def test_admin_audit_filters(renderer: Renderer) -> None:
+    page = Page(render(renderer, "admin_audit.html"))
+    (filters,) = [f for f in page.forms if f["method"] == "get"]
+    assert filters["action"] == "/admin/audit"
+    assert [f.get("name") for f in filters["fields"] if f["tag"] in ("input", "select")] == [
+        "user", "rule", "outcome", "kind", "from", "to"]
+    assert page.with_attr("id", "f-user")[0]["value"] == EVIL  # attribute round-trips escaped
 
 
 def test_message_page_link_is_optional(renderer: Renderer) -> None:
@@ -1005,7 +1036,8 @@ def test_js_polls_push_until_approved_then_follows_redirect(tmp_path: Path) -> N
     assert [f["url"] for f in out["fetches"]] == ["/step-up/c1/push/status"] * 3
     assert {f["method"] for f in out["fetches"]} == {"GET"}
     assert {f["credentials"] for f in out["fetches"]} == {"same-origin"}
-    assert out["delays"] == [2000, 2000, 2000]
+    # three polls, then the "Continue" link offered in case the page stays (a download)
+    assert out["delays"] == [2000, 2000, 2000, 4000]
     assert out["assigned"] == ORIGIN + "/step-up/c1/confirm"
 
 

@@ -476,7 +476,8 @@ def bearer_response(check: BearerCheck, runtime: Runtime) -> Response | None:
         decision = replace(decision, requirement=requirement)
     # body: reasons, level, max_age; no Location: an API client goes back to the issuer, named
     # in the body
-    response = step_up_response(decision, settings.issuer, runtime.policy, with_location=False)
+    response = step_up_response(decision, settings.issuer, runtime.policy, with_location=False,
+                                portal_challenge=False)
     response.headers["WWW-Authenticate"] = bearer_challenge(check, runtime) or "Bearer"
     return response
 

@@ -34,13 +34,19 @@ def describe(reasons: Sequence[str]) -> str:
 
 
 def step_up_challenge(reasons: Sequence[str], *, acr_values: str | None = None,
-                      max_age: float | None = None) -> str:
-    """The RFC 9470 challenge: what level (acr) and how fresh (max_age seconds) is needed."""
+                      max_age: float | None = None, challenge_url: str | None = None) -> str:
+    """The RFC 9470 challenge: what level (acr) and how fresh (max_age seconds) is needed.
+
+    `challenge_url` adds the extension parameter `stepguard_challenge` (where the user
+    completes it): nginx `auth_request` passes only this header of a 401 on, not its body, and
+    the inline dialog (stepguard.js) needs the address behind every proxy."""
     parts = [f'Bearer error="{STEP_UP_ERROR}"', f'error_description="{describe(reasons)}"']
     if acr_values:
         parts.append(f'acr_values="{quoted(acr_values)}"')
     if max_age is not None:
         parts.append(f"max_age={int(max_age)}")
+    if challenge_url:
+        parts.append(f'stepguard_challenge="{quoted(challenge_url)}"')
     return ", ".join(parts)
 
 
@@ -50,14 +56,17 @@ def token_challenge(code: str, description: str) -> str:
 
 
 def step_up_response(decision: Decision, location: str, policy: Policy, *,
-                     with_location: bool = True) -> Response:
+                     with_location: bool = True, portal_challenge: bool = True) -> Response:
     """The `401` step-up answer of forward-auth, the reverse proxy and bearer tokens: the
     challenge header and a JSON body naming the reasons, the level, `max_age` and where the
-    user completes it (`Location` too unless `with_location` is off)."""
+    user completes it (`Location` too unless `with_location` is off; the header's
+    `stepguard_challenge` too unless `portal_challenge` is off: a bearer token's "location" is
+    its issuer, not a Stepguard step-up page)."""
     requirement = decision.requirement
     acr = policy.levels[requirement.level].acr if requirement is not None else None
     header = step_up_challenge(decision.reasons, acr_values=acr,
-                               max_age=requirement.max_age if requirement else None)
+                               max_age=requirement.max_age if requirement else None,
+                               challenge_url=location if portal_challenge else None)
     body = {"error": STEP_UP_ERROR, "reasons": list(decision.reasons),
             "challenge_url": location,
             "level": requirement.level.label if requirement else "aal1",

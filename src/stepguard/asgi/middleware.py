@@ -326,7 +326,8 @@ def rfc9470(answer: DecideResponse) -> Response:
             "challenge_url": answer.challenge_url, "level": answer.level,
             "max_age": answer.max_age, "bound_values": answer.bound_values}
     headers = {"WWW-Authenticate": step_up_challenge(answer.reasons, acr_values=answer.acr,
-                                                     max_age=answer.max_age)}
+                                                     max_age=answer.max_age,
+                                                     challenge_url=answer.challenge_url)}
     if answer.challenge_url:
         headers["Location"] = answer.challenge_url
     return _json(body, 401, headers)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
 from typing import TextIO
 
 from cryptography.hazmat.primitives import serialization
@@ -20,6 +23,7 @@ from stepguard.audit.ledger import (
     verify_chain,
     verify_checkpoint,
 )
+from stepguard.audit.replay import ReplayReport, replay
 from stepguard.core.errors import AuditIntegrityError, ConfigError, Problem, VerificationFailed
 from stepguard.storage.audit_store import LedgerState, SqlAuditLog
 from stepguard.storage.engine import make_engine
@@ -158,3 +162,42 @@ class _Counting:
         for entry in self._entries:
             yield entry
             self.count += 1
+
+
+def replay_store(url: str, candidate: Path, *, since: float, until: float, examples: int = 3,
+                 jobs: int = 1) -> ReplayReport:
+    """Replay the decision entries of [since, until) in the store at `url` through the policy
+    file `candidate`, read page by page through the `at` index (never all at once). With
+    `jobs` > 1 the period is cut into that many slices replayed by as many processes; the
+    merged report is the same as with one."""
+    slices = _slices(since, until, max(1, jobs))
+    if len(slices) == 1:
+        return _replay_slice(url, str(candidate), since, until, examples)
+    report = ReplayReport()
+    with ProcessPoolExecutor(len(slices), mp_context=get_context("spawn")) as pool:
+        parts = pool.map(_replay_slice, *zip(*[(url, str(candidate), a, b, examples)
+                                               for a, b in slices], strict=True))
+        for part in parts:
+            report.merge(part, examples=examples)
+    return report
+
+
+def _slices(since: float, until: float, jobs: int) -> list[tuple[float, float]]:
+    step = (until - since) / jobs
+    bounds = [since + i * step for i in range(jobs)] + [until]
+    return [(bounds[i], bounds[i + 1]) for i in range(jobs) if bounds[i] < bounds[i + 1]] or [
+        (since, until)]
+
+
+def _replay_slice(url: str, candidate: str, since: float, until: float,
+                  examples: int) -> ReplayReport:
+    from stepguard.config.load import load_policy
+
+    policy = load_policy(Path(candidate))
+    engine = make_engine(url)
+    try:
+        entries = SqlAuditLog(engine, page_size=2000).entries(kind="decision", since=since,
+                                                              until=until)
+        return replay(entries, policy, examples=examples)
+    finally:
+        engine.dispose()

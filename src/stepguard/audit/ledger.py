@@ -50,7 +50,7 @@ class AuditKind(StrEnum):
 
 KNOWN_KINDS = frozenset(kind.value for kind in AuditKind)
 
-REQUEST_FIELDS = ("method", "host", "path", "client_ip", "action")
+REQUEST_FIELDS = ("method", "host", "path", "client_ip", "action", "statement")
 
 _ENTRY_DOMAIN = b"stepguard-audit-entry-v1\n"
 _CHECKPOINT_DOMAIN = b"stepguard-audit-checkpoint-v1\n"
@@ -147,6 +147,11 @@ def request_summary(request: RequestContext, *, ip_key: bytes | None = None) -> 
     ip = request.client_ip
     if ip and ip_key is not None:
         ip = pseudonymise_ip(ip, key=ip_key)
+    if request.door == "postgres":  # the database door: kind, database, statement text
+        facts = request.statement
+        return {"method": str(facts.get("kind", "")).upper(), "host": str(facts.get("database")),
+                "path": "", "client_ip": ip, "action": "postgres",
+                "statement": str(facts.get("text", ""))[:2000]}
     return {
         "method": request.method,
         "host": request.host,
@@ -221,7 +226,8 @@ class AuditEvent:
         object.__setattr__(self, "at", normalise_time(self.at))
         object.__setattr__(self, "request", _clean_request(self.request))
         object.__setattr__(self, "reasons", _clean_reasons(self.reasons))
-        object.__setattr__(self, "detail", MappingProxyType(_json_normal(redact(self.detail))))
+        detail = _resolved(self.detail)
+        object.__setattr__(self, "detail", MappingProxyType(_json_normal(redact(detail))))
         for name, limit in _TEXT_LIMITS.items():
             value = str(getattr(self, name))
             if len(value) > limit:
@@ -247,6 +253,15 @@ class AuditEntry:
     detail: Mapping[str, Any]
     prev_hash: str
     hash: str
+
+
+def _resolved(detail: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The detail with deferred values (objects with `as_json`, such as the decision inputs the
+    hot path passes by reference) turned into JSON values, here in the checking thread."""
+    if not any(hasattr(value, "as_json") for value in detail.values()):
+        return detail
+    return {key: value.as_json() if hasattr(value, "as_json") else value
+            for key, value in detail.items()}
 
 
 def normalise_time(at: float) -> float:

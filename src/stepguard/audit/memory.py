@@ -22,20 +22,24 @@ class MemoryAuditLog:
             return entries
 
     def entries(self, *, after_seq: int = 0, subject: str | None = None,
-                kind: str | None = None, **_filters: object) -> Iterator[AuditEntry]:
+                kind: str | None = None, since: float | None = None,
+                until: float | None = None, **_filters: object) -> Iterator[AuditEntry]:
         with self._lock:
             found = list(self._entries)
         return iter([e for e in found if e.seq > after_seq
                      and (subject is None or e.subject == subject)
-                     and (kind is None or e.kind == kind)])
+                     and (kind is None or e.kind == kind)
+                     and (since is None or e.at >= since) and (until is None or e.at < until)])
 
     def latest(self, *, limit: int, subject: str | None = None, rule: str | None = None,
-               outcome: str | None = None) -> list[AuditEntry]:
+               outcome: str | None = None,
+               exclude_outcomes: Sequence[str] = ()) -> list[AuditEntry]:
         with self._lock:
             found = list(self._entries)
         wanted = [e for e in reversed(found) if (subject is None or e.subject == subject)
                   and (rule is None or e.rule == rule)
-                  and (outcome is None or e.outcome == outcome)]
+                  and (outcome is None or e.outcome == outcome)
+                  and e.outcome not in exclude_outcomes]
         return wanted[:max(0, limit)]
 
     def count(self) -> int:

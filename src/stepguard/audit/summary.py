@@ -8,8 +8,14 @@ DSS 10.2.1: individual user access to cardholder data; see docs/configuration.md
 
 `note` costs a dict lookup and an increment under a lock. The audit writer's thread asks for the
 closed intervals (`due`) and seals one entry per key: kind `decision`, decision `allow`, outcome
-`allow_summary`, `at` the last allow's time, detail `count`, `first`, `last`, `interval` and up to
-`PATH_SAMPLE` distinct paths.
+`allow_summary`, `at` the last allow's time, detail `count`, `first`, `last`, `interval`, up to
+`PATH_SAMPLE` distinct paths, the same as `requests` ([method, path, count]; `unlisted` counts
+the rest) and, for what-if replay (`audit.replay`), the decision's `input`.
+
+A key also holds the client IP and an `input_mark` (what the caller says distinguishes one
+decision input from another: the session's events, the risk): a session that steps up or whose
+risk changes mid-interval starts a new entry, so each entry's recorded input is exact for every
+request it counts. The client IP is pseudonymised when an `ip_key` is given.
 """
 
 from __future__ import annotations
@@ -17,12 +23,13 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
-from stepguard.audit.ledger import AuditEvent, AuditKind
+from stepguard.audit.ledger import AuditEvent, AuditKind, pseudonymise_ip
 
 PATH_SAMPLE = 10
 
-Key = tuple[str, str, str, int]  # subject, session ref, rule, interval number
+Key = tuple[str, str, str, int, str, object]  # subject, session, rule, interval, ip, input mark
 
 
 @dataclass(slots=True)
@@ -33,28 +40,43 @@ class _Open:
     last: float
     count: int = 0
     paths: list[str] = field(default_factory=list)
+    requests: dict[tuple[str, str], int] = field(default_factory=dict)
+    unlisted: int = 0
+    input: Any = None
 
 
 class AllowSummary:
-    def __init__(self, interval: float = 60.0) -> None:
+    def __init__(self, interval: float = 60.0, *, ip_key: bytes | None = None) -> None:
         if interval <= 0:
             raise ValueError("the summary interval must be positive")
         self.interval = interval
+        self.ip_key = ip_key
         self._open: dict[Key, _Open] = {}
         self._lock = threading.Lock()
 
     def note(self, *, subject: str, session: str, rule: str, at: float, host: str,
-             method: str, path: str) -> None:
-        key = (subject, session, rule, math.floor(at / self.interval))
+             method: str, path: str, ip: str = "", input_mark: object = None,
+             input: Any = None) -> None:
+        """Count one plain allow. `input` (kept by reference, for replay) is taken from the
+        first allow of its key; `input_mark` must change whenever it would differ."""
+        key = (subject, session, rule, math.floor(at / self.interval), ip, input_mark)
         with self._lock:
             entry = self._open.get(key)
             if entry is None:
-                entry = self._open[key] = _Open(host, method, at, at)
+                entry = self._open[key] = _Open(host, method, at, at, input=input)
             entry.count += 1
             if at > entry.last:
                 entry.last = at
-            if len(entry.paths) < PATH_SAMPLE and path not in entry.paths:
-                entry.paths.append(path)
+            hit = (method, path)
+            seen = entry.requests.get(hit)
+            if seen is not None:
+                entry.requests[hit] = seen + 1
+            elif len(entry.requests) < PATH_SAMPLE:
+                entry.requests[hit] = 1
+                if path not in entry.paths:
+                    entry.paths.append(path)
+            else:
+                entry.unlisted += 1
 
     @property
     def pending(self) -> int:
@@ -85,11 +107,20 @@ class AllowSummary:
         return [self._event(key, entry) for key, entry in taken]
 
     def _event(self, key: Key, entry: _Open) -> AuditEvent:
-        subject, session, rule, _ = key
+        subject, session, rule, _, ip, _ = key
+        if ip and self.ip_key is not None:
+            ip = pseudonymise_ip(ip, key=self.ip_key)
+        detail: dict[str, Any] = {
+            "count": entry.count, "first": entry.first, "last": entry.last,
+            "interval": self.interval, "paths": list(entry.paths),
+            "requests": [[m, p, n] for (m, p), n in entry.requests.items()],
+            "unlisted": entry.unlisted}
+        if entry.input is not None:
+            detail["input"] = entry.input
+            if hasattr(entry.input, "risk_detail"):
+                detail.update(entry.input.risk_detail())
         return AuditEvent(
             at=entry.last, kind=AuditKind.DECISION, subject=subject, session=session,
-            request={"method": entry.method, "host": entry.host},
-            decision="allow", rule=rule, outcome="allow_summary",
-            detail={"count": entry.count, "first": entry.first, "last": entry.last,
-                    "interval": self.interval, "paths": list(entry.paths)},
+            request={"method": entry.method, "host": entry.host, "client_ip": ip},
+            decision="allow", rule=rule, outcome="allow_summary", detail=detail,
         )

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import typer
 
-from stepguard.cli import api_keys_cmd, policy_cmd, server_cmd
+from stepguard.cli import (
+    admin_cmd,
+    api_keys_cmd,
+    policy_cmd,
+    postgres_cmd,
+    replay_cmd,
+    report_cmd,
+    server_cmd,
+)
 from stepguard.cli.output import console, fail_with_problems
 from stepguard.config.load import load_config
 from stepguard.core.errors import ConfigError
@@ -16,7 +24,11 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+policy_cmd.app.command("replay")(replay_cmd.replay_cmd)
+policy_cmd.app.command("versions")(admin_cmd.policy_versions)
+policy_cmd.app.command("diff")(admin_cmd.policy_diff)
 app.add_typer(policy_cmd.app, name="policy")
+app.add_typer(report_cmd.app, name="report")
 
 
 @app.callback()
@@ -31,6 +43,8 @@ config_app = typer.Typer(help="Check configuration files.", no_args_is_help=True
 app.add_typer(config_app, name="config")
 server_cmd.register(app)
 app.add_typer(api_keys_cmd.app, name="api-keys")
+app.add_typer(postgres_cmd.app, name="postgres")
+app.command("db-login")(postgres_cmd.db_login)
 
 
 @config_app.command("validate")
@@ -62,6 +76,17 @@ def demo(
     from stepguard.demo.run import run
 
     run(data, port, idp=idp)
+
+
+@app.command("demo-code")
+def demo_code(
+    username: str = typer.Argument(..., help="a seeded demo user (alice, bob)"),
+    data: Path = typer.Option(Path("data"), help="the demo's data folder"),
+) -> None:
+    """Print a demo user's current authenticator code and how long it stays valid."""
+    from stepguard.demo.run import current_code
+
+    print(current_code(data, username))
 
 
 if __name__ == "__main__":

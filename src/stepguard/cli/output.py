@@ -69,3 +69,7 @@ def print_decision(decision: Decision) -> None:
     console.print(f"[bold]Decision:[/] {decision_line(decision)}", markup=True)
     for reason in decision.reasons:
         console.print(f"  - {reason}", markup=False)
+    if decision.shadow is not None:
+        console.print(f"[bold]Report mode would:[/] {decision_line(decision.shadow)}", markup=True)
+        for reason in decision.shadow.reasons:
+            console.print(f"  - {reason}", markup=False)

@@ -60,6 +60,18 @@ def serve(config: Path = CONFIG, host: str | None = None, port: int | None = Non
     bind_host, bind_port = host or settings.host, port or settings.port
     os.environ["STEPGUARD_CONFIG"] = str(config.resolve())
     runtime_for(config).close()  # validate, open and migrate once before any worker starts
+    from stepguard.cli.postgres_cmd import start_beside_http
+
+    door = start_beside_http(config)  # the database door, when postgres listeners are set
+    try:
+        _serve_http(settings, bind_host, bind_port)
+    finally:
+        if door is not None:
+            door.terminate()
+            door.wait(10)
+
+
+def _serve_http(settings: Any, bind_host: str, bind_port: int) -> None:
     if settings.server == "granian":
         from granian import Granian
         from granian.constants import Interfaces
@@ -150,41 +162,39 @@ def users_list(config: Path = CONFIG) -> None:
     runtime.close()
 
 
-def users_disable(username: str, config: Path = CONFIG) -> None:
+def users_disable(username: str, config: Path = CONFIG,
+                  yes: bool = typer.Option(False, "--yes", "-y", help="do not ask")) -> None:
     """Disable a user and end all their sessions and agent tokens."""
+    from stepguard.cli.admin_cmd import confirm, operator
     from stepguard.service.accounts import Accounts
 
+    confirm(f"Disable {username} and end every session of theirs?", yes)
     with user_named(username, config) as (runtime, user):
-        Accounts(runtime).disable_user(user.id)
+        Accounts(runtime).disable_user(user.id, by=operator())
     console.print(f"disabled {username}; their sessions and agent tokens are ended")
 
 
-def users_end_sessions(username: str, config: Path = CONFIG) -> None:
-    """End all of a user's sessions and revoke every agent token of theirs ("sign out
-    everywhere")."""
-    from stepguard.service.accounts import Accounts
-
-    with user_named(username, config) as (runtime, user):
-        sessions, agents = Accounts(runtime).end_all_sessions(user.id)
-    console.print(f"ended {sessions} session(s) and revoked {agents} agent token(s) of "
-                  f"{username}")
-
-
-def users_unlock(username: str, config: Path = CONFIG) -> None:
+def users_unlock(username: str, config: Path = CONFIG,
+                 yes: bool = typer.Option(False, "--yes", "-y", help="do not ask")) -> None:
     """Lift every throttle lock and back-off on a user's sign-in and step-up attempts."""
+    from stepguard.cli.admin_cmd import confirm, operator
     from stepguard.service.accounts import Accounts
 
+    confirm(f"Lift every lock on the attempts of {username}?", yes)
     with user_named(username, config) as (runtime, user):
-        Accounts(runtime).unlock(user.id)
+        Accounts(runtime).unlock(user.id, by=operator())
     console.print(f"unlocked {username}: failed attempts no longer hold them back")
 
 
-def users_reset_factors(username: str, config: Path = CONFIG) -> None:
+def users_reset_factors(username: str, config: Path = CONFIG,
+                        yes: bool = typer.Option(False, "--yes", "-y", help="do not ask")) -> None:
     """Remove a user's second factors and recovery codes, and end their sessions."""
+    from stepguard.cli.admin_cmd import confirm, operator
     from stepguard.service.accounts import Accounts
 
+    confirm(f"Remove every second factor and recovery code of {username}?", yes)
     with user_named(username, config) as (runtime, user):
-        count = Accounts(runtime).reset_factors(user.id)
+        count = Accounts(runtime).reset_factors(user.id, by=operator())
     console.print(f"removed {count} factor(s) of {username}")
 
 
@@ -283,6 +293,8 @@ def audit_export(
 
 
 def register(app: typer.Typer) -> None:
+    from stepguard.cli import admin_cmd
+
     app.command("serve")(serve)
     db = typer.Typer(help="Database migrations.", no_args_is_help=True)
     db.command("upgrade")(db_upgrade)
@@ -299,10 +311,12 @@ def register(app: typer.Typer) -> None:
     users.command("import")(users_import)
     users.command("set-password")(users_set_password)
     users.command("unlock")(users_unlock)
-    users.command("end-sessions")(users_end_sessions)
+    users.command("end-sessions")(admin_cmd.users_end_sessions)
     app.add_typer(users, name="users")
     audit = typer.Typer(help="The audit ledger.", no_args_is_help=True)
     audit.command("verify")(audit_verify)
     audit.command("export")(audit_export)
     audit.command("prune")(audit_prune)
+    audit.command("list")(admin_cmd.audit_list)
+    audit.command("status")(admin_cmd.audit_status)
     app.add_typer(audit, name="audit")

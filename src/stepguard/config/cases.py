@@ -17,6 +17,7 @@ from typing import Any
 from stepguard.core.canonical import canonical_host, canonical_method, canonical_path, split_target
 from stepguard.core.context import AuthEvent, RequestContext, SessionState, Subject
 from stepguard.core.durations import parse_duration
+from stepguard.core.errors import BadRequest
 from stepguard.core.grant import Grant, binding_digest
 from stepguard.core.levels import FACTOR_AMR, Level
 from stepguard.core.risk import RiskAssessment, RiskSettings, Signal, risk_level
@@ -73,6 +74,8 @@ def build_call(spec: Mapping[str, Any]) -> RequestContext:
 
 
 def build_request(spec: Mapping[str, Any]) -> RequestContext:
+    if "sql" in spec:  # a statement through the postgres door: {sql: "...", database: app}
+        return _statement_request(spec)
     raw_path, query = split_target(str(spec.get("path", "/")))
     return RequestContext(
         method=canonical_method(str(spec.get("method", "GET"))),
@@ -86,6 +89,22 @@ def build_request(spec: Mapping[str, Any]) -> RequestContext:
         action=str(spec.get("action", "")),
         attributes=dict(_mapping(spec.get("attributes", {}), "request.attributes")),
     )
+
+
+def _statement_request(spec: Mapping[str, Any]) -> RequestContext:
+    """A SQL case; what the gateway refuses whatever the policy says is a `bad_request`."""
+    from stepguard.pgwire.classify import Unparseable, classify, statement_context
+
+    try:
+        statements = classify(str(spec["sql"])).statements
+    except Unparseable as exc:
+        raise BadRequest(str(exc)) from None
+    if len(statements) != 1:
+        raise CaseError("request.sql: expected exactly one statement per case")
+    if statements[0].refusal:
+        raise BadRequest(statements[0].refusal)
+    return statement_context(statements[0].text, database=str(spec.get("database", "")),
+                             client_ip=str(spec.get("ip", "")), statement=statements[0])
 
 
 def build_session(spec: Any, *, now: float) -> SessionState | None:

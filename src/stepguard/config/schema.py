@@ -456,6 +456,182 @@ class MetricsSection(Section):
     _listen = field_validator("listen")(_check_listen)
 
 
+def _check_origins(values: list[str]) -> list[str]:
+    for value in values:
+        scheme, _, rest = value.partition("://")
+        if scheme not in ("http", "https") or not rest or any(c in rest for c in "/?#@ *"):
+            raise ValueError(f"{value!r} is not an origin (scheme://host[:port], nothing after)")
+    return [v.lower() for v in values]
+
+
+class InlineSection(Section):
+    """The inline step-up dialog (`stepguard.js`, served at /static/inline/stepguard.js): the
+    application origins that may load the module (CORS) and frame the dialog (CSP
+    frame-ancestors). The portal's own origin is always allowed; no other origin is by default."""
+
+    enabled: bool = Field(True, description="serve the module and the dialog frame")
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="application origins (scheme://host[:port]) allowed to embed the dialog; "
+                    "exact matches only, no wildcards")
+
+    _origins = field_validator("allowed_origins")(_check_origins)
+NOTICE_KINDS = ("sign_in_new_device", "sign_in_new_location", "factor_added", "factor_removed",
+                "recovery_codes_regenerated", "lockout", "request_denied", "step_up_declined",
+                "admin_action")
+
+
+class EmailChannel(Section):
+    """Security notices by email (to the user concerned and to `operators`)."""
+
+    smtp_host: str = Field("", description="SMTP server; empty = no email")
+    smtp_port: int = Field(587, ge=1, le=65535, description="SMTP port")
+    security: Literal["starttls", "tls", "none"] = Field(
+        "starttls", description="starttls (587), tls (465) or none (a local relay only)")
+    username: str = Field("", description="SMTP user (empty = no AUTH)")
+    password: str = Field("", description="SMTP password; use file: or ${ENV}")
+    sender: str = Field("stepguard@localhost", description="From address")
+    operators: list[str] = Field(default_factory=list,
+                                 description="addresses that receive every notice")
+    notify_users: bool = Field(True, description="also send each user their own notices")
+    timeout: Duration = Field(10.0, description="SMTP connection and command timeout")
+
+
+class WebhookChannel(Section):
+    """A signed webhook (HMAC-SHA256 over timestamp and body; see docs/operations.md)."""
+
+    url: str = Field(description="https URL (http only on localhost) that receives notices")
+    secret: str = Field(description="HMAC key shared with the receiver; use file: or ${ENV}")
+    events: list[str] = Field(default_factory=list,
+                              description="notice kinds to send; empty = all")
+    timeout: Duration = Field(5.0, description="per-attempt timeout")
+    retries: int = Field(5, ge=0, le=20, description="retries after the first attempt")
+    backoff: Duration = Field(1.0, description="first retry delay; doubles each retry")
+    max_backoff: Duration = Field(300.0, description="longest delay between retries")
+
+    @field_validator("url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        checked = _check_issuer_url(value.split("?", 1)[0]) if value else value
+        if not checked:
+            raise ValueError("expected a URL")
+        return value
+
+    @field_validator("secret")
+    @classmethod
+    def _strong(cls, value: str) -> str:
+        if len(value) < 16:
+            raise ValueError("expected a secret of at least 16 characters")
+        return value
+
+
+class SyslogChannel(Section):
+    """Notices for a SIEM: RFC 5424 syslog or JSON lines."""
+
+    address: str = Field("", description="udp://host:514, tcp://host:601 or unix:///dev/log; "
+                                         "empty = none")
+    file: str = Field("", description="a file the lines are appended to (relative to this "
+                                      "file), instead of or beside `address`")
+    format: Literal["rfc5424", "json"] = Field("rfc5424", description="line format")
+    facility: int = Field(10, ge=0, le=23, description="syslog facility (10 = authpriv)")
+    app_name: str = Field("stepguard", description="APP-NAME field")
+
+
+class NotificationsSection(Section):
+    """Security notices to users and operators (see docs/operations.md)."""
+
+    events: list[str] = Field(default_factory=lambda: list(NOTICE_KINDS),
+                              description="notice kinds that are sent at all")
+    email: EmailChannel = EmailChannel()
+    webhooks: list[WebhookChannel] = Field(default_factory=list)
+    syslog: SyslogChannel = SyslogChannel()
+    queue: int = Field(10_000, ge=10, le=1_000_000,
+                       description="notices waiting per channel before new ones are dropped "
+                                   "(counted and logged; the audit ledger keeps every event)")
+
+    @field_validator("events")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        unknown = [v for v in value if v not in NOTICE_KINDS]
+        if unknown:
+            raise ValueError(f"unknown notice kinds {unknown} (known: {', '.join(NOTICE_KINDS)})")
+        return value
+
+
+ADMIN_ROLES = ("auditor", "operator", "admin")
+AdminRole = Literal["auditor", "operator", "admin"]
+
+
+def _default_roles() -> dict[AdminRole, list[str]]:
+    return {"admin": ["admins"], "operator": ["operators"], "auditor": ["auditors"]}
+
+
+class AdminSection(Section):
+    """Who may use the admin console, by group (an IdP's groups work too)."""
+
+    roles: dict[AdminRole, list[str]] = Field(
+        default_factory=_default_roles,
+        description="role -> groups holding it; a user gets the highest role of their groups. "
+                    "auditor: read-only; operator: also unlock, disable, end sessions; admin: "
+                    "also create users and reset factors")
+
+
+class PostgresDatabase(Section):
+    """One database clients may ask for, and how Stepguard reaches it upstream."""
+
+    name: str = Field(description="database name clients connect to (as in psql's dbname)")
+    upstream: str = Field(description="host:port of the real PostgreSQL")
+    database: str = Field("", description="upstream database name (default: `name`)")
+    user: str = Field(description="role Stepguard signs in as upstream (never shown to users)")
+    password: str = Field("", description="that role's password; use file: or ${ENV}")
+    tls: Literal["disable", "require", "verify-full"] = Field(
+        "disable", description="TLS to the upstream: require = encrypted; verify-full = "
+                               "encrypted with the certificate checked against ca_file and host")
+    ca_file: str = Field("", description="CA bundle for tls: verify-full (relative to this file)")
+    views: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="view -> tables it reads, so `tables:` rules see through views "
+                    "(e.g. public.card_summary: [public.cards])")
+
+    _upstream = field_validator("upstream")(lambda v: _check_listen(v) or v)
+
+
+class PostgresListener(Section):
+    """A PostgreSQL wire-protocol listener (see docs/databases.md)."""
+
+    listen: str = Field("127.0.0.1:6432", description="host:port to accept PostgreSQL clients on")
+    tls_cert: str = Field("", description="path of the PEM certificate chain for TLS to clients "
+                                          "(SSLRequest); empty = clients get no TLS")
+    tls_key: str = Field("", description="path of the PEM private key of tls_cert")
+    require_tls: bool = Field(False, description="refuse clients that do not start TLS")
+    databases: list[PostgresDatabase] = Field(default_factory=list)
+
+    _listen = field_validator("listen")(lambda v: _check_listen(v) or v)
+
+
+class PostgresSection(Section):
+    """The database door: PostgreSQL gateways judged by the same policy (docs/databases.md)."""
+
+    listeners: list[PostgresListener] = Field(default_factory=list)
+    public_address: str = Field(
+        "", description="host:port users connect to (in issued connection strings); default: "
+                        "the first listener")
+    hold_timeout: Duration = Field(
+        120.0, description="how long a statement waiting for a step-up is held before it is "
+                           "refused (SQLSTATE 28000)")
+    poll_interval: Duration = Field(0.5, description="how often a held statement checks for "
+                                                     "its approval")
+    token_ttl: Duration = Field(28800.0, description="lifetime of a database token (db-login)")
+    max_message: int = Field(
+        67_108_864, ge=65_536, le=1_073_741_823,
+        description="largest client message accepted, in bytes (larger: error 08P01, closed)")
+    audit_literals: bool = Field(
+        False, description="write statements to the audit ledger with their literal values "
+                           "(default: normalised, literals replaced by $n)")
+    connect_timeout: Duration = Field(5.0, description="give up reaching an upstream after this")
+    login_timeout: Duration = Field(
+        20.0, gt=0, description="a client that has not finished TLS and sign-in by then is "
+                                "disconnected (slow or silent clients hold no connection)")
 class McpServer(Section):
     """One upstream MCP server behind the MCP door, reached at `/mcp/<name>`."""
 
@@ -519,10 +695,14 @@ class StepguardConfig(Section):
     bearer: BearerSection = BearerSection()
     redis: RedisSettings = RedisSettings()
     metrics: MetricsSection = MetricsSection()
+    notifications: NotificationsSection = NotificationsSection()
+    admin: AdminSection = AdminSection()
+    postgres: PostgresSection = PostgresSection()
     oidc: OidcSection = OidcSection()
     mcp_servers: list[McpServer] = Field(default_factory=list,
                                          description="upstream MCP servers (the MCP door)")
     mcp: McpSection = McpSection()
+    inline: InlineSection = InlineSection()
 
 
 class ApiSection(Section):

@@ -30,6 +30,7 @@ class RequestContext:
     # A digest of exactly what the door will execute (an MCP tool call: server, tool, its
     # definition and every argument); when set, every grant for this request is bound to it.
     call_digest: str = ""
+    statement: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)  # SQL facts (postgres)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -10,7 +10,7 @@ a grant for this subject, session, scope and binding digest will do.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 from stepguard.core.context import AuthEvent, RequestContext, SessionState, Subject
@@ -51,7 +51,10 @@ def decide(
 ) -> Decision:
     """Allow, step up or deny this request."""
     rule, failed = _select(policy, context, session, risk, now, None)
-    return _apply(policy, rule, context, session, risk, grants, now, failed)
+    decision = _apply(policy, rule, context, session, risk, grants, now, failed)
+    if rule.report or policy.report:
+        return _enforced(policy, decision, context, session, risk, grants, now)
+    return decision
 
 
 def explain(
@@ -66,9 +69,34 @@ def explain(
     trace: list[TraceStep] = []
     rule, failed = _select(policy, context, session, risk, now, trace)
     decision = _apply(policy, rule, context, session, risk, grants, now, failed)
+    if rule.report or policy.report:
+        decision = _enforced(policy, decision, context, session, risk, grants, now)
     order = {r.name: r.position for r in policy.rules}
     trace.sort(key=lambda step: order.get(step.rule, len(order)))
     return Explanation(decision, trace)
+
+
+def _enforced(
+    policy: Policy,
+    reported: Decision,
+    context: RequestContext,
+    session: SessionState | None,
+    risk: RiskAssessment,
+    grants: Sequence[Grant],
+    now: float,
+) -> Decision:
+    """The decision enforced when a report-mode rule (or a report-mode policy) decided: the
+    request passes (a whole policy in report mode) or gets what the policy decides without its
+    report-mode rules (so a rule added in report mode never weakens the rules below it). The
+    report-mode decision rides along as `shadow` when its outcome differs."""
+    if policy.report:
+        if reported.allowed:
+            return reported
+        level = _session_level(policy, session, now)
+        return Decision(outcome=Outcome.ALLOW, rule=reported.rule, level=level, shadow=reported)
+    assert policy.enforced is not None  # a report-mode rule exists
+    live = decide(policy.enforced, context, session, risk, grants, now)
+    return live if live.outcome is reported.outcome else replace(live, shadow=reported)
 
 
 def _select(
@@ -213,11 +241,11 @@ def _judge(
     failed: bool,
 ) -> Decision:
     scope = _scope(rule, requirement)
-    digest = _digest(requirement, context)
     if not requirement.needs_grant:
         event = _satisfying_event(policy.levels, session, requirement, now)
         if event is not None:
             return _allowed(rule.name, scope, event.level)
+    digest = _digest(requirement, context)
     grant = _satisfying_grant(session, requirement, scope, digest, grants, now)
     if grant is not None:
         return Decision(
@@ -342,7 +370,17 @@ def _reason(
         return _text_of(requirement.reason, context, risk)
     if rule.name == "default":
         return "Sign in to continue."
-    return f"This action needs a stronger proof of who you are ({requirement.level.label})."
+    return (f"This action needs {LEVEL_NEED[requirement.level]}"
+            f"{NEED_EXAMPLES.get(requirement.level, '')}.")
+
+
+# Assurance levels in plain words (people never see "aal2"). NEED_EXAMPLES is said when the
+# rule names no methods (with methods, the methods are the example).
+LEVEL_HAVE = {Level.AAL0: "nothing yet", Level.AAL1: "your password only",
+              Level.AAL2: "a second proof", Level.AAL3: "a passkey or security key"}
+LEVEL_NEED = {Level.AAL0: "nothing", Level.AAL1: "a sign-in", Level.AAL2: "a second proof",
+              Level.AAL3: "a passkey or security key that checks your PIN or fingerprint"}
+NEED_EXAMPLES = {Level.AAL2: ", such as a passkey or a code from your authenticator app"}
 
 
 def _missing(
@@ -358,8 +396,8 @@ def _missing(
     if not strong:
         best = _session_level(policy, session, now)
         return (
-            f"Your current sign-in is {best.label}; this needs {requirement.level.label}"
-            f"{_methods_text(requirement)}."
+            f"You signed in with {LEVEL_HAVE[best]}; this needs {LEVEL_NEED[requirement.level]}"
+            f"{_methods_text(requirement) or NEED_EXAMPLES.get(requirement.level, '')}."
         )
     usable = [e for e in strong if not requirement.methods or e.factor in requirement.methods]
     if not usable:

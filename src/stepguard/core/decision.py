@@ -53,6 +53,9 @@ class Decision:
     login: bool = False  # the step-up is a first sign-in (no session)
     grant_id: str = ""  # the grant that satisfied the requirement, if any
     level: Level = Level.AAL0  # the session level that satisfied the requirement
+    # Report (shadow) mode: what the policy in report mode would have decided, when that differs
+    # from this (enforced) decision. The request gets this decision; the shadow is only recorded.
+    shadow: Decision | None = None
 
     @property
     def allowed(self) -> bool:

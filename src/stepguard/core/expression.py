@@ -108,6 +108,13 @@ NAME_TYPES: Final[Mapping[str, str]] = MappingProxyType(
         "risk.reasons": LIST,
         "network": IP,
         "ip": IP,
+        "sql.database": STRING,
+        "sql.kind": STRING,
+        "sql.kinds": LIST,
+        "sql.tables": LIST,
+        "sql.columns": LIST,
+        "sql.functions": LIST,
+        "sql.unbounded": BOOL,
     }
 )
 """Every built-in name and its type (string, number, bool, list of strings, ip)."""
@@ -1306,6 +1313,11 @@ def _request_field(field_name: str) -> Fn:
     return lambda env: getter(env.request)
 
 
+def _sql_fact(name: str, empty: object) -> Fn:
+    """A fact of the SQL statement the postgres door judges (empty for other doors)."""
+    return lambda env: env.request.statement.get(name, empty)
+
+
 def _client_address(env: EvalEnv) -> IPAddress | None:
     return env.client_address
 
@@ -1337,5 +1349,12 @@ _SCHEMA_READERS: Final[Mapping[str, Fn]] = MappingProxyType(
         "risk.reasons": lambda env: env.risk.reasons,
         "network": _client_address,
         "ip": _client_address,
+        "sql.database": _sql_fact("database", ""),
+        "sql.kind": _sql_fact("kind", ""),
+        "sql.kinds": _sql_fact("kinds", frozenset()),
+        "sql.tables": _sql_fact("tables", frozenset()),
+        "sql.columns": _sql_fact("columns", frozenset()),
+        "sql.functions": _sql_fact("functions", frozenset()),
+        "sql.unbounded": _sql_fact("unbounded", False),
     }
 )

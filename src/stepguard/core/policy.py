@@ -15,6 +15,7 @@ from typing import Any
 
 from stepguard.core.context import RequestContext, Subject
 from stepguard.core.decision import Requirement
+from stepguard.core.display import AttributeDisplay, parse_display
 from stepguard.core.durations import parse_duration
 from stepguard.core.errors import ExpressionError, PolicyError, Problem
 from stepguard.core.expression import CompiledExpression, compile_expression
@@ -27,6 +28,7 @@ from stepguard.core.matching import (
     path_matcher,
 )
 from stepguard.core.reason import REASON_NAMES, check_template
+from stepguard.core.statement import KINDS, MATCH_KEYS, statement_matcher
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Path = tuple[str | int, ...]
@@ -34,9 +36,12 @@ Locate = Callable[[Path], tuple[int, int] | None]
 Check = Callable[[RequestContext, Subject | None], bool]
 
 ATTRIBUTE_TYPES = ("number", "string", "bool", "list")
-_TOP = frozenset({"version", "levels", "networks", "attributes", "rules", "default", "tests"})
-_RULE = frozenset({"name", "description", "match", "when", "require", "deny", "allow"})
-_MATCH = frozenset({"hosts", "methods", "paths", "users", "groups", "actions", "networks", "mcp"})
+_TOP = frozenset(
+    {"version", "mode", "levels", "networks", "attributes", "rules", "default", "tests"})
+_RULE = frozenset({"name", "description", "mode", "match", "when", "require", "deny", "allow"})
+MODES = ("enforce", "report")
+_MATCH = frozenset({"hosts", "methods", "paths", "users", "groups", "actions", "networks", "mcp",
+                    "postgres"})
 _HTTP_MATCH = frozenset({"hosts", "methods", "paths", "actions"})  # flat keys: the HTTP door's
 _MCP_MATCH = frozenset({"servers", "tools"})
 # An MCP tool's arguments are attributes named `args.<name>` (nested objects: `args.a.b`).
@@ -60,7 +65,8 @@ class Rule:
     description: str = ""
     index_hosts: frozenset[str] | None = None  # None = any host (for the index)
     index_segments: frozenset[str] | None = None  # None = any first path segment
-    door: str = ""  # "" = every door; "http" (flat HTTP match keys) or "mcp" (`match.mcp`)
+    door: str = ""  # "" = every door; "http" (flat HTTP match keys), "mcp", "postgres"
+    report: bool = False  # `mode: report`: decided and audited as "would …", never enforced
 
     @property
     def uses_risk(self) -> bool:
@@ -79,6 +85,13 @@ class Policy:
     index: Index[Rule] = field(repr=False)
     source: str = ""
     door_rules: Mapping[str, tuple[Rule, ...]] = field(default_factory=dict, repr=False)
+    display: Mapping[str, AttributeDisplay] = field(default_factory=dict)
+    report: bool = False  # `mode: report` for the whole policy: every request passes
+    enforced: Policy | None = field(default=None, repr=False)  # without report-mode rules
+
+    @property
+    def has_report_rules(self) -> bool:
+        return self.enforced is not None
 
     def candidates(self, context: RequestContext) -> tuple[Rule, ...]:
         if context.door == "http":
@@ -122,16 +135,38 @@ def compile_policy(document: Any, *, source: str = "", locate: Locate | None = N
     _unknown_keys(document, _TOP, (), problems)
     levels = _levels(document.get("levels"), problems)
     networks = _networks(document.get("networks"), problems)
-    attributes = _attributes(document.get("attributes"), problems)
+    display: dict[str, AttributeDisplay] = {}
+    attributes = _attributes(document.get("attributes"), problems, display)
     env = _Env(networks, attributes, problems)
     rules = _rules(document.get("rules"), env)
     default = _default(document.get("default", {"level": "aal1"}), env)
+    report = _mode(document.get("mode", "enforce"), ("mode",), problems)
     if problems.items:
         raise PolicyError(problems.items)
+    enforced = None
+    if any(r.report for r in rules) and not report:
+        kept = [r for r in rules if not r.report]
+        enforced = _policy(kept, default, networks, attributes, levels, source, display=display)
+    return _policy(rules, default, networks, attributes, levels, source, report, enforced,
+                   display)
+
+
+def _policy(rules: Sequence[Rule], default: Rule, networks: Mapping[str, tuple[Network, ...]],
+            attributes: Mapping[str, str], levels: Mapping[Level, LevelSettings], source: str,
+            report: bool = False, enforced: Policy | None = None,
+            display: Mapping[str, AttributeDisplay] | None = None) -> Policy:
     entries = [(r, r.index_hosts, r.index_segments) for r in rules if r.door in ("", "http")]
-    mcp = tuple(r for r in rules if r.door in ("", "mcp"))
+    doors = {door: tuple(r for r in rules if r.door in ("", door)) for door in ("mcp", "postgres")}
     return Policy(tuple(rules), default, networks, attributes, levels, Index(entries), source,
-                  {"mcp": mcp})
+                  doors, display or {}, report, enforced)
+
+
+def _mode(value: Any, path: Path, problems: _Problems) -> bool:
+    """True for `report` (decide and audit, never enforce), False for `enforce`."""
+    if value not in MODES:
+        problems.add(path, f"expected one of {', '.join(MODES)}, got {value!r}")
+        return False
+    return bool(value == "report")
 
 
 @dataclass(slots=True)
@@ -218,7 +253,9 @@ def _cidr(value: Any, path: Path, problems: _Problems) -> Network | None:
         return None
 
 
-def _attributes(data: Any, problems: _Problems) -> dict[str, str]:
+def _attributes(data: Any, problems: _Problems,
+                display: dict[str, AttributeDisplay]) -> dict[str, str]:
+    """`name: type`, or `name: {type, label, currency}` (how the portal shows it)."""
     if data is None:
         return {}
     if not isinstance(data, Mapping):
@@ -226,6 +263,13 @@ def _attributes(data: Any, problems: _Problems) -> dict[str, str]:
         return {}
     attributes: dict[str, str] = {}
     for name, kind in data.items():
+        if isinstance(kind, Mapping):
+            shown, wrong = parse_display(kind)
+            for text in wrong:
+                problems.add(("attributes", str(name)), text)
+            if shown is not None:
+                display[str(name)] = shown
+            kind = kind.get("type")
         if not str(name).isidentifier() and not _ARG_NAME.fullmatch(str(name)):
             problems.add(("attributes", str(name)),
                          f"expected an identifier (or args.<name> for a tool argument), "
@@ -290,14 +334,17 @@ def _rule(spec: Any, i: int, env: _Env) -> Rule | None:
         _index_hosts(match.get("hosts")),
         _index_segments(match.get("paths")),
         _door(match, (*path, "match"), env.problems),
+        _mode(spec.get("mode", "enforce"), (*path, "mode"), env.problems),
     )
 
 
 def _door(match: Mapping[str, Any], path: Path, problems: _Problems) -> str:
     http = sorted(k for k in match if k in _HTTP_MATCH)
-    if "mcp" in match and http:
-        problems.add(path, f"a rule matches one door: 'mcp' cannot be combined with {http}")
-    return "mcp" if "mcp" in match else ("http" if http else "")
+    doors = [d for d in ("mcp", "postgres") if d in match]
+    if doors and http or len(doors) > 1:
+        problems.add(path, f"a rule matches one door: {', '.join(doors)} cannot be combined "
+                           f"with {', '.join(http + doors[1:]) or doors[0]}")
+    return doors[0] if doors else ("http" if http else "")
 
 
 def _outcome(
@@ -421,6 +468,8 @@ def _match(spec: Any, path: Path, env: _Env) -> tuple[tuple[Check, str], ...]:
         return ()
     _unknown_keys(spec, _MATCH, path, env.problems)
     checks: list[tuple[Check, str]] = []
+    if "postgres" in spec:
+        checks.append(_postgres_check(spec["postgres"], (*path, "postgres"), env))
     for key in ("methods", "hosts", "paths", "actions", "networks", "users", "groups"):
         if key in spec:
             check = _match_check(key, _list(spec[key], (*path, key), env.problems), path, env)
@@ -470,6 +519,25 @@ def _match_check(key: str, items: list[str], path: Path, env: _Env) -> tuple[Che
     except ValueError as exc:
         env.problems.add((*path, key), str(exc))
         return None
+
+
+def _postgres_check(spec: Any, path: Path, env: _Env) -> tuple[Check, str]:
+    """A `postgres:` block: databases, kinds, tables, columns (each a list; all given must hold)."""
+    label = f"postgres {spec}"
+    door: Check = lambda ctx, _s: ctx.door == "postgres"  # noqa: E731
+    if spec is None:
+        spec = {}
+    if not isinstance(spec, Mapping):
+        env.problems.add(path, "expected a mapping of databases, kinds, tables, columns")
+        return door, label
+    _unknown_keys(spec, MATCH_KEYS, path, env.problems)
+    lists = {key: _list(spec[key], (*path, key), env.problems) for key in MATCH_KEYS if key in spec}
+    unknown = [k for k in lists.get("kinds", []) if k not in KINDS]
+    if unknown:
+        env.problems.add((*path, "kinds"), f"unknown kind(s) {unknown} (expected some of: "
+                         f"{', '.join(KINDS)})")
+    matches = statement_matcher(lists)
+    return (lambda ctx, _s: ctx.door == "postgres" and matches(ctx.statement)), label
 
 
 def _methods_check(items: list[str], _env: _Env) -> Check:

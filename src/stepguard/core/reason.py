@@ -57,6 +57,9 @@ REASON_NAMES: Final = frozenset(
         "risk.reasons",
         "risk.level",
         "risk.score",
+        "sql.database",
+        "sql.kind",
+        "sql.tables",
     }
 )
 """Built-in placeholder names (besides the policy's attributes). `request.query` is left out on
@@ -262,4 +265,6 @@ def reason_values(*, context: RequestContext, risk: RiskAssessment) -> dict[str,
             "risk.score": risk.score,
         }
     )
+    facts = context.statement  # the postgres door's statement; empty for the other doors
+    values.update({f"sql.{k}": facts.get(k, "") for k in ("database", "kind", "tables")})
     return values

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import secrets
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,12 +15,14 @@ import pyotp
 import uvicorn
 
 from stepguard.config.load import load_config
+from stepguard.demo import postgres as db
 from stepguard.demo.bank import create_bank
 from stepguard.gateway import create_app
 from stepguard.service.accounts import Accounts
 from stepguard.service.runtime import build_runtime
 
 POLICY = Path(__file__).parents[3] / "examples" / "policy.yaml"
+SQL_POLICY = POLICY.with_name("postgres-policy.yaml")
 USERS = [("alice", "Alice Admin", ["admins"]), ("bob", "Bob Teller", ["tellers"])]
 
 
@@ -28,7 +32,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_config(data: Path, *, port: int, bank_port: int, idp: str = "") -> Path:
+def write_config(data: Path, *, port: int, bank_port: int, idp: str = "",
+                 extra: str = "") -> Path:
     """A complete config in the data folder (kept across runs, secrets generated once)."""
     data.mkdir(parents=True, exist_ok=True)
     secrets_file = data / "secrets.env"
@@ -55,7 +60,7 @@ upstreams:
       - paths: ["/transfers"]
         action: payments.transfer
         attributes: {{amount: "form:amount", payee: "form:payee"}}
-""" + idp)
+""" + idp + extra)
     return config
 
 
@@ -99,6 +104,12 @@ def _policy_text() -> str:
         from importlib.resources import files
 
         text = (files("stepguard.demo") / "policy.yaml").read_text()
+    if SQL_POLICY.exists():  # the database door's rules first (they match statements only)
+        import yaml
+
+        document, sql = yaml.safe_load(text), yaml.safe_load(SQL_POLICY.read_text())
+        document["rules"] = [*sql["rules"], *document.get("rules", [])]
+        text = yaml.safe_dump(document, sort_keys=False)
     return text
 
 
@@ -125,29 +136,69 @@ def seed(accounts: Accounts) -> list[tuple[str, str, str]]:
 def run(data: Path = Path("data"), port: int = 9091, *, idp: bool = False) -> None:
     bank_port = free_port()
     provider = idp_config(*start_idp(port)) if idp else ""
-    config = write_config(data, port=port, bank_port=bank_port, idp=provider)
+    cluster, door_port = _database(data)
+    extra = (db.config_text(listen_port=door_port, upstream_port=cluster.port)
+             if cluster is not None else "")
+    config = write_config(data, port=port, bank_port=bank_port, idp=provider, extra=extra)
     runtime = build_runtime(load_config(config))
+    if cluster is not None:
+        db.serve_in_thread(runtime, data)
+        (data / "postgres.txt").write_text(f"127.0.0.1:{door_port}\n")
     seeded = seed(Accounts(runtime))
     (data / "users.txt").open("a").writelines(f"{u} {p} {s}\n" for u, p, s in seeded)
     bank = uvicorn.Server(
         uvicorn.Config(create_bank(), host="127.0.0.1", port=bank_port, log_level="warning")
     )
     threading.Thread(target=bank.run, daemon=True).start()
-    _walkthrough(port, data)
+    _walkthrough(port, data, door_port if cluster is not None else None)
     if idp:
         print("  Identity provider: press \"Sign in with the demo identity provider\" and pick "
               "carol or dan;\n  how you sign in there (password, one-time code, passkey) sets "
               "the level Stepguard starts from.\n", flush=True)
-    uvicorn.run(create_app(runtime), host="127.0.0.1", port=port, log_level="warning")
+    try:
+        uvicorn.run(create_app(runtime), host="127.0.0.1", port=port, log_level="warning")
+    finally:
+        if cluster is not None:
+            cluster.stop()
 
 
-def _walkthrough(port: int, data: Path) -> None:
+def current_code(data: Path, username: str, *, now: float | None = None) -> str:
+    """A seeded user's authenticator code right now, with the seconds it stays valid."""
+    for line in (data / "users.txt").read_text().splitlines():
+        user, _, secret = line.split()
+        if user == username:
+            at = time.time() if now is None else now
+            left = 30 - int(at) % 30
+            return f"{pyotp.TOTP(secret).at(at)}   (valid for {left} more second" + (
+                "s)" if left != 1 else ")")
+    raise SystemExit(f"no demo user {username!r} in {data / 'users.txt'}")
+
+
+def _database(data: Path) -> tuple[db.Cluster | None, int]:
+    """A private PostgreSQL with Acme's tables, when the server binaries are installed."""
+    found = db.bindir()
+    if found is None:
+        return None, 0
+    cluster = db.Cluster(found, db.cluster_folder(data), db.free_port())
+    try:
+        cluster.start()
+        cluster.seed()
+    except (OSError, subprocess.CalledProcessError) as exc:
+        print(f"(no database door: PostgreSQL did not start: {exc})")
+        return None, 0
+    return cluster, db.free_port()
+
+
+def _walkthrough(port: int, data: Path, door_port: int | None = None) -> None:
     url = f"http://localhost:{port}"
+    # The commands below are printed with this installation's own paths: they work as printed.
+    stepguard = Path(sys.argv[0]).resolve() if Path(sys.argv[0]).name == "stepguard" else None
+    command = f"{stepguard}" if stepguard else f"{sys.executable} -m stepguard.cli.main"
     print(f"\nAcme Bank behind Stepguard: {url}   (store: {data / 'stepguard.db'})\n")
     print("Users (username password totp-secret) — also in", data / "users.txt")
     for line in (data / "users.txt").read_text().splitlines():
         user, password, secret = line.split()
-        print(f"  {user:6} {password:14} {secret}   code now: {pyotp.TOTP(secret).now()}")
+        print(f"  {user:6} {password:14} {secret}")
     print(
         f"""
 Walk-through:
@@ -158,9 +209,18 @@ Walk-through:
   4. {url}/admin shows users, sessions and the hash-chained audit ledger.
   5. Push approval: in a second browser, sign in and add it at {url}/account/push-device; then
      on a step-up page choose "Send a push" and pick the number in that second browser.
-  Codes: python -c "import pyotp; print(pyotp.TOTP('SECRET').now())"
-  Verify the ledger: .venv/bin/stepguard audit verify -c {data / "stepguard.yaml"}
+  A current code for alice (run it when you need one; codes change every 30 s):
+    {command} demo-code alice --data {data}
+  Verify the ledger:
+    {command} audit verify -c {data / "stepguard.yaml"}
 """,
         flush=True,
     )
+    if door_port:
+        print(f"""  6. The database door (PostgreSQL, database acme) on 127.0.0.1:{door_port}: at
+     {url}/account/db-tokens issue a token (after a code), run the psql line it shows, then
+     DELETE FROM customers WHERE id = 1 — psql shows a link; approve it in the browser and the
+     statement runs once. SELECT number FROM cards needs the same; SELECT name FROM customers
+     does not. (docs/databases.md)
+""", flush=True)  # noqa: S608 - text for people, not a query
     time.sleep(0)

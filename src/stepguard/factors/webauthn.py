@@ -50,7 +50,7 @@ from webauthn.helpers.structs import (
 
 from stepguard.core.errors import CloneDetected, ConfigError, Problem, VerificationFailed
 
-CeremonyKind = Literal["register", "authenticate"]
+CeremonyKind = Literal["register", "authenticate", "discover"]
 CEREMONY_TTL = 300.0  # seconds (SECURITY.md: a WebAuthn challenge expires in 5 min)
 CHALLENGE_BYTES = 32
 NONCE_BYTES = 16
@@ -191,7 +191,8 @@ def begin_registration(
         timeout=int(CEREMONY_TTL * 1000),
         attestation=AttestationConveyancePreference.NONE,
         authenticator_selection=AuthenticatorSelectionCriteria(
-            resident_key=ResidentKeyRequirement.PREFERRED,
+            # Discoverable, so the passkey can also sign in without a username.
+            resident_key=ResidentKeyRequirement.REQUIRED,
             user_verification=_uv_requirement(require_uv),
         ),
         exclude_credentials=_descriptors(ceremony.credential_ids),
@@ -300,6 +301,13 @@ def finish_authentication(
         lambda: parse_authentication_credential_json(credential_json)
     )
     _check_credential(ceremony, credential, stored, user_id)
+    return _verified_assertion(rp, ceremony, credential, stored)
+
+
+def _verified_assertion(rp: RelyingParty, ceremony: Ceremony,
+                        credential: AuthenticationCredential,
+                        stored: StoredCredential) -> AssertionAccepted:
+    """The signature, challenge, origin, RP id and UV checks, then the sign counter."""
     verified = _refusing(
         lambda: verify_authentication_response(
             credential=credential,
@@ -319,6 +327,46 @@ def finish_authentication(
         binding=ceremony.binding,
         backed_up=verified.credential_backed_up,
     )
+
+
+def begin_discoverable(*, rp: RelyingParty, session_id: str, now: float) -> tuple[str, Ceremony]:
+    """Options for a passkey sign-in without a username (a button, or conditional UI in the
+    username field): no credential list, user verification required, so the passkey alone is
+    a multi-factor proof. The ceremony belongs to the browser's pre-session (`session_id`),
+    not to a user: the passkey that answers names its user."""
+    challenge = secrets.token_bytes(CHALLENGE_BYTES)
+    ceremony = _new_ceremony("discover", challenge, "", session_id, now, True, ())
+    options = generate_authentication_options(
+        rp_id=rp.id,
+        challenge=challenge,
+        timeout=int(CEREMONY_TTL * 1000),
+        allow_credentials=[],
+        user_verification=UserVerificationRequirement.REQUIRED,
+    )
+    return options_to_json(options), ceremony
+
+
+def finish_discoverable(
+    *,
+    rp: RelyingParty,
+    ceremony: Ceremony,
+    credential_json: str,
+    session_id: str,
+    owner_id: str,
+    stored: StoredCredential,
+    now: float,
+) -> AssertionAccepted:
+    """Verify a passkey sign-in. `stored` is the credential the response names (looked up by
+    `credential_id_of`) and `owner_id` its user; the response must carry that user's handle
+    (a discoverable credential always does) and user verification."""
+    _check_ceremony(ceremony, "discover", "", session_id, now)
+    credential: AuthenticationCredential = _refusing(
+        lambda: parse_authentication_credential_json(credential_json)
+    )
+    if credential.response.user_handle is None:
+        raise VerificationFailed("this passkey did not say whose it is", code="wrong_user")
+    _check_credential(ceremony, credential, stored, owner_id)
+    return _verified_assertion(rp, ceremony, credential, stored)  # the ceremony requires UV
 
 
 def _new_ceremony(

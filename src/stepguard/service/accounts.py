@@ -25,7 +25,13 @@ from stepguard.service.attempts import (
 )
 from stepguard.service.runtime import Runtime, hash_token, new_id, new_token
 from stepguard.service.stepup import StepUp, ceremony_data, ceremony_from
-from stepguard.storage.records import ChallengeRecord, FactorRecord, SessionRecord, UserRecord
+from stepguard.storage.records import (
+    ChallengeRecord,
+    FactorRecord,
+    Reserved,
+    SessionRecord,
+    UserRecord,
+)
 
 FRESH_FOR_ENROLMENT = 600.0  # seconds: adding or removing a factor needs a proof this recent
 
@@ -59,7 +65,7 @@ class Accounts:
         self,
         username: str,
         *,
-        password: str,
+        password: str | None,
         display_name: str = "",
         email: str = "",
         groups: tuple[str, ...] = (),
@@ -70,7 +76,8 @@ class Accounts:
             display_name=display_name,
             email=email,
             groups=frozenset(groups),
-            password_hash=hash_password(password),
+            # No password: this user signs in with a passkey only (see docs/account-recovery.md).
+            password_hash=hash_password(password) if password is not None else "",
             created=self.rt.now(),
         )
         self.rt.store.users.add(user)
@@ -123,6 +130,17 @@ class Accounts:
         )
         return len(factors)
 
+    def end_sessions(self, user_id: str, *, by: str = "cli") -> int:
+        """An operator ends every session and agent token of a user (honoured by the next
+        request everywhere); the number of sessions ended."""
+        now = self.rt.now()
+        with self.rt.store.transaction():
+            ended = self.rt.store.sessions.revoke_all_for_user(user_id, now=now)
+            agents = self._end_agents(user_id)
+        self.rt.record(kind="admin", subject=user_id, outcome="sessions_ended",
+                       detail={"by": by, "count": ended, "agents_revoked": agents})
+        return ended
+
     def set_password(self, user_id: str, password: str, *, by: str = "cli") -> bool:
         """A new password ends every session and agent token of the user (SECURITY.md:
         revoke-all) and lifts any throttle lock (the old password's guesses no longer
@@ -157,7 +175,7 @@ class Accounts:
             assert user is not None
             signed = self._open_session(user, context)
         except VerificationFailed:
-            self._failed(user, context)
+            self._failed(user, context, reserved)
             raise
         except BaseException:
             abandoned(self.rt, reserved)
@@ -175,12 +193,14 @@ class Accounts:
         if check.rehash:
             self.rt.store.users.set_password_hash(user.id, check.rehash)
 
-    def _failed(self, user: UserRecord | None, context: RequestContext) -> None:
-        failed(self.rt, user_id=user.id if user else None)
+    def _failed(self, user: UserRecord | None, context: RequestContext,
+                reserved: tuple[Reserved, ...], factor: str = "password") -> None:
+        failed(self.rt, user_id=user.id if user else None, reserved=reserved, factor=factor,
+               client_ip=context.client_ip)
         self.rt.record(
             kind="verification",
             subject=user.id if user else "",
-            factor="password",
+            factor=factor,
             outcome="failed:invalid",
             request=request_summary(context, ip_key=self.rt.ip_key),
         )
@@ -203,6 +223,7 @@ class Accounts:
             events=(event,),
         )
         self.rt.store.sessions.add(session)
+        novelty = self._novelty(user, context)
         self._remember(user, context)
         trust_client(self.rt, user_id=user.id, factor=event.factor, client_ip=context.client_ip,
                      device_id=context.device_id)
@@ -213,8 +234,23 @@ class Accounts:
             factor=event.factor,
             outcome="signed_in",
             request=request_summary(context, ip_key=self.rt.ip_key),
+            detail=novelty,
         )
         return SignedIn(session, token, user)
+
+    def _novelty(self, user: UserRecord, context: RequestContext) -> dict[str, object]:
+        """Whether this sign-in comes from a device or country the user has not signed in from
+        before (a first sign-in is neither: there is nothing to compare with), and where."""
+        history = self.rt.store.history.load(user.id)
+        location = self.rt.locator.locate(context.client_ip) if context.client_ip else None
+        known = bool(history.known_devices or history.known_countries or history.known_networks)
+        country = location.country if location else ""
+        return {
+            "new_device": known and bool(context.device_id)
+            and context.device_id not in history.known_devices,
+            "new_location": known and bool(country) and country not in history.known_countries,
+            "place": location.place if location else "",
+        }
 
     def _remember(self, user: UserRecord, context: RequestContext) -> None:
         location = self.rt.locator.locate(context.client_ip) if context.client_ip else None
@@ -399,6 +435,16 @@ class Accounts:
             )
         )
         self._factor_changed(session, "webauthn", "enrolled")
+
+    def remove_password(self, session: SessionRecord) -> bool:
+        """Passkey-only from now on: needs a fresh proof and a registered passkey (so the user
+        can still sign in); ends the user's other sessions like any factor change."""
+        self.require_fresh(session, first_factor_ok=False)
+        if not self.rt.store.factors.for_user(session.user_id, kind="webauthn"):
+            raise VerificationFailed("Add a passkey first: it is how you will sign in.")
+        changed = self.rt.store.users.set_password_hash(session.user_id, "")
+        self._factor_changed(session, "password", "removed")
+        return changed
 
     def regenerate_recovery_codes(self, session: SessionRecord) -> list[str]:
         self.require_fresh(session)

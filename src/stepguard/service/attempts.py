@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 
+from stepguard.audit.ledger import pseudonymise_ip
 from stepguard.core.throttle import Attempt, cleared_by_success, client_network, trusted_entry
 from stepguard.service.runtime import Runtime
 from stepguard.storage.records import Reserved
@@ -40,10 +41,21 @@ def succeeded(runtime: Runtime, reserved: tuple[Reserved, ...]) -> None:
             runtime.store.throttle.release(one)
 
 
-def failed(runtime: Runtime, *, user_id: str | None) -> None:
-    """The secret was wrong (already counted): remember it for the failed-attempts signal."""
-    if user_id:
-        runtime.store.history.record_failure(user_id, at=runtime.now())
+def failed(runtime: Runtime, *, user_id: str | None, reserved: tuple[Reserved, ...] = (),
+           factor: str = "", client_ip: str = "") -> None:
+    """The secret was wrong (already counted): remember it for the failed-attempts signal, and
+    audit a lockout (`verification` / `locked`, which notifies) when this failure reached the
+    hard lock of one of the user's keys."""
+    if not user_id:
+        return
+    runtime.store.history.record_failure(user_id, at=runtime.now())
+    limit = runtime.config.throttle.hard_lock_after
+    if any(one.consecutive == limit and one.key.startswith("user:") and ":ip:" not in one.key
+           for one in reserved):
+        if client_ip and runtime.ip_key is not None:
+            client_ip = pseudonymise_ip(client_ip, key=runtime.ip_key)
+        runtime.record(kind="verification", subject=user_id, factor=factor, outcome="locked",
+                       request={"client_ip": client_ip}, detail={"after_failures": limit})
 
 
 def abandoned(runtime: Runtime, reserved: tuple[Reserved, ...]) -> None:

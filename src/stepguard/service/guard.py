@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from stepguard.audit.ledger import AuditEvent, AuditKind, request_summary
+from stepguard.audit.replay import DecisionInput
 from stepguard.core.context import RequestContext, SessionState, Subject
 from stepguard.core.decide import decide
 from stepguard.core.decision import Decision, Outcome, Requirement
@@ -44,10 +45,23 @@ class Check:
     user: UserRecord | None
     risk: RiskAssessment
     state: SessionState | None = None
+    grants: tuple[Grant, ...] = ()
 
     @property
     def subject(self) -> Subject | None:
         return self.user.subject() if self.user else None
+
+    def input(self, attributes: frozenset[str] = frozenset()) -> DecisionInput:
+        """What this decision was made from, for the ledger (what-if replay)."""
+        return DecisionInput(self.context, self.state, self.grants, attributes, self.risk)
+
+    def as_json(self) -> dict[str, object]:
+        """The decision input as JSON (a plain allow's summary holds the check itself and
+        calls this in the audit writer's thread)."""
+        return self.input().as_json()
+
+    def risk_detail(self) -> dict[str, object]:
+        return self.input().risk_detail()
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +168,7 @@ class Guard:
         self.rt = runtime
         self.cache = SessionCache()
         self._plain = _plain_rules(runtime.policy)
+        self._attributes = frozenset(runtime.policy.attributes)
         self._board = runtime.store.version_board
         self._contact = float("-inf")  # when a read last reached the store
 
@@ -175,8 +190,11 @@ class Guard:
         time; concurrent requests for it wait, then only compare versions)."""
         if not token or len(token) > 256:
             return None
+        return self.load_key(hash_token(token))
+
+    def load_key(self, key: str) -> Loaded | None:
+        """`load` by the token's hash (a door that holds a session reference, not its cookie)."""
         self.rt.require_stores()  # a store known to be down: fail closed before any cache
-        key = hash_token(token)
         cached = self.cache.get(key)
         if cached is not None:  # the versions read; a load only if they moved
             found = self._read(key, cached)
@@ -235,24 +253,19 @@ class Guard:
         """The decision when it needs one statement on an open connection and nothing else:
         cheap enough for the event loop. None means: use `check` in a thread (no cached copy
         yet, a load in flight, a grant to spend, a challenge to start, a busy audit queue)."""
+        if token and len(token) > 256:
+            return None
+        return self.check_cached_key(context, hash_token(token) if token else None)
+
+    def check_cached_key(self, context: RequestContext, key: str | None) -> Check | None:
+        """`check_cached` by the session token's hash."""
         if self.rt.audit.backlog > AUDIT_INLINE_LIMIT:
             return None
         loaded: Loaded | None = None
-        if token:
-            if len(token) > 256:
+        if key:
+            loaded = self._cached_live(key, context)
+            if loaded is None:
                 return None
-            key = hash_token(token)
-            cached = self.cache.get(key)
-            if cached is None or self.cache.in_flight(key):
-                return None
-            self.rt.require_stores()
-            try:
-                loaded = self._read(key, cached, connect=False)
-            except StoreUnavailable:  # the thread path reconnects (or fails closed)
-                return None
-            if loaded is None or not self._alive(loaded):
-                return None
-            self._touch(loaded, key, context, self.rt.now())
         self.rt.require_stores()
         check = self._decide(context, loaded)
         decision = check.decision
@@ -263,9 +276,49 @@ class Guard:
         self._audit(check)
         return check
 
+    def _cached_live(self, key: str, context: RequestContext) -> Loaded | None:
+        """The cached copy of a live session as of this moment (versions read, last seen
+        noted), without waiting: None when not cached, loading, gone, not alive or the store
+        is not reachable on an open connection (the thread path reconnects or fails closed)."""
+        cached = self.cache.get(key)
+        if cached is None or self.cache.in_flight(key):
+            return None
+        self.rt.require_stores()
+        try:
+            loaded = self._read(key, cached, connect=False)
+        except StoreUnavailable:
+            return None
+        if loaded is None or not self._alive(loaded):
+            return None
+        self._touch(loaded, key, context, self.rt.now())
+        return loaded
+
+    def versions_now(self, key: str, context: RequestContext) -> tuple[int, int] | None:
+        """The session's and user's versions as of this moment (the revocation check), for a
+        cached live session; None: take the full path."""
+        loaded = self._cached_live(key, context)
+        return loaded.versions if loaded is not None else None
+
+    def plain_allow(self, check: Check) -> bool:
+        """An allow that needs nothing but a live sign-in (no grant, nothing above aal1, low
+        risk): the same answer for the same request while the versions hold."""
+        d = check.decision
+        return (d.allowed and not d.grant_id and check.risk.level == "low"
+                and self._plain.get(d.rule, False))
+
+    def audit(self, check: Check) -> None:
+        """Audit a decision given again without change (see `versions_now`)."""
+        self._audit(check)
+
     def check(self, context: RequestContext, token: str | None, *, audit: bool = True) -> Check:
-        loaded = self.load(token)
-        return self.judge(context, loaded, key=hash_token(token) if token else None, audit=audit)
+        key = hash_token(token) if token and len(token) <= 256 else None
+        return self.check_key(context, key, audit=audit)
+
+    def check_key(self, context: RequestContext, key: str | None, *,
+                  audit: bool = True) -> Check:
+        """`check` by the session token's hash (the postgres door holds the hash)."""
+        loaded = self.load_key(key) if key else None
+        return self.judge(context, loaded, key=key, audit=audit)
 
     def judge(self, context: RequestContext, loaded: Loaded | None, *, key: str | None = None,
               audit: bool = True, detail: Mapping[str, object] | None = None) -> Check:
@@ -305,7 +358,7 @@ class Guard:
                             self.rt.store.grants.add(grant)
                     grants = (grant,)
                     decision = decide(self.rt.policy, context, state, risk, grants, now)
-        check = Check(decision, context, None, None, risk, state)
+        check = Check(decision, context, None, None, risk, state, grants)
         return self._settle(check, grants, detail=detail)
 
     def refused(self, context: RequestContext, decision: Decision, *, outcome: str,
@@ -352,7 +405,7 @@ class Guard:
         risk = self._risk(context, state, user, loaded.history if loaded else None)
         grants = loaded.grants if loaded else ()
         decision = decide(self.rt.policy, context, state, risk, grants, self.rt.now())
-        return Check(decision, context, record, user, risk, state)
+        return Check(decision, context, record, user, risk, state, grants)
 
     def _remember_amount(self, check: Check) -> None:
         """An allowed action's amount joins the user's baseline (`unusual_amount`)."""
@@ -391,6 +444,8 @@ class Guard:
         here (they are few). Subject and session come from the state decided on (a Stepguard
         session's, an agent's or a bearer token's)."""
         d = check.decision
+        if d.shadow is not None:
+            self.rt.observer.shadowed(_outcome(d.shadow), d.shadow.rule)
         if d.outcome is Outcome.ALLOW:
             self._audit_allow(check, d, extra)
             return
@@ -399,8 +454,9 @@ class Guard:
                        session_id=state.id if state else "",
                        request=request_summary(check.context, ip_key=self.rt.ip_key),
                        decision=d.outcome.value, rule=d.rule, reasons=d.reasons,
-                       outcome=outcome or ("login" if d.login else d.outcome.value),
-                       detail={**_detail(d, check.risk), **(extra or {})})
+                       outcome=outcome or _outcome(d),
+                       detail={**_detail(d, check.risk), "input": check.input(self._attributes),
+                               **(extra or {})})
 
     def _audit_allow(self, check: Check, d: Decision,
                      extra: Mapping[str, object] | None = None) -> None:
@@ -410,14 +466,24 @@ class Guard:
         rt.observer.allowed(d.rule)
         summary = rt.audit.summary
         if (summary is not None and self._plain.get(d.rule, False) and not d.grant_id
-                and check.risk.level == "low" and extra is None):
+                and check.risk.level == "low" and extra is None and d.shadow is None
+                and not context.attributes):
+            state, risk = check.state, check.risk
+            events = state.events if state is not None else ()
+            mark = (len(events), events[-1].at if events else 0.0, risk.score, len(risk.signals))
             summary.note(subject=subject, session=session, rule=d.rule, at=rt.now(),
-                         host=context.host, method=context.method, path=context.path)
+                         host=context.host, method=context.method, path=context.path,
+                         ip=context.client_ip, input_mark=mark, input=check)
             return
+        shadow = d.shadow
         event = AuditEvent.unchecked(
             at=rt.now(), kind=AuditKind.DECISION, subject=subject, session=session,
-            request=request_summary(context, ip_key=rt.ip_key), decision="allow", rule=d.rule,
-            reasons=d.reasons, outcome="allow", detail={**_detail(d, check.risk), **(extra or {})})
+            request=request_summary(context, ip_key=rt.ip_key), decision="allow",
+            rule=shadow.rule if shadow else d.rule,
+            reasons=shadow.reasons if shadow else d.reasons,
+            outcome="would_" + _outcome(shadow) if shadow else "allow",
+            detail={**_detail(d, check.risk), "input": check.input(self._attributes),
+                    **(extra or {})})
         rt.audit.submit(event, checked=False)
         if rt.observer.debug:
             rt.observer.event(event.checked())
@@ -433,6 +499,11 @@ def _plain(requirement: Requirement | None) -> bool:
                                    and requirement.max_age is None and not requirement.methods)
 
 
+def _outcome(decision: Decision) -> str:
+    """A decision's outcome as the ledger names it (`login` for a first sign-in)."""
+    return "login" if decision.login else decision.outcome.value
+
+
 def _refuse_binding(decision: Decision) -> Decision:
     reason = ("This request must be approved on Stepguard's step-up page, which shows what is "
               "approved; an access token cannot approve a bound transaction.")
@@ -445,6 +516,13 @@ def _refuse_binding(decision: Decision) -> Decision:
 def _detail(decision: Decision, risk: RiskAssessment) -> dict[str, object]:
     detail: dict[str, object] = {"risk_score": risk.score, "risk_level": risk.level,
                                  "signals": list(risk.names)}
+    shadow = decision.shadow
+    if shadow is not None:  # report mode: what was enforced, and what would have been
+        detail["enforced"] = {"outcome": decision.outcome.value, "rule": decision.rule}
+        detail["report"] = {"outcome": _outcome(shadow), "rule": shadow.rule,
+                            "reasons": list(shadow.reasons)}
+        if shadow.requirement is not None:
+            detail["report"]["level"] = shadow.requirement.level.label  # type: ignore[index]
     if decision.grant_id:
         detail["grant"] = decision.grant_id
         detail["consumed"] = bool(decision.consume_grant)

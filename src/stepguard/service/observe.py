@@ -37,6 +37,10 @@ class Observer:
         self.verification_failures = Counter("stepguard_verification_failures_total",
                                              "Failed verifications by factor and reason",
                                              ["factor", "reason"], registry=self.registry)
+        self.shadow = FastCounter("stepguard_shadow_decisions_total",
+                                  "Report-mode decisions that differ from the enforced one, by "
+                                  "what report mode would have done (step_up, deny, login, "
+                                  "allow) and rule", ["outcome", "rule"], self.registry)
         self.cache = FastCounter("stepguard_session_cache_total",
                                  "Session cache lookups: hit (versions unchanged) or miss (loaded)",
                                  ["result"], self.registry)
@@ -52,6 +56,10 @@ class Observer:
 
     def cache_miss(self) -> None:
         self.cache.inc("miss")
+
+    def shadowed(self, outcome: str, rule: str) -> None:
+        """Count one report-mode ("would …") decision beside the enforced one."""
+        self.shadow.inc(outcome, rule or "-")
 
     def event(self, event: AuditEvent) -> None:
         """Count one audit event and log it (decisions only at debug level)."""

@@ -1,19 +1,19 @@
-"""Read-only queries behind the portal's account and admin pages: each page's data in bounded
-reads (the newest audit entries only, never the whole ledger), as records for the page to word."""
+"""Read-only queries behind the portal's account pages: each page's data in bounded reads (the
+newest audit entries only, never the whole ledger), as records for the page to word. The admin
+console's are in `admin_queries`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from stepguard.audit.ledger import AuditEntry
-from stepguard.service.idp import sources
 from stepguard.service.runtime import Runtime
 from stepguard.service.stepup import StepUp
 from stepguard.storage.records import FactorRecord, PushRecord, SessionRecord, UserRecord
 
 ACCOUNT_EVENTS = 15
-ADMIN_USERS = 200
-ADMIN_ENTRIES = 100
+# Plain allows are the ledger's bulk and say nothing to the account holder.
+NOISE = ("allow", "allow_summary")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,24 +26,7 @@ class AccountOverview:
     known_devices: tuple[str, ...]
     events: tuple[AuditEntry, ...]
     pending_pushes: tuple[PushRecord, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class AdminFilters:
-    user: str = ""
-    rule: str = ""
-    outcome: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class AdminOverview:
-    """What the admin console shows: users with their factor counts, sessions, recent entries."""
-
-    users: tuple[UserRecord, ...]
-    factor_counts: dict[str, int]
-    sources: dict[str, str]  # user id -> `local` or the identity provider that made the user
-    sessions: tuple[SessionRecord, ...]
-    entries: tuple[AuditEntry, ...]
+    has_password: bool
 
 
 class PortalQueries:
@@ -61,26 +44,10 @@ class PortalQueries:
             push_devices=tuple(self.stepup.push_devices(user.id)),
             sessions=tuple(store.sessions.list_for_user(user.id)),
             known_devices=tuple(sorted(store.history.load(user.id).known_devices)),
-            events=tuple(self.rt.audit_log.latest(limit=ACCOUNT_EVENTS, subject=user.id)),
+            events=tuple(self.rt.audit_log.latest(limit=ACCOUNT_EVENTS, subject=user.id,
+                                                  exclude_outcomes=NOISE)),
             pending_pushes=tuple(p for p, _ in self.stepup.pending_pushes(session)),
-        )
-
-    def admin(self, filters: AdminFilters) -> AdminOverview:
-        store = self.rt.store
-        users = store.users.list(limit=ADMIN_USERS)
-        subject = next((u.id for u in users if u.username == filters.user), filters.user)
-        entries = self.rt.audit_log.latest(
-            limit=ADMIN_ENTRIES,
-            subject=subject or None,
-            rule=filters.rule or None,
-            outcome=filters.outcome or None,
-        )
-        return AdminOverview(
-            users=users,
-            factor_counts={u.id: len(store.factors.for_user(u.id)) for u in users},
-            sources=sources(store, [u.id for u in users]),
-            sessions=tuple(s for u in users for s in store.sessions.list_for_user(u.id)),
-            entries=tuple(entries),
+            has_password=bool(getattr(store.users.get(user.id), "password_hash", "")),
         )
 
     def user(self, user_id: str) -> UserRecord | None:

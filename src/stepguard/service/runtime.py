@@ -29,14 +29,18 @@ from stepguard.core.risk import Location, RiskSettings
 from stepguard.core.throttle import ThrottleSettings
 from stepguard.factors.secretbox import Keyring
 from stepguard.factors.webauthn import RelyingParty
+from stepguard.notifications.notifier import Notifier
+from stepguard.notifications.webhook import DeadLetter
 from stepguard.service import audit_spill
 from stepguard.service.geo import ChainLocator, Locator, MaxMindLocator, StaticLocator
 from stepguard.service.health import RedisWatch
 from stepguard.service.last_seen import LastSeenWriter
 from stepguard.service.observe import Observer, configure_logging
 from stepguard.storage.audit_store import SqlAuditLog
+from stepguard.storage.dead_letters import DeadLetters
 from stepguard.storage.interfaces import Store
 from stepguard.storage.migrate import upgrade
+from stepguard.storage.policy_versions import PolicyVersion, PolicyVersions
 from stepguard.storage.redis_throttle import RedisThrottle, connect
 from stepguard.storage.sql import SqlStore
 
@@ -69,7 +73,10 @@ class Runtime:
         default_factory=lambda: threading.BoundedSemaphore(2))
     redis_watch: RedisWatch | None = None
     spill_dir: Path | None = None
+    config_dir: Path = Path()
     replayed: list[Path] = field(default_factory=list)
+    notifier: Notifier | None = None
+    policy_version: PolicyVersion | None = None
     _refs: dict[str, str] = field(default_factory=dict, repr=False)
 
     def now(self) -> float:
@@ -92,6 +99,8 @@ class Runtime:
         event = AuditEvent(at=self.now(), session=self.session_ref(str(session)), **fields)  # type: ignore[arg-type]
         self.audit.submit(event)
         self.observer.event(event)
+        if self.notifier is not None:
+            self.notifier.offer(event)
 
     def require_stores(self) -> None:
         """Raise `StoreUnavailable` while a store other than the SQL one is known to be down
@@ -102,6 +111,8 @@ class Runtime:
     def close(self) -> None:
         """Write the audit queue (waiting `audit.shutdown_timeout`), spill what is left, close."""
         try:
+            if self.notifier is not None:
+                self.notifier.close(timeout=self.config.audit.shutdown_timeout)
             self.last_seen.close()
             self._close_audit()
             audit_spill.forget(self.replayed)
@@ -144,12 +155,50 @@ def build_runtime(loaded: Loaded, *, clock: Callable[[], float] = time.time,
         ip_key=_key(config.secrets.ip_pseudonym_key, "secrets.ip_pseudonym_key")
         if config.audit.pseudonymise_ips else None,
         clock=clock, redis_watch=watch,
-        spill_dir=loaded.path.parent / config.audit.spill_dir,
+        spill_dir=loaded.path.parent / config.audit.spill_dir, config_dir=loaded.path.parent,
     )
     runtime.observer.debug = config.server.log_level == "debug"
+    if loaded.policy.report:
+        log.warning("the policy is in report mode: every request passes; would-be step-ups and "
+                    "denies are only audited and counted (docs/operations.md)")
     runtime.replayed = audit_spill.replay(loaded.path.parent / config.audit.spill_dir,
                                           runtime.audit)
+    runtime.notifier = _notifier(runtime)
+    engine = getattr(store, "engine", None)
+    if engine is not None:  # each distinct policy text is numbered (admin page: version, diff)
+        runtime.policy_version = PolicyVersions(engine).record(
+            loaded.policy_path.read_text(), source=loaded.policy_path.name, now=clock())
     return runtime
+
+
+def _notifier(runtime: Runtime) -> Notifier | None:
+    """The notifier when any channel is configured (see docs/operations.md)."""
+    settings = runtime.config.notifications
+    if not (settings.email.smtp_host or settings.webhooks or settings.syslog.address
+            or settings.syslog.file):
+        return None
+    if settings.syslog.file:
+        path = runtime.config_dir / settings.syslog.file
+        settings = settings.model_copy(
+            update={"syslog": settings.syslog.model_copy(update={"file": str(path)})})
+    engine = getattr(runtime.store, "engine", None)
+    letters = DeadLetters(engine) if engine is not None else None
+
+    def email_of(user_id: str) -> str:
+        user = runtime.store.users.get(user_id)
+        return user.email if user is not None and not user.disabled else ""
+
+    def dead_letter(letter: DeadLetter) -> None:
+        if letters is not None:
+            letters.add(letter, now=runtime.now())
+        runtime.record(kind="admin", outcome="notification_failed",
+                       detail={"channel": "webhook", "target": letter.target,
+                               "notice": letter.event, "attempts": letter.attempts,
+                               "error": letter.last_error})
+
+    return Notifier(settings, email_of=email_of, portal=runtime.config.server.public_url,
+                    dead_letter=dead_letter, registry=runtime.observer.registry,
+                    clock=runtime.clock)
 
 
 def _sql_store(loaded: Loaded, migrate: bool | None) -> SqlStore:
@@ -165,7 +214,9 @@ def _sql_store(loaded: Loaded, migrate: bool | None) -> SqlStore:
 def _summary(config: StepguardConfig) -> AllowSummary | None:
     if config.audit.allows == "every_request":
         return None
-    return AllowSummary(config.audit.summary_interval)
+    ip_key = (_key(config.secrets.ip_pseudonym_key, "secrets.ip_pseudonym_key")
+              if config.audit.pseudonymise_ips else None)
+    return AllowSummary(config.audit.summary_interval, ip_key=ip_key)
 
 
 def _with_timeouts(url: str, store: StoreSettings) -> str:

@@ -39,6 +39,7 @@ from stepguard.storage.records import (
     FactorKind,
     FactorRecord,
     PushRecord,
+    Reserved,
     SessionRecord,
 )
 
@@ -179,6 +180,12 @@ class StepUp:
         if challenge is None or challenge.status != "passed" or challenge.session_id != session.id:
             return None
         return challenge
+
+    def settled(self, challenge_id: str, session: SessionRecord) -> bool:
+        """Whether this session passed this challenge (its held request sent or not)."""
+        challenge = self.rt.store.challenges.get(challenge_id)
+        return (challenge is not None and challenge.status in ("passed", "sent")
+                and challenge.session_id == session.id)
 
     def methods_for(self, challenge: ChallengeRecord, user_id: str) -> list[str]:
         """Methods the requirement allows, that reach its level and the user has set up."""
@@ -439,7 +446,7 @@ class StepUp:
                     raise ReplayDetected("This approval request was already answered.")
                 self.rt.store.factors.mark_used(device.id, now=now)
         except VerificationFailed as exc:
-            self._failed(approver, "push", exc, challenge)
+            self._failed(approver, "push", exc, challenge, reserved)
             raise
         except BaseException:
             abandoned(self.rt, reserved)
@@ -456,7 +463,7 @@ class StepUp:
         if answered.approved:
             succeeded(self.rt, reserved)
         else:  # a refusal stays counted: pushes the user keeps refusing slow the next ones
-            failed(self.rt, user_id=approver.user_id)
+            failed(self.rt, user_id=approver.user_id, reserved=reserved, factor="push")
         return answered.status
 
     def poll_push(
@@ -528,7 +535,7 @@ class StepUp:
                 verify()
                 passed = self._complete(challenge, session, factor, client_ip)
         except (VerificationFailed, Throttled) as exc:
-            self._failed(session, factor, exc, challenge)
+            self._failed(session, factor, exc, challenge, reserved, client_ip)
             raise
         except BaseException:
             abandoned(self.rt, reserved)
@@ -544,8 +551,11 @@ class StepUp:
         factor: str,
         exc: Exception,
         challenge: ChallengeRecord,
+        reserved: tuple[Reserved, ...] = (),
+        client_ip: str = "",
     ) -> None:
-        failed(self.rt, user_id=session.user_id)
+        failed(self.rt, user_id=session.user_id, reserved=reserved, factor=factor,
+               client_ip=client_ip)
         code = getattr(exc, "code", "throttled")
         self.rt.record(
             kind="verification",

@@ -125,9 +125,14 @@ class SqlAuditLog:
         kind: str | None = None,
         rule: str | None = None,
         outcome: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
     ) -> Iterator[AuditEntry]:
-        """Entries in seq order, read page by page (filters are for the admin page)."""
+        """Entries in seq order, read page by page (filters are for the admin page and
+        replay; `since`/`until` bound the entry time, inclusive and exclusive)."""
         conditions = _filters(until_seq, subject, kind, rule, outcome)
+        if since is not None or until is not None:
+            conditions.extend(self._time_range(since, until))
         cursor, remaining = after_seq, limit
         while remaining is None or remaining > 0:
             size = self._page_size if remaining is None else min(self._page_size, remaining)
@@ -138,23 +143,36 @@ class SqlAuditLog:
             cursor = page[-1].seq
             remaining = None if remaining is None else remaining - len(page)
 
-    def latest(
-        self,
-        *,
-        limit: int,
-        subject: str | None = None,
-        rule: str | None = None,
-        outcome: str | None = None,
-    ) -> list[AuditEntry]:
-        """The newest `limit` matching entries, newest first: one bounded statement (pages
-        show recent activity without reading the whole ledger)."""
-        conditions = _filters(None, subject, None, rule, outcome)
-        query = (
-            select(audit_entries)
-            .where(*conditions)
-            .order_by(audit_entries.c.seq.desc())
-            .limit(max(0, limit))
-        )
+    def _time_range(self, since: float | None, until: float | None) -> list[ColumnElement[bool]]:
+        """The time bounds, plus the seq range of the entries inside them (one read of the
+        (at, seq) index), so each page is a seq-ordered index range and not a sort."""
+        at = audit_entries.c.at
+        bounds = [at >= since] if since is not None else []
+        if until is not None:
+            bounds.append(at < until)
+        query = select(func.min(audit_entries.c.seq), func.max(audit_entries.c.seq)).where(*bounds)
+        with self._read() as connection:
+            low, high = connection.execute(query).one()
+        if low is None:
+            return [*bounds, audit_entries.c.seq < 0]  # nothing in the period
+        return [*bounds, audit_entries.c.seq >= int(low), audit_entries.c.seq <= int(high)]
+
+    def latest(self, *, before_seq: int | None = None, limit: int = 50,
+               subject: str | None = None, kind: str | None = None, rule: str | None = None,
+               outcome: str | None = None, since: float | None = None,
+               until: float | None = None,
+               exclude_outcomes: Sequence[str] = ()) -> list[AuditEntry]:
+        """One page, newest first: at most `limit` entries before `before_seq` under the filters
+        (a (filter, seq) index range read backwards; never the whole ledger)."""
+        conditions = _filters(None, subject, kind, rule, outcome)
+        if before_seq is not None:
+            conditions.append(audit_entries.c.seq < before_seq)
+        if exclude_outcomes:
+            conditions.append(audit_entries.c.outcome.not_in(list(exclude_outcomes)))
+        if since is not None or until is not None:
+            conditions.extend(self._time_range(since, until))
+        query = (select(audit_entries).where(*conditions)
+                 .order_by(audit_entries.c.seq.desc()).limit(max(0, min(limit, 10_000))))
         with self._read() as connection:
             return [_entry(row) for row in connection.execute(query)]
 

@@ -29,9 +29,12 @@ audit_entries = Table(
     Column("fields", Text, nullable=False),  # JSON: request, reasons, detail
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
-    Index("ix_audit_entries_subject", "subject"),
-    Index("ix_audit_entries_kind", "kind"),
-    Index("ix_audit_entries_at", "at"),
+    # (filter, seq): each page of a filtered view is an ordered index range (migration 0010)
+    Index("ix_audit_entries_kind_seq", "kind", "seq"),
+    Index("ix_audit_entries_subject_seq", "subject", "seq"),
+    Index("ix_audit_entries_rule_seq", "rule", "seq"),
+    Index("ix_audit_entries_outcome_seq", "outcome", "seq"),
+    Index("ix_audit_entries_at_seq", "at", "seq"),
 )
 
 audit_head = Table(

@@ -20,8 +20,16 @@ from stepguard.service.push_devices import PushDevices
 from stepguard.service.stepup import StepUp
 from stepguard.storage.records import SessionRecord, UserRecord
 from stepguard.web.page import Pages
+from stepguard.web.render import N_
 from stepguard.web.security import CsrfRejected
-from stepguard.web.text import describe_browser, throttle_text, unb64url, when
+from stepguard.web.text import (
+    bound_view,
+    describe_browser,
+    security_event,
+    throttle_text,
+    unb64url,
+    when,
+)
 
 AccountAction = Callable[[SessionRecord, UserRecord, dict[str, str]], str]
 ENROL_COOKIE = "stepguard_enrol"
@@ -47,6 +55,7 @@ class AccountPages:
             r("/account/passkey/begin", self.passkey_begin, methods=["POST"]),
             r("/account/passkey/finish", self.passkey_finish, methods=["POST"]),
             r("/account/recovery", self.recovery_regenerate, methods=["POST"]),
+            r("/account/password/remove", self.remove_password, methods=["POST"]),
             r("/account/push-device", self.push_device_page, methods=["GET"]),
             r("/account/push-device/begin", self.push_device_begin, methods=["POST"]),
             r("/account/push-device/finish", self.push_device_finish, methods=["POST"]),
@@ -75,8 +84,10 @@ class AccountPages:
             enrol_passkey_url="/account/passkey",
             enrol_push_url="/account/push-device",
             recovery_url="/account/recovery",
+            remove_password_url="/account/password/remove",  # noqa: S106 (a URL)
             logout_url="/logout",
-            **account_view(overview, session),
+            db_tokens_url="/account/db-tokens" if self.pages.rt.config.postgres.listeners else "",
+            **account_view(overview, session, self.pages.translator(request)),
         )
 
     async def _account_post(self, request: Request, action: AccountAction) -> Response:
@@ -89,14 +100,14 @@ class AccountPages:
             form = await pages.form(request, session)
             note = await run_in_threadpool(action, session, user, form)
         except CsrfRejected:
-            return pages.message(request, "Request refused", "The form expired.", 403)
+            return pages.message(request, N_("Request refused"), N_("The form expired."), 403)
         except NeedsFreshProof as exc:
             return pages.message(
                 request,
                 "Confirm it's you",
                 str(exc) + " Sign in again, or confirm with a second factor, then retry.",
                 403,
-                {"href": "/login?rd=%2Faccount", "text": "Sign in again"},
+                {"href": "/login?rd=%2Faccount", "text": N_("Sign in again")},
             )
         return RedirectResponse(f"/account?m={quote(note)}", 303)
 
@@ -104,9 +115,9 @@ class AccountPages:
         return await self._account_post(
             request,
             lambda s, u, f: (
-                "Session ended."
+                N_("Session ended.")
                 if self.accounts.revoke_session(s, f.get("session_id", ""))
-                else "No such session."
+                else N_("No such session.")
             ),
         )
 
@@ -124,11 +135,21 @@ class AccountPages:
         return await self._account_post(
             request,
             lambda s, u, f: (
-                "Removed."
+                N_("Removed.")
                 if self.accounts.remove_factor(s, f.get("factor_id", ""))
-                else "Not found."
+                else N_("Not found.")
             ),
         )
+
+    async def remove_password(self, request: Request) -> Response:
+        def remove(session: SessionRecord, user: UserRecord, form: dict[str, str]) -> str:
+            try:
+                self.accounts.remove_password(session)
+            except VerificationFailed as exc:
+                return f"Password kept: {exc.reason}"
+            return N_("You now sign in with your passkey; your password no longer works.")
+
+        return await self._account_post(request, remove)
 
     # ------------------------------------------------------------------ enrolment
 
@@ -170,7 +191,7 @@ class AccountPages:
                 self.accounts.confirm_totp(session, factor_id, form.get("code", ""))
             except VerificationFailed as exc:
                 return f"Authenticator not added: {exc.reason}"
-            return "Authenticator app added."
+            return N_("Authenticator app added.")
 
         return await self._account_post(request, confirm)
 
@@ -209,8 +230,17 @@ class AccountPages:
         enrolment_id = request.cookies.get(ENROL_COOKIE, "")
 
         def finish(session: SessionRecord, user: UserRecord, body: bytes) -> Response:
-            payload = json.loads(body or b"{}")
-            credential = payload.get("credential", payload)
+            try:  # client input: a 400, never a 500
+                payload = json.loads(body or b"{}")
+                if not isinstance(payload, dict):
+                    raise ValueError("not an object")
+                credential = payload.get("credential", payload)
+                if not isinstance(credential, dict):
+                    raise ValueError("no credential")
+            except ValueError:
+                return JSONResponse(
+                    {"error": self.pages.say(request, N_("The passkey answer was not readable."))},
+                    400)
             self.accounts.finish_passkey(
                 session, enrolment_id, json.dumps(credential), str(payload.get("label", "Passkey"))
             )
@@ -228,9 +258,9 @@ class AccountPages:
             await pages.form(request, session)
             codes = await run_in_threadpool(self.accounts.regenerate_recovery_codes, session)
         except CsrfRejected:
-            return pages.message(request, "Request refused", "The form expired.", 403)
+            return pages.message(request, N_("Request refused"), N_("The form expired."), 403)
         except NeedsFreshProof as exc:
-            return pages.message(request, "Confirm it's you", str(exc), 403)
+            return pages.message(request, N_("Confirm it's you"), str(exc), 403)
         return pages.page(
             request, "recovery_codes.html", session, user, codes=codes, done_url="/account"
         )
@@ -248,7 +278,7 @@ class AccountPages:
         match = [(p, c) for p, c in pending if p.id == pid]
         if not match:
             return pages.message(
-                request, "Nothing to approve", "This request is no longer pending.", 404
+                request, N_("Nothing to approve"), N_("This request is no longer pending."), 404
             )
         push, challenge = match[0]
         devices = await run_in_threadpool(self.stepup.push_devices, user.id)
@@ -265,8 +295,9 @@ class AccountPages:
                 "ip": push.client_ip,
                 "location": push.location,
                 "browser": describe_browser(push.user_agent),
-                "reasons": list(challenge.reasons),
-                "bound_values": list(challenge.bound_values),
+                "reasons": [pages.translator(request)(r) for r in challenge.reasons],
+                "bound_values": bound_view(challenge.bound_values, pages.rt.policy.display,
+                                           pages.language(request)),
                 "nonce": push.nonce,
                 "digest": push.digest,
             },
@@ -288,10 +319,10 @@ class AccountPages:
                     client_ip=ip,
                 )
             except Throttled as exc:
-                return f"Not answered: {throttle_text(exc)}"
+                return f"Not answered: {throttle_text(exc, self.pages.language(request))}"
             except (ValueError, StepguardError) as exc:
                 return f"Not answered: {getattr(exc, 'reason', 'the answer was not readable.')}"
-            return "Approved." if status == "approved" else "Refused."
+            return N_("Approved.") if status == "approved" else N_("Refused.")
 
         return await self._account_post(request, answer)
 
@@ -320,7 +351,7 @@ class AccountPages:
                 public_key = unb64url(fields["public_key"])
                 signature = unb64url(fields["signature"])
             except ValueError:
-                return JSONResponse({"error": "The device answer was not readable."}, 400)
+                return JSONResponse({"error": N_("The device answer was not readable.")}, 400)
             device = self.push_devices.finish(
                 session,
                 enrolment_id=fields["enrolment_id"],
@@ -337,8 +368,9 @@ class AccountPages:
         return await self.pages.json_call(request, finish)
 
 
-def account_view(overview: AccountOverview, session: SessionRecord) -> dict[str, Any]:
-    """The account page's template context, worded from the overview."""
+def account_view(overview: AccountOverview, session: SessionRecord,
+                 say: Callable[[str], str] = str) -> dict[str, Any]:
+    """The account page's template context, worded from the overview (`say` translates)."""
     return {
         "factors": [
             {
@@ -365,23 +397,37 @@ def account_view(overview: AccountOverview, session: SessionRecord) -> dict[str,
                 "id": s.id,
                 "current": s.id == session.id,
                 "ip": s.ip,
-                "user_agent": s.user_agent[:80],
+                "user_agent": describe_browser(s.user_agent),
                 "created_text": when(s.created),
                 "last_seen_text": when(s.last_seen),
             }
             for s in overview.sessions
         ],
-        "devices": [{"id": d[:8] + "…", "last_seen_text": ""} for d in overview.known_devices],
+        "devices": devices_view(overview, session),
         "events": [
-            {
-                "at_text": when(e.at),
-                "kind": e.kind,
-                "outcome": e.outcome,
-                "detail": e.factor or e.rule,
-            }
+            {"at_text": when(e.at), "text": say(text), "detail": [say(r) for r in e.reasons]}
             for e in overview.events
+            if (text := security_event(e)) is not None
         ],
+        "has_password": overview.has_password,
         "pending_pushes": [
             {"id": p.id, "url": f"/account/push/{p.id}"} for p in overview.pending_pushes
         ],
     }
+
+
+def devices_view(overview: AccountOverview, session: SessionRecord) -> list[dict[str, Any]]:
+    """Known devices (every device that signed in, from the first sign-in on), described by the
+    newest open session on each: browser, last seen, and which one is this browser."""
+    newest: dict[str, SessionRecord] = {}
+    for s in overview.sessions:  # most recently seen first
+        newest.setdefault(s.device_id, s)
+    shown = []
+    for device in overview.known_devices:
+        seen = newest.get(device)
+        shown.append({
+            "browser": describe_browser(seen.user_agent) if seen else "",
+            "last_seen_text": when(seen.last_seen) if seen else "",
+            "current": device == session.device_id,
+        })
+    return sorted(shown, key=lambda d: (not d["current"], d["last_seen_text"] == ""))

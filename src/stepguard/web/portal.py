@@ -15,7 +15,8 @@ from stepguard.service.portal_queries import PortalQueries
 from stepguard.service.runtime import Runtime
 from stepguard.service.stepup import StepUp
 from stepguard.web.account import AccountPages
-from stepguard.web.admin import AdminPages
+from stepguard.web.admin import AdminConsole
+from stepguard.web.inline import MODULE_PATH, InlineFrames
 from stepguard.web.page import PRE_SESSION_COOKIE, Pages
 from stepguard.web.signin import SignInPages
 from stepguard.web.step_up import Replay, StepUpPages
@@ -32,12 +33,14 @@ class Portal:
         self.pages = Pages(runtime, guard)
         queries = PortalQueries(runtime, stepup)
         self.sign_in = SignInPages(self.pages, accounts)
-        self.step_up = StepUpPages(self.pages, stepup, replay)
+        self.inline = InlineFrames(runtime)
+        self.step_up = StepUpPages(self.pages, stepup, self.inline, replay)
         self.account = AccountPages(self.pages, accounts, stepup, queries)
-        self.admin = AdminPages(self.pages, guard, stepup, accounts, queries)
+        self.admin = AdminConsole(self.pages, guard, stepup, accounts)
 
     def routes(self) -> list[Route]:
         return [
+            Route(MODULE_PATH, self.inline.module, methods=["GET"]),
             *self.sign_in.routes(),
             *self.step_up.routes(),
             *self.account.routes(),

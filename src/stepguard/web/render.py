@@ -10,28 +10,40 @@ segno output (`qr.svg_inline(...)`), never text from a request.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, Undefined
 
+from stepguard.web.i18n import DEFAULT, LANGUAGES, translations
+
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 STATIC_DIR = Path(__file__).parent / "static"
 
+
+
+def N_(message: str) -> str:
+    """Marks a text for the catalog (`scripts/i18n` extracts it); translated where shown."""
+    return message
+
+
 LEVEL_WORDS = {
-    "aal1": "your password",
-    "aal2": "a second proof, such as a passkey or a code from your authenticator app",
-    "aal3": "a passkey or security key that checks your PIN or fingerprint",
+    "aal1": N_("your password"),
+    "aal2": N_("a second proof, such as a passkey or a code from your authenticator app"),
+    "aal3": N_("a passkey or security key that checks your PIN or fingerprint"),
 }
 METHOD_NAMES = {
-    "password": "Password",
-    "totp": "Authenticator app",
-    "webauthn": "Passkey or security key",
-    "recovery": "Recovery code",
-    "push": "Approval on another device",
+    "password": N_("Password"),
+    "totp": N_("Authenticator app"),
+    "webauthn": N_("Passkey or security key"),
+    "recovery": N_("Recovery code"),
+    "push": N_("Approval on another device"),
 }
-_PAGE_DEFAULTS: dict[str, Any] = {"user": None, "flash": None, "error": None}
+_PAGE_DEFAULTS: dict[str, Any] = {"user": None, "flash": None, "error": None,
+                                  "language": DEFAULT, "language_links": [], "js_texts": {},
+                                  "embedded": False, "parent_origin": None,
+                                  "inline_challenge": ""}
 
 
 class Renderer:
@@ -46,31 +58,43 @@ class Renderer:
     ) -> None:
         self.title = title
         self.static_prefix = static_prefix
-        self.environment = Environment(
-            loader=FileSystemLoader(str(templates_dir)),
+        self.templates_dir = templates_dir
+        self.environments = {language: self._environment(language) for language in LANGUAGES}
+        self.environment = self.environments[DEFAULT]
+
+    def _environment(self, language: str) -> Environment:
+        """One environment per language (gettext installed once, never swapped per request)."""
+        environment = Environment(
+            loader=FileSystemLoader(str(self.templates_dir)),
             autoescape=True,
             undefined=StrictUndefined,
             trim_blocks=True,
             lstrip_blocks=True,
+            extensions=["jinja2.ext.i18n"],
         )
-        self.environment.filters.update(
-            duration=duration_text,
+        catalog = translations(language)
+        environment.install_gettext_translations(catalog, newstyle=True)  # type: ignore[attr-defined]
+        say = catalog.gettext
+        environment.filters.update(
+            duration=lambda seconds: duration_text(seconds, catalog.ngettext),
             group4=group_by_four,
-            level_words=level_words,
-            method_name=method_name,
+            level_words=lambda label: say(level_words(label)),
+            method_name=lambda method: say(method_name(method)),
             as_text=as_text,
         )
-        self.environment.globals["require"] = require
+        environment.globals["require"] = require
+        return environment
 
     def render(self, name: str, **context: Any) -> str:
-        """Render template `name`; `context` overrides the page defaults."""
+        """Render template `name` in `context["language"]`; `context` overrides the defaults."""
         page = {
             "title": self.title,
             "static_prefix": self.static_prefix,
             **_PAGE_DEFAULTS,
             **context,
         }
-        return self.environment.get_template(name).render(page)
+        environment = self.environments.get(str(page["language"]), self.environment)
+        return environment.get_template(name).render(page)
 
 
 def require(*values: object) -> str:
@@ -85,16 +109,24 @@ def require(*values: object) -> str:
     return ""
 
 
-def duration_text(seconds: float) -> str:
-    """Plain words for a remaining time: "45 seconds", "5 minutes", "1 hour 30 minutes"."""
+def _english(singular: str, plural: str, count: int) -> str:
+    return singular if count == 1 else plural
+
+
+def duration_text(seconds: float, ngettext: Callable[[str, str, int], str] = _english) -> str:
+    """Plain words for a remaining time: "45 seconds", "5 minutes", "1 hour 30 minutes"
+    (in the language of `ngettext`)."""
     total = max(0, math.ceil(seconds))
     if total < 60:
-        return _plural(total, "second")
+        return ngettext("%(num)d second", "%(num)d seconds", total) % {"num": total}
     minutes = math.ceil(total / 60)
     if minutes < 60:
-        return _plural(minutes, "minute")
+        return ngettext("%(num)d minute", "%(num)d minutes", minutes) % {"num": minutes}
     hours, rest = divmod(minutes, 60)
-    return _plural(hours, "hour") + (f" {_plural(rest, 'minute')}" if rest else "")
+    text = ngettext("%(num)d hour", "%(num)d hours", hours) % {"num": hours}
+    if rest:
+        text += " " + ngettext("%(num)d minute", "%(num)d minutes", rest) % {"num": rest}
+    return text
 
 
 def group_by_four(secret: str) -> str:
@@ -121,6 +153,3 @@ def as_text(value: str | Iterable[Any] | None, separator: str = "; ") -> str:
         return value
     return separator.join(str(item) for item in value)
 
-
-def _plural(count: int, unit: str) -> str:
-    return f"{count} {unit}" if count == 1 else f"{count} {unit}s"

@@ -8,6 +8,7 @@ from sqlalchemy.engine import Connection
 
 import stepguard.storage.api_key_tables  # noqa: F401
 import stepguard.storage.audit_tables  # noqa: F401
+import stepguard.storage.db_token_tables  # noqa: F401
 import stepguard.storage.identity_tables  # noqa: F401
 import stepguard.storage.tables  # noqa: F401  (puts the tables on `metadata` for autogenerate)
 from stepguard.storage.engine import make_engine, metadata

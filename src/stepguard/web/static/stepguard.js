@@ -28,8 +28,24 @@
 (function () {
   "use strict";
 
+  // Texts in the page's language: the server puts {English: translation} in
+  // <script type="application/json" id="sg-texts"> (data, not code: allowed by the CSP).
+  var TEXTS = (function () {
+    var node = document.getElementById && document.getElementById("sg-texts");
+    try {
+      return node ? JSON.parse(node.textContent || "{}") : {};
+    } catch (ignored) {
+      return {};
+    }
+  })();
+
+  function t(text) {
+    return Object.prototype.hasOwnProperty.call(TEXTS, text) ? TEXTS[text] : text;
+  }
+
   var CEREMONY_TIMEOUT_MS = 60000;
   var POLL_INTERVAL_MS = 2000;
+  var CONTINUE_AFTER_MS = 4000;
 
   // --- base64url <-> ArrayBuffer ---------------------------------------------------------------
 
@@ -88,9 +104,25 @@
   function followRedirect(url) {
     var target = new URL(url, window.location.href);
     if (target.protocol !== "https:" && target.protocol !== "http:") {
-      throw new Error("The server sent an address this page will not open.");
+      throw new Error(t("The server sent an address this page will not open."));
     }
     window.location.assign(target.href);
+    // A download, or an address that only differs by its #fragment, leaves this page in place:
+    // never leave "Continuing…" on screen without a way on.
+    window.setTimeout(function () { offerContinue(target.href); }, CONTINUE_AFTER_MS);
+  }
+
+  function offerContinue(href) {
+    var region = document.getElementById("sg-status");
+    if (!region || typeof document.createElement !== "function") {
+      return;
+    }
+    var link = document.createElement("a");
+    link.href = href;
+    link.textContent = t("Continue");
+    region.textContent = t("Done. If nothing happened, ");
+    region.appendChild(link);
+    region.appendChild(document.createTextNode("."));
   }
 
   function readJson(response) {
@@ -188,19 +220,19 @@
 
   function ceremonyMessage(error, aborted) {
     if (aborted) {
-      return "No passkey answered within 60 seconds. Try again.";
+      return t("No passkey answered within 60 seconds. Try again.");
     }
     switch (error && error.name) {
       case "NotAllowedError":
-        return "The passkey request was cancelled or timed out. Try again, or choose another way.";
+        return t("The passkey request was cancelled or timed out. Try again, or choose another way.");
       case "InvalidStateError":
-        return "This passkey is already registered for your account.";
+        return t("This passkey is already registered for your account.");
       case "SecurityError":
-        return "Passkeys cannot be used on this address.";
+        return t("Passkeys cannot be used on this address.");
       case "NotSupportedError":
-        return "This browser or authenticator does not support the requested passkey.";
+        return t("This browser or authenticator does not support the requested passkey.");
       default:
-        return (error && error.message) || "Something went wrong. Try again.";
+        return (error && error.message) || t("Something went wrong. Try again.");
     }
   }
 
@@ -216,32 +248,32 @@
     var timer = window.setTimeout(function () { controller.abort(); }, CEREMONY_TIMEOUT_MS);
     button.disabled = true;
     clearError();
-    showStatus("Preparing…");
+    showStatus(t("Preparing…"));
     return postJson(button.getAttribute("data-begin-url"), register ? { label: label } : {})
       .then(function (data) {
         var json = data.publicKey || data;
-        showStatus("Follow your browser's prompt to use your passkey.");
+        showStatus(t("Follow your browser's prompt to use your passkey."));
         return register
           ? navigator.credentials.create({ publicKey: creationOptions(json), signal: controller.signal })
           : navigator.credentials.get({ publicKey: requestOptions(json), signal: controller.signal });
       })
       .then(function (credential) {
         if (!credential) {
-          throw new Error("No passkey was chosen.");
+          throw new Error(t("No passkey was chosen."));
         }
         var payload = register ? registrationJson(credential) : authenticationJson(credential);
         if (register) {
           payload.label = label;
         }
-        showStatus("Checking…");
+        showStatus(t("Checking…"));
         return postJson(button.getAttribute("data-finish-url"), payload);
       })
       .then(function (result) {
         if (result.redirect) {
-          showStatus("Done. Continuing…");
+          showStatus(t("Done. Continuing…"));
           followRedirect(result.redirect);
         } else {
-          showStatus("Done.");
+          showStatus(t("Done."));
         }
       })
       .catch(function (error) {
@@ -269,13 +301,87 @@
     }
   }
 
+  // --- passkey sign-in: a button, and conditional UI (autofill in the username field) --------
+  // POST begin -> {publicKey, ceremony}; navigator.credentials.get (mediation "conditional" for
+  // the autofill, which waits for the user without a time limit); POST finish {ceremony,
+  // credential} -> {redirect}. Starting the button's ceremony cancels the waiting autofill one.
+
+  function setUpPasskeySignIn() {
+    var box = document.querySelector("[data-passkey-sign-in]");
+    if (!box || typeof window.PublicKeyCredential !== "function" || !navigator.credentials) {
+      return;
+    }
+    box.hidden = false;
+    var waiting = null;
+
+    function signIn(mediation) {
+      var controller = new AbortController();
+      var timer = mediation ? null :
+        window.setTimeout(function () { controller.abort(); }, CEREMONY_TIMEOUT_MS);
+      var ceremony = "";
+      if (!mediation) {
+        if (waiting) {
+          waiting.abort();
+        }
+        clearError();
+        showStatus(t("Follow your browser's prompt to use your passkey."));
+      } else {
+        waiting = controller;
+      }
+      return postJson(box.getAttribute("data-begin-url"), {})
+        .then(function (data) {
+          ceremony = data.ceremony;
+          var request = { publicKey: requestOptions(data.publicKey), signal: controller.signal };
+          if (mediation) {
+            request.mediation = mediation;
+          }
+          return navigator.credentials.get(request);
+        })
+        .then(function (credential) {
+          if (!credential) {
+            throw new Error(t("No passkey was chosen."));
+          }
+          showStatus(t("Checking…"));
+          return postJson(box.getAttribute("data-finish-url"),
+            { ceremony: ceremony, credential: authenticationJson(credential) });
+        })
+        .then(function (result) {
+          showStatus(t("Signed in. Continuing…"));
+          followRedirect(result.redirect || "/account");
+        })
+        .catch(function (error) {
+          if (mediation && controller.signal.aborted) {
+            return; // the autofill ceremony gave way to the button's
+          }
+          showError(ceremonyMessage(error, !mediation && controller.signal.aborted));
+        })
+        .finally(function () {
+          if (timer) {
+            window.clearTimeout(timer);
+          }
+        });
+    }
+
+    box.querySelector("[data-passkey-button]").addEventListener("click", function () {
+      signIn(null);
+    });
+    var conditional = window.PublicKeyCredential.isConditionalMediationAvailable;
+    if (typeof conditional === "function") {
+      conditional.call(window.PublicKeyCredential).then(function (available) {
+        if (available) {
+          signIn("conditional");
+        }
+      }).catch(function () {});
+    }
+  }
+
   // --- push approval polling -------------------------------------------------------------------
 
   var PUSH_TEXT = {
-    pending: "Waiting for your answer on your other device…",
-    approved: "Approved. Continuing…",
-    denied: "The request was denied on your other device. Choose another way, or send a new push.",
-    expired: "The push request expired. Send a new one, or choose another way."
+    pending: t("Waiting for your answer on your other device…"),
+    approved: t("Approved. Continuing…"),
+    denied: t("The request was denied on your other device. Choose another way, or send a new push."),
+    expired: t("The push request expired. Send a new one, or choose another way.")
   };
 
   function pollPush(element) {
@@ -323,7 +429,7 @@
           if (error instanceof TypeError) {
             schedule();  // network hiccup: try again until the push expires
           } else {
-            showError(error.message || "Could not check the push request.");
+            showError(error.message || t("Could not check the push request."));
           }
         });
     }
@@ -378,7 +484,7 @@
     var keys;
     button.disabled = true;
     clearError();
-    showStatus("Preparing…");
+    showStatus(t("Preparing…"));
     return postJson(button.getAttribute("data-begin-url"), {})
       .then(function (data) {
         enrolment = data;
@@ -394,7 +500,7 @@
         ]);
       })
       .then(function (parts) {
-        showStatus("Registering this browser…");
+        showStatus(t("Registering this browser…"));
         return postJson(button.getAttribute("data-finish-url"), {
           enrolment_id: enrolment.enrolment_id,
           alg: "ES256",
@@ -409,11 +515,11 @@
         }).then(function () { return result; });
       })
       .then(function (result) {
-        showStatus("Done. Continuing…");
+        showStatus(t("Done. Continuing…"));
         followRedirect(result.redirect || "/account");
       })
       .catch(function (error) {
-        showError((error && error.message) || "This browser could not be added.");
+        showError((error && error.message) || t("This browser could not be added."));
         button.disabled = false;
       });
   }
@@ -467,7 +573,7 @@
             form.elements.signature.value = bufferToBase64url(signature);
             form.submit();
           }).catch(function (error) {
-            showError((error && error.message) || "This browser could not sign the answer.");
+            showError((error && error.message) || t("This browser could not sign the answer."));
           });
         });
       });
@@ -488,8 +594,125 @@
     document.querySelectorAll("[data-push-approve]").forEach(setUpApproval);
   }
 
+  // --- the inline dialog's frame (or popup): talk to the application page -------------------
+  // Only in the embedded view (body[data-inline-origin], set by the server to an allowed
+  // origin), only to that exact origin, and only "ready", "resize", "passed" and "cancelled"
+  // with the challenge id: no code, assertion or token ever leaves this page.
+
+  function inlineTarget() {
+    var body = document.body;
+    var origin = body && body.getAttribute ? body.getAttribute("data-inline-origin") : null;
+    if (!origin) {
+      return null;
+    }
+    var parent = window.parent !== window ? window.parent : window.opener;
+    return parent ? { window: parent, origin: origin } : null;
+  }
+
+  function tellParent(type, extra) {
+    var target = inlineTarget();
+    if (!target) {
+      return;
+    }
+    var message = Object.assign({
+      source: "stepguard",
+      version: 1,
+      type: type,
+      challenge: document.body.getAttribute("data-inline-challenge") || ""
+    }, extra || {});
+    target.window.postMessage(message, target.origin);
+    if ((type === "passed" || type === "cancelled") && window.opener && window.parent === window) {
+      window.close();  // the popup's work is done
+    }
+  }
+
+  function setUpInline() {
+    if (!inlineTarget()) {
+      return;
+    }
+    document.querySelectorAll("[data-inline-cancel]").forEach(function (button) {
+      button.addEventListener("click", function () { tellParent("cancelled"); });
+    });
+    document.addEventListener("keydown", function (event) {
+      if (event.key === "Escape") {
+        tellParent("cancelled");
+      }
+    });
+    if (document.querySelector("[data-inline-done]")) {
+      tellParent("passed");
+      return;
+    }
+    if (document.querySelector("[data-inline-signed-out]")) {
+      tellParent("signed_out");
+    }
+    var report = function () {
+      tellParent("resize", { height: Math.ceil(document.documentElement.scrollHeight) });
+    };
+    tellParent("ready", { title: document.title });
+    report();
+    if (typeof window.ResizeObserver === "function") {
+      new window.ResizeObserver(report).observe(document.body);
+    }
+  }
+
+  function focusError() {
+    // A page that opens with an error (a failed form, after its redirect): start there.
+    var region = document.getElementById("sg-alert");
+    if (region && region.textContent && region.textContent.trim() && region.focus) {
+      region.focus();
+    }
+  }
+
+  // --- recovery codes: copy and download (made in the browser: the server keeps no copy) ----
+
+  function codesText(listId) {
+    var list = document.getElementById(listId);
+    if (!list) {
+      return "";
+    }
+    var codes = [];
+    list.querySelectorAll("code").forEach(function (code) { codes.push(code.textContent.trim()); });
+    return codes.join("\n") + "\n";
+  }
+
+  function setUpCodes() {
+    document.querySelectorAll("[data-codes-copy]").forEach(function (button) {
+      if (!navigator.clipboard || !window.isSecureContext) {
+        return;
+      }
+      button.hidden = false;
+      button.addEventListener("click", function () {
+        navigator.clipboard.writeText(codesText(button.getAttribute("data-codes-copy")))
+          .then(function () { showStatus(t("Copied. Paste them somewhere safe.")); })
+          .catch(function () { showError(t("Could not copy. Select the codes and copy them.")); });
+      });
+    });
+    document.querySelectorAll("[data-codes-download]").forEach(function (button) {
+      if (typeof window.Blob !== "function" || !window.URL || !URL.createObjectURL) {
+        return;
+      }
+      button.hidden = false;
+      button.addEventListener("click", function () {
+        var text = codesText(button.getAttribute("data-codes-download"));
+        var url = URL.createObjectURL(new Blob([text], { type: "text/plain" }));
+        var link = document.createElement("a");
+        link.href = url;
+        link.download = button.getAttribute("data-filename") || "recovery-codes.txt";
+        document.body.appendChild(link);
+        link.click();
+        link.remove();
+        window.setTimeout(function () { URL.revokeObjectURL(url); }, 1000);
+        showStatus(t("Downloaded. Keep the file somewhere safe."));
+      });
+    });
+  }
+
   function start() {
+    focusError();
+    setUpCodes();
+    setUpInline();
     setUpWebauthn();
+    setUpPasskeySignIn();
     setUpPush();
     setUpDevices();
   }

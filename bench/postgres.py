@@ -1,0 +1,282 @@
+"""The postgres door beside pgbouncer (DESIGN.md §10), same run, same PostgreSQL 15.
+
+pgbench select-only (`-S`), extended protocol (`-M extended`), 16 clients, against
+(a) PostgreSQL directly (the floor), (b) pgbouncer 1.18 (session pooling, the anchor) and
+(c) Stepguard's gateway (`stepguard postgres serve`: SCRAM sign-in with a database token, every
+statement classified and judged by the policy, audit on). Each proxy runs as one process on the
+same 2 shared cores as pgbench and PostgreSQL.
+
+Prints tps for each, Stepguard / pgbouncer as a ratio with PASS/MISS (target ≥ 0.75), the
+latency p50/p99 each proxy adds over the direct run (from pgbench's per-transaction log), and
+the classification cost per statement (cached: a dictionary lookup; uncached: pglast's parse and
+the walk), measured in this process.
+
+Run: `python bench/postgres.py` (`--help`); about a minute with the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import glob
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO_ROOT / "src"), str(REPO_ROOT)]
+
+RATIO_TARGET = 0.75
+CLIENTS = 16
+
+POLICY = """\
+rules:
+  - name: no-server-files
+    match: {postgres: {kinds: [admin]}}
+    deny: "Server files and maintenance are not run through Stepguard."
+  - name: wipe
+    match: {postgres: {kinds: [delete, update, truncate]}}
+    when: "sql.unbounded"
+    require: {level: aal2, max_age: 0s, reason: "Changing every row of {sql.tables}"}
+  - name: branches
+    match: {postgres: {kinds: [delete], tables: [public.pgbench_branches]}}
+    require: {level: aal2, max_age: 0s}
+  - name: risky
+    match: {postgres: {kinds: [function, set_role, grant, ddl]}}
+    require: {level: aal2, max_age: 0s}
+default: {level: aal1}
+"""
+
+
+@dataclass
+class Run:
+    name: str
+    tps: float
+    latencies_ms: list[float]
+
+    def pct(self, q: float) -> float:
+        values = sorted(self.latencies_ms)
+        return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+def free_port() -> int:
+    from tests.support.servers import free_port as pick
+
+    return pick()
+
+
+def as_postgres(command: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+# ------------------------------------------------------------------------------------ servers
+
+
+@contextmanager
+def pgbouncer(pg_port: int, database: str, work: Path) -> Iterator[int]:
+    binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    port = free_port()
+    folder = work / "pgbouncer"
+    folder.mkdir()
+    (folder / "users.txt").write_text('"postgres" ""\n')
+    (folder / "pgbouncer.ini").write_text(f"""[databases]
+bench = host=127.0.0.1 port={pg_port} dbname={database} user=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = trust
+auth_file = {folder}/users.txt
+pool_mode = session
+max_client_conn = 200
+default_pool_size = {CLIENTS + 4}
+logfile = {folder}/log
+pidfile = {folder}/pid
+""")
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres", "postgres")
+        for child in folder.iterdir():
+            shutil.chown(child, "postgres", "postgres")
+    process = subprocess.Popen(as_postgres([binary, str(folder / "pgbouncer.ini")]),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@contextmanager
+def stepguard(pg_port: int, database: str, work: Path) -> Iterator[tuple[int, str, str]]:
+    """The gateway as its own process; (port, user name, token) of alice's database token."""
+    from stepguard.config.load import load_config
+    from stepguard.core.context import AuthEvent
+    from stepguard.core.levels import Level
+    from stepguard.pgwire.tokens import TokenService
+    from stepguard.service.accounts import Accounts
+    from stepguard.service.runtime import build_runtime, hash_token, new_id, new_token
+    from stepguard.storage.records import SessionRecord
+
+    port = free_port()
+    folder = work / "stepguard"
+    folder.mkdir()
+    (folder / "policy.yaml").write_text(POLICY)
+    key = base64.b64encode(secrets.token_bytes(32)).decode()
+    config = folder / "stepguard.yaml"
+    config.write_text(f"""policy: policy.yaml
+store: {{url: "sqlite:///stepguard.db"}}
+secrets: {{cookie_key: "{secrets.token_urlsafe(32)}", totp_keys: {{k1: "{key}"}},
+           totp_current: k1}}
+server: {{log_level: warning}}
+postgres:
+  listeners:
+    - listen: "127.0.0.1:{port}"
+      databases:
+        - {{name: bench, upstream: "127.0.0.1:{pg_port}", database: {database}, user: postgres}}
+""")
+    runtime = build_runtime(load_config(config))
+    try:
+        user = Accounts(runtime).add_user("alice", password=secrets.token_urlsafe(12))
+        now = runtime.now()
+        session = SessionRecord(id=new_id(), token_hash=hash_token(new_token()), user_id=user.id,
+                                created=now, last_seen=now, events=(AuthEvent(
+                                    factor="password", amr=("pwd",), level=Level.AAL1, at=now),))
+        runtime.store.sessions.add(session)
+        issued = TokenService(runtime).issue(session, user, level="aal1")
+    finally:
+        runtime.close()
+    env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT / 'src'}:{REPO_ROOT}"}
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from stepguard.cli.main import app; app()", "postgres", "serve",
+         "--config", str(config)], env=env, cwd=folder,
+        stdout=subprocess.DEVNULL, stderr=open(folder / "log", "wb"))  # noqa: SIM115
+    try:
+        wait_port(port)
+        yield port, issued.user_name, issued.secret
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+# ------------------------------------------------------------------------------------ pgbench
+
+
+def pgbench(bindir: Path, *, name: str, port: int, database: str, user: str, password: str,
+            seconds: int, work: Path) -> Run:
+    logs = work / f"log-{name}"
+    logs.mkdir()
+    if os.geteuid() == 0:
+        shutil.chown(logs, "postgres", "postgres")
+    env = {**os.environ, "PGPASSWORD": password, "PGSSLMODE": "disable"}
+    command = as_postgres([str(bindir / "pgbench"), "-h", "127.0.0.1", "-p", str(port),
+                           "-U", user, "-n", "-S", "-M", "extended", "-c", str(CLIENTS),
+                           "-j", "2", "-T", str(seconds), "-l", "--sampling-rate", "0.2",
+                           f"--log-prefix={logs}/tx", database])
+    if os.geteuid() == 0:
+        command = ["env", f"PGPASSWORD={password}", "PGSSLMODE=disable", *command]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"pgbench against {name} failed: {result.stderr[-2000:]}")
+    tps = next(float(line.split("=")[1].split()[0]) for line in result.stdout.splitlines()
+               if line.startswith("tps ="))
+    latencies = []
+    for path in glob.glob(f"{logs}/tx*"):
+        with open(path) as handle:
+            latencies += [int(line.split()[2]) / 1000.0 for line in handle if line.strip()]
+    return Run(name, tps, latencies)
+
+
+# ------------------------------------------------------------------------------------ classifier
+
+
+def classification_cost(statements: int = 2000) -> tuple[float, float]:
+    """µs per statement: (cached, uncached)."""
+    from stepguard.pgwire.classify import Classifier
+
+    texts = [f"SELECT abalance FROM pgbench_accounts WHERE aid = {i} AND bid = $1"
+             for i in range(statements)]
+    classifier = Classifier(cache_size=statements * 2)
+    start = time.perf_counter()
+    for text in texts:
+        classifier.classify(text)
+    uncached = (time.perf_counter() - start) / statements * 1e6
+    rounds = 20
+    start = time.perf_counter()
+    for _ in range(rounds):
+        for text in texts:
+            classifier.classify(text)
+    cached = (time.perf_counter() - start) / (statements * rounds) * 1e6
+    return cached, uncached
+
+
+# ------------------------------------------------------------------------------------ main
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=15, help="pgbench duration per run")
+    parser.add_argument("--scale", type=int, default=1, help="pgbench -i scale")
+    parser.add_argument("--strict", action="store_true", help="exit 1 on a MISS")
+    args = parser.parse_args()
+    from tests.support.postgres import create_database, running_postgres
+
+    with ExitStack() as stack:
+        server = stack.enter_context(running_postgres())
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sg-pgbench-")))
+        if os.geteuid() == 0:
+            shutil.chown(work, "postgres", "postgres")
+        database = create_database(server.url(), prefix="bench").rsplit("/", 1)[1]
+        subprocess.run(as_postgres([str(server.bindir / "pgbench"), "-i", "-q", "-s",
+                                    str(args.scale), "-h", "127.0.0.1", "-p", str(server.port),
+                                    "-U", "postgres", database]),
+                       check=True, capture_output=True)
+        bouncer = stack.enter_context(pgbouncer(server.port, database, work))
+        door, user, token = stack.enter_context(stepguard(server.port, database, work))
+        common = {"seconds": args.seconds, "work": work}
+        pgbench(server.bindir, name="warmup", port=door, database="bench", user=user,
+                password=token, seconds=3, work=work)
+        direct = pgbench(server.bindir, name="direct", port=server.port, database=database,
+                         user="postgres", password="", **common)
+        anchor = pgbench(server.bindir, name="pgbouncer", port=bouncer, database="bench",
+                         user="postgres", password="", **common)
+        guarded = pgbench(server.bindir, name="stepguard", port=door, database="bench",
+                          user=user, password=token, **common)
+    cached, uncached = classification_cost()
+    ratio = guarded.tps / anchor.tps
+    verdict = "PASS" if ratio >= RATIO_TARGET else "MISS"
+    print(f"pgbench -S -M extended, {CLIENTS} clients, {args.seconds} s each, same PostgreSQL 15")
+    for run in (direct, anchor, guarded):
+        print(f"  {run.name:10s} {run.tps:9.0f} tps   latency p50 {run.pct(0.5):6.3f} ms   "
+              f"p99 {run.pct(0.99):6.3f} ms")
+    for run in (anchor, guarded):
+        print(f"  {run.name:10s} adds p50 {run.pct(0.5) - direct.pct(0.5):+.3f} ms, "
+              f"p99 {run.pct(0.99) - direct.pct(0.99):+.3f} ms over direct")
+    print(f"  {verdict}  stepguard / pgbouncer = {ratio:.2f}x tps (target >= {RATIO_TARGET}x); "
+          f"stepguard / direct = {guarded.tps / direct.tps:.2f}x")
+    print(f"  classification per statement: cached {cached:.2f} µs, uncached {uncached:.1f} µs")
+    return 1 if args.strict and verdict == "MISS" else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
