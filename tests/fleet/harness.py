@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urljoin
 
 import httpx
 import pyotp
@@ -232,10 +233,15 @@ class Browser:
         return found.group(1)
 
     def sign_in(self, base: str, username: str, password: str) -> httpx.Response:
+        """POST /login; a refused sign-in answers 303 back to the form (post/redirect/get), and
+        the page that follows carries the refusal's status (401, 429): that page is returned."""
         token = self.csrf(base, "/login")
-        return self.request("POST", base + "/login",
-                            data={"username": username, "password": password,
-                                  "csrf_token": token})
+        answer = self.request("POST", base + "/login",
+                              data={"username": username, "password": password,
+                                    "csrf_token": token})
+        if answer.status_code == 303 and "stepguard_flash" in answer.headers.get("set-cookie", ""):
+            return self.request("GET", urljoin(base + "/", answer.headers["location"]))
+        return answer
 
     def sign_out(self, base: str) -> httpx.Response:
         token = self.csrf(base, "/account")

@@ -71,7 +71,7 @@ def test_disabling_a_user_from_the_cli_ends_their_sessions_on_every_instance(
     signed_in(browser, fleet, user, on=1)
     for member in fleet.instances:
         assert browser.forward(member.url, "/orders").status_code == 200
-    done = fleet.stepguard("users", "disable", user.user.username)
+    done = fleet.stepguard("users", "disable", user.user.username, "--yes")
     assert done.returncode == 0, done.stderr
     for member in fleet.instances:
         assert browser.forward(member.url, "/orders").status_code == 302
