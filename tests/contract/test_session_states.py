@@ -6,11 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import psycopg
 import pytest
 
+from stepguard.core.errors import StoreUnavailable
 from stepguard.core.levels import Level
 from stepguard.storage.interfaces import Store
 from stepguard.storage.records import SessionRecord, SessionSnapshot, UserRecord, Versions
+from stepguard.storage.session_states import UNKNOWN
+from stepguard.storage.sql import SqlStore
 from tests.contract import build
 from tests.contract.build import NOW
 
@@ -159,3 +163,82 @@ def test_last_seen_writes_move_no_version_and_never_go_back(store: Store,
     assert found.versions.pair == before
     assert (found.record.last_seen, found.record.ip, found.record.user_agent) == (
         NOW + 40, "198.51.100.1", "Safari")
+
+
+REVOCATIONS: dict[str, Callable[[Store, SessionRecord], object]] = {
+    "sign out": lambda s, r: s.sessions.revoke(r.id, now=NOW),
+    "rotation": lambda s, r: s.sessions.rotate(r.id, "rotated-" + r.token_hash[:20], now=NOW),
+    "every session of the user": lambda s, r: s.sessions.revoke_all_for_user(r.user_id, now=NOW),
+    "user disabled": lambda s, r: s.users.set_disabled(r.user_id, True, now=NOW),
+    "groups changed": lambda s, r: s.users.set_groups(r.user_id, ["other"]),
+}
+
+
+@pytest.mark.parametrize("change", REVOCATIONS)
+def test_a_held_connection_sees_another_instances_change_on_its_very_next_read(
+        sql_store: SqlStore, change: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SECURITY.md case 12 on the hot path's own read: this store's held connection (its
+    prepared statement run many times, as a busy instance runs it) reads a change committed by
+    another instance's store on its very next call, every round — no result, plan or snapshot
+    outlives the statement. On PostgreSQL the read must not go through a psycopg cursor (the
+    lean libpq path is the one under test)."""
+    postgres = sql_store.engine.dialect.name == "postgresql"
+
+    def read(session: SessionRecord, known: tuple[int, int]) -> object:
+        with monkeypatch.context() as patch:
+            if postgres:
+                patch.setattr(psycopg.Cursor, "execute", _no_cursor)
+            return sql_store.session_states.read(session.token_hash, known=known, now=NOW)
+
+    other = SqlStore.from_url(str(sql_store.engine.url.render_as_string(hide_password=False)))
+    try:
+        for round_number in range(3):
+            user = build.user(f"u{round_number}")
+            other.users.add(user)
+            session = build.session(user.id)
+            other.sessions.add(session)
+            loaded = read(session, UNKNOWN)
+            assert isinstance(loaded, SessionSnapshot)
+            known = loaded.versions.pair
+            for _ in range(20):  # a busy instance: the same statement, again and again
+                found = read(session, known)
+                assert isinstance(found, Versions) and found.pair == known
+            REVOCATIONS[change](other, session)  # committed by another instance
+            found = read(session, known)
+            if change == "groups changed":
+                assert isinstance(found, SessionSnapshot) and found.versions.pair != known
+                assert found.user.groups == frozenset({"other"})
+            else:
+                assert found is None or (isinstance(found, SessionSnapshot)
+                                         and found.user.disabled), found
+    finally:
+        other.close()
+
+
+def _no_cursor(*_args: object, **_kwargs: object) -> None:
+    raise AssertionError("the hot-path read went through a psycopg cursor")
+
+
+def test_a_broken_held_connection_fails_closed_then_reconnects(
+        sql_store: SqlStore, alice_sql: UserRecord) -> None:
+    """A dead held connection is never an answer: the read raises `StoreUnavailable` (the
+    caller denies or challenges), and the next read opens a fresh connection."""
+    session = build.session(alice_sql.id)
+    sql_store.sessions.add(session)
+    states = sql_store.session_states
+    known = versions(sql_store, session)
+    held = states._local.connection  # type: ignore[attr-defined]
+    held.connection.close()  # the server went away under it
+    with pytest.raises(StoreUnavailable):
+        states.read(session.token_hash, known=known, now=NOW)
+    with pytest.raises(StoreUnavailable):  # an event loop does not wait on a store just failed
+        states.read(session.token_hash, known=known, now=NOW, connect=False)
+    assert states.read(session.token_hash, known=known, now=NOW) == Versions(
+        session=known[0], user=known[1], last_seen=session.last_seen)
+
+
+@pytest.fixture
+def alice_sql(sql_store: SqlStore) -> UserRecord:
+    user = build.user("alice")
+    sql_store.users.add(user)
+    return user

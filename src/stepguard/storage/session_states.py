@@ -13,9 +13,12 @@ trip on PostgreSQL, a few microseconds on SQLite):
 planning it costs PostgreSQL about 50 µs more per request than the small read; measured by
 bench/invalidation.py.)
 
-Each thread keeps one DB-API connection in autocommit mode (outside the pool, so it never starves
-other work; plain driver calls, no ORM and no pool checkout). Any driver error closes the
-connection and raises `StoreUnavailable`, so callers fail closed; the next call reconnects.
+Each thread keeps one connection in autocommit mode (outside the pool, so it never starves other
+work; no ORM, no SQLAlchemy, no pool checkout): on PostgreSQL both statements are prepared once
+per connection and run through libpq (`pg_statements`, one round trip, ~16 µs of client CPU
+instead of ~105 µs through a psycopg cursor); on SQLite they run on a plain `sqlite3`
+connection. Any driver error closes the connection and raises `StoreUnavailable`, so callers
+fail closed; the next call reconnects.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import contextlib
 import json
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -32,6 +36,7 @@ from stepguard.core.context import AuthEvent
 from stepguard.core.errors import StoreUnavailable
 from stepguard.core.grant import Grant
 from stepguard.core.levels import Level
+from stepguard.storage.pg_statements import PreparedConnection, Row
 from stepguard.storage.records import SessionRecord, SessionSnapshot, UserRecord, Versions
 from stepguard.storage.sql_history import history_from_document
 
@@ -41,12 +46,13 @@ UNKNOWN = (-1, -1)  # versions no row has: ask for everything
 _VERSIONS = """
 SELECT s.version, u.version, s.last_seen
 FROM sessions s JOIN users u ON u.id = s.user_id
-WHERE s.token_hash = {token_hash} AND s.revoked_at IS NULL
+WHERE s.token_hash = {key} AND s.revoked_at IS NULL
 """
 
+# Parameters: $1 token hash, $2 and $3 the known session and user versions, $4 now.
 _POSTGRES = """
 SELECT s.version, u.version, s.last_seen,
-  CASE WHEN s.version <> %(sv)s OR u.version <> %(uv)s THEN json_build_array(
+  CASE WHEN s.version <> $2::bigint OR u.version <> $3::bigint THEN json_build_array(
     s.id, s.user_id, s.created, s.ip, s.user_agent, s.device_id,
     u.username, u.display_name, u.email, u.groups, u.disabled, u.created,
     (SELECT h.data FROM risk_history h WHERE h.user_id = s.user_id),
@@ -56,10 +62,10 @@ SELECT s.version, u.version, s.last_seen,
                      g.expires_at, g.single_use, g.binding, g.factor)
                      ORDER BY g.granted_at, g.id), '[]')
        FROM grants g
-      WHERE g.session_id = s.id AND g.consumed_at IS NULL AND g.expires_at > %(now)s)
+      WHERE g.session_id = s.id AND g.consumed_at IS NULL AND g.expires_at > $4::float8)
   )::text END
 FROM sessions s JOIN users u ON u.id = s.user_id
-WHERE s.token_hash = %(token_hash)s AND s.revoked_at IS NULL
+WHERE s.token_hash = $1::text AND s.revoked_at IS NULL
 """
 
 # SQLite's JSON functions print reals with 15 digits: times travel as quote() text (exact).
@@ -74,12 +80,19 @@ SELECT s.version, u.version, s.last_seen,
     (SELECT json_group_array(json_array(id, scope, level, amr, quote(granted_at),
                              quote(expires_at), single_use, binding, factor))
        FROM (SELECT * FROM grants g
-              WHERE g.session_id = s.id AND g.consumed_at IS NULL AND g.expires_at > :now
+              WHERE g.session_id = s.id AND g.consumed_at IS NULL AND g.expires_at > ?4
               ORDER BY g.granted_at, g.id))
   ) END
 FROM sessions s JOIN users u ON u.id = s.user_id
-WHERE s.token_hash = :token_hash AND s.revoked_at IS NULL
+WHERE s.token_hash = ?1 AND s.revoked_at IS NULL
 """
+
+_STATEMENTS = {
+    "postgresql": {"stepguard_versions": _VERSIONS.format(key="$1::text"),
+                   "stepguard_load": _POSTGRES},
+    "sqlite": {"stepguard_versions": _VERSIONS.format(key="?1"),
+               "stepguard_load": _SQLITE},
+}
 
 
 class SqlSessionStates:
@@ -88,9 +101,8 @@ class SqlSessionStates:
     def __init__(self, engine: Engine, *, timeout: float = 5.0) -> None:
         self.engine = engine
         self.timeout = timeout
-        sqlite = engine.dialect.name == "sqlite"
-        self._sql = _SQLITE if sqlite else _POSTGRES
-        self._versions = _VERSIONS.format(token_hash=":token_hash" if sqlite else "%(token_hash)s")
+        self._postgres = engine.dialect.name != "sqlite"
+        self._statements = _STATEMENTS["postgresql" if self._postgres else "sqlite"]
         self._local = threading.local()
         self._all: list[Any] = []
         self._failed_at = -RETRY_AFTER
@@ -104,14 +116,14 @@ class SqlSessionStates:
         `RETRY_AFTER` seconds, and raises `StoreUnavailable` instead of waiting on a store known
         to be down."""
         if known != UNKNOWN:
-            row = self._fetch(self._versions, {"token_hash": token_hash}, connect=connect)
+            row = self._fetch("stepguard_versions", (token_hash,), connect=connect)
             if row is None:
                 return None
             versions = Versions(session=int(row[0]), user=int(row[1]), last_seen=float(row[2]))
             if versions.pair == known:
                 return versions
-        params = {"token_hash": token_hash, "sv": known[0], "uv": known[1], "now": now}
-        row = self._fetch(self._sql, params, connect=connect)
+        row = self._fetch("stepguard_load", (token_hash, known[0], known[1], now),
+                          connect=connect)
         if row is None:
             return None
         versions = Versions(session=int(row[0]), user=int(row[1]), last_seen=float(row[2]))
@@ -119,35 +131,33 @@ class SqlSessionStates:
             return versions
         return _snapshot(token_hash, versions, json.loads(row[3]))
 
-    def _fetch(self, sql: str, params: dict[str, Any], *, connect: bool) -> Any:
+    def _fetch(self, name: str, params: tuple[Any, ...], *, connect: bool) -> Any:
         connection = getattr(self._local, "connection", None)
         if connection is None:
             if not connect and time.monotonic() - self._failed_at < RETRY_AFTER:
                 raise StoreUnavailable("the store is unavailable")
             connection = self._connect()
         try:
-            cursor = connection.cursor()
-            cursor.execute(sql, params)
-            row = cursor.fetchone()
-            cursor.close()
+            return connection.row(name, params)
         except Exception as error:  # any driver failure: drop the connection, fail closed
             self._failed_at = time.monotonic()
             self._drop(connection)
             raise StoreUnavailable("the store is unavailable") from error
-        return row
 
     def _connect(self) -> Any:
         dialect = self.engine.dialect
         args, kwargs = dialect.create_connect_args(self.engine.url)
         try:
-            if dialect.name == "sqlite":
-                kwargs.update(timeout=self.timeout, check_same_thread=False, isolation_level=None)
-                connection = dialect.loaded_dbapi.connect(*args, **kwargs)
-                connection.execute("PRAGMA busy_timeout=10000")
-            else:
+            if self._postgres:
                 kwargs.setdefault("connect_timeout", max(1, int(self.timeout)))
-                connection = dialect.loaded_dbapi.connect(*args, **kwargs)
-                connection.autocommit = True
+                driver = dialect.loaded_dbapi.connect(*args, **kwargs)
+                driver.autocommit = True
+                connection: Any = _PostgresReads(driver, self._statements)
+            else:
+                kwargs.update(timeout=self.timeout, check_same_thread=False, isolation_level=None)
+                driver = dialect.loaded_dbapi.connect(*args, **kwargs)
+                driver.execute("PRAGMA busy_timeout=10000")
+                connection = _SqliteReads(driver, self._statements)
         except Exception as error:
             self._failed_at = time.monotonic()
             raise StoreUnavailable("the store is unavailable") from error
@@ -161,15 +171,43 @@ class SqlSessionStates:
         with self._lock:
             if connection in self._all:
                 self._all.remove(connection)
-        with contextlib.suppress(Exception):  # already broken; closing is best effort
-            connection.close()
+        connection.close()
 
     def close(self) -> None:
         with self._lock:
             connections, self._all = self._all, []
         for connection in connections:
-            with contextlib.suppress(Exception):
-                connection.close()
+            connection.close()
+
+
+class _PostgresReads(PreparedConnection):
+    """The two statements prepared on a held connection; parameters sent as text."""
+
+    def row(self, name: str, params: Sequence[Any]) -> Row | None:
+        return super().row(name, [_text(value) for value in params])
+
+
+def _text(value: str | int | float) -> bytes:
+    # repr: the shortest text that reads back as the same float (exact, as float8 input)
+    return (value if isinstance(value, str) else repr(value)).encode()
+
+
+class _SqliteReads:
+    """The two statements on a plain `sqlite3` connection (numbered `?n` parameters)."""
+
+    def __init__(self, connection: Any, statements: dict[str, str]) -> None:
+        self.connection = connection
+        self._statements = statements
+
+    def row(self, name: str, params: Sequence[Any]) -> Any:
+        cursor = self.connection.execute(self._statements[name], params)
+        row = cursor.fetchone()
+        cursor.close()
+        return row
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # already broken; closing is best effort
+            self.connection.close()
 
 
 def _snapshot(token_hash: str, versions: Versions, doc: list[Any]) -> SessionSnapshot:
