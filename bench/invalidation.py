@@ -7,8 +7,11 @@ costs to load, by design:
   request. Cheap per request, but *every* sign-in, step-up, grant or risk change anywhere moves
   it and empties every instance's cache, so under churn nearly every request is a miss.
 * **per-session versions** (shipped, `SessionStates.read`): one indexed read of the session's
-  and its user's versions per request, in the same statement that loads the session when they
-  moved. Only a change to this session or this user invalidates it.
+  and its user's versions per request; a second statement loads the session only when they
+  moved. Only a change to this session or this user invalidates it. On PostgreSQL it runs as a
+  libpq prepared statement on a held connection (`storage.pg_statements`); the same statement
+  through a psycopg cursor (the layer it replaced) is printed beside it, with the client CPU
+  each costs (what the instance's event loop pays; the rest of the wall time is the round trip).
 * **push** (PostgreSQL LISTEN/NOTIFY or Redis pub/sub): no read per request; the cost moves to a
   delivery window in which another instance still allows a revoked session, unless the revoking
   call waits for every instance to acknowledge (a fence; unbounded while one is partitioned, so
@@ -48,6 +51,8 @@ from stepguard.storage.sql import SqlStore  # noqa: E402
 NOW = build.NOW
 EPOCH_TABLE = "CREATE TABLE IF NOT EXISTS bench_epoch (id INTEGER PRIMARY KEY, value BIGINT)"
 EPOCH_READ = "SELECT value FROM bench_epoch WHERE id = 1"
+VERSIONS_READ = """SELECT s.version, u.version, s.last_seen FROM sessions s
+JOIN users u ON u.id = s.user_id WHERE s.token_hash = {key} AND s.revoked_at IS NULL"""
 
 
 @dataclass(frozen=True)
@@ -63,19 +68,23 @@ class Timing:
     def mean_us(self) -> float:
         return statistics.fmean(self.samples) * 1e6
 
+    cpu_us: float = float("nan")  # client CPU per call
+
     def line(self) -> str:
-        return f"{self.label:<58}{self.mean_us:>9.1f}{self.us(0.5):>9.1f}{self.us(0.99):>9.1f}"
+        return (f"{self.label:<58}{self.mean_us:>9.1f}{self.us(0.5):>9.1f}{self.us(0.99):>9.1f}"
+                f"{self.cpu_us:>9.1f}")
 
 
 def timed(label: str, action: Callable[[], object], count: int) -> Timing:
     for _ in range(min(50, count)):
         action()
     samples = []
+    cpu = time.process_time()
     for _ in range(count):
         start = time.perf_counter()
         action()
         samples.append(time.perf_counter() - start)
-    return Timing(label, tuple(samples))
+    return Timing(label, tuple(samples), (time.process_time() - cpu) / count * 1e6)
 
 
 def seeded(store: SqlStore) -> SessionRecord:
@@ -112,6 +121,28 @@ def epoch_reader(store: SqlStore) -> Callable[[], object]:
     return read
 
 
+def cursor_reader(store: SqlStore, session: SessionRecord) -> Callable[[], object]:
+    """The replaced query layer of the per-request read: the same statement through a psycopg
+    (or sqlite3) cursor on a held autocommit connection."""
+    raw = store.engine.raw_connection()
+    driver = raw.driver_connection
+    postgres = store.engine.dialect.name == "postgresql"
+    if postgres:
+        driver.autocommit = True  # type: ignore[union-attr]
+    else:
+        driver.isolation_level = None  # type: ignore[union-attr]
+    sql = VERSIONS_READ.format(key="%(key)s" if postgres else ":key")
+
+    def read() -> object:
+        cursor = driver.cursor()  # type: ignore[union-attr]
+        cursor.execute(sql, {"key": session.token_hash})
+        row = cursor.fetchone()
+        cursor.close()
+        return row
+
+    return read
+
+
 def old_load(store: SqlStore, session: SessionRecord) -> Callable[[], object]:
     """The replaced miss path: one pooled read transaction, five statements."""
     def load() -> object:
@@ -136,6 +167,8 @@ def measure(name: str, url: str, count: int) -> list[Timing]:
         known = snapshot.versions.pair  # type: ignore[union-attr]
         return [
             timed(f"{name}: hit, global epoch read (replaced)", epoch_reader(store), count),
+            timed(f"{name}: hit, versions read, cursor (replaced)",
+                  cursor_reader(store, session), count),
             timed(f"{name}: hit, per-session versions read (shipped)",
                   lambda: states.read(session.token_hash, known=known, now=NOW), count),
             timed(f"{name}: hit, push cache (no read)", lambda: None, count),
@@ -185,7 +218,7 @@ def databases(workdir: Path) -> Iterator[tuple[str, str]]:
 
 
 def report(timings: list[Timing]) -> str:
-    lines = [f"{'invalidation (µs per request)':<58}{'mean':>9}{'p50':>9}{'p99':>9}"]
+    lines = [f"{'invalidation (µs per request)':<58}{'mean':>9}{'p50':>9}{'p99':>9}{'cpu':>9}"]
     lines += [t.line() for t in timings]
     return "\n".join(lines)
 
