@@ -15,7 +15,10 @@ costs to load, by design:
 * **push** (PostgreSQL LISTEN/NOTIFY or Redis pub/sub): no read per request; the cost moves to a
   delivery window in which another instance still allows a revoked session, unless the revoking
   call waits for every instance to acknowledge (a fence; unbounded while one is partitioned, so
-  it needs leases). The delivery delay is measured here; the fleet bench measures Redis too.
+  it needs leases). The delivery delay is measured here, and what the fence would add to every
+  version-raising write (sign-in, step-up, grant, revocation): a counter row locked to the
+  commit numbers the notification in commit order, each instance's listener writes its ack,
+  and the writer polls until every instance has acked its number.
 
 Misses: the replaced load (a pooled SQLAlchemy transaction: pre-ping, BEGIN, session by token,
 its events, user, grants, history, COMMIT) beside the shipped single statement.
@@ -211,6 +214,63 @@ def notify_delays(url: str, count: int) -> Timing:
     return Timing("PostgreSQL: NOTIFY delivery window (commit → listener)", tuple(delays))
 
 
+FENCE_SETUP = (
+    "CREATE TABLE IF NOT EXISTS bench_fence (id INTEGER PRIMARY KEY, seq BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS bench_acks (instance TEXT PRIMARY KEY, acked BIGINT NOT NULL)",
+    "DELETE FROM bench_fence", "INSERT INTO bench_fence VALUES (1, 0)", "DELETE FROM bench_acks",
+)
+
+
+def fence_waits(url: str, count: int, instances: int = 2) -> Timing:
+    """The push design's fence, prototyped: the writer's version-raising commit (its counter
+    row locked to the commit, NOTIFY with the number) → every instance's listener acks by an
+    UPDATE → the writer's poll (every 0.2 ms) sees every ack. What each such write would wait."""
+    dsn = url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn, autocommit=True) as setup:
+        for statement in FENCE_SETUP:
+            setup.execute(statement)
+    stop = threading.Event()
+    listeners = [psycopg.connect(dsn, autocommit=True) for _ in range(instances)]
+
+    def listen(number: int, connection: psycopg.Connection[tuple[object, ...]]) -> None:
+        connection.execute("INSERT INTO bench_acks VALUES (%s, 0)", (str(number),))
+        connection.execute("LISTEN stepguard_fence")
+        with contextlib.suppress(psycopg.Error):
+            while not stop.is_set():
+                last = None
+                for note in connection.notifies(timeout=0.2, stop_after=1):
+                    last = note.payload
+                if last is not None:
+                    connection.execute("UPDATE bench_acks SET acked = %s WHERE instance = %s",
+                                       (int(last), str(number)))
+
+    threads = [threading.Thread(target=listen, args=(n, c), daemon=True)
+               for n, c in enumerate(listeners)]
+    for thread in threads:
+        thread.start()
+    writer = psycopg.connect(dsn)
+    time.sleep(0.5)
+    waits = []
+    for _ in range(count):
+        writer.execute("UPDATE sessions SET version = version + 1 WHERE id = 'none'")
+        seq = writer.execute("UPDATE bench_fence SET seq = seq + 1 RETURNING seq").fetchone()
+        writer.execute("SELECT pg_notify('stepguard_fence', %s)", (str(seq[0]),))  # type: ignore[index]
+        writer.commit()
+        committed = time.perf_counter()
+        while writer.execute("SELECT count(*) FROM bench_acks WHERE acked < %s",
+                             (seq[0],)).fetchone()[0]:  # type: ignore[index]
+            writer.commit()
+            time.sleep(0.0002)
+        writer.commit()
+        waits.append(time.perf_counter() - committed)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    for connection in (writer, *listeners):
+        connection.close()
+    return Timing(f"PostgreSQL: fence wait per write ({instances} instances ack)", tuple(waits))
+
+
 @contextlib.contextmanager
 def databases(workdir: Path) -> Iterator[tuple[str, str]]:
     with running_postgres() as postgres:
@@ -229,7 +289,7 @@ def main() -> int:
     count = 2000
     with tempfile.TemporaryDirectory() as folder, databases(Path(folder)) as (sqlite, postgres):
         timings = [*measure("SQLite", sqlite, count), *measure("PostgreSQL/TCP", postgres, count),
-                   notify_delays(postgres, 300)]
+                   notify_delays(postgres, 300), fence_waits(postgres, 300)]
     print(report(timings))
     return 0
 
