@@ -166,7 +166,7 @@ class ForwardAuth:
         if isinstance(reading, Response):
             return reading
         try:
-            check = self.guard.check_cached_key(reading.context, reading.key)
+            check = await self.guard.check_cached_key_async(reading.context, reading.key)
             if check is not None:  # everything was cached: no thread hop, nothing to store
                 return self._answer(reading.headers, strategy, check,
                                     self._begin(check, reading.original))

@@ -196,6 +196,7 @@ class Guard:
         self._plain = _plain_rules(runtime.policy)
         self._attributes = frozenset(runtime.policy.attributes)
         self._board = runtime.store.version_board
+        self._batches = runtime.store.session_states.batches
         self.memo_ok = memo_safe(runtime.policy)
         self._aal1 = runtime.policy.levels[Level.AAL1]
         self._contact = float("-inf")  # when a read last reached the store
@@ -230,7 +231,8 @@ class Guard:
                 found = self._read(key, self.cache.get(key))
         return found if found is not None and self._alive(found) else None
 
-    def _read(self, key: str, cached: Loaded | None, *, connect: bool = True) -> Loaded | None:
+    def _read(self, key: str, cached: Loaded | None, *, connect: bool = True,
+              read: Versions | None = None) -> Loaded | None:
         """None (no live session), the cached copy (versions unchanged, last seen brought up
         to date) or a fresh copy (now cached).
 
@@ -238,7 +240,8 @@ class Guard:
         all (`storage.version_board` says why that still honours every revocation by the next
         request) — unless no read reached the store for `STORE_CONTACT_EVERY` seconds (a dead
         store is noticed within that time) or the copy looks expired (another process may have
-        seen the session since)."""
+        seen the session since). `read`: the cached copy's unchanged versions, read by a
+        statement sent after the request arrived (`check_cached_key_async`)."""
         now = self.rt.now()
         mark = None
         if cached is not None and self._board is not None:
@@ -249,13 +252,16 @@ class Guard:
                 self.rt.observer.cache_hit()
                 return cached
         known = cached.versions if cached is not None else UNKNOWN
-        try:
-            found = self.rt.store.session_states.read(key, known=known, now=now, connect=connect)
-        except StoreUnavailable:
-            if not connect:
-                raise
-            # maybe a connection from before a store restart: one retry on a fresh one
-            found = self.rt.store.session_states.read(key, known=known, now=now)
+        found: Versions | SessionSnapshot | None = read
+        if found is None:
+            try:
+                found = self.rt.store.session_states.read(key, known=known, now=now,
+                                                          connect=connect)
+            except StoreUnavailable:
+                if not connect:
+                    raise
+                # maybe a connection from before a store restart: one retry on a fresh one
+                found = self.rt.store.session_states.read(key, known=known, now=now)
         self._contact = now
         if found is None:
             self.cache.drop(key)
@@ -284,13 +290,36 @@ class Guard:
             return None
         return self.check_cached_key(context, token_key(token))
 
-    def check_cached_key(self, context: RequestContext, key: str | None) -> Check | None:
-        """`check_cached` by the session token's hash."""
+    async def check_cached_key_async(self, context: RequestContext,
+                                     key: str | None) -> Check | None:
+        """`check_cached_key` with the versions read awaited, not blocking the event loop: on
+        PostgreSQL the read joins the next batched statement (`storage.version_batches`, sent
+        after this request queued it, so it sees every change committed before). None: take
+        the thread path (not cached, loading, changed, gone, or the store did not answer)."""
+        batches = self._batches
+        if batches is None or not key or self.rt.audit.backlog > AUDIT_INLINE_LIMIT:
+            return self.check_cached_key(context, key)
+        cached = self.cache.get(key)
+        if cached is None or self.cache.in_flight(key):
+            return None
+        self.rt.require_stores()
+        try:
+            found = await batches.read(key)
+        except StoreUnavailable:
+            return None
+        if found is None or found.pair != cached.versions:
+            return None  # gone or changed: the thread path reads again, loads and answers
+        return self.check_cached_key(context, key, confirmed=(cached, found))
+
+    def check_cached_key(self, context: RequestContext, key: str | None, *,
+                         confirmed: tuple[Loaded, Versions] | None = None) -> Check | None:
+        """`check_cached` by the session token's hash (`confirmed`: a cached copy and its
+        versions as just read, see `check_cached_key_async`)."""
         if self.rt.audit.backlog > AUDIT_INLINE_LIMIT:
             return None
         loaded: Loaded | None = None
         if key:
-            loaded = self._cached_live(key, context)
+            loaded = self._cached_live(key, context, confirmed)
             if loaded is None:
                 return None
             again = loaded.answers.get(id(context))  # the entry holds the context: ids are unique
@@ -341,16 +370,17 @@ class Guard:
                 until = min(until, event.at + setting.max_session, idle_from + setting.idle)
         return until
 
-    def _cached_live(self, key: str, context: RequestContext) -> Loaded | None:
+    def _cached_live(self, key: str, context: RequestContext,
+                     confirmed: tuple[Loaded, Versions] | None = None) -> Loaded | None:
         """The cached copy of a live session as of this moment (versions read, last seen
         noted), without waiting: None when not cached, loading, gone, not alive or the store
         is not reachable on an open connection (the thread path reconnects or fails closed)."""
-        cached = self.cache.get(key)
-        if cached is None or self.cache.in_flight(key):
+        cached, read = confirmed if confirmed is not None else (self.cache.get(key), None)
+        if cached is None or (read is None and self.cache.in_flight(key)):
             return None
         self.rt.require_stores()
         try:
-            loaded = self._read(key, cached, connect=False)
+            loaded = self._read(key, cached, connect=False, read=read)
         except StoreUnavailable:
             return None
         now = self.rt.now()

@@ -37,6 +37,7 @@ from stepguard.storage.records import (
     UserRecord,
     Versions,
 )
+from stepguard.storage.version_batches import VersionBatches
 from stepguard.storage.version_board import VersionBoard
 
 
@@ -90,6 +91,9 @@ class SessionStates(Protocol):
     def read(
         self, token_hash: str, *, known: tuple[int, int] = ..., now: float, connect: bool = True
     ) -> Versions | SessionSnapshot | None: ...
+    @property
+    def batches(self) -> VersionBatches | None:
+        """The versions read awaited on the event loop (PostgreSQL), or None."""
     def close(self) -> None: ...
 
 

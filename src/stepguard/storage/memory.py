@@ -280,6 +280,8 @@ class MemorySessions(_Role):
 
 
 class MemorySessionStates(_Role):
+    batches = None  # reads are in-process already
+
     def read(self, token_hash: str, *, known: tuple[int, int] = (-1, -1), now: float,
              connect: bool = True) -> Versions | SessionSnapshot | None:
         with self._store.lock:

@@ -39,6 +39,7 @@ from stepguard.core.levels import Level
 from stepguard.storage.pg_statements import PreparedConnection, Row
 from stepguard.storage.records import SessionRecord, SessionSnapshot, UserRecord, Versions
 from stepguard.storage.sql_history import history_from_document
+from stepguard.storage.version_batches import VersionBatches
 
 RETRY_AFTER = 5.0  # seconds during which a non-waiting caller does not reconnect
 UNKNOWN = (-1, -1)  # versions no row has: ask for everything
@@ -107,6 +108,9 @@ class SqlSessionStates:
         self._all: list[Any] = []
         self._failed_at = -RETRY_AFTER
         self._lock = threading.Lock()
+        # PostgreSQL: the versions read awaited on the event loop, in batches (`version_batches`)
+        self.batches = VersionBatches(self._postgres_driver, timeout=timeout) if (
+            self._postgres) else None
 
     def read(self, token_hash: str, *, known: tuple[int, int] = UNKNOWN, now: float,
              connect: bool = True) -> Versions | SessionSnapshot | None:
@@ -149,10 +153,7 @@ class SqlSessionStates:
         args, kwargs = dialect.create_connect_args(self.engine.url)
         try:
             if self._postgres:
-                kwargs.setdefault("connect_timeout", max(1, int(self.timeout)))
-                driver = dialect.loaded_dbapi.connect(*args, **kwargs)
-                driver.autocommit = True
-                connection: Any = _PostgresReads(driver, self._statements)
+                connection: Any = _PostgresReads(self._postgres_driver(), self._statements)
             else:
                 kwargs.update(timeout=self.timeout, check_same_thread=False, isolation_level=None)
                 driver = dialect.loaded_dbapi.connect(*args, **kwargs)
@@ -166,6 +167,15 @@ class SqlSessionStates:
             self._all.append(connection)
         return connection
 
+    def _postgres_driver(self) -> Any:
+        """A new autocommit psycopg connection to the engine's database (outside its pool)."""
+        dialect = self.engine.dialect
+        args, kwargs = dialect.create_connect_args(self.engine.url)
+        kwargs.setdefault("connect_timeout", max(1, int(self.timeout)))
+        driver = dialect.loaded_dbapi.connect(*args, **kwargs)
+        driver.autocommit = True
+        return driver
+
     def _drop(self, connection: Any) -> None:
         self._local.connection = None
         with self._lock:
@@ -178,6 +188,8 @@ class SqlSessionStates:
             connections, self._all = self._all, []
         for connection in connections:
             connection.close()
+        if self.batches is not None:
+            self.batches.close()
 
 
 class _PostgresReads(PreparedConnection):
