@@ -2,8 +2,9 @@
 
 Each page is checked at 390 px and 1280 px: a full-page screenshot (test-output/screenshots/
 pages/), no sideways scrolling, and no axe-core violation of WCAG 2.2 A/AA. Sign-in and step-up
-are also done with the keyboard alone. A failed sign-in answers with a fresh page (refresh does
-not send the password again) that starts on the error and keeps the username.
+are also done with the keyboard alone. A failed sign-in or step-up code answers with a fresh page
+(refresh does not send the password or code again) that starts on the error; sign-in keeps the
+username.
 """
 
 from __future__ import annotations
@@ -87,6 +88,20 @@ def test_every_portal_page_reads_well_and_passes_axe(page: Page, second: Page, d
     sign_in(page, alice, rd="/admin")
     expect(page).to_have_url(re.compile(r"/step-up/[^/]+$"))  # the admin console steps up
     check_page(page, axe, "step-up-admin")
+    # A wrong code: post/redirect/get as on sign-in — the same page, the error focused, 401.
+    step_up_url = page.url
+    with page.expect_navigation() as refused:
+        confirm_with_code(page, "000000")
+    assert refused.value is not None and refused.value.status == 401
+    assert refused.value.request.method == "GET" and page.url == step_up_url
+    expect(page.locator("#sg-alert")).to_contain_text("That code is not right.")
+    expect(page.locator("#sg-alert")).to_be_focused()
+    check_page(page, axe, "step-up-error")
+    with page.expect_navigation() as reload:
+        page.reload()  # a GET again: no code is re-sent, the error was shown once
+    assert reload.value is not None and reload.value.request.method == "GET"
+    expect(page.locator("#sg-alert")).to_be_empty()
+    time.sleep(1.5)  # past the back-off of one failure
     confirm_with_code(page, code(alice))
     expect(page).to_have_url(re.compile(r"/admin$"))
     check_page(page, axe, "admin")
