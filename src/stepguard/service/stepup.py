@@ -54,8 +54,6 @@ FACTOR_LEVEL = {
 
 
 PUSH_SETTINGS = push_factor.PushSettings()
-SYNCED_TOO_WEAK = ("This passkey is synced between devices, so it cannot confirm this request. "
-                   "Use a security key or a passkey kept on one device.")
 
 
 def reaches(factor: FactorRecord, level: Level) -> bool:
@@ -343,7 +341,9 @@ class StepUp:
             )
             event = passkey_event(accepted, factor, now=self.rt.now())
             if event.level < challenge.requirement.level:
-                raise VerificationFailed(SYNCED_TOO_WEAK, code="synced_passkey")
+                raise VerificationFailed(
+                    "This passkey is synced between devices, so it cannot confirm this request. "
+                    "Use a security key or a passkey kept on one device.", code="synced_passkey")
             if not self.rt.store.factors.update_sign_count(
                 factor.id, expected_old=factor.sign_count, new=accepted.new_sign_count
             ):
