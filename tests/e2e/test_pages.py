@@ -1,7 +1,8 @@
 """Every portal page in Chromium, as users reach it in `stepguard demo` (issue 15).
 
-Each page is checked at 390 px and 1280 px: a full-page screenshot (test-output/screenshots/
-pages/), no sideways scrolling, and no axe-core violation of WCAG 2.2 A/AA. Sign-in and step-up
+Each page (the admin console's in English and German too) is checked at 390 px and 1280 px: a
+full-page screenshot (test-output/screenshots/pages/), no sideways scrolling, and no axe-core
+violation of WCAG 2.2 A/AA. Sign-in and step-up
 are also done with the keyboard alone. A failed sign-in or step-up code answers with a fresh page
 (refresh does not send the password or code again) that starts on the error; sign-in keeps the
 username.
@@ -109,6 +110,8 @@ def test_every_portal_page_reads_well_and_passes_axe(page: Page, second: Page, d
     expect(page.get_by_role("heading", name="Unlock bob?")).to_be_visible()
     expect(page.get_by_role("button", name="Confirm")).to_be_visible()
     check_page(page, axe, "admin-unlock")
+    admin_pages(page, axe)
+
 
     page.goto("/account")
     check_page(page, axe, "account")
@@ -156,6 +159,34 @@ def test_every_portal_page_reads_well_and_passes_axe(page: Page, second: Page, d
     check_page(page, axe, "account-fresh")
     # Known from the very first sign-in: this browser is listed as a known device.
     expect(page.get_by_role("region", name="Known devices")).to_contain_text("This browser")
+
+
+ADMIN_PAGES = ("dashboard", "audit", "policy", "notifications")
+
+
+def admin_pages(page: Page, axe: str) -> None:
+    """The admin console's other pages, creating a user (its confirmation and the one-time
+    password page), then the console in German (the switch, remembered, then switched back)."""
+    for name in ADMIN_PAGES:
+        page.goto(f"/admin/{name}")
+        check_page(page, axe, f"admin-{name}")
+    page.goto("/admin")
+    page.get_by_text("Create a user").click()
+    page.get_by_label("Username", exact=True).fill("carol")
+    page.get_by_role("button", name="Create…").click()
+    expect(page.get_by_role("heading", name="Create carol?")).to_be_visible()
+    check_page(page, axe, "admin-create-confirm")
+    page.get_by_role("button", name="Confirm").click()
+    expect(page.get_by_role("heading", name="carol created")).to_be_visible()
+    check_page(page, axe, "admin-created")
+    page.goto("/admin?lang=de")
+    expect(page.get_by_role("heading", name="Verwaltung")).to_be_visible()
+    check_page(page, axe, "admin-de")
+    for name in ADMIN_PAGES:
+        page.goto(f"/admin/{name}")
+        expect(page.locator("html")).to_have_attribute("lang", "de")
+        check_page(page, axe, f"admin-{name}-de")
+    page.goto("/admin?lang=en")
 
 
 def test_sign_in_and_step_up_with_the_keyboard_only(page: Page, demo: DemoServer) -> None:
