@@ -137,6 +137,7 @@ class StepUp:
             session_id=session.id if session else None,
             requirement=decision.requirement,
             reasons=decision.reasons,
+            reason_texts=decision.reason_texts,
             rule=decision.rule,
             login=decision.login,
             scope=decision.scope,

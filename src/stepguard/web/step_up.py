@@ -22,7 +22,13 @@ from stepguard.web.inline import InlineFrames
 from stepguard.web.page import Flash, Pages
 from stepguard.web.render import N_
 from stepguard.web.security import CsrfRejected
-from stepguard.web.text import bound_view, error_text, form_fields, throttle_text
+from stepguard.web.text import (
+    bound_view,
+    error_text,
+    form_fields,
+    reasons_in,
+    throttle_text,
+)
 
 # The reverse proxy's replay of a held request: (request, challenge id, session) -> response.
 Replay = Callable[[Request, str, SessionRecord], Awaitable[Response]]
@@ -150,7 +156,8 @@ class StepUpPages:
         keep = "" if parent is None else self.inline.query(parent)
         view = {
             "id": challenge.id,
-            "reasons": [self.pages.translator(request)(r) for r in challenge.reasons],
+            "reasons": reasons_in(self.pages.language(request), challenge.reasons,
+                                  challenge.reason_texts),
             "bound_values": bound_view(challenge.bound_values, self.pages.rt.policy.display,
                                        self.pages.language(request)),
             "level_label": challenge.requirement.level.label,
