@@ -400,9 +400,9 @@ class StepUpPages:
         if response.status_code in (403, 404):
             return pages.message(
                 request,
-                "Not sent",
-                "This confirmation no longer covers the "
-                "request: it was already sent, or it changed. Start again.",
+                N_("Not sent"),
+                N_("This confirmation no longer covers the "
+                   "request: it was already sent, or it changed. Start again."),
                 response.status_code,
             )
         return response
