@@ -118,12 +118,20 @@ def test_the_dialog_frame_stays_in_its_embedded_view(env) -> None:  # type: igno
 
 
 def test_another_challenges_error_is_not_shown(env) -> None:  # type: ignore[no-untyped-def]
-    client, _, _ = env
+    client, _, clock = env
     first, second = challenge(client), challenge(client)
     assert first != second
-    page = client.get(f"/step-up/{first}")
-    wrong = client.post(f"/step-up/{first}/totp", headers=HTML,
-                        data={"code": "000000", "csrf_token": csrf(page.text)})
-    assert wrong.status_code == 303
+
+    def refuse() -> None:
+        page = client.get(f"/step-up/{first}")
+        wrong = client.post(f"/step-up/{first}/totp", headers=HTML,
+                            data={"code": "000000", "csrf_token": csrf(page.text)})
+        assert wrong.status_code == 303 and "stepguard_flash" in wrong.headers["set-cookie"]
+
+    refuse()
     other = client.get(f"/step-up/{second}", headers=HTML)  # the flash is for the first one
     assert other.status_code == 200 and EMPTY_ALERT in other.text
+    clock.advance(10)  # past the back-off
+    refuse()
+    login = client.get("/login", headers=HTML)  # nor is it the sign-in page's
+    assert login.status_code == 200 and EMPTY_ALERT in login.text
