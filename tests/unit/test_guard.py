@@ -3,6 +3,7 @@ single-flight loads, last-seen written behind, and failing closed."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from stepguard.core.levels import Level
 from stepguard.service.guard import TOUCH_EVERY, Guard
 from stepguard.service.runtime import Runtime, build_runtime, hash_token
 from stepguard.storage.memory import MemoryStore
-from stepguard.storage.records import SessionRecord, SessionSnapshot, UserRecord
+from stepguard.storage.records import SessionRecord, SessionSnapshot, UserRecord, Versions
 from tests.contract import build
 from tests.support.gateway import Clock, write_config
 
@@ -375,3 +376,46 @@ def test_an_allow_with_a_fading_risk_signal_is_decided_every_time(
         assert len(decides) == 6  # the failures leave their window as time passes
     finally:
         runtime.close()
+
+
+class AwaitedReads:
+    """`VersionBatches`' contract over the memory store: each awaited read sees the store as of
+    the call (what a statement sent after the request asked sees)."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store, self.reads, self.down = store, 0, False
+
+    async def read(self, token_hash: str) -> Versions | None:
+        self.reads += 1
+        if self.down:
+            raise StoreUnavailable("down")
+        found = self.store.session_states.read(token_hash, known=(0, 0), now=0.0)
+        if found is None:
+            return None
+        return found if isinstance(found, Versions) else found.versions
+
+
+@pytest.mark.parametrize("how", ["revoke", "disable", "rotate", "step_up", "store_down"])
+def test_the_awaited_read_never_allows_past_a_change(runtime: Runtime, how: str) -> None:
+    """`check_cached_key_async` (forward-auth on PostgreSQL): a cached copy is used only when
+    the awaited read finds its versions unchanged; a revocation, a change, a missing row or an
+    unreachable store each send the request to the thread path (None), never allow it."""
+    guard = Guard(runtime)
+    reads = AwaitedReads(runtime.store)  # type: ignore[arg-type]
+    guard._batches = reads  # type: ignore[assignment]  # noqa: SLF001 — the PostgreSQL wiring
+    user, session, token = signed_in(runtime)
+    key = hash_token(token)
+    assert asyncio.run(guard.check_cached_key_async(PAGE, key)) is None  # not cached yet
+    assert guard.check(PAGE, token).session is not None  # the thread path loads it
+    allowed = asyncio.run(guard.check_cached_key_async(PAGE, key))
+    assert allowed is not None and allowed.decision.outcome is Outcome.ALLOW
+    assert reads.reads == 1
+    now = runtime.now()
+    {"revoke": lambda: runtime.store.sessions.revoke(session.id, now=now),
+     "disable": lambda: runtime.store.users.set_disabled(user.id, True, now=now),
+     "rotate": lambda: runtime.store.sessions.rotate(session.id, "other", now=now),
+     "step_up": lambda: runtime.store.sessions.add_event(
+         session.id, AuthEvent(factor="totp", amr=("otp",), level=Level.AAL2, at=now)),
+     "store_down": lambda: setattr(reads, "down", True)}[how]()
+    assert asyncio.run(guard.check_cached_key_async(PAGE, key)) is None
+    assert reads.reads == 2
