@@ -10,7 +10,8 @@ Why this keeps SECURITY.md case 12 exactly: a request's token joins only a state
 *after* the request queued it (a request that arrives while a statement is in flight waits for
 the next one), so each answer comes from a statement that started after the request did, in
 autocommit — it sees every change committed before, as the single read did. Any failure (a
-broken connection, an error result, no answer within `timeout`) fails every waiting request
+broken connection, an error result, no answer within `timeout` of the statement being sent:
+one timer per statement, and `statement_timeout` on the server) fails every waiting request
 with `StoreUnavailable` and drops the connection; the loop reconnects on a later batch unless a
 connection failed in the last `RETRY_AFTER` seconds.
 """
@@ -50,6 +51,7 @@ class VersionBatches:
         self._queued: dict[str, list[asyncio.Future[Versions | None]]] = {}
         self._sent: dict[str, list[asyncio.Future[Versions | None]]] = {}
         self._scheduled = False
+        self._deadline: asyncio.TimerHandle | None = None  # the sent statement's timeout
         self._failed_at = -RETRY_AFTER
         self.statements = 0  # statements sent (a test reads how requests were batched)
 
@@ -64,11 +66,7 @@ class VersionBatches:
         if not self._sent and not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._send)  # let the requests ready in this turn join the batch
-        try:
-            return await asyncio.wait_for(future, self.timeout)
-        except TimeoutError:
-            self._reset(StoreUnavailable("the store did not answer in time"))
-            raise StoreUnavailable("the store did not answer in time") from None
+        return await future  # `_send` arms one timer per statement (no task per request)
 
     def _send(self) -> None:
         self._scheduled = False
@@ -87,6 +85,9 @@ class VersionBatches:
             return
         self._sent = batch
         self.statements += 1
+        assert self._loop is not None
+        self._deadline = self._loop.call_later(self.timeout, self._reset,
+                                               StoreUnavailable("no answer in time"))
 
     def _open(self) -> PreparedConnection:
         if time.monotonic() - self._failed_at < RETRY_AFTER:
@@ -133,6 +134,7 @@ class VersionBatches:
             self._reset(error)
             return
         batch, self._sent = self._sent, {}
+        self._disarm()
         for key, futures in batch.items():
             for future in futures:
                 if not future.done():
@@ -150,8 +152,14 @@ class VersionBatches:
                     future.exception()  # retrieved: a request that timed out logs nothing
         del error
 
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
     def _reset(self, error: BaseException) -> None:
         """Drop the connection and fail every request waiting on it (sent or queued)."""
+        self._disarm()
         connection, self._connection = self._connection, None
         if connection is not None:
             self._failed_at = time.monotonic()
