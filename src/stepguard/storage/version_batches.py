@@ -10,10 +10,10 @@ Why this keeps SECURITY.md case 12 exactly: a request's token joins only a state
 *after* the request queued it (a request that arrives while a statement is in flight waits for
 the next one), so each answer comes from a statement that started after the request did, in
 autocommit — it sees every change committed before, as the single read did. Any failure (a
-broken connection, an error result, no answer within `timeout` of the statement being sent:
-one timer per statement, and `statement_timeout` on the server) fails every waiting request
-with `StoreUnavailable` and drops the connection; the loop reconnects on a later batch unless a
-connection failed in the last `RETRY_AFTER` seconds.
+broken connection, an error result, no answer within `timeout` of the statement being sent —
+one timer per statement; the store URL's `statement_timeout` also bounds it on the server)
+fails every waiting request with `StoreUnavailable` and drops the connection; the loop
+reconnects on a later batch unless a connection failed in the last `RETRY_AFTER` seconds.
 """
 
 from __future__ import annotations
@@ -93,10 +93,8 @@ class VersionBatches:
         if time.monotonic() - self._failed_at < RETRY_AFTER:
             raise StoreUnavailable("the store is unavailable")
         try:
-            driver = self._connect()
-            # the server ends whatever runs longer than a request would wait (the PREPARE too)
-            driver.execute(f"SET statement_timeout = {max(1, int(self.timeout * 1000))}")
-            connection = PreparedConnection(driver, {NAME: _VERSIONS_MANY})
+            # the store URL's `statement_timeout` bounds the PREPARE (a blocking call) too
+            connection = PreparedConnection(self._connect(), {NAME: _VERSIONS_MANY})
             pg = connection.connection.pgconn
             pg.nonblocking = 1
             assert self._loop is not None
