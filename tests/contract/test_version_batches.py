@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import select
+import threading
 from collections.abc import Iterator
 
 import psycopg
@@ -139,3 +140,31 @@ def test_no_answer_in_time_fails_closed(stores: tuple[SqlStore, SqlStore],
     finally:
         locker.rollback()
         locker.close()
+
+
+def test_a_second_running_loop_is_refused_not_served(stores: tuple[SqlStore, SqlStore]) -> None:
+    """The connection belongs to one event loop: a read from another running loop (another
+    thread) raises `StoreUnavailable` (its caller takes the thread path) and leaves the first
+    loop's reads alone."""
+    mine, _ = stores
+    batches = batches_of(mine)
+    session = sessions(mine, 1)[0]
+    refused: list[BaseException] = []
+
+    def other_loop() -> None:
+        async def read() -> None:
+            try:
+                await batches.read(session.token_hash)
+            except StoreUnavailable as error:
+                refused.append(error)
+        asyncio.run(read())
+
+    async def run() -> Versions | None:
+        assert isinstance(await batches.read(session.token_hash), Versions)
+        thread = threading.Thread(target=other_loop)
+        thread.start()
+        thread.join()
+        return await batches.read(session.token_hash)
+
+    assert isinstance(asyncio.run(run()), Versions)
+    assert len(refused) == 1

@@ -59,6 +59,9 @@ class VersionBatches:
         """The session's and user's versions and last-seen time, or None (no live session)."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # a new loop (tests run several): start afresh on it
+            if self._loop is not None and self._loop.is_running():
+                # another thread's live loop owns it: that caller takes the thread path
+                raise StoreUnavailable("the batched read belongs to another event loop")
             self._reset(StoreUnavailable("the event loop changed"))
             self._loop = loop
         future: asyncio.Future[Versions | None] = loop.create_future()
