@@ -375,3 +375,64 @@ def test_an_allow_with_a_fading_risk_signal_is_decided_every_time(
         assert len(decides) == 6  # the failures leave their window as time passes
     finally:
         runtime.close()
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_a_session_lives_exactly_its_idle_and_absolute_lifetime(runtime: Runtime, clock: Clock,
+                                                                cached: bool) -> None:
+    """Both lifetimes are inclusive (as `max_age` is): a cookie used exactly `idle` after its
+    last use, or exactly `max_session` after sign-in, still counts; a second later it does not
+    (issue 16: `<=` loosened to `<` or tightened went unnoticed)."""
+    guard = Guard(runtime)
+    user = build.user("carol", created=clock.now)
+    runtime.store.users.add(user)
+    day = 86_400.0
+    for name, created, last_seen in (("idle", clock.now, clock.now),
+                                     ("absolute", clock.now - 30 * day + 3600, clock.now)):
+        token = f"token-{name}-" + "y" * 32
+        runtime.store.sessions.add(build.session(
+            user.id, token_hash=hash_token(token), created=created, last_seen=last_seen,
+            ip=PAGE.client_ip, user_agent=PAGE.user_agent,
+            events=(AuthEvent(factor="password", amr=("pwd",), level=Level.AAL1, at=created),)))
+        if cached:
+            assert guard.load(token) is not None
+    clock.advance(3600)  # aal1 here: idle 1 h, max_session 30 d
+    for name in ("idle", "absolute"):
+        assert (Guard(runtime) if not cached else guard).load(
+            f"token-{name}-" + "y" * 32) is not None, name
+    clock.advance(1)
+    assert guard.load("token-absolute-" + "y" * 32) is None
+
+
+ONCE_POLICY = POLICY.replace("default:", """\
+  - name: delete-repo
+    match: {methods: [POST], paths: ["/repos/delete"]}
+    require: {level: aal2, max_age: 0s, single_use: true, reason: "Delete the repository"}
+default:""")
+
+
+def test_a_single_use_grant_is_spent_once_through_the_event_loop_path_too(
+        tmp_path: Path, clock: Clock) -> None:
+    """Exactly once (SECURITY.md): the cached path a door tries first must not allow with a
+    single-use grant without spending it (issue 16: `consume_grant or ...` read as `and` let the
+    same grant allow every later request)."""
+    loaded = load_config(write_config(tmp_path, policy=ONCE_POLICY))
+    rt = build_runtime(loaded, clock=clock, store=MemoryStore(), audit_log=MemoryAuditLog())
+    try:
+        guard = Guard(rt)
+        user, session, token = signed_in(rt)
+        delete = RequestContext(method="POST", host="app.test", path="/repos/delete",
+                                client_ip="198.51.100.7")
+        asked = guard.check(delete, token).decision
+        assert asked.outcome is Outcome.STEP_UP
+        rt.store.grants.add(build.grant(session.id, subject_id=user.id, scope=asked.scope,
+                                        binding=asked.binding, granted_at=clock.now,
+                                        expires_at=clock.now + 300))
+        assert guard.load(token) is not None  # the copy with the grant is cached
+        outcomes = []
+        for _ in range(3):
+            check = guard.check_cached(delete, token) or guard.check(delete, token)
+            outcomes.append(check.decision.outcome)
+        assert outcomes == [Outcome.ALLOW, Outcome.STEP_UP, Outcome.STEP_UP]
+    finally:
+        rt.close()
