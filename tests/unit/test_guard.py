@@ -128,6 +128,21 @@ def test_a_revocation_is_honoured_by_the_very_next_request(runtime: Runtime, how
      "rotate": lambda: runtime.store.sessions.rotate(session.id, "other", now=now)}[how]()
     assert guard.check(PAGE, token).session is None
     assert guard.check_cached(PAGE, token) is None  # the event loop path agrees
+    assert guard.versions_now(hash_token(token), PAGE) is None  # and the PostgreSQL door's check
+
+
+def test_the_revocation_check_of_a_held_session_reads_its_versions_now(runtime: Runtime) -> None:
+    """`versions_now` (what the PostgreSQL door compares before each statement) gives the live
+    cached session's versions, and they move when the session does."""
+    guard = Guard(runtime)
+    _, session, token = signed_in(runtime)
+    assert guard.versions_now(hash_token(token), PAGE) is None  # not cached: the full path
+    loaded = guard.load(token)
+    assert loaded is not None
+    assert guard.versions_now(hash_token(token), PAGE) == loaded.versions
+    runtime.store.sessions.add_event(session.id, AuthEvent(
+        factor="totp", amr=("otp",), level=Level.AAL2, at=runtime.now()))
+    assert guard.versions_now(hash_token(token), PAGE) not in (None, loaded.versions)
 
 
 def test_a_step_up_elsewhere_is_honoured_by_the_cached_copy(runtime: Runtime) -> None:
@@ -436,3 +451,24 @@ def test_a_single_use_grant_is_spent_once_through_the_event_loop_path_too(
         assert outcomes == [Outcome.ALLOW, Outcome.STEP_UP, Outcome.STEP_UP]
     finally:
         rt.close()
+
+
+def test_an_answer_is_not_given_again_once_a_level_goes_idle(tmp_path: Path,
+                                                             clock: Clock) -> None:
+    """A remembered allow lasts no longer than the idle lifetime of the level it was given at
+    (issue 16: the horizon without `idle` kept an aal2 answer after aal2 went idle)."""
+    guard, runtime = guard_with(tmp_path, clock, POLICY.replace(
+        "aal2: {acr: \"urn:stepguard:aal2\", max_session: 24h, idle: 1h}",
+        "aal2: {acr: \"urn:stepguard:aal2\", max_session: 24h, idle: 10m}"))
+    try:
+        _, session, token = signed_in(runtime)
+        runtime.store.sessions.add_event(session.id, AuthEvent(
+            factor="totp", amr=("otp",), level=Level.AAL2, at=clock.now))
+        guard.check(PAGE, token)
+        check = guard.check_cached(PAGE, token)
+        assert check is not None and check.decision.level is Level.AAL2
+        clock.advance(601)  # unused for more than aal2's 10 idle minutes: the session is aal1
+        check = guard.check_cached(PAGE, token)
+        assert check is not None and check.decision.level is Level.AAL1
+    finally:
+        runtime.close()
