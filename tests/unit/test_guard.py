@@ -217,6 +217,33 @@ def test_a_store_outage_fails_closed_even_when_cached(runtime: Runtime,
     assert guard.check_cached(PAGE, token) is None  # the thread path then fails closed
 
 
+@pytest.mark.parametrize("cached", [False, True])
+def test_a_connection_lost_once_is_retried_on_a_fresh_one(runtime: Runtime, store: CountingStore,
+                                                          clock: Clock, cached: bool) -> None:
+    """A store restart drops the open connection: the thread path retries once, with the same
+    question, and answers as before (SECURITY.md case 16: service resumes by itself); a revoked
+    session stays revoked through the retry."""
+    guard = Guard(runtime)
+    _, session, token = signed_in(runtime)
+    if cached:
+        guard.check(PAGE, token)
+        clock.advance(3600)  # past STORE_CONTACT_EVERY: the copy is read, not trusted
+    read, asked = store.session_states.read, []
+
+    def drops_once(token_hash: str, **kwargs: object) -> object:
+        asked.append((token_hash, kwargs.get("known"), kwargs.get("now")))
+        if len(asked) == 1:
+            raise StoreUnavailable("connection lost")
+        return read(token_hash, **kwargs)
+
+    store.session_states.read = drops_once  # type: ignore[method-assign]
+    assert guard.check(PAGE, token).session is not None
+    assert len(asked) == 2 and asked[0] == asked[1]
+    runtime.store.sessions.revoke(session.id, now=clock.now)
+    asked.clear()
+    assert guard.check(PAGE, token).session is None
+
+
 # ------------------------------------------------------------------------------ audit
 
 
