@@ -54,8 +54,8 @@ def test_a_lockout_without_an_address_or_factor_records_none(runtime: Runtime) -
 
 def test_a_lockout_entry_keeps_only_the_pseudonymised_address(runtime: Runtime) -> None:
     runtime.ip_key = b"k" * 32
-    attempts.failed(runtime, user_id="u1", reserved=(counted(user_factor_key("u1", "totp"), LIMIT),),
-                    factor="totp", client_ip=ADDRESS)
+    reserved = (counted(user_factor_key("u1", "totp"), LIMIT),)
+    attempts.failed(runtime, user_id="u1", reserved=reserved, factor="totp", client_ip=ADDRESS)
     [entry] = lockouts(runtime)
     assert entry.request["client_ip"] == pseudonymise_ip(ADDRESS, key=b"k" * 32)
     assert ADDRESS not in repr(entry)
