@@ -236,7 +236,8 @@ def main(argv: list[str]) -> int:
                         help="reuse mutants/ and the test measurements from the last run")
     parser.add_argument("--resume", action="store_true",
                         help="with --keep: run only the selected mutants that have no result yet")
-    parser.add_argument("--only", default="", help="glob of mutant names to run (development)")
+    parser.add_argument("--only", default="",
+                        help="glob(s) of mutant names to run, comma-separated (development)")
     parser.add_argument("--sample", type=int, default=1, help="run every N-th mutant only")
     parser.add_argument("--report-only", action="store_true",
                         help="no run: report the results already in mutants/ (implies --keep)")
@@ -251,7 +252,8 @@ def main(argv: list[str]) -> int:
     mutants = Mutants(ROOT / "mutants")
     names, messages, outside = mutants.selected()
     if args.only:
-        names = [n for n in names if fnmatch.fnmatch(n, args.only)]
+        globs = [g.strip() for g in args.only.split(",") if g.strip()]
+        names = [n for n in names if any(fnmatch.fnmatch(n, g) for g in globs)]
     if args.sample > 1:  # a quick estimate: every N-th mutant, always the same ones
         names = names[::args.sample]
     if args.report_only:

@@ -36,19 +36,28 @@ def report(**packages: tuple[int, int, int, int]) -> dict[str, object]:
     return {"files": files}
 
 
+def at(name: str, lines: float = 0.0, branches: float = 0.0) -> tuple[int, int, int, int]:
+    """1,000 lines and 1,000 branches covered at the package's floors plus the given offsets."""
+    floor_lines, floor_branches = gate.FLOORS[name]
+    return (1000, round(10 * (floor_lines + lines)), 1000, round(10 * (floor_branches + branches)))
+
+
 def test_the_gate_passes_when_every_package_is_at_its_floor() -> None:
-    good = report(core=(100, 95, 20, 19), service=(10, 9, 10, 9), adapters=(10, 10, 0, 0),
-                  web=(100, 93, 10, 10))
+    good = report(**{name: at(name) for name in gate.FLOORS})
     assert gate.problems(gate.tally(good)) == []
 
 
 def test_the_gate_names_each_package_and_measure_below_its_floor() -> None:
-    bad = report(core=(100, 94, 20, 20), service=(10, 10, 100, 70), adapters=(10, 10, 0, 0))
+    bad = report(core=at("core", lines=-0.1), service=at("service", branches=-0.1),
+                 adapters=at("adapters"))
     found = gate.problems(gate.tally(bad))
-    assert any(p.startswith("core: lines 94.0% < 95%") for p in found)
-    assert any(p.startswith("service: branches 70.0% < 84%") for p in found)
+    core, service = gate.FLOORS["core"][0], gate.FLOORS["service"][1]
+    assert any(p.startswith(f"core: lines {core - 0.1:.1f}% < {core:.0f}%") for p in found)
+    assert any(p.startswith(f"service: branches {service - 0.1:.1f}% < {service:.0f}%")
+               for p in found)
     assert any(p.startswith("web: no measured lines") for p in found)
     assert not any(p.startswith("adapters") for p in found)
+    assert len(found) == 3
 
 
 def test_the_gate_fails_the_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -129,6 +129,21 @@ def test_a_revocation_is_honoured_by_the_very_next_request(runtime: Runtime, how
      "rotate": lambda: runtime.store.sessions.rotate(session.id, "other", now=now)}[how]()
     assert guard.check(PAGE, token).session is None
     assert guard.check_cached(PAGE, token) is None  # the event loop path agrees
+    assert guard.versions_now(hash_token(token), PAGE) is None  # and the PostgreSQL door's check
+
+
+def test_the_revocation_check_of_a_held_session_reads_its_versions_now(runtime: Runtime) -> None:
+    """`versions_now` (what the PostgreSQL door compares before each statement) gives the live
+    cached session's versions, and they move when the session does."""
+    guard = Guard(runtime)
+    _, session, token = signed_in(runtime)
+    assert guard.versions_now(hash_token(token), PAGE) is None  # not cached: the full path
+    loaded = guard.load(token)
+    assert loaded is not None
+    assert guard.versions_now(hash_token(token), PAGE) == loaded.versions
+    runtime.store.sessions.add_event(session.id, AuthEvent(
+        factor="totp", amr=("otp",), level=Level.AAL2, at=runtime.now()))
+    assert guard.versions_now(hash_token(token), PAGE) not in (None, loaded.versions)
 
 
 def test_a_step_up_elsewhere_is_honoured_by_the_cached_copy(runtime: Runtime) -> None:
@@ -201,6 +216,33 @@ def test_a_store_outage_fails_closed_even_when_cached(runtime: Runtime,
     with pytest.raises(StoreUnavailable):
         guard.check(PAGE, token)
     assert guard.check_cached(PAGE, token) is None  # the thread path then fails closed
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_a_connection_lost_once_is_retried_on_a_fresh_one(runtime: Runtime, store: CountingStore,
+                                                          clock: Clock, cached: bool) -> None:
+    """A store restart drops the open connection: the thread path retries once, with the same
+    question, and answers as before (SECURITY.md case 16: service resumes by itself); a revoked
+    session stays revoked through the retry."""
+    guard = Guard(runtime)
+    _, session, token = signed_in(runtime)
+    if cached:
+        guard.check(PAGE, token)
+        clock.advance(3600)  # past STORE_CONTACT_EVERY: the copy is read, not trusted
+    read, asked = store.session_states.read, []
+
+    def drops_once(token_hash: str, **kwargs: object) -> object:
+        asked.append((token_hash, kwargs.get("known"), kwargs.get("now")))
+        if len(asked) == 1:
+            raise StoreUnavailable("connection lost")
+        return read(token_hash, **kwargs)
+
+    store.session_states.read = drops_once  # type: ignore[method-assign]
+    assert guard.check(PAGE, token).session is not None
+    assert len(asked) == 2 and asked[0] == asked[1]
+    runtime.store.sessions.revoke(session.id, now=clock.now)
+    asked.clear()
+    assert guard.check(PAGE, token).session is None
 
 
 # ------------------------------------------------------------------------------ audit
@@ -419,3 +461,85 @@ def test_the_awaited_read_never_allows_past_a_change(runtime: Runtime, how: str)
      "store_down": lambda: setattr(reads, "down", True)}[how]()
     assert asyncio.run(guard.check_cached_key_async(PAGE, key)) is None
     assert reads.reads == 2
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_a_session_lives_exactly_its_idle_and_absolute_lifetime(runtime: Runtime, clock: Clock,
+                                                                cached: bool) -> None:
+    """Both lifetimes are inclusive (as `max_age` is): a cookie used exactly `idle` after its
+    last use, or exactly `max_session` after sign-in, still counts; a second later it does not
+    (issue 16: `<=` loosened to `<` or tightened went unnoticed)."""
+    guard = Guard(runtime)
+    user = build.user("carol", created=clock.now)
+    runtime.store.users.add(user)
+    day = 86_400.0
+    for name, created, last_seen in (("idle", clock.now, clock.now),
+                                     ("absolute", clock.now - 30 * day + 3600, clock.now)):
+        token = f"token-{name}-" + "y" * 32
+        runtime.store.sessions.add(build.session(
+            user.id, token_hash=hash_token(token), created=created, last_seen=last_seen,
+            ip=PAGE.client_ip, user_agent=PAGE.user_agent,
+            events=(AuthEvent(factor="password", amr=("pwd",), level=Level.AAL1, at=created),)))
+        if cached:
+            assert guard.load(token) is not None
+    clock.advance(3600)  # aal1 here: idle 1 h, max_session 30 d
+    for name in ("idle", "absolute"):
+        assert (Guard(runtime) if not cached else guard).load(
+            f"token-{name}-" + "y" * 32) is not None, name
+    clock.advance(1)
+    assert guard.load("token-absolute-" + "y" * 32) is None
+
+
+ONCE_POLICY = POLICY.replace("default:", """\
+  - name: delete-repo
+    match: {methods: [POST], paths: ["/repos/delete"]}
+    require: {level: aal2, max_age: 0s, single_use: true, reason: "Delete the repository"}
+default:""")
+
+
+def test_a_single_use_grant_is_spent_once_through_the_event_loop_path_too(
+        tmp_path: Path, clock: Clock) -> None:
+    """Exactly once (SECURITY.md): the cached path a door tries first must not allow with a
+    single-use grant without spending it (issue 16: `consume_grant or ...` read as `and` let the
+    same grant allow every later request)."""
+    loaded = load_config(write_config(tmp_path, policy=ONCE_POLICY))
+    rt = build_runtime(loaded, clock=clock, store=MemoryStore(), audit_log=MemoryAuditLog())
+    try:
+        guard = Guard(rt)
+        user, session, token = signed_in(rt)
+        delete = RequestContext(method="POST", host="app.test", path="/repos/delete",
+                                client_ip="198.51.100.7")
+        asked = guard.check(delete, token).decision
+        assert asked.outcome is Outcome.STEP_UP
+        rt.store.grants.add(build.grant(session.id, subject_id=user.id, scope=asked.scope,
+                                        binding=asked.binding, granted_at=clock.now,
+                                        expires_at=clock.now + 300))
+        assert guard.load(token) is not None  # the copy with the grant is cached
+        outcomes = []
+        for _ in range(3):
+            check = guard.check_cached(delete, token) or guard.check(delete, token)
+            outcomes.append(check.decision.outcome)
+        assert outcomes == [Outcome.ALLOW, Outcome.STEP_UP, Outcome.STEP_UP]
+    finally:
+        rt.close()
+
+
+def test_an_answer_is_not_given_again_once_a_level_goes_idle(tmp_path: Path,
+                                                             clock: Clock) -> None:
+    """A remembered allow lasts no longer than the idle lifetime of the level it was given at
+    (issue 16: the horizon without `idle` kept an aal2 answer after aal2 went idle)."""
+    guard, runtime = guard_with(tmp_path, clock, POLICY.replace(
+        "aal2: {acr: \"urn:stepguard:aal2\", max_session: 24h, idle: 1h}",
+        "aal2: {acr: \"urn:stepguard:aal2\", max_session: 24h, idle: 10m}"))
+    try:
+        _, session, token = signed_in(runtime)
+        runtime.store.sessions.add_event(session.id, AuthEvent(
+            factor="totp", amr=("otp",), level=Level.AAL2, at=clock.now))
+        guard.check(PAGE, token)
+        check = guard.check_cached(PAGE, token)
+        assert check is not None and check.decision.level is Level.AAL2
+        clock.advance(601)  # unused for more than aal2's 10 idle minutes: the session is aal1
+        check = guard.check_cached(PAGE, token)
+        assert check is not None and check.decision.level is Level.AAL1
+    finally:
+        runtime.close()
