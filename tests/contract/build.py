@@ -73,6 +73,8 @@ def challenge(**fields: Any) -> ChallengeRecord:
             reason="Approve a transfer of {amount} to {payee}",
         ),
         "reasons": ("Approve a transfer of 5000 to Bob",),
+        "reason_texts": (("en", "Approve a transfer of 5000 to Bob"),
+                         ("de", "Überweisung von 5000 an Bob freigeben")),
         "rule": "large-transfer",
         "scope": "admin",
         "binding": "ab" * 32,

@@ -1,9 +1,11 @@
 """Every portal page in Chromium, as users reach it in `stepguard demo` (issue 15).
 
-Each page is checked at 390 px and 1280 px: a full-page screenshot (test-output/screenshots/
-pages/), no sideways scrolling, and no axe-core violation of WCAG 2.2 A/AA. Sign-in and step-up
-are also done with the keyboard alone. A failed sign-in answers with a fresh page (refresh does
-not send the password again) that starts on the error and keeps the username.
+Each page (the admin console's in English and German too) is checked at 390 px and 1280 px: a
+full-page screenshot (test-output/screenshots/pages/), no sideways scrolling, and no axe-core
+violation of WCAG 2.2 A/AA. Sign-in and step-up
+are also done with the keyboard alone. A failed sign-in or step-up code answers with a fresh page
+(refresh does not send the password or code again) that starts on the error; sign-in keeps the
+username.
 """
 
 from __future__ import annotations
@@ -87,6 +89,20 @@ def test_every_portal_page_reads_well_and_passes_axe(page: Page, second: Page, d
     sign_in(page, alice, rd="/admin")
     expect(page).to_have_url(re.compile(r"/step-up/[^/]+$"))  # the admin console steps up
     check_page(page, axe, "step-up-admin")
+    # A wrong code: post/redirect/get as on sign-in — the same page, the error focused, 401.
+    step_up_url = page.url
+    with page.expect_navigation() as refused:
+        confirm_with_code(page, "000000")
+    assert refused.value is not None and refused.value.status == 401
+    assert refused.value.request.method == "GET" and page.url == step_up_url
+    expect(page.locator("#sg-alert")).to_contain_text("That code is not right.")
+    expect(page.locator("#sg-alert")).to_be_focused()
+    check_page(page, axe, "step-up-error")
+    with page.expect_navigation() as reload:
+        page.reload()  # a GET again: no code is re-sent, the error was shown once
+    assert reload.value is not None and reload.value.request.method == "GET"
+    expect(page.locator("#sg-alert")).to_be_empty()
+    time.sleep(1.5)  # past the back-off of one failure
     confirm_with_code(page, code(alice))
     expect(page).to_have_url(re.compile(r"/admin$"))
     check_page(page, axe, "admin")
@@ -94,6 +110,8 @@ def test_every_portal_page_reads_well_and_passes_axe(page: Page, second: Page, d
     expect(page.get_by_role("heading", name="Unlock bob?")).to_be_visible()
     expect(page.get_by_role("button", name="Confirm")).to_be_visible()
     check_page(page, axe, "admin-unlock")
+    admin_pages(page, axe)
+
 
     page.goto("/account")
     check_page(page, axe, "account")
@@ -141,6 +159,34 @@ def test_every_portal_page_reads_well_and_passes_axe(page: Page, second: Page, d
     check_page(page, axe, "account-fresh")
     # Known from the very first sign-in: this browser is listed as a known device.
     expect(page.get_by_role("region", name="Known devices")).to_contain_text("This browser")
+
+
+ADMIN_PAGES = ("dashboard", "audit", "policy", "notifications")
+
+
+def admin_pages(page: Page, axe: str) -> None:
+    """The admin console's other pages, creating a user (its confirmation and the one-time
+    password page), then the console in German (the switch, remembered, then switched back)."""
+    for name in ADMIN_PAGES:
+        page.goto(f"/admin/{name}")
+        check_page(page, axe, f"admin-{name}")
+    page.goto("/admin")
+    page.get_by_text("Create a user").click()
+    page.get_by_label("Username", exact=True).fill("carol")
+    page.get_by_role("button", name="Create…").click()
+    expect(page.get_by_role("heading", name="Create carol?")).to_be_visible()
+    check_page(page, axe, "admin-create-confirm")
+    page.get_by_role("button", name="Confirm").click()
+    expect(page.get_by_role("heading", name="carol created")).to_be_visible()
+    check_page(page, axe, "admin-created")
+    page.goto("/admin?lang=de")
+    expect(page.get_by_role("heading", name="Verwaltung")).to_be_visible()
+    check_page(page, axe, "admin-de")
+    for name in ADMIN_PAGES:
+        page.goto(f"/admin/{name}")
+        expect(page.locator("html")).to_have_attribute("lang", "de")
+        check_page(page, axe, f"admin-{name}-de")
+    page.goto("/admin?lang=en")
 
 
 def test_sign_in_and_step_up_with_the_keyboard_only(page: Page, demo: DemoServer) -> None:

@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 FLAG_UP = 0x01
 FLAG_UV = 0x04
+FLAG_BE = 0x08  # backup eligible: a syncable (multi-device) passkey
+FLAG_BS = 0x10  # backed up
 FLAG_AT = 0x40
 DEFAULT_AAGUID = bytes.fromhex("adce000235bcc60a648b0b25f1f05503")
 
@@ -60,10 +62,12 @@ class SoftCredential:
 
 @dataclass
 class SoftAuthenticator:
-    """A platform authenticator in software. `counter_step=0` mimics passkeys that report 0."""
+    """A platform authenticator in software. `counter_step=0` mimics passkeys that report 0;
+    `synced=True` mimics a passkey provider that syncs its keys (BE and BS flags set)."""
 
     origin: str
     counter_step: int = 1
+    synced: bool = False
     aaguid: bytes = DEFAULT_AAGUID
     credentials: dict[bytes, SoftCredential] = field(default_factory=dict)
 
@@ -95,7 +99,7 @@ class SoftAuthenticator:
             + credential.credential_id
             + credential.cose_public_key()
         )
-        auth_data = _auth_data(rp, _flags(up=up, uv=uv) | FLAG_AT, 0) + attested
+        auth_data = _auth_data(rp, self._flags(up=up, uv=uv) | FLAG_AT, 0) + attested
         client_data = self._client_data(client_type, options, challenge, origin)
         attestation = cbor2.dumps({"fmt": "none", "attStmt": {}, "authData": auth_data})
         response = {
@@ -127,7 +131,7 @@ class SoftAuthenticator:
         if sign_count is None:
             credential.sign_count += self.counter_step
             sign_count = credential.sign_count
-        auth_data = _auth_data(rp_id or options["rpId"], _flags(up=up, uv=uv), sign_count)
+        auth_data = _auth_data(rp_id or options["rpId"], self._flags(up=up, uv=uv), sign_count)
         client_data = self._client_data(client_type, options, challenge, origin)
         signed = auth_data + hashlib.sha256(client_data).digest()
         key = signing_key or credential.private_key
@@ -139,6 +143,10 @@ class SoftAuthenticator:
             "userHandle": b64url(user_handle or credential.user_handle),
         }
         return _credential_json(credential.credential_id, credential_type, response)
+
+    def _flags(self, *, up: bool, uv: bool) -> int:
+        synced = FLAG_BE | FLAG_BS if self.synced else 0
+        return (FLAG_UP if up else 0) | (FLAG_UV if uv else 0) | synced
 
     def _pick(self, options: dict[str, Any], credential_id: bytes | None) -> SoftCredential:
         if credential_id is not None:
@@ -161,8 +169,6 @@ class SoftAuthenticator:
         return json.dumps(data, separators=(",", ":")).encode("utf-8")
 
 
-def _flags(*, up: bool, uv: bool) -> int:
-    return (FLAG_UP if up else 0) | (FLAG_UV if uv else 0)
 
 
 def _auth_data(rp_id: str, flags: int, sign_count: int) -> bytes:

@@ -15,8 +15,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from stepguard.core.errors import CloneDetected, ConfigError, VerificationFailed
 from stepguard.core.grant import binding_digest
+from stepguard.core.levels import Level
 from stepguard.factors.webauthn import (
     CEREMONY_TTL,
+    AssertionAccepted,
     Ceremony,
     NewCredential,
     RelyingParty,
@@ -27,6 +29,7 @@ from stepguard.factors.webauthn import (
     credential_id_of,
     finish_authentication,
     finish_registration,
+    proof_of,
     user_handle,
 )
 from tests.support.soft_authenticator import SoftAuthenticator, b64url, b64url_decode
@@ -619,3 +622,19 @@ def test_user_handle_is_opaque() -> None:
     assert len(handle) == 32 and b"alice" not in handle
     assert handle == user_handle("alice@example.com") != user_handle("bob@example.com")
     assert base64.b64encode(handle)  # bytes, ready for the options JSON
+
+
+@pytest.mark.parametrize(
+    ("registered", "asserted", "uv", "level", "amr"),
+    [
+        (False, False, True, Level.AAL3, ("hwk", "user")),
+        (True, False, True, Level.AAL2, ("swk", "user")),  # BE seen at registration
+        (False, True, True, Level.AAL2, ("swk", "user")),  # BE seen now
+        (False, False, False, Level.AAL2, ("hwk", "user")),  # device-bound, not verified
+    ],
+)
+def test_a_synced_passkey_proves_aal2_at_most(registered: bool, asserted: bool, uv: bool,
+                                              level: Level, amr: tuple[str, ...]) -> None:
+    accepted = AssertionAccepted(credential_id=b"c", new_sign_count=1, uv=uv, binding="",
+                                 backed_up=asserted, backup_eligible=asserted)
+    assert proof_of(accepted, registered_backup_eligible=registered) == (level, amr)

@@ -280,9 +280,12 @@ CONTROLS = (
              T + "unit/test_decide.py::test_idle_session_loses_its_level"),
             _nist_reauth),
     Control("NIST SP 800-63B rev 4", "AAL3 authenticators", "Phishing-resistant, verified",
-            "aal3 rules accept passkeys (WebAuthn) with user verification only.",
+            "aal3 rules accept device-bound passkeys (WebAuthn) with user verification only; "
+            "a synced passkey proves aal2.",
             (T + "unit/test_factor_webauthn.py::test_uv_zero_where_required",
-             T + "unit/test_factor_webauthn.py::test_wrong_origin"),
+             T + "unit/test_factor_webauthn.py::test_wrong_origin",
+             T + "integration/test_passkey_levels.py::"
+                 "test_a_synced_passkey_is_aal2_and_never_passes_an_aal3_step_up"),
             _nist_aal3),
     Control("NIST SP 800-63B rev 4", "Rate limiting", "At most 100 consecutive failed attempts",
             "The per-account, per-factor ceiling hard-locks at `throttle.hard_lock_after` ≤ 100.",

@@ -207,6 +207,7 @@ def _apply(
             outcome=Outcome.STEP_UP,
             rule=rule.name,
             reasons=_dedupe(reasons),
+            reason_texts=_reason_texts(requirement, context, risk),
             requirement=requirement,
             scope=_scope(rule, requirement),
             login=True,
@@ -260,6 +261,7 @@ def _judge(
     reasons = _step_up_reasons(policy, rule, requirement, context, session, risk, now, failed)
     bound = tuple((name, _text(context.attributes.get(name))) for name in requirement.bind)
     return Decision(outcome=Outcome.STEP_UP, rule=rule.name, reasons=reasons,
+                    reason_texts=_reason_texts(requirement, context, risk),
                     requirement=requirement, scope=scope, binding=digest, bound_values=bound)
 
 
@@ -361,6 +363,13 @@ def _step_up_reasons(
             "Some details of this request could not be checked, so it is treated as sensitive."
         )
     return _dedupe(reasons)
+
+
+def _reason_texts(requirement: Requirement, context: RequestContext,
+                  risk: RiskAssessment) -> tuple[tuple[str, str], ...]:
+    """The rule's reason rendered in each language the policy gives it in (usually none)."""
+    return tuple((language, _text_of(template, context, risk))
+                 for language, template in requirement.reason_texts)
 
 
 def _reason(

@@ -24,7 +24,9 @@ class Requirement:
     scope: str | None = None  # None = session-wide (events suffice); set = a grant is needed
     single_use: bool = False
     bind: tuple[str, ...] = ()
-    reason: str = ""  # template, rendered by core.reason
+    reason: str = ""  # template, rendered by core.reason (the default language's text)
+    # `reason` per language, when the policy gives a mapping: ((language, template), ...)
+    reason_texts: tuple[tuple[str, str], ...] = ()
     via: str = ""  # where to step up: "local", "idp"; "" = as the identity provider says
 
     @property
@@ -45,6 +47,8 @@ class Decision:
     outcome: Outcome
     rule: str
     reasons: tuple[str, ...] = ()
+    # The rule's own reason (reasons[0]) rendered in each language the policy gives it in.
+    reason_texts: tuple[tuple[str, str], ...] = ()
     requirement: Requirement | None = None
     scope: str = ""
     binding: str = ""

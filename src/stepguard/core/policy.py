@@ -46,6 +46,7 @@ _HTTP_MATCH = frozenset({"hosts", "methods", "paths", "actions"})  # flat keys: 
 _MCP_MATCH = frozenset({"servers", "tools"})
 # An MCP tool's arguments are attributes named `args.<name>` (nested objects: `args.a.b`).
 _ARG_NAME = re.compile(r"args(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
+_LANGUAGE = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{2,8})?")  # a reason's language (BCP 47)
 _REQUIRE = frozenset({"level", "max_age", "methods", "scope", "single_use", "bind", "reason",
                       "via"})
 VIA = ("local", "idp")  # step up with Stepguard's own factors, or at the identity provider
@@ -373,11 +374,7 @@ def _requirement(spec: Any, path: Path, name: str, env: _Env) -> Requirement:
     max_age = _optional_duration(spec.get("max_age"), (*path, "max_age"), env.problems)
     methods = _methods(spec.get("methods", []), (*path, "methods"), env.problems)
     bind = _names(spec.get("bind", []), (*path, "bind"), env)
-    reason = spec.get("reason", "")
-    if not isinstance(reason, str):
-        env.problems.add((*path, "reason"), "expected text")
-        reason = ""
-    _template((*path, "reason"), reason, env)
+    reason, reason_texts = _reason_spec(spec.get("reason", ""), (*path, "reason"), env)
     scope = spec.get("scope")
     single_use = spec.get("single_use", False)
     if not isinstance(single_use, bool):
@@ -391,7 +388,32 @@ def _requirement(spec: Any, path: Path, name: str, env: _Env) -> Requirement:
         env.problems.add((*path, "via"), "expected local or idp")
         via = "local"
     return Requirement(level=level, max_age=max_age, methods=methods, scope=scope,
-                       single_use=single_use, bind=tuple(bind), reason=reason, via=via)
+                       single_use=single_use, bind=tuple(bind), reason=reason,
+                       reason_texts=reason_texts, via=via)
+
+
+def _reason_spec(value: Any, path: Path, env: _Env) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """`reason`: one text, or a text per language ({en: ..., de: ...}); the default text is
+    English's, else the first one given."""
+    if isinstance(value, str):
+        _template(path, value, env)
+        return value, ()
+    if not isinstance(value, Mapping) or not value:
+        env.problems.add(path, "expected text, or a mapping of language to text "
+                               "(e.g. {en: ..., de: ...})")
+        return "", ()
+    texts: list[tuple[str, str]] = []
+    for language, text in value.items():
+        if not isinstance(language, str) or not _LANGUAGE.fullmatch(language):
+            env.problems.add((*path, str(language)),
+                             "expected a language code such as en, de or pt-BR")
+        elif not isinstance(text, str) or not text.strip():
+            env.problems.add((*path, language), "expected text")
+        else:
+            _template((*path, language), text, env)
+            texts.append((language.lower(), text))
+    default = dict(texts).get("en", texts[0][1] if texts else "")
+    return default, tuple(texts)
 
 
 def _level_of(value: Any, path: Path, problems: _Problems) -> Level:

@@ -12,6 +12,11 @@ recomputes it from the ceremony's binding and, when given, checks the request's 
 
 The sign counter is checked here, after the signature: a counter that does not grow while either
 value is non-zero raises `CloneDetected`. The caller saves `new_sign_count` with a compare-and-set.
+
+Assurance (`proof_of`): NIST SP 800-63B rev 4 counts a syncable authenticator — a passkey whose
+backup-eligible (BE) flag is set, copied between devices by its provider — at AAL2 at most; only
+a device-bound credential (BE clear at registration and in this assertion) verified by its user
+(UV) reaches AAL3, with `amr` `hwk`; a synced one proves `swk` (RFC 8176: a software-secured key).
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from webauthn.helpers.structs import (
 )
 
 from stepguard.core.errors import CloneDetected, ConfigError, Problem, VerificationFailed
+from stepguard.core.levels import Level
 
 CeremonyKind = Literal["register", "authenticate", "discover"]
 CEREMONY_TTL = 300.0  # seconds (SECURITY.md: a WebAuthn challenge expires in 5 min)
@@ -145,6 +151,7 @@ class AssertionAccepted:
     uv: bool
     binding: str
     backed_up: bool
+    backup_eligible: bool = False  # BE flag: a syncable (multi-device) passkey
 
 
 def user_handle(user_id: str) -> bytes:
@@ -326,7 +333,23 @@ def _verified_assertion(rp: RelyingParty, ceremony: Ceremony,
         uv=verified.user_verified,
         binding=ceremony.binding,
         backed_up=verified.credential_backed_up,
+        backup_eligible=verified.credential_device_type == CredentialDeviceType.MULTI_DEVICE,
     )
+
+
+DEVICE_BOUND_AMR = ("hwk", "user")
+SYNCED_AMR = ("swk", "user")
+
+
+def proof_of(accepted: AssertionAccepted, *,
+             registered_backup_eligible: bool) -> tuple[Level, tuple[str, ...]]:
+    """The level and `amr` one accepted assertion proves: AAL3 (`hwk`) only for a device-bound
+    credential with user verification; a syncable one (BE set now or when it was registered:
+    the flag never changes for a real credential, so either says "synced") is AAL2 (`swk`)."""
+    synced = accepted.backup_eligible or registered_backup_eligible
+    if synced or not accepted.uv:
+        return Level.AAL2, SYNCED_AMR if synced else DEVICE_BOUND_AMR
+    return Level.AAL3, DEVICE_BOUND_AMR
 
 
 def begin_discoverable(*, rp: RelyingParty, session_id: str, now: float) -> tuple[str, Ceremony]:

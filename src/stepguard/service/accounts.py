@@ -425,7 +425,8 @@ class Accounts:
                 credential_id=new.credential_id,
                 public_key=new.public_key,
                 sign_count=new.sign_count,
-                data={"uv": new.uv, "aaguid": new.aaguid},
+                data={"uv": new.uv, "aaguid": new.aaguid,
+                      "backup_eligible": new.multi_device},  # synced: aal2 at most
             )
         )
         self._factor_changed(session, "webauthn", "enrolled")

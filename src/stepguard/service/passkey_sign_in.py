@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import hashlib
 
-from stepguard.core.context import AuthEvent, RequestContext
+from stepguard.core.context import RequestContext
 from stepguard.core.decision import Requirement
 from stepguard.core.errors import ReplayDetected, VerificationFailed
-from stepguard.core.levels import FACTOR_AMR
 from stepguard.core.throttle import plan_attempt
 from stepguard.factors import webauthn as wa
 from stepguard.service.accounts import Accounts, SignedIn
@@ -25,7 +24,7 @@ from stepguard.service.attempts import (
     unknown_subject,
 )
 from stepguard.service.runtime import new_id
-from stepguard.service.stepup import FACTOR_LEVEL, ceremony_data, ceremony_from
+from stepguard.service.stepup import ceremony_data, ceremony_from, passkey_event
 from stepguard.storage.records import ChallengeRecord, FactorRecord, UserRecord
 
 RULE = "passkey-sign-in"
@@ -82,8 +81,7 @@ class PasskeySignIn:
                     factor.id, expected_old=factor.sign_count, new=accepted.new_sign_count):
                 raise ReplayDetected()
             self.rt.store.factors.mark_used(factor.id, now=self.rt.now())
-            event = AuthEvent(factor="webauthn", amr=FACTOR_AMR["webauthn"],
-                              level=FACTOR_LEVEL["webauthn"], at=self.rt.now())
+            event = passkey_event(accepted, factor, now=self.rt.now())
             signed = self.accounts._open_session(user, context, event)
         except VerificationFailed:
             self.accounts._failed(user, context, reserved, factor="webauthn")

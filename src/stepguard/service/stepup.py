@@ -55,6 +55,22 @@ FACTOR_LEVEL = {
 
 PUSH_SETTINGS = push_factor.PushSettings()
 
+
+def reaches(factor: FactorRecord, level: Level) -> bool:
+    """Whether `factor` can prove `level`: a passkey registered as syncable (backup-eligible)
+    proves aal2 at most (NIST SP 800-63B rev 4); every other factor proves FACTOR_LEVEL."""
+    if factor.kind == "webauthn" and factor.data.get("backup_eligible"):
+        return level <= Level.AAL2
+    return FACTOR_LEVEL.get(factor.kind, Level.AAL1) >= level
+
+
+def passkey_event(accepted: wa.AssertionAccepted, factor: FactorRecord, *,
+                  now: float) -> AuthEvent:
+    """The authentication event of an accepted passkey assertion: aal3 only device-bound."""
+    level, amr = wa.proof_of(accepted, registered_backup_eligible=bool(
+        factor.data.get("backup_eligible")))
+    return AuthEvent(factor="webauthn", amr=amr, level=level, at=now)
+
 # The held method of a challenge for an agent's tool call (the MCP door): the agent's session
 # holds it, the human answers it from any browser session of the same user, and the grant goes
 # to the agent's session, single use and bound to the call (see `delegated`).
@@ -121,6 +137,7 @@ class StepUp:
             session_id=session.id if session else None,
             requirement=decision.requirement,
             reasons=decision.reasons,
+            reason_texts=decision.reason_texts,
             rule=decision.rule,
             login=decision.login,
             scope=decision.scope,
@@ -194,6 +211,7 @@ class StepUp:
             f.kind
             for f in self.rt.store.factors.for_user(user_id)
             if f.created < challenge.created and f.data.get("confirmed", True)
+            and reaches(f, requirement.level)
         }
         if self.rt.store.factors.recovery_codes(user_id):
             kinds.add("recovery")
@@ -277,7 +295,8 @@ class StepUp:
 
     def begin_webauthn(self, challenge_id: str, session: SessionRecord) -> str:
         challenge = self._usable(challenge_id, session, "webauthn")
-        factors = self._factors(session.user_id, "webauthn", challenge)
+        factors = [f for f in self._factors(session.user_id, "webauthn", challenge)
+                   if reaches(f, challenge.requirement.level)]
         options, ceremony = wa.begin_authentication(
             rp=self.rt.rp,
             user_id=session.user_id,
@@ -297,7 +316,7 @@ class StepUp:
     ) -> Passed:
         challenge = self._usable(challenge_id, session, "webauthn")
 
-        def check() -> None:
+        def check() -> AuthEvent:
             data = self.rt.store.challenges.take_ceremony(challenge.id, now=self.rt.now())
             if data is None:
                 raise ReplayDetected("This passkey request was already used or has expired.")
@@ -321,11 +340,17 @@ class StepUp:
                 ),
                 expected_binding=challenge.binding or None,
             )
+            event = passkey_event(accepted, factor, now=self.rt.now())
+            if event.level < challenge.requirement.level:
+                raise VerificationFailed(
+                    "This passkey is synced between devices, so it cannot confirm this request. "
+                    "Use a security key or a passkey kept on one device.", code="synced_passkey")
             if not self.rt.store.factors.update_sign_count(
                 factor.id, expected_old=factor.sign_count, new=accepted.new_sign_count
             ):
                 raise ReplayDetected()
             self.rt.store.factors.mark_used(factor.id, now=self.rt.now())
+            return event
 
         return self._attempt(challenge, session, "webauthn", client_ip, check)
 
@@ -532,8 +557,9 @@ class StepUp:
         try:
             self.rt.store.challenges.record_attempt(challenge.id, now=self.rt.now())
             with self.rt.store.transaction():
-                verify()
-                passed = self._complete(challenge, session, factor, client_ip)
+                proved = verify()  # a factor whose proof varies returns its AuthEvent
+                passed = self._complete(challenge, session, factor, client_ip,
+                                        proved if isinstance(proved, AuthEvent) else None)
         except (VerificationFailed, Throttled) as exc:
             self._failed(session, factor, exc, challenge, reserved, client_ip)
             raise
@@ -571,8 +597,9 @@ class StepUp:
         self, challenge: ChallengeRecord, session: SessionRecord, factor: str, client_ip: str,
         proof: AuthEvent | None = None,
     ) -> Passed:
-        """Pass the challenge with a local factor, or with `proof` (an identity provider's
-        answer: its level, amr and authentication time, already checked against the rule)."""
+        """Pass the challenge with a local factor, or with `proof` (a passkey's event, whose
+        level depends on the credential; an identity provider's answer: its level, amr and
+        authentication time, already checked against the rule)."""
         now = self.rt.now()
         with self.rt.store.transaction():
             if not self.rt.store.challenges.mark_passed(challenge.id, now=now):

@@ -149,6 +149,8 @@ class ChallengeRecord:
     session_id: str | None
     requirement: Requirement
     reasons: tuple[str, ...] = ()
+    # The rule's reason (reasons[0]) per language, when the policy gives it in several.
+    reason_texts: tuple[tuple[str, str], ...] = ()
     rule: str = ""
     login: bool = False
     scope: str = ""

@@ -169,6 +169,8 @@ def _row(challenge: ChallengeRecord) -> dict[str, Any]:
         "attempts": challenge.attempts,
         "status": challenge.status,
         "ceremony": None if ceremony is None else dumps(dict(ceremony)),
+        "reason_texts": dumps([list(p) for p in challenge.reason_texts])
+        if challenge.reason_texts else None,
     }
 
 
@@ -181,6 +183,7 @@ def _record(row: Any) -> ChallengeRecord:
         session_id=row["session_id"],
         requirement=requirement_from_json(loads(row["requirement"])),
         reasons=tuple(loads(row["reasons"])),
+        reason_texts=_pairs(row["reason_texts"]) if row["reason_texts"] else (),
         rule=row["rule"],
         login=bool(row["login"]),
         scope=row["scope"],

@@ -126,6 +126,7 @@ challenges = Table(
     Column("attempts", Integer, nullable=False),
     Column("status", String(16), nullable=False),
     Column("ceremony", Text),
+    Column("reason_texts", Text),  # JSON [[language, text], ...]; NULL = one language
     Index("ix_challenges_expires", "expires"),
 )
 

@@ -25,6 +25,7 @@ from stepguard.web.security import CsrfRejected
 from stepguard.web.text import (
     bound_view,
     describe_browser,
+    reasons_in,
     security_event,
     throttle_text,
     unb64url,
@@ -295,7 +296,8 @@ class AccountPages:
                 "ip": push.client_ip,
                 "location": push.location,
                 "browser": describe_browser(push.user_agent),
-                "reasons": [pages.translator(request)(r) for r in challenge.reasons],
+                "reasons": reasons_in(pages.language(request), challenge.reasons,
+                                      challenge.reason_texts),
                 "bound_values": bound_view(challenge.bound_values, pages.rt.policy.display,
                                            pages.language(request)),
                 "nonce": push.nonce,

@@ -32,11 +32,14 @@ from stepguard.service.stepup import StepUp
 from stepguard.storage.policy_versions import policy_diff
 from stepguard.storage.records import SessionRecord, UserRecord
 from stepguard.web import charts
+from stepguard.web.charts import Say
 from stepguard.web.page import Pages
+from stepguard.web.render import N_
 from stepguard.web.security import CsrfRejected
 from stepguard.web.text import when as _when
 
 RANK = {"auditor": 1, "operator": 2, "admin": 3}
+BACK = {"href": "/admin", "text": N_("Back")}
 PAGE = 50
 PERIODS = {"24h": (86400.0, 3600.0, "%H:00"), "7d": (7 * 86400.0, 86400.0, "%m-%d"),
            "30d": (30 * 86400.0, 86400.0, "%m-%d")}
@@ -106,15 +109,18 @@ class AdminConsole:
         session, user = found
         role = self.role_of(user)
         if role is None or RANK[role] < RANK[needed]:
-            words = "the admin console" if role is None else f"this action (needs {needed})"
-            return portal.message(request, "Not allowed", f"Your account may not use {words}.",
-                                  403)
+            text = (portal.say(request, N_("Your account may not use the admin console."))
+                    if role is None else portal.say(request, N_(
+                        "Your account may not use this action (needs %(role)s).")) % {
+                        "role": needed})
+            return portal.message(request, N_("Not allowed"), text, 403)
         context = portal.context(request)
         check = await run_in_threadpool(self.guard.check, context, portal.token(request))
         if not check.decision.allowed:
             if check.decision.outcome.value == "deny":
-                return portal.message(request, "Not allowed", " ".join(check.decision.reasons),
-                                      403)
+                say = portal.translator(request)
+                return portal.message(request, N_("Not allowed"),
+                                      " ".join(say(r) for r in check.decision.reasons), 403)
             back = "/admin" if request.method != "GET" else request.url.path
             challenge = await run_in_threadpool(
                 lambda: self.stepup.start(check.decision, context, session, return_url=back))
@@ -230,11 +236,11 @@ class AdminConsole:
     async def dashboard(self, request: Request, who: Operator) -> Response:
         period = request.query_params.get("period", "7d")
         period = period if period in PERIODS else "7d"
-        view = await run_in_threadpool(self._dashboard, period)
+        view = await run_in_threadpool(self._dashboard, period, self.pages.translator(request))
         return self._page(request, who, "admin_dashboard.html", period=period,
                           periods=list(PERIODS), **view)
 
-    def _dashboard(self, period: str) -> dict[str, Any]:
+    def _dashboard(self, period: str, say: Say) -> dict[str, Any]:
         length, bucket, label = PERIODS[period]
         now = self.rt.now()
         since = (now // bucket + 1) * bucket - length
@@ -272,29 +278,34 @@ class AdminConsole:
         labels = [datetime.fromtimestamp(s, UTC).strftime(label) for s in starts]
         return {
             "charts": [
-                ("Decisions over time", charts.stacked(
-                    "Decisions by outcome over time", labels, series, ident="decisions")),
-                ("Step-ups started and passed", charts.paired(
-                    "Step-ups started and passed: challenges in all, then per factor the "
-                    "proofs tried and passed",
-                    [("all challenges", total_started, sum(passed.values())),
+                (say(N_("Decisions over time")), charts.stacked(
+                    say(N_("Decisions by outcome over time")), labels, series,
+                    ident="decisions", say=say)),
+                (say(N_("Step-ups started and passed")), charts.paired(
+                    say(N_("Step-ups started and passed: challenges in all, then per factor the "
+                           "proofs tried and passed")),
+                    [(say(N_("all challenges")), total_started, sum(passed.values())),
                      *[(f, tried.get(f, 0), passed.get(f, 0)) for f in factors]],
                     ("started", "passed"),
-                    ident="stepups")),
-                ("Top rules (step-ups and denies)", charts.bars(
-                    "Rules that stepped up or denied most", top_rules, ident="rules",
-                    colour=charts.PALETTE["step_up"])),
-                ("Top risk signals", charts.bars(
-                    "Risk signals seen most in decisions", signals, ident="signals",
-                    colour=charts.PALETTE["would"])),
-                ("Lockouts", charts.bars("Accounts locked after too many failures",
-                                         [("lockouts", lockouts)], ident="lockouts",
-                                         colour=charts.PALETTE["deny"])),
+                    ident="stepups", say=say)),
+                (say(N_("Top rules (step-ups and denies)")), charts.bars(
+                    say(N_("Rules that stepped up or denied most")), top_rules, ident="rules",
+                    colour=charts.PALETTE["step_up"], say=say)),
+                (say(N_("Top risk signals")), charts.bars(
+                    say(N_("Risk signals seen most in decisions")), signals, ident="signals",
+                    colour=charts.PALETTE["would"], say=say)),
+                (say(N_("Lockouts")), charts.bars(
+                    say(N_("Accounts locked after too many failures")),
+                    [(say(N_("lockouts")), lockouts)], ident="lockouts",
+                    colour=charts.PALETTE["deny"], say=say)),
             ],
-            "tables": [("Decisions", [(labels[i], *(int(series[k][i]) for k in series))
-                                      for i in range(len(labels))], ["time", *series]),
-                       ("Top rules", top_rules, ["rule", "step-ups and denies"]),
-                       ("Top risk signals", signals, ["signal", "decisions"])],
+            "tables": [(say(N_("Decisions")), [(labels[i], *(int(series[k][i]) for k in series))
+                                               for i in range(len(labels))],
+                        [say(N_("time")), *(say(charts.LEGEND[k]) for k in series)]),
+                       (say(N_("Top rules")), top_rules,
+                        [say(N_("rule")), say(N_("step-ups and denies"))]),
+                       (say(N_("Top risk signals")), signals,
+                        [say(N_("signal")), say(N_("decisions"))])],
         }
 
     # ------------------------------------------------------------------ actions
@@ -305,7 +316,9 @@ class AdminConsole:
             return refused
         report = await run_in_threadpool(self.queries.verify)
         self.verified = (time.time(), report)
-        text = "Ledger intact." if report.ok else f"Ledger BROKEN: {report}"
+        say = self.pages.translator(request)
+        text = say(N_("Ledger intact.")) if report.ok else say(
+            N_("Ledger BROKEN: %(report)s")) % {"report": report}
         return RedirectResponse("/admin?" + urlencode({"m": text}), 303)
 
     async def revoke_session(self, request: Request, who: Operator) -> Response:
@@ -314,47 +327,51 @@ class AdminConsole:
             return form
         target = await run_in_threadpool(self.queries.session, form.get("session_id", ""))
         if target is None:
-            return self.pages.message(request, "No such session", "It has ended.", 404,
-                                       link={"href": "/admin", "text": "Back"})
+            return self.pages.message(request, N_("No such session"), N_("It has ended."), 404,
+                                       link=BACK)
         owner = await run_in_threadpool(self.queries.user, target.user_id)
         name = owner.username if owner else target.user_id
+        say = self.pages.translator(request)
+        place = target.ip or say(N_("an unknown address"))
         return await self._confirmed(
-            request, who, form, f"End this session of {name}?",
-            f"The session of {name} from {target.ip or 'an unknown address'} ends on its next "
-            "request, on every instance.", {"session_id": target.id},
+            request, who, form, say(N_("End this session of %(name)s?")) % {"name": name},
+            say(N_("The session of %(name)s from %(place)s ends on its next request, on every "
+                   "instance.")) % {"name": name, "place": place}, {"session_id": target.id},
             lambda: self.accounts.revoke_session(None, target.id, admin=who.user.id),
-            "Session ended.")
+            say(N_("Session ended.")))
 
     async def disable_user(self, request: Request, who: Operator) -> Response:
         return await self._user_action(
-            request, who, "Disable {name}?", "{name} can no longer sign in, and every session "
-            "of theirs ends on its next request.",
+            request, who, N_("Disable %(name)s?"), N_(
+                "%(name)s can no longer sign in, and every session of theirs ends on its next "
+                "request."),
             lambda user: self.accounts.disable_user(user.id, by=who.user.id),
-            "{name} disabled.", not_self=True)
+            N_("%(name)s disabled."), not_self=True)
 
     async def unlock_user(self, request: Request, who: Operator) -> Response:
         return await self._user_action(
-            request, who, "Unlock {name}?", "This lifts every lock and back-off that failed "
-            "sign-in and step-up attempts put on {name}, so that attempts from any address are "
-            "accepted again. Do it only after you have checked that the attempts were not this "
-            "person's, or have reset their password.",
-            lambda user: self.accounts.unlock(user.id, by=who.user.id), "{name} unlocked.")
+            request, who, N_("Unlock %(name)s?"), N_(
+                "This lifts every lock and back-off that failed sign-in and step-up attempts put "
+                "on %(name)s, so that attempts from any address are accepted again. Do it only "
+                "after you have checked that the attempts were not this person's, or have reset "
+                "their password."),
+            lambda user: self.accounts.unlock(user.id, by=who.user.id), N_("%(name)s unlocked."))
 
     async def end_sessions(self, request: Request, who: Operator) -> Response:
         return await self._user_action(
-            request, who, "End every session of {name}?", "Every browser and client of {name} "
-            "must sign in again.",
+            request, who, N_("End every session of %(name)s?"), N_(
+                "Every browser and client of %(name)s must sign in again."),
             lambda user: self.accounts.end_sessions(user.id, by=who.user.id),
-            "Sessions of {name} ended.")
+            N_("Sessions of %(name)s ended."))
 
     async def reset_factors(self, request: Request, who: Operator) -> Response:
         return await self._user_action(
-            request, who, "Reset the sign-in methods of {name}?", "This removes the "
-            "authenticator apps, passkeys, push devices and recovery codes of {name} and ends "
-            "their sessions; they keep their password and must enrol a second factor again. "
-            "Confirm the person's identity out of band first.",
+            request, who, N_("Reset the sign-in methods of %(name)s?"), N_(
+                "This removes the authenticator apps, passkeys, push devices and recovery codes "
+                "of %(name)s and ends their sessions; they keep their password and must enrol a "
+                "second factor again. Confirm the person's identity out of band first."),
             lambda user: self.accounts.reset_factors(user.id, by=who.user.id),
-            "Sign-in methods of {name} reset.", not_self=True)
+            N_("Sign-in methods of %(name)s reset."), not_self=True)
 
     async def create_user(self, request: Request, who: Operator) -> Response:
         form = await self._form(request, who)
@@ -365,18 +382,20 @@ class AdminConsole:
         problem = _username_problem(username) or _groups_problem(groups)
         taken = await run_in_threadpool(self.queries.user_named, username)
         if problem is None and taken is not None:
-            problem = "That username is taken."
+            problem = N_("That username is taken.")
         if problem:
-            return self.pages.message(request, "Cannot create the user", problem, 400,
-                                       link={"href": "/admin", "text": "Back"})
+            return self.pages.message(request, N_("Cannot create the user"), problem, 400,
+                                       link=BACK)
         fields = {"username": username, "display_name": form.get("display_name", "")[:200],
                   "email": form.get("email", "")[:254], "groups": ",".join(groups)}
         if form.get("confirm") != "yes":
+            say = self.pages.translator(request)
+            text = say(N_("%(name)s gets a one-time password, shown once on the next page, and "
+                          "the groups %(groups)s.") if groups else N_(
+                "%(name)s gets a one-time password, shown once on the next page."))
             return self._page(request, who, "admin_confirm.html",
-                              heading=f"Create {username}?",
-                              text=f"{username} gets a one-time password shown once on the "
-                                   "next page" + (f" and the groups {', '.join(groups)}"
-                                                  if groups else "") + ".",
+                              heading=say(N_("Create %(name)s?")) % {"name": username},
+                              text=text % {"name": username, "groups": ", ".join(groups)},
                               action=request.url.path, fields=fields)
         password = secrets.token_urlsafe(15)
         await run_in_threadpool(lambda: self.accounts.add_user(
@@ -393,16 +412,14 @@ class AdminConsole:
             return form
         user = await run_in_threadpool(self.queries.user, form.get("user_id", ""))
         if user is None:
-            return self.pages.message(request, "No such user", "That user does not exist.", 404,
-                                       link={"href": "/admin", "text": "Back"})
+            return self.pages.message(request, N_("No such user"),
+                                       N_("That user does not exist."), 404, link=BACK)
         if not_self and user.id == who.user.id:
-            return self.pages.message(request, "Not on yourself", "Ask another administrator: "
-                                       "this would lock you out.", 409,
-                                       link={"href": "/admin", "text": "Back"})
-        name = user.username
-        return await self._confirmed(request, who, form, heading.format(name=name),
-                                     text.format(name=name), {"user_id": user.id},
-                                     lambda: act(user), done.format(name=name))
+            return self.pages.message(request, N_("Not on yourself"), N_(
+                "Ask another administrator: this would lock you out."), 409, link=BACK)
+        say, name = self.pages.translator(request), {"name": user.username}
+        return await self._confirmed(request, who, form, say(heading) % name, say(text) % name,
+                                     {"user_id": user.id}, lambda: act(user), say(done) % name)
 
     async def _confirmed(self, request: Request, who: Operator, form: dict[str, str],
                          heading: str, text: str, fields: dict[str, str],
@@ -418,9 +435,9 @@ class AdminConsole:
         try:
             return await self.pages.form(request, who.session)
         except CsrfRejected:
-            return self.pages.message(request, "Request refused", "The form expired or came "
-                                       "from another site; open the console and try again.",
-                                       403, link={"href": "/admin", "text": "Back"})
+            return self.pages.message(request, N_("Request refused"), N_(
+                "The form expired or came from another site; open the console and try again."),
+                403, link=BACK)
 
 
 def _row(entry: AuditEntry, names: dict[str, str]) -> dict[str, Any]:
@@ -450,12 +467,12 @@ def _day(value: str, *, end: bool = False) -> float | None:
 
 def _username_problem(username: str) -> str | None:
     if not 1 <= len(username) <= 64 or not all(c.isalnum() or c in "._-@" for c in username):
-        return "A username is 1 to 64 letters, digits and . _ - @."
+        return N_("A username is 1 to 64 letters, digits and . _ - @.")
     return None
 
 
 def _groups_problem(groups: tuple[str, ...]) -> str | None:
     if len(groups) > 20 or any(len(g) > 64 or not g.replace("-", "").replace("_", "").isalnum()
                                for g in groups):
-        return "Groups are up to 20 names of letters, digits, - and _."
+        return N_("Groups are up to 20 names of letters, digits, - and _.")
     return None

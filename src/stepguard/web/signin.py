@@ -41,6 +41,8 @@ class SignInPages:
     async def login_page(self, request: Request) -> Response:
         rd = self.pages.safe(request.query_params.get("rd"))
         flash = self.pages.flash(request)
+        if flash is not None and "challenge" in flash.fields:
+            flash = None  # a step-up page's outcome, never shown here
         return self.pages.page(
             request,
             "login.html",

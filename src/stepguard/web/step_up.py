@@ -3,6 +3,7 @@ confirmation of a held request (replayed by the reverse proxy through the inject
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
@@ -12,15 +13,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from stepguard.adapters.http_context import wants_html
 from stepguard.core.errors import Throttled, VerificationFailed
 from stepguard.service.stepup import ChallengeGone, Passed, StepUp, delegated
 from stepguard.storage.records import ChallengeRecord, SessionRecord, UserRecord
 from stepguard.web.agent_calls import agent_call_view
 from stepguard.web.inline import InlineFrames
-from stepguard.web.page import Pages
+from stepguard.web.page import Flash, Pages
 from stepguard.web.render import N_
 from stepguard.web.security import CsrfRejected
-from stepguard.web.text import bound_view, error_text, form_fields, throttle_text
+from stepguard.web.text import (
+    bound_view,
+    error_text,
+    form_fields,
+    reasons_in,
+    throttle_text,
+)
 
 # The reverse proxy's replay of a held request: (request, challenge id, session) -> response.
 Replay = Callable[[Request, str, SessionRecord], Awaitable[Response]]
@@ -100,13 +108,17 @@ class StepUpPages:
             push = await run_in_threadpool(self.stepup.current_push, challenge)
         except ChallengeGone as exc:
             return self.message(request, N_("Confirmation expired"), str(exc), 410, parent)
+        flash = self.pages.flash(request)
+        if flash is not None and flash.fields.get("challenge") != cid:
+            flash = None  # another page's outcome: never shown here
         return self._step_up(
             request,
             session,
             user,
             challenge,
             methods,
-            error=error_text(request.query_params.get("error")),
+            error=flash.error if flash else error_text(request.query_params.get("error")),
+            status=flash.status if flash else 200,
             push=push and {
                 "number": push.number,
                 "expires_in": max(0, int(push.expires - self.pages.rt.now())),
@@ -144,7 +156,8 @@ class StepUpPages:
         keep = "" if parent is None else self.inline.query(parent)
         view = {
             "id": challenge.id,
-            "reasons": [self.pages.translator(request)(r) for r in challenge.reasons],
+            "reasons": reasons_in(self.pages.language(request), challenge.reasons,
+                                  challenge.reason_texts),
             "bound_values": bound_view(challenge.bound_values, self.pages.rt.policy.display,
                                        self.pages.language(request)),
             "level_label": challenge.requirement.level.label,
@@ -179,6 +192,27 @@ class StepUpPages:
             inline_challenge=challenge.id,
         )
         return response if parent is None else self.inline.framable(response)
+
+    async def _refused(self, request: Request, session: SessionRecord, user: UserRecord,
+                       cid: str, exc: Throttled | VerificationFailed,
+                       status: int | None = None) -> Response:
+        """A refused proof. A browser gets post/redirect/get: a 303 back to this challenge's
+        page (its embedded view in the dialog), whose GET shows the error once with its status
+        (401 wrong, 429 throttled), so a refresh never sends the code again. An API or script
+        client (no `text/html` in Accept) is answered directly, 429 with `Retry-After`."""
+        if isinstance(exc, Throttled):
+            text, status = throttle_text(exc, self.pages.language(request)), 429
+        else:
+            text, status = exc.reason, status or 401
+        parent = self.parent(request)
+        if wants_html(request.headers):
+            url = f"/step-up/{cid}" if parent is None else (
+                f"/step-up/{cid}/inline{self.inline.query(parent)}")
+            return self.pages.flash_redirect(url, Flash(text, status, {"challenge": cid}))
+        response = await self._retry(request, session, user, cid, text, status)
+        if isinstance(exc, Throttled) and not exc.locked:
+            response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+        return response
 
     async def _retry(
         self,
@@ -216,11 +250,8 @@ class StepUpPages:
                                 parent)
         except ChallengeGone as exc:
             return self.message(request, N_("Confirmation expired"), str(exc), 410, parent)
-        except Throttled as exc:
-            text = throttle_text(exc, self.pages.language(request))
-            return await self._retry(request, session, user, cid, text, 429)
-        except VerificationFailed as exc:
-            return await self._retry(request, session, user, cid, exc.reason, 401)
+        except (Throttled, VerificationFailed) as exc:
+            return await self._refused(request, session, user, cid, exc)
         return self.after_pass(passed, parent)
 
     def after_pass(self, passed: Passed, parent: str | None = None) -> Response:
@@ -304,10 +335,8 @@ class StepUpPages:
                                 parent)
         except ChallengeGone as exc:
             return self.message(request, N_("Confirmation expired"), str(exc), 410, parent)
-        except (Throttled, VerificationFailed) as exc:
-            text = (throttle_text(exc, self.pages.language(request))
-                    if isinstance(exc, Throttled) else exc.reason)
-            return await self._retry(request, session, user, cid, text, 429)
+        except (Throttled, VerificationFailed) as exc:  # push bombing guard: 429 either way
+            return await self._refused(request, session, user, cid, exc, 429)
         # the page shows the number to pick
         if parent is not None:
             return RedirectResponse(f"/step-up/{cid}/inline{self.inline.query(parent)}", 303)
@@ -371,9 +400,9 @@ class StepUpPages:
         if response.status_code in (403, 404):
             return pages.message(
                 request,
-                "Not sent",
-                "This confirmation no longer covers the "
-                "request: it was already sent, or it changed. Start again.",
+                N_("Not sent"),
+                N_("This confirmation no longer covers the "
+                   "request: it was already sent, or it changed. Start again."),
                 response.status_code,
             )
         return response

@@ -48,6 +48,19 @@ def when(at: float | None) -> str:
     return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def reasons_in(language: str, reasons: Iterable[str],
+               reason_texts: Iterable[tuple[str, str]] = ()) -> list[str]:
+    """A challenge's reasons in `language`: the rule's own reason (the first) as the policy
+    gives it in that language (exactly, else by its primary subtag: `de` for `de-AT`), the
+    others — and a reason the policy gives in one language only — through the catalog."""
+    say = translations(language)
+    texts = dict(reason_texts)
+    own = texts.get(language) or next(
+        (t for code, t in texts.items() if code.split("-", 1)[0] == language), None)
+    return [own if own is not None and i == 0 else str(say.gettext(r))
+            for i, r in enumerate(reasons)]
+
+
 def throttle_text(exc: Throttled, language: str = DEFAULT) -> str:
     """Why an attempt was refused, in `language`."""
     say = translations(language)
