@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT / "src"), str(REPO_ROOT)]
@@ -61,10 +62,26 @@ class Run:
     name: str
     tps: float
     latencies_ms: list[float]
+    transactions: int = 0
+    cpu_seconds: float = float("nan")  # the proxy process's CPU time during the run
+
+    @property
+    def cpu_us(self) -> float:
+        """CPU µs the proxy process spent per transaction (user + system, all its threads)."""
+        return self.cpu_seconds / self.transactions * 1e6 if self.transactions else float("nan")
 
     def pct(self, q: float) -> float:
         values = sorted(self.latencies_ms)
         return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process so far (all threads), from /proc."""
+    if pid is None:
+        return float("nan")
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -81,7 +98,7 @@ def as_postgres(command: list[str]) -> list[str]:
 
 
 @contextmanager
-def pgbouncer(pg_port: int, database: str, work: Path) -> Iterator[int]:
+def pgbouncer(pg_port: int, database: str, work: Path) -> Iterator[tuple[int, int]]:
     binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
     port = free_port()
     folder = work / "pgbouncer"
@@ -109,15 +126,17 @@ pidfile = {folder}/pid
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port)
-        yield port
+        yield port, bouncer_pid(folder, process.pid)
     finally:
         process.terminate()
         process.wait(10)
 
 
 @contextmanager
-def stepguard(pg_port: int, database: str, work: Path) -> Iterator[tuple[int, str, str]]:
-    """The gateway as its own process; (port, user name, token) of alice's database token."""
+def stepguard(pg_port: int, database: str, work: Path
+              ) -> Iterator[tuple[int, str, str, int]]:
+    """The gateway as its own process; (port, user name, token of alice's database token, the
+    process id)."""
     from stepguard.config.load import load_config
     from stepguard.core.context import AuthEvent
     from stepguard.core.levels import Level
@@ -161,10 +180,19 @@ postgres:
         stdout=subprocess.DEVNULL, stderr=open(folder / "log", "wb"))  # noqa: SIM115
     try:
         wait_port(port)
-        yield port, issued.user_name, issued.secret
+        yield port, issued.user_name, issued.secret, process.pid
     finally:
         process.terminate()
         process.wait(10)
+
+
+def bouncer_pid(folder: Path, started: int) -> int:
+    """pgbouncer's own process id (as root it runs under runuser, which forks it)."""
+    pidfile = folder / "pid"
+    deadline = time.monotonic() + 5
+    while not pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return int(pidfile.read_text().strip()) if pidfile.exists() else started
 
 
 def wait_port(port: int, timeout: float = 20.0) -> None:
@@ -183,28 +211,33 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
 
 
 def pgbench(bindir: Path, *, name: str, port: int, database: str, user: str, password: str,
-            seconds: int, work: Path) -> Run:
+            seconds: int, work: Path, pid: int | None = None, clients: int = CLIENTS) -> Run:
     logs = work / f"log-{name}"
     logs.mkdir()
     if os.geteuid() == 0:
         shutil.chown(logs, "postgres", "postgres")
     env = {**os.environ, "PGPASSWORD": password, "PGSSLMODE": "disable"}
     command = as_postgres([str(bindir / "pgbench"), "-h", "127.0.0.1", "-p", str(port),
-                           "-U", user, "-n", "-S", "-M", "extended", "-c", str(CLIENTS),
+                           "-U", user, "-n", "-S", "-M", "extended", "-c", str(clients),
                            "-j", "2", "-T", str(seconds), "-l", "--sampling-rate", "0.2",
                            f"--log-prefix={logs}/tx", database])
     if os.geteuid() == 0:
         command = ["env", f"PGPASSWORD={password}", "PGSSLMODE=disable", *command]
+    before = cpu_seconds(pid)
     result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    spent = cpu_seconds(pid) - before
     if result.returncode != 0:
         raise RuntimeError(f"pgbench against {name} failed: {result.stderr[-2000:]}")
     tps = next(float(line.split("=")[1].split()[0]) for line in result.stdout.splitlines()
                if line.startswith("tps ="))
+    transactions = next(int(line.split(":")[1].split("/")[0]) for line in
+                        result.stdout.splitlines()
+                        if line.startswith("number of transactions actually processed"))
     latencies = []
     for path in glob.glob(f"{logs}/tx*"):
         with open(path) as handle:
             latencies += [int(line.split()[2]) / 1000.0 for line in handle if line.strip()]
-    return Run(name, tps, latencies)
+    return Run(name, tps, latencies, transactions, spent)
 
 
 # ------------------------------------------------------------------------------------ classifier
@@ -238,6 +271,10 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=15, help="pgbench duration per run")
     parser.add_argument("--scale", type=int, default=1, help="pgbench -i scale")
     parser.add_argument("--strict", action="store_true", help="exit 1 on a MISS")
+    parser.add_argument("--cpu-only", action="store_true",
+                        help="only the door: its CPU µs per transaction (a measure that a "
+                             "loaded machine moves less than tps)")
+    parser.add_argument("--clients", type=int, default=CLIENTS, help="pgbench clients")
     args = parser.parse_args()
     from tests.support.postgres import create_database, running_postgres
 
@@ -251,24 +288,34 @@ def main() -> int:
                                     str(args.scale), "-h", "127.0.0.1", "-p", str(server.port),
                                     "-U", "postgres", database]),
                        check=True, capture_output=True)
-        bouncer = stack.enter_context(pgbouncer(server.port, database, work))
-        door, user, token = stack.enter_context(stepguard(server.port, database, work))
-        common = {"seconds": args.seconds, "work": work}
+        door, user, token, door_pid = stack.enter_context(stepguard(server.port, database, work))
+        common: dict[str, Any] = {"seconds": args.seconds, "work": work, "clients": args.clients}
         pgbench(server.bindir, name="warmup", port=door, database="bench", user=user,
                 password=token, seconds=3, work=work)
+        if args.cpu_only:
+            run = pgbench(server.bindir, name="stepguard", port=door, database="bench",
+                          user=user, password=token, pid=door_pid, **common)
+            print(f"stepguard: {run.tps:.0f} tps, {run.transactions} transactions, "
+                  f"{run.cpu_us:.1f} CPU µs per transaction in the door process "
+                  f"({args.clients} clients, load average {os.getloadavg()[0]:.1f})")
+            return 0
+        bouncer, bouncer_pid_ = stack.enter_context(pgbouncer(server.port, database, work))
         direct = pgbench(server.bindir, name="direct", port=server.port, database=database,
                          user="postgres", password="", **common)
         anchor = pgbench(server.bindir, name="pgbouncer", port=bouncer, database="bench",
-                         user="postgres", password="", **common)
+                         user="postgres", password="", pid=bouncer_pid_, **common)
         guarded = pgbench(server.bindir, name="stepguard", port=door, database="bench",
-                          user=user, password=token, **common)
+                          user=user, password=token, pid=door_pid, **common)
     cached, uncached = classification_cost()
     ratio = guarded.tps / anchor.tps
     verdict = "PASS" if ratio >= RATIO_TARGET else "MISS"
-    print(f"pgbench -S -M extended, {CLIENTS} clients, {args.seconds} s each, same PostgreSQL 15")
+    print(f"pgbench -S -M extended, {args.clients} clients, {args.seconds} s each, same "
+          f"PostgreSQL 15; load average {os.getloadavg()[0]:.1f} at the end")
     for run in (direct, anchor, guarded):
         print(f"  {run.name:10s} {run.tps:9.0f} tps   latency p50 {run.pct(0.5):6.3f} ms   "
               f"p99 {run.pct(0.99):6.3f} ms")
+    for run in (anchor, guarded):
+        print(f"  {run.name:10s} CPU {run.cpu_us:6.1f} µs per transaction in its process")
     for run in (anchor, guarded):
         print(f"  {run.name:10s} adds p50 {run.pct(0.5) - direct.pct(0.5):+.3f} ms, "
               f"p99 {run.pct(0.99) - direct.pct(0.99):+.3f} ms over direct")

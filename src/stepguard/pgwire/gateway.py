@@ -20,6 +20,7 @@ from typing import Any
 from stepguard.config.schema import PostgresDatabase, PostgresListener
 from stepguard.core.context import RequestContext
 from stepguard.pgwire.classify import Classifier
+from stepguard.pgwire.pipe import Pipe
 from stepguard.pgwire.session import Connection
 from stepguard.pgwire.tokens import TokenService
 from stepguard.pgwire.upstream import send_cancel
@@ -54,10 +55,11 @@ class PostgresGateway:
     async def start(self) -> list[tuple[str, int]]:
         """Start every configured listener; the (host, port) each is bound to."""
         bound = []
+        loop = asyncio.get_running_loop()
         for listener in self.rt.config.postgres.listeners:
             host, _, port = listener.listen.rpartition(":")
-            server = await asyncio.start_server(
-                functools.partial(self._accept, listener), host.strip("[]"), int(port))
+            server = await loop.create_server(functools.partial(self._pipe, listener),
+                                              host.strip("[]"), int(port))
             self.servers.append(server)
             address = server.sockets[0].getsockname()
             bound.append((str(address[0]), int(address[1])))
@@ -83,18 +85,20 @@ class PostgresGateway:
             with contextlib.suppress(Exception):
                 await server.wait_closed()
 
-    async def _accept(self, listener: PostgresListener, reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
+    def _pipe(self, listener: PostgresListener) -> Pipe:
+        return Pipe(functools.partial(self._accept, listener))
+
+    def _accept(self, listener: PostgresListener, client: Pipe) -> None:
+        task = asyncio.get_running_loop().create_task(self._serve(listener, client))
         self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, listener: PostgresListener, client: Pipe) -> None:
         try:
-            await Connection(self, listener, reader, writer).run()
+            await Connection(self, listener, client).run()
         except Exception:  # one connection's bug never ends the listener or other sessions
             log.exception("postgres connection failed")
-            writer.close()
-        finally:
-            self._tasks.discard(task)
+            client.close()
 
     # ------------------------------------------------------------------ shared parts
 

@@ -7,8 +7,8 @@ itself (errors, notices, authentication).
 
 from __future__ import annotations
 
-import asyncio
 import struct
+from typing import Protocol
 
 PROTOCOL_3 = 196608  # 3.0
 SSL_REQUEST = 80877103
@@ -20,11 +20,15 @@ _INT = struct.Struct("!i")
 _HEADER = struct.Struct("!ci")
 
 
+class Readable(Protocol):
+    async def readexactly(self, size: int, /) -> bytes: ...
+
+
 class ProtocolViolation(ValueError):
     """The peer broke the protocol (bad length, bad field): the connection ends with 08P01."""
 
 
-async def read_startup(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+async def read_startup(reader: Readable) -> tuple[int, bytes]:
     """(code, body) of an untyped startup-phase packet."""
     head = await reader.readexactly(4)
     (length,) = _INT.unpack(head)
@@ -34,7 +38,7 @@ async def read_startup(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return _INT.unpack_from(body)[0], body[4:]
 
 
-async def read_message(reader: asyncio.StreamReader, limit: int) -> tuple[bytes, bytes, bytes]:
+async def read_message(reader: Readable, limit: int) -> tuple[bytes, bytes, bytes]:
     """(type, body, raw bytes) of one typed message; ProtocolViolation above `limit` bytes."""
     head = await reader.readexactly(5)
     kind, length = _HEADER.unpack(head)

@@ -1,8 +1,13 @@
 """One client connection through the postgres door: startup, sign-in, then every message judged
 or relayed.
 
-Client messages are read in chunks and handled in order. Query, Parse, Bind and Execute are
-read; every other message is relayed as its own bytes. A statement is judged when it would run
+Both sides are asyncio protocols (`Pipe`). In the relay, each delivery from the client is
+handled in the call that delivers it, as a batch: Query, Parse, Bind and Execute are read, every
+other message is relayed as its own bytes, and the batch goes upstream in one write. A message
+is handed to a coroutine only when its decision is not already known on the event loop (a
+decision that needs the store, a step-up); the messages after it wait for it, in order. The
+server's deliveries are scanned in the same way: only the answers that change what the gateway
+tracks are read. A statement is judged when it would run
 (a Query, an Execute of a portal), against the statement the server will actually run (see
 `tracking`). A refused message is replaced by one the server is sure to fail, so the server's
 transaction state and its skip-to-Sync behaviour are exactly PostgreSQL's own; the server's
@@ -17,6 +22,7 @@ import hashlib
 import logging
 import secrets
 import ssl
+import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -27,8 +33,9 @@ from stepguard.core.decision import Decision, Outcome
 from stepguard.core.errors import StepguardError, StoreUnavailable
 from stepguard.pgwire import messages as m
 from stepguard.pgwire.classify import Classifier, Statement, Unparseable, statement_context
+from stepguard.pgwire.pipe import Pipe
 from stepguard.pgwire.scram import MECHANISM, ScramError, ServerExchange, Verifier
-from stepguard.pgwire.tracking import ALL, REMOVE, Expect, Portal, Tracker
+from stepguard.pgwire.tracking import ALL, DESCRIBE, EXECUTE, REMOVE, SYNC, Expect, Portal, Tracker
 from stepguard.pgwire.upstream import Upstream, UpstreamError, open_upstream
 from stepguard.service.guard import Check
 from stepguard.service.stepup import HeldRequest
@@ -43,9 +50,11 @@ log = logging.getLogger("stepguard.postgres")
 REFUSED_SQL = "STEPGUARD REFUSED THIS STATEMENT"  # a syntax error: the server fails it for us
 _REFUSAL_PARSE = m.message(b"P", m.cstring("") + m.cstring(REFUSED_SQL) + b"\x00\x00")
 _REFUSAL_QUERY = m.message(b"Q", m.cstring(REFUSED_SQL))
-_CHUNK = 262_144
+_READ_AHEAD = 1 << 20  # bytes read ahead of a message that waits for its decision
 _MEMO_SIZE = 1024  # plain allows remembered per connection
+_PARSED_SIZE = 256  # Parse messages remembered per connection (their text, classified)
 _TRACKED = frozenset(b"EZS123CsI")  # server messages the tracker reads
+_LENGTH = struct.Struct("!I")
 _PASS_PARAMS = {"datestyle": "DateStyle", "timezone": "TimeZone", "intervalstyle": "IntervalStyle",
                 "extra_float_digits": "extra_float_digits"}
 
@@ -70,53 +79,50 @@ class Hold:
 
 
 class Inbox:
-    """Typed messages from a stream, read in chunks; lengths checked before any allocation."""
+    """Typed messages from the client, taken from what arrived; lengths checked before any
+    allocation. The last delivery is kept as it came when everything before it was read."""
 
-    def __init__(self, reader: asyncio.StreamReader, limit: int) -> None:
-        self.reader, self.limit = reader, limit
-        self.buffer = bytearray()
-        self.eof = False
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.buffer: bytes | bytearray = b""
+        self.pos = 0
 
-    async def fill(self) -> None:
-        chunk = await self.reader.read(_CHUNK)
-        if not chunk:
-            self.eof = True
-            raise Closed()
-        self.buffer += chunk
+    def feed(self, data: bytes) -> None:
+        if self.pos >= len(self.buffer):
+            self.buffer, self.pos = data, 0
+            return
+        if self.pos or not isinstance(self.buffer, bytearray):
+            self.buffer = bytearray(memoryview(self.buffer)[self.pos:])
+            self.pos = 0
+        self.buffer += data
 
-    def next(self) -> tuple[bytes, bytes, bytes] | None:
-        """(type, body, raw) of the next complete message in the buffer, or None."""
-        buffer = self.buffer
-        if len(buffer) < 5:
+    def unread(self) -> int:
+        return len(self.buffer) - self.pos
+
+    def next(self) -> tuple[int, bytes, bytes] | None:
+        """(type, body, raw) of the next complete message, or None."""
+        buffer, pos = self.buffer, self.pos
+        if len(buffer) < pos + 5:
             return None
-        length = int.from_bytes(buffer[1:5], "big", signed=True)
+        length = _LENGTH.unpack_from(buffer, pos + 1)[0]
         if length < 4 or length - 4 > self.limit:
             raise m.ProtocolViolation(f"invalid message length {length}")
-        end = length + 1
+        end = pos + length + 1
         if len(buffer) < end:
             return None
-        raw = bytes(buffer[:end])
-        del buffer[:end]
-        return raw[:1], raw[5:], raw
-
-    async def message(self) -> tuple[bytes, bytes, bytes]:
-        while True:
-            found = self.next()
-            if found is not None:
-                return found
-            await self.fill()
+        self.pos = end
+        return buffer[pos], bytes(buffer[pos + 5:end]), bytes(buffer[pos:end])
 
 
 class Connection:
     def __init__(self, gateway: PostgresGateway, listener: PostgresListener,
-                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                 client: Pipe) -> None:
         self.gw = gateway
         self.rt = gateway.rt
         self.listener = listener
-        self.reader, self.writer = reader, writer
-        peer = writer.get_extra_info("peername")
-        self.client_ip = str(peer[0]) if peer else ""
-        self.inbox = Inbox(reader, self.rt.config.postgres.max_message)
+        self.client = client
+        self.client_ip = client.peer()
+        self.inbox = Inbox(self.rt.config.postgres.max_message)
         self.upstream: Upstream | None = None
         self.database: PostgresDatabase | None = None
         self.classifier: Classifier | None = None
@@ -130,6 +136,12 @@ class Connection:
         self.out = bytearray()
         self.application = ""
         self._memo: dict[int, tuple[Statement, tuple[int, int], int, Check]] = {}
+        self._parsed: dict[bytes, tuple[str, str, tuple[Statement, ...] | str]] = {}
+        self._server_buffer = bytearray()
+        self._ended: asyncio.Future[BaseException] | None = None
+        self._slow_task: asyncio.Task[None] | None = None
+        self._slow_work: Any = None
+        self._gone: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -162,32 +174,29 @@ class Connection:
             self.hold.cancelled.set()
         if self.upstream is not None:
             self.upstream.close()
-        with contextlib.suppress(Exception):
-            self.writer.close()
-            await asyncio.wait_for(self.writer.wait_closed(), 1.0)
+        self.client.close()
 
     async def _fatal(self, code: str, text: str, hint: str = "") -> None:
         with contextlib.suppress(Exception):
-            self.writer.write(m.error(code, text, hint=hint, severity="FATAL"))
-            await asyncio.wait_for(self.writer.drain(), 1.0)
+            self.client.write(m.error(code, text, hint=hint, severity="FATAL"))
+            await asyncio.wait_for(self.client.drain(), 1.0)
 
     # ------------------------------------------------------------------ startup
 
     async def _startup(self) -> dict[str, str] | None:
         tls = False
         while True:
-            code, body = await m.read_startup(self.reader)
+            code, body = await m.read_startup(self.client)
             if code == m.CANCEL_REQUEST:
                 await self.gw.cancel(body)
                 return None
             if code in (m.SSL_REQUEST, m.GSSENC_REQUEST) and not tls:
-                if _buffered(self.reader):  # bytes sent before TLS must not count after it
+                if self.client.buffer:  # bytes sent before TLS must not count after it
                     raise m.ProtocolViolation("data sent after SSLRequest before TLS")
                 context = self.gw.tls_for(self.listener) if code == m.SSL_REQUEST else None
-                self.writer.write(b"S" if context else b"N")
-                await self.writer.drain()
+                self.client.write(b"S" if context else b"N")
                 if context is not None:
-                    await self.writer.start_tls(context)
+                    await self.client.start_tls(context, server_side=True)
                     tls = True
                 continue
             if code >> 16 != 3:
@@ -198,7 +207,7 @@ class Connection:
                 return None
             extensions = [k for k in params if k.startswith("_pq_.")]
             if code & 0xFFFF or extensions:
-                self.writer.write(m.negotiate_version(0, extensions))
+                self.client.write(m.negotiate_version(0, extensions))
             return params
 
     async def _sign_in(self, params: dict[str, str]) -> None:
@@ -235,15 +244,15 @@ class Connection:
             self.database, application_name=user.username, extra=upstream_params,
             timeout=self.rt.config.postgres.connect_timeout, base=self.gw.base)
         self._check_settings(self.upstream.parameters)
-        self.writer.write(m.auth(0))
+        self.client.write(m.auth(0))
         for name, value in self.upstream.parameters.items():
-            self.writer.write(m.parameter_status(name, value))
-        self.writer.write(m.backend_key(*self.key))
+            self.client.write(m.parameter_status(name, value))
+        self.client.write(m.backend_key(*self.key))
         if dropped:
-            self.writer.write(m.notice("Stepguard ignored these connection parameters: "
+            self.client.write(m.notice("Stepguard ignored these connection parameters: "
                                        + ", ".join(sorted(dropped))[:500]))
-        self.writer.write(m.ready(self.upstream.status))
-        await self.writer.drain()
+        self.client.write(m.ready(self.upstream.status))
+        await self.client.drain()
         self.gw.remember(self)
         self.rt.record(kind="session", subject=user.id, session_id=token.session_id,
                        outcome="db_login", request={"host": self.database.name,
@@ -251,25 +260,25 @@ class Connection:
                        detail={"token": token.id})
 
     async def _scram(self, verifier: Verifier) -> bool:
-        self.writer.write(m.auth(10, m.cstring(MECHANISM) + b"\x00"))
-        await self.writer.drain()
+        self.client.write(m.auth(10, m.cstring(MECHANISM) + b"\x00"))
+        await self.client.drain()
         exchange = ServerExchange(verifier)
         try:
-            kind, body, _ = await m.read_message(self.reader, 4096)
+            kind, body, _ = await m.read_message(self.client, 4096)
             if kind != b"p":
                 raise m.ProtocolViolation("expected a SASL response")
             mechanism, data = m.sasl_initial(body)
             if mechanism != MECHANISM:
                 raise m.ProtocolViolation("unsupported SASL mechanism")
-            self.writer.write(m.auth(11, exchange.first(data.decode("utf-8")).encode()))
-            await self.writer.drain()
-            kind, body, _ = await m.read_message(self.reader, 4096)
+            self.client.write(m.auth(11, exchange.first(data.decode("utf-8")).encode()))
+            await self.client.drain()
+            kind, body, _ = await m.read_message(self.client, 4096)
             if kind != b"p":
                 raise m.ProtocolViolation("expected a SASL response")
             final = exchange.final(body.decode("utf-8"))
         except (ScramError, UnicodeDecodeError):
             return False
-        self.writer.write(m.auth(12, final.encode()))
+        self.client.write(m.auth(12, final.encode()))
         return True
 
     async def _session(self) -> SessionRecord | None:
@@ -294,49 +303,88 @@ class Connection:
     # ------------------------------------------------------------------ relaying
 
     async def _relay(self) -> None:
+        """Relay until either side ends: the protocols' callbacks do the work; this waits for
+        the end (the exception that ends the connection)."""
         assert self.upstream is not None
-        server = asyncio.create_task(self._from_server())
-        client = asyncio.create_task(self._from_client())
-        done, pending = await asyncio.wait({server, client}, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-        for task in pending:
-            with contextlib.suppress(BaseException):
-                await task
-        for task in done:
-            exc = task.exception()
-            if exc is not None and not isinstance(exc, Closed | ConnectionError |
-                                                  asyncio.IncompleteReadError):
-                raise exc
+        self._ended = asyncio.get_running_loop().create_future()
+        client, server = self.client, self.upstream.pipe
+        early_server, early_client = server.take(), client.take()
+        server.relay(self._server_data, self._server_eof, self._client_writable_upstream)
+        client.relay(self._client_data, self._client_eof, self._server_writable_client)
+        try:
+            if early_server:
+                self._server_data(early_server)
+            if server.eof:
+                self._server_eof()
+            if early_client:
+                self._client_data(early_client)
+            if client.eof:
+                self._client_eof()
+            ended = await self._ended
+        finally:
+            client.detach()
+            server.detach()
+            task = self._slow_task
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+            work, self._slow_work = self._slow_work, None
+            if work is not None:
+                work.close()  # never started: nothing of it ran
+        if not isinstance(ended, Closed | ConnectionError | asyncio.IncompleteReadError):
+            raise ended
 
-    async def _from_server(self) -> None:
+    def _end(self, exc: BaseException) -> None:
+        ended = self._ended
+        if ended is not None and not ended.done():
+            ended.set_result(exc)
+
+    # flow control: a side whose writes back up stops the reading of the other
+    def _client_writable_upstream(self, writable: bool) -> None:
+        self.client.reading("upstream full", writable)
+
+    def _server_writable_client(self, writable: bool) -> None:
+        assert self.upstream is not None
+        self.upstream.pipe.reading("client full", writable)
+
+    # ------------------------------------------------------------------ the server's side
+
+    def _server_data(self, data: bytes) -> None:
         """Relay the server's bytes as they are; only the messages that change what the
         gateway tracks are read (rows and descriptions are skipped by their length)."""
-        assert self.upstream is not None
-        reader = self.upstream.reader
-        buffer = bytearray(self.upstream.leftover)
-        while True:
-            out, used = self._scan(buffer)
+        buffer = self._server_buffer
+        view: bytes | bytearray = data
+        if buffer:
+            buffer += data
+            view = buffer
+        try:
+            out, used = self._scan(view)
             if out:
-                self.writer.write(out)
-                await self.writer.drain()
+                self.client.write(out)
+        except BaseException as exc:  # a setting changed, the client is gone: the end
+            self._end(exc)
+            return
+        if buffer:
             del buffer[:used]
-            chunk = await reader.read(_CHUNK)
-            if not chunk:
-                raise Closed()
-            buffer += chunk
+        elif used < len(data):
+            buffer += data[used:]
 
-    def _scan(self, buffer: bytearray) -> tuple[bytes | bytearray, int]:
+    def _server_eof(self) -> None:
+        self._end(Closed())
+
+    def _scan(self, buffer: bytes | bytearray) -> tuple[bytes | bytearray, int]:
         """(bytes for the client, bytes consumed) for the complete messages in `buffer`."""
         pos, size, start = 0, len(buffer), 0
         out: bytearray | None = None
+        unpack, tracked = _LENGTH.unpack_from, _TRACKED
         while pos + 5 <= size:
-            end = pos + 1 + int.from_bytes(buffer[pos + 1:pos + 5], "big")
+            end = pos + 1 + unpack(buffer, pos + 1)[0]
             if end > size:
                 break
             kind = buffer[pos]
-            if kind in _TRACKED:
-                replacement = self._server_message(kind, bytes(buffer[pos + 5:end]))
+            if kind in tracked:
+                replacement = self._server_message(kind, buffer, pos + 5, end)
                 if replacement is not None:
                     out = out if out is not None else bytearray()
                     out += buffer[start:pos]
@@ -344,49 +392,105 @@ class Connection:
                     start = end
             pos = end
         if out is None:
-            return buffer[:pos], pos
+            return (buffer if pos == size else buffer[:pos]), pos
         out += buffer[start:pos]
         return out, pos
 
-    def _server_message(self, kind: int, body: bytes) -> bytes | None:
-        """Track one server message; the bytes to send instead of it, if any."""
+    def _server_message(self, kind: int, buffer: bytes | bytearray, start: int,
+                        end: int) -> bytes | None:
+        """Track one server message (its body is buffer[start:end]); the bytes to send
+        instead of it, if any."""
         tracker = self.tracker
-        if kind == 69:  # E
+        if kind == 90:  # Z: ReadyForQuery
+            tracker.sync()
+            self.status = bytes(buffer[start:min(end, start + 1)])
+            tracker.ready(self.status)
+        elif kind == 49:  # 1: ParseComplete
+            tracker.complete("parse")
+        elif kind == 50:  # 2: BindComplete
+            tracker.complete("bind")
+        elif kind == 67:  # C: CommandComplete
+            done = tracker.execute_done()
+            if done is not None and done.audit is not None:
+                self._audit_rows(done, bytes(buffer[start:end]))
+        elif kind == 69:  # E: ErrorResponse
             refusal = tracker.error()
             return refusal.error if refusal is not None else None
-        if kind == 90:  # Z
-            tracker.answer(b"Z")
-            self.status = body[:1]
-            tracker.ready(self.status)
-            return None
-        if kind == 83:  # S
+        elif kind == 83:  # S: ParameterStatus
+            body = bytes(buffer[start:end])
             name, at = m.read_cstring(body, 0)
             value, _ = m.read_cstring(body, at)
             self._check_settings({name: value})
-            return None
-        done = tracker.answer(bytes((kind,)))
-        if kind == 67 and done is not None and done.audit is not None:  # C
-            self._audit_rows(done, body)
+        elif kind == 51:  # 3: CloseComplete
+            tracker.complete("close")
+        else:  # I: EmptyQueryResponse, s: PortalSuspended
+            tracker.execute_done()
         return None
 
-    async def _from_client(self) -> None:
-        inbox = self.inbox
-        while True:
-            await inbox.fill()
-            while (found := inbox.next()) is not None:
-                kind, body, raw = found
-                await self._client_message(kind, body, raw)
-            self._flush()
-            await self.upstream_drain()
+    # ------------------------------------------------------------------ the client's side
 
-    async def upstream_drain(self) -> None:
-        assert self.upstream is not None
-        await self.upstream.writer.drain()
+    def _client_data(self, data: bytes) -> None:
+        inbox = self.inbox
+        inbox.feed(data)
+        if self._slow_task is not None:  # a decision is pending: read ahead, in bounds
+            if inbox.unread() > _READ_AHEAD:
+                self.client.reading("read ahead", False)
+            return
+        try:
+            work = self._batch()
+        except BaseException as exc:
+            self._end(exc)
+            return
+        if work is not None:
+            self._slow_work = work
+            self._slow_task = asyncio.get_running_loop().create_task(self._slowly())
+
+    def _client_eof(self) -> None:
+        gone = self._gone
+        if gone is not None and not gone.done():
+            gone.set_result(None)
+        if self._slow_task is None:
+            self._end(Closed())
+        # else: what arrived before the end is still handled, then the connection ends
+
+    async def _slowly(self) -> None:
+        """The messages from one that needs a decision not known on the event loop, in order,
+        until a batch is handled without waiting."""
+        try:
+            while (work := self._slow_work) is not None:
+                self._slow_work = None
+                await work
+                self._slow_work = self._batch()
+        except BaseException as exc:  # noqa: BLE001  # the connection ends with it
+            self._end(exc)
+            return
+        finally:
+            self._slow_task = None
+        self.client.reading("read ahead", True)
+        if self.client.eof:
+            self._end(Closed())
+
+    def _batch(self) -> Awaitable[None] | None:
+        """Handle every complete message that arrived; the rest of the work when a message
+        needs a decision that is not known yet (what follows it waits)."""
+        inbox, handlers = self.inbox, _CLIENT
+        while (found := inbox.next()) is not None:
+            kind, body, raw = found
+            if self.skipping and kind != 83:  # S
+                continue  # the server skips it too (an error came first): never sent
+            handler = handlers.get(kind)
+            if handler is None:
+                raise m.ProtocolViolation(f"unexpected message type {bytes((kind,))!r}")
+            work = handler(self, body, raw)
+            if work is not None:
+                return work
+        self._flush()
+        return None
 
     def _flush(self) -> None:
         if self.out:
             assert self.upstream is not None
-            self.upstream.writer.write(self.out)
+            self.upstream.pipe.write(self.out)
             self.out = bytearray()
 
     def _send(self, raw: bytes, expect: Expect | None = None) -> None:
@@ -394,57 +498,79 @@ class Connection:
             self.tracker.queue(expect)
         self.out += raw
 
-    async def _client_message(self, kind: bytes, body: bytes, raw: bytes) -> None:
-        if self.skipping and kind != b"S":
-            return  # the server skips it too (an error came first): never sent
-        handler = _CLIENT.get(kind)
-        if handler is None:
-            raise m.ProtocolViolation(f"unexpected message type {kind!r}")
-        await handler(self, body, raw)
-
     # ------------------------------------------------------------------ client messages
 
-    async def _query(self, body: bytes, raw: bytes) -> None:
+    def _query(self, body: bytes, raw: bytes) -> Awaitable[None] | None:
         text = m.query_message(body)
         statements = self._classified(text)
         if isinstance(statements, str):
-            return self._refuse_query("42601", statements)
-        effects: list[tuple[str, str, Any] | None] = []
-        audits: list[Any] = []
-        pending: dict[str, Any] = {}
-        for statement in statements:
-            effective = self._effective(statement, pending)
+            self._refuse_query("42601", statements)
+            return None
+        return self._query_from(_QueryRun(raw, statements))
+
+    def _query_from(self, run: _QueryRun) -> Awaitable[None] | None:
+        """Judge the statements of a Query from `run.index` on; the rest of the work when one
+        needs a decision not known yet."""
+        statements = run.statements
+        while run.index < len(statements):
+            effective = self._effective(statements[run.index], run.pending)
             if isinstance(effective, str):
-                return self._refuse_query("26000", effective)
-            outcome = await self._judge(effective, b"")
+                self._refuse_query("26000", effective)
+                return None
+            outcome = self._judge_now(effective, b"")
+            if isinstance(outcome, RequestContext):
+                return self._query_later(run, effective, outcome)
             if outcome is not None:
-                return self._refuse_query(*outcome)
-            effect = _sql_effect(statement)
-            if effect is not None:
-                pending[effect[1]] = effect[2]
-            effects.append(effect)
-            audits.append(self._last_audit)
+                self._refuse_query(*outcome)
+                return None
+            self._query_allowed(run)
         self.tracker.drop_unnamed()
         self._mark_settling(statements)
-        self._send(raw, Expect("query", effects=effects, audit=audits or None))
+        self._send(run.raw, Expect("query", effects=run.effects, audit=run.audits or None))
         return None
 
-    async def _parse(self, body: bytes, raw: bytes) -> None:
-        name, text = m.parse_message(body)
-        statements = self._classified(text)
+    async def _query_later(self, run: _QueryRun, effective: Statement,
+                           context: RequestContext) -> None:
+        outcome = await self._judge_later(effective, context)
+        if outcome is not None:
+            self._refuse_query(*outcome)
+            return
+        self._query_allowed(run)
+        work = self._query_from(run)
+        if work is not None:
+            await work
+
+    def _query_allowed(self, run: _QueryRun) -> None:
+        statement = run.statements[run.index]
+        effect = _sql_effect(statement)
+        if effect is not None:
+            run.pending[effect[1]] = effect[2]
+        run.effects.append(effect)
+        run.audits.append(self._last_audit)
+        run.index += 1
+
+    def _parse(self, body: bytes, raw: bytes) -> None:
+        found = self._parsed.get(body)
+        if found is None:
+            name, text = m.parse_message(body)
+            if len(self._parsed) >= _PARSED_SIZE:
+                self._parsed.clear()
+            self._parsed[body] = found = (name, text, self._classify(text))
+        name, text, classified = found
+        statements = self._checked(text, classified)
         if isinstance(statements, str):
             return self._refuse("42601", statements)
         if len(statements) > 1:
             return self._refuse("42601", "cannot insert multiple commands into a prepared "
                                          "statement")
-        if self.tracker.reused("stmt", name):
+        if name and self.tracker.reused("stmt", name):
             return self._refuse("42P05", f'prepared statement "{name}" was used before on this '
                                          "connection; Stepguard needs a new name for each")
         statement = statements[0] if statements else _EMPTY
         self._send(raw, Expect("parse", effect=("stmt", name, statement)))
         return None
 
-    async def _bind(self, body: bytes, raw: bytes) -> None:
+    def _bind(self, body: bytes, raw: bytes) -> None:
         portal, name, params = m.bind_message(body)
         statement = self.tracker.lookup("stmt", name)
         if statement is None:
@@ -452,49 +578,72 @@ class Connection:
         self._send(raw, Expect("bind", effect=("portal", portal, Portal(statement, params))))
         return None
 
-    async def _execute(self, body: bytes, raw: bytes) -> None:
+    def _execute(self, body: bytes, raw: bytes) -> Awaitable[None] | None:
         portal_name = m.execute_message(body)
         portal = self.tracker.lookup("portal", portal_name)
         if portal is None:
-            return self._refuse("34000", f'portal "{portal_name}" does not exist (Stepguard '
-                                         "judges only portals bound through it)")
+            self._refuse("34000", f'portal "{portal_name}" does not exist (Stepguard '
+                                  "judges only portals bound through it)")
+            return None
         if portal.allowed:  # more rows of a run already allowed (Execute with a row limit)
-            self._send(raw, Expect("execute"))
+            self._send(raw, EXECUTE)
             return None
         effective = self._effective(portal.statement, {})
         if isinstance(effective, str):
-            return self._refuse("26000", effective)
-        outcome = await self._judge(effective, portal.params)
+            self._refuse("26000", effective)
+            return None
+        outcome = self._judge_now(effective, portal.params)
+        if isinstance(outcome, RequestContext):
+            return self._execute_later(raw, portal, effective, outcome)
         if outcome is not None:
-            return self._refuse(*outcome)
-        portal.allowed = True
-        self._mark_settling([portal.statement])
-        self._send(raw, Expect("execute", effect=_sql_effect(portal.statement),
-                               audit=[self._last_audit] if self._last_audit else None))
+            self._refuse(*outcome)
+            return None
+        self._execute_allowed(raw, portal)
         return None
 
-    async def _close_message(self, body: bytes, raw: bytes) -> None:
+    async def _execute_later(self, raw: bytes, portal: Portal, effective: Statement,
+                             context: RequestContext) -> None:
+        outcome = await self._judge_later(effective, context)
+        if outcome is not None:
+            self._refuse(*outcome)
+            return
+        self._execute_allowed(raw, portal)
+
+    def _execute_allowed(self, raw: bytes, portal: Portal) -> None:
+        portal.allowed = True
+        statement = portal.statement
+        if not statement.settles:
+            self._mark_settling([statement])
+        effect = _sql_effect(statement)
+        audit = self._last_audit
+        if effect is None and audit is None:
+            self._send(raw, EXECUTE)
+        else:
+            self._send(raw, Expect("execute", effect=effect,
+                                   audit=[audit] if audit is not None else None))
+
+    def _close_message(self, body: bytes, raw: bytes) -> None:
         target, name = m.close_or_describe(body)
         table = "stmt" if target == "S" else "portal"
         self._send(raw, Expect("close", effect=(table, name, REMOVE)))
 
-    async def _describe(self, body: bytes, raw: bytes) -> None:
+    def _describe(self, body: bytes, raw: bytes) -> None:
         m.close_or_describe(body)
-        self._send(raw, Expect("describe"))
+        self._send(raw, DESCRIBE)
 
-    async def _sync(self, body: bytes, raw: bytes) -> None:
+    def _sync(self, body: bytes, raw: bytes) -> None:
         self.skipping = False
-        self._send(raw, Expect("sync"))
+        self._send(raw, SYNC)
 
-    async def _relay_only(self, body: bytes, raw: bytes) -> None:
+    def _relay_only(self, body: bytes, raw: bytes) -> None:
         self._send(raw)
 
-    async def _terminate(self, body: bytes, raw: bytes) -> None:
+    def _terminate(self, body: bytes, raw: bytes) -> None:
         self._send(raw)
         self._flush()
         raise Closed()
 
-    async def _function_call(self, body: bytes, raw: bytes) -> None:
+    def _function_call(self, body: bytes, raw: bytes) -> None:
         self._refuse("42501", "The fast-path function call protocol is not allowed through "
                               "Stepguard: call functions with SQL.")
 
@@ -503,10 +652,12 @@ class Connection:
     _last_audit: Any = None
 
     def _classified(self, text: str) -> tuple[Statement, ...] | str:
+        return self._checked(text, self._classify(text))
+
+    def _classify(self, text: str) -> tuple[Statement, ...] | str:
+        """The statements of `text`, or why it is refused whatever the policy says (the same
+        answer for the same text: it can be remembered)."""
         assert self.classifier is not None
-        if self.tracker.seen_syncs < self.unsettled_until and not _plain_text(text):
-            return ("A previous statement may have changed how text is read; wait for it to "
-                    "finish before sending text with backslashes or non-ASCII characters.")
         try:
             statements = self.classifier.classify(text).statements
         except Unparseable as exc:
@@ -515,10 +666,21 @@ class Connection:
             refusal = statement.refusal or (statement.inner.refusal if statement.inner else "")
             if refusal:
                 return refusal
+        return statements
+
+    def _checked(self, text: str, classified: tuple[Statement, ...] | str
+                 ) -> tuple[Statement, ...] | str:
+        """The refusals that depend on this connection's state at this moment."""
+        if self.tracker.seen_syncs < self.unsettled_until and not _plain_text(text):
+            return ("A previous statement may have changed how text is read; wait for it to "
+                    "finish before sending text with backslashes or non-ASCII characters.")
+        if isinstance(classified, str):
+            return classified
+        for statement in classified:
             if statement.prepare is not None and self.tracker.reused("stmt", statement.prepare):
                 return (f'prepared statement "{statement.prepare}" was used before on this '
                         "connection; Stepguard needs a new name for each")
-        return statements
+        return classified
 
     def _effective(self, statement: Statement, pending: dict[str, Any]) -> Statement | str:
         """The statement that will run: an EXECUTE runs its prepared statement."""
@@ -544,21 +706,35 @@ class Connection:
                                  literals=self.rt.config.postgres.audit_literals,
                                  statement=statement)
 
-    async def _judge(self, statement: Statement, params: bytes) -> tuple[str, str, str] | None:
-        """None when the statement may run now; else (SQLSTATE, message, hint) of the refusal."""
+    def _judge_now(self, statement: Statement, params: bytes
+                   ) -> tuple[str, str, str] | RequestContext | None:
+        """None when the statement may run now; (SQLSTATE, message, hint) of a refusal; or,
+        when the answer is not known on the event loop, the context to judge it with
+        (`_judge_later`)."""
         self._last_audit = None
         if self._again(statement):
             return None
+        assert self.identity is not None
         context = self._context(statement, params)
-        check = await self._check(context)
+        check = self.gw.guard.check_cached_key(context, self.identity.session_key)
+        if check is None or check.session is None or check.decision.outcome is Outcome.STEP_UP:
+            return context
+        return self._decided(statement, check)
+
+    async def _judge_later(self, statement: Statement, context: RequestContext
+                           ) -> tuple[str, str, str] | None:
+        check = await self._check(context, cached=False)  # `_judge_now` looked in the cache
+        if check.decision.outcome is Outcome.STEP_UP:
+            return await self._step_up(check, statement)
+        return self._decided(statement, check)
+
+    def _decided(self, statement: Statement, check: Check) -> tuple[str, str, str] | None:
         decision = check.decision
         if decision.outcome is Outcome.ALLOW:
             self._note(check)
             self._remember(statement, check)
             return None
-        if decision.outcome is Outcome.DENY:
-            return ("42501", " ".join(decision.reasons) or "Stepguard denies this statement.", "")
-        return await self._step_up(check, statement)
+        return ("42501", " ".join(decision.reasons) or "Stepguard denies this statement.", "")
 
     def _again(self, statement: Statement) -> bool:
         """A statement this connection was allowed before, plainly (nothing but its sign-in),
@@ -588,10 +764,10 @@ class Connection:
     def _hour(self) -> int:
         return int(self.rt.now() // 3600)
 
-    async def _check(self, context: RequestContext) -> Check:
+    async def _check(self, context: RequestContext, cached: bool = True) -> Check:
         assert self.identity is not None
         guard, key = self.gw.guard, self.identity.session_key
-        found = guard.check_cached_key(context, key)
+        found = guard.check_cached_key(context, key) if cached else None
         if found is not None and found.session is not None:
             return found
         # rotated by a step-up (follow the session), or ended: never judged anonymous
@@ -619,10 +795,10 @@ class Connection:
         link = f"{self.rt.config.server.public_url.rstrip('/')}/step-up/{challenge.id}"
         reason = " ".join(decision.reasons[:1]) or "This statement needs a step-up."
         self._flush()
-        self.writer.write(m.notice(f"Stepguard: {reason} Approve it at {link}",
+        self.client.write(m.notice(f"Stepguard: {reason} Approve it at {link}",
                                    hint=f"Waiting up to {int(self.gw.hold_timeout)} s; the "
                                         "statement runs once when you approve it."))
-        await self.writer.drain()
+        await self.client.drain()
         self.hold = Hold(challenge.id)
         try:
             outcome = await self._wait(challenge.id, check.context)
@@ -649,44 +825,32 @@ class Connection:
         assert self.hold is not None
         hold = self.hold
         deadline = asyncio.get_running_loop().time() + self.gw.hold_timeout
-        gone = asyncio.create_task(self._watch_client())
-        try:
-            while True:
-                remaining = deadline - asyncio.get_running_loop().time()
-                if remaining <= 0:
-                    return "timed out"
-                cancelled = asyncio.create_task(hold.cancelled.wait())
-                done, _ = await asyncio.wait(
-                    {cancelled, gone}, timeout=min(self.gw.poll_interval, remaining),
-                    return_when=asyncio.FIRST_COMPLETED)
-                cancelled.cancel()
-                if gone in done:
-                    raise Closed()  # the client left while held: nothing runs
-                if hold.cancelled.is_set():
-                    return "cancelled"
-                record = await asyncio.to_thread(self.rt.store.challenges.get, challenge_id)
-                if record is None or record.status in ("abandoned", "expired"):
-                    return "refused"
-                if record.status != "passed":
-                    continue
-                check = await self._check(context)
-                if check.decision.allowed:
-                    return check
-                return "the approval was already used"
-        finally:
-            gone.cancel()
-            with contextlib.suppress(BaseException):
-                await gone
-
-    async def _watch_client(self) -> None:
-        """Read ahead while a statement is held, so a client that leaves is noticed."""
-        with contextlib.suppress(Closed):
-            while len(self.inbox.buffer) < 4 * _CHUNK:
-                await self.inbox.fill()
-            await asyncio.Event().wait()  # buffer full: stop reading, never report gone
-            return
-        await asyncio.sleep(0)
-        raise Closed()
+        if self._gone is None:
+            self._gone = asyncio.get_running_loop().create_future()
+            if self.client.eof:
+                self._gone.set_result(None)
+        gone = self._gone
+        while True:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return "timed out"
+            cancelled: asyncio.Future[Any] = asyncio.ensure_future(hold.cancelled.wait())
+            await asyncio.wait({cancelled, gone}, timeout=min(self.gw.poll_interval, remaining),
+                               return_when=asyncio.FIRST_COMPLETED)
+            cancelled.cancel()
+            if gone.done():
+                raise Closed()  # the client left while held: nothing runs
+            if hold.cancelled.is_set():
+                return "cancelled"
+            record = await asyncio.to_thread(self.rt.store.challenges.get, challenge_id)
+            if record is None or record.status in ("abandoned", "expired"):
+                return "refused"
+            if record.status != "passed":
+                continue
+            check = await self._check(context)
+            if check.decision.allowed:
+                return check
+            return "the approval was already used"
 
     # ------------------------------------------------------------------ refusals
 
@@ -753,25 +917,33 @@ def _plain_text(text: str) -> bool:
     return text.isascii() and "\\" not in text
 
 
-def _buffered(reader: asyncio.StreamReader) -> bool:
-    return bool(getattr(reader, "_buffer", b""))
+@dataclass(slots=True)
+class _QueryRun:
+    """A simple Query being judged statement by statement."""
+
+    raw: bytes
+    statements: tuple[Statement, ...]
+    index: int = 0
+    effects: list[tuple[str, str, Any] | None] = field(default_factory=list)
+    audits: list[Any] = field(default_factory=list)
+    pending: dict[str, Any] = field(default_factory=dict)
 
 
-_Handler = Callable[[Connection, bytes, bytes], Awaitable[None]]
-_CLIENT: dict[bytes, _Handler] = {
-    b"Q": Connection._query,
-    b"P": Connection._parse,
-    b"B": Connection._bind,
-    b"E": Connection._execute,
-    b"C": Connection._close_message,
-    b"D": Connection._describe,
-    b"S": Connection._sync,
-    b"H": Connection._relay_only,
-    b"d": Connection._relay_only,
-    b"c": Connection._relay_only,
-    b"f": Connection._relay_only,
-    b"X": Connection._terminate,
-    b"F": Connection._function_call,
+_Handler = Callable[[Connection, bytes, bytes], Awaitable[None] | None]
+_CLIENT: dict[int, _Handler] = {
+    ord("Q"): Connection._query,
+    ord("P"): Connection._parse,
+    ord("B"): Connection._bind,
+    ord("E"): Connection._execute,
+    ord("C"): Connection._close_message,
+    ord("D"): Connection._describe,
+    ord("S"): Connection._sync,
+    ord("H"): Connection._relay_only,
+    ord("d"): Connection._relay_only,
+    ord("c"): Connection._relay_only,
+    ord("f"): Connection._relay_only,
+    ord("X"): Connection._terminate,
+    ord("F"): Connection._function_call,
 }
 
 __all__ = ["Connection", "StepguardError"]

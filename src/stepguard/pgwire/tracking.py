@@ -12,12 +12,13 @@ comes first; if one does, the server skips the judged message too).
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from stepguard.pgwire.classify import Statement
 
 _ABSENT: Any = object()
+_Effect = tuple[str, str, Any]
 
 
 @dataclass(slots=True)
@@ -27,16 +28,27 @@ class Portal:
     allowed: bool = False  # an Execute of it was allowed: later ones continue that run
 
 
-@dataclass(slots=True)
 class Expect:
-    """One answer the server owes for a forwarded message."""
+    """One answer the server owes for a forwarded message. The common ones without an effect
+    (Describe, Sync, a continued Execute) are shared constants: nothing is made per message."""
 
-    kind: str  # parse, bind, close, describe, execute, sync, query, refusal, refusal_query
-    effect: tuple[str, str, Any] | None = None  # (table, name, value or _ABSENT to remove)
-    effects: list[tuple[str, str, Any] | None] = field(default_factory=list)  # query: each
-    # statement's effect, in order
-    error: bytes = b""  # refusal: the ErrorResponse the client gets instead of the server's
-    audit: Any = None  # execute/query: what to record with the rows affected
+    __slots__ = ("kind", "effect", "effects", "error", "audit")
+
+    def __init__(self, kind: str, effect: _Effect | None = None,
+                 effects: list[_Effect | None] | None = None, error: bytes = b"",
+                 audit: Any = None) -> None:
+        self.kind = kind  # parse, bind, close, describe, execute, sync, query, refusal,
+        # refusal_query
+        self.effect = effect  # (table, name, value or REMOVE)
+        self.effects = effects  # query: each statement's effect, in order
+        self.error = error  # refusal: the ErrorResponse the client gets instead of the server's
+        self.audit = audit  # execute/query: what to record with the rows affected
+
+
+SYNC = Expect("sync")
+DESCRIBE = Expect("describe")
+EXECUTE = Expect("execute")
+_SYNCS = frozenset({"sync", "query", "refusal_query"})
 
 
 class Tracker:
@@ -44,7 +56,7 @@ class Tracker:
 
     def __init__(self) -> None:
         self.tables: dict[str, dict[str, Any]] = {"stmt": {}, "portal": {}}
-        self.used: dict[str, set[str]] = {"stmt": set()}
+        self.used_names: set[str] = set()  # statement names ever prepared
         self.expect: deque[Expect] = deque()
         self.sent_syncs = 0
         self.seen_syncs = 0
@@ -55,23 +67,34 @@ class Tracker:
         """The value the server will hold for `name` once everything in flight succeeds."""
         value = self.tables[table].get(name, _ABSENT)
         for expect in self.expect:
-            for effect in _effects(expect):
+            effect = expect.effect
+            if effect is not None:
                 if effect[0] == table and (effect[1] == name or (effect[1] == ALL and name)):
                     value = effect[2]
+            elif expect.effects:
+                for effect in expect.effects:
+                    if effect is not None and effect[0] == table and (
+                            effect[1] == name or (effect[1] == ALL and name)):
+                        value = effect[2]
         return None if value is _ABSENT else value
 
     def reused(self, table: str, name: str) -> bool:
         """Whether a named statement was ever prepared on this connection (a name is never
         reused: a failed Close or DEALLOCATE would leave the old statement behind it)."""
-        return bool(name) and name in self.used[table]
+        return bool(name) and table == "stmt" and name in self.used_names
 
     # ------------------------------------------------------------------ client side
 
     def queue(self, expect: Expect) -> None:
-        for table, name, value in _effects(expect):
-            if value is not _ABSENT and name and table in self.used:
-                self.used[table].add(name)
-        if expect.kind in ("sync", "query", "refusal_query"):
+        effect = expect.effect
+        if effect is not None:
+            if effect[1] and effect[0] == "stmt" and effect[2] is not _ABSENT:
+                self.used_names.add(effect[1])
+        elif expect.effects:
+            for one in expect.effects:
+                if one is not None and one[1] and one[0] == "stmt" and one[2] is not _ABSENT:
+                    self.used_names.add(one[1])
+        if expect.kind in _SYNCS:
             self.sent_syncs += 1
         self.expect.append(expect)
 
@@ -80,73 +103,87 @@ class Tracker:
     def answer(self, kind: bytes) -> Expect | None:
         """Apply the server's answer of type `kind`; the expectation it completed, if any."""
         if kind in _ANSWERS:
-            return self._complete(_ANSWERS[kind])
+            return self.complete(_ANSWERS[kind])
         if kind in (b"C", b"I", b"s"):
-            return self._execute_done()
+            return self.execute_done()
         if kind == b"Z":
-            return self._sync()
+            return self.sync()
         return None
 
     def error(self) -> Expect | None:
         """The server reported an error: the failed message's effects and, in the extended
         protocol, every effect up to the next Sync are dropped. The refusal it answers, if
         the error answers an injected refusal."""
-        if not self.expect:
+        expect = self.expect
+        if not expect:
             return None
-        head = self.expect[0]
+        head = expect[0]
         if head.kind in ("query", "refusal_query"):
-            head.effects.clear()
+            head.effects = None
             return head if head.kind == "refusal_query" else None
-        while self.expect and self.expect[0].kind != "sync":
-            self.expect.popleft()
+        while expect and expect[0].kind != "sync":
+            expect.popleft()
         return head if head.kind == "refusal" else None
 
-    def _complete(self, kind: str) -> Expect | None:
-        while self.expect:
-            head = self.expect.popleft()
+    def complete(self, kind: str) -> Expect | None:
+        """ParseComplete, BindComplete or CloseComplete: the oldest such message succeeded."""
+        expect = self.expect
+        while expect:
+            head = expect.popleft()
             if head.kind == kind:
-                self._apply(head.effect)
+                if head.effect is not None:
+                    self._apply(head.effect)
                 return head
-            if head.kind in ("sync", "query"):  # out of step: keep the boundary
-                self.expect.appendleft(head)
+            if head.kind == "sync" or head.kind == "query":  # out of step: keep the boundary
+                expect.appendleft(head)
                 return None
         return None
 
-    def _execute_done(self) -> Expect | None:
-        if not self.expect:
+    def execute_done(self) -> Expect | None:
+        """CommandComplete, EmptyQueryResponse or PortalSuspended."""
+        expect = self.expect
+        if not expect:
             return None
-        head = self.expect[0]
+        head = expect[0]
         if head.kind == "query":
             if head.effects:
                 self._apply(head.effects.pop(0))
             return head
-        while self.expect and self.expect[0].kind == "describe":
-            self.expect.popleft()
-        if self.expect and self.expect[0].kind == "execute":
-            done = self.expect.popleft()
-            self._apply(done.effect)
-            return done
+        while head.kind == "describe":
+            expect.popleft()
+            if not expect:
+                return None
+            head = expect[0]
+        if head.kind == "execute":
+            expect.popleft()
+            if head.effect is not None:
+                self._apply(head.effect)
+            return head
         return None
 
-    def _sync(self) -> Expect | None:
+    def sync(self) -> Expect | None:
+        """ReadyForQuery: everything up to the Sync (or Query) it answers is settled."""
         self.seen_syncs += 1
-        while self.expect:
-            head = self.expect.popleft()
-            if head.kind in ("sync", "query", "refusal_query"):
+        expect = self.expect
+        while expect:
+            head = expect.popleft()
+            if head.kind in _SYNCS:
                 return head
         return None
 
     def ready(self, status: bytes) -> None:
         """ReadyForQuery: outside a transaction block no portal survives."""
         if status == b"I":
-            self.tables["portal"].clear()
+            portals = self.tables["portal"]
+            if portals:
+                portals.clear()
 
     def drop_unnamed(self) -> None:
         """A simple Query drops the unnamed statement and portal before it runs."""
         self.tables["stmt"].pop("", None)
         self.tables["portal"].pop("", None)
 
-    def _apply(self, effect: tuple[str, str, Any] | None) -> None:
+    def _apply(self, effect: _Effect | None) -> None:
         if effect is None:
             return
         table, name, value = effect
@@ -164,9 +201,3 @@ class Tracker:
 _ANSWERS = {b"1": "parse", b"2": "bind", b"3": "close"}
 REMOVE = _ABSENT
 ALL = "\x00all"  # not a name a client can send (names end at NUL)
-
-
-def _effects(expect: Expect) -> list[tuple[str, str, Any]]:
-    if expect.effect is not None:
-        return [expect.effect]
-    return [e for e in expect.effects if e is not None]

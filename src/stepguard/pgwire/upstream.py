@@ -16,6 +16,7 @@ from pathlib import Path
 
 from stepguard.config.schema import PostgresDatabase
 from stepguard.pgwire import messages as m
+from stepguard.pgwire.pipe import Pipe
 from stepguard.pgwire.scram import MECHANISM, ClientExchange, ScramError
 
 
@@ -25,17 +26,15 @@ class UpstreamError(ConnectionError):
 
 @dataclass
 class Upstream:
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+    pipe: Pipe
     parameters: dict[str, str] = field(default_factory=dict)
     status: bytes = b"I"
     key: tuple[int, int] = (0, 0)
-    leftover: bytes = b""
 
     def close(self) -> None:
-        if not self.writer.is_closing():
-            self.writer.write(m.message(b"X"))
-            self.writer.close()
+        if not self.pipe.is_closing():
+            self.pipe.write(m.message(b"X"))
+            self.pipe.close()
 
 
 def _address(database: PostgresDatabase) -> tuple[str, int]:
@@ -57,34 +56,42 @@ def tls_context(database: PostgresDatabase, base: Path) -> ssl.SSLContext | None
     return context
 
 
-async def _connect(database: PostgresDatabase, base: Path
-                   ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def _connect(database: PostgresDatabase, base: Path) -> Pipe:
     host, port = _address(database)
-    reader, writer = await asyncio.open_connection(host, port)
-    context = tls_context(database, base)
-    if context is not None:
-        writer.write(struct.pack("!ii", 8, m.SSL_REQUEST))
-        await writer.drain()
-        answer = await reader.readexactly(1)
-        if answer != b"S":
-            writer.close()
-            raise UpstreamError("the upstream server does not offer TLS")
-        await writer.start_tls(context, server_hostname=host)
-    return reader, writer
+    _, pipe = await asyncio.get_running_loop().create_connection(Pipe, host, port)
+    try:
+        context = tls_context(database, base)
+        if context is not None:
+            pipe.write(struct.pack("!ii", 8, m.SSL_REQUEST))
+            answer = await pipe.readexactly(1)
+            if answer != b"S":
+                raise UpstreamError("the upstream server does not offer TLS")
+            if pipe.buffer:  # bytes before the handshake must not count after it
+                raise UpstreamError("the upstream sent data before TLS")
+            await pipe.start_tls(context, server_side=False, server_hostname=host)
+    except BaseException:
+        pipe.close()
+        raise
+    return pipe
 
 
 async def open_upstream(database: PostgresDatabase, *, application_name: str,
                         extra: dict[str, str], timeout: float, base: Path) -> Upstream:
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await _connect(database, base)
-            params = {"user": database.user, "database": database.database or database.name,
-                      "application_name": application_name, "client_encoding": "UTF8", **extra}
-            writer.write(m.startup_message(params))
-            await writer.drain()
-            upstream = Upstream(reader, writer)
-            await _authenticate(upstream, database)
-            await _until_ready(upstream)
+            pipe = await _connect(database, base)
+            upstream = Upstream(pipe)
+            try:
+                params = {"user": database.user,
+                          "database": database.database or database.name,
+                          "application_name": application_name, "client_encoding": "UTF8",
+                          **extra}
+                pipe.write(m.startup_message(params))
+                await _authenticate(upstream, database)
+                await _until_ready(upstream)
+            except BaseException:
+                pipe.close()
+                raise
             return upstream
     except (OSError, TimeoutError, asyncio.IncompleteReadError, m.ProtocolViolation,
             ScramError, ssl.SSLError) as exc:
@@ -94,7 +101,7 @@ async def open_upstream(database: PostgresDatabase, *, application_name: str,
 async def _authenticate(upstream: Upstream, database: PostgresDatabase) -> None:
     exchange: ClientExchange | None = None
     while True:
-        kind, body, _ = await m.read_message(upstream.reader, 1 << 20)
+        kind, body, _ = await m.read_message(upstream.pipe, 1 << 20)
         if kind == b"E":
             raise UpstreamError(f"sign-in refused: {m.fields(body).get('M', '')}")
         if kind != b"R":
@@ -121,16 +128,15 @@ async def _authenticate(upstream: Upstream, database: PostgresDatabase) -> None:
             exchange.check(body[4:].decode())
         else:
             raise UpstreamError(f"unsupported authentication request {code}")
-        await upstream.writer.drain()
 
 
 def _send(upstream: Upstream, kind: bytes, body: bytes) -> None:
-    upstream.writer.write(m.message(kind, body))
+    upstream.pipe.write(m.message(kind, body))
 
 
 async def _until_ready(upstream: Upstream) -> None:
     while True:
-        kind, body, _ = await m.read_message(upstream.reader, 1 << 20)
+        kind, body, _ = await m.read_message(upstream.pipe, 1 << 20)
         if kind == b"S":
             name, at = m.read_cstring(body, 0)
             value, _ = m.read_cstring(body, at)
@@ -149,9 +155,9 @@ async def send_cancel(database: PostgresDatabase, key: tuple[int, int], base: Pa
     """Ask the upstream to cancel what the connection with `key` is running."""
     try:
         async with asyncio.timeout(5):
-            _reader, writer = await _connect(database, base)
-            writer.write(struct.pack("!iiii", 16, m.CANCEL_REQUEST, *key))
-            await writer.drain()
-            writer.close()
+            pipe = await _connect(database, base)
+            pipe.write(struct.pack("!iiii", 16, m.CANCEL_REQUEST, *key))
+            await pipe.drain()
+            pipe.close()
     except (OSError, TimeoutError, UpstreamError, ssl.SSLError, asyncio.IncompleteReadError):
         pass

@@ -1,0 +1,130 @@
+"""The door's transports: messages split across deliveries, many in one delivery, and flow
+control (a client that does not read stops the door reading the server, and the door never
+buffers the whole answer)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import time
+
+import pytest
+
+from stepguard.pgwire import messages as m
+from stepguard.pgwire.pipe import Pipe
+from stepguard.pgwire.session import Inbox
+from tests.pgdoor.conftest import Door
+from tests.pgdoor.rawclient import Raw
+
+
+def _connection(door: Door) -> object:
+    deadline = time.monotonic() + 5
+    while not door.gateway._connections and time.monotonic() < deadline:
+        time.sleep(0.01)  # remembered just after its ReadyForQuery was written
+    (connection,) = list(door.gateway._connections.values())
+    return connection
+
+
+def test_messages_split_at_every_byte_arrive_whole() -> None:
+    stream = (m.message(b"P", m.cstring("") + m.cstring("SELECT 1") + b"\x00\x00")
+              + m.message(b"S"))
+    inbox, seen = Inbox(1 << 20), []
+    for byte in stream:
+        inbox.feed(bytes([byte]))
+        while (found := inbox.next()) is not None:
+            seen.append(found)
+    assert [(chr(kind), raw) for kind, _, raw in seen] == [
+        ("P", stream[:-5]), ("S", stream[-5:])]
+    assert inbox.unread() == 0
+
+
+def test_an_oversized_length_is_refused_from_its_header() -> None:
+    inbox = Inbox(1024)
+    inbox.feed(b"Q" + struct.pack("!i", 1 << 30))
+    with pytest.raises(m.ProtocolViolation):
+        inbox.next()
+
+
+def test_reading_stays_paused_while_any_reason_holds() -> None:
+    calls: list[str] = []
+
+    class Transport:
+        def pause_reading(self) -> None:
+            calls.append("pause")
+
+        def resume_reading(self) -> None:
+            calls.append("resume")
+
+    pipe = Pipe()
+    pipe.transport = Transport()  # type: ignore[assignment]
+    pipe.reading("a", False)
+    pipe.reading("b", False)
+    pipe.reading("a", True)
+    assert calls == ["pause"]
+    pipe.reading("b", True)
+    assert calls == ["pause", "resume"]
+
+
+def test_a_pipelined_batch_in_one_write_is_answered_in_order(door: Door) -> None:
+    raw = Raw(door.port, door.user_name, door.secret)
+    batch = b""
+    for i in range(50):
+        batch += m.message(b"P", m.cstring("") + m.cstring(f"SELECT {i}") + b"\x00\x00")
+        batch += m.message(b"B", b"\x00\x00" + b"\x00\x00" + b"\x00\x00" + b"\x00\x00")
+        batch += m.message(b"E", b"\x00" + b"\x00\x00\x00\x00")
+    batch += m.message(b"S")
+    raw.send_raw(batch)
+    rows = [body for kind, body in raw.until_ready() if kind == b"D"]
+    assert [int(body[6:]) for body in rows] == list(range(50))
+    raw.close()
+
+
+def test_a_client_that_does_not_read_stops_the_door_reading_the_server(door: Door) -> None:
+    raw = Raw(door.port, door.user_name, door.secret)
+    raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    raw.send(b"Q", m.cstring("SELECT repeat('x', 100000) FROM generate_series(1, 2000)"))
+    connection = _connection(door)
+    upstream = connection.upstream.pipe  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 10
+    while "client full" not in upstream._pauses and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "client full" in upstream._pauses  # 200 MB answered; the door holds back
+    transport = connection.client.transport  # type: ignore[attr-defined]
+    assert transport.get_write_buffer_size() < 8 << 20
+    seen = raw.until_ready()  # reading again: every row arrives, and the pause lifts
+    assert sum(1 for kind, _ in seen if kind == b"D") == 2000
+    assert not upstream._pauses
+    raw.close()
+
+
+def test_a_server_that_does_not_read_stops_the_door_reading_the_client(door: Door) -> None:
+    """The upstream's write buffer fills (the server is held by a lock and reads nothing
+    more): the door stops reading the client instead of buffering what it sends."""
+    with door.admin() as admin:
+        admin.execute("BEGIN")
+        admin.execute("LOCK TABLE log IN ACCESS EXCLUSIVE MODE")
+        raw = Raw(door.port, door.user_name, door.secret)
+        raw.sock.settimeout(30)
+        raw.send(b"Q", m.cstring("INSERT INTO log (note) VALUES ('held')"))
+        connection = _connection(door)
+        big = m.message(b"Q", m.cstring("SELECT '" + "y" * 1_000_000 + "'"))
+
+        async def pauses() -> set[str]:
+            return set(connection.client._pauses)  # type: ignore[attr-defined]
+
+        sent = 0
+        deadline = time.monotonic() + 20
+        raw.sock.setblocking(False)
+        while time.monotonic() < deadline:
+            try:
+                sent += raw.sock.send(big)
+            except BlockingIOError:
+                time.sleep(0.05)
+            found = asyncio.run_coroutine_threadsafe(pauses(), door.loop).result(5)
+            if "upstream full" in found:
+                break
+        assert "upstream full" in found
+        raw.sock.setblocking(True)
+        admin.execute("ROLLBACK")
+    raw.close()
