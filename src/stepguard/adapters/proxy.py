@@ -258,14 +258,21 @@ class ReverseProxy:
             routed = _with_route(context, route, Body())
         except BadRequest as exc:
             return Response(f"bad request: {exc}\n", 400)
-        relayed = relayed_raw_headers(raw, self._ours)
-        kept = cookies_header(raw, self._ours)
-        if kept:
-            relayed.append((b"cookie", kept))
-        relayed += hop.raw()
         return _Reading(headers, upstream, route, hop, cookies, routed,
-                        token_key(self.session_cookie.token(cookies)), _target(scope), relayed,
+                        token_key(self.session_cookie.token(cookies)), _target(scope),
+                        self._upstream_headers(raw, raw, hop),
                         _inspects_body(route, scope["method"], headers))
+
+    def _upstream_headers(self, client: Iterable[tuple[bytes, bytes]],
+                          cookies_from: Iterable[tuple[bytes, bytes]],
+                          hop: Hop) -> list[tuple[bytes, bytes]]:
+        """What the upstream gets besides the identity headers: the client's relayable headers,
+        the browser's cookies (from `cookies_from`) minus Stepguard's, the forwarding headers."""
+        headers = relayed_raw_headers(client, self._ours)
+        kept = cookies_header(cookies_from, self._ours)
+        if kept:
+            headers.append((b"cookie", kept))
+        return headers + hop.raw()
 
     def hostname(self, scope: Scope, headers: Headers | RequestHeaders) -> str | None:
         """The host the client asked for, as `request.url.hostname` reads it ("" when none;
@@ -431,11 +438,8 @@ class ReverseProxy:
             return Response("the confirmation no longer covers this request\n", 403)
         held = [(k.lower().encode("latin-1"), v.encode("latin-1"))
                 for k, v in challenge.held_headers]
-        headers = relayed_raw_headers(held, self._ours)
-        kept = cookies_header(request.scope["headers"], self._ours)
-        if kept:
-            headers.append((b"cookie", kept))
-        headers += replace(hop, host=split_url(challenge.return_url)[1]).raw()
+        headers = self._upstream_headers(
+            held, request.scope["headers"], replace(hop, host=split_url(challenge.return_url)[1]))
         relayed = await self._relay(
             context.method, target, headers, challenge.held_body, upstream,
             self.identities.raw(check),
