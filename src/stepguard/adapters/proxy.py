@@ -225,11 +225,13 @@ class ReverseProxy:
     def reading(self, scope: Scope) -> _Reading | Response:
         """What the request's head says (upstream, route, forwarding facts, context before any
         body, session key, the headers to relay): a pure function of its method, scheme,
-        target, peer and raw headers, so the same head is read once (bounded memo; a refusal
-        is answered again each time, never remembered)."""
+        target, server address, peer and raw headers, so the same head is read once (bounded
+        memo; a refusal is answered again each time, never remembered)."""
         client = scope.get("client")
+        server = scope.get("server")  # the host when a request has no Host header
         key = (scope["method"], scope.get("scheme"), scope.get("raw_path"), scope["path"],
-               scope.get("query_string"), client[0] if client else "", *scope["headers"])
+               scope.get("query_string"), client[0] if client else "",
+               tuple(server) if server else None, *scope["headers"])
         try:
             found = self._readings.get(key)
         except TypeError:  # a server that gives headers as lists: read each time
