@@ -241,10 +241,11 @@ def test_a_seeded_totp_secret_is_confirmed_and_older_than_now(
         runtime: Runtime, accounts: Accounts, alice: UserRecord) -> None:
     accounts.add_totp_secret(alice, "JBSWY3DPEHPK3PXP", label="Phone")
     accounts.add_totp_secret(alice, "KRSXG5CTMVRXEZLU")
-    phone, app = runtime.store.factors.for_user(alice.id)
+    by_label = {f.label: f for f in runtime.store.factors.for_user(alice.id)}
+    phone, app = by_label["Phone"], by_label["Authenticator app"]
     assert (phone.kind, phone.label, phone.created, phone.data) == (
         "totp", "Phone", runtime.now() - 1, {})
-    assert app.label == "Authenticator app"
+    assert (app.created, app.data) == (runtime.now() - 1, {})
     assert open_sealed(keyring=runtime.keyring, token=phone.secret,
                        aad=seed_aad(user_id=alice.id, factor_id=phone.id)) == b"JBSWY3DPEHPK3PXP"
 
