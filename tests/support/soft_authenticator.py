@@ -82,6 +82,7 @@ class SoftAuthenticator:
         uv: bool = True,
         up: bool = True,
         challenge: bytes | None = None,
+        sign_count: int = 0,
     ) -> str:
         """Make a new credential; return the registration response JSON."""
         options = json.loads(options_json)
@@ -99,7 +100,7 @@ class SoftAuthenticator:
             + credential.credential_id
             + credential.cose_public_key()
         )
-        auth_data = _auth_data(rp, self._flags(up=up, uv=uv) | FLAG_AT, 0) + attested
+        auth_data = _auth_data(rp, self._flags(up=up, uv=uv) | FLAG_AT, sign_count) + attested
         client_data = self._client_data(client_type, options, challenge, origin)
         attestation = cbor2.dumps({"fmt": "none", "attStmt": {}, "authData": auth_data})
         response = {

@@ -295,6 +295,20 @@ def test_a_passkey_without_a_label_is_called_passkey(
     assert new.label == "Passkey"
 
 
+def test_each_passkey_is_its_own_factor_and_keeps_its_counter(
+        runtime: Runtime, accounts: Accounts, alice: UserRecord) -> None:
+    mine = session(runtime, alice)
+    authenticator = SoftAuthenticator(origin=ORIGIN)
+    for count in (7, 0):
+        options, enrolment_id = accounts.begin_passkey(mine, alice)
+        accounts.finish_passkey(mine, enrolment_id,
+                                authenticator.create(options, sign_count=count), f"key {count}")
+    first, second = sorted(runtime.store.factors.for_user(alice.id), key=lambda f: f.label)
+    assert (first.sign_count, second.sign_count) == (0, 7)
+    assert first.id != second.id
+    assert runtime.store.factors.get(first.id) == first
+
+
 def test_a_user_without_a_display_name_is_shown_by_username(
         runtime: Runtime, accounts: Accounts) -> None:
     bob = build.user("bob", created=runtime.now())
