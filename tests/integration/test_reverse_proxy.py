@@ -490,7 +490,7 @@ def test_a_store_outage_while_deciding_answers_503_and_relays_nothing(proxy, mon
     assert RECEIVED[before:] == []
 
 
-def test_a_store_outage_while_holding_a_request_answers_503_and_relays_nothing(proxy, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_store_outage_while_holding_a_request_is_a_503(proxy, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """The step-up cannot be begun (the held request cannot be stored): never relayed instead."""
     from stepguard.core.errors import StoreUnavailable
 
@@ -510,7 +510,8 @@ def test_a_store_outage_while_holding_a_request_answers_503_and_relays_nothing(p
     assert RECEIVED[before:] == []
 
 
-def test_a_grant_spent_before_the_confirmation_is_not_replayed(tmp_path: Path, upstream: str) -> None:
+def test_a_grant_spent_before_the_confirmation_is_not_replayed(tmp_path: Path,
+                                                              upstream: str) -> None:
     """A single-use approval used by a direct request first: the held copy is not sent too."""
     clock = Clock()
     extra = f"""upstreams:
@@ -542,10 +543,11 @@ def _dead_port() -> str:
     return f"http://127.0.0.1:{_free_port()}"  # bound and released: nothing listens
 
 
-def test_an_unreachable_upstream_is_a_502_for_requests_and_1011_for_websockets(tmp_path: Path) -> None:
+def test_an_unreachable_upstream_is_a_502_and_a_websocket_1011(tmp_path: Path) -> None:
     from starlette.websockets import WebSocketDisconnect
 
-    runtime = make_runtime(tmp_path, extra=f'upstreams:\n  - host: "*"\n    url: "{_dead_port()}"\n')
+    dead = _dead_port()
+    runtime = make_runtime(tmp_path, extra=f'upstreams:\n  - host: "*"\n    url: "{dead}"\n')
     alice = seed_user(runtime)
     with TestClient(create_app(runtime), base_url=BASE, client=("203.0.113.5", 1000),
                     follow_redirects=False) as client:
