@@ -18,7 +18,7 @@ from stepguard.core.decision import Outcome
 from stepguard.core.errors import StoreUnavailable
 from stepguard.core.levels import Level
 from stepguard.service.guard import TOUCH_EVERY, Guard
-from stepguard.service.runtime import Runtime, build_runtime, hash_token
+from stepguard.service.runtime import MAX_TOKEN, Runtime, build_runtime, hash_token
 from stepguard.storage.memory import MemoryStore
 from stepguard.storage.records import SessionRecord, SessionSnapshot, UserRecord, Versions
 from tests.contract import build
@@ -528,3 +528,38 @@ def test_a_single_use_grant_is_spent_once_through_the_event_loop_path_too(
         rt.close()
 
 
+
+
+def test_a_full_cache_evicts_the_least_recently_used_session_which_then_reloads(
+        runtime: Runtime, store: CountingStore) -> None:
+    guard = Guard(runtime)
+    guard.cache.size = 2
+    tokens = [signed_in(runtime, name)[2] for name in ("alice", "bob", "carol")]
+    for token in tokens:
+        assert guard.check(PAGE, token).session is not None
+    assert len(guard.cache._items) == 2  # noqa: SLF001 - the bound is what is tested
+    loads = store.loads
+    assert guard.check(PAGE, tokens[0]).session is not None  # evicted: loaded again, still valid
+    assert store.loads == loads + 1
+    assert guard.cache.hit_rate == guard.cache.hits / (guard.cache.hits + guard.cache.misses)
+
+
+def test_an_oversized_cookie_is_no_session_on_either_path(runtime: Runtime) -> None:
+    guard = Guard(runtime)
+    huge = "x" * (MAX_TOKEN + 1)
+    assert guard.check_cached(PAGE, huge) is None  # not answered on the event loop
+    check = guard.check(PAGE, huge)
+    assert check.session is None and check.decision.outcome is Outcome.STEP_UP
+
+
+def test_a_busy_audit_queue_sends_decisions_to_the_thread_path(
+        runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above the backlog limit a decision is not made on the event loop, where writing its
+    audit entry could block every other request."""
+    guard = Guard(runtime)
+    _, _, token = signed_in(runtime)
+    assert guard.check(PAGE, token).session is not None
+    assert guard.check_cached(PAGE, token) is not None  # warm: answered inline
+    monkeypatch.setattr(type(runtime.audit), "backlog", property(lambda _: 10_000))
+    assert guard.check_cached(PAGE, token) is None
+    assert guard.check(PAGE, token).decision.outcome is Outcome.ALLOW  # and decided there
