@@ -1,0 +1,93 @@
+"""Going passkey-only on the account page: the password is removed only after a fresh second
+proof and only when a passkey exists to sign in with (else the user would be locked out)."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+from starlette.testclient import TestClient
+
+from stepguard.web.app import create_app
+from tests.contract import build
+from tests.support.gateway import Clock, Seeded, make_runtime, seed_user
+
+BASE = "http://localhost:9091"
+ADMIN = {"X-Forwarded-Method": "GET", "X-Forwarded-Proto": "http",
+         "X-Forwarded-Host": "localhost:9091", "X-Forwarded-Uri": "/admin/users",
+         "Accept": "application/json"}
+
+
+def csrf(html: str) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert match, html[:300]
+    return match.group(1)
+
+
+def sign_in(client: TestClient, alice: Seeded) -> bool:
+    """Whether the password signs in (a refusal is a 303 back to /login, post/redirect/get)."""
+    page = client.get("/login")
+    answer = client.post("/login", data={"username": "alice", "csrf_token": csrf(page.text),
+                                         "password": alice.password})
+    return answer.status_code == 303 and not answer.headers["location"].startswith("/login")
+
+
+@pytest.fixture()
+def env(tmp_path: Path) -> Iterator[tuple[TestClient, Seeded, Clock]]:
+    clock = Clock()
+    runtime = make_runtime(tmp_path, clock=clock)
+    alice = seed_user(runtime)
+    with TestClient(create_app(runtime), base_url=BASE, client=("127.0.0.1", 1000),
+                    follow_redirects=False) as client:
+        assert sign_in(client, alice)
+        yield client, alice, clock
+    runtime.close()
+
+
+def _step_up(client: TestClient, alice: Seeded, clock: Clock) -> None:
+    header = client.get("/api/authz/forward-auth", headers=ADMIN).headers["www-authenticate"]
+    cid = re.search(r'/step-up/([A-Za-z0-9_-]+)"', header).group(1)  # type: ignore[union-attr]
+    page = client.get(f"/step-up/{cid}")
+    passed = client.post(f"/step-up/{cid}/totp",
+                         data={"code": alice.code(clock.now), "csrf_token": csrf(page.text)})
+    assert passed.status_code == 303, passed.text[:300]
+
+
+def _remove(client: TestClient) -> tuple[int, str]:
+    page = client.get("/account")
+    answer = client.post("/account/password/remove", data={"csrf_token": csrf(page.text)})
+    return answer.status_code, unquote(answer.headers.get("location", "")) or answer.text
+
+
+def test_the_password_stays_without_a_fresh_second_proof(env) -> None:  # type: ignore[no-untyped-def]
+    client, alice, _ = env
+    status, said = _remove(client)
+    assert status == 403 and "Confirm it" in said
+    client.cookies.clear()
+    assert sign_in(client, alice)
+
+
+def test_the_password_stays_without_a_passkey_to_sign_in_with(env) -> None:  # type: ignore[no-untyped-def]
+    client, alice, clock = env
+    _step_up(client, alice, clock)
+    status, said = _remove(client)
+    assert status == 303 and "Password kept: Add a passkey first" in said
+    client.cookies.clear()
+    assert sign_in(client, alice)
+
+
+def test_with_a_passkey_and_a_fresh_proof_the_password_stops_working(env) -> None:  # type: ignore[no-untyped-def]
+    client, alice, clock = env
+    runtime = client.app.state.runtime
+    runtime.store.factors.add(build.factor(
+        alice.user.id, "webauthn", created=clock.now - 60, credential_id=secrets.token_bytes(16),
+        public_key=b"key", sign_count=0, data={"uv": True}))
+    _step_up(client, alice, clock)
+    status, said = _remove(client)
+    assert status == 303 and "your password no longer works" in said
+    client.cookies.clear()
+    assert not sign_in(client, alice)  # the old password signs in no more
