@@ -91,3 +91,36 @@ def test_with_a_passkey_and_a_fresh_proof_the_password_stops_working(env) -> Non
     assert status == 303 and "your password no longer works" in said
     client.cookies.clear()
     assert not sign_in(client, alice)  # the old password signs in no more
+
+
+# --- the agents page: the same account-page rules for agent tokens -------------------------------
+
+
+def test_the_agents_page_refuses_without_a_session_or_a_form_token(env) -> None:  # type: ignore[no-untyped-def]
+    client, _, _ = env
+    assert client.post("/account/agents", data={"name": "bot"}).status_code == 403
+    assert client.post("/account/agents/revoke", data={"token_id": "x"}).status_code == 403
+    client.cookies.clear()
+    for answer in (client.get("/account/agents"),
+                   client.post("/account/agents", data={"name": "bot"}),
+                   client.post("/account/agents/revoke", data={"token_id": "x"})):
+        assert answer.status_code == 303 and answer.headers["location"].startswith("/login")
+
+
+def test_an_agent_token_needs_a_usable_name_and_only_live_ones_are_revoked(env) -> None:  # type: ignore[no-untyped-def]
+    from stepguard.service.agent_tokens import AgentTokens
+
+    client, alice, clock = env
+    _step_up(client, alice, clock)
+    token = csrf(client.get("/account/agents").text)
+    bad = client.post("/account/agents", data={"name": "<script>", "csrf_token": token})
+    assert bad.status_code == 400 and "Not created" in bad.text
+    unknown = client.post("/account/agents/revoke", data={"token_id": "nope", "csrf_token": token})
+    assert unknown.status_code == 404 and "No such agent token" in unknown.text
+    made = client.post("/account/agents", data={"name": "laptop bot", "csrf_token": token})
+    assert made.status_code == 200
+    record = AgentTokens(client.app.state.runtime).for_user(alice.user.id)[0]
+    revoke = {"token_id": record.id, "csrf_token": token}
+    assert client.post("/account/agents/revoke", data=revoke).status_code == 303
+    again = client.post("/account/agents/revoke", data=revoke)
+    assert again.status_code == 404  # revoked once; a second time finds no live token
