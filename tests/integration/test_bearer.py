@@ -753,3 +753,32 @@ def test_no_token_on_a_step_up_rule_gets_a_bare_bearer_challenge(
     assert response is not None and response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"  # RFC 6750 §3.1: no error code
     assert json.loads(bytes(response.body))["level"] == "aal2"
+
+
+def test_keys_only_for_signing_or_broken_are_skipped(key: Key, clock: Clock) -> None:
+    broken = {**ec_key("broken").jwk(), "x": "AAAA"}  # not a point on the curve
+    issuer = Issuer([key], extra_jwks=[{**ec_key("sign-only").jwk(), "key_ops": ["sign"]},
+                                       broken])
+    jwks = issuer.jwks(clock)
+    for kid in ("sign-only", "broken"):
+        with pytest.raises(InvalidToken, match="does not publish"):
+            jwks.key_for(kid, alg="ES256")
+    assert jwks.key_for(key.kid, alg="ES256").kid == key.kid
+
+
+@pytest.mark.parametrize(("discovery", "jwks_document", "words"), [
+    ({"issuer": ISSUER}, None, "no usable `jwks_uri`"),
+    ({"issuer": ISSUER, "jwks_uri": "file:///etc/keys"}, None, "no usable `jwks_uri`"),
+    ({"issuer": ISSUER, "jwks_uri": f"{ISSUER}/jwks"}, {"keys": "none"}, "no `keys` list"),
+])
+def test_an_issuer_without_a_usable_key_set_fails_closed(
+        clock: Clock, discovery: dict[str, Any], jwks_document: Any, words: str) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/.well-known/openid-configuration":
+            return httpx.Response(200, json=discovery)
+        return httpx.Response(200, json=jwks_document)
+
+    jwks = JwksCache(issuer=ISSUER, clock=clock,
+                     client=httpx.Client(transport=httpx.MockTransport(handler)))
+    with pytest.raises(IssuerUnavailable, match=words):
+        jwks.key_for("any", alg="ES256")
