@@ -124,3 +124,45 @@ def test_an_agent_token_needs_a_usable_name_and_only_live_ones_are_revoked(env) 
     assert client.post("/account/agents/revoke", data=revoke).status_code == 303
     again = client.post("/account/agents/revoke", data=revoke)
     assert again.status_code == 404  # revoked once; a second time finds no live token
+
+
+# --- the account page's other doors -----------------------------------------------------------
+
+
+def test_every_account_door_sends_a_signed_out_browser_to_sign_in(env) -> None:  # type: ignore[no-untyped-def]
+    client, _, _ = env
+    client.cookies.clear()
+    for method, path in (("GET", "/account"), ("GET", "/account/totp"),
+                         ("GET", "/account/passkey"), ("GET", "/account/push-device"),
+                         ("GET", "/account/push/some-push"), ("POST", "/account/recovery"),
+                         ("POST", "/account/sessions/revoke"), ("POST", "/account/totp")):
+        answer = client.request(method, path, data={} if method == "POST" else None)
+        assert answer.status_code in (302, 303), (method, path)
+        assert answer.headers["location"].startswith("/login"), (method, path)
+
+
+def test_regenerating_recovery_codes_needs_the_form_token_and_a_pending_push_must_exist(
+        env) -> None:  # type: ignore[no-untyped-def]
+    client, _, _ = env
+    assert client.post("/account/recovery", data={}).status_code == 403
+    missing = client.get("/account/push/no-such-push")
+    assert missing.status_code == 404 and "no longer pending" in missing.text
+
+
+def test_without_a_second_factor_a_stale_sign_in_is_renewed_by_signing_in_again(
+        tmp_path: Path) -> None:
+    """No factor to step up with: a factor change asks for a fresh password sign-in."""
+    clock = Clock()
+    runtime = make_runtime(tmp_path, clock=clock)
+    bob = seed_user(runtime, "bob", with_totp=False)
+    with TestClient(create_app(runtime), base_url=BASE, client=("127.0.0.1", 1000),
+                    follow_redirects=False) as client:
+        page = client.get("/login")
+        assert client.post("/login", data={"username": "bob", "password": bob.password,
+                                           "csrf_token": csrf(page.text)}).status_code == 303
+        assert client.get("/account/totp").status_code == 200  # fresh: set-up may begin
+        clock.advance(11 * 60)
+        stale = client.get("/account/totp")
+        assert stale.status_code == 303
+        assert stale.headers["location"] == "/login?rd=%2Faccount%2Ftotp"
+    runtime.close()
