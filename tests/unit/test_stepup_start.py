@@ -101,3 +101,16 @@ def test_a_sign_in_challenge_is_live_for_anyone_and_a_passed_one_for_none(world:
     world.rt.store.challenges.mark_passed(sign_in.id, now=world.clock.now)
     with pytest.raises(ChallengeGone):
         world.stepup.live(sign_in.id, None)
+
+
+def test_a_challenge_begun_without_a_session_cannot_be_answered_with_a_factor(
+        world: World) -> None:
+    """A sign-in challenge (no session) is passed by signing in, never by some session's
+    code or push: that would let any signed-in session complete another visitor's challenge."""
+    challenge = world.stepup.start(DECISION, CONTEXT, None, return_url="/pay")
+    with pytest.raises(ChallengeGone, match="Sign in first"):
+        world.stepup.verify_totp(challenge.id, world.laptop, "123456", client_ip=CONTEXT.client_ip)
+    with pytest.raises(ChallengeGone, match="Sign in first"):
+        world.stepup.start_push(challenge.id, world.laptop, client_ip=CONTEXT.client_ip,
+                                user_agent="Firefox")
+    assert world.rt.store.challenges.get(challenge.id).status == "pending"  # type: ignore[union-attr]
