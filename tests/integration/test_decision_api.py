@@ -426,3 +426,10 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(
 
         run()
     assert 200 in seen, seen
+
+
+@pytest.mark.parametrize("name", ["", "has space", "semi;colon", "x" * 65])
+def test_an_api_key_name_outside_its_shape_is_refused(env: Env, name: str) -> None:
+    with pytest.raises(ValueError, match="a key name is"):
+        ApiKeys(env.runtime).create(name)
+    assert [r.name for r in ApiKeys(env.runtime).list()] == ["test-client"]
