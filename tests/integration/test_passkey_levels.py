@@ -133,7 +133,5 @@ def test_passkey_first_sign_in_proves_the_passkeys_level(env: Env, synced: bool,
 def test_a_passkey_sign_in_without_the_browsers_pre_session_is_refused(env: Env) -> None:
     """The ceremony is bound to the browser's pre-session: without one there is nothing to bind
     it to, so no options are handed out."""
-    from stepguard.core.errors import VerificationFailed
-
     with pytest.raises(VerificationFailed, match="Reload the page"):
         PasskeySignIn(Accounts(env.runtime)).begin("")
