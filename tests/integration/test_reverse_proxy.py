@@ -599,3 +599,30 @@ def test_a_client_gone_in_the_middle_of_an_inspected_body_relays_nothing(proxy) 
     with pytest.raises(ClientDisconnect):
         asyncio.run(app(scope, receive, send))
     assert RECEIVED[before:] == [] and sent == []
+
+
+def test_a_streamed_body_that_needs_a_step_up_above_the_hold_limit_is_refused(proxy) -> None:  # type: ignore[no-untyped-def]
+    """No rule inspects an octet-stream body, so it is not read before deciding; once the
+    decision is a step-up it is read to be held, and above the limit refused, never cut."""
+    client, alice, _ = proxy
+    sign_in(client, alice)
+    limit = client.app.state.runtime.config.challenge.held_body_limit
+    before = len(RECEIVED)
+    refused = client.put("/customers/42", content=b"z" * (limit + 1),
+                         headers={"Content-Type": "application/octet-stream",
+                                  "Accept": "text/html"})
+    assert refused.status_code == 413 and "too large to hold" in refused.text
+    assert RECEIVED[before:] == []
+
+
+def test_a_host_without_an_upstream_gets_404_and_nothing_is_relayed(tmp_path: Path,
+                                                                    upstream: str) -> None:
+    runtime = make_runtime(tmp_path, extra=f'upstreams:\n  - host: "app.test"\n'
+                                           f'    url: "{upstream}"\n')
+    before = len(RECEIVED)
+    with TestClient(create_app(runtime), base_url="http://other.test",
+                    follow_redirects=False) as client:
+        answer = client.get("/dashboard", headers={"Accept": "text/html"})
+    runtime.close()
+    assert answer.status_code == 404 and "no upstream for this host" in answer.text
+    assert RECEIVED[before:] == []
