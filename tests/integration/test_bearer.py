@@ -782,3 +782,17 @@ def test_an_issuer_without_a_usable_key_set_fails_closed(
                      client=httpx.Client(transport=httpx.MockTransport(handler)))
     with pytest.raises(IssuerUnavailable, match=words):
         jwks.key_for("any", alg="ES256")
+
+
+@pytest.mark.parametrize("overrides", [
+    pytest.param({"acr": "urn:stepguard:aal1"}, id="level-too-low"),
+    pytest.param({"acr": "urn:stepguard:aal2", "auth_time": int(T0) - 25 * 3600,
+                  "iat": int(T0) - 10}, id="past-the-level-lifetime"),
+])
+def test_a_token_whose_authentication_cannot_count_makes_no_single_use_grant(
+        runtime: Runtime, validator: BearerValidator, key: Key,
+        overrides: dict[str, Any]) -> None:
+    token = sign(key, amr=["pwd", "otp"], **overrides)
+    result = check(runtime, validator, token, "/wire")
+    assert result.status == 401 and not result.allowed
+    assert runtime.store.grants.active_for_session(result.token.state.id, now=T0) == ()  # type: ignore[union-attr]
