@@ -616,3 +616,19 @@ def test_a_step_up_at_the_provider_with_another_method_than_the_rule_names_is_re
     assert refused.status_code == 403 and "another method" in refused.text
     assert forward_auth(browser, "/passkey/x").status_code == 302
 
+
+
+def test_a_step_up_answer_for_an_earlier_session_of_the_same_browser_is_refused(
+        site: Site) -> None:
+    """Signed in again between asking the provider and its answer: the confirmation was for
+    the old session and does not step up the new one."""
+    browser = site.browser()
+    browser.sign_in("corp", method="pwd")
+    cid_url = _challenge(forward_auth(browser, "/idp-strong/x"))
+    page = browser.get(cid_url)
+    start = browser.post(f"{cid_url}/idp", {"csrf_token": browser.csrf(page)})
+    assert browser.sign_in("corp", method="pwd").status_code == 303  # a new session
+    back = browser.at_provider(start, method="mfa")
+    refused = browser.get(back.headers["location"])
+    assert refused.status_code == 403, refused.text[:300]
+    assert forward_auth(browser, "/idp-strong/x").status_code == 302
