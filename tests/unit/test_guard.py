@@ -563,3 +563,24 @@ def test_a_busy_audit_queue_sends_decisions_to_the_thread_path(
     monkeypatch.setattr(type(runtime.audit), "backlog", property(lambda _: 10_000))
     assert guard.check_cached(PAGE, token) is None
     assert guard.check(PAGE, token).decision.outcome is Outcome.ALLOW  # and decided there
+
+
+def test_the_answers_kept_per_session_copy_are_bounded(runtime: Runtime,
+                                                       decides: list[RequestContext]) -> None:
+    """Each request's reading is a new context object: a client sending many distinct
+    requests cannot grow one session's remembered answers without bound."""
+    from stepguard.service.guard import ANSWERS_PER_COPY
+    from stepguard.service.runtime import token_key
+
+    guard = Guard(runtime)
+    _, _, token = signed_in(runtime)
+    assert guard.check(PAGE, token).decision.allowed
+    contexts = [RequestContext(method="GET", host="app.test", path=f"/orders/{i}",
+                               client_ip="198.51.100.7") for i in range(ANSWERS_PER_COPY + 5)]
+    for context in contexts:
+        assert guard.check_cached(context, token) is not None
+    loaded = guard.cache.get(token_key(token))  # type: ignore[arg-type]
+    assert loaded is not None and 0 < len(loaded.answers) <= ANSWERS_PER_COPY
+    decided = len(decides)
+    assert guard.check_cached(contexts[-1], token) is not None  # kept: given again
+    assert len(decides) == decided
