@@ -273,3 +273,20 @@ def test_an_upstream_that_refuses_the_connection_is_an_upstream_error() -> None:
         with pytest.raises(UpstreamError):
             await Relay(timeout=2).send(url, "GET", "/", [], b"")
     _run(scenario)
+
+
+def test_an_upstream_that_closes_at_once_gets_no_streamed_body_and_is_an_error() -> None:
+    async def scenario() -> None:
+        async def closes(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.close()
+
+        async def slow_body() -> AsyncIterator[bytes]:
+            await asyncio.sleep(0.2)  # the close arrives before the first piece
+            yield b"piece"
+            yield b"another"
+
+        server, url = await _serve(closes)
+        async with server:
+            with pytest.raises(UpstreamError):
+                await Relay(timeout=2).send(url, "POST", "/", [], slow_body())
+    _run(scenario)
