@@ -266,3 +266,26 @@ def test_an_http_answer_cut_off_mid_body_is_an_upstream_error() -> None:
     cut = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{\"a"
     with pytest.raises(UpstreamError, match="broke its answer off"):
         _ask(cut)
+
+
+def test_event_stream_comments_and_split_events_are_read_right() -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for chunk in (b": keep-alive\r\n\r\n", b"event: message\ndata: {\"a\"", b": 1}\n\n",
+                      b"data: not json\n\n", b"data: [2]\n\n"):
+            yield chunk
+
+    async def scenario() -> list[Any]:
+        return [item async for item in sse_messages(chunks())]
+    assert _run(scenario) == [{"a": 1}, [2]]  # a comment is no message; bad JSON is skipped
+
+
+def test_stepguards_own_request_skips_the_servers_notifications_for_its_answer() -> None:
+    async def scenario() -> Any:
+        upstream = _stdio()
+        try:
+            session, _ = await _started(upstream)
+            return await upstream.request({"jsonrpc": "2.0", "id": "own-1",
+                                           "method": "notify-listener"}, {}, session)
+        finally:
+            await upstream.close()
+    assert _run(scenario) == {"jsonrpc": "2.0", "id": "own-1", "result": {}}
