@@ -47,6 +47,17 @@ def one(sql: str):  # type: ignore[no-untyped-def]
     ("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", {"select", "delete"}),
     ("SELECT set_config('role', 'bob', false)", {"select", "set_role"}),
     ("SELECT set_config('work_mem', '1MB', false)", {"select", "set"}),
+    # what clients send on their own: pgbench's start-up query, psql's \d
+    ("select o.n, p.partstrat, pg_catalog.count(i.inhparent) from pg_catalog.pg_class as c "
+     "join pg_catalog.pg_namespace as n on (n.oid = c.relnamespace) cross join lateral "
+     "(select pg_catalog.array_position(pg_catalog.current_schemas(true), n.nspname)) as o(n) "
+     "left join pg_catalog.pg_partitioned_table as p on (p.partrelid = c.oid) left join "
+     "pg_catalog.pg_inherits as i on (c.oid = i.inhparent) where c.relname = 'pgbench_accounts'"
+     " and o.n is not null group by 1, 2 order by 1 asc", {"select"}),
+    ("SELECT n.nspname, c.relname, pg_catalog.pg_get_userbyid(c.relowner) FROM "
+     "pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+     "WHERE pg_catalog.pg_table_is_visible(c.oid)", {"select"}),
+    ("SELECT evil.current_schemas(true)", {"select", "function"}),
 ])
 def test_kinds(sql: str, kinds: set[str]) -> None:
     assert one(sql).kinds == kinds
