@@ -329,6 +329,22 @@ def test_a_plain_allow_is_given_again_for_the_same_context_and_audited(
     assert summary[0].detail["count"] == 7  # type: ignore[attr-defined]
 
 
+def test_a_summarised_allow_records_what_it_was_decided_from(runtime: Runtime) -> None:
+    """The summary keeps the decision's inputs (the session's state and the risk), so the
+    what-if replay of a policy change can decide these requests again."""
+    guard = Guard(runtime)
+    _, session, token = signed_in(runtime)
+    check = guard.check(PAGE, token)
+    assert check.decision.allowed
+    [summary] = [e for e in decisions(runtime) if e.outcome == "allow_summary"]  # type: ignore[attr-defined]
+    recorded = summary.detail["input"]  # type: ignore[attr-defined]
+    assert recorded["session"]["created"] == session.created
+    assert recorded["session"]["events"] == [["password", "aal1", session.created, ["pwd"]]]
+    assert summary.detail["risk_level"] == check.risk.level  # type: ignore[attr-defined]
+    assert summary.detail["risk_score"] == check.risk.score  # type: ignore[attr-defined]
+    assert summary.detail["signals"] == list(check.risk.names)  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize("how", ["revoke", "disable", "step_up"])
 def test_a_change_to_the_session_ends_the_answers_given_again(
         runtime: Runtime, decides: list[RequestContext], how: str) -> None:
