@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from stepguard.core.context import AuthEvent, RequestContext
 from stepguard.core.decision import Outcome
 from stepguard.core.errors import StoreUnavailable
 from stepguard.core.levels import Level
-from stepguard.service.guard import TOUCH_EVERY, Guard
+from stepguard.service.guard import TOUCH_EVERY, Guard, Loaded, SessionCache
 from stepguard.service.runtime import MAX_TOKEN, Runtime, build_runtime, hash_token
 from stepguard.storage.memory import MemoryStore
 from stepguard.storage.records import SessionRecord, SessionSnapshot, UserRecord, Versions
@@ -600,3 +601,20 @@ def test_the_answers_kept_per_session_copy_are_bounded(runtime: Runtime,
     decided = len(decides)
     assert guard.check_cached(contexts[-1], token) is not None  # kept: given again
     assert len(decides) == decided
+
+
+def test_an_eviction_racing_a_cache_lookup_still_returns_the_copy_found(runtime: Runtime) -> None:
+    """`get` reads without the lock; another thread may evict the key before the LRU touch."""
+
+    class Racing(OrderedDict[str, Loaded]):
+        def move_to_end(self, key: str, last: bool = True) -> None:
+            self.pop(key)  # evicted by another thread in between
+            super().move_to_end(key, last)
+
+    cache = SessionCache(size=4)
+    _, session, _ = signed_in(runtime)
+    snapshot = runtime.store.session_states.read(session.token_hash, now=runtime.now())
+    assert isinstance(snapshot, SessionSnapshot)
+    copy = Loaded.of(snapshot, None)
+    cache._items = Racing({"k": copy})
+    assert cache.get("k") is copy and cache.get("k") is None
