@@ -18,12 +18,16 @@ from pathlib import Path
 # floor is a ratchet just under the figure the full suite measured, so coverage can only go up:
 # raise a floor whenever tests raise the figure, never lower it.
 TARGET = {"core": 95.0, "service": 90.0, "adapters": 90.0, "web": 90.0}
-FLOORS = {  # measured on the full suite (make test's command), December 2026
+FLOORS = {  # core: measured on the full suite (make test's command), December 2026
     "core": (98.0, 97.0),  # measured 99.3 / 98.0
-    "service": (94.0, 85.0),  # measured 95.1 / 85.9
+    # service, adapters, web (December 2026, after the tests of issue 16's coverage item): the
+    # full suite's report on main united with this branch's runs of tests/unit, integration and
+    # contract (every test of main plus the new ones); floors a point under the estimate until a
+    # clean full run measures them
+    "service": (96.0, 91.0),  # measured 97.6 / 93.2
     # adapters: the MCP door now runs in-process under coverage (test_mcp_door_inprocess_server)
-    "adapters": (92.0, 83.0),  # measured 93.4 / 84.2
-    "web": (94.0, 87.0),  # measured 95.2 / 88.3
+    "adapters": (95.0, 91.0),  # measured 97.0 / 93.4
+    "web": (96.0, 94.0),  # measured 98.3 / 96.7
 }
 
 

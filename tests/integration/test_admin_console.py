@@ -311,3 +311,54 @@ def test_the_dashboard_is_readable_at_phone_width(console: Console) -> None:
         assert chart["smallest"] >= 11, chart  # readable text at phone width
         assert chart["clipped"] == 0, chart
     assert not [e for e in csp_errors if "Content Security Policy" in e], csp_errors
+
+
+@pytest.mark.parametrize(("fields", "words"), [
+    ({"username": "admin"}, "That username is taken."),
+    ({"username": "fresh", "groups": "ok, not ok!"}, "Groups are up to 20 names"),
+    ({"username": "fresh", "groups": ",".join(f"g{i}" for i in range(21))},
+     "Groups are up to 20 names"),
+])
+def test_a_user_is_not_created_with_a_taken_name_or_bad_groups(
+        console: Console, fields: dict[str, str], words: str) -> None:
+    with console.client("admin") as client:
+        token = csrf_of(client)
+        refused = client.post("/admin/users/create", headers={"Origin": BASE},
+                              data={"csrf_token": token, "confirm": "yes", **fields})
+    assert refused.status_code == 400 and words in refused.text
+    assert console.runtime.store.users.by_username("fresh") is None
+
+
+def test_actions_without_a_form_token_change_nothing(console: Console) -> None:
+    console.session(console.target)
+    target = console.runtime.store.sessions.list_for_user(console.target.user.id)[0]
+    with console.client("admin") as client:
+        for path, data in (("/admin/chain/verify", {}),
+                           ("/admin/sessions/revoke", {"session_id": target.id}),
+                           ("/admin/users/create", {"username": "sneaky"})):
+            refused = client.post(path, data={**data, "confirm": "yes"},
+                                  headers={"Origin": BASE})
+            assert refused.status_code == 403, path
+    assert console.runtime.store.sessions.get(target.id).revoked_at is None  # type: ignore[union-attr]
+    assert console.runtime.store.users.by_username("sneaky") is None
+
+
+def test_revoking_a_session_that_is_gone_says_so(console: Console) -> None:
+    with console.client("operator") as client:
+        token = csrf_of(client)
+        gone = client.post("/admin/sessions/revoke", headers={"Origin": BASE},
+                           data={"csrf_token": token, "session_id": "no-such", "confirm": "yes"})
+    assert gone.status_code == 404 and "No such session" in gone.text
+
+
+def test_the_dashboard_shows_the_last_ledger_check(console: Console) -> None:
+    with console.client("auditor") as client:
+        token = csrf_of(client)
+        before = client.get("/admin")
+        assert "Not verified since this instance started." in before.text
+        checked = client.post("/admin/chain/verify", headers={"Origin": BASE},
+                              data={"csrf_token": token})
+        assert checked.status_code == 303 and "Ledger+intact" in checked.headers["location"]
+        page = client.get("/admin")
+    assert page.status_code == 200 and "<strong>intact</strong>" in page.text
+    assert "Not verified since" not in page.text

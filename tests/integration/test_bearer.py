@@ -704,3 +704,95 @@ def test_the_bearer_path_spends_single_use_grants_and_audits_every_decision(
     assert first.detail["grant"] == spent.decision.grant_id and first.detail["consumed"] is True
     assert all(e.detail["via"] == "bearer" for e in entries)
     assert entries[2].detail["jti"] and entries[3].detail["error"] == "invalid_token"
+
+
+# --- edges of parsing and of the issuer's keys ----------------------------------------------------
+
+
+@pytest.mark.parametrize(("sub", "words"), [("", "`sub` claim is malformed"),
+                                            ("a" * 256, "`sub` claim is malformed")])
+def test_an_empty_or_huge_subject_is_refused(validator: BearerValidator, key: Key, sub: str,
+                                             words: str) -> None:
+    expect_invalid(validator, sign(key, sub=sub), words)
+
+
+def test_tokens_that_are_not_jwts_are_refused(validator: BearerValidator, key: Key) -> None:
+    expect_invalid(validator, "only.two", "well-formed")
+    expect_invalid(validator, f"{b64(b'[1, 2]')}.{b64(b'{}')}.sig", "well-formed")  # not a dict
+    # Properly signed, but the payload is no JSON object: the signature alone proves nothing.
+    signed = jwt.api_jws.encode(b"not json", key.private, algorithm=key.alg,
+                                headers={"kid": key.kid, "typ": "at+jwt"})
+    expect_invalid(validator, signed, "malformed")
+
+
+def test_amr_may_be_a_space_separated_string_but_not_a_list_of_other_things(
+        validator: BearerValidator, key: Key) -> None:
+    token = validator.validate(sign(key, acr="urn:stepguard:aal2", amr="pwd otp"))
+    assert token.amr == ("pwd", "otp") and token.event.factor == "totp"
+    expect_invalid(validator, sign(key, amr=["pwd", 7]), "`amr` claim is not a list of strings")
+
+
+def test_a_key_source_that_hands_back_an_unfitting_key_is_not_believed(
+        runtime: Runtime, clock: Clock, key: Key) -> None:
+    """Defence in depth: whatever key source is plugged in, an RSA key never checks ES256."""
+    rsa1 = Issuer([rsa_key(key.kid)]).jwks(clock)
+
+    class Careless:
+        def key_for(self, kid: str | None, *, alg: str) -> Any:
+            return rsa1.key_for(kid, alg="RS256")
+
+    careless = BearerValidator(BearerSettings.from_config(runtime.config.bearer, runtime.policy),
+                               Careless(), now=clock)
+    expect_invalid(careless, sign(key), "algorithm does not fit")
+
+
+def test_no_token_on_a_step_up_rule_gets_a_bare_bearer_challenge(
+        runtime: Runtime, validator: BearerValidator) -> None:
+    result = check(runtime, validator, None, "/payments/new")
+    response = bearer_response(result, runtime)
+    assert response is not None and response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"  # RFC 6750 §3.1: no error code
+    assert json.loads(bytes(response.body))["level"] == "aal2"
+
+
+def test_keys_only_for_signing_or_broken_are_skipped(key: Key, clock: Clock) -> None:
+    broken = {**ec_key("broken").jwk(), "x": "AAAA"}  # not a point on the curve
+    issuer = Issuer([key], extra_jwks=[{**ec_key("sign-only").jwk(), "key_ops": ["sign"]},
+                                       broken])
+    jwks = issuer.jwks(clock)
+    for kid in ("sign-only", "broken"):
+        with pytest.raises(InvalidToken, match="does not publish"):
+            jwks.key_for(kid, alg="ES256")
+    assert jwks.key_for(key.kid, alg="ES256").kid == key.kid
+
+
+@pytest.mark.parametrize(("discovery", "jwks_document", "words"), [
+    ({"issuer": ISSUER}, None, "no usable `jwks_uri`"),
+    ({"issuer": ISSUER, "jwks_uri": "file:///etc/keys"}, None, "no usable `jwks_uri`"),
+    ({"issuer": ISSUER, "jwks_uri": f"{ISSUER}/jwks"}, {"keys": "none"}, "no `keys` list"),
+])
+def test_an_issuer_without_a_usable_key_set_fails_closed(
+        clock: Clock, discovery: dict[str, Any], jwks_document: Any, words: str) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/.well-known/openid-configuration":
+            return httpx.Response(200, json=discovery)
+        return httpx.Response(200, json=jwks_document)
+
+    jwks = JwksCache(issuer=ISSUER, clock=clock,
+                     client=httpx.Client(transport=httpx.MockTransport(handler)))
+    with pytest.raises(IssuerUnavailable, match=words):
+        jwks.key_for("any", alg="ES256")
+
+
+@pytest.mark.parametrize("overrides", [
+    pytest.param({"acr": "urn:stepguard:aal1"}, id="level-too-low"),
+    pytest.param({"acr": "urn:stepguard:aal2", "auth_time": int(T0) - 25 * 3600,
+                  "iat": int(T0) - 10}, id="past-the-level-lifetime"),
+])
+def test_a_token_whose_authentication_cannot_count_makes_no_single_use_grant(
+        runtime: Runtime, validator: BearerValidator, key: Key,
+        overrides: dict[str, Any]) -> None:
+    token = sign(key, amr=["pwd", "otp"], **overrides)
+    result = check(runtime, validator, token, "/wire")
+    assert result.status == 401 and not result.allowed
+    assert runtime.store.grants.active_for_session(result.token.state.id, now=T0) == ()  # type: ignore[union-attr]

@@ -306,6 +306,31 @@ def test_store_outage_is_503_never_an_allow(env: Env, client: TestClient,
     assert response.status_code == 503 and response.json()["error"] == "unavailable"
 
 
+def test_a_streamed_body_is_cut_off_at_the_limit(client: TestClient) -> None:
+    """No Content-Length (chunked): the body is still bounded while it is read."""
+    def pieces():  # type: ignore[no-untyped-def]
+        yield b'{"method": "GET", "host": "app.test", "path": "/", "user_agent": "'
+        for _ in range(40):
+            yield b"x" * 4096
+        yield b'"}'
+
+    assert client.post(DECIDE_PATH, content=pieces(),
+                       headers={"Content-Type": "application/json"}).status_code == 413
+
+
+def test_a_store_outage_while_checking_the_api_key_is_503(
+        env: Env, client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stepguard.core.errors import StoreUnavailable
+
+    def down(*_: object, **__: object) -> None:
+        raise StoreUnavailable("down")
+
+    monkeypatch.setattr(env.runtime.store.api_keys, "get", down)
+    response = client.post(DECIDE_PATH, json={"method": "GET", "host": "app.test", "path": "/"})
+    assert response.status_code == 503 and response.headers["retry-after"] == "5"
+    assert response.json()["error"] == "unavailable"
+
+
 # ------------------------------------------------------------------------------------ bearer hook
 
 
@@ -401,3 +426,10 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(
 
         run()
     assert 200 in seen, seen
+
+
+@pytest.mark.parametrize("name", ["", "has space", "semi;colon", "x" * 65])
+def test_an_api_key_name_outside_its_shape_is_refused(env: Env, name: str) -> None:
+    with pytest.raises(ValueError, match="a key name is"):
+        ApiKeys(env.runtime).create(name)
+    assert [r.name for r in ApiKeys(env.runtime).list()] == ["test-client"]

@@ -128,3 +128,58 @@ def test_agent_tokens_are_created_after_a_fresh_proof_and_revoked_on_the_account
     client.post("/account/agents/revoke", data={"token_id": record.id, "csrf_token": csrf})
     assert rpc(client, new, INIT).status_code == 401  # the very next request
     assert rpc(client, token, INIT).status_code == 200  # the other agent keeps working
+
+
+def test_redaction_reaches_into_lists_of_arguments(env) -> None:  # type: ignore[no-untyped-def]
+    """A secret inside a list (a batch of payees) is redacted in the ledger like a top-level one."""
+    runtime, client, token, _ = env
+    session = rpc(client, token, INIT).headers["mcp-session-id"]
+    call = {"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+            "params": {"name": "transfer", "arguments": {
+                "amount": 5, "to": "DE-audit",
+                "batch": [{"to": "DE-hidden", "amount": 1}, "plain"]}}}
+    assert rpc(client, token, call, session).status_code == 200
+    runtime.audit.flush(10)
+    entry = [e for e in runtime.audit_log.entries(kind="decision")
+             if e.detail.get("via") == "mcp"][-1]
+    assert entry.detail["arguments"]["batch"] == [{"to": "[redacted]", "amount": 1}, "plain"]
+    assert "DE-hidden" not in json.dumps(dict(entry.detail))
+
+
+def test_a_call_too_large_to_hold_for_approval_is_refused_and_not_run(env, bank) -> None:  # type: ignore[no-untyped-def]
+    runtime, client, token, _ = env
+    _, ledger = bank
+    before = ledger.read_text() if ledger.exists() else ""
+    session = rpc(client, token, INIT).headers["mcp-session-id"]
+    limit = runtime.config.challenge.held_body_limit
+    answer = rpc(client, token, transfer(5000) | {"params": {
+        "name": "transfer", "arguments": {"amount": 5000, "to": "DE-" + "9" * limit}}}, session)
+    assert answer.status_code == 200
+    result = answer.json()["result"]
+    assert result["isError"] is True and "too large" in result["content"][0]["text"]
+    assert (ledger.read_text() if ledger.exists() else "") == before
+
+
+def test_a_held_call_that_is_never_approved_ends_as_a_tool_error_in_time(
+        tmp_path: Path, bank: tuple[Process, Path]) -> None:
+    process, ledger = bank
+    extra = f'mcp_servers: [{{name: bank, url: "http://127.0.0.1:{process.port}/mcp"}}]\n' \
+            "mcp: {hold: 1s}\n"
+    runtime = make_runtime(tmp_path, policy=(BANK / "policy.yaml").read_text(), extra=extra,
+                           clock=Clock())
+    alice = seed_user(runtime)
+    token = AgentTokens(runtime).create(alice.user.id, "agent", ttl=3600).token
+    before = ledger.read_text() if ledger.exists() else ""
+    url_client = {**INIT, "params": {**INIT["params"],  # type: ignore[dict-item]
+                                     "capabilities": {"elicitation": {"url": {}}}}}
+    with TestClient(create_app(runtime), base_url="http://localhost:9091") as client:
+        session = rpc(client, token, url_client).headers["mcp-session-id"]
+        answer = rpc(client, token, transfer(5000), session)
+    runtime.close()
+    assert answer.headers["content-type"].startswith("text/event-stream")
+    events = [json.loads(line[5:]) for line in answer.text.splitlines()
+              if line.startswith("data:")]
+    assert events[0]["method"] == "elicitation/create"
+    assert events[-1]["id"] == 2 and events[-1]["result"]["isError"] is True
+    assert "not given in time" in events[-1]["result"]["content"][0]["text"]
+    assert (ledger.read_text() if ledger.exists() else "") == before

@@ -33,7 +33,8 @@ STRICT = ("      username_prefix: \"strict:\"\n      allowed_groups: [staff]\n"
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     with serve_site(tmp_path_factory.mktemp("oidc"), {
         "corp": {"config": "      step_up: either\n"},
-        "partner": {"config": "      username_prefix: \"partner:\"\n"},
+        "partner": {"config": "      username_prefix: \"partner:\"\n"
+                               "      backchannel_logout: false\n"},
         "lax": {"honour_acr": False, "config": "      username_prefix: \"lax:\"\n"
                                                "      step_up: idp\n"},
         "strict": {"config": STRICT},
@@ -242,6 +243,7 @@ def test_a_callback_in_another_browser_is_refused(site: Site) -> None:
                  id="iat-too-old"),
     pytest.param(lambda c: {**c, "auth_time": int(time.time()) + 3600}, id="auth-time-future"),
     pytest.param(lambda c: {**c, "sub": ""}, id="sub-empty"),
+    pytest.param(lambda c: {**c, "sub": "s" * 256}, id="sub-too-long"),
     pytest.param(lambda c: {**c, "events": {"x": {}}}, id="logout-token-shape"),
 ])
 def test_a_bad_id_token_is_refused(site: Site, change: Any) -> None:
@@ -419,6 +421,8 @@ def test_forged_or_replayed_logout_tokens_are_refused(site: Site) -> None:
         idp.logout_token(CLIENT_ID, sub="sub-alice", iat=int(time.time()) - 400,
                          exp=int(time.time()) + 60),
         idp.logout_token(CLIENT_ID),  # neither sub nor sid
+        idp.logout_token(CLIENT_ID, sub="sub-alice", jti=""),  # nothing to remember it by
+        idp.logout_token(CLIENT_ID, sub="sub-alice", jti=7),
         idp.sign({"typ": "JWT"}, {"iss": idp.issuer, "aud": CLIENT_ID, "sub": "sub-alice",
                                   "iat": int(time.time()), "exp": int(time.time()) + 60,
                                   "nonce": "n"}),  # an id_token
@@ -568,3 +572,63 @@ def test_passwords_can_be_turned_off(tmp_path: Path) -> None:
         refused = browser.post("/login", {"csrf_token": browser.csrf(page), "username": "x",
                                           "password": "y"})
         assert refused.status_code == 403
+
+
+def test_back_channel_logout_is_refused_where_it_is_off(site: Site) -> None:
+    import httpx
+
+    browser = site.browser()
+    assert browser.sign_in("partner", user="alice").status_code == 303
+    idp = site.idps["partner"]
+    answer = httpx.post(f"{site.url}/oidc/partner/backchannel-logout",
+                        data={"logout_token": idp.logout_token(CLIENT_ID, sub="sub-alice")})
+    assert answer.status_code == 400
+    assert forward_auth(browser, "/x").status_code == 200  # nothing was ended
+
+
+def test_an_answer_without_a_code_is_refused(site: Site) -> None:
+    browser = site.browser()
+    back = browser.at_provider(browser.start_login("corp"))
+    params = query(back.headers["location"])
+    refused = browser.get(f"/oidc/corp/callback?state={params['state']}&iss={params['iss']}")
+    assert refused.status_code == 403 and "no code" in refused.text
+    assert "stepguard_session" not in refused.headers.get("set-cookie", "")
+
+
+def test_a_step_up_answer_without_auth_time_is_refused(site: Site) -> None:
+    """Freshness cannot be judged without `auth_time` (OWASP V6.8.4: assume the weakest)."""
+    browser = site.browser()
+    browser.sign_in("corp", method="pwd")
+    cid_url = _challenge(forward_auth(browser, "/idp-strong/x"))
+    site.idps["corp"].id_token_hook = lambda h, c: (
+        h, {k: v for k, v in c.items() if k != "auth_time"})
+    refused = browser.step_up_at_provider(cid_url, method="mfa")
+    assert refused.status_code == 403  # refused as a token without a claim max_age asked for
+    assert forward_auth(browser, "/idp-strong/x").status_code == 302
+
+
+def test_a_step_up_at_the_provider_with_another_method_than_the_rule_names_is_refused(
+        site: Site) -> None:
+    browser = site.browser()
+    browser.sign_in("corp", method="pwd")
+    cid_url = _challenge(forward_auth(browser, "/passkey/x"))  # methods: [webauthn]
+    refused = browser.step_up_at_provider(cid_url, method="mfa")  # a code, not a passkey
+    assert refused.status_code == 403 and "another method" in refused.text
+    assert forward_auth(browser, "/passkey/x").status_code == 302
+
+
+
+def test_a_step_up_answer_for_an_earlier_session_of_the_same_browser_is_refused(
+        site: Site) -> None:
+    """Signed in again between asking the provider and its answer: the confirmation was for
+    the old session and does not step up the new one."""
+    browser = site.browser()
+    browser.sign_in("corp", method="pwd")
+    cid_url = _challenge(forward_auth(browser, "/idp-strong/x"))
+    page = browser.get(cid_url)
+    start = browser.post(f"{cid_url}/idp", {"csrf_token": browser.csrf(page)})
+    assert browser.sign_in("corp", method="pwd").status_code == 303  # a new session
+    back = browser.at_provider(start, method="mfa")
+    refused = browser.get(back.headers["location"])
+    assert refused.status_code == 403, refused.text[:300]
+    assert forward_auth(browser, "/idp-strong/x").status_code == 302

@@ -138,3 +138,58 @@ def test_audit_prune_keeps_a_verifiable_ledger(tmp_path: Path) -> None:
     assert cli.exit_code == 0 and "ledger intact" in cli.output
     assert alice.user.id
     runtime.close()
+
+
+def test_users_import_splits_csv_groups_and_refuses_a_file_that_is_no_list(
+        tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    (tmp_path / "bad.yaml").write_text("users: {username: carol}\n")
+    bad = runner.invoke(app, ["users", "import", str(tmp_path / "bad.yaml"), "-c", str(config)])
+    assert bad.exit_code == 2 and "expected a list of users" in bad.output
+    (tmp_path / "u.csv").write_text("username,groups,password\nerin,\"ops; audit,\",pw-erin-1\n")
+    good = runner.invoke(app, ["users", "import", str(tmp_path / "u.csv"), "-c", str(config)])
+    assert good.exit_code == 0, good.output
+    runtime = build_runtime(load_config(config))
+    try:
+        erin = runtime.store.users.by_username("erin")
+        assert erin is not None and erin.groups == frozenset({"ops", "audit"})
+    finally:
+        runtime.close()
+
+
+def test_totp_key_rotation_leaves_seeds_under_the_current_key_alone(tmp_path: Path) -> None:
+    runtime = make_runtime(tmp_path)
+    alice = seed_user(runtime)
+    try:
+        [before] = runtime.store.factors.for_user(alice.user.id, kind="totp")
+        assert rotate_totp_key(runtime) == 0
+        [after] = runtime.store.factors.for_user(alice.user.id, kind="totp")
+        assert after == before
+    finally:
+        runtime.close()
+
+
+def test_audit_prune_needs_a_signing_key_and_keeps_a_young_ledger_whole(tmp_path: Path) -> None:
+    from stepguard.core.errors import ConfigError
+
+    clock = Clock()
+    runtime = make_runtime(tmp_path, clock=clock)
+    try:
+        with pytest.raises(ConfigError, match="audit_signing_key"):
+            prune_audit(runtime, keep_seconds=3600)
+    finally:
+        runtime.close()
+    pem = generate_signing_key_pem().decode()
+    config = tmp_path / "stepguard.yaml"
+    config.write_text(config.read_text().replace(
+        "secrets: {", "secrets: {audit_signing_key: \"" + pem.replace("\n", "\\n") + "\", "))
+    runtime = build_runtime(load_config(config), clock=clock)
+    try:
+        Guard(runtime).check(CTX, None)
+        runtime.audit.flush(timeout=10)
+        count = runtime.audit_log.count()
+        assert prune_audit(runtime, keep_seconds=3600) is None  # nothing old enough to drop
+        runtime.audit.flush(timeout=10)
+        assert runtime.audit_log.count() == count
+    finally:
+        runtime.close()

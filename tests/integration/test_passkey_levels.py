@@ -128,3 +128,10 @@ def test_passkey_first_sign_in_proves_the_passkeys_level(env: Env, synced: bool,
                              client_ip="127.0.0.1", device_id="d1")
     signed = sign_in.finish("pre-session-1", ceremony, authenticator.get(options), context)
     assert signed.session.events[-1].level == level
+
+
+def test_a_passkey_sign_in_without_the_browsers_pre_session_is_refused(env: Env) -> None:
+    """The ceremony is bound to the browser's pre-session: without one there is nothing to bind
+    it to, so no options are handed out."""
+    with pytest.raises(VerificationFailed, match="Reload the page"):
+        PasskeySignIn(Accounts(env.runtime)).begin("")

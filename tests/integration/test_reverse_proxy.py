@@ -467,3 +467,162 @@ def test_a_line_break_in_an_identity_value_never_splits_the_upstream_request(
         assert headers_named(echoed, "remote-user") == ["alice"], echoed
         assert headers_named(echoed, "x-injected") == [], echoed
         assert "admins" not in " ".join(headers_named(echoed, "remote-groups")), echoed
+
+
+# --- fail closed: the store, the upstream and the client failing mid-way -----------------------
+
+
+def test_a_store_outage_while_deciding_answers_503_and_relays_nothing(proxy, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from stepguard.core.errors import StoreUnavailable
+
+    client, alice, _ = proxy
+    sign_in(client, alice)
+    guard = client.app.state.proxy.guard
+
+    def down(*_: object, **__: object) -> None:
+        raise StoreUnavailable("down")
+
+    monkeypatch.setattr(guard, "check_cached_key", lambda *_a, **_k: None)
+    monkeypatch.setattr(guard, "check_key", down)
+    before = len(RECEIVED)
+    answer = client.get("/dashboard", headers={"Accept": "text/html"})
+    assert answer.status_code == 503 and answer.headers["retry-after"] == "5"
+    assert RECEIVED[before:] == []
+
+
+def test_a_store_outage_while_holding_a_request_is_a_503(proxy, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The step-up cannot be begun (the held request cannot be stored): never relayed instead."""
+    from stepguard.core.errors import StoreUnavailable
+
+    client, alice, _ = proxy
+    sign_in(client, alice)
+    store = client.app.state.runtime.store
+
+    def down(*_: object, **__: object) -> None:
+        raise StoreUnavailable("down")
+
+    monkeypatch.setattr(store.challenges, "add", down)
+    before = len(RECEIVED)
+    answer = client.post("/transfers", data={"amount": "5000", "payee": "Bob"},
+                         headers={"Accept": "text/html"})
+    assert answer.status_code == 503
+    assert answer.headers["retry-after"] == "5" and answer.headers["cache-control"] == "no-store"
+    assert RECEIVED[before:] == []
+
+
+def test_a_grant_spent_before_the_confirmation_is_not_replayed(tmp_path: Path,
+                                                              upstream: str) -> None:
+    """A single-use approval used by a direct request first: the held copy is not sent too."""
+    clock = Clock()
+    extra = f"""upstreams:
+  - host: "*"
+    url: "{upstream}"
+    routes:
+      - paths: ["/transfers"]
+        action: payments.transfer
+        attributes: {{amount: "form:amount", payee: "form:payee"}}
+"""
+    runtime = make_runtime(tmp_path, clock=clock, extra=extra, policy=ACTION_POLICY)
+    alice = seed_user(runtime)
+    with TestClient(create_app(runtime), base_url=BASE, client=("203.0.113.5", 1000),
+                    follow_redirects=False) as client:
+        sign_in(client, alice)
+        confirm_url, token = _held_and_passed(client, alice, clock, "/transfers",
+                                              {"amount": "5000", "payee": "Bob"})
+        direct = client.post("/transfers", data={"amount": "5000", "payee": "Bob"},
+                             headers={"Accept": "text/html"})
+        assert direct.status_code == 200  # the grant is spent here
+        before = len(RECEIVED)
+        late = client.post(confirm_url, data={"csrf_token": token})
+        assert late.status_code == 403 and "no longer covers" in late.text
+        assert RECEIVED[before:] == []
+    runtime.close()
+
+
+def _dead_port() -> str:
+    return f"http://127.0.0.1:{_free_port()}"  # bound and released: nothing listens
+
+
+def test_an_unreachable_upstream_is_a_502_and_a_websocket_1011(tmp_path: Path) -> None:
+    from starlette.websockets import WebSocketDisconnect
+
+    dead = _dead_port()
+    runtime = make_runtime(tmp_path, extra=f'upstreams:\n  - host: "*"\n    url: "{dead}"\n')
+    alice = seed_user(runtime)
+    with TestClient(create_app(runtime), base_url=BASE, client=("203.0.113.5", 1000),
+                    follow_redirects=False) as client:
+        sign_in(client, alice)
+        assert client.get("/dashboard", headers={"Accept": "text/html"}).status_code == 502
+        with pytest.raises(WebSocketDisconnect) as closed, \
+                client.websocket_connect("ws://localhost:9091/live/feed") as ws:
+            ws.receive_text()
+        assert closed.value.code == 1011
+    runtime.close()
+
+
+def test_a_websocket_relays_binary_messages_both_ways(proxy) -> None:  # type: ignore[no-untyped-def]
+    client, alice, _ = proxy
+    sign_in(client, alice)
+    with client.websocket_connect("ws://localhost:9091/live/feed") as ws:
+        ws.receive_json()
+        ws.send_bytes(b"\x00\xffbinary")
+        assert ws.receive_bytes() == b"echo:\x00\xffbinary"
+
+
+def test_a_client_gone_in_the_middle_of_an_inspected_body_relays_nothing(proxy) -> None:  # type: ignore[no-untyped-def]
+    """The body is read before deciding (a form POST); the client hangs up half-way."""
+    import asyncio
+
+    client, alice, _ = proxy
+    sign_in(client, alice)
+    app = client.app
+    cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
+    scope = {"type": "http", "method": "POST", "scheme": "http", "path": "/transfers",
+             "raw_path": b"/transfers", "query_string": b"", "http_version": "1.1",
+             "client": ("203.0.113.5", 1000), "server": ("localhost", 9091), "root_path": "",
+             "headers": [(b"host", b"localhost:9091"), (b"cookie", cookie.encode()),
+                         (b"content-type", b"application/x-www-form-urlencoded"),
+                         (b"content-length", b"100")]}
+    messages = iter([{"type": "http.request", "body": b"amount=50&pay", "more_body": True},
+                     {"type": "http.disconnect"}])
+    sent: list[dict] = []  # type: ignore[type-arg]
+
+    async def receive():  # type: ignore[no-untyped-def]
+        return next(messages)
+
+    async def send(message):  # type: ignore[no-untyped-def]
+        sent.append(message)
+
+    before = len(RECEIVED)
+    from starlette.requests import ClientDisconnect
+
+    with pytest.raises(ClientDisconnect):
+        asyncio.run(app(scope, receive, send))
+    assert RECEIVED[before:] == [] and sent == []
+
+
+def test_a_streamed_body_that_needs_a_step_up_above_the_hold_limit_is_refused(proxy) -> None:  # type: ignore[no-untyped-def]
+    """No rule inspects an octet-stream body, so it is not read before deciding; once the
+    decision is a step-up it is read to be held, and above the limit refused, never cut."""
+    client, alice, _ = proxy
+    sign_in(client, alice)
+    limit = client.app.state.runtime.config.challenge.held_body_limit
+    before = len(RECEIVED)
+    refused = client.put("/customers/42", content=b"z" * (limit + 1),
+                         headers={"Content-Type": "application/octet-stream",
+                                  "Accept": "text/html"})
+    assert refused.status_code == 413 and "too large to hold" in refused.text
+    assert RECEIVED[before:] == []
+
+
+def test_a_host_without_an_upstream_gets_404_and_nothing_is_relayed(tmp_path: Path,
+                                                                    upstream: str) -> None:
+    runtime = make_runtime(tmp_path, extra=f'upstreams:\n  - host: "app.test"\n'
+                                           f'    url: "{upstream}"\n')
+    before = len(RECEIVED)
+    with TestClient(create_app(runtime), base_url="http://other.test",
+                    follow_redirects=False) as client:
+        answer = client.get("/dashboard", headers={"Accept": "text/html"})
+    runtime.close()
+    assert answer.status_code == 404 and "no upstream for this host" in answer.text
+    assert RECEIVED[before:] == []

@@ -135,3 +135,103 @@ def test_another_challenges_error_is_not_shown(env) -> None:  # type: ignore[no-
     refuse()
     login = client.get("/login", headers=HTML)  # nor is it the sign-in page's
     assert login.status_code == 200 and EMPTY_ALERT in login.text
+
+
+# --- races lost at the store, and the step-up doors' other refusals ----------------------------
+
+
+def _passes(client: TestClient) -> bool:
+    return client.get("/api/authz/forward-auth", headers=FORWARD).status_code == 200
+
+
+def test_a_totp_code_used_by_a_rival_between_check_and_save_is_a_replay(env, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Check-then-act (ASVS V15.4.2): another instance saves the same step first; this one's
+    compare-and-set fails, and the code does not pass twice."""
+    client, alice, clock = env
+    store = client.app.state.runtime.store
+    real = store.factors.advance_totp_step
+
+    def rival_first(factor_id: str, step: int) -> bool:
+        assert real(factor_id, step)  # the other request wins the race
+        return bool(real(factor_id, step))
+
+    monkeypatch.setattr(store.factors, "advance_totp_step", rival_first)
+    cid = challenge(client)
+    page = client.get(f"/step-up/{cid}")
+    lost = client.post(f"/step-up/{cid}/totp", headers={"Accept": "application/json"},
+                       data={"code": alice.code(clock.now), "csrf_token": csrf(page.text)})
+    assert lost.status_code == 401 and "already used" in lost.text
+    assert not _passes(client)
+
+
+def test_a_recovery_code_used_by_a_rival_first_is_a_replay(env, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from stepguard.factors.recovery import generate_recovery_codes, hash_recovery_code
+
+    client, alice, clock = env
+    store = client.app.state.runtime.store
+    codes = generate_recovery_codes()
+    store.factors.replace_recovery_codes(alice.user.id, [hash_recovery_code(c) for c in codes],
+                                         now=clock.now - 5)
+    real = store.factors.use_recovery_code
+
+    def rival_first(user_id: str, code_hash: str, *, now: float) -> bool:
+        assert real(user_id, code_hash, now=now)
+        return bool(real(user_id, code_hash, now=now))
+
+    monkeypatch.setattr(store.factors, "use_recovery_code", rival_first)
+    pages = {**FORWARD, "X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/admin/users"}
+    header = client.get("/api/authz/forward-auth", headers=pages).headers["www-authenticate"]
+    cid = re.search(r'/step-up/([A-Za-z0-9_-]+)"', header).group(1)  # type: ignore[union-attr]
+    page = client.get(f"/step-up/{cid}")
+    assert f"/step-up/{cid}/recovery" in page.text  # admin pages take a recovery code
+    lost = client.post(f"/step-up/{cid}/recovery", headers={"Accept": "application/json"},
+                       data={"code": codes[0], "csrf_token": csrf(page.text)})
+    assert lost.status_code == 401 and "already used" in lost.text
+    assert client.get("/api/authz/forward-auth", headers=pages).status_code == 401
+
+
+def test_a_challenge_passed_by_a_rival_first_is_not_passed_again(env, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    client, alice, clock = env
+    store = client.app.state.runtime.store
+    real = store.challenges.mark_passed
+
+    def rival_first(challenge_id: str, *, now: float) -> bool:
+        assert real(challenge_id, now=now)
+        return bool(real(challenge_id, now=now))
+
+    monkeypatch.setattr(store.challenges, "mark_passed", rival_first)
+    cid = challenge(client)
+    page = client.get(f"/step-up/{cid}")
+    lost = client.post(f"/step-up/{cid}/totp", headers={"Accept": "application/json"},
+                       data={"code": alice.code(clock.now), "csrf_token": csrf(page.text)})
+    assert lost.status_code == 410, lost.text  # "already used": no second grant, no new token
+    assert "stepguard_session" not in lost.headers.get("set-cookie", "")
+
+
+def test_the_step_up_doors_refuse_without_a_session_or_a_form_token(env) -> None:  # type: ignore[no-untyped-def]
+    client, _, _ = env
+    cid = challenge(client)
+    token = csrf(client.get(f"/step-up/{cid}").text)
+    for door in ("totp", "push"):
+        no_csrf = client.post(f"/step-up/{cid}/{door}", data={"code": "1"}, headers=HTML)
+        assert no_csrf.status_code == 403, door
+    gone = client.post("/step-up/no-such-challenge/push", data={"csrf_token": token},
+                       headers=HTML)
+    assert gone.status_code == 410
+    assert client.get("/step-up/no-such-challenge/push/status").json()["status"] == "gone"
+    nothing = client.get(f"/step-up/{cid}/confirm")  # not passed: nothing is waiting to be sent
+    assert nothing.status_code == 404
+    no_proxy = client.post(f"/step-up/{cid}/confirm", data={"csrf_token": token})
+    assert no_proxy.status_code == 404
+    client.cookies.clear()
+    assert client.post(f"/step-up/{cid}/totp", data={"code": "1"}).headers["location"] == "/login"
+    assert client.post(f"/step-up/{cid}/push", data={}).headers["location"] == "/login"
+    assert client.get(f"/step-up/{cid}/push/status").status_code == 401
+    assert client.get(f"/step-up/{cid}/confirm").status_code in (302, 303)
+
+
+def test_an_expired_challenge_page_says_so(env) -> None:  # type: ignore[no-untyped-def]
+    client, _, clock = env
+    cid = challenge(client)
+    clock.advance(client.app.state.runtime.config.challenge.ttl + 1)
+    assert client.get(f"/step-up/{cid}", headers=HTML).status_code == 410

@@ -39,15 +39,21 @@ async def echo(request: Request) -> Response:
 
 async def websocket_echo(websocket: WebSocket) -> None:
     """WebSocket on any path: first a JSON message like `echo`'s (path and headers as received
-    at the upgrade), then every text message echoed back with an `echo:` prefix."""
+    at the upgrade), then every message (text or binary) echoed back with an `echo:` prefix."""
     scope = websocket.scope
     await websocket.accept(subprotocol=(scope.get("subprotocols") or [None])[0])
     await websocket.send_json({
         "path": scope.get("raw_path", b"").decode("latin-1") or scope["path"],
         "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]],
     })
-    async for text in websocket.iter_text():
-        await websocket.send_text(f"echo:{text}")
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        if message.get("text") is not None:
+            await websocket.send_text(f"echo:{message['text']}")
+        else:
+            await websocket.send_bytes(b"echo:" + (message.get("bytes") or b""))
 
 
 def received_headers(echoed: dict[str, object], name: str) -> list[str]:

@@ -209,3 +209,24 @@ def test_chain_asks_in_order(static: StaticLocator, city: MaxMindLocator) -> Non
 
 def test_empty_chain() -> None:
     assert ChainLocator([]).locate("10.0.0.1") is None
+
+
+def test_a_configured_database_is_found_beside_the_config_and_static_entries_come_first(
+        tmp_path: Path, city_db: Path) -> None:
+    from tests.support.gateway import make_runtime
+
+    (tmp_path / "geo").mkdir()
+    (tmp_path / "geo" / "city.mmdb").write_bytes(city_db.read_bytes())
+    runtime = make_runtime(tmp_path, extra="""risk:
+  geoip_database: geo/city.mmdb
+  locations: [{network: 81.2.69.0/24, country: NL, city: Office}]
+""")
+    try:
+        office = runtime.locator.locate("81.2.69.160")  # the static entry overrides the file
+        berlin = runtime.locator.locate("81.2.70.1")  # the file answers the rest
+        unknown = runtime.locator.locate("198.51.100.1")
+    finally:
+        runtime.close()
+    assert office is not None and (office.country, office.city) == ("NL", "Office")
+    assert berlin is not None and (berlin.country, berlin.city) == ("DE", "Berlin")
+    assert unknown is None

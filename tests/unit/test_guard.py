@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,8 @@ from stepguard.core.context import AuthEvent, RequestContext
 from stepguard.core.decision import Outcome
 from stepguard.core.errors import StoreUnavailable
 from stepguard.core.levels import Level
-from stepguard.service.guard import TOUCH_EVERY, Guard
-from stepguard.service.runtime import Runtime, build_runtime, hash_token
+from stepguard.service.guard import TOUCH_EVERY, Guard, Loaded, SessionCache
+from stepguard.service.runtime import MAX_TOKEN, Runtime, build_runtime, hash_token
 from stepguard.storage.memory import MemoryStore
 from stepguard.storage.records import SessionRecord, SessionSnapshot, UserRecord, Versions
 from tests.contract import build
@@ -329,6 +330,22 @@ def test_a_plain_allow_is_given_again_for_the_same_context_and_audited(
     assert summary[0].detail["count"] == 7  # type: ignore[attr-defined]
 
 
+def test_a_summarised_allow_records_what_it_was_decided_from(runtime: Runtime) -> None:
+    """The summary keeps the decision's inputs (the session's state and the risk), so the
+    what-if replay of a policy change can decide these requests again."""
+    guard = Guard(runtime)
+    _, session, token = signed_in(runtime)
+    check = guard.check(PAGE, token)
+    assert check.decision.allowed
+    [summary] = [e for e in decisions(runtime) if e.outcome == "allow_summary"]  # type: ignore[attr-defined]
+    recorded = summary.detail["input"]  # type: ignore[attr-defined]
+    assert recorded["session"]["created"] == session.created
+    assert recorded["session"]["events"] == [["password", "aal1", session.created, ["pwd"]]]
+    assert summary.detail["risk_level"] == check.risk.level  # type: ignore[attr-defined]
+    assert summary.detail["risk_score"] == check.risk.score  # type: ignore[attr-defined]
+    assert summary.detail["signals"] == list(check.risk.names)  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize("how", ["revoke", "disable", "step_up"])
 def test_a_change_to_the_session_ends_the_answers_given_again(
         runtime: Runtime, decides: list[RequestContext], how: str) -> None:
@@ -528,3 +545,76 @@ def test_a_single_use_grant_is_spent_once_through_the_event_loop_path_too(
         rt.close()
 
 
+
+
+def test_a_full_cache_evicts_the_least_recently_used_session_which_then_reloads(
+        runtime: Runtime, store: CountingStore) -> None:
+    guard = Guard(runtime)
+    guard.cache.size = 2
+    tokens = [signed_in(runtime, name)[2] for name in ("alice", "bob", "carol")]
+    for token in tokens:
+        assert guard.check(PAGE, token).session is not None
+    assert len(guard.cache._items) == 2  # noqa: SLF001 - the bound is what is tested
+    loads = store.loads
+    assert guard.check(PAGE, tokens[0]).session is not None  # evicted: loaded again, still valid
+    assert store.loads == loads + 1
+    assert guard.cache.hit_rate == guard.cache.hits / (guard.cache.hits + guard.cache.misses)
+
+
+def test_an_oversized_cookie_is_no_session_on_either_path(runtime: Runtime) -> None:
+    guard = Guard(runtime)
+    huge = "x" * (MAX_TOKEN + 1)
+    assert guard.check_cached(PAGE, huge) is None  # not answered on the event loop
+    check = guard.check(PAGE, huge)
+    assert check.session is None and check.decision.outcome is Outcome.STEP_UP
+
+
+def test_a_busy_audit_queue_sends_decisions_to_the_thread_path(
+        runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above the backlog limit a decision is not made on the event loop, where writing its
+    audit entry could block every other request."""
+    guard = Guard(runtime)
+    _, _, token = signed_in(runtime)
+    assert guard.check(PAGE, token).session is not None
+    assert guard.check_cached(PAGE, token) is not None  # warm: answered inline
+    monkeypatch.setattr(type(runtime.audit), "backlog", property(lambda _: 10_000))
+    assert guard.check_cached(PAGE, token) is None
+    assert guard.check(PAGE, token).decision.outcome is Outcome.ALLOW  # and decided there
+
+
+def test_the_answers_kept_per_session_copy_are_bounded(runtime: Runtime,
+                                                       decides: list[RequestContext]) -> None:
+    """Each request's reading is a new context object: a client sending many distinct
+    requests cannot grow one session's remembered answers without bound."""
+    from stepguard.service.guard import ANSWERS_PER_COPY
+    from stepguard.service.runtime import token_key
+
+    guard = Guard(runtime)
+    _, _, token = signed_in(runtime)
+    assert guard.check(PAGE, token).decision.allowed
+    contexts = [RequestContext(method="GET", host="app.test", path=f"/orders/{i}",
+                               client_ip="198.51.100.7") for i in range(ANSWERS_PER_COPY + 5)]
+    for context in contexts:
+        assert guard.check_cached(context, token) is not None
+    loaded = guard.cache.get(token_key(token))  # type: ignore[arg-type]
+    assert loaded is not None and 0 < len(loaded.answers) <= ANSWERS_PER_COPY
+    decided = len(decides)
+    assert guard.check_cached(contexts[-1], token) is not None  # kept: given again
+    assert len(decides) == decided
+
+
+def test_an_eviction_racing_a_cache_lookup_still_returns_the_copy_found(runtime: Runtime) -> None:
+    """`get` reads without the lock; another thread may evict the key before the LRU touch."""
+
+    class Racing(OrderedDict[str, Loaded]):
+        def move_to_end(self, key: str, last: bool = True) -> None:
+            self.pop(key)  # evicted by another thread in between
+            super().move_to_end(key, last)
+
+    cache = SessionCache(size=4)
+    _, session, _ = signed_in(runtime)
+    snapshot = runtime.store.session_states.read(session.token_hash, now=runtime.now())
+    assert isinstance(snapshot, SessionSnapshot)
+    copy = Loaded.of(snapshot, None)
+    cache._items = Racing({"k": copy})
+    assert cache.get("k") is copy and cache.get("k") is None

@@ -8,6 +8,7 @@ from starlette.datastructures import Headers
 
 from stepguard.adapters.http_context import (
     is_identity_header,
+    read_body,
     split_url,
     wants_html,
 )
@@ -42,3 +43,11 @@ def test_split_url_refuses_what_is_not_a_plain_absolute_http_url(url: str) -> No
 ])
 def test_wants_html(headers: dict[str, str], html: bool) -> None:
     assert wants_html(Headers(headers)) is html
+
+
+@pytest.mark.parametrize("media", ["text/plain", "application/octet-stream", ""])
+def test_a_body_of_another_media_type_has_no_fields(media: str) -> None:
+    """Form-looking bytes sent as text/plain are not read as fields (no framework reads them
+    so), so a rule's attribute cannot be fed through them."""
+    body = read_body(b"amount=1&payee=bob", media)
+    assert (body.fields, body.form, body.document) == ([], [], None)

@@ -40,8 +40,8 @@ def client_for(routes: dict[str, Any], **settings: Any) -> OidcClient:
         return found if isinstance(found, httpx.Response) else httpx.Response(200, json=found)
 
     http = httpx.Client(transport=httpx.MockTransport(answer))
-    provider = OidcProvider(name="corp", issuer=ISSUER, client_id="sg", algorithms=["ES256"],
-                            **settings)
+    provider = OidcProvider(name="corp", issuer=ISSUER, client_id="sg",
+                            **{"algorithms": ["ES256"], **settings})
     return OidcClient.discover(provider, redirect_uri="https://sg.example/oidc/corp/callback",
                                clock=lambda: NOW, http=http)
 
@@ -170,3 +170,44 @@ def test_userinfo_adds_only_missing_unprotected_claims() -> None:
                                                    "email": "a@x", "auth_time": 1}}))
     merged = client.with_userinfo(idtoken(), "access")
     assert merged.claims == {"sub": "alice", "acr": "a", "email": "a@x"}
+
+
+def _claims(**changes: Any) -> dict[str, Any]:
+    claims = {"iss": ISSUER, "aud": "sg", "sub": "alice", "iat": int(NOW), "exp": int(NOW) + 300,
+              "nonce": "n", "auth_time": int(NOW) - 5}
+    claims.update(changes)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+@pytest.mark.parametrize(("kind", "alg"), [("RSA", "RS256"), ("OKP", "EdDSA")])
+def test_rsa_and_ed25519_providers_are_verified_too(kind: str, alg: str) -> None:
+    from joserfc.jwk import OKPKey, RSAKey
+
+    key = (RSAKey.generate_key(2048, parameters={"kid": "r1", "use": "sig", "alg": alg})
+           if kind == "RSA" else
+           OKPKey.generate_key("Ed25519", parameters={"kid": "r1", "use": "sig", "alg": alg}))
+    routes = {"/.well-known/openid-configuration": document(),
+              "/jwks": KeySet([key]).as_dict(private=False)}
+    client = client_for(routes, algorithms=[alg])
+    token = client.id_token(jwt.encode({"alg": alg, "kid": "r1"}, _claims(), key,
+                                       algorithms=[alg]), nonce="n")
+    assert token.subject == "alice"
+    other = (RSAKey.generate_key(2048, parameters={"kid": "r1"}) if kind == "RSA"
+             else OKPKey.generate_key("Ed25519", parameters={"kid": "r1"}))
+    with pytest.raises(OidcRefused):  # the same kid, another key: the signature fails
+        client.id_token(jwt.encode({"alg": alg, "kid": "r1"}, _claims(), other,
+                                   algorithms=[alg]), nonce="n")
+
+
+@pytest.mark.parametrize(("changes", "code"), [
+    ({"iat": int(NOW) + 3600}, "claims"),  # refused by the claims registry already
+    ({"sub": "s" * 256}, "sub"),
+    ({"azp": "another-client"}, "claims"),
+    ({"nonce": "other"}, "claims"),
+])
+def test_id_token_claims_are_refused_with_their_reason(changes: dict[str, Any], code: str) -> None:
+    client = client_for(ok_routes())
+    raw = jwt.encode({"alg": "ES256", "kid": "k1"}, _claims(**changes), KEY)
+    with pytest.raises(OidcRefused) as refused:
+        client.id_token(raw, nonce="n")
+    assert refused.value.code == code, refused.value.reason

@@ -101,3 +101,37 @@ def test_a_sign_in_challenge_is_live_for_anyone_and_a_passed_one_for_none(world:
     world.rt.store.challenges.mark_passed(sign_in.id, now=world.clock.now)
     with pytest.raises(ChallengeGone):
         world.stepup.live(sign_in.id, None)
+
+
+def test_a_challenge_begun_without_a_session_cannot_be_answered_with_a_factor(
+        world: World) -> None:
+    """A sign-in challenge (no session) is passed by signing in, never by some session's
+    code or push: that would let any signed-in session complete another visitor's challenge."""
+    challenge = world.stepup.start(DECISION, CONTEXT, None, return_url="/pay")
+    with pytest.raises(ChallengeGone, match="Sign in first"):
+        world.stepup.verify_totp(challenge.id, world.laptop, "123456", client_ip=CONTEXT.client_ip)
+    with pytest.raises(ChallengeGone, match="Sign in first"):
+        world.stepup.start_push(challenge.id, world.laptop, client_ip=CONTEXT.client_ip,
+                                user_agent="Firefox")
+    assert world.rt.store.challenges.get(challenge.id).status == "pending"  # type: ignore[union-attr]
+
+
+def test_a_passed_challenge_is_found_for_its_own_session_only_until_its_request_is_sent(
+        world: World) -> None:
+    """`passed` finds the held request waiting for its confirmation; `settled` says whether this
+    session passed the challenge (sent or not). Neither answers for another session."""
+    challenge = world.stepup.start(DECISION, CONTEXT, world.laptop, return_url="/")
+    assert world.stepup.passed(challenge.id, world.laptop) is None  # pending
+    assert not world.stepup.settled(challenge.id, world.laptop)
+    world.rt.store.challenges.mark_passed(challenge.id, now=world.clock.now)
+    found = world.stepup.passed(challenge.id, world.laptop)
+    assert found is not None and found.id == challenge.id and found.status == "passed"
+    assert world.stepup.settled(challenge.id, world.laptop)
+    assert world.stepup.passed(challenge.id, world.phone) is None
+    assert not world.stepup.settled(challenge.id, world.phone)
+    assert world.stepup.passed("missing", world.laptop) is None
+    assert not world.stepup.settled("missing", world.laptop)
+    assert world.rt.store.challenges.take_held(challenge.id, session_id=world.laptop.id) is not None
+    assert world.stepup.passed(challenge.id, world.laptop) is None  # sent: not again
+    assert world.stepup.settled(challenge.id, world.laptop)
+    assert not world.stepup.settled(challenge.id, world.phone)

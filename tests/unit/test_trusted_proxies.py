@@ -32,3 +32,11 @@ def test_client_ip(peer: str, header: str | None, expected: str) -> None:
 def test_garbage_from_a_trusted_peer_is_refused(header: str) -> None:
     with pytest.raises(BadRequest):
         PROXIES.client_ip("127.0.0.1", header)
+
+
+def test_a_peer_that_is_not_an_ip_address_is_never_trusted() -> None:
+    """A Unix-socket or test peer name is no address: even trusting everything, its
+    X-Forwarded-For is not believed."""
+    everyone = TrustedProxies.parse(["0.0.0.0/0", "::/0"])
+    assert not everyone.trusts("unix:/run/stepguard.sock")
+    assert everyone.client_ip("testclient", "203.0.113.9") == "testclient"

@@ -637,3 +637,20 @@ def test_safe_return_url_refuses_other_hosts(labels: list[str]) -> None:
 def test_safe_return_url_refuses_dangerous_prefixes(rest: str) -> None:
     for prefix in ("//", "/\\", "javascript:", "data:", "/%2f/", "\\"):
         assert safe_return_url(prefix + rest, protected_domains=DOMAINS, default=DEFAULT) == DEFAULT
+
+
+@pytest.mark.parametrize("origin", ["https://portal.example.com:99999",  # no such port
+                                    "https://portal.example.com:https",
+                                    "http://[::1", "https://"])
+def test_an_origin_that_is_no_url_origin_is_refused(origin: str) -> None:
+    with pytest.raises(CsrfRejected, match="another origin"):
+        _check(origin=origin)
+    with pytest.raises(CsrfRejected, match="referred by another origin"):
+        _check(referer=origin + "/page")
+
+
+def test_a_csrf_token_of_the_right_shape_but_another_session_is_refused() -> None:
+    with pytest.raises(CsrfRejected, match="not valid for this session"):
+        _check(token="A" * 64)
+    with pytest.raises(CsrfRejected, match="malformed"):
+        _check(token="A" * 63 + "=")

@@ -222,7 +222,11 @@ class Relay:
         head = self._head(base_url, method, target, pool, headers, body)
         retry = retry and method in IDEMPOTENT and isinstance(body, bytes)
         while True:
-            connection, reused = await self._connection(pool)
+            try:
+                connection, reused = await self._connection(pool)
+            except (TimeoutError, OSError) as exc:  # refused, unresolvable, no answer in time
+                raise UpstreamError("the upstream cannot be reached: "
+                                    f"{str(exc) or type(exc).__name__}") from None
             try:
                 return await self._exchange(connection, method, head, body)
             except (TimeoutError, OSError, UpstreamError) as exc:

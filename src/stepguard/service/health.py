@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-from collections.abc import Callable
 
 import redis
 
@@ -29,12 +28,10 @@ RETRY_MAX = 2.0  # seconds between reconnection attempts, at most
 class RedisWatch:
     """Knows, without a round trip per request, whether Redis is reachable."""
 
-    def __init__(self, client: redis.Redis, *, interval: float, key_prefix: str,
-                 on_change: Callable[[bool], None] | None = None) -> None:
+    def __init__(self, client: redis.Redis, *, interval: float, key_prefix: str) -> None:
         self._client = client
         self._interval = max(0.1, interval)
         self._key = f"{key_prefix}watch:{secrets.token_hex(8)}"
-        self._on_change = on_change
         self._up = False
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stepguard-redis-watch",
@@ -101,5 +98,3 @@ class RedisWatch:
         else:  # the error's class only: messages may name hosts or credentials
             log.warning("redis is unavailable (%s); protected requests get 503",
                         type(error).__name__ if error else "no answer")
-        if self._on_change is not None:
-            self._on_change(up)
