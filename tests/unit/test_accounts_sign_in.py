@@ -254,7 +254,7 @@ def test_a_sign_in_without_an_address_remembers_the_device_only(
     accounts.sign_in("alice", PASSWORD, client("", device="laptop"))
     history = runtime.store.history.load(alice.id)
     assert (history.known_devices, history.known_networks, history.known_countries) == (
-        {"laptop"}, frozenset(), frozenset())
+        frozenset({"laptop"}), frozenset(), frozenset())
     assert history.last_location is None
 
 
