@@ -471,13 +471,18 @@ class Guard:
                 key: str | None = None, audit: bool = True,
                 detail: Mapping[str, object] | None = None) -> Check:
         """After `core.decide`: spend the single-use grant it chose (if another request won it,
-        decide again without it) → note the session as seen → note the amount → audit."""
+        decide again without it, and spend the one that decision chose) → note the session as
+        seen → note the amount → audit."""
         decision = check.decision
         now = self.rt.now()
-        if decision.consume_grant and not self._consume(decision, check.state):
-            spent = [g for g in grants if g.id != decision.consume_grant]
-            check = replace(check, decision=decide(self.rt.policy, check.context, check.state,
-                                                   check.risk, spent, now))
+        left = list(grants)
+        while decision.consume_grant and not self._consume(decision, check.state):
+            # another request spent it first: decide without it, and spend what that chooses
+            # (each grant is tried once, so this ends)
+            left = [g for g in left if g.id != decision.consume_grant]
+            decision = decide(self.rt.policy, check.context, check.state, check.risk, left, now)
+        if decision is not check.decision:
+            check = replace(check, decision=decision)
         if loaded is not None and key:
             self._touch(loaded, key, check.context, now)
         self._remember_amount(check)
