@@ -15,9 +15,8 @@ import pytest
 
 from stepguard.audit.memory import MemoryAuditLog
 from stepguard.config.load import load_config
-from stepguard.core.context import AuthEvent, RequestContext
+from stepguard.core.context import RequestContext
 from stepguard.core.decision import Outcome
-from stepguard.core.levels import Level
 from stepguard.service.guard import TOUCH_EVERY, Guard
 from stepguard.service.runtime import Runtime, build_runtime, token_key
 from stepguard.storage.memory import MemoryStore
