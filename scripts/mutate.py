@@ -1,6 +1,6 @@
 """`make mutate`: mutation testing of the security-critical layer with mutmut 3.
 
-    python scripts/mutate.py [--max-children N] [--budget SECONDS] [--sample N]
+    python scripts/mutate.py [--max-children N] [--budget SECONDS] [--sample N] [--keep [--resume | --survivors]]
 
 Which modules are mutated and which tests may run is `[tool.mutmut]` in pyproject.toml. On top of
 mutmut this script
@@ -193,6 +193,12 @@ def equivalents() -> dict[str, str]:
     return found
 
 
+def status_name(code: int) -> str:
+    from mutmut.__main__ import status_by_exit_code
+
+    return str(status_by_exit_code[code])
+
+
 def module_of(name: str) -> str:
     return name[: name.index(".x_") if ".x_" in name else name.index(".xǁ")]
 
@@ -239,6 +245,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--only", default="",
                         help="glob(s) of mutant names to run, comma-separated (development)")
     parser.add_argument("--sample", type=int, default=1, help="run every N-th mutant only")
+    parser.add_argument("--survivors", action="store_true",
+                        help="with --keep: run again only the selected mutants that survived "
+                             "(after writing tests for them)")
     parser.add_argument("--report-only", action="store_true",
                         help="no run: report the results already in mutants/ (implies --keep)")
     args = parser.parse_args(argv)
@@ -263,6 +272,9 @@ def main(argv: list[str]) -> int:
     else:
         if args.resume:
             names = [n for n in names if mutants.status[n] is None]
+        if args.survivors:
+            names = [n for n in names if mutants.status[n] is not None
+                     and status_name(mutants.status[n]) not in KILLED]
         print(f"running {len(names)} of {len(mutants.status)} mutants")
         run(names, workers=args.workers, budget=args.budget)
         mutants = Mutants(ROOT / "mutants")
