@@ -178,3 +178,29 @@ def test_unlock_is_audited_with_its_actor(runtime: Runtime) -> None:
     entry = only_entry(runtime, mark)
     assert (entry.kind, entry.subject, entry.outcome) == ("admin", user.id, "unlocked")
     assert entry.detail == {"by": "cli"}
+
+
+def test_the_cli_is_the_actor_when_none_is_named(runtime: Runtime) -> None:
+    accounts = Accounts(runtime)
+    user, _, _, mark = with_everything(runtime, accounts)
+    accounts.end_all_sessions(user.id)
+    assert only_entry(runtime, mark).detail["by"] == "cli"
+    mark = runtime.audit_log.count()
+    accounts.set_password(user.id, "another long passphrase")
+    assert only_entry(runtime, mark).detail["by"] == "cli"
+
+
+def test_an_operator_ending_sessions_is_named_as_the_actor(runtime: Runtime) -> None:
+    accounts = Accounts(runtime)
+    user, _, _, mark = with_everything(runtime, accounts)
+    accounts.end_sessions(user.id, by="admin:carol")
+    assert only_entry(runtime, mark).detail["by"] == "admin:carol"
+
+
+def test_reset_factors_keeps_a_password_factor(runtime: Runtime) -> None:
+    accounts = Accounts(runtime)
+    user, _, _, _ = with_everything(runtime, accounts)
+    password = build.factor(user.id, kind="password")
+    runtime.store.factors.add(password)
+    assert accounts.reset_factors(user.id) == 1  # the TOTP only
+    assert [f.id for f in runtime.store.factors.for_user(user.id)] == [password.id]
