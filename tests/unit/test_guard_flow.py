@@ -15,8 +15,9 @@ import pytest
 
 from stepguard.audit.memory import MemoryAuditLog
 from stepguard.config.load import load_config
-from stepguard.core.context import RequestContext
+from stepguard.core.context import AuthEvent, RequestContext
 from stepguard.core.decision import Outcome
+from stepguard.core.levels import Level
 from stepguard.service.guard import TOUCH_EVERY, Guard
 from stepguard.service.runtime import Runtime, build_runtime, token_key
 from stepguard.storage.memory import MemoryStore
@@ -359,5 +360,93 @@ def test_when_another_request_spent_the_grant_chosen_the_next_one_is_spent_too(
         for grant in grants:  # both spent: neither can allow again
             assert not real(grant.id, session_id=session.id, now=clock.now)
         assert guard.check(delete, token).decision.outcome is Outcome.STEP_UP
+    finally:
+        rt.close()
+
+
+def test_a_step_up_entry_says_why_with_the_risk_and_the_level_asked(runtime: Runtime) -> None:
+    guard = Guard(runtime)
+    _, session, token = signed_in(runtime)
+    check = guard.check(ADMIN, token)
+    [entry] = [e for e in decisions(runtime) if e.decision == "step_up"]  # type: ignore[attr-defined]
+    detail = entry.detail  # type: ignore[attr-defined]
+    assert (detail["risk_score"], detail["risk_level"], detail["signals"]) == (
+        check.risk.score, check.risk.level, list(check.risk.names))
+    assert detail["level"] == "aal2"
+    assert detail["input"]["session"]["created"] == session.created
+
+
+def test_answers_given_again_are_counted_on_the_summary_with_what_they_were(
+        runtime: Runtime) -> None:
+    guard = Guard(runtime)
+    _, _, token = signed_in(runtime)
+    guard.check(PAGE, token)
+    for _ in range(2):
+        assert guard.check_cached(PAGE, token) is not None  # given again
+    [summary] = [e for e in decisions(runtime) if e.outcome == "allow_summary"]  # type: ignore[attr-defined]
+    assert summary.detail["count"] == 3  # type: ignore[attr-defined]
+    assert summary.detail["requests"] == [["GET", "/orders", 3]]  # type: ignore[attr-defined]
+    assert summary.detail["input"]["session"] is not None  # type: ignore[attr-defined]
+
+
+def test_every_request_mode_seals_each_answer_given_again(tmp_path: Path, clock: Clock) -> None:
+    rt = build_runtime(load_config(write_config(tmp_path, policy=POLICY,
+                                                extra="audit: {allows: every_request}\n")),
+                       clock=clock, store=MemoryStore(), audit_log=MemoryAuditLog())
+    try:
+        guard = Guard(rt)
+        _, _, token = signed_in(rt)
+        guard.check(PAGE, token)
+        for _ in range(2):
+            assert guard.check_cached(PAGE, token) is not None
+        entries = decisions(rt)
+        assert [e.outcome for e in entries] == ["allow"] * 3  # type: ignore[attr-defined]
+        assert all(e.detail["input"]["session"] for e in entries)  # type: ignore[attr-defined]
+    finally:
+        rt.close()
+
+
+def test_an_allow_under_a_rule_asking_more_than_a_sign_in_is_its_own_entry(
+        tmp_path: Path, clock: Clock) -> None:
+    """A rule that asks for aal2 (no age, no methods) is not plain: its allows are sealed one by
+    one, never summarised or given again."""
+    reports = POLICY.replace("default:", """\
+  - name: reports
+    match: {paths: ["/reports/**"]}
+    require: {level: aal2}
+default:""")
+    rt = make_runtime(tmp_path, clock, policy=reports)
+    try:
+        guard = Guard(rt)
+        _, session, token = signed_in(rt)
+        rt.store.sessions.add_event(session.id, AuthEvent(factor="totp", amr=("otp",),
+                                                          level=Level.AAL2, at=clock.now))
+        report = RequestContext(method="GET", host="app.test", path="/reports/q3",
+                                client_ip="198.51.100.7")
+        for _ in range(2):
+            assert guard.check(report, token).decision.allowed
+        assert [e.outcome for e in decisions(rt)] == ["allow", "allow"]  # type: ignore[attr-defined]
+    finally:
+        rt.close()
+
+
+def test_a_bearer_state_with_an_expired_stand_in_is_asked_again(tmp_path: Path,
+                                                                clock: Clock) -> None:
+    rt = make_runtime(tmp_path, clock, policy=ONCE_POLICY)
+    try:
+        guard = Guard(rt)
+        loaded = guard.load(signed_in(rt)[2])
+        assert loaded is not None
+        state = loaded.state
+        delete = RequestContext(method="POST", host="app.test", path="/repos/delete",
+                                client_ip="198.51.100.7")
+
+        def expired(decision: Any) -> Any:
+            return build.grant(state.id, subject_id=state.subject.id, scope=decision.scope,
+                               binding=decision.binding, granted_at=clock.now - 600,
+                               expires_at=clock.now - 1)
+
+        assert guard.judge_token(delete, state, grant_for=expired).decision.outcome \
+            is Outcome.STEP_UP
     finally:
         rt.close()
