@@ -315,3 +315,18 @@ def test_pending_pushes_lists_only_other_sessions_live_challenges(world: World) 
 def test_push_devices_lists_the_users_push_factors(world: World) -> None:
     world.rt.store.factors.add(build.factor(world.user_id, "totp"))
     assert [f.id for f in world.stepup.push_devices(world.user_id)] == [world.device.id]
+
+
+@pytest.mark.parametrize("client_ip", [LAPTOP_IP, ""])
+def test_the_passed_entry_names_challenge_grant_and_level_and_never_the_address(
+        world: World, client_ip: str) -> None:
+    """The verification entry says an address was present, never which (the request part of
+    the ledger holds it pseudonymised)."""
+    push = world.send()
+    assert world.answer(push) == "approved"
+    passed = world.stepup.poll_push(world.challenge_id, world.laptop, client_ip=client_ip)
+    assert isinstance(passed, Passed) and passed.grant is not None
+    entry = entries(world)[-1]
+    assert entry.detail == {"challenge": world.challenge_id, "grant": passed.grant.id,
+                            "level": "aal2", "ip": "present" if client_ip else ""}
+    assert LAPTOP_IP not in str(entry.detail)
