@@ -4,13 +4,22 @@ and the request, where the user is sent, and which challenge a session may answe
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
+from stepguard.audit.memory import MemoryAuditLog
+from stepguard.config.load import load_config
 from stepguard.core.context import RequestContext
 from stepguard.core.decision import Decision, Outcome, Requirement
+from stepguard.core.errors import VerificationFailed
 from stepguard.core.levels import Level
-from stepguard.service.stepup import ChallengeGone, HeldRequest, HeldTooLarge
+from stepguard.factors.recovery import generate_recovery_codes, hash_recovery_code
+from stepguard.service.runtime import build_runtime
+from stepguard.service.stepup import ChallengeGone, HeldRequest, HeldTooLarge, StepUp
+from stepguard.storage.memory import MemoryStore
+from tests.contract import build
+from tests.support.gateway import Clock, write_config
 from tests.unit import test_stepup_push
 from tests.unit.test_stepup_push import World, entries
 
@@ -135,3 +144,42 @@ def test_a_passed_challenge_is_found_for_its_own_session_only_until_its_request_
     assert world.stepup.passed(challenge.id, world.laptop) is None  # sent: not again
     assert world.stepup.settled(challenge.id, world.laptop)
     assert not world.stepup.settled(challenge.id, world.phone)
+
+
+def test_wrong_recovery_codes_are_counted_audited_and_lock_with_the_factor_named(
+        tmp_path: Path) -> None:
+    clock = Clock()
+    settings = "throttle: {hard_lock_after: 3, free_failures: 99}\n"
+    rt = build_runtime(load_config(write_config(tmp_path, extra=settings)), clock=clock,
+                       store=MemoryStore(), audit_log=MemoryAuditLog())
+    try:
+        user = build.user("alice", created=clock.now - 3600)
+        rt.store.users.add(user)
+        codes = generate_recovery_codes()
+        rt.store.factors.replace_recovery_codes(user.id, [hash_recovery_code(c) for c in codes],
+                                                now=clock.now - 60)
+        laptop = build.session(user.id, created=clock.now, last_seen=clock.now)
+        rt.store.sessions.add(laptop)
+        challenge = build.challenge(
+            user_id=user.id, session_id=laptop.id, created=clock.now - 1, expires=clock.now + 300,
+            requirement=Requirement(level=Level.AAL2, scope="admin", reason="Approve"))
+        rt.store.challenges.add(challenge)
+        stepup = StepUp(rt)
+        wrong = generate_recovery_codes()  # well formed, not this user's
+        for code in wrong[:3]:
+            with pytest.raises(VerificationFailed):
+                stepup.verify_recovery(challenge.id, laptop, code, client_ip="198.51.100.23")
+            clock.advance(3600)  # past every back-off: only the lock count stays
+            rt.store.challenges.add(challenge := replace(
+                challenge, id=build.new_id(), created=clock.now - 1, expires=clock.now + 300))
+        rt.audit.flush(timeout=5)
+        found = list(rt.audit_log.entries())
+        failures = [e for e in found if e.outcome.startswith("failed:")]
+        assert len(failures) == 3 and all(e.factor == "recovery" for e in failures)
+        assert all(e.subject == user.id and e.outcome == "failed:wrong_code"
+                   for e in failures)
+        [locked] = [e for e in found if e.outcome == "locked"]
+        assert (locked.factor, locked.subject) == ("recovery", user.id)
+        assert locked.request["client_ip"]  # where the locking attempt came from
+    finally:
+        rt.close()
