@@ -516,6 +516,8 @@ ONCE_POLICY = POLICY.replace("default:", """\
     match: {methods: [POST], paths: ["/repos/delete"]}
     require: {level: aal2, max_age: 0s, single_use: true, reason: "Delete the repository"}
 default:""")
+DELETE = RequestContext(method="POST", host="app.test", path="/repos/delete",
+                        client_ip="198.51.100.7")  # the action ONCE_POLICY asks a grant for
 
 
 def test_a_single_use_grant_is_spent_once_through_the_event_loop_path_too(
@@ -528,8 +530,7 @@ def test_a_single_use_grant_is_spent_once_through_the_event_loop_path_too(
     try:
         guard = Guard(rt)
         user, session, token = signed_in(rt)
-        delete = RequestContext(method="POST", host="app.test", path="/repos/delete",
-                                client_ip="198.51.100.7")
+        delete = DELETE
         asked = guard.check(delete, token).decision
         assert asked.outcome is Outcome.STEP_UP
         rt.store.grants.add(build.grant(session.id, subject_id=user.id, scope=asked.scope,

@@ -24,7 +24,7 @@ from stepguard.storage.memory import MemoryStore
 from stepguard.storage.records import SessionSnapshot
 from tests.contract import build
 from tests.support.gateway import Clock, write_config
-from tests.unit.test_guard import ADMIN, ONCE_POLICY, PAGE, POLICY, decisions, signed_in
+from tests.unit.test_guard import ADMIN, DELETE, ONCE_POLICY, PAGE, POLICY, decisions, signed_in
 
 LOCATIONS = """
 risk:
@@ -258,8 +258,7 @@ def test_a_grant_spent_by_another_request_meanwhile_is_decided_again_without_it(
     try:
         guard = Guard(rt)
         user, session, token = signed_in(rt)
-        delete = RequestContext(method="POST", host="app.test", path="/repos/delete",
-                                client_ip="198.51.100.7")
+        delete = DELETE
         asked = guard.check(delete, token).decision
         rt.store.grants.add(build.grant(session.id, subject_id=user.id, scope=asked.scope,
                                         binding=asked.binding, granted_at=clock.now,
@@ -282,8 +281,7 @@ def test_a_bearer_state_whose_own_sign_in_stands_in_for_a_grant_is_allowed_once(
         loaded = guard.load(signed_in(rt)[2])
         assert loaded is not None
         state = loaded.state
-        delete = RequestContext(method="POST", host="app.test", path="/repos/delete",
-                                client_ip="198.51.100.7")
+        delete = DELETE
 
         made: list[Any] = []
 
@@ -336,8 +334,7 @@ def test_when_another_request_spent_the_grant_chosen_the_next_one_is_spent_too(
     try:
         guard = Guard(rt)
         user, session, token = signed_in(rt)
-        delete = RequestContext(method="POST", host="app.test", path="/repos/delete",
-                                client_ip="198.51.100.7")
+        delete = DELETE
         asked = guard.check(delete, token).decision
         grants = [build.grant(session.id, subject_id=user.id, scope=asked.scope,
                               binding=asked.binding, granted_at=clock.now + i,
@@ -438,8 +435,7 @@ def test_a_bearer_state_with_an_expired_stand_in_is_asked_again(tmp_path: Path,
         loaded = guard.load(signed_in(rt)[2])
         assert loaded is not None
         state = loaded.state
-        delete = RequestContext(method="POST", host="app.test", path="/repos/delete",
-                                client_ip="198.51.100.7")
+        delete = DELETE
 
         def expired(decision: Any) -> Any:
             return build.grant(state.id, subject_id=state.subject.id, scope=decision.scope,
