@@ -1,10 +1,11 @@
 """The postgres door beside pgbouncer (DESIGN.md §10), same run, same PostgreSQL 15.
 
 pgbench select-only (`-S`), extended protocol (`-M extended`), 16 clients, against
-(a) PostgreSQL directly (the floor), (b) pgbouncer 1.18 (session pooling, the anchor) and
-(c) Stepguard's gateway (`stepguard postgres serve`: SCRAM sign-in with a database token, every
-statement classified and judged by the policy, audit on). Each proxy runs as one process on the
-same 2 shared cores as pgbench and PostgreSQL.
+(a) PostgreSQL directly (no proxy), (b) pgbouncer 1.18 (session pooling, the anchor),
+(c) the floor, bench/pg_floor.py (a uvloop byte relay: what any asyncio gateway costs before
+it reads a message) and (d) Stepguard's gateway (`stepguard postgres serve`: SCRAM sign-in with
+a database token, every statement classified and judged by the policy, audit on). Each proxy
+runs as one process on the same 2 shared cores as pgbench and PostgreSQL.
 
 Prints tps for each, Stepguard / pgbouncer as a ratio with PASS/MISS (target ≥ 0.75), the
 latency p50/p99 each proxy adds over the direct run (from pgbench's per-transaction log), and
@@ -186,6 +187,20 @@ postgres:
         process.wait(10)
 
 
+@contextmanager
+def floor(pg_port: int) -> Iterator[tuple[int, int]]:
+    """The least asyncio gateway (bench/pg_floor.py: a uvloop byte relay); (port, pid)."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, str(REPO_ROOT / "bench" / "pg_floor.py"),
+                                str(port), str(pg_port)])
+    try:
+        wait_port(port)
+        yield port, process.pid
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
 def bouncer_pid(folder: Path, started: int) -> int:
     """pgbouncer's own process id (as root it runs under runuser, which forks it)."""
     pidfile = folder / "pid"
@@ -300,10 +315,13 @@ def main() -> int:
                   f"({args.clients} clients, load average {os.getloadavg()[0]:.1f})")
             return 0
         bouncer, bouncer_pid_ = stack.enter_context(pgbouncer(server.port, database, work))
+        relay, relay_pid = stack.enter_context(floor(server.port))
         direct = pgbench(server.bindir, name="direct", port=server.port, database=database,
                          user="postgres", password="", **common)
         anchor = pgbench(server.bindir, name="pgbouncer", port=bouncer, database="bench",
                          user="postgres", password="", pid=bouncer_pid_, **common)
+        least = pgbench(server.bindir, name="floor", port=relay, database=database,
+                        user="postgres", password="", pid=relay_pid, **common)
         guarded = pgbench(server.bindir, name="stepguard", port=door, database="bench",
                           user=user, password=token, pid=door_pid, **common)
     cached, uncached = classification_cost()
@@ -311,16 +329,18 @@ def main() -> int:
     verdict = "PASS" if ratio >= RATIO_TARGET else "MISS"
     print(f"pgbench -S -M extended, {args.clients} clients, {args.seconds} s each, same "
           f"PostgreSQL 15; load average {os.getloadavg()[0]:.1f} at the end")
-    for run in (direct, anchor, guarded):
+    for run in (direct, anchor, least, guarded):
         print(f"  {run.name:10s} {run.tps:9.0f} tps   latency p50 {run.pct(0.5):6.3f} ms   "
               f"p99 {run.pct(0.99):6.3f} ms")
-    for run in (anchor, guarded):
+    for run in (anchor, least, guarded):
         print(f"  {run.name:10s} CPU {run.cpu_us:6.1f} µs per transaction in its process")
-    for run in (anchor, guarded):
+    for run in (anchor, least, guarded):
         print(f"  {run.name:10s} adds p50 {run.pct(0.5) - direct.pct(0.5):+.3f} ms, "
               f"p99 {run.pct(0.99) - direct.pct(0.99):+.3f} ms over direct")
     print(f"  {verdict}  stepguard / pgbouncer = {ratio:.2f}x tps (target >= {RATIO_TARGET}x); "
           f"stepguard / direct = {guarded.tps / direct.tps:.2f}x")
+    print(f"  floor (a uvloop byte relay, no door) / pgbouncer = {least.tps / anchor.tps:.2f}x; "
+          f"stepguard / floor = {guarded.tps / least.tps:.2f}x")
     print(f"  classification per statement: cached {cached:.2f} µs, uncached {uncached:.1f} µs")
     return 1 if args.strict and verdict == "MISS" else 0
 

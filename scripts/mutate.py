@@ -1,6 +1,7 @@
 """`make mutate`: mutation testing of the security-critical layer with mutmut 3.
 
-    python scripts/mutate.py [--max-children N] [--budget SECONDS] [--sample N] [--keep [--resume | --survivors]]
+    python scripts/mutate.py [--max-children N] [--budget SECONDS] [--sample N]
+                             [--keep [--resume | --survivors]]
 
 Which modules are mutated and which tests may run is `[tool.mutmut]` in pyproject.toml. On top of
 mutmut this script

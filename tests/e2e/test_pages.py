@@ -253,8 +253,10 @@ def test_passkey_first_sign_in(page: Page, demo: DemoServer, problems: PageProbl
 
     # Conditional UI: the login page asks for a passkey in the background (mediation
     # "conditional"); the virtual authenticator answers at once, as a user picking it from
-    # the username field's autofill: signed in without typing anything.
-    page.goto("/login?rd=/account")
+    # the username field's autofill: signed in without typing anything. The answer can come
+    # before the login page's "load": wait for the navigation's commit only, or the redirect
+    # to /account interrupts the goto.
+    page.goto("/login?rd=/account", wait_until="commit")
     expect(page).to_have_url(re.compile(r"/account$"), timeout=CEREMONY_TIMEOUT_MS)
     expect(page.locator(".signed-in")).to_contain_text("Bob")
     page.get_by_role("button", name="Sign out", exact=True).click()
