@@ -1,7 +1,7 @@
 """`make mutate`: mutation testing of the security-critical layer with mutmut 3.
 
     python scripts/mutate.py [--max-children N] [--budget SECONDS] [--sample N]
-                             [--keep [--resume | --survivors]]
+                             [--keep [--resume | --survivors]] [--recheck-equivalent]
 
 Which modules are mutated and which tests may run is `[tool.mutmut]` in pyproject.toml. On top of
 mutmut this script
@@ -15,6 +15,8 @@ mutmut this script
   20 minutes on 2 cores,
 * prints the kill rate and every surviving mutant, excluding the survivors judged equivalent in
   tests/mutation/equivalent.txt (one `mutant-name  reason` per line), and fails below `TARGET`.
+  The judged ones are not run again (each would spend its whole budget surviving) unless
+  `--recheck-equivalent` asks for it.
 
 A timeout counts as killed (the mutant made the code hang). "No tests" counts as survived.
 """
@@ -208,7 +210,8 @@ def report(mutants: Mutants, names: list[str], skipped: tuple[int, int], seconds
     from mutmut.__main__ import status_by_exit_code
 
     judged = equivalents()
-    status = {n: status_by_exit_code[mutants.status[n]] for n in names}
+    status = {n: status_by_exit_code[mutants.status[n]] if mutants.status[n] is not None
+              else "not run (judged equivalent)" for n in names}
     killed = [n for n in names if status[n] in KILLED]
     survived = [n for n in names if status[n] not in KILLED]
     equivalent = [n for n in survived if n in judged]
@@ -237,7 +240,7 @@ def report(mutants: Mutants, names: list[str], skipped: tuple[int, int], seconds
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", "--max-children", type=int, default=os.cpu_count() or 2)
-    parser.add_argument("--budget", type=float, default=30.0,
+    parser.add_argument("--budget", type=float, default=10.0,
                         help="at most this many seconds of tests per mutant")
     parser.add_argument("--keep", action="store_true",
                         help="reuse mutants/ and the test measurements from the last run")
@@ -249,6 +252,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--survivors", action="store_true",
                         help="with --keep: run again only the selected mutants that survived "
                              "(after writing tests for them)")
+    parser.add_argument("--recheck-equivalent", action="store_true",
+                        help="run the survivors judged equivalent too (to find stale entries)")
     parser.add_argument("--report-only", action="store_true",
                         help="no run: report the results already in mutants/ (implies --keep)")
     args = parser.parse_args(argv)
@@ -266,18 +271,21 @@ def main(argv: list[str]) -> int:
         names = [n for n in names if any(fnmatch.fnmatch(n, g) for g in globs)]
     if args.sample > 1:  # a quick estimate: every N-th mutant, always the same ones
         names = names[::args.sample]
+    judged = set() if args.recheck_equivalent else set(equivalents())
     if args.report_only:
-        unrun = [n for n in names if mutants.status[n] is None]
+        unrun = [n for n in names if mutants.status[n] is None and n not in judged]
         print(f"{len(unrun)} of the {len(names)} selected mutants have no result yet (left out)")
-        names = [n for n in names if mutants.status[n] is not None]
+        names = [n for n in names if mutants.status[n] is not None or n in judged]
     else:
         if args.resume:
             names = [n for n in names if mutants.status[n] is None]
         if args.survivors:
             names = [n for n in names if mutants.status[n] is not None
                      and status_name(mutants.status[n]) not in KILLED]
-        print(f"running {len(names)} of {len(mutants.status)} mutants")
-        run(names, workers=args.workers, budget=args.budget)
+        todo = [n for n in names if n not in judged]
+        print(f"running {len(todo)} of {len(mutants.status)} mutants ({len(names) - len(todo)} "
+              "judged equivalent are not run: --recheck-equivalent runs them)")
+        run(todo, workers=args.workers, budget=args.budget)
         mutants = Mutants(ROOT / "mutants")
     return report(mutants, names, (messages, outside), time.monotonic() - started)
 

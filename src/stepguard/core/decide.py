@@ -220,8 +220,11 @@ def _values(context: RequestContext, risk: RiskAssessment) -> dict[str, object]:
 
 
 def _text_of(template: str, context: RequestContext, risk: RiskAssessment) -> str:
-    """A rendered reason; the values are built only when the template has placeholders."""
-    return render(template, _values(context, risk)) if "{" in template else template
+    """A rendered reason; the values are built only when the template has placeholders or
+    escaped braces (`}}` is one brace even in a text without placeholders)."""
+    if "{" in template or "}" in template:
+        return render(template, _values(context, risk))
+    return template
 
 
 @lru_cache(maxsize=4096)

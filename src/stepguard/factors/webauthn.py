@@ -438,9 +438,9 @@ def _check_binding(ceremony: Ceremony, expected_binding: str | None) -> None:
     nonce = ceremony.challenge[:NONCE_BYTES]
     try:
         expected = binding_challenge(nonce, ceremony.binding)
-    except ValueError:
-        expected = b""
-    if not hmac.compare_digest(expected, ceremony.challenge):
+    except ValueError:  # a binding that is not a digest: nothing can cover it
+        expected = None
+    if expected is None or not hmac.compare_digest(expected, ceremony.challenge):
         raise VerificationFailed(
             "the challenge does not cover the transaction", code="wrong_binding"
         )
@@ -516,7 +516,10 @@ def _origin_problems(rp_id: str, origin: str) -> list[Problem]:
     host = (parts.hostname or "").lower()
     secure = parts.scheme == "https" or (parts.scheme == "http" and host == "localhost")
     problems = []
-    if not secure or parts.path not in ("", "/") or parts.query or parts.fragment:
+    # Written exactly as a browser sends it (py_webauthn compares origins as strings): no path,
+    # not even "/", no user, no query or fragment, the host in lower case.
+    plain = parts.netloc == parts.netloc.lower() and "@" not in parts.netloc
+    if not secure or not plain or parts.path or parts.query or parts.fragment:
         problems.append(Problem("", "origins", f"{origin!r} must be https://host[:port]"))
     if host != rp_id.lower() and not host.endswith("." + rp_id.lower()):
         problems.append(Problem("", "origins", f"{origin!r} is not within the RP id {rp_id!r}"))
