@@ -90,7 +90,9 @@ class WebauthnSettings(Section):
     rp_id: str = Field("localhost", description="WebAuthn relying party id (a registrable domain)")
     rp_name: str = Field("Stepguard", description="name shown by the authenticator")
     origins: list[str] = Field(default_factory=lambda: ["http://localhost:9091"],
-                               description="origins (with port) where the portal is served")
+                               description="origins (with port) where the portal is served, "
+                               "written as the browser sends them: scheme://host[:port], lower "
+                               "case, no path (not even '/')")
 
 
 class LocationEntry(Section):
