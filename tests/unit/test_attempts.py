@@ -1,5 +1,6 @@
 """The store calls around one verification (service/attempts): who is audited as locked out,
-with what, and how an unknown username is counted. Found by `make mutate` (issue 16)."""
+with what, how an unknown username is counted, and which clients a success trusts. Found by
+`make mutate` (issue 16)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from stepguard.audit.ledger import AuditEntry, pseudonymise_ip
-from stepguard.core.throttle import user_factor_key, user_ip_key
+from stepguard.core.throttle import client_network, trusted_entry, user_factor_key, user_ip_key
 from stepguard.service import attempts
 from stepguard.service.runtime import Runtime
 from stepguard.storage.records import Reserved
@@ -86,3 +87,16 @@ def test_an_unknown_username_is_counted_under_a_stable_subject_of_its_own() -> N
     assert subject != attempts.unknown_subject("mallory2")
     assert "mallory" not in subject.lower()
     assert attempts.unknown_subject("a\ud800b") != attempts.unknown_subject("ab")
+
+
+def test_a_success_trusts_only_the_device_and_network_the_client_really_has(
+        runtime: Runtime) -> None:
+    """No device cookie or no usable address adds no empty `device|` / `net|` entry."""
+    attempts.trust_client(runtime, user_id="u1", factor="totp", client_ip=ADDRESS, device_id="")
+    attempts.trust_client(runtime, user_id="u2", factor="totp", client_ip="", device_id="d1")
+    attempts.trust_client(runtime, user_id="u3", factor="totp", client_ip="not-an-ip",
+                          device_id="")
+    trusted = {user: runtime.store.history.load(user).trusted for user in ("u1", "u2", "u3")}
+    assert trusted == {"u1": {trusted_entry("totp", "net", client_network(ADDRESS))},
+                       "u2": {trusted_entry("totp", "device", "d1")},
+                       "u3": set()}

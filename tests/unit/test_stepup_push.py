@@ -74,8 +74,16 @@ class World:
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
+    made = make_world(tmp_path)
+    yield made
+    made.rt.close()
+
+
+def make_world(tmp_path: Path, settings: str = "") -> World:
+    """Alice with a push device, a laptop and a phone session, and a pending aal2 challenge of
+    the laptop's; `settings` are added to the configuration (close `rt` when done)."""
     clock = Clock()
-    loaded = load_config(write_config(tmp_path, extra=GEO))
+    loaded = load_config(write_config(tmp_path, extra=GEO + settings))
     rt = build_runtime(loaded, clock=clock, store=MemoryStore(), audit_log=MemoryAuditLog())
     user = build.user("alice", created=clock.now - 3600)
     rt.store.users.add(user)
@@ -92,8 +100,7 @@ def world(tmp_path: Path) -> Iterator[World]:
         requirement=Requirement(level=Level.AAL2, scope="admin", single_use=True,
                                 reason="Approve"))
     rt.store.challenges.add(challenge)
-    yield World(rt, clock, StepUp(rt), user.id, laptop, phone, device, key, challenge.id)
-    rt.close()
+    return World(rt, clock, StepUp(rt), user.id, laptop, phone, device, key, challenge.id)
 
 
 def entries(world: World) -> list[AuditEntry]:

@@ -212,7 +212,8 @@ def _origin_of(url: str) -> str | None:
     if port is None:
         return None
     suffix = "" if port == _DEFAULT_PORTS[parts.scheme] else f":{port}"
-    return f"{parts.scheme}://{parts.hostname}{suffix}"
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname  # IPv6 keeps []
+    return f"{parts.scheme}://{host}{suffix}"
 
 
 def _b64encode(data: bytes) -> str:
