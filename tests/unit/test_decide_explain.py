@@ -207,3 +207,16 @@ def test_a_report_rule_is_decided_at_the_requests_time() -> None:
     stale = state("alice", frozenset(), [("password", Level.AAL1, 1200.0)], 0.0)
     decision = decide(policy, request("/x"), stale, now=NOW)
     assert decision.outcome is Outcome.STEP_UP and decision.shadow is not None
+
+
+def test_a_proof_exactly_max_age_old_is_not_called_too_old() -> None:
+    policy = compile_policy({"rules": [
+        {"name": "pay", "match": {"paths": ["/pay"]},
+         "require": {"level": "aal1", "max_age": "10m", "bind": ["amount"]}},
+    ], "default": {"level": "aal1"}, "attributes": {"amount": "string"}})
+    for age, said in ((600.0, "Approve exactly these values (amount)"),
+                      (601.0, "Your last sign-in at this level is older than 10 minutes.")):
+        reasons = decide(policy, request("/pay", amount="5"),
+                         state("alice", frozenset(), [("password", Level.AAL1, age)], 0.0),
+                         now=NOW).reasons
+        assert any(reason.startswith(said) for reason in reasons), (age, reasons)
