@@ -78,6 +78,13 @@ def runtime(tmp_path: Path, clock: Clock, store: CountingStore) -> Iterator[Runt
     rt.close()
 
 
+def grant_answering(decision: Any, session_id: str, subject_id: str, *, granted_at: float,
+                    expires_at: float) -> Any:
+    """A grant for the scope and binding the step-up `decision` asked for."""
+    return build.grant(session_id, subject_id=subject_id, scope=decision.scope,
+                       binding=decision.binding, granted_at=granted_at, expires_at=expires_at)
+
+
 def signed_in(runtime: Runtime, name: str = "alice") -> tuple[UserRecord, SessionRecord, str]:
     user = build.user(name, created=runtime.now())
     runtime.store.users.add(user)
@@ -530,16 +537,14 @@ def test_a_single_use_grant_is_spent_once_through_the_event_loop_path_too(
     try:
         guard = Guard(rt)
         user, session, token = signed_in(rt)
-        delete = DELETE
-        asked = guard.check(delete, token).decision
+        asked = guard.check(DELETE, token).decision
         assert asked.outcome is Outcome.STEP_UP
-        rt.store.grants.add(build.grant(session.id, subject_id=user.id, scope=asked.scope,
-                                        binding=asked.binding, granted_at=clock.now,
-                                        expires_at=clock.now + 300))
+        rt.store.grants.add(grant_answering(asked, session.id, user.id, granted_at=clock.now,
+                                            expires_at=clock.now + 300))
         assert guard.load(token) is not None  # the copy with the grant is cached
         outcomes = []
         for _ in range(3):
-            check = guard.check_cached(delete, token) or guard.check(delete, token)
+            check = guard.check_cached(DELETE, token) or guard.check(DELETE, token)
             outcomes.append(check.decision.outcome)
         assert outcomes == [Outcome.ALLOW, Outcome.STEP_UP, Outcome.STEP_UP]
     finally:

@@ -22,9 +22,17 @@ from stepguard.service.guard import TOUCH_EVERY, Guard
 from stepguard.service.runtime import Runtime, build_runtime, token_key
 from stepguard.storage.memory import MemoryStore
 from stepguard.storage.records import SessionSnapshot
-from tests.contract import build
 from tests.support.gateway import Clock, write_config
-from tests.unit.test_guard import ADMIN, DELETE, ONCE_POLICY, PAGE, POLICY, decisions, signed_in
+from tests.unit.test_guard import (
+    ADMIN,
+    DELETE,
+    ONCE_POLICY,
+    PAGE,
+    POLICY,
+    decisions,
+    grant_answering,
+    signed_in,
+)
 
 LOCATIONS = """
 risk:
@@ -52,6 +60,21 @@ def runtime(tmp_path: Path, clock: Clock) -> Iterator[Runtime]:
     rt = make_runtime(tmp_path, clock)
     yield rt
     rt.close()
+
+
+@pytest.fixture
+def once(tmp_path: Path, clock: Clock) -> Iterator[Runtime]:
+    """A runtime whose DELETE rule asks for a single-use grant (ONCE_POLICY)."""
+    rt = make_runtime(tmp_path, clock, policy=ONCE_POLICY)
+    yield rt
+    rt.close()
+
+
+def bearer_state(guard: Guard, rt: Runtime) -> Any:
+    """A signed-in session's state, as the bearer adapter holds it."""
+    loaded = guard.load(signed_in(rt)[2])
+    assert loaded is not None
+    return loaded.state
 
 
 # ------------------------------------------------------------------ paths and counters
@@ -253,53 +276,38 @@ def test_a_decision_made_without_audit_writes_no_entry(runtime: Runtime) -> None
 
 
 def test_a_grant_spent_by_another_request_meanwhile_is_decided_again_without_it(
-        tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
-    rt = make_runtime(tmp_path, clock, policy=ONCE_POLICY)
-    try:
-        guard = Guard(rt)
-        user, session, token = signed_in(rt)
-        delete = DELETE
-        asked = guard.check(delete, token).decision
-        rt.store.grants.add(build.grant(session.id, subject_id=user.id, scope=asked.scope,
-                                        binding=asked.binding, granted_at=clock.now,
-                                        expires_at=clock.now + 300))
-        assert guard.preview(delete, guard.load(token)).decision.allowed
-        monkeypatch.setattr(rt.store.grants, "consume", lambda *a, **k: False)  # lost the race
-        check = guard.check(delete, token)
-        assert check.decision.outcome is Outcome.STEP_UP and not check.decision.consume_grant
-    finally:
-        rt.close()
+        once: Runtime, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    guard = Guard(once)
+    user, session, token = signed_in(once)
+    asked = guard.check(DELETE, token).decision
+    once.store.grants.add(grant_answering(asked, session.id, user.id, granted_at=clock.now,
+                                          expires_at=clock.now + 300))
+    assert guard.preview(DELETE, guard.load(token)).decision.allowed
+    monkeypatch.setattr(once.store.grants, "consume", lambda *a, **k: False)  # lost the race
+    check = guard.check(DELETE, token)
+    assert check.decision.outcome is Outcome.STEP_UP and not check.decision.consume_grant
 
 
 def test_a_bearer_state_whose_own_sign_in_stands_in_for_a_grant_is_allowed_once(
-        tmp_path: Path, clock: Clock) -> None:
+        once: Runtime, clock: Clock) -> None:
     """`judge_token`: the state's own recent sign-in stands in for the grant a rule asks for;
     a single-use one is stored and spent, so the same state is asked again next time."""
-    rt = make_runtime(tmp_path, clock, policy=ONCE_POLICY)
-    try:
-        guard = Guard(rt)
-        loaded = guard.load(signed_in(rt)[2])
-        assert loaded is not None
-        state = loaded.state
-        delete = DELETE
+    guard = Guard(once)
+    state = bearer_state(guard, once)
+    made: list[Any] = []
 
-        made: list[Any] = []
-
-        def grant_for(decision: Any) -> Any:  # the same sign-in gives the same grant
-            if not made:
-                made.append(build.grant(state.id, subject_id=state.subject.id,
-                                        scope=decision.scope, binding=decision.binding,
+    def grant_for(decision: Any) -> Any:  # the same sign-in gives the same grant
+        if not made:
+            made.append(grant_answering(decision, state.id, state.subject.id,
                                         granted_at=clock.now, expires_at=clock.now + 300))
-            return made[0]
+        return made[0]
 
-        first = guard.judge_token(delete, state, grant_for=grant_for)
-        assert first.decision.allowed and first.decision.grant_id
-        again = guard.judge_token(delete, state, grant_for=grant_for)
-        assert again.decision.outcome is Outcome.STEP_UP  # the same grant, spent
-        refused = guard.judge_token(delete, state, grant_for=lambda decision: None)
-        assert refused.decision.outcome is Outcome.STEP_UP
-    finally:
-        rt.close()
+    first = guard.judge_token(DELETE, state, grant_for=grant_for)
+    assert first.decision.allowed and first.decision.grant_id
+    again = guard.judge_token(DELETE, state, grant_for=grant_for)
+    assert again.decision.outcome is Outcome.STEP_UP  # the same grant, spent
+    refused = guard.judge_token(DELETE, state, grant_for=lambda decision: None)
+    assert refused.decision.outcome is Outcome.STEP_UP
 
 
 def test_a_deny_is_never_remembered_as_a_plain_allow(tmp_path: Path, clock: Clock) -> None:
@@ -327,38 +335,32 @@ default:""")
 
 
 def test_when_another_request_spent_the_grant_chosen_the_next_one_is_spent_too(
-        tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+        once: Runtime, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two step-ups left two single-use grants. A request that loses its grant to a concurrent
     one and is allowed with the other must spend that other one as well: exactly once each."""
-    rt = make_runtime(tmp_path, clock, policy=ONCE_POLICY)
-    try:
-        guard = Guard(rt)
-        user, session, token = signed_in(rt)
-        delete = DELETE
-        asked = guard.check(delete, token).decision
-        grants = [build.grant(session.id, subject_id=user.id, scope=asked.scope,
-                              binding=asked.binding, granted_at=clock.now + i,
+    guard = Guard(once)
+    user, session, token = signed_in(once)
+    asked = guard.check(DELETE, token).decision
+    grants = [grant_answering(asked, session.id, user.id, granted_at=clock.now + i,
                               expires_at=clock.now + 300) for i in (0, 1)]
-        for grant in grants:
-            rt.store.grants.add(grant)
-        real = rt.store.grants.consume
-        lost: list[str] = []
+    for grant in grants:
+        once.store.grants.add(grant)
+    real = once.store.grants.consume
+    lost: list[str] = []
 
-        def racing(grant_id: str, **kwargs: Any) -> bool:
-            if not lost:  # a concurrent request spends the first grant chosen, just before
-                lost.append(grant_id)
-                assert real(grant_id, **kwargs)
-                return False
-            return real(grant_id, **kwargs)
+    def racing(grant_id: str, **kwargs: Any) -> bool:
+        if not lost:  # a concurrent request spends the first grant chosen, just before
+            lost.append(grant_id)
+            assert real(grant_id, **kwargs)
+            return False
+        return real(grant_id, **kwargs)
 
-        monkeypatch.setattr(rt.store.grants, "consume", racing)
-        check = guard.check(delete, token)
-        assert check.decision.allowed and check.decision.grant_id not in lost
-        for grant in grants:  # both spent: neither can allow again
-            assert not real(grant.id, session_id=session.id, now=clock.now)
-        assert guard.check(delete, token).decision.outcome is Outcome.STEP_UP
-    finally:
-        rt.close()
+    monkeypatch.setattr(once.store.grants, "consume", racing)
+    check = guard.check(DELETE, token)
+    assert check.decision.allowed and check.decision.grant_id not in lost
+    for grant in grants:  # both spent: neither can allow again
+        assert not real(grant.id, session_id=session.id, now=clock.now)
+    assert guard.check(DELETE, token).decision.outcome is Outcome.STEP_UP
 
 
 def test_a_step_up_entry_says_why_with_the_risk_and_the_level_asked(runtime: Runtime) -> None:
@@ -427,22 +429,14 @@ default:""")
         rt.close()
 
 
-def test_a_bearer_state_with_an_expired_stand_in_is_asked_again(tmp_path: Path,
+def test_a_bearer_state_with_an_expired_stand_in_is_asked_again(once: Runtime,
                                                                 clock: Clock) -> None:
-    rt = make_runtime(tmp_path, clock, policy=ONCE_POLICY)
-    try:
-        guard = Guard(rt)
-        loaded = guard.load(signed_in(rt)[2])
-        assert loaded is not None
-        state = loaded.state
-        delete = DELETE
+    guard = Guard(once)
+    state = bearer_state(guard, once)
 
-        def expired(decision: Any) -> Any:
-            return build.grant(state.id, subject_id=state.subject.id, scope=decision.scope,
-                               binding=decision.binding, granted_at=clock.now - 600,
-                               expires_at=clock.now - 1)
+    def expired(decision: Any) -> Any:
+        return grant_answering(decision, state.id, state.subject.id,
+                               granted_at=clock.now - 600, expires_at=clock.now - 1)
 
-        assert guard.judge_token(delete, state, grant_for=expired).decision.outcome \
-            is Outcome.STEP_UP
-    finally:
-        rt.close()
+    assert guard.judge_token(DELETE, state, grant_for=expired).decision.outcome \
+        is Outcome.STEP_UP

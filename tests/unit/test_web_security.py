@@ -305,15 +305,16 @@ def test_cookie_on_https_without_domain_uses_host_prefix() -> None:
     assert attributes == {"httponly": True, "secure": True, "samesite": "lax", "path": "/"}
 
 
-def test_cookie_on_https_with_domain_uses_secure_prefix() -> None:
-    name, attributes = cookie_attributes(name="sg", https=True, domain="example.com")
+@pytest.mark.parametrize("domain", ["example.com", ".Example.com"])  # a leading dot is kept
+def test_cookie_on_https_with_domain_uses_secure_prefix(domain: str) -> None:
+    name, attributes = cookie_attributes(name="sg", https=True, domain=domain)
     assert name == "__Secure-sg"
     assert attributes == {
         "httponly": True,
         "secure": True,
         "samesite": "lax",
         "path": "/",
-        "domain": "example.com",
+        "domain": domain,
     }
 
 

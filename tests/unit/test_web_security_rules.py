@@ -124,18 +124,6 @@ def test_an_ipv6_origin_is_not_confused_with_another_address_and_port() -> None:
 # --- cookies ---------------------------------------------------------------------------------
 
 
-def test_a_cookie_domain_may_start_with_a_dot_and_is_kept_as_given() -> None:
-    name, attributes = cookie_attributes(name="sg", https=True, domain=".Example.com")
-    assert name == "__Secure-sg"
-    assert attributes == {
-        "httponly": True,
-        "secure": True,
-        "samesite": "lax",
-        "path": "/",
-        "domain": ".Example.com",
-    }
-
-
 @pytest.mark.parametrize("domain", ["example.com.", "..example.com", "-x.example.com"])
 def test_a_cookie_domain_that_is_no_host_name_is_refused(domain: str) -> None:
     with pytest.raises(ValueError, match="^the cookie domain must be a host name$"):
