@@ -157,6 +157,16 @@ def test_copy_out_and_in_after_a_step_up(door: Door) -> None:
         assert connection.execute("SELECT note FROM log").fetchall() == [("copied",)]
 
 
+def wait_until_running(door: Door, sql: str) -> None:
+    """Until the server runs `sql` (a cancel sent before it arrives would find nothing)."""
+    deadline = time.monotonic() + 10
+    with psycopg.connect(door.admin_url, autocommit=True) as admin:
+        while not admin.execute("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                                "AND query = %s", (sql,)).fetchone()[0]:  # type: ignore[index]
+            assert time.monotonic() < deadline, f"{sql} never ran"
+            time.sleep(0.02)
+
+
 def test_cancel_refuses_a_held_statement_and_cancels_a_running_one(door: Door) -> None:
     with door.connect() as connection:
         thread, box = run_in_thread(connection.execute, "DELETE FROM customers WHERE id = 9")
@@ -165,7 +175,7 @@ def test_cancel_refuses_a_held_statement_and_cancels_a_running_one(door: Door) -
         thread.join(10)
         assert isinstance(box.get("error"), psycopg.errors.QueryCanceled)
         thread, box = run_in_thread(connection.execute, "SELECT pg_sleep(30)")
-        time.sleep(0.5)
+        wait_until_running(door, "SELECT pg_sleep(30)")
         connection.cancel_safe()
         thread.join(10)
         assert isinstance(box.get("error"), psycopg.errors.QueryCanceled)

@@ -15,7 +15,7 @@ from stepguard.pgwire import messages as m
 from stepguard.pgwire.pipe import Pipe
 from stepguard.pgwire.session import Inbox
 from tests.pgdoor.conftest import Door
-from tests.pgdoor.rawclient import Raw
+from tests.pgdoor.rawclient import Raw, errors
 
 
 def _connection(door: Door) -> object:
@@ -127,4 +127,60 @@ def test_a_server_that_does_not_read_stops_the_door_reading_the_client(door: Doo
         assert "upstream full" in found
         raw.sock.setblocking(True)
         admin.execute("ROLLBACK")
+    raw.close()
+
+
+def round_trip(sql: str, value: bytes) -> bytes:
+    """libpq's PQexecParams in one delivery: Parse and Bind of the unnamed statement and portal,
+    Describe and Execute of the portal, Sync (what pgbench -M extended and psycopg send)."""
+    bind = b"\x00\x00" + b"\x00\x00" + struct.pack("!hi", 1, len(value)) + value + b"\x00\x00"
+    return (m.message(b"P", m.cstring("") + m.cstring(sql) + b"\x00\x00")
+            + m.message(b"B", bind) + m.message(b"D", b"P\x00")
+            + m.message(b"E", b"\x00" + bytes(4)) + m.message(b"S"))
+
+
+def rows_of(seen: list[tuple[bytes, bytes]]) -> list[bytes]:
+    return [body[6:] for kind, body in seen if kind == b"D"]
+
+
+def test_a_repeated_round_trip_is_answered_each_time_and_a_revocation_stops_the_next(
+        door: Door) -> None:
+    raw = Raw(door.port, door.user_name, door.secret)
+    sql = "SELECT name FROM customers WHERE id = $1"
+    for i in (1, 2, 3, 4, 5):
+        raw.send_raw(round_trip(sql, str(i).encode()))
+        assert rows_of(raw.until_ready()) == [f"c{i}".encode()]
+    (connection,) = door.gateway._connections.values()
+    assert connection._cycles  # the repeats took the round trip's short path
+    raw.send_raw(round_trip(sql, b"oops"))  # the server's error: the next one still in step
+    assert errors(raw.until_ready())[0]["C"] == "22P02"
+    raw.send_raw(round_trip(sql, b"6"))
+    assert rows_of(raw.until_ready()) == [b"c6"]
+    door.runtime.store.sessions.revoke(door.session.id, now=door.clock.now)
+    raw.send_raw(round_trip(sql, b"7"))
+    seen: list[tuple[bytes, bytes]] = []
+    with pytest.raises(ConnectionError):
+        while True:
+            seen.append(raw.read())
+    assert [e["C"] for e in errors(seen)] == ["28000"] and not rows_of(seen)
+    raw.close()
+
+
+def test_a_round_trip_of_another_statement_or_shape_is_judged_on_its_own(door: Door) -> None:
+    raw = Raw(door.port, door.user_name, door.secret)
+    raw.send_raw(round_trip("SELECT name FROM customers WHERE id = $1", b"1"))
+    assert rows_of(raw.until_ready()) == [b"c1"]
+    # same shape, a statement that needs a step-up: held (a notice), not relayed
+    raw.send_raw(round_trip("SELECT number FROM cards WHERE id = $1", b"1"))
+    kind, body = raw.read()
+    assert kind == b"N" and "Approve it at" in m.fields(body)["M"]
+    raw.close()
+    # a named portal in the same shape is read message by message, and judged
+    raw = Raw(door.port, door.user_name, door.secret)
+    named = round_trip("SELECT name FROM customers WHERE id = $1", b"2").replace(
+        m.message(b"D", b"P\x00"), m.message(b"D", b"S\x00"))
+    raw.send_raw(named)
+    assert rows_of(raw.until_ready()) == [b"c2"]
+    raw.send_raw(named)
+    assert rows_of(raw.until_ready()) == [b"c2"]
     raw.close()

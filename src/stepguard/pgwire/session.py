@@ -37,7 +37,7 @@ from stepguard.pgwire.pipe import Pipe
 from stepguard.pgwire.scram import MECHANISM, ScramError, ServerExchange, Verifier
 from stepguard.pgwire.tracking import ALL, DESCRIBE, EXECUTE, REMOVE, SYNC, Expect, Portal, Tracker
 from stepguard.pgwire.upstream import Upstream, UpstreamError, open_upstream
-from stepguard.service.guard import Check
+from stepguard.service.guard import Answer, Check
 from stepguard.service.stepup import HeldRequest
 from stepguard.storage.records import SessionRecord, UserRecord
 from stepguard.storage.sql_db_tokens import DbTokenRecord
@@ -135,7 +135,8 @@ class Connection:
         self.key = (secrets.randbits(31), secrets.randbits(31))
         self.out = bytearray()
         self.application = ""
-        self._memo: dict[int, tuple[Statement, tuple[int, int], int, Check]] = {}
+        self._memo: dict[int, tuple[Statement, tuple[int, int], Answer]] = {}
+        self._cycles: dict[bytes, tuple[Statement, Expect]] = {}
         self._parsed: dict[bytes, tuple[str, str, tuple[Statement, ...] | str]] = {}
         self._server_buffer = bytearray()
         self._ended: asyncio.Future[BaseException] | None = None
@@ -359,6 +360,8 @@ class Connection:
             buffer += data
             view = buffer
         try:
+            if not buffer and self._cycle_answer(data):
+                return
             out, used = self._scan(view)
             if out:
                 self.client.write(out)
@@ -369,6 +372,37 @@ class Connection:
             del buffer[:used]
         elif used < len(data):
             buffer += data[used:]
+
+    def _cycle_answer(self, data: bytes) -> bool:
+        """The server's whole answer to one round trip of the unnamed statement (`_cycle`, or
+        the same messages read one by one) in one delivery: ParseComplete, BindComplete, a row
+        description or NoData, rows, CommandComplete, ReadyForQuery — no error, notice,
+        notification or setting among them. Tracked as those messages one by one would be,
+        relayed as it came; anything else: False, nothing done (`_scan` reads it)."""
+        expect, size = self.tracker.expect, len(data)
+        if (len(expect) != 5 or expect[2] is not DESCRIBE or expect[3] is not EXECUTE
+                or expect[4] is not SYNC or size < 27 or not data.startswith(_PARSED_BOUND)
+                or data[size - 6] != 90 or data[size - 5:size - 1] != b"\0\0\0\x05"):
+            return False
+        parse, bind = expect[0].effect, expect[1].effect
+        if (expect[0].kind != "parse" or expect[1].kind != "bind" or parse is None
+                or bind is None or parse[1] or bind[1]):
+            return False
+        unpack, pos, last = _LENGTH.unpack_from, 10, size - 6
+        if data[pos] not in b"Tn":  # the row description, or NoData
+            return False
+        pos += 1 + unpack(data, pos + 1)[0]
+        while pos < last and data[pos] == 68:  # D: a row
+            pos += 1 + unpack(data, pos + 1)[0]
+        if pos >= last or data[pos] != 67:  # C: CommandComplete
+            return False
+        if pos + 1 + unpack(data, pos + 1)[0] != last:
+            return False
+        tracker, status = self.tracker, data[size - 1:]
+        tracker.answer_cycle(parse[2], bind[2], status)
+        self.status = status
+        self.client.write(data)
+        return True
 
     def _server_eof(self) -> None:
         self._end(Closed())
@@ -431,6 +465,9 @@ class Connection:
 
     def _client_data(self, data: bytes) -> None:
         inbox = self.inbox
+        if (self._slow_task is None and not self.skipping and inbox.pos >= len(inbox.buffer)
+                and self._cycle(data)):
+            return
         inbox.feed(data)
         if self._slow_task is not None:  # a decision is pending: read ahead, in bounds
             if inbox.unread() > _READ_AHEAD:
@@ -486,6 +523,45 @@ class Connection:
                 return work
         self._flush()
         return None
+
+    def _cycle(self, data: bytes) -> bool:
+        """The extended protocol's round trip of one statement (libpq's PQexecParams, pgbench
+        -M extended), arriving as one delivery: Parse of the unnamed statement, Bind of the
+        unnamed portal to it, Describe and Execute of that portal, Sync. When the Parse is one
+        this connection handled before (`_remember_cycle`) and its statement was allowed
+        plainly (`_again`), the delivery is checked with a few comparisons and relayed as it
+        came, with the same effects as its messages one by one; anything else: False, nothing
+        done (the messages are read one by one)."""
+        size = len(data)
+        if size < 40 or data[0] != 80:  # P
+            return False
+        unpack = _LENGTH.unpack_from
+        end = 1 + unpack(data, 1)[0]
+        found = self._cycles.get(data[:end])
+        if found is None or size < end + 7 or data[end] != 66:  # B
+            return False
+        length = unpack(data, end + 1)[0]
+        bind_end = end + 1 + length
+        if (length < 6 or length - 4 > self.inbox.limit or data[end + 5:end + 7] != b"\0\0"
+                or data[bind_end:] != _CYCLE_TAIL):
+            return False
+        statement, parse = found
+        if not self._again(statement):
+            return False
+        assert self.upstream is not None
+        portal = Portal(statement, data[end + 7:bind_end], allowed=True)
+        self.tracker.queue_cycle(parse, Expect("bind", effect=("portal", "", portal)))
+        self.upstream.pipe.write(data)
+        return True
+
+    def _remember_cycle(self, raw: bytes, text: str, statement: Statement) -> None:
+        """A Parse of the unnamed statement that `_cycle` may take without reading it: one
+        statement with no effect on what the server holds or how it reads text."""
+        if (statement.execute is None and statement.settles and statement is not _EMPTY
+                and _sql_effect(statement) is None and _plain_text(text)):
+            if len(self._cycles) >= _PARSED_SIZE:
+                self._cycles.clear()
+            self._cycles[raw] = (statement, Expect("parse", effect=("stmt", "", statement)))
 
     def _flush(self) -> None:
         if self.out:
@@ -568,6 +644,8 @@ class Connection:
                                          "connection; Stepguard needs a new name for each")
         statement = statements[0] if statements else _EMPTY
         self._send(raw, Expect("parse", effect=("stmt", name, statement)))
+        if not name:
+            self._remember_cycle(raw, text, statement)
         return None
 
     def _bind(self, body: bytes, raw: bytes) -> None:
@@ -742,12 +820,15 @@ class Connection:
         revocation still stops the very next one — within the same hour: the same answer,
         audited again, without deciding it again."""
         found = self._memo.get(id(statement))
-        if found is None or found[0] is not statement or found[2] != self._hour():
+        if found is None or found[0] is not statement:
+            return False
+        answer, now = found[2], self.rt.now()
+        if now >= answer.until:
             return False
         assert self.identity is not None
-        if self.gw.versions(self.identity.session_key, found[3].context) != found[1]:
+        if self.gw.versions(self.identity.session_key, answer.context) != found[1]:
             return False
-        self.gw.guard.audit(found[3])
+        self.gw.guard.audit(answer, now)
         return True
 
     def _remember(self, statement: Statement, check: Check) -> None:
@@ -759,10 +840,8 @@ class Connection:
             return
         if len(self._memo) >= _MEMO_SIZE:
             self._memo.clear()
-        self._memo[id(statement)] = (statement, versions, self._hour(), check)
-
-    def _hour(self) -> int:
-        return int(self.rt.now() // 3600)
+        until = (self.rt.now() // 3600 + 1) * 3600  # the end of this hour
+        self._memo[id(statement)] = (statement, versions, guard.answer(check, until))
 
     async def _check(self, context: RequestContext, cached: bool = True) -> Check:
         assert self.identity is not None
@@ -879,6 +958,9 @@ class Connection:
 
 
 _EMPTY = Statement(text="", kind="other", kinds=frozenset({"other"}))
+_PARSED_BOUND = m.message(b"1") + m.message(b"2")  # ParseComplete, BindComplete
+_CYCLE_TAIL = (m.message(b"D", b"P\0") + m.message(b"E", b"\0" + bytes(4))
+               + m.message(b"S"))  # Describe and Execute (all rows) of the unnamed portal, Sync
 
 
 def _summary(check: Check, rt: Any) -> dict[str, str]:

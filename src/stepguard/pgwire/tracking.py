@@ -98,6 +98,12 @@ class Tracker:
             self.sent_syncs += 1
         self.expect.append(expect)
 
+    def queue_cycle(self, parse: Expect, bind: Expect) -> None:
+        """`queue` of an unnamed Parse and Bind (no names to remember) followed by Describe,
+        Execute and Sync."""
+        self.expect.extend((parse, bind, DESCRIBE, EXECUTE, SYNC))
+        self.sent_syncs += 1
+
     # ------------------------------------------------------------------ server side
 
     def answer(self, kind: bytes) -> Expect | None:
@@ -109,6 +115,15 @@ class Tracker:
         if kind == b"Z":
             return self.sync()
         return None
+
+    def answer_cycle(self, statement: Statement, portal: Portal, status: bytes) -> None:
+        """`answer` of ParseComplete, BindComplete, CommandComplete and ReadyForQuery when
+        exactly an unnamed Parse, Bind, Describe, Execute and Sync are in flight."""
+        self.expect.clear()
+        self.tables["stmt"][""] = statement
+        self.tables["portal"][""] = portal
+        self.seen_syncs += 1
+        self.ready(status)
 
     def error(self) -> Expect | None:
         """The server reported an error: the failed message's effects and, in the extended

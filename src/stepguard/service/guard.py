@@ -355,7 +355,7 @@ class Guard:
         if len(answers) >= ANSWERS_PER_COPY:
             answers.clear()
         until = self.horizon(loaded.state, self.rt.now())
-        answers[id(check.context)] = Answer(check.context, check, until, self._who(check))
+        answers[id(check.context)] = self.answer(check, until)
 
     def horizon(self, state: SessionState, now: float) -> float:
         """Until when a plain allow without fading risk signals stays the same answer: the end
@@ -402,9 +402,14 @@ class Guard:
         return (d.allowed and not d.grant_id and check.risk.level == "low"
                 and self._plain.get(d.rule, False))
 
-    def audit(self, check: Check) -> None:
-        """Audit a decision given again without change (see `versions_now`)."""
-        self._audit(check)
+    def answer(self, check: Check, until: float) -> Answer:
+        """A plain allow to give again, unchanged, until `until` (see `versions_now`): its
+        summary line is found once, here."""
+        return Answer(check.context, check, until, self._who(check))
+
+    def audit(self, again: Answer, now: float) -> None:
+        """Audit an allow given again without change (see `answer`)."""
+        self._audit_again(again, now)
 
     def check(self, context: RequestContext, token: str | None, *, audit: bool = True) -> Check:
         return self.check_key(context, token_key(token), audit=audit)
