@@ -380,7 +380,7 @@ def _reason(
 ) -> str:
     if requirement.reason:
         return _text_of(requirement.reason, context, risk)
-    if rule.name == "default":
+    if rule.name == "default" and requirement.level <= Level.AAL1:  # above: say what it needs
         return "Sign in to continue."
     return (f"This action needs {LEVEL_NEED[requirement.level]}"
             f"{NEED_EXAMPLES.get(requirement.level, '')}.")

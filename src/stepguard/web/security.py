@@ -272,8 +272,10 @@ def safe_return_url(url: str | None, *, protected_domains: Sequence[str], defaul
     """`url` when it is a same-site path or an http(s) URL on a protected domain, else `default`.
 
     Refused: other hosts, `//host`, `/\\host`, other schemes (`javascript:`, `data:`), userinfo,
-    backslashes, spaces, control characters and non-ASCII anywhere, and the percent-encoded forms
-    of these (the URL is decoded once and checked again). Invalid domain entries match nothing.
+    and backslashes, spaces, control characters and non-ASCII anywhere as written; decoded once
+    and checked again, backslashes and control characters (C0, DEL, C1) and a path that becomes
+    `//host` or `/\\host` are refused too (percent-encoded spaces and UTF-8 stay: they are how
+    such paths are written). Invalid domain entries match nothing.
     """
     if url is None or not _is_safe(url, _entries(protected_domains)):
         return default
