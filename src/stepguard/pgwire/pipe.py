@@ -116,9 +116,18 @@ class Pipe(asyncio.Protocol):
 
     def relay(self, on_data: _Data, on_eof: _Event, on_writable: _Flag) -> None:
         self.on_data, self.on_eof, self.on_writable = on_data, on_eof, on_writable
+        self._deliver(on_data)
 
     def detach(self) -> None:
         self.on_data, self.on_eof, self.on_writable = _ignore_data, None, None
+        self._deliver(_ignore_data)
+
+    def _deliver(self, on_data: _Data) -> None:
+        """Deliveries straight to `on_data`: the transport calls it in place of
+        `data_received` (uvloop keeps the bound method it was given: it is given again)."""
+        setattr(self, "data_received", on_data)  # noqa: B010  # shadows the method
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.set_protocol(self)
 
     def write(self, data: bytes | bytearray) -> None:
         if self.transport is None or self.lost:
