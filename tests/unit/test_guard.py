@@ -298,22 +298,6 @@ def test_every_request_mode_seals_each_allow(tmp_path: Path, clock: Clock) -> No
 # ------------------------------------------------------------------------------ answers given again
 
 
-@pytest.fixture
-def decides(monkeypatch: pytest.MonkeyPatch) -> list[RequestContext]:
-    """Every context `core.decide` is called with (the memo saves exactly these calls)."""
-    from stepguard.service import guard as module
-
-    seen: list[RequestContext] = []
-    real = module.decide
-
-    def counted(policy: Any, context: RequestContext, *args: Any) -> Any:
-        seen.append(context)
-        return real(policy, context, *args)
-
-    monkeypatch.setattr(module, "decide", counted)
-    return seen
-
-
 def guard_with(tmp_path: Path, clock: Clock, policy: str = POLICY,
                extra: str = "") -> tuple[Guard, Runtime]:
     loaded = load_config(write_config(tmp_path, policy=policy, extra=extra))

@@ -587,8 +587,8 @@ class Guard:
             detail={**_detail(d, check.risk), "input": check.input(self._attributes),
                     **(extra or {})})
         rt.audit.submit(event, checked=False)
-        if rt.observer.debug:
-            rt.observer.event(event.checked())
+        if rt.observer.debug:  # counted above: shown only
+            rt.observer.show(event.checked())
 
     def _audit_again(self, again: Answer, now: float) -> None:
         """Audit a remembered allow given again: a count on its summary line."""

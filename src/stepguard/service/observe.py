@@ -69,6 +69,10 @@ class Observer:
             self.challenges.labels(event.rule or "-", "started").inc()
         elif event.kind == "verification":
             self._verification(event)
+        self.show(event)
+
+    def show(self, event: AuditEvent) -> None:
+        """Log one audit event without counting it (allows only at debug level)."""
         if event.kind in _QUIET_KINDS and event.decision == "allow":
             if self.debug:
                 self.log.debug(event.kind, **_fields(event))

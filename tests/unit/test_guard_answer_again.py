@@ -1,0 +1,58 @@
+"""`Guard.answer` and `Guard.audit`: an allow a door gives again (the PostgreSQL door's memo)
+is audited as the allow it repeats, a summary count only when it has a summary line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from stepguard.core.context import RequestContext
+from stepguard.service.guard import Guard
+from tests.support.gateway import Clock
+from tests.unit.test_guard import PAGE, decisions, signed_in
+from tests.unit.test_guard_flow import make_runtime
+from tests.unit.test_guard_rules import EXPORT, REPORT_POLICY
+
+
+def test_a_report_mode_allow_given_again_is_sealed_with_what_it_would_have_done(
+        tmp_path: Path) -> None:
+    rt = make_runtime(tmp_path, Clock(), policy=REPORT_POLICY)
+    try:
+        guard = Guard(rt)
+        _, _, token = signed_in(rt)
+        check = guard.check(EXPORT, token)
+        assert check.decision.allowed and check.decision.shadow is not None
+        again = guard.answer(check, rt.now() + 60)
+        assert again.who is None  # a report-mode shadow has no summary line
+        guard.audit(again, rt.now())
+        assert [e.outcome for e in decisions(rt)] == ["would_step_up"] * 2  # type: ignore[attr-defined]
+    finally:
+        rt.close()
+
+
+def test_an_allow_with_attributes_given_again_is_its_own_entry(tmp_path: Path) -> None:
+    rt = make_runtime(tmp_path, Clock())
+    try:
+        guard = Guard(rt)
+        _, _, token = signed_in(rt)
+        tagged = RequestContext(method="GET", host="app.test", path="/orders",
+                                client_ip="198.51.100.7", attributes={"ticket": "T-1"})
+        check = guard.check(tagged, token)
+        guard.audit(guard.answer(check, rt.now() + 60), rt.now())
+        assert [e.outcome for e in decisions(rt)] == ["allow"] * 2  # type: ignore[attr-defined]
+    finally:
+        rt.close()
+
+
+def test_a_plain_allow_given_again_is_counted_on_its_summary_line(tmp_path: Path) -> None:
+    rt = make_runtime(tmp_path, Clock())
+    try:
+        guard = Guard(rt)
+        _, _, token = signed_in(rt)
+        check = guard.check(PAGE, token)
+        again = guard.answer(check, rt.now() + 60)
+        assert again.who is not None and again.until == rt.now() + 60
+        guard.audit(again, rt.now())
+        [line] = decisions(rt)
+        assert (line.outcome, line.detail["count"]) == ("allow_summary", 2)  # type: ignore[attr-defined]
+    finally:
+        rt.close()
