@@ -194,6 +194,16 @@ def test_a_replay_is_recognised_among_the_last_4096_entries() -> None:
     assert replayed(entries, 0).detail == "entry 1 appears after entry 4097"  # forgotten
 
 
+def test_exactly_the_last_remembered_hashes_are_recognised(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same bound, made small: the last N entries are remembered, the one before is not."""
+    from stepguard.audit import ledger
+
+    monkeypatch.setattr(ledger, "_RECENT_HASHES", 3)
+    entries = chain(4)
+    assert replayed(entries, 1).detail == "entry 2 appears a second time after entry 4"
+    assert replayed(entries, 0).detail == "entry 1 appears after entry 4"
+
+
 def test_a_ledger_sealed_once_verifies_forever() -> None:
     """The sealed form is an on-disk format: a ledger written today must verify with any later
     release. These test vectors change only with a new domain tag (…-v2)."""
