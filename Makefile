@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(PY) bench/invalidation.py
 	$(PY) bench/load.py
 	$(PY) bench/mcp.py
+	$(PY) bench/postgres.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage coverage.json mutants
