@@ -147,11 +147,17 @@ def test_a_repeated_round_trip_is_answered_each_time_and_a_revocation_stops_the_
         door: Door) -> None:
     raw = Raw(door.port, door.user_name, door.secret)
     sql = "SELECT name FROM customers WHERE id = $1"
+    allows = door.runtime.observer.decisions
+    before = allows.value("allow", "default")
     for i in (1, 2, 3, 4, 5):
         raw.send_raw(round_trip(sql, str(i).encode()))
         assert rows_of(raw.until_ready()) == [f"c{i}".encode()]
     (connection,) = door.gateway._connections.values()
     assert connection._cycles  # the repeats took the round trip's short path
+    deadline = time.monotonic() + 5  # counted at the end of the gateway loop's turn
+    while allows.value("allow", "default") != before + 5:
+        assert time.monotonic() < deadline, allows.value("allow", "default") - before
+        time.sleep(0.01)
     raw.send_raw(round_trip(sql, b"oops"))  # the server's error: the next one still in step
     assert errors(raw.until_ready())[0]["C"] == "22P02"
     raw.send_raw(round_trip(sql, b"6"))

@@ -127,3 +127,21 @@ def test_memory_log_latest_is_newest_first_and_bounded() -> None:
     assert [e.seq for e in log.latest(limit=2)] == [6, 5]
     assert [e.seq for e in log.latest(limit=9, subject="bob")] == [6, 4, 2]
     assert log.latest(limit=3, outcome="deny") == []
+
+
+def test_allows_counted_at_once_are_the_same_line_as_counted_one_by_one() -> None:
+    """The postgres door hands over a turn's allows of one answer at once."""
+    who = ("u1", "", "default", "", 0)
+    one_by_one, at_once = AllowSummary(60), AllowSummary(60)
+    for at in (T0, T0, T0 + 2):
+        one_by_one.count(who, at=at, host="app", method="", path="")
+    at_once.count(who, at=T0, host="app", method="", path="", times=2)
+    at_once.count(who, at=T0 + 2, host="app", method="", path="", times=1)
+    for n in range(PATH_SAMPLE + 2):  # past the bounded sample: counted as unlisted
+        for summary in (one_by_one, at_once):
+            summary.count(who, at=T0 + 3, host="app", method="GET", path=f"/p/{n}")
+    for _ in range(3):
+        one_by_one.count(who, at=T0 + 4, host="app", method="GET", path="/late")
+    at_once.count(who, at=T0 + 4, host="app", method="GET", path="/late", times=3)
+    [mine], [theirs] = at_once.drain(), one_by_one.drain()
+    assert mine.detail == theirs.detail and mine.detail["count"] == PATH_SAMPLE + 8

@@ -37,8 +37,8 @@ def test_an_allow_with_attributes_given_again_is_its_own_entry(tmp_path: Path) -
         tagged = RequestContext(method="GET", host="app.test", path="/orders",
                                 client_ip="198.51.100.7", attributes={"ticket": "T-1"})
         check = guard.check(tagged, token)
-        guard.audit(guard.answer(check, rt.now() + 60), rt.now())
-        assert [e.outcome for e in decisions(rt)] == ["allow"] * 2  # type: ignore[attr-defined]
+        guard.audit(guard.answer(check, rt.now() + 60), rt.now(), 3)  # three at once
+        assert [e.outcome for e in decisions(rt)] == ["allow"] * 4  # type: ignore[attr-defined]
     finally:
         rt.close()
 
@@ -52,7 +52,9 @@ def test_a_plain_allow_given_again_is_counted_on_its_summary_line(tmp_path: Path
         again = guard.answer(check, rt.now() + 60)
         assert again.who is not None and again.until == rt.now() + 60
         guard.audit(again, rt.now())
+        guard.audit(again, rt.now(), 3)  # three at once (a turn of the postgres door)
         [line] = decisions(rt)
-        assert (line.outcome, line.detail["count"]) == ("allow_summary", 2)  # type: ignore[attr-defined]
+        assert (line.outcome, line.detail["count"]) == ("allow_summary", 5)  # type: ignore[attr-defined]
+        assert rt.observer.decisions.value("allow", "default") == 5
     finally:
         rt.close()

@@ -40,3 +40,11 @@ def test_the_histogram_is_cumulative_with_sum_and_count() -> None:
                  'demo_seconds_bucket{le="+Inf"} 4.0', "demo_seconds_count 4.0",
                  "demo_seconds_sum 2.0065"):
         assert line in text
+
+
+def test_a_counter_added_to_at_once_counts_as_many() -> None:
+    registry = CollectorRegistry()
+    counter = FastCounter("stepguard_test_total", "test", ["outcome"], registry)
+    counter.inc("allow")
+    counter.add(4, "allow")
+    assert counter.value("allow") == 5

@@ -64,26 +64,27 @@ class AllowSummary:
                    path=path, input=input)
 
     def count(self, who: Who, *, at: float, host: str, method: str, path: str,
-              input: Any = None) -> None:
-        """`note` for a `who` built once (a plain allow given again builds nothing)."""
+              input: Any = None, times: int = 1) -> None:
+        """`note` for a `who` built once (a plain allow given again builds nothing), `times`
+        allows of the same request at once."""
         key = (who, math.floor(at / self.interval))
         with self._lock:
             entry = self._open.get(key)
             if entry is None:
                 entry = self._open[key] = _Open(host, method, at, at, input=input)
-            entry.count += 1
+            entry.count += times
             if at > entry.last:
                 entry.last = at
             hit = (method, path)
             seen = entry.requests.get(hit)
             if seen is not None:
-                entry.requests[hit] = seen + 1
+                entry.requests[hit] = seen + times
             elif len(entry.requests) < PATH_SAMPLE:
-                entry.requests[hit] = 1
+                entry.requests[hit] = times
                 if path not in entry.paths:
                     entry.paths.append(path)
             else:
-                entry.unlisted += 1
+                entry.unlisted += times
 
     @property
     def pending(self) -> int:

@@ -24,7 +24,7 @@ from stepguard.pgwire.pipe import Pipe
 from stepguard.pgwire.session import Connection
 from stepguard.pgwire.tokens import TokenService
 from stepguard.pgwire.upstream import send_cancel
-from stepguard.service.guard import Guard
+from stepguard.service.guard import Answer, Guard
 from stepguard.service.runtime import Runtime
 from stepguard.service.stepup import StepUp
 
@@ -47,6 +47,7 @@ class PostgresGateway:
         self._tls: dict[int, ssl.SSLContext | None] = {}
         self._connections: dict[tuple[int, int], Connection] = {}
         self._turn: dict[str, tuple[int, int]] = {}
+        self._again: dict[int, list[Any]] = {}  # id(answer) → [answer, times, last time]
         self._tasks: set[asyncio.Task[Any]] = set()
         self.servers: list[asyncio.Server] = []
 
@@ -134,10 +135,29 @@ class PostgresGateway:
             found = self.guard.versions_now(key, context)
             if found is None:
                 return None
-            if not self._turn:
-                asyncio.get_running_loop().call_soon(self._turn.clear)
+            if not self._turn and not self._again:
+                asyncio.get_running_loop().call_soon(self._end_turn)
             self._turn[key] = found
         return found
+
+    def allowed_again(self, answer: Answer, now: float) -> None:
+        """Audit a statement allowed again (`Guard.audit`), counted with the others of the same
+        answer in this turn of the event loop and handed over at its end (before the loop reads
+        any new data; the summary line holds its counts in memory until its interval closes)."""
+        found = self._again.get(id(answer))
+        if found is None:
+            if not self._turn and not self._again:
+                asyncio.get_running_loop().call_soon(self._end_turn)
+            self._again[id(answer)] = [answer, 1, now]
+        else:
+            found[1] += 1
+            found[2] = now
+
+    def _end_turn(self) -> None:
+        self._turn.clear()
+        counted, self._again = self._again, {}
+        for answer, times, now in counted.values():
+            self.guard.audit(answer, now, times)
 
     def remember(self, connection: Connection) -> None:
         self._connections[connection.key] = connection

@@ -828,7 +828,7 @@ class Connection:
         assert self.identity is not None
         if self.gw.versions(self.identity.session_key, answer.context) != found[1]:
             return False
-        self.gw.guard.audit(answer, now)
+        self.gw.allowed_again(answer, now)
         return True
 
     def _remember(self, statement: Statement, check: Check) -> None:

@@ -407,9 +407,9 @@ class Guard:
         summary line is found once, here."""
         return Answer(check.context, check, until, self._who(check))
 
-    def audit(self, again: Answer, now: float) -> None:
-        """Audit an allow given again without change (see `answer`)."""
-        self._audit_again(again, now)
+    def audit(self, again: Answer, now: float, times: int = 1) -> None:
+        """Audit an allow given again without change (see `answer`), `times` at once."""
+        self._audit_again(again, now, times)
 
     def check(self, context: RequestContext, token: str | None, *, audit: bool = True) -> Check:
         return self.check_key(context, token_key(token), audit=audit)
@@ -590,16 +590,18 @@ class Guard:
         if rt.observer.debug:  # counted above: shown only
             rt.observer.show(event.checked())
 
-    def _audit_again(self, again: Answer, now: float) -> None:
-        """Audit a remembered allow given again: a count on its summary line."""
+    def _audit_again(self, again: Answer, now: float, times: int = 1) -> None:
+        """Audit a remembered allow given again: a count on its summary line (or, when it
+        has none, its own entry each time)."""
         summary = self.rt.audit.summary
         if summary is None or again.who is None:
-            self._audit(again.check)
+            for _ in range(times):
+                self._audit(again.check)
             return
-        self.rt.observer.allowed(again.check.decision.rule)
+        self.rt.observer.allowed(again.check.decision.rule, times)
         context = again.context
         summary.count(again.who, at=now, host=context.host, method=context.method,
-                      path=context.path, input=again.check)
+                      path=context.path, input=again.check, times=times)
 
     def _who(self, check: Check) -> Who | None:
         """The allow's line in the summary, or None when it must be its own sealed entry (not

@@ -58,6 +58,10 @@ class FastCounter(Collector):
         counts = self._counts.mine()
         counts[values] = counts.get(values, 0) + 1
 
+    def add(self, amount: int, *values: str) -> None:
+        counts = self._counts.mine()
+        counts[values] = counts.get(values, 0) + amount
+
     def value(self, *values: str) -> float:
         return self._counts.totals().get(values, 0)
 

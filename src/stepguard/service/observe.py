@@ -47,9 +47,9 @@ class Observer:
         self.log = structlog.get_logger("stepguard")
         self.debug = False  # set by `configure_logging(level="debug")` callers
 
-    def allowed(self, rule: str) -> None:
-        """Count one allow (the per-request path, which builds no checked event)."""
-        self.decisions.inc("allow", rule or "-")
+    def allowed(self, rule: str, times: int = 1) -> None:
+        """Count allows (the per-request path, which builds no checked event)."""
+        self.decisions.add(times, "allow", rule or "-")
 
     def cache_hit(self) -> None:
         self.cache.inc("hit")
