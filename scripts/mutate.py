@@ -14,7 +14,11 @@ mutmut this script
   map, measured on the clean run), as many as fit in `--budget` seconds, so the run stays near
   20 minutes on 2 cores,
 * prints the kill rate and every surviving mutant, excluding the survivors judged equivalent in
-  tests/mutation/equivalent.txt (one `mutant-name  reason` per line), and fails below `TARGET`.
+  tests/mutation/equivalent.txt (one `mutant-name  sha=<fingerprint>  reason` per line; the
+  fingerprint is a hash of the mutant's change, printed beside every survivor: when the function
+  changes, mutmut numbers its mutants anew and a judgement made for one mutant must not pass
+  for another, so an entry whose fingerprint no longer matches counts for nothing and is
+  listed), and fails below `TARGET`.
   The judged ones are not run again (each would spend its whole budget surviving) unless
   `--recheck-equivalent` asks for it.
 
@@ -27,6 +31,7 @@ import argparse
 import ast
 import difflib
 import fnmatch
+import hashlib
 import io
 import json
 import os
@@ -186,14 +191,34 @@ def save(results: dict[str, Any]) -> None:
     log.write_text(json.dumps({**previous, **{n: vars(o) for n, o in results.items()}}, indent=1))
 
 
-def equivalents() -> dict[str, str]:
+def equivalents() -> dict[str, tuple[str, str]]:
+    """name → (fingerprint, reason) of each survivor judged equivalent."""
     found = {}
     if EQUIVALENT.exists():
         for line in EQUIVALENT.read_text().splitlines():
             if line.strip() and not line.startswith("#"):
-                name, _, why = line.strip().partition(" ")
-                found[name] = why.strip()
+                name, _, rest = line.strip().partition(" ")
+                mark, _, why = rest.strip().partition(" ")
+                if not mark.startswith("sha="):
+                    mark, why = "sha=", rest
+                found[name] = (mark[4:], why.strip())
     return found
+
+
+def fingerprint(mutants: Mutants, name: str) -> str:
+    """A hash of what the mutant changes (its diff against the original function)."""
+    return hashlib.sha256(diff(*mutants.source(name)).encode()).hexdigest()[:12]
+
+
+def judged_equivalent(mutants: Mutants) -> tuple[set[str], list[str]]:
+    """(the listed mutants whose change is the one judged, the listed ones that changed)."""
+    judged, changed = set(), []
+    for name, (mark, _) in equivalents().items():
+        if name in mutants.status and mark == fingerprint(mutants, name):
+            judged.add(name)
+        elif name in mutants.status:
+            changed.append(name)
+    return judged, changed
 
 
 def status_name(code: int) -> str:
@@ -209,7 +234,7 @@ def module_of(name: str) -> str:
 def report(mutants: Mutants, names: list[str], skipped: tuple[int, int], seconds: float) -> int:
     from mutmut.__main__ import status_by_exit_code
 
-    judged = equivalents()
+    judged, changed = judged_equivalent(mutants)
     status = {n: status_by_exit_code[mutants.status[n]] if mutants.status[n] is not None
               else "not run (judged equivalent)" for n in names}
     killed = [n for n in names if status[n] in KILLED]
@@ -220,7 +245,12 @@ def report(mutants: Mutants, names: list[str], skipped: tuple[int, int], seconds
     rate = 100.0 * len(killed) / counted if counted else 100.0
     print("\nSurviving mutants (not judged equivalent):")
     for name in real:
-        print(f"  {name}: {status[name]}\n{diff(*mutants.source(name))}")
+        print(f"  {name}  sha={fingerprint(mutants, name)}: {status[name]}\n"
+              f"{diff(*mutants.source(name))}")
+    if changed:
+        print("\nListed as equivalent, but the mutant of that name changes something else now "
+              "(its function changed): judge it again and update its line:")
+        print("\n".join(f"  {n}  sha={fingerprint(mutants, n)}" for n in changed))
     stale = sorted(set(judged) & set(names) - set(survived))
     if stale:
         print("\nListed as equivalent but no longer surviving (remove from the list):")
@@ -271,7 +301,7 @@ def main(argv: list[str]) -> int:
         names = [n for n in names if any(fnmatch.fnmatch(n, g) for g in globs)]
     if args.sample > 1:  # a quick estimate: every N-th mutant, always the same ones
         names = names[::args.sample]
-    judged = set() if args.recheck_equivalent else set(equivalents())
+    judged = set() if args.recheck_equivalent else judged_equivalent(mutants)[0]
     if args.report_only:
         unrun = [n for n in names if mutants.status[n] is None and n not in judged]
         print(f"{len(unrun)} of the {len(names)} selected mutants have no result yet (left out)")

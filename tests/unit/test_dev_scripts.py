@@ -165,3 +165,28 @@ def test_tests_are_split_in_whole_modules() -> None:
         modules = [i.nodeid.split("::")[0] for i in chunk]
         assert all(modules.count(m) == sum(i.nodeid.startswith(m) for i in items)
                    for m in modules)
+
+
+def test_an_equivalent_judged_for_one_mutant_does_not_pass_for_another(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """mutmut numbers a changed function's mutants anew: a listed name whose change is not the
+    one judged (its fingerprint) counts for nothing and is reported."""
+    import json
+
+    module = tmp_path / "src" / "pkg" / "mod.py"
+    module.parent.mkdir(parents=True)
+    module.write_text(MUTATED)
+    names = ["pkg.mod.x_f__mutmut_1", "pkg.mod.x_f__mutmut_2", "pkg.mod.x_f__mutmut_3"]
+    module.with_suffix(".py.meta").write_text(json.dumps(
+        {"exit_code_by_key": dict.fromkeys(names, 0)}))
+    mutants = mutate.Mutants(tmp_path)
+    first, second = (mutate.fingerprint(mutants, n) for n in names[:2])
+    assert first != second and len(first) == 12
+    listed = tmp_path / "equivalent.txt"
+    listed.write_text(f"# judged\n{names[0]}  sha={first}  the reason\n"
+                      f"{names[1]}  sha={first}  judged when it was another mutant\n"
+                      f"{names[2]}  an old line without a fingerprint\n")
+    monkeypatch.setattr(mutate, "EQUIVALENT", listed)
+    assert mutate.equivalents()[names[0]] == (first, "the reason")
+    judged, changed = mutate.judged_equivalent(mutants)
+    assert judged == {names[0]} and changed == names[1:]
