@@ -5,15 +5,11 @@ state is judged with, and every field of the audit entries and counters a decisi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from stepguard.audit.ledger import request_summary
-from stepguard.audit.memory import MemoryAuditLog
-from stepguard.config.load import load_config
 from stepguard.core.context import AuthEvent, RequestContext
 from stepguard.core.decision import Decision, Outcome
 from stepguard.core.errors import StoreUnavailable
@@ -26,11 +22,12 @@ from stepguard.service.guard import (
     Guard,
     with_attributes,
 )
-from stepguard.service.runtime import Runtime, build_runtime, hash_token
+from stepguard.service.runtime import Runtime, hash_token
 from stepguard.storage.memory import MemoryStore
-from stepguard.storage.records import SESSION_EVENT_LIMIT, Versions
+from stepguard.storage.records import SESSION_EVENT_LIMIT, SessionRecord, Versions
 from tests.contract import build
-from tests.support.gateway import Clock, write_config
+from tests.support.gateway import Clock
+from tests.unit.conftest import Make
 from tests.unit.test_guard import (
     ADMIN,
     DELETE,
@@ -47,41 +44,6 @@ PUBLIC = RequestContext(method="GET", host="app.test", path="/static/app.js",
                         client_ip="198.51.100.7")
 AWAY = RequestContext(method="GET", host="app.test", path="/orders",
                       client_ip="203.0.113.9")  # another network than the sign-in's
-IP_KEY = 'ip_pseudonym_key: "0123456789abcdef0123"'
-
-Make = Callable[..., Runtime]
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def make(tmp_path: Path, clock: Clock) -> Iterator[Make]:
-    """Runtimes on the memory store (`sqlite=True`: the SQLite store with its version board),
-    closed at the end; `audit` is the config's audit section, `ip_key` adds the IP key."""
-    made: list[Runtime] = []
-
-    def runtime(*, policy: str = POLICY, audit: str = "", ip_key: bool = False,
-                sqlite: bool = False, extra: str = "") -> Runtime:
-        folder = tmp_path / f"rt{len(made)}"
-        extra += f"audit: {audit}\n" if audit else ""
-        config = write_config(folder, policy=policy, extra=extra)
-        if ip_key:
-            config.write_text(config.read_text().replace("totp_current: k1}",
-                                                         f"totp_current: k1, {IP_KEY}}}"))
-        rt = build_runtime(load_config(config), clock=clock,
-                           store=None if sqlite else MemoryStore(),
-                           audit_log=MemoryAuditLog())
-        made.append(rt)
-        return rt
-
-    yield runtime
-    for rt in made:
-        rt.close()
-
-
 @pytest.fixture
 def rt(make: Make) -> Runtime:
     return make()
@@ -135,6 +97,15 @@ def batched(guard: Guard, rt: Runtime) -> AwaitedReads:
     reads = AwaitedReads(rt.store)  # type: ignore[arg-type]
     guard._batches = reads  # type: ignore[assignment]  # noqa: SLF001 — the PostgreSQL wiring
     return reads
+
+
+def cached_and_batched(rt: Runtime) -> tuple[Guard, AwaitedReads, SessionRecord, str]:
+    """A guard with awaited reads and a signed-in session already in its cache."""
+    guard = Guard(rt)
+    reads = batched(guard, rt)
+    _, session, token = signed_in(rt)
+    guard.check(PAGE, token)
+    return guard, reads, session, token
 
 
 # ------------------------------------------------------------------ the version board (SQLite)
@@ -207,10 +178,7 @@ def test_the_event_loop_path_never_reconnects_but_the_thread_path_does(rt: Runti
 
 
 def test_the_awaited_read_answers_a_cached_session_with_no_blocking_read(rt: Runtime) -> None:
-    guard = Guard(rt)
-    reads = batched(guard, rt)
-    _, session, token = signed_in(rt)
-    guard.check(PAGE, token)
+    guard, reads, session, token = cached_and_batched(rt)
     blocking = counted_reads(rt)
     check = asyncio.run(guard.check_cached_key_async(PAGE, hash_token(token)))
     assert check is not None and check.decision.allowed
@@ -220,10 +188,7 @@ def test_the_awaited_read_answers_a_cached_session_with_no_blocking_read(rt: Run
 
 def test_the_awaited_read_is_used_up_to_the_audit_backlog_limit_and_not_above(
         rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
-    guard = Guard(rt)
-    reads = batched(guard, rt)
-    _, _, token = signed_in(rt)
-    guard.check(PAGE, token)
+    guard, reads, _, token = cached_and_batched(rt)
     blocking = counted_reads(rt)
     backlog = AUDIT_INLINE_LIMIT
     monkeypatch.setattr(type(rt.audit), "backlog", property(lambda _: backlog))
@@ -252,10 +217,7 @@ def test_without_batched_reads_the_awaited_path_answers_as_the_cached_one(rt: Ru
 
 
 def test_a_load_in_flight_sends_both_inline_paths_to_the_thread(rt: Runtime) -> None:
-    guard = Guard(rt)
-    reads = batched(guard, rt)
-    _, _, token = signed_in(rt)
-    guard.check(PAGE, token)
+    guard, reads, _, token = cached_and_batched(rt)
     key = hash_token(token)
     with guard.cache.flight(key):
         assert guard.check_cached(PAGE, token) is None

@@ -135,8 +135,7 @@ class PostgresGateway:
             found = self.guard.versions_now(key, context)
             if found is None:
                 return None
-            if not self._turn and not self._again:
-                asyncio.get_running_loop().call_soon(self._end_turn)
+            self._in_turn()
             self._turn[key] = found
         return found
 
@@ -146,12 +145,17 @@ class PostgresGateway:
         any new data; the summary line holds its counts in memory until its interval closes)."""
         found = self._again.get(id(answer))
         if found is None:
-            if not self._turn and not self._again:
-                asyncio.get_running_loop().call_soon(self._end_turn)
+            self._in_turn()
             self._again[id(answer)] = [answer, 1, now]
         else:
             found[1] += 1
             found[2] = now
+
+    def _in_turn(self) -> None:
+        """Before the first thing remembered in this turn of the event loop: `_end_turn`
+        when the turn ends."""
+        if not self._turn and not self._again:
+            asyncio.get_running_loop().call_soon(self._end_turn)
 
     def _end_turn(self) -> None:
         self._turn.clear()

@@ -465,7 +465,7 @@ class Connection:
 
     def _client_data(self, data: bytes) -> None:
         inbox = self.inbox
-        if (self._slow_task is None and not self.skipping and inbox.pos >= len(inbox.buffer)
+        if (self._slow_task is None and not self.skipping and not inbox.unread()
                 and self._cycle(data)):
             return
         inbox.feed(data)
