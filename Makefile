@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint unit venv clean mutate
+.PHONY: demo test bench lint unit venv clean mutate accelerate
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# The compiled twins of the database door's hot modules (scripts/accelerate.py, mypyc): rebuilt
+# when a member changes; a twin of other sources is never used (the Python source serves).
+DOOR := $(addprefix src/stepguard/pgwire/,roundtrip.py tracking.py turn.py session.py)
+TWINS := $(VENV)/.twins
+$(TWINS): $(STAMP) $(DOOR) scripts/accelerate.py
+	$(PY) scripts/accelerate.py --strict
+	touch $(TWINS)
+
+accelerate: $(TWINS)
 
 # The demo needs Stepguard alone (no test or benchmark tools): its own, smaller install.
 DEMO_STAMP := $(VENV)/.demo-installed
@@ -25,9 +35,11 @@ $(DEMO_STAMP): pyproject.toml
 demo: $(DEMO_STAMP)
 	$(VENV)/bin/stepguard demo $(if $(IDP),--idp,)
 
-test: $(STAMP)
+# The door's tests run twice: as Python (STEPGUARD_PURE=1), then with the compiled twins.
+test: $(STAMP) $(TWINS)
 	-bash scripts/install-system-packages
-	$(PY) -m pytest -q -p no:cacheprovider --cov=stepguard --cov-branch --cov-report=term:skip-covered --cov-report=json:coverage.json tests
+	STEPGUARD_PURE=1 $(PY) -m pytest -q -p no:cacheprovider --cov=stepguard --cov-branch --cov-report= tests/pgdoor tests/unit/test_pg_roundtrip.py
+	STEPGUARD_TWINS=required $(PY) -m pytest -q -p no:cacheprovider --cov=stepguard --cov-branch --cov-append --cov-report=term:skip-covered --cov-report=json:coverage.json tests
 	$(PY) scripts/coverage_gate.py coverage.json
 
 # Mutation testing of the security-critical layer (docs/security.md#mutation-testing); not part
@@ -42,7 +54,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy
 
-bench: $(STAMP)
+bench: $(STAMP) $(TWINS)
 	$(PY) bench/decision.py
 	$(PY) bench/factors.py
 	$(PY) bench/gateway.py
@@ -55,3 +67,4 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage coverage.json mutants
+	rm -f src/stepguard/*/_*_compiled*.so src/stepguard/*/_*__mypyc*.so

@@ -17,18 +17,23 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from stepguard.compiled import twin
 from stepguard.config.schema import PostgresDatabase, PostgresListener
-from stepguard.core.context import RequestContext
+from stepguard.pgwire import session, turn
 from stepguard.pgwire.classify import Classifier
 from stepguard.pgwire.pipe import Pipe
 from stepguard.pgwire.session import Connection
 from stepguard.pgwire.tokens import TokenService
+from stepguard.pgwire.turn import Turn
 from stepguard.pgwire.upstream import send_cancel
-from stepguard.service.guard import Answer, Guard
+from stepguard.service.guard import Guard
 from stepguard.service.runtime import Runtime
 from stepguard.service.stepup import StepUp
 
 log = logging.getLogger("stepguard.postgres")
+# The connection's code compiled when built (scripts/accelerate.py; the same source), else as is.
+_CONNECTION: type[Connection] = twin(session).Connection
+_TURN: type[Turn] = twin(turn).Turn
 
 
 class PostgresGateway:
@@ -46,8 +51,7 @@ class PostgresGateway:
         self._classifiers: dict[str, Classifier] = {}
         self._tls: dict[int, ssl.SSLContext | None] = {}
         self._connections: dict[tuple[int, int], Connection] = {}
-        self._turn: dict[str, tuple[int, int]] = {}
-        self._again: dict[int, list[Any]] = {}  # id(answer) → [answer, times, last time]
+        self.turn: Turn = _TURN(self.guard, runtime)  # allows given again, per loop turn
         self._tasks: set[asyncio.Task[Any]] = set()
         self.servers: list[asyncio.Server] = []
 
@@ -96,7 +100,7 @@ class PostgresGateway:
 
     async def _serve(self, listener: PostgresListener, client: Pipe) -> None:
         try:
-            await Connection(self, listener, client).run()
+            await _CONNECTION(self, listener, client).run()
         except Exception:  # one connection's bug never ends the listener or other sessions
             log.exception("postgres connection failed")
             client.close()
@@ -124,44 +128,6 @@ class PostgresGateway:
                                     else None)
             self._tls[key] = context
         return self._tls[key]
-
-    def versions(self, key: str, context: RequestContext) -> tuple[int, int] | None:
-        """The session's versions read after every statement judged in this turn of the event
-        loop had arrived: one read serves them all (each of those statements was received
-        before the read began, so a revocation committed before any of them arrived is seen).
-        The memory is dropped before the loop reads any new data."""
-        found = self._turn.get(key)
-        if found is None:
-            found = self.guard.versions_now(key, context)
-            if found is None:
-                return None
-            self._in_turn()
-            self._turn[key] = found
-        return found
-
-    def allowed_again(self, answer: Answer, now: float) -> None:
-        """Audit a statement allowed again (`Guard.audit`), counted with the others of the same
-        answer in this turn of the event loop and handed over at its end (before the loop reads
-        any new data; the summary line holds its counts in memory until its interval closes)."""
-        found = self._again.get(id(answer))
-        if found is None:
-            self._in_turn()
-            self._again[id(answer)] = [answer, 1, now]
-        else:
-            found[1] += 1
-            found[2] = now
-
-    def _in_turn(self) -> None:
-        """Before the first thing remembered in this turn of the event loop: `_end_turn`
-        when the turn ends."""
-        if not self._turn and not self._again:
-            asyncio.get_running_loop().call_soon(self._end_turn)
-
-    def _end_turn(self) -> None:
-        self._turn.clear()
-        counted, self._again = self._again, {}
-        for answer, times, now in counted.values():
-            self.guard.audit(answer, now, times)
 
     def remember(self, connection: Connection) -> None:
         self._connections[connection.key] = connection

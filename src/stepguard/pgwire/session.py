@@ -34,6 +34,7 @@ from stepguard.core.errors import StepguardError, StoreUnavailable
 from stepguard.pgwire import messages as m
 from stepguard.pgwire.classify import Classifier, Statement, Unparseable, statement_context
 from stepguard.pgwire.pipe import Pipe
+from stepguard.pgwire.roundtrip import CYCLE_TAIL, round_trip, whole_answer
 from stepguard.pgwire.scram import MECHANISM, ScramError, ServerExchange, Verifier
 from stepguard.pgwire.tracking import ALL, DESCRIBE, EXECUTE, REMOVE, SYNC, Expect, Portal, Tracker
 from stepguard.pgwire.upstream import Upstream, UpstreamError, open_upstream
@@ -379,26 +380,15 @@ class Connection:
         description or NoData, rows, CommandComplete, ReadyForQuery — no error, notice,
         notification or setting among them. Tracked as those messages one by one would be,
         relayed as it came; anything else: False, nothing done (`_scan` reads it)."""
-        expect, size = self.tracker.expect, len(data)
+        expect = self.tracker.expect
         if (len(expect) != 5 or expect[2] is not DESCRIBE or expect[3] is not EXECUTE
-                or expect[4] is not SYNC or size < 27 or not data.startswith(_PARSED_BOUND)
-                or data[size - 6] != 90 or data[size - 5:size - 1] != b"\0\0\0\x05"):
+                or expect[4] is not SYNC or not whole_answer(data)):
             return False
         parse, bind = expect[0].effect, expect[1].effect
         if (expect[0].kind != "parse" or expect[1].kind != "bind" or parse is None
                 or bind is None or parse[1] or bind[1]):
             return False
-        unpack, pos, last = _LENGTH.unpack_from, 10, size - 6
-        if data[pos] not in b"Tn":  # the row description, or NoData
-            return False
-        pos += 1 + unpack(data, pos + 1)[0]
-        while pos < last and data[pos] == 68:  # D: a row
-            pos += 1 + unpack(data, pos + 1)[0]
-        if pos >= last or data[pos] != 67:  # C: CommandComplete
-            return False
-        if pos + 1 + unpack(data, pos + 1)[0] != last:
-            return False
-        tracker, status = self.tracker, data[size - 1:]
+        tracker, status = self.tracker, data[-1:]
         tracker.answer_cycle(parse[2], bind[2], status)
         self.status = status
         self.client.write(data)
@@ -532,24 +522,15 @@ class Connection:
         plainly (`_again`), the delivery is checked with a few comparisons and relayed as it
         came, with the same effects as its messages one by one; anything else: False, nothing
         done (the messages are read one by one)."""
-        size = len(data)
-        if size < 40 or data[0] != 80:  # P
-            return False
-        unpack = _LENGTH.unpack_from
-        end = 1 + unpack(data, 1)[0]
-        found = self._cycles.get(data[:end])
-        if found is None or size < end + 7 or data[end] != 66:  # B
-            return False
-        length = unpack(data, end + 1)[0]
-        bind_end = end + 1 + length
-        if (length < 6 or length - 4 > self.inbox.limit or data[end + 5:end + 7] != b"\0\0"
-                or data[bind_end:] != _CYCLE_TAIL):
+        end = round_trip(data, self.inbox.limit)
+        found = self._cycles.get(data[:end]) if end else None
+        if found is None:
             return False
         statement, parse = found
         if not self._again(statement):
             return False
         assert self.upstream is not None
-        portal = Portal(statement, data[end + 7:bind_end], allowed=True)
+        portal = Portal(statement, data[end + 7:len(data) - len(CYCLE_TAIL)], allowed=True)
         self.tracker.queue_cycle(parse, Expect("bind", effect=("portal", "", portal)))
         self.upstream.pipe.write(data)
         return True
@@ -816,20 +797,15 @@ class Connection:
 
     def _again(self, statement: Statement) -> bool:
         """A statement this connection was allowed before, plainly (nothing but its sign-in),
-        while the session's and user's versions are unchanged — read now, per statement, so a
-        revocation still stops the very next one — within the same hour: the same answer,
-        audited again, without deciding it again."""
+        given the same answer again while the session's and user's versions are unchanged and
+        within the same hour (`Turn.again`: the versions are read after the
+        statement arrived, so a revocation still stops the very next one), audited again,
+        without deciding it again."""
         found = self._memo.get(id(statement))
         if found is None or found[0] is not statement:
             return False
-        answer, now = found[2], self.rt.now()
-        if now >= answer.until:
-            return False
         assert self.identity is not None
-        if self.gw.versions(self.identity.session_key, answer.context) != found[1]:
-            return False
-        self.gw.allowed_again(answer, now)
-        return True
+        return self.gw.turn.again(self.identity.session_key, found[2], found[1])
 
     def _remember(self, statement: Statement, check: Check) -> None:
         guard = self.gw.guard
@@ -958,9 +934,6 @@ class Connection:
 
 
 _EMPTY = Statement(text="", kind="other", kinds=frozenset({"other"}))
-_PARSED_BOUND = m.message(b"1") + m.message(b"2")  # ParseComplete, BindComplete
-_CYCLE_TAIL = (m.message(b"D", b"P\0") + m.message(b"E", b"\0" + bytes(4))
-               + m.message(b"S"))  # Describe and Execute (all rows) of the unnamed portal, Sync
 
 
 def _summary(check: Check, rt: Any) -> dict[str, str]:
