@@ -283,6 +283,16 @@ def classification_cost(statements: int = 2000) -> tuple[float, float]:
 # ------------------------------------------------------------------------------------ main
 
 
+def door_build() -> str:
+    """Whether the door's hot path ran compiled (the twins built by scripts/accelerate.py for
+    the current sources; the door process takes them by the same rule) or as Python."""
+    from stepguard.compiled import twin
+    from stepguard.pgwire import session
+
+    return ("compiled (mypyc twins)" if twin(session) is not session
+            else "as Python (no current twins: make accelerate)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=15, help="pgbench duration per run")
@@ -316,7 +326,8 @@ def main() -> int:
                           user=user, password=token, pid=door_pid, **common)
             print(f"stepguard: {run.tps:.0f} tps, {run.transactions} transactions, "
                   f"{run.cpu_us:.1f} CPU µs per transaction in the door process "
-                  f"({args.clients} clients, load average {os.getloadavg()[0]:.1f})")
+                  f"({args.clients} clients, load average {os.getloadavg()[0]:.1f}; "
+                  f"{door_build()})")
             return 0
         bouncer, bouncer_pid_ = stack.enter_context(pgbouncer(server.port, database, work))
         relay, relay_pid = stack.enter_context(floor(server.port))
@@ -340,7 +351,7 @@ def main() -> int:
     verdict = "PASS" if ratio >= RATIO_TARGET else "MISS"
     print(f"pgbench -S -M extended, {args.clients} clients, {args.seconds} s each, same "
           f"PostgreSQL 15, best of {args.rounds} interleaved rounds; load average "
-          f"{os.getloadavg()[0]:.1f} at the end")
+          f"{os.getloadavg()[0]:.1f} at the end; the door ran {door_build()}")
     print("  each round, stepguard / pgbouncer: " + ", ".join(
         f"{r[3].tps / r[1].tps:.2f}x ({r[3].tps:.0f} / {r[1].tps:.0f} tps)" for r in rounds))
     for run in (direct, anchor, least, guarded):

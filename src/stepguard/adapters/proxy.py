@@ -9,6 +9,7 @@ triggers a step-up is held server-side (bounded) and, once the user passes and c
 from __future__ import annotations
 
 import asyncio
+import functools
 import html
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -150,6 +151,7 @@ class ReverseProxy:
         self.unavailable = unavailable
         self._hosts: Memo[str, str | None] = Memo()
         self._readings: Memo[tuple[object, ...], _Reading] = Memo(4096)
+        self._answers: Memo[tuple[tuple[bytes, bytes], ...], list[tuple[bytes, bytes]]] = Memo(256)
         self.identities = IdentityHeaders(runtime)
         # Stepguard's own cookies: never relayed to the application.
         self._ours = frozenset({*self.session_cookie.names, DEVICE_COOKIE, "stepguard_pre",
@@ -297,7 +299,7 @@ class ReverseProxy:
         """The upstream's answer for the client, without hop-by-hop headers (and those its
         `Connection` names); a complete answer in one piece with its length, anything else
         streamed as it arrives."""
-        headers = _merged(_answer_headers(answer), self.page_headers)
+        headers = self.answer_headers(answer.headers)
         if method == "HEAD":  # the upstream's Content-Length describes the body it did not send
             length = [(k, v) for k, v in answer.headers if k.lower() == b"content-length"]
             await send({"type": "http.response.start", "status": answer.status,
@@ -308,12 +310,12 @@ class ReverseProxy:
             # One piece with its length: no chunked encoding, fewer writes (several small
             # writes per answer cost a delayed-ACK round on some stacks).
             data = b"".join(answer.body)
-            headers.insert(0, (b"content-length", str(len(data)).encode()))
             await send({"type": "http.response.start", "status": answer.status,
-                        "headers": headers})
+                        "headers": [(b"content-length", b"%d" % len(data)), *headers]})
             await send({"type": "http.response.body", "body": data})
             return
-        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        await send({"type": "http.response.start", "status": answer.status,
+                    "headers": [*headers]})
         rest = answer.rest()
         try:
             for chunk in answer.body:
@@ -323,6 +325,17 @@ class ReverseProxy:
             await send({"type": "http.response.body", "body": b""})
         finally:
             await rest.aclose()
+
+    def answer_headers(self, upstream: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """The upstream's headers as the client gets them (`_answer_headers`, then Stepguard's
+        page headers it lacks): a pure function of them, remembered (bounded). The caller
+        copies the list before it adds to it."""
+        key = tuple(upstream)
+        found = self._answers.get(key)
+        if found is None:
+            found = _merged(_answer_headers(upstream), self.page_headers)
+            self._answers.put(key, found)
+        return found
 
     def hop(self, scope: Scope, headers: Headers | RequestHeaders) -> Hop:
         """The client's address and the forwarding facts: a trusted peer's X-Forwarded-* are
@@ -479,19 +492,25 @@ class ReverseProxy:
         """Send to the upstream: the client's relayable headers, its cookies minus Stepguard's
         and the forwarding headers (`headers`), then the identity headers (set last, so
         nothing can remove them)."""
-        base = urlsplit(upstream.url)
+        origin, prefix = _origin_and_prefix(upstream.url)
         try:
-            return await self.relay.send(f"{base.scheme}://{base.netloc}", method,
-                                         base.path.rstrip("/") + target, [*headers, *identity],
+            return await self.relay.send(origin, method, prefix + target, [*headers, *identity],
                                          body, retry=retry)
         except UpstreamError:
             return Response("the upstream application is unreachable\n", 502)
 
 
+@functools.lru_cache(maxsize=64)
+def _origin_and_prefix(url: str) -> tuple[str, str]:
+    """An upstream URL's scheme and authority, and its path (the prefix of every target)."""
+    base = urlsplit(url)
+    return f"{base.scheme}://{base.netloc}", base.path.rstrip("/")
+
+
 def _relayed_response(answer: Answer, method: str) -> Response:
     """The upstream's answer for the client: without hop-by-hop headers (and those its
     `Connection` names); a complete answer in one piece, anything else streamed."""
-    headers = _answer_headers(answer)
+    headers = _answer_headers(answer.headers)
     if method == "HEAD":  # the upstream's Content-Length describes the body it did not send
         response = Response(b"", answer.status)
         length = [(k, v) for k, v in answer.headers if k.lower() == b"content-length"]
@@ -514,12 +533,12 @@ async def _chained(answer: Answer) -> AsyncIterator[bytes]:
         yield chunk
 
 
-def _answer_headers(answer: Answer) -> list[tuple[bytes, bytes]]:
+def _answer_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """The upstream's headers a client may see: no hop-by-hop ones, none its `Connection`
     names, no framing (Stepguard sets that)."""
-    named = {token.strip().lower() for k, v in answer.headers if k.lower() == b"connection"
+    named = {token.strip().lower() for k, v in headers if k.lower() == b"connection"
              for token in v.split(b",")}
-    return [(k, v) for k, v in answer.headers
+    return [(k, v) for k, v in headers
             if (low := k.lower()) not in RESPONSE_DROPPED and low not in named]
 
 
