@@ -190,3 +190,33 @@ def test_a_round_trip_of_another_statement_or_shape_is_judged_on_its_own(door: D
     raw.send_raw(named)
     assert rows_of(raw.until_ready()) == [b"c2"]
     raw.close()
+
+
+def test_an_error_on_the_round_trips_short_path_ends_the_connection_through_the_door(
+        door: Door, caplog: pytest.LogCaptureFixture) -> None:
+    """The round trip's short path writes to the server in the call that delivers the client's
+    bytes: whatever it raises ends the connection the way the message-by-message path does
+    (the connection's own end: a lost server quietly, anything else logged by the door), never
+    as an error escaping to the event loop's transport."""
+    raw = Raw(door.port, door.user_name, door.secret)
+    sql = "SELECT name FROM customers WHERE id = $1"
+    raw.send_raw(round_trip(sql, b"1"))
+    assert rows_of(raw.until_ready()) == [b"c1"]
+    (connection,) = door.gateway._connections.values()
+    assert connection._cycles  # the next one takes the short path
+
+    def gone(data: bytes) -> None:
+        raise RuntimeError("unable to perform operation: the handler is closed")
+
+    async def cut() -> None:
+        connection.upstream.pipe.write = gone  # the server's side as after its loss
+
+    asyncio.run_coroutine_threadsafe(cut(), door.loop).result(5)
+    with caplog.at_level("ERROR"):
+        raw.send_raw(round_trip(sql, b"2"))
+        with pytest.raises(ConnectionError):
+            while True:
+                raw.read()
+    assert "data_received" not in caplog.text and "postgres connection failed" in caplog.text
+    assert not door.gateway._connections
+    raw.close()

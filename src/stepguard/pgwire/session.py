@@ -37,6 +37,7 @@ from stepguard.pgwire.pipe import Pipe
 from stepguard.pgwire.roundtrip import CYCLE_TAIL, round_trip, whole_answer
 from stepguard.pgwire.scram import MECHANISM, ScramError, ServerExchange, Verifier
 from stepguard.pgwire.tracking import ALL, DESCRIBE, EXECUTE, REMOVE, SYNC, Expect, Portal, Tracker
+from stepguard.pgwire.turn import Turn
 from stepguard.pgwire.upstream import Upstream, UpstreamError, open_upstream
 from stepguard.service.guard import Answer, Check
 from stepguard.service.stepup import HeldRequest
@@ -119,6 +120,7 @@ class Connection:
     def __init__(self, gateway: PostgresGateway, listener: PostgresListener,
                  client: Pipe) -> None:
         self.gw = gateway
+        self.turn: Turn = gateway.turn  # what this turn of the event loop remembers (shared)
         self.rt = gateway.rt
         self.listener = listener
         self.client = client
@@ -455,8 +457,12 @@ class Connection:
 
     def _client_data(self, data: bytes) -> None:
         inbox = self.inbox
-        if (self._slow_task is None and not self.skipping and not inbox.unread()
-                and self._cycle(data)):
+        try:
+            if (self._slow_task is None and not self.skipping and not inbox.unread()
+                    and self._cycle(data)):
+                return
+        except BaseException as exc:  # the server is gone: the end, as from `_batch`
+            self._end(exc)
             return
         inbox.feed(data)
         if self._slow_task is not None:  # a decision is pending: read ahead, in bounds
@@ -805,7 +811,7 @@ class Connection:
         if found is None or found[0] is not statement:
             return False
         assert self.identity is not None
-        return self.gw.turn.again(self.identity.session_key, found[2], found[1])
+        return self.turn.again(self.identity.session_key, found[2], found[1])
 
     def _remember(self, statement: Statement, check: Check) -> None:
         guard = self.gw.guard

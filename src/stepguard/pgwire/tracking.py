@@ -12,7 +12,6 @@ comes first; if one does, the server skips the judged message too).
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 from stepguard.pgwire.classify import Statement
@@ -21,11 +20,20 @@ _ABSENT: Any = object()
 _Effect = tuple[str, str, Any]
 
 
-@dataclass(slots=True)
 class Portal:
-    statement: Statement
-    params: bytes
-    allowed: bool = False  # an Execute of it was allowed: later ones continue that run
+    """A bound portal: its statement and parameters; `allowed`: an Execute of it was allowed
+    (later ones continue that run). A plain class: made once per round trip on the door's hot
+    path, where a dataclass's generated `__init__` would run as Python even when compiled."""
+
+    __slots__ = ("statement", "params", "allowed")
+
+    def __init__(self, statement: Statement, params: bytes, allowed: bool = False) -> None:
+        self.statement = statement
+        self.params = params
+        self.allowed = allowed
+
+    def __repr__(self) -> str:
+        return f"Portal({self.statement!r}, {self.params!r}, allowed={self.allowed})"
 
 
 class Expect:
