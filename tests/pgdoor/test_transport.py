@@ -46,6 +46,27 @@ def test_an_oversized_length_is_refused_from_its_header() -> None:
         inbox.next()
 
 
+def test_send_is_the_transports_write_while_connected_and_refuses_before_and_after() -> None:
+    sent: list[bytes] = []
+
+    class Transport:
+        def write(self, data: bytes) -> None:
+            sent.append(data)
+
+    pipe = Pipe()
+    with pytest.raises(ConnectionResetError):
+        pipe.send(b"early")
+    pipe.connection_made(Transport())  # type: ignore[arg-type]
+    pipe.send(b"one")
+    pipe.write(b"two")
+    assert sent == [b"one", b"two"]
+    pipe.connection_lost(None)
+    for write in (pipe.send, pipe.write):
+        with pytest.raises(ConnectionResetError):
+            write(b"late")
+    assert sent == [b"one", b"two"]
+
+
 def test_reading_stays_paused_while_any_reason_holds() -> None:
     calls: list[str] = []
 
@@ -209,7 +230,7 @@ def test_an_error_on_the_round_trips_short_path_ends_the_connection_through_the_
         raise RuntimeError("unable to perform operation: the handler is closed")
 
     async def cut() -> None:
-        connection.upstream.pipe.write = gone  # the server's side as after its loss
+        connection.upstream.pipe.send = gone  # the server's side, broken
 
     asyncio.run_coroutine_threadsafe(cut(), door.loop).result(5)
     with caplog.at_level("ERROR"):

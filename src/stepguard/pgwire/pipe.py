@@ -23,6 +23,14 @@ def _ignore_data(data: bytes) -> None:
     return None
 
 
+def _not_connected(data: bytes) -> None:
+    raise ConnectionResetError("the connection is not open yet")
+
+
+def _lost(data: bytes) -> None:
+    raise ConnectionResetError("the connection is closed")
+
+
 class Pipe(asyncio.Protocol):
     def __init__(self, connected: Callable[[Pipe], None] | None = None) -> None:
         self.transport: asyncio.Transport | None = None
@@ -37,11 +45,13 @@ class Pipe(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._drained: asyncio.Future[None] | None = None
         self._pauses: set[str] = set()
+        self.send: _Data = _not_connected  # `write` without its checks: the transport's own
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a stream transport (TCP/TLS)
+        self.send = self.transport.write  # type: ignore[union-attr]
         connected, self._connected = self._connected, None
         if connected is not None:
             connected(self)
@@ -60,6 +70,7 @@ class Pipe(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self.send = _lost
         self._ended()
         self.writable = True
         drained, self._drained = self._drained, None
@@ -130,6 +141,8 @@ class Pipe(asyncio.Protocol):
             self.transport.set_protocol(self)
 
     def write(self, data: bytes | bytearray) -> None:
+        """Send `data` (`send` is the same for the relay's hot path: the transport's own
+        `write` while connected, refusing once the connection is lost)."""
         if self.transport is None or self.lost:
             raise ConnectionResetError("the connection is closed")
         self.transport.write(data)
@@ -169,6 +182,8 @@ class Pipe(asyncio.Protocol):
         if transport is None:
             raise ConnectionResetError("the connection closed during the TLS handshake")
         self.transport = transport
+        if not self.lost:
+            self.send = transport.write
 
     def peer(self) -> str:
         peer = self.transport.get_extra_info("peername") if self.transport else None

@@ -393,7 +393,7 @@ class Connection:
         tracker, status = self.tracker, data[-1:]
         tracker.answer_cycle(parse[2], bind[2], status)
         self.status = status
-        self.client.write(data)
+        self.client.send(data)
         return True
 
     def _server_eof(self) -> None:
@@ -538,7 +538,7 @@ class Connection:
         assert self.upstream is not None
         portal = Portal(statement, data[end + 7:len(data) - len(CYCLE_TAIL)], allowed=True)
         self.tracker.queue_cycle(parse, Expect("bind", effect=("portal", "", portal)))
-        self.upstream.pipe.write(data)
+        self.upstream.pipe.send(data)
         return True
 
     def _remember_cycle(self, raw: bytes, text: str, statement: Statement) -> None:
