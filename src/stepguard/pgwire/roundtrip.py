@@ -19,7 +19,7 @@ from typing import Final
 # Describe and Execute (all rows) of the unnamed portal, then Sync.
 CYCLE_TAIL: Final = b"D\x00\x00\x00\x06P\x00E\x00\x00\x00\x09\x00\x00\x00\x00\x00S\x00\x00\x00\x04"
 PARSED_BOUND: Final = b"1\x00\x00\x00\x042\x00\x00\x00\x04"  # ParseComplete, BindComplete
-_TAIL_SIZE: Final = 22
+_TAIL_SIZE: Final = len(CYCLE_TAIL)
 _READY_SIZE: Final = 6  # ReadyForQuery: type, length 5, status
 
 
