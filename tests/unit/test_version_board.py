@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from stepguard.core.errors import StoreUnavailable
+from stepguard.storage import version_board
 from stepguard.storage.version_board import SLOTS, VersionBoard, slot_of
 
 
@@ -89,3 +90,23 @@ def test_slots_are_the_same_in_every_process() -> None:
     printed = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                              text=True, env={"PYTHONPATH": str(src), "PYTHONHASHSEED": "7"})
     assert int(printed.stdout) == slot_of("session-1") < SLOTS
+
+
+def test_remembered_slot_offsets_stay_bounded_and_right(board: VersionBoard,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The board remembers where each id's slot is (no hash per read), at most
+    `OFFSETS_REMEMBERED` ids, and a forgotten id's mark is as right as a remembered one's."""
+    monkeypatch.setattr(version_board, "OFFSETS_REMEMBERED", 4)
+    with board.writing(["session-0"]):
+        pass
+    first = board.mark("session-0", "user-0")
+    assert first is not None and first[0] == 1  # its slot's one finished write
+    for i in range(1, 3):  # two more pairs: six ids seen, never more than four remembered
+        board.mark(f"session-{i}", f"user-{i}")
+        assert len(board._offsets) <= 4
+    assert board._offsets == {"session-2": slot_of("session-2") * 16,
+                              "user-2": slot_of("user-2") * 16}  # started afresh when full
+    assert board.mark("session-0", "user-0") == first  # forgotten, found again the same
+    with board.writing(["user-2"]):
+        pass
+    assert board.mark("session-2", "user-2") == (0, 1)  # remembered: the same slots read

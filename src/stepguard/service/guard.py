@@ -150,8 +150,10 @@ class SessionCache:
     def get(self, key: str) -> Loaded | None:
         found = self._items.get(key)
         if found is not None:  # one C call under the GIL; an eviction racing it is harmless
-            with contextlib.suppress(KeyError):
+            try:  # noqa: SIM105 (the per-request path: `suppress` builds an object per call)
                 self._items.move_to_end(key)
+            except KeyError:
+                pass
         return found
 
     def put(self, key: str, loaded: Loaded) -> None:
@@ -232,7 +234,7 @@ class Guard:
         return found if found is not None and self._alive(found) else None
 
     def _read(self, key: str, cached: Loaded | None, *, connect: bool = True,
-              read: Versions | None = None) -> Loaded | None:
+              read: Versions | None = None, now: float | None = None) -> Loaded | None:
         """None (no live session), the cached copy (versions unchanged, last seen brought up
         to date) or a fresh copy (now cached).
 
@@ -241,8 +243,9 @@ class Guard:
         request) — unless no read reached the store for `STORE_CONTACT_EVERY` seconds (a dead
         store is noticed within that time) or the copy looks expired (another process may have
         seen the session since). `read`: the cached copy's unchanged versions, read by a
-        statement sent after the request arrived (`check_cached_key_async`)."""
-        now = self.rt.now()
+        statement sent after the request arrived (`check_cached_key_async`); `now`: the
+        caller's clock reading, if it took one."""
+        now = self.rt.now() if now is None else now
         mark = None
         if cached is not None and self._board is not None:
             mark = self._board.mark(cached.record.id, cached.user.id)
@@ -379,11 +382,11 @@ class Guard:
         if cached is None or (read is None and self.cache.in_flight(key)):
             return None
         self.rt.require_stores()
+        now = self.rt.now()
         try:
-            loaded = self._read(key, cached, connect=False, read=read)
+            loaded = self._read(key, cached, connect=False, read=read, now=now)
         except StoreUnavailable:
             return None
-        now = self.rt.now()
         if loaded is None or not self._alive(loaded, now):
             return None
         self._touch(loaded, key, context, now)

@@ -45,6 +45,7 @@ SLOTS = 1 << 16
 _WORD = struct.Struct("<Q")
 _SLOT_BYTES = 16  # begun, ended
 SIZE = SLOTS * _SLOT_BYTES
+OFFSETS_REMEMBERED = 1 << 16  # ids whose slot offset a board remembers (then it starts afresh)
 
 Mark = tuple[int, int]  # the `ended` counters of a session's slot and its user's slot
 
@@ -64,6 +65,7 @@ class VersionBoard:
         self._memory: mmap.mmap | None = None
         self._fd: int | None = None
         self._lock = threading.Lock()
+        self._offsets: dict[str, int] = {}  # id → its slot's byte offset (`_offset`)
 
     @classmethod
     def beside(cls, database: Path) -> VersionBoard:
@@ -88,13 +90,24 @@ class VersionBoard:
     def mark(self, session_id: str, user_id: str) -> Mark | None:
         """The current mark of a session's and its user's slots; None while a write is in flight
         on either."""
-        memory, word = self._memory or self._open(), _WORD.unpack_from
-        s, u = slot_of(session_id) * _SLOT_BYTES, slot_of(user_id) * _SLOT_BYTES
+        memory, word, offsets = self._memory or self._open(), _WORD.unpack_from, self._offsets
+        s, u = offsets.get(session_id), offsets.get(user_id)
+        if s is None or u is None:
+            s, u = self._offset(session_id), self._offset(user_id)
         s_ended, u_ended = word(memory, s + 8)[0], word(memory, u + 8)[0]
         s_begun, u_begun = word(memory, s)[0], word(memory, u)[0]
         if s_begun != s_ended or u_begun != u_ended:
             return None
         return (s_ended, u_ended)
+
+    def _offset(self, identifier: str) -> int:
+        """The byte offset of an id's slot, remembered (a bounded memo: the per-request read
+        hashes nothing for the ids it saw)."""
+        offsets = self._offsets
+        if len(offsets) >= OFFSETS_REMEMBERED:
+            offsets.clear()
+        found = offsets[identifier] = slot_of(identifier) * _SLOT_BYTES
+        return found
 
     # ------------------------------------------------------------------ writers
 
