@@ -38,7 +38,7 @@ demo: $(DEMO_STAMP)
 # The door's tests run twice: as Python (STEPGUARD_PURE=1), then with the compiled twins.
 test: $(STAMP) $(TWINS)
 	-bash scripts/install-system-packages
-	STEPGUARD_PURE=1 $(PY) -m pytest -q -p no:cacheprovider --cov=stepguard --cov-branch --cov-report= tests/pgdoor tests/unit/test_pg_roundtrip.py
+	STEPGUARD_PURE=1 $(PY) -m pytest -q -p no:cacheprovider --cov=stepguard --cov-branch --cov-report= tests/pgdoor tests/unit/test_pg_roundtrip.py tests/unit/test_pg_turn.py
 	STEPGUARD_TWINS=required $(PY) -m pytest -q -p no:cacheprovider --cov=stepguard --cov-branch --cov-append --cov-report=term:skip-covered --cov-report=json:coverage.json tests
 	$(PY) scripts/coverage_gate.py coverage.json
 

@@ -60,14 +60,20 @@ IMPLEMENTATIONS = [pytest.param(roundtrip, id="python"),
                    pytest.param("compiled", id="compiled")]
 
 
-@pytest.fixture(params=IMPLEMENTATIONS)
-def shapes(request: pytest.FixtureRequest) -> ModuleType:
+def implementation(request: pytest.FixtureRequest, module: ModuleType) -> ModuleType:
+    """`module` as Python or as its compiled twin, by the fixture's parameter (a test of the
+    compiled one is skipped when no twin is built)."""
     if request.param == "compiled":
-        found = twin_of(roundtrip)
+        found = twin_of(module)
         if found is None:
             pytest.skip("no compiled twin (scripts/accelerate.py not run)")
         return found
-    return roundtrip  # type: ignore[no-any-return]
+    return module
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def shapes(request: pytest.FixtureRequest) -> ModuleType:
+    return implementation(request, roundtrip)
 
 
 # ---------------------------------------------------------------------- the client's round trip

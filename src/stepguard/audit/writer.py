@@ -78,6 +78,7 @@ class AuditWriter:
         self._closing = False
         self._abandoned = threading.Event()
         self._last_error: Exception | None = None
+        self._holders: list[Callable[[], None]] = []  # see `counts_held_by`
         self._thread = threading.Thread(target=self._run, name="stepguard-audit", daemon=True)
         self._thread.start()
 
@@ -189,8 +190,17 @@ class AuditWriter:
 
     # ------------------------------------------------------------------ summaries
 
+    def counts_held_by(self, hand_over: Callable[[], None]) -> None:
+        """Register a holder of allow counts not yet given to the summary (the database
+        door's loop turn holds them up to a second): every flush and close calls `hand_over`
+        first, so what it holds is in the entries they write."""
+        self._holders.append(hand_over)
+
     def _close_summaries(self) -> None:
-        """Queue an entry for every open summary interval (a flush or a clean stop)."""
+        """Queue an entry for every open summary interval (a flush or a clean stop), after
+        the holders of counts handed theirs over."""
+        for hand_over in list(self._holders):
+            hand_over()
         if self.summary is not None:
             self._queue_summaries(self.summary.drain())
 

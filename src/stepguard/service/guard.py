@@ -10,6 +10,7 @@ never an allow.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -105,6 +106,7 @@ class Answer:
     who: Who | None  # its line in the allow summary (None: each allow is its own entry)
 
 
+SUMMARY_MARGIN = 0.25  # seconds before a summary interval closes that held counts reach it
 ANSWERS_PER_COPY = 64  # remembered plain allows per cached session copy (then started afresh)
 CLOCK_NAMES = frozenset({"session.age", "session.idle", "session.auth_age"})
 
@@ -409,6 +411,18 @@ class Guard:
         """A plain allow to give again, unchanged, until `until` (see `versions_now`): its
         summary line is found once, here."""
         return Answer(check.context, check, until, self._who(check))
+
+    def audit_due(self, again: Answer, now: float) -> float:
+        """When counts of `again`, given again at `now`, must reach the audit at the latest:
+        `now` for an allow that is its own sealed entry; else before the next whole second (the
+        metrics lag at most that) and `SUMMARY_MARGIN` before its summary interval closes, so
+        counts held together fall in one interval and reach it before the writer closes it."""
+        summary = self.rt.audit.summary
+        if summary is None or again.who is None:
+            return now
+        interval = summary.interval
+        closes = (math.floor(now / interval) + 1) * interval
+        return min(math.floor(now) + 1.0, closes - SUMMARY_MARGIN)
 
     def audit(self, again: Answer, now: float, times: int = 1) -> None:
         """Audit an allow given again without change (see `answer`), `times` at once."""

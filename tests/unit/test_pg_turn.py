@@ -1,0 +1,228 @@
+"""The door's loop turn (pgwire/turn.py), as Python and compiled: one versions read per session
+per turn, and the allows it gives again handed to the audit in batches that lose nothing — at
+the end of their turn for an allow that is its own entry, within a second and before their
+summary interval closes for a counted one, by a timer when no turn comes, and on every flush."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from stepguard.core.context import RequestContext
+from stepguard.pgwire import turn
+from stepguard.service.guard import Answer, Guard, token_key
+from stepguard.service.runtime import Runtime
+from tests.support.gateway import Clock
+from tests.unit.conftest import Make
+from tests.unit.test_guard import PAGE, decisions, signed_in
+from tests.unit.test_pg_roundtrip import IMPLEMENTATIONS, implementation
+
+START = 1_900_000_000.2  # 0.2 s into a second: a batch begun now ends at ...001.0
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def module(request: pytest.FixtureRequest) -> ModuleType:
+    return implementation(request, turn)
+
+
+class Door:
+    """A turn on a runtime, with one signed-in session's remembered plain allow."""
+
+    def __init__(self, module: ModuleType, rt: Runtime, context: RequestContext = PAGE,
+                 name: str = "alice", beside: Door | None = None) -> None:
+        self.rt = rt
+        self.guard = beside.guard if beside else Guard(rt)
+        self.turn: Any = beside.turn if beside else module.Turn(self.guard, rt)
+        _, _, token = signed_in(rt, name)
+        self.key = token_key(token)
+        check = self.guard.check(context, token, audit=False)
+        self.answer: Answer = self.guard.answer(check, rt.now() + 3600)
+        versions = self.guard.versions_now(self.key, context)
+        assert versions is not None
+        self.versions = versions
+
+    def again(self) -> bool:
+        return bool(self.turn.again(self.key, self.answer, self.versions))
+
+    def counted(self) -> float:
+        """Allows the audit has been handed (the metric moves at the hand-over)."""
+        return self.rt.observer.decisions.value("allow", self.answer.check.decision.rule or "-")
+
+
+@pytest.fixture
+def door(module: ModuleType, make: Make, clock: Clock) -> Door:
+    clock.now = START
+    return Door(module, make())
+
+
+def run(body: Callable[[], Any]) -> Any:
+    return asyncio.run(body())
+
+
+def test_counts_are_held_across_turns_and_handed_over_when_their_second_ends(
+        door: Door, clock: Clock) -> None:
+    async def body() -> None:
+        for _ in range(3):  # three turns within the second
+            assert door.again() and door.again()
+            await asyncio.sleep(0)  # the turn ends
+            clock.advance(0.2)
+        assert door.counted() == 0  # held: no hand-over per turn
+        clock.now = START + 0.8  # the next whole second
+        assert door.again()  # this turn's time is past the batch's end: it is handed over first
+        assert door.counted() == 6
+        await asyncio.sleep(0)
+        assert door.counted() == 6  # this turn's count is held for the next batch
+
+    run(body)
+    [line] = decisions(door.rt)  # the flush at the end handed the last one over
+    assert (line.outcome, line.detail["count"]) == ("allow_summary", 7)  # type: ignore[attr-defined]
+    assert line.detail["last"] == START + 0.8  # type: ignore[attr-defined]
+
+
+def test_a_timer_hands_counts_over_when_no_turn_comes(door: Door, clock: Clock) -> None:
+    clock.now = START + 0.7  # 0.1 s before the second ends (real seconds: the timer's delay)
+
+    async def body() -> None:
+        assert door.again()
+        await asyncio.sleep(0)
+        assert door.counted() == 0
+        await asyncio.sleep(0.3)
+        assert door.counted() == 1
+
+    run(body)
+
+
+def test_counts_near_the_end_of_a_summary_interval_go_when_their_turn_ends(
+        module: ModuleType, make: Make, clock: Clock) -> None:
+    """Within `SUMMARY_MARGIN` of an interval's end there is no holding: the writer may close
+    the interval then, and a count handed over later would open it again."""
+    clock.now = 1_900_000_019.8  # the 20-second interval closes at ...20.0
+    door = Door(module, make(audit="{summary_interval: 20}"))
+
+    async def body() -> None:
+        assert door.again()
+        assert door.counted() == 0
+        await asyncio.sleep(0)
+        assert door.counted() == 1
+
+    run(body)
+
+
+def test_an_allow_that_is_its_own_entry_is_handed_over_when_its_turn_ends(
+        module: ModuleType, make: Make, clock: Clock) -> None:
+    clock.now = START
+    tagged = RequestContext(method="GET", host="app.test", path="/orders",
+                            client_ip="198.51.100.7", attributes={"ticket": "T-1"})
+    door = Door(module, make(), tagged)
+    assert door.answer.who is None
+
+    async def body() -> None:
+        assert door.again() and door.again()
+        assert door.counted() == 0
+        await asyncio.sleep(0)
+        assert door.counted() == 2
+
+    run(body)
+    assert [e.outcome for e in decisions(door.rt)] == ["allow"] * 2  # type: ignore[attr-defined]
+
+
+def test_a_flush_from_another_thread_gets_what_the_turn_holds(door: Door) -> None:
+    loop = asyncio.new_event_loop()
+    ready, stop = threading.Event(), asyncio.Event()
+
+    async def serve() -> None:
+        assert door.again() and door.again()
+        ready.set()
+        await stop.wait()
+
+    thread = threading.Thread(target=lambda: loop.run_until_complete(serve()), daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(5)
+        [line] = decisions(door.rt)  # `decisions` flushes, from this thread
+        assert line.detail["count"] == 2  # type: ignore[attr-defined]
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(5)
+        loop.close()
+
+
+def test_a_flush_when_no_loop_runs_any_more_gets_what_the_turn_holds(door: Door) -> None:
+    async def body() -> None:
+        assert door.again()
+
+    run(body)  # the loop ends before any hand-over was due
+    [line] = decisions(door.rt)
+    assert line.detail["count"] == 1  # type: ignore[attr-defined]
+
+
+def test_a_revocation_stops_the_next_turns_allow(door: Door) -> None:
+    async def body() -> None:
+        assert door.again()
+        await asyncio.sleep(0)
+        session = door.answer.check.session
+        assert session is not None
+        door.rt.store.sessions.revoke(session.id, now=door.rt.now())
+        assert not door.again()  # the next turn reads the versions again
+
+    run(body)
+
+
+def test_one_versions_read_serves_a_whole_turn(door: Door,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    reads: list[str] = []
+    real = door.guard.versions_now
+
+    def counted(key: str, context: RequestContext) -> tuple[int, int] | None:
+        reads.append(key)
+        return real(key, context)
+
+    monkeypatch.setattr(door.guard, "versions_now", counted)
+
+    async def body() -> None:
+        assert door.again() and door.again() and door.again()
+        assert reads == [door.key]
+        await asyncio.sleep(0)
+        assert door.again()
+        assert reads == [door.key] * 2
+
+    run(body)
+
+
+def test_an_allow_is_not_given_again_past_its_end_or_at_other_versions(door: Door,
+                                                                       clock: Clock) -> None:
+    async def body() -> None:
+        stale = (door.versions[0] - 1, door.versions[1])
+        assert not door.turn.again(door.key, door.answer, stale)
+        await asyncio.sleep(0)
+        clock.now = door.answer.until
+        assert not door.again()
+
+    run(body)
+    assert door.counted() == 0
+
+
+def test_a_second_allow_in_a_batch_keeps_the_batchs_end(module: ModuleType, make: Make,
+                                                        clock: Clock) -> None:
+    """Two connections' allows held together: the later one does not move the hand-over."""
+    clock.now = START
+    rt = make()
+    first = Door(module, rt)
+    second = Door(module, rt, name="bob", beside=first)
+
+    async def body() -> None:
+        assert first.again()
+        due = first.turn.due
+        clock.advance(0.3)
+        await asyncio.sleep(0)
+        assert second.again()
+        assert first.turn.due == due == 1_900_000_001.0
+        await asyncio.sleep(0.9)  # the one timer, set by the first, hands both over
+        assert first.counted() + second.counted() >= 2
+
+    run(body)
