@@ -71,6 +71,7 @@ class Renderer:
             trim_blocks=True,
             lstrip_blocks=True,
             extensions=["jinja2.ext.i18n"],
+            auto_reload=False,  # packaged templates: no stat() of the file per render
         )
         catalog = translations(language)
         environment.install_gettext_translations(catalog, newstyle=True)  # type: ignore[attr-defined]
