@@ -1,13 +1,16 @@
 """The door's loop turn (pgwire/turn.py), as Python and compiled: one versions read per session
 per turn, and the allows it gives again handed to the audit in batches that lose nothing — at
 the end of their turn for an allow that is its own entry, within a second and before their
-summary interval closes for a counted one, by a timer when no turn comes, and on every flush."""
+summary interval closes for a counted one, by a timer when no turn comes, and on every flush or
+close, at once even while the loop is busy."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
 
@@ -82,6 +85,7 @@ def test_counts_are_held_across_turns_and_handed_over_when_their_second_ends(
     [line] = decisions(door.rt)  # the flush at the end handed the last one over
     assert (line.outcome, line.detail["count"]) == ("allow_summary", 7)  # type: ignore[attr-defined]
     assert line.detail["last"] == START + 0.8  # type: ignore[attr-defined]
+    assert line.detail["first"] == START  # type: ignore[attr-defined]  # not the batch's last
 
 
 def test_a_timer_hands_counts_over_when_no_turn_comes(door: Door, clock: Clock) -> None:
@@ -131,12 +135,14 @@ def test_an_allow_that_is_its_own_entry_is_handed_over_when_its_turn_ends(
     assert [e.outcome for e in decisions(door.rt)] == ["allow"] * 2  # type: ignore[attr-defined]
 
 
-def test_a_flush_from_another_thread_gets_what_the_turn_holds(door: Door) -> None:
+@contextmanager
+def serving(door: Door, allows: int) -> Iterator[asyncio.AbstractEventLoop]:
+    """A loop in another thread that gave `allows` allows again and waits (the door's loop)."""
     loop = asyncio.new_event_loop()
     ready, stop = threading.Event(), asyncio.Event()
 
     async def serve() -> None:
-        assert door.again() and door.again()
+        assert all(door.again() for _ in range(allows))
         ready.set()
         await stop.wait()
 
@@ -144,12 +150,17 @@ def test_a_flush_from_another_thread_gets_what_the_turn_holds(door: Door) -> Non
     thread.start()
     try:
         assert ready.wait(5)
-        [line] = decisions(door.rt)  # `decisions` flushes, from this thread
-        assert line.detail["count"] == 2  # type: ignore[attr-defined]
+        yield loop
     finally:
         loop.call_soon_threadsafe(stop.set)
-        thread.join(5)
+        thread.join(10)
         loop.close()
+
+
+def test_a_flush_from_another_thread_gets_what_the_turn_holds(door: Door) -> None:
+    with serving(door, 2):
+        [line] = decisions(door.rt)  # `decisions` flushes, from this thread
+        assert line.detail["count"] == 2  # type: ignore[attr-defined]
 
 
 def test_a_flush_when_no_loop_runs_any_more_gets_what_the_turn_holds(door: Door) -> None:
@@ -226,3 +237,38 @@ def test_a_second_allow_in_a_batch_keeps_the_batchs_end(module: ModuleType, make
         assert first.counted() + second.counted() >= 2
 
     run(body)
+
+
+def test_a_flush_while_the_loop_is_busy_gets_the_counts_at_once(door: Door) -> None:
+    """A flush or close takes the held counts on its own thread: a loop stuck in a long callback
+    (or stopped) neither delays it nor keeps the counts from it."""
+    with serving(door, 2) as loop:
+        loop.call_soon_threadsafe(time.sleep, 3)  # the loop is busy for three seconds
+        time.sleep(0.1)
+        started = time.monotonic()
+        [line] = decisions(door.rt)
+        assert line.detail["count"] == 2  # type: ignore[attr-defined]
+        assert time.monotonic() - started < 1.5
+
+
+def test_a_late_hand_over_wakes_the_audit_writer(module: ModuleType, make: Make,
+                                                clock: Clock) -> None:
+    """Counts handed over after their interval closed (a stalled loop) are sealed at once, not
+    an interval later: the writer is woken."""
+    clock.now = START
+    door = Door(module, make(audit="{summary_interval: 20}"))
+
+    async def body() -> None:
+        assert door.again()
+
+    run(body)
+    time.sleep(0.1)  # the writer sleeps: nothing is open in the summary
+    clock.now = START + 25  # the interval closed while the count was held
+    door.turn.hand_over()
+    deadline = time.monotonic() + 2
+    lines: list[Any] = []
+    while time.monotonic() < deadline and not lines:
+        time.sleep(0.01)
+        lines = [e for e in door.rt.audit_log.entries() if e.kind == "decision"]
+    [line] = lines  # written by the writer's thread, no flush
+    assert line.detail["count"] == 1

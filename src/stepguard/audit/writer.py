@@ -190,10 +190,16 @@ class AuditWriter:
 
     # ------------------------------------------------------------------ summaries
 
+    def wake(self) -> None:
+        """Have the thread look at the summary now (counts arrived for an interval that may
+        have closed while they were held)."""
+        with self._not_empty:
+            self._not_empty.notify_all()
+
     def counts_held_by(self, hand_over: Callable[[], None]) -> None:
         """Register a holder of allow counts not yet given to the summary (the database
         door's loop turn holds them up to a second): every flush and close calls `hand_over`
-        first, so what it holds is in the entries they write."""
+        first, on its own thread, so what it holds is in the entries they write."""
         self._holders.append(hand_over)
 
     def _close_summaries(self) -> None:

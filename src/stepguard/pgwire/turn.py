@@ -8,8 +8,10 @@ The allows it gives again are counted and handed to the audit (`Guard.audit`) in
 allow that is its own sealed entry when its turn ends; one counted on a summary line at the
 latest by `Guard.audit_due` (within a second, and well before its summary interval closes, so
 a batch never spans two intervals), by a timer when no turn comes, and whenever the audit is
-flushed or closed (`AuditWriter.counts_held_by`) — a clean stop loses nothing. Compiled with the
-door's connection when built (scripts/accelerate.py).
+flushed or closed (`AuditWriter.counts_held_by`: the counts are taken under a lock on the
+caller's thread, so a clean stop loses nothing even while the loop is busy or stopped). Each
+answer's first and last time in a batch reach its summary line. Compiled with the door's
+connection when built (scripts/accelerate.py).
 """
 
 from __future__ import annotations
@@ -17,11 +19,10 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from stepguard.service.guard import Answer, Guard
+from stepguard.service.guard import SUMMARY_MARGIN, Answer, Guard
 from stepguard.service.runtime import Runtime
 
 NOTHING_HELD = float("inf")  # `due` while no count is held
-HAND_OVER_WAIT = 2.0  # seconds a flush from another thread waits for the loop to hand over
 
 
 class Turn:
@@ -30,10 +31,12 @@ class Turn:
         self.rt = runtime
         self.now = -1.0  # the turn's time; -1: no turn open
         self.versions: dict[str, tuple[int, int]] = {}  # session key → (session, user) versions
-        self.counts: dict[int, tuple[Answer, int, float]] = {}  # id → (answer, times, last at)
+        # id → (answer, times, first, last): counts held for the audit, taken by any thread
+        self.counts: dict[int, tuple[Answer, int, float, float]] = {}
         self.due = NOTHING_HELD  # when the held counts go to the audit at the latest
+        self.lock = threading.Lock()  # over `counts` and `due`
         self.loop: asyncio.AbstractEventLoop | None = None
-        runtime.audit.counts_held_by(self.settle)
+        runtime.audit.counts_held_by(self.hand_over)
 
     def again(self, key: str, answer: Answer, versions: tuple[int, int]) -> bool:
         """Whether the remembered plain allow `answer`, decided at the session's `versions`,
@@ -42,10 +45,10 @@ class Turn:
         now = self.now
         if now < 0:
             now = self.now = self.rt.now()
+            loop = self.loop = asyncio.get_running_loop()
+            loop.call_soon(self.end)  # first: the turn ends whatever happens next
             if now >= self.due:  # held counts are older than this turn: handed over first
                 self.hand_over()
-            loop = self.loop = asyncio.get_running_loop()
-            loop.call_soon(self.end)
         if now >= answer.until:
             return False
         found = self.versions.get(key)
@@ -60,16 +63,18 @@ class Turn:
         return True
 
     def _count(self, answer: Answer, now: float) -> None:
-        counted = self.counts.get(id(answer))
-        if counted is not None:
-            self.counts[id(answer)] = (answer, counted[1] + 1, now)
-            return
-        self.counts[id(answer)] = (answer, 1, now)
-        due = self.guard.audit_due(answer, now)
-        if due < self.due:
+        with self.lock:
+            counted = self.counts.get(id(answer))
+            if counted is not None:
+                self.counts[id(answer)] = (answer, counted[1] + 1, counted[2], now)
+                return
+            self.counts[id(answer)] = (answer, 1, now, now)
+            due = self.guard.audit_due(answer, now)
+            if due >= self.due:
+                return
             self.due = due
-            if due > now and self.loop is not None:  # no turn may come before then
-                self.loop.call_later(due - now, self.hand_over)
+        if due > now and self.loop is not None:  # no turn may come before then
+            self.loop.call_later(due - now, self.hand_over)
 
     def end(self) -> None:
         """The turn is over: its memory is dropped, and the counts that are due handed over."""
@@ -79,36 +84,15 @@ class Turn:
             self.hand_over()
 
     def hand_over(self) -> None:
-        """Every held count to the audit (on the loop's thread)."""
-        counts, self.counts = self.counts, {}
-        self.due = NOTHING_HELD
-        for answer, times, at in counts.values():
-            self.guard.audit(answer, at, times)
-
-    def settle(self) -> None:
-        """`hand_over` from any thread (an audit flush or close): on the loop's own thread, or
-        when no loop runs, at once; else by the loop, waited for (`HAND_OVER_WAIT` at most:
-        what is not handed over by then stays held, never lost)."""
-        loop = self.loop
-        if loop is None or loop.is_closed() or not loop.is_running() or _running() is loop:
-            self.hand_over()
-            return
-        done = threading.Event()
-
-        def hand_over() -> None:
-            self.hand_over()
-            done.set()
-
-        try:
-            loop.call_soon_threadsafe(hand_over)
-        except RuntimeError:  # closed meanwhile: nothing runs on it any more
-            self.hand_over()
-            return
-        done.wait(HAND_OVER_WAIT)
-
-
-def _running() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
+        """Every held count to the audit, from any thread (the loop's, or a flush's or close's).
+        A batch handed over later than it was due may belong to an interval the audit writer
+        has closed already: the writer is woken to seal it at once."""
+        with self.lock:
+            counts, self.counts = self.counts, {}
+            due, self.due = self.due, NOTHING_HELD
+        for answer, times, first, last in counts.values():
+            self.guard.audit(answer, first)
+            if times > 1:
+                self.guard.audit(answer, last, times - 1)
+        if counts and self.rt.now() > due + SUMMARY_MARGIN:
+            self.rt.audit.wake()
