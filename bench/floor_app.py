@@ -24,11 +24,16 @@ _DENIED = {"type": "http.response.start", "status": 401, "headers": [(b"content-
 _BODY = {"type": "http.response.body", "body": b""}
 
 
+async def lifespan(receive: Any, send: Any) -> None:
+    """An ASGI lifespan with nothing to start or stop (the bench's raw apps share it)."""
+    while (await receive())["type"] != "lifespan.shutdown":
+        await send({"type": "lifespan.startup.complete"})
+    await send({"type": "lifespan.shutdown.complete"})
+
+
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        while (await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
+        await lifespan(receive, send)
         return
     token = b""
     for name, value in scope["headers"]:
