@@ -25,14 +25,24 @@ from stepguard.service.runtime import Runtime
 NOTHING_HELD = float("inf")  # `due` while no count is held
 
 
+class Held:
+    """The counts of one answer held for the audit: how many, the first and the last time."""
+
+    __slots__ = ("answer", "times", "first", "last")
+
+    def __init__(self, answer: Answer, now: float) -> None:
+        self.answer = answer
+        self.times = 1
+        self.first = self.last = now
+
+
 class Turn:
     def __init__(self, guard: Guard, runtime: Runtime) -> None:
         self.guard = guard
         self.rt = runtime
         self.now = -1.0  # the turn's time; -1: no turn open
         self.versions: dict[str, tuple[int, int]] = {}  # session key → (session, user) versions
-        # id → (answer, times, first, last): counts held for the audit, taken by any thread
-        self.counts: dict[int, tuple[Answer, int, float, float]] = {}
+        self.counts: dict[int, Held] = {}  # id(answer) → its counts, taken by any thread
         self.due = NOTHING_HELD  # when the held counts go to the audit at the latest
         self.lock = threading.Lock()  # over `counts` and `due`
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -63,16 +73,21 @@ class Turn:
         return True
 
     def _count(self, answer: Answer, now: float) -> None:
-        with self.lock:
-            counted = self.counts.get(id(answer))
-            if counted is not None:
-                self.counts[id(answer)] = (answer, counted[1] + 1, counted[2], now)
+        lock = self.lock
+        lock.acquire()
+        try:
+            held = self.counts.get(id(answer))
+            if held is not None:
+                held.times += 1
+                held.last = now
                 return
-            self.counts[id(answer)] = (answer, 1, now, now)
+            self.counts[id(answer)] = Held(answer, now)
             due = self.guard.audit_due(answer, now)
             if due >= self.due:
                 return
             self.due = due
+        finally:
+            lock.release()
         if due > now and self.loop is not None:  # no turn may come before then
             self.loop.call_later(due - now, self.hand_over)
 
@@ -90,9 +105,9 @@ class Turn:
         with self.lock:
             counts, self.counts = self.counts, {}
             due, self.due = self.due, NOTHING_HELD
-        for answer, times, first, last in counts.values():
-            self.guard.audit(answer, first)
-            if times > 1:
-                self.guard.audit(answer, last, times - 1)
+        for held in counts.values():
+            self.guard.audit(held.answer, held.first)
+            if held.times > 1:
+                self.guard.audit(held.answer, held.last, held.times - 1)
         if counts and self.rt.now() > due + SUMMARY_MARGIN:
             self.rt.audit.wake()
