@@ -31,9 +31,8 @@ from urllib.parse import parse_qs
 import pyotp
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import VerificationError
-from floor_app import lifespan
+from floor_app import COOKIE, lifespan, session_token
 
-COOKIE = b"stepguard_session"
 STEP_UP_FRESH = 300.0
 _SETUP = json.loads(open(os.environ["CHURN_FLOOR"]).read())  # noqa: SIM115 - read once at import
 _HASH: str = _SETUP["hash"]
@@ -87,13 +86,9 @@ def _page() -> bytes:
 
 
 def _session(scope: dict[str, Any]) -> bytes | None:
-    for name, value in scope["headers"]:
-        if name == b"cookie":
-            for part in value.split(b";"):
-                key, _, found = part.strip().partition(b"=")
-                if key == COOKIE:
-                    return hashlib.sha256(found).digest()
-    return None
+    """The SHA-256 of the request's session cookie (the key of `_SESSIONS`), or None."""
+    token = session_token(scope["headers"])
+    return hashlib.sha256(token).digest() if token else None
 
 
 def _header(scope: dict[str, Any], wanted: bytes) -> bytes:

@@ -31,17 +31,23 @@ async def lifespan(receive: Any, send: Any) -> None:
     await send({"type": "lifespan.shutdown.complete"})
 
 
-async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    if scope["type"] == "lifespan":
-        await lifespan(receive, send)
-        return
+def session_token(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The session cookie's value in raw ASGI headers (the last one wins), or b""."""
     token = b""
-    for name, value in scope["headers"]:
+    for name, value in headers:
         if name == b"cookie":
             for part in value.split(b";"):
                 key, _, found = part.strip().partition(b"=")
                 if key == COOKIE:
                     token = found
+    return token
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        await lifespan(receive, send)
+        return
+    token = session_token(scope["headers"])
     identity = SESSIONS.get(hashlib.sha256(token).digest()) if token else None
     if identity is None:
         await send(_DENIED)

@@ -67,6 +67,15 @@ def run(body: Callable[[], Any]) -> Any:
     return asyncio.run(body())
 
 
+async def handed_over_when_the_turn_ends(door: Door, allows: int) -> None:
+    """`allows` allows given again in one turn: none reaches the audit before the turn ends,
+    all of them when it has ended."""
+    assert all([door.again() for _ in range(allows)])
+    assert door.counted() == 0
+    await asyncio.sleep(0)
+    assert door.counted() == allows
+
+
 def test_counts_are_held_across_turns_and_handed_over_when_their_second_ends(
         door: Door, clock: Clock) -> None:
     async def body() -> None:
@@ -108,13 +117,7 @@ def test_counts_near_the_end_of_a_summary_interval_go_when_their_turn_ends(
     clock.now = 1_900_000_019.8  # the 20-second interval closes at ...20.0
     door = Door(module, make(audit="{summary_interval: 20}"))
 
-    async def body() -> None:
-        assert door.again()
-        assert door.counted() == 0
-        await asyncio.sleep(0)
-        assert door.counted() == 1
-
-    run(body)
+    run(lambda: handed_over_when_the_turn_ends(door, 1))
 
 
 def test_an_allow_that_is_its_own_entry_is_handed_over_when_its_turn_ends(
@@ -125,13 +128,7 @@ def test_an_allow_that_is_its_own_entry_is_handed_over_when_its_turn_ends(
     door = Door(module, make(), tagged)
     assert door.answer.who is None
 
-    async def body() -> None:
-        assert door.again() and door.again()
-        assert door.counted() == 0
-        await asyncio.sleep(0)
-        assert door.counted() == 2
-
-    run(body)
+    run(lambda: handed_over_when_the_turn_ends(door, 2))
     assert [e.outcome for e in decisions(door.rt)] == ["allow"] * 2  # type: ignore[attr-defined]
 
 
