@@ -27,3 +27,6 @@ form.addEventListener("submit", async (event) => {
     button.disabled = false;
   }
 });
+
+// Ready: until now the button was disabled, so a click could not submit the form natively.
+form.querySelector("button").disabled = false;
