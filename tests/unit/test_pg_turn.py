@@ -17,12 +17,20 @@ from typing import Any
 import pytest
 
 from stepguard.core.context import RequestContext
+from stepguard.core.errors import StoreUnavailable
 from stepguard.pgwire import turn
-from stepguard.service.guard import Answer, Guard, token_key
+from stepguard.service.guard import (
+    STORE_CONTACT_EVERY,
+    TOUCH_EVERY,
+    Answer,
+    Guard,
+    Lease,
+    token_key,
+)
 from stepguard.service.runtime import Runtime
 from tests.support.gateway import Clock
 from tests.unit.conftest import Make
-from tests.unit.test_guard import PAGE, decisions, signed_in
+from tests.unit.test_guard import PAGE, POLICY, decisions, signed_in
 from tests.unit.test_pg_roundtrip import IMPLEMENTATIONS, implementation
 
 START = 1_900_000_000.2  # 0.2 s into a second: a batch begun now ends at ...001.0
@@ -41,7 +49,7 @@ class Door:
         self.rt = rt
         self.guard = beside.guard if beside else Guard(rt)
         self.turn: Any = beside.turn if beside else module.Turn(self.guard, rt)
-        _, _, token = signed_in(rt, name)
+        _, self.session, token = signed_in(rt, name)
         self.key = token_key(token)
         check = self.guard.check(context, token, audit=False)
         self.answer: Answer = self.guard.answer(check, rt.now() + 3600)
@@ -181,23 +189,139 @@ def test_a_revocation_stops_the_next_turns_allow(door: Door) -> None:
     run(body)
 
 
+def leases_asked(door: Door, monkeypatch: pytest.MonkeyPatch) -> list[Lease | None]:
+    """The leases the turn asked the guard for (each one a versions read), as they come."""
+    asked: list[Lease | None] = []
+    real = door.guard.lease
+
+    def counted(key: str, context: RequestContext) -> Lease | None:
+        asked.append(real(key, context))
+        return asked[-1]
+
+    monkeypatch.setattr(door.guard, "lease", counted)
+    return asked
+
+
+def board_looks(door: Door, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Every look at the version board (the guard's and the turn's), as they come."""
+    board = door.guard.board
+    assert board is not None
+    looks: list[object] = []
+    real = board.mark
+
+    def counted(session_id: str, user_id: str) -> object:
+        looks.append(real(session_id, user_id))
+        return looks[-1]
+
+    monkeypatch.setattr(board, "mark", counted)
+    return looks
+
+
 def test_one_versions_read_serves_a_whole_turn(door: Door,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    reads: list[str] = []
-    real = door.guard.versions_now
-
-    def counted(key: str, context: RequestContext) -> tuple[int, int] | None:
-        reads.append(key)
-        return real(key, context)
-
-    monkeypatch.setattr(door.guard, "versions_now", counted)
+    asked = leases_asked(door, monkeypatch)
 
     async def body() -> None:
         assert door.again() and door.again() and door.again()
-        assert reads == [door.key]
+        assert len(asked) == 1
         await asyncio.sleep(0)
+        assert door.again()  # no version board (the memory store): the guard reads each turn
+        assert len(asked) == 2
+        assert all(lease is not None and lease.until == float("-inf") for lease in asked)
+
+    run(body)
+
+
+@pytest.fixture
+def board_door(module: ModuleType, make: Make, clock: Clock) -> Door:
+    """A door on the SQLite store, which has a version board."""
+    clock.now = START
+    return Door(module, make(sqlite=True))
+
+
+def test_a_lease_serves_later_turns_with_one_look_at_the_board(
+        board_door: Door, monkeypatch: pytest.MonkeyPatch) -> None:
+    door = board_door
+    asked, looks = leases_asked(door, monkeypatch), board_looks(door, monkeypatch)
+
+    async def body() -> None:
+        for _ in range(3):
+            assert door.again() and door.again()
+            await asyncio.sleep(0)
+        assert len(asked) == 1  # the guard once; then the lease
+        assert len(looks) == 3  # one look a turn: the guard's, then the turn's own
+
+    run(body)
+    assert door.rt.observer.cache.value("hit") >= 2  # the lease's hits are cache hits
+
+
+def test_a_revocation_stops_the_very_next_turn_through_a_lease(
+        board_door: Door, monkeypatch: pytest.MonkeyPatch) -> None:
+    door = board_door
+    asked = leases_asked(door, monkeypatch)
+
+    async def body() -> None:
+        for _ in range(2):
+            assert door.again()
+            await asyncio.sleep(0)
+        assert len(asked) == 1
+        door.rt.store.sessions.revoke(door.session.id, now=door.rt.now())
+        assert not door.again()  # the board moved: the guard is asked, and finds no session
+        assert asked[-1] is None
+
+    run(body)
+
+
+def test_a_disabled_user_stops_the_very_next_turn_through_a_lease(board_door: Door) -> None:
+    door = board_door
+
+    async def body() -> None:
+        for _ in range(2):
+            assert door.again()
+            await asyncio.sleep(0)
+        door.rt.store.users.set_disabled(door.session.user_id, True, now=door.rt.now())
+        assert not door.again()
+
+    run(body)
+
+
+def test_a_lease_taken_while_a_write_was_in_flight_serves_no_later_turn(
+        board_door: Door, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mark read while a write is in flight is None, and the board shows None as long as the
+    write lasts: such a lease must not be taken again (None == None proves nothing)."""
+    door = board_door
+    board = door.guard.board
+    assert board is not None
+    asked = leases_asked(door, monkeypatch)
+
+    async def body() -> None:
+        with board.writing([door.session.id]):
+            for turn_number in range(1, 4):
+                assert door.again()
+                assert len(asked) == turn_number  # the guard every turn
+                await asyncio.sleep(0)
+        assert asked[0] is not None and asked[0].mark is None
+
+    run(body)
+
+
+def test_a_lease_ends_when_the_guard_must_reach_the_store(
+        board_door: Door, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    door = board_door
+
+    async def body() -> None:
         assert door.again()
-        assert reads == [door.key] * 2
+        await asyncio.sleep(0)
+
+        def down(token_hash: str, **kwargs: Any) -> Any:
+            raise StoreUnavailable("the store is down")
+
+        monkeypatch.setattr(door.rt.store.session_states, "read", down)
+        clock.advance(STORE_CONTACT_EVERY / 2)
+        assert door.again()  # the board answers alone for a while
+        await asyncio.sleep(0)
+        clock.advance(STORE_CONTACT_EVERY / 2)  # a full second after the guard reached it
+        assert not door.again()  # the guard is asked, cannot reach the store: full path
 
     run(body)
 
@@ -269,3 +393,34 @@ def test_a_late_hand_over_wakes_the_audit_writer(module: ModuleType, make: Make,
         lines = [e for e in door.rt.audit_log.entries() if e.kind == "decision"]
     [line] = lines  # written by the writer's thread, no flush
     assert line.detail["count"] == 1
+
+
+@pytest.mark.parametrize(("levels", "wait", "given"), [
+    ("aal1: {max_session: 30d, idle: 1h}", TOUCH_EVERY - 0.5, True),  # the session is noted seen
+    ("aal1: {max_session: 30d, idle: 10s}", 9.5, False),  # idle too long: signed out
+    ("aal1: {max_session: 30m, idle: 1h}", 1799.5, False),  # past its absolute lifetime
+])
+def test_a_lease_ends_where_the_guard_would_do_more_than_compare(
+        module: ModuleType, make: Make, clock: Clock, monkeypatch: pytest.MonkeyPatch,
+        levels: str, wait: float, given: bool) -> None:
+    """Half a second before a session is due to be noted as seen, or to end, the guard gives a
+    lease; 0.7 s later (within the second a store contact lasts) the turn asks it again."""
+    clock.now = START
+    door = Door(module, make(sqlite=True, policy=POLICY.replace(
+        "aal1: {max_session: 30d, idle: 1h}", levels)))
+    noted: list[str] = []
+    monkeypatch.setattr(door.rt.last_seen, "note", lambda session_id, **_: noted.append(session_id))
+
+    async def body() -> None:
+        clock.now = START + wait - 0.1
+        assert door.again()  # noted as seen here when it is due (the lease lasts no longer)
+        await asyncio.sleep(0)
+        clock.now = START + wait
+        assert door.again()
+        await asyncio.sleep(0)
+        del noted[:]
+        clock.now = START + wait + 0.7
+        assert door.again() is given
+        assert noted == ([door.session.id] if given else [])
+
+    run(body)

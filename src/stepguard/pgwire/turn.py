@@ -2,7 +2,9 @@
 
 Every statement a turn handles arrived before the turn began, so one read of a session's versions
 per turn serves them all and still honours a revocation committed before any of them arrived
-(SECURITY case 12: the very next statement). The turn also reads the clock once.
+(SECURITY case 12: the very next statement). The turn also reads the clock once. The read is the
+guard's (`Guard.lease`) or, while the lease it gave holds, one look at the version board: the
+mark the versions were confirmed under, unchanged, means no write touched them since.
 
 The allows it gives again are counted and handed to the audit (`Guard.audit`) in batches: an
 allow that is its own sealed entry when its turn ends; one counted on a summary line at the
@@ -19,10 +21,12 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from stepguard.service.guard import SUMMARY_MARGIN, Answer, Guard
+from stepguard.core.context import RequestContext
+from stepguard.service.guard import SUMMARY_MARGIN, Answer, Guard, Lease
 from stepguard.service.runtime import Runtime
 
 NOTHING_HELD = float("inf")  # `due` while no count is held
+LEASES = 4096  # sessions whose lease the door remembers (then it starts afresh)
 
 
 class Held:
@@ -42,6 +46,9 @@ class Turn:
         self.rt = runtime
         self.now = -1.0  # the turn's time; -1: no turn open
         self.versions: dict[str, tuple[int, int]] = {}  # session key → (session, user) versions
+        self.leases: dict[str, Lease] = {}  # session key → its last lease, kept across turns
+        self.board = guard.board
+        self.hits = 0  # versions taken from leases, not yet counted as cache hits
         self.counts: dict[int, Held] = {}  # id(answer) → its counts, taken by any thread
         self.due = NOTHING_HELD  # when the held counts go to the audit at the latest
         self.lock = threading.Lock()  # over `counts` and `due`
@@ -63,7 +70,7 @@ class Turn:
             return False
         found = self.versions.get(key)
         if found is None:
-            found = self.guard.versions_now(key, answer.context)
+            found = self._versions(key, answer.context, now)
             if found is None:
                 return False
             self.versions[key] = found
@@ -71,6 +78,27 @@ class Turn:
             return False
         self._count(answer, now)
         return True
+
+    def _versions(self, key: str, context: RequestContext,
+                  now: float) -> tuple[int, int] | None:
+        """The session's versions as of now: its lease's while that holds, else the guard's
+        (with a new lease); None: take the full path."""
+        lease = self.leases.get(key)
+        if lease is not None and now < lease.until:
+            board = self.board
+            assert board is not None  # a lease that outlives its reading has a board
+            if board.mark(lease.session_id, lease.user_id) == lease.mark:
+                with self.lock:
+                    self.hits += 1
+                return lease.versions
+        lease = self.guard.lease(key, context)
+        if lease is None:
+            self.leases.pop(key, None)
+            return None
+        if len(self.leases) >= LEASES:
+            self.leases.clear()
+        self.leases[key] = lease
+        return lease.versions
 
     def _count(self, answer: Answer, now: float) -> None:
         lock = self.lock
@@ -105,6 +133,9 @@ class Turn:
         with self.lock:
             counts, self.counts = self.counts, {}
             due, self.due = self.due, NOTHING_HELD
+            hits, self.hits = self.hits, 0
+        if hits:
+            self.guard.leased(hits)
         for held in counts.values():
             self.guard.audit(held.answer, held.first)
             if held.times > 1:

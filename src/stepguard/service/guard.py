@@ -30,7 +30,7 @@ from stepguard.core.risk import FADING, NO_RISK, RiskAssessment, RiskHistory, am
 from stepguard.service.runtime import MAX_TOKEN, Runtime, token_key
 from stepguard.storage.records import SessionRecord, SessionSnapshot, UserRecord, Versions
 from stepguard.storage.session_states import UNKNOWN
-from stepguard.storage.version_board import Mark
+from stepguard.storage.version_board import Mark, VersionBoard
 
 TOUCH_EVERY = 30.0  # seconds between last-seen writes for one session
 STORE_CONTACT_EVERY = 1.0  # seconds a board hit may go without any read reaching the store
@@ -104,6 +104,19 @@ class Answer:
     check: Check
     until: float
     who: Who | None  # its line in the allow summary (None: each allow is its own entry)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Lease:
+    """A cached live session's versions (`Guard.lease`), which a caller may take again without
+    asking the guard while the version board still shows `mark` for the session's and user's
+    slots and before `until` (-inf: this reading only)."""
+
+    versions: tuple[int, int]
+    session_id: str
+    user_id: str
+    mark: Mark | None
+    until: float
 
 
 SUMMARY_MARGIN = 0.25  # seconds before a summary interval closes that held counts reach it
@@ -399,6 +412,36 @@ class Guard:
         cached live session; None: take the full path."""
         loaded = self._cached_live(key, context)
         return loaded.versions if loaded is not None else None
+
+    def lease(self, key: str, context: RequestContext) -> Lease | None:
+        """`versions_now`, with how long they may be taken again without the guard: while the
+        board shows the mark they were confirmed under (no write on either slot since, so the
+        versions hold: `_read`'s argument, `storage.version_board`) and before this guard's hit
+        path would do more than compare that mark — reach the store (`STORE_CONTACT_EVERY`), note
+        the session as seen (`TOUCH_EVERY`) or find it expired. Nothing beyond this reading
+        without a board, under a mark taken while a write was in flight, or while another store
+        is watched for failure (`Runtime.require_stores`)."""
+        loaded = self._cached_live(key, context)
+        if loaded is None:
+            return None
+        record, settings = loaded.record, self._aal1
+        until = float("-inf")
+        if self._board is not None and loaded.mark is not None and self.rt.redis_watch is None:
+            until = min(self._contact + STORE_CONTACT_EVERY,
+                        record.last_seen + min(TOUCH_EVERY, settings.idle),
+                        record.created + settings.max_session)
+        return Lease(versions=loaded.versions, session_id=record.id, user_id=loaded.user.id,
+                     mark=loaded.mark, until=until)
+
+    @property
+    def board(self) -> VersionBoard | None:
+        """The version board a `Lease` is checked against (None: no lease outlives a reading)."""
+        return self._board
+
+    def leased(self, times: int) -> None:
+        """Count `times` versions taken again from leases as cache hits (they are)."""
+        self.cache.hits += times
+        self.rt.observer.cache_hit(times)
 
     def plain_allow(self, check: Check) -> bool:
         """An allow that needs nothing but a live sign-in (no grant, nothing above aal1, low

@@ -51,8 +51,8 @@ class Observer:
         """Count allows (the per-request path, which builds no checked event)."""
         self.decisions.add(times, "allow", rule or "-")
 
-    def cache_hit(self) -> None:
-        self.cache.inc("hit")
+    def cache_hit(self, times: int = 1) -> None:
+        self.cache.add(times, "hit")
 
     def cache_miss(self) -> None:
         self.cache.inc("miss")
