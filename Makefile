@@ -14,11 +14,13 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# The compiled twins of the database door's hot modules (scripts/accelerate.py, mypyc): rebuilt
-# when a member changes; a twin of other sources is never used (the Python source serves).
+# The compiled twins of the database door's hot modules and of the version board
+# (scripts/accelerate.py, mypyc): rebuilt when a member changes; a twin of other sources is
+# never used (the Python source serves).
 DOOR := $(addprefix src/stepguard/pgwire/,roundtrip.py tracking.py turn.py session.py)
+BOARD := src/stepguard/storage/version_board.py
 TWINS := $(VENV)/.twins
-$(TWINS): $(STAMP) $(DOOR) scripts/accelerate.py
+$(TWINS): $(STAMP) $(DOOR) $(BOARD) scripts/accelerate.py
 	$(PY) scripts/accelerate.py --strict
 	touch $(TWINS)
 
@@ -38,7 +40,7 @@ demo: $(DEMO_STAMP)
 # The door's tests run twice: as Python (STEPGUARD_PURE=1), then with the compiled twins.
 test: $(STAMP) $(TWINS)
 	-bash scripts/install-system-packages
-	STEPGUARD_PURE=1 $(PY) -m pytest -q -p no:cacheprovider --cov=stepguard --cov-branch --cov-report= tests/pgdoor tests/unit/test_pg_roundtrip.py tests/unit/test_pg_turn.py
+	STEPGUARD_PURE=1 $(PY) -m pytest -q -p no:cacheprovider --cov=stepguard --cov-branch --cov-report= tests/pgdoor tests/unit/test_pg_roundtrip.py tests/unit/test_pg_turn.py tests/unit/test_version_board.py
 	STEPGUARD_TWINS=required $(PY) -m pytest -q -p no:cacheprovider --cov=stepguard --cov-branch --cov-append --cov-report=term:skip-covered --cov-report=json:coverage.json tests
 	$(PY) scripts/coverage_gate.py coverage.json
 

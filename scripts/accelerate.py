@@ -34,9 +34,11 @@ sys.path.insert(0, str(SRC))
 from stepguard.compiled import sources_digest, twin_name  # noqa: E402
 
 # The database door's hot path: the round trip's shapes, the tracker of what the server holds,
-# the loop turn's memory and the connection's code.
+# the loop turn's memory and the connection's code. The version board: a look at it is every
+# cached decision's revocation check on SQLite (the store takes its twin).
 GROUPS = {"stepguard.pgwire._door": ["stepguard.pgwire.roundtrip", "stepguard.pgwire.tracking",
-                                     "stepguard.pgwire.turn", "stepguard.pgwire.session"]}
+                                     "stepguard.pgwire.turn", "stepguard.pgwire.session"],
+          "stepguard.storage._board": ["stepguard.storage.version_board"]}
 
 SETUP = """\
 from setuptools import setup

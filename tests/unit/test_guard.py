@@ -137,21 +137,27 @@ def test_a_revocation_is_honoured_by_the_very_next_request(runtime: Runtime, how
      "rotate": lambda: runtime.store.sessions.rotate(session.id, "other", now=now)}[how]()
     assert guard.check(PAGE, token).session is None
     assert guard.check_cached(PAGE, token) is None  # the event loop path agrees
-    assert guard.versions_now(hash_token(token), PAGE) is None  # and the PostgreSQL door's check
+    assert versions_now(guard, hash_token(token), PAGE) is None  # and the PostgreSQL door's check
+
+
+def versions_now(guard: Guard, key: str, context: RequestContext) -> tuple[int, int] | None:
+    """The versions of `Guard.lease` (what the PostgreSQL door compares before a statement)."""
+    lease = guard.lease(key, context)
+    return lease.versions if lease is not None else None
 
 
 def test_the_revocation_check_of_a_held_session_reads_its_versions_now(runtime: Runtime) -> None:
-    """`versions_now` (what the PostgreSQL door compares before each statement) gives the live
+    """`Guard.lease` (what the PostgreSQL door compares before each statement) gives the live
     cached session's versions, and they move when the session does."""
     guard = Guard(runtime)
     _, session, token = signed_in(runtime)
-    assert guard.versions_now(hash_token(token), PAGE) is None  # not cached: the full path
+    assert versions_now(guard, hash_token(token), PAGE) is None  # not cached: the full path
     loaded = guard.load(token)
     assert loaded is not None
-    assert guard.versions_now(hash_token(token), PAGE) == loaded.versions
+    assert versions_now(guard, hash_token(token), PAGE) == loaded.versions
     runtime.store.sessions.add_event(session.id, AuthEvent(
         factor="totp", amr=("otp",), level=Level.AAL2, at=runtime.now()))
-    assert guard.versions_now(hash_token(token), PAGE) not in (None, loaded.versions)
+    assert versions_now(guard, hash_token(token), PAGE) not in (None, loaded.versions)
 
 
 def test_a_step_up_elsewhere_is_honoured_by_the_cached_copy(runtime: Runtime) -> None:
@@ -608,3 +614,16 @@ def test_an_eviction_racing_a_cache_lookup_still_returns_the_copy_found(runtime:
     copy = Loaded.of(snapshot, None)
     cache._items = Racing({"k": copy})
     assert cache.get("k") is copy and cache.get("k") is None
+
+
+def test_a_check_carries_the_versions_it_was_decided_under(runtime: Runtime) -> None:
+    """The database door remembers a plain allow with these, not with a read taken after the
+    decision: a change committed in between (new groups) must not inherit the old allow."""
+    guard = Guard(runtime)
+    user, _, token = signed_in(runtime)
+    check = guard.check(PAGE, token)
+    assert check.versions is not None and check.versions == versions_now(
+        guard, hash_token(token), PAGE)
+    runtime.store.users.set_groups(user.id, ("admins",))
+    assert versions_now(guard, hash_token(token), PAGE) not in (None, check.versions)
+    assert guard.check(PAGE, None).versions is None  # no session: nothing to compare

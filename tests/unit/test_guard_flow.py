@@ -32,6 +32,7 @@ from tests.unit.test_guard import (
     decisions,
     grant_answering,
     signed_in,
+    versions_now,
 )
 
 LOCATIONS = """
@@ -222,7 +223,7 @@ def test_the_revocation_check_of_a_held_session_also_notes_it_as_seen(
     clock.advance(TOUCH_EVERY)
     key = token_key(token)
     assert key is not None
-    versions = guard.versions_now(key, ELSEWHERE)
+    versions = versions_now(guard, key, ELSEWHERE)
     assert versions is not None
     runtime.last_seen.flush()
     stored = runtime.store.sessions.get(session.id)

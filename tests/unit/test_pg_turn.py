@@ -30,7 +30,7 @@ from stepguard.service.guard import (
 from stepguard.service.runtime import Runtime
 from tests.support.gateway import Clock
 from tests.unit.conftest import Make
-from tests.unit.test_guard import PAGE, POLICY, decisions, signed_in
+from tests.unit.test_guard import PAGE, POLICY, decisions, signed_in, versions_now
 from tests.unit.test_pg_roundtrip import IMPLEMENTATIONS, implementation
 
 START = 1_900_000_000.2  # 0.2 s into a second: a batch begun now ends at ...001.0
@@ -53,7 +53,7 @@ class Door:
         self.key = token_key(token)
         check = self.guard.check(context, token, audit=False)
         self.answer: Answer = self.guard.answer(check, rt.now() + 3600)
-        versions = self.guard.versions_now(self.key, context)
+        versions = versions_now(self.guard, self.key, context)
         assert versions is not None
         self.versions = versions
 
@@ -202,32 +202,53 @@ def leases_asked(door: Door, monkeypatch: pytest.MonkeyPatch) -> list[Lease | No
     return asked
 
 
-def board_looks(door: Door, monkeypatch: pytest.MonkeyPatch) -> list[object]:
-    """Every look at the version board (the guard's and the turn's), as they come."""
-    board = door.guard.board
-    assert board is not None
-    looks: list[object] = []
-    real = board.mark
+class CountedBoard:
+    """The version board as the turn sees it, counting the turn's looks (a compiled board's
+    methods cannot be replaced)."""
 
-    def counted(session_id: str, user_id: str) -> object:
-        looks.append(real(session_id, user_id))
-        return looks[-1]
+    def __init__(self, board: object) -> None:
+        self.board = board
+        self.looks: list[object] = []
 
-    monkeypatch.setattr(board, "mark", counted)
-    return looks
+    def mark(self, session_id: str, user_id: str) -> object:
+        self.looks.append(self.board.mark(session_id, user_id))  # type: ignore[attr-defined]
+        return self.looks[-1]
 
 
-def test_one_versions_read_serves_a_whole_turn(door: Door,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def turn_looks(door: Door) -> list[object]:
+    """Every look the turn itself takes at the version board, as they come."""
+    counted = CountedBoard(door.guard.board)
+    door.turn.board = counted
+    return counted.looks
+
+
+def test_without_a_board_a_read_answers_the_session_for_a_millisecond_of_its_turn(
+        door: Door, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
     asked = leases_asked(door, monkeypatch)
 
     async def body() -> None:
-        assert door.again() and door.again() and door.again()
+        assert door.again() and door.again()
+        clock.advance(turn.READ_SHARED_FOR * 0.9)
+        assert door.again()  # within the millisecond: the same read
         assert len(asked) == 1
-        await asyncio.sleep(0)
-        assert door.again()  # no version board (the memory store): the guard reads each turn
+        clock.advance(turn.READ_SHARED_FOR * 0.2)
+        assert door.again()  # no version board (the memory store): the guard reads again
         assert len(asked) == 2
+        await asyncio.sleep(0)
+        assert door.again()  # and in the next turn
+        assert len(asked) == 3
         assert all(lease is not None and lease.until == float("-inf") for lease in asked)
+
+    run(body)
+
+
+def test_without_a_board_a_revocation_stops_the_statements_after_the_shared_read(
+        door: Door, clock: Clock) -> None:
+    async def body() -> None:
+        assert door.again()
+        door.rt.store.sessions.revoke(door.session.id, now=door.rt.now())
+        clock.advance(turn.READ_SHARED_FOR)
+        assert not door.again()  # in the same turn: the read is not shared past its moment
 
     run(body)
 
@@ -242,14 +263,14 @@ def board_door(module: ModuleType, make: Make, clock: Clock) -> Door:
 def test_a_lease_serves_later_turns_with_one_look_at_the_board(
         board_door: Door, monkeypatch: pytest.MonkeyPatch) -> None:
     door = board_door
-    asked, looks = leases_asked(door, monkeypatch), board_looks(door, monkeypatch)
+    asked, looks = leases_asked(door, monkeypatch), turn_looks(door)
 
     async def body() -> None:
         for _ in range(3):
             assert door.again() and door.again()
             await asyncio.sleep(0)
         assert len(asked) == 1  # the guard once; then the lease
-        assert len(looks) == 3  # one look a turn: the guard's, then the turn's own
+        assert len(looks) == 5  # then one look a statement: the first was the guard's
 
     run(body)
     assert door.rt.observer.cache.value("hit") >= 2  # the lease's hits are cache hits
@@ -265,6 +286,7 @@ def test_a_revocation_stops_the_very_next_turn_through_a_lease(
             assert door.again()
             await asyncio.sleep(0)
         assert len(asked) == 1
+        assert door.again()  # the same turn as the revocation below
         door.rt.store.sessions.revoke(door.session.id, now=door.rt.now())
         assert not door.again()  # the board moved: the guard is asked, and finds no session
         assert asked[-1] is None
@@ -422,5 +444,70 @@ def test_a_lease_ends_where_the_guard_would_do_more_than_compare(
         clock.now = START + wait + 0.7
         assert door.again() is given
         assert noted == ([door.session.id] if given else [])
+
+    run(body)
+
+
+# ------------------------------------------------------------------ the statement's own clock
+
+
+@pytest.fixture
+def two_doors(module: ModuleType, make: Make, clock: Clock) -> tuple[Door, Door]:
+    """Alice's and Bob's sessions on one turn (one door process), on the SQLite store."""
+    clock.now = START
+    alice = Door(module, make(sqlite=True))
+    return alice, Door(module, alice.rt, name="bob", beside=alice)
+
+
+def store_dies(door: Door, clock: Clock, monkeypatch: pytest.MonkeyPatch,
+               stall: float = 0.0) -> None:
+    """From now on every store read hangs `stall` seconds (a stalled disk), then fails."""
+    def dead(token_hash: str, **kwargs: Any) -> Any:
+        clock.advance(stall)
+        raise StoreUnavailable("the store is down")
+
+    monkeypatch.setattr(door.rt.store.session_states, "read", dead)
+
+
+def test_a_lease_is_judged_by_the_clock_of_its_statement_not_of_its_turn(
+        two_doors: tuple[Door, Door], clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A turn may block in a store read (a stalled disk); a statement read after it, in the
+    same turn, is judged by the clock of then: the store contact its lease rests on is over."""
+    alice, bob = two_doors
+    board = alice.guard.board
+    assert board is not None
+
+    async def body() -> None:
+        assert bob.again()  # bob's lease: until the store contact is due (START + 1)
+        await asyncio.sleep(0)
+        clock.advance(0.5)
+        with board.writing([alice.session.id]):  # any write on alice's slot (or a collision)
+            pass
+        store_dies(alice, clock, monkeypatch, stall=2.0)
+        assert not alice.again()  # the guard reads the store: a 2 s stall, then it is dead
+        assert not bob.again()  # the same turn, 2.5 s in: the guard is asked, and fails
+
+    run(body)
+
+
+def test_a_lease_ends_when_the_clock_steps_back_before_its_store_contact(
+        two_doors: tuple[Door, Door], clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lease's end is a wall-clock time; after the clock steps back 10 s it would last 11 s
+    through a dead store: a reading before the contact it rests on ends it."""
+    alice, bob = two_doors
+    board = alice.guard.board
+    assert board is not None
+
+    async def body() -> None:
+        assert bob.again()  # bob's lease: until START + 1
+        await asyncio.sleep(0)
+        clock.now = START - 10  # the wall clock steps back (NTP, a VM resumed)
+        with board.writing([alice.session.id]):
+            pass
+        assert alice.again()  # a store read (alice's slot moved): the guard's contact is now
+        await asyncio.sleep(0)
+        store_dies(alice, clock, monkeypatch)
+        clock.now = START - 10 + 1.5  # 1.5 s after the last store contact
+        assert not bob.again()
 
     run(body)

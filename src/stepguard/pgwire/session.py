@@ -817,7 +817,7 @@ class Connection:
         guard = self.gw.guard
         if not self.gw.memo_ok or not guard.plain_allow(check) or self.identity is None:
             return
-        versions = guard.versions_now(self.identity.session_key, check.context)
+        versions = check.versions  # those it was decided under (a later read may be newer)
         if versions is None:
             return
         if len(self._memo) >= _MEMO_SIZE:

@@ -1,10 +1,13 @@
-"""What one turn of the event loop remembers for the door's allows given again.
+"""What the door's event loop remembers for the allows it gives again.
 
-Every statement a turn handles arrived before the turn began, so one read of a session's versions
-per turn serves them all and still honours a revocation committed before any of them arrived
-(SECURITY case 12: the very next statement). The turn also reads the clock once. The read is the
-guard's (`Guard.lease`) or, while the lease it gave holds, one look at the version board: the
-mark the versions were confirmed under, unchanged, means no write touched them since.
+A remembered plain allow is given again only while the session's and user's versions are those
+it was decided under, read for each statement after it was read from its socket, so a
+revocation committed before a statement arrived stops it (SECURITY case 12: the very next
+statement). The read is the guard's (`Guard.lease`) or, while the lease the guard gave holds, one
+look at the version board: the mark the versions were confirmed under, unchanged, means no write
+touched them since. Without a board (a PostgreSQL store) a read answers the session's statements
+in the same loop turn for `READ_SHARED_FOR` (a millisecond) after it began. A loop turn reads
+the clock once for the allows' ends and counts.
 
 The allows it gives again are counted and handed to the audit (`Guard.audit`) in batches: an
 allow that is its own sealed entry when its turn ends; one counted on a summary line at the
@@ -22,11 +25,14 @@ import asyncio
 import threading
 
 from stepguard.core.context import RequestContext
-from stepguard.service.guard import SUMMARY_MARGIN, Answer, Guard, Lease
+from stepguard.service.guard import SUMMARY_MARGIN, Answer, Guard
 from stepguard.service.runtime import Runtime
+from stepguard.storage.version_board import Mark
 
 NOTHING_HELD = float("inf")  # `due` while no count is held
 LEASES = 4096  # sessions whose lease the door remembers (then it starts afresh)
+READ_SHARED_FOR = 0.001  # seconds a versions read without a lease answers later statements
+_Leased = tuple[float, float, str, str, Mark, tuple[int, int]]
 
 
 class Held:
@@ -45,8 +51,11 @@ class Turn:
         self.guard = guard
         self.rt = runtime
         self.now = -1.0  # the turn's time; -1: no turn open
-        self.versions: dict[str, tuple[int, int]] = {}  # session key → (session, user) versions
-        self.leases: dict[str, Lease] = {}  # session key → its last lease, kept across turns
+        # session key → its lease (`Guard.lease`: since, until, session id, user id, mark,
+        # versions; a tuple, read natively when compiled), kept across turns
+        self.leases: dict[str, _Leased] = {}
+        self.shared: dict[str, tuple[float, tuple[int, int]]] = {}  # this turn's other reads
+        self.clock = runtime.clock  # `Runtime.now` without the method call
         self.board = guard.board
         self.hits = 0  # versions taken from leases, not yet counted as cache hits
         self.counts: dict[int, Held] = {}  # id(answer) → its counts, taken by any thread
@@ -61,43 +70,50 @@ class Turn:
         user's versions are still `versions`. Counted for the audit when it is."""
         now = self.now
         if now < 0:
-            now = self.now = self.rt.now()
+            now = self.now = self.clock()
             loop = self.loop = asyncio.get_running_loop()
             loop.call_soon(self.end)  # first: the turn ends whatever happens next
             if now >= self.due:  # held counts are older than this turn: handed over first
                 self.hand_over()
         if now >= answer.until:
             return False
-        found = self.versions.get(key)
-        if found is None:
-            found = self._versions(key, answer.context, now)
-            if found is None:
-                return False
-            self.versions[key] = found
-        if found != versions:
+        found = self._versions(key, answer.context)
+        if found is None or found != versions:
             return False
         self._count(answer, now)
         return True
 
-    def _versions(self, key: str, context: RequestContext,
-                  now: float) -> tuple[int, int] | None:
-        """The session's versions as of now: its lease's while that holds, else the guard's
-        (with a new lease); None: take the full path."""
-        lease = self.leases.get(key)
-        if lease is not None and now < lease.until:
+    def _versions(self, key: str, context: RequestContext) -> tuple[int, int] | None:
+        """The session's versions as of now, for a statement already read (the clock read
+        afresh: a turn may have blocked in a store read since it began): its lease's while
+        that holds — one look at the board — else the guard's, with a new lease. A read
+        without a lease (no board) answers the session's statements in the same turn for
+        `READ_SHARED_FOR` after it began. None: take the full path."""
+        at = self.clock()
+        leased = self.leases.get(key)
+        if leased is not None:
+            since, until, session_id, user_id, mark, versions = leased
             board = self.board
-            assert board is not None  # a lease that outlives its reading has a board
-            if board.mark(lease.session_id, lease.user_id) == lease.mark:
+            assert board is not None  # only a board's leases outlive their reading
+            if since <= at < until and board.mark(session_id, user_id) == mark:
                 with self.lock:
                     self.hits += 1
-                return lease.versions
+                return versions
+        shared = self.shared.get(key)
+        if shared is not None and shared[0] <= at < shared[0] + READ_SHARED_FOR:
+            return shared[1]
         lease = self.guard.lease(key, context)
         if lease is None:
             self.leases.pop(key, None)
+            self.shared.pop(key, None)
             return None
-        if len(self.leases) >= LEASES:
-            self.leases.clear()
-        self.leases[key] = lease
+        if lease.until > at and lease.mark is not None:
+            if len(self.leases) >= LEASES:
+                self.leases.clear()
+            self.leases[key] = (lease.since, lease.until, lease.session_id, lease.user_id,
+                                lease.mark, lease.versions)
+        else:
+            self.shared[key] = (at, lease.versions)
         return lease.versions
 
     def _count(self, answer: Answer, now: float) -> None:
@@ -122,7 +138,7 @@ class Turn:
     def end(self) -> None:
         """The turn is over: its memory is dropped, and the counts that are due handed over."""
         now, self.now = self.now, -1.0
-        self.versions.clear()
+        self.shared.clear()
         if now >= self.due:
             self.hand_over()
 
@@ -140,5 +156,5 @@ class Turn:
             self.guard.audit(held.answer, held.first)
             if held.times > 1:
                 self.guard.audit(held.answer, held.last, held.times - 1)
-        if counts and self.rt.now() > due + SUMMARY_MARGIN:
+        if counts and self.clock() > due + SUMMARY_MARGIN:
             self.rt.audit.wake()

@@ -48,6 +48,7 @@ class Check:
     risk: RiskAssessment
     state: SessionState | None = None
     grants: tuple[Grant, ...] = ()
+    versions: tuple[int, int] | None = None  # the session's and user's, as decided on
 
     @property
     def subject(self) -> Subject | None:
@@ -110,12 +111,13 @@ class Answer:
 class Lease:
     """A cached live session's versions (`Guard.lease`), which a caller may take again without
     asking the guard while the version board still shows `mark` for the session's and user's
-    slots and before `until` (-inf: this reading only)."""
+    slots, from `since` and before `until` (-inf: this reading only)."""
 
     versions: tuple[int, int]
     session_id: str
     user_id: str
     mark: Mark | None
+    since: float  # the store contact it rests on: a clock reading before it (stepped back) ends it
     until: float
 
 
@@ -407,14 +409,10 @@ class Guard:
         self._touch(loaded, key, context, now)
         return loaded
 
-    def versions_now(self, key: str, context: RequestContext) -> tuple[int, int] | None:
-        """The session's and user's versions as of this moment (the revocation check), for a
-        cached live session; None: take the full path."""
-        loaded = self._cached_live(key, context)
-        return loaded.versions if loaded is not None else None
-
     def lease(self, key: str, context: RequestContext) -> Lease | None:
-        """`versions_now`, with how long they may be taken again without the guard: while the
+        """The session's and user's versions as of this moment (the revocation check, for a
+        cached live session; None: take the full path), with how long they may be taken again
+        without the guard: while the
         board shows the mark they were confirmed under (no write on either slot since, so the
         versions hold: `_read`'s argument, `storage.version_board`) and before this guard's hit
         path would do more than compare that mark — reach the store (`STORE_CONTACT_EVERY`), note
@@ -425,13 +423,13 @@ class Guard:
         if loaded is None:
             return None
         record, settings = loaded.record, self._aal1
-        until = float("-inf")
+        since, until = self._contact, float("-inf")
         if self._board is not None and loaded.mark is not None and self.rt.redis_watch is None:
             until = min(self._contact + STORE_CONTACT_EVERY,
                         record.last_seen + min(TOUCH_EVERY, settings.idle),
                         record.created + settings.max_session)
         return Lease(versions=loaded.versions, session_id=record.id, user_id=loaded.user.id,
-                     mark=loaded.mark, until=until)
+                     mark=loaded.mark, since=since, until=until)
 
     @property
     def board(self) -> VersionBoard | None:
@@ -451,7 +449,7 @@ class Guard:
                 and self._plain.get(d.rule, False))
 
     def answer(self, check: Check, until: float) -> Answer:
-        """A plain allow to give again, unchanged, until `until` (see `versions_now`): its
+        """A plain allow to give again, unchanged, until `until` (see `lease`): its
         summary line is found once, here."""
         return Answer(check.context, check, until, self._who(check))
 
@@ -573,7 +571,8 @@ class Guard:
         risk = self._risk(context, state, user, loaded.history if loaded else None)
         grants = loaded.grants if loaded else ()
         decision = decide(self.rt.policy, context, state, risk, grants, self.rt.now())
-        return Check(decision, context, record, user, risk, state, grants)
+        return Check(decision, context, record, user, risk, state, grants,
+                     loaded.versions if loaded else None)
 
     def _remember_amount(self, check: Check) -> None:
         """An allowed action's amount joins the user's baseline (`unusual_amount`)."""

@@ -12,7 +12,9 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from stepguard.compiled import twin
 from stepguard.core.throttle import ThrottleSettings
+from stepguard.storage import version_board
 from stepguard.storage.agent_tokens import SqlAgentTokens
 from stepguard.storage.engine import make_engine
 from stepguard.storage.session_states import SqlSessionStates
@@ -93,6 +95,7 @@ def _board_for(engine: Engine) -> VersionBoard | None:
     if engine.dialect.name != "sqlite":
         return None
     database = engine.url.database
+    board: type[VersionBoard] = twin(version_board).VersionBoard  # compiled when built
     if not database or database == ":memory:" or database.startswith("file:"):
-        return VersionBoard(None)
-    return VersionBoard.beside(Path(database).resolve())
+        return board(None)
+    return board.beside(Path(database).resolve())

@@ -21,8 +21,9 @@ was taken after T ended (then the read that followed it saw T's commit). A proce
 between `begun` and `ended` leaves the slot "in flight" for good: sessions on it are read from
 the store on every request (slower, never stale). Collisions only cost reads.
 
-Counters are 64-bit words, each written by one aligned store under a lock (a thread lock and
-`flock` on the file across processes) and read lock-free; the argument above needs loads and
+Counters are 64-bit words (read and written through a memoryview of the mapping as native
+unsigned 64-bit words: one aligned load or store each), each written under a lock (a thread lock
+and `flock` on the file across processes) and read lock-free; the argument above needs loads and
 stores to stay in program order (x86-64's total store order; documented in docs/architecture.md).
 A PostgreSQL fleet spans hosts: it has no board and reads versions on every request.
 """
@@ -32,7 +33,6 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
-import struct
 import threading
 import zlib
 from collections.abc import Iterable, Iterator
@@ -42,9 +42,9 @@ from pathlib import Path
 from stepguard.core.errors import StoreUnavailable
 
 SLOTS = 1 << 16
-_WORD = struct.Struct("<Q")
-_SLOT_BYTES = 16  # begun, ended
-SIZE = SLOTS * _SLOT_BYTES
+_SLOT_WORDS = 2  # begun, ended
+SIZE = SLOTS * _SLOT_WORDS * 8
+_MAX = (1 << 64) - 1  # a counter wraps (after 2**64 writes) rather than fail
 OFFSETS_REMEMBERED = 1 << 16  # ids whose slot offset a board remembers (then it starts afresh)
 
 Mark = tuple[int, int]  # the `ended` counters of a session's slot and its user's slot
@@ -63,19 +63,21 @@ class VersionBoard:
         for this process only (`None`: an in-memory database, which no other process opens)."""
         self.path = path
         self._memory: mmap.mmap | None = None
+        self._words: memoryview | None = None  # the mapping as 64-bit words
         self._fd: int | None = None
         self._lock = threading.Lock()
-        self._offsets: dict[str, int] = {}  # id → its slot's byte offset (`_offset`)
+        self._offsets: dict[str, int] = {}  # id → its slot's first word (`_offset`)
 
     @classmethod
     def beside(cls, database: Path) -> VersionBoard:
         return cls(database.with_name(database.name + "-stepguard-board"))
 
-    def _open(self) -> mmap.mmap:
-        """The mapping, opened on first use; an unopenable board is an unavailable store (a
-        writer that cannot tell the board must not write: readers would miss its change)."""
+    def _open(self) -> memoryview:
+        """The mapping's words, opened on first use; an unopenable board is an unavailable
+        store (a writer that cannot tell the board must not write: readers would miss its
+        change)."""
         with self._lock:
-            if self._memory is None:
+            if self._words is None:
                 if self.path is None:
                     self._memory = mmap.mmap(-1, SIZE)
                 else:
@@ -83,30 +85,31 @@ class VersionBoard:
                         self._fd, self._memory = _map(self.path)
                     except OSError as error:
                         raise StoreUnavailable("the version board cannot be opened") from error
-            return self._memory
+                self._words = memoryview(self._memory).cast("Q")
+            return self._words
 
     # ------------------------------------------------------------------ readers
 
     def mark(self, session_id: str, user_id: str) -> Mark | None:
         """The current mark of a session's and its user's slots; None while a write is in flight
         on either."""
-        memory, word, offsets = self._memory or self._open(), _WORD.unpack_from, self._offsets
+        words, offsets = self._words or self._open(), self._offsets
         s, u = offsets.get(session_id), offsets.get(user_id)
         if s is None or u is None:
             s, u = self._offset(session_id), self._offset(user_id)
-        s_ended, u_ended = word(memory, s + 8)[0], word(memory, u + 8)[0]
-        s_begun, u_begun = word(memory, s)[0], word(memory, u)[0]
+        s_ended, u_ended = words[s + 1], words[u + 1]
+        s_begun, u_begun = words[s], words[u]
         if s_begun != s_ended or u_begun != u_ended:
             return None
         return (s_ended, u_ended)
 
     def _offset(self, identifier: str) -> int:
-        """The byte offset of an id's slot, remembered (a bounded memo: the per-request read
-        hashes nothing for the ids it saw)."""
+        """The index of an id's slot's first word, remembered (a bounded memo: the
+        per-request read hashes nothing for the ids it saw)."""
         offsets = self._offsets
         if len(offsets) >= OFFSETS_REMEMBERED:
             offsets.clear()
-        found = offsets[identifier] = slot_of(identifier) * _SLOT_BYTES
+        found = offsets[identifier] = slot_of(identifier) * _SLOT_WORDS
         return found
 
     # ------------------------------------------------------------------ writers
@@ -123,23 +126,27 @@ class VersionBoard:
         try:
             yield
         finally:
-            self._add(slots, 8)
+            self._add(slots, 1)
 
-    def _add(self, slots: list[int], offset: int) -> None:
-        memory = self._memory or self._open()
+    def _add(self, slots: list[int], word: int) -> None:
+        """Add 1 to word `word` (0: begun, 1: ended) of each slot."""
+        words = self._words or self._open()
         with self._lock:
             if self._fd is not None:
                 fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:
                 for slot in slots:
-                    at = slot * _SLOT_BYTES + offset
-                    _WORD.pack_into(memory, at, _WORD.unpack_from(memory, at)[0] + 1)
+                    at = slot * _SLOT_WORDS + word
+                    words[at] = (words[at] + 1) & _MAX
             finally:
                 if self._fd is not None:
                     fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
         with self._lock:
+            if self._words is not None:
+                self._words.release()  # the mapping closes only with no view left on it
+                self._words = None
             if self._memory is not None:
                 self._memory.close()
                 self._memory = None
