@@ -627,3 +627,4 @@ def test_a_check_carries_the_versions_it_was_decided_under(runtime: Runtime) -> 
     runtime.store.users.set_groups(user.id, ("admins",))
     assert versions_now(guard, hash_token(token), PAGE) not in (None, check.versions)
     assert guard.check(PAGE, None).versions is None  # no session: nothing to compare
+

@@ -137,8 +137,11 @@ def test_a_revocation_moves_the_board_and_ends_the_trusted_copy(make: Make) -> N
     assert guard.check(PAGE, token).session is None
 
 
+@pytest.mark.parametrize("step_back", [False, True])
 def test_a_board_hit_reaches_the_store_once_a_full_second_passed_without_contact(
-        make: Make, clock: Clock) -> None:
+        make: Make, clock: Clock, step_back: bool) -> None:
+    """A board hit needs a store contact within the last second, and not in the future: after
+    the clock steps back, `now - contact` is negative, which is no recent contact."""
     rt = make(sqlite=True)
     guard = Guard(rt)
     _, _, token = signed_in(rt)
@@ -149,9 +152,12 @@ def test_a_board_hit_reaches_the_store_once_a_full_second_passed_without_contact
         raise StoreUnavailable("the store is down")
 
     rt.store.session_states.read = down  # type: ignore[method-assign]
-    clock.advance(STORE_CONTACT_EVERY / 2)
-    assert guard.check(PAGE, token).decision.allowed  # the board answers alone for a while
-    clock.advance(STORE_CONTACT_EVERY / 2)  # exactly a second after the last read
+    if step_back:
+        clock.advance(-10)
+    else:
+        clock.advance(STORE_CONTACT_EVERY / 2)
+        assert guard.check(PAGE, token).decision.allowed  # the board answers alone a while
+        clock.advance(STORE_CONTACT_EVERY / 2)  # exactly a second after the last read
     with pytest.raises(StoreUnavailable):
         guard.check(PAGE, token)
 
@@ -631,3 +637,22 @@ def test_a_sealed_allow_is_counted_once_in_debug_mode(make: Make) -> None:
     _, _, token = signed_in(rt)
     guard.check(PAGE, token)
     assert counter(rt, "stepguard_decisions_total", outcome="allow", rule="default") == 1
+
+
+def test_a_remembered_allow_ends_with_the_hour_it_was_decided_in(make: Make,
+                                                                clock: Clock) -> None:
+    """The answer's end counts from the decision's clock reading (`Check.at`), not from when
+    it was remembered: decided at 16:59:59.9 and remembered after 17:00, it ends at 17:00."""
+    rt = make(sqlite=True)
+    guard = Guard(rt)
+    _, _, token = signed_in(rt)
+    hour_end = (clock.now // 3600 + 1) * 3600
+    clock.now = hour_end - 0.1
+    check = guard.check(PAGE, token, audit=False)
+    assert check.at == hour_end - 0.1
+    loaded = guard.load(token)
+    assert loaded is not None
+    clock.now = hour_end + 0.1
+    guard._remember(loaded, check)
+    assert loaded.answers[id(PAGE)].until == hour_end
+

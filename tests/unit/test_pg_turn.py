@@ -92,8 +92,8 @@ def test_counts_are_held_across_turns_and_handed_over_when_their_second_ends(
             await asyncio.sleep(0)  # the turn ends
             clock.advance(0.2)
         assert door.counted() == 0  # held: no hand-over per turn
-        clock.now = START + 0.8  # the next whole second
-        assert door.again()  # this turn's time is past the batch's end: it is handed over first
+        clock.now = START + 0.9  # past the second's end
+        assert door.again()  # this statement's time is past the batch's end: handed over first
         assert door.counted() == 6
         await asyncio.sleep(0)
         assert door.counted() == 6  # this turn's count is held for the next batch
@@ -101,7 +101,7 @@ def test_counts_are_held_across_turns_and_handed_over_when_their_second_ends(
     run(body)
     [line] = decisions(door.rt)  # the flush at the end handed the last one over
     assert (line.outcome, line.detail["count"]) == ("allow_summary", 7)  # type: ignore[attr-defined]
-    assert line.detail["last"] == START + 0.8  # type: ignore[attr-defined]
+    assert line.detail["last"] == START + 0.9  # type: ignore[attr-defined]
     assert line.detail["first"] == START  # type: ignore[attr-defined]  # not the batch's last
 
 
@@ -509,5 +509,77 @@ def test_a_lease_ends_when_the_clock_steps_back_before_its_store_contact(
         store_dies(alice, clock, monkeypatch)
         clock.now = START - 10 + 1.5  # 1.5 s after the last store contact
         assert not bob.again()
+
+    run(body)
+
+
+def test_a_clock_stepped_back_does_not_stretch_the_store_contact_through_the_guard(
+        board_door: Door, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No other session's read moves the guard's store contact: after the clock steps back the
+    statement goes to the guard, whose own board hit must not take a negative time since the
+    contact for a recent one (it would hide a dead store for as long as the step)."""
+    door = board_door
+
+    async def body() -> None:
+        assert door.again()  # the lease: the guard's store contact is START
+        await asyncio.sleep(0)
+        clock.now = START - 10  # the wall clock steps back (NTP, a VM resumed)
+        store_dies(door, clock, monkeypatch)
+        clock.now = START - 10 + 1.5
+        assert not door.again()
+
+    run(body)
+
+
+def test_an_allows_end_is_judged_by_the_clock_of_its_statement_not_of_its_turn(
+        two_doors: tuple[Door, Door], clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answer's end (the end of the hour it was decided in: `hour()`, `unusual_hour`) is
+    compared with the statement's own clock reading: a store read that blocks in the same turn
+    must not let a statement read after it, past the end, be given the old hour's allow."""
+    alice, bob = two_doors
+    board = alice.guard.board
+    assert board is not None
+    alice.answer = alice.guard.answer(alice.answer.check, START + 0.5)
+    real = alice.rt.store.session_states.read
+
+    def stalled(token_hash: str, **kwargs: Any) -> Any:
+        clock.advance(1.0)  # a stalled disk: the read answers a second later
+        return real(token_hash, **kwargs)
+
+    async def body() -> None:
+        assert alice.again()
+        await asyncio.sleep(0)
+        with board.writing([bob.session.id]):  # bob's slot moved: his check reads the store
+            pass
+        monkeypatch.setattr(alice.rt.store.session_states, "read", stalled)
+        assert bob.again()  # the turn opens at START; the read ends at START + 1
+        assert clock.now >= alice.answer.until
+        assert not alice.again()
+
+    run(body)
+
+
+def test_counts_made_after_a_stall_in_the_turn_do_not_join_a_batch_already_due(
+        two_doors: tuple[Door, Door], clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch never spans two summary intervals: a count made past the held batch's due time
+    (the turn stalled in a store read) hands that batch over first."""
+    alice, bob = two_doors
+    board = alice.guard.board
+    assert board is not None
+    real = alice.rt.store.session_states.read
+
+    def stalled(token_hash: str, **kwargs: Any) -> Any:
+        clock.advance(1.0)
+        return real(token_hash, **kwargs)
+
+    async def body() -> None:
+        assert alice.again()  # held: due before START's second ends
+        with board.writing([bob.session.id]):
+            pass
+        monkeypatch.setattr(alice.rt.store.session_states, "read", stalled)
+        assert bob.again()  # read at START, judged at START; its store read ends a second later
+        assert alice.counted() == 0
+        assert alice.again()  # the same turn, a second later: the batch is handed over first
+        assert alice.counted() == 2  # alice's first count and bob's, not this one
 
     run(body)

@@ -818,11 +818,11 @@ class Connection:
         if not self.gw.memo_ok or not guard.plain_allow(check) or self.identity is None:
             return
         versions = check.versions  # those it was decided under (a later read may be newer)
-        if versions is None:
+        if versions is None or check.at is None:
             return
         if len(self._memo) >= _MEMO_SIZE:
             self._memo.clear()
-        until = (self.rt.now() // 3600 + 1) * 3600  # the end of this hour
+        until = (check.at // 3600 + 1) * 3600  # the end of the hour it was decided in
         self._memo[id(statement)] = (statement, versions, guard.answer(check, until))
 
     async def _check(self, context: RequestContext, cached: bool = True) -> Check:

@@ -6,8 +6,8 @@ revocation committed before a statement arrived stops it (SECURITY case 12: the 
 statement). The read is the guard's (`Guard.lease`) or, while the lease the guard gave holds, one
 look at the version board: the mark the versions were confirmed under, unchanged, means no write
 touched them since. Without a board (a PostgreSQL store) a read answers the session's statements
-in the same loop turn for `READ_SHARED_FOR` (a millisecond) after it began. A loop turn reads
-the clock once for the allows' ends and counts.
+in the same loop turn for `READ_SHARED_FOR` (a millisecond) after it began. The clock is read
+for each statement: its allow's end, its count's time, and the held counts due.
 
 The allows it gives again are counted and handed to the audit (`Guard.audit`) in batches: an
 allow that is its own sealed entry when its turn ends; one counted on a summary line at the
@@ -68,28 +68,28 @@ class Turn:
         """Whether the remembered plain allow `answer`, decided at the session's `versions`,
         is given again now: before its end (`answer.until`) and while the session's and
         user's versions are still `versions`. Counted for the audit when it is."""
-        now = self.now
-        if now < 0:
-            now = self.now = self.clock()
+        at = self.clock()  # this statement's own reading (the turn may have blocked since)
+        if self.now < 0:
+            self.now = at
             loop = self.loop = asyncio.get_running_loop()
             loop.call_soon(self.end)  # first: the turn ends whatever happens next
-            if now >= self.due:  # held counts are older than this turn: handed over first
-                self.hand_over()
-        if now >= answer.until:
+        if at > self.due:  # the held counts are due: handed over before this one is counted
+            self.hand_over()
+        if at >= answer.until:
             return False
-        found = self._versions(key, answer.context)
+        found = self._versions(key, answer.context, at)
         if found is None or found != versions:
             return False
-        self._count(answer, now)
+        self._count(answer, at)
         return True
 
-    def _versions(self, key: str, context: RequestContext) -> tuple[int, int] | None:
+    def _versions(self, key: str, context: RequestContext,
+                  at: float) -> tuple[int, int] | None:
         """The session's versions as of now, for a statement already read (the clock read
         afresh: a turn may have blocked in a store read since it began): its lease's while
         that holds — one look at the board — else the guard's, with a new lease. A read
         without a lease (no board) answers the session's statements in the same turn for
         `READ_SHARED_FOR` after it began. None: take the full path."""
-        at = self.clock()
         leased = self.leases.get(key)
         if leased is not None:
             since, until, session_id, user_id, mark, versions = leased

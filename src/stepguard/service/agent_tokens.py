@@ -198,7 +198,7 @@ class AgentTokens:
 
     def _current(self, copy: _Copy, now: float) -> bool:
         assert self._board is not None
-        return (now - self._contact < STORE_CONTACT_EVERY
+        return (0 <= now - self._contact < STORE_CONTACT_EVERY  # not if the clock stepped back
                 and self._board.mark(copy.agent.session_id, copy.agent.user.id) == copy.mark)
 
     def _keep(self, copy: _Copy) -> None:

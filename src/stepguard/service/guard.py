@@ -49,6 +49,7 @@ class Check:
     state: SessionState | None = None
     grants: tuple[Grant, ...] = ()
     versions: tuple[int, int] | None = None  # the session's and user's, as decided on
+    at: float | None = None  # the clock reading it was decided at (an answer's end counts from it)
 
     @property
     def subject(self) -> Subject | None:
@@ -267,7 +268,8 @@ class Guard:
         if cached is not None and self._board is not None:
             mark = self._board.mark(cached.record.id, cached.user.id)
             if (mark is not None and mark == cached.mark
-                    and now - self._contact < STORE_CONTACT_EVERY and self._alive(cached, now)):
+                    and 0 <= now - self._contact < STORE_CONTACT_EVERY  # not if stepped back
+                    and self._alive(cached, now)):
                 self.cache.hits += 1
                 self.rt.observer.cache_hit()
                 return cached
@@ -369,12 +371,13 @@ class Guard:
         d = check.decision
         if (not self.memo_ok or not self.plain_allow(check)
                 or not FADING.isdisjoint(check.risk.names) or d.shadow is not None
-                or check.context.attributes or amount_of(check.context) is not None):
+                or check.context.attributes or amount_of(check.context) is not None
+                or check.at is None):
             return
         answers = loaded.answers
         if len(answers) >= ANSWERS_PER_COPY:
             answers.clear()
-        until = self.horizon(loaded.state, self.rt.now())
+        until = self.horizon(loaded.state, check.at)  # from the decision's time, not later
         answers[id(check.context)] = self.answer(check, until)
 
     def horizon(self, state: SessionState, now: float) -> float:
@@ -545,7 +548,7 @@ class Guard:
             left = [g for g in left if g.id != decision.consume_grant]
             decision = decide(self.rt.policy, check.context, check.state, check.risk, left, now)
         if decision is not check.decision:
-            check = replace(check, decision=decision)
+            check = replace(check, decision=decision, at=now)
         if loaded is not None and key:
             self._touch(loaded, key, check.context, now)
         self._remember_amount(check)
@@ -570,9 +573,10 @@ class Guard:
         state = loaded.state if loaded else None
         risk = self._risk(context, state, user, loaded.history if loaded else None)
         grants = loaded.grants if loaded else ()
-        decision = decide(self.rt.policy, context, state, risk, grants, self.rt.now())
+        now = self.rt.now()
+        decision = decide(self.rt.policy, context, state, risk, grants, now)
         return Check(decision, context, record, user, risk, state, grants,
-                     loaded.versions if loaded else None)
+                     loaded.versions if loaded else None, now)
 
     def _remember_amount(self, check: Check) -> None:
         """An allowed action's amount joins the user's baseline (`unusual_amount`)."""
