@@ -272,8 +272,12 @@ def test_a_lease_serves_later_turns_with_one_look_at_the_board(
         assert len(asked) == 1  # the guard once; then the lease
         assert len(looks) == 5  # then one look a statement: the first was the guard's
 
+    hits = door.guard.cache.hits, door.rt.observer.cache.value("hit")
     run(body)
-    assert door.rt.observer.cache.value("hit") >= 2  # the lease's hits are cache hits
+    door.turn.hand_over()  # the lease's hits are counted with the audit counts
+    # the guard's own hit (its read found the copy), then five from the lease: all cache hits
+    assert door.guard.cache.hits == hits[0] + 6
+    assert door.rt.observer.cache.value("hit") == hits[1] + 6
 
 
 def test_a_revocation_stops_the_very_next_turn_through_a_lease(
@@ -583,3 +587,18 @@ def test_counts_made_after_a_stall_in_the_turn_do_not_join_a_batch_already_due(
         assert alice.counted() == 2  # alice's first count and bob's, not this one
 
     run(body)
+
+
+def test_no_lease_outlives_its_reading_while_a_redis_store_is_watched(
+        board_door: Door, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Redis store known to be down fails every decision closed (`Runtime.require_stores`):
+    a lease would skip that check, so none is given while one is watched."""
+    door = board_door
+
+    class Watch:
+        def require(self) -> None:
+            return None
+
+    monkeypatch.setattr(door.rt, "redis_watch", Watch())
+    lease = door.guard.lease(door.key, door.answer.context)
+    assert lease is not None and lease.mark is not None and lease.until == float("-inf")

@@ -49,7 +49,8 @@ class Check:
     state: SessionState | None = None
     grants: tuple[Grant, ...] = ()
     versions: tuple[int, int] | None = None  # the session's and user's, as decided on
-    at: float | None = None  # the clock reading it was decided at (an answer's end counts from it)
+    at: float | None = None  # the clock reading it was (first) decided at: an answer's end counts
+    # from it
 
     @property
     def subject(self) -> Subject | None:
@@ -548,7 +549,8 @@ class Guard:
             left = [g for g in left if g.id != decision.consume_grant]
             decision = decide(self.rt.policy, check.context, check.state, check.risk, left, now)
         if decision is not check.decision:
-            check = replace(check, decision=decision, at=now)
+            check = replace(check, decision=decision)  # `at` stays the first reading: an answer
+            # given again ends no later than the hour of the first decision
         if loaded is not None and key:
             self._touch(loaded, key, check.context, now)
         self._remember_amount(check)
