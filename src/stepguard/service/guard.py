@@ -49,8 +49,7 @@ class Check:
     state: SessionState | None = None
     grants: tuple[Grant, ...] = ()
     versions: tuple[int, int] | None = None  # the session's and user's, as decided on
-    at: float | None = None  # the clock reading it was (first) decided at: an answer's end counts
-    # from it
+    at: float | None = None  # the clock when (first) decided: an answer's end counts from it
 
     @property
     def subject(self) -> Subject | None:
@@ -416,13 +415,13 @@ class Guard:
     def lease(self, key: str, context: RequestContext) -> Lease | None:
         """The session's and user's versions as of this moment (the revocation check, for a
         cached live session; None: take the full path), with how long they may be taken again
-        without the guard: while the
-        board shows the mark they were confirmed under (no write on either slot since, so the
-        versions hold: `_read`'s argument, `storage.version_board`) and before this guard's hit
-        path would do more than compare that mark — reach the store (`STORE_CONTACT_EVERY`), note
-        the session as seen (`TOUCH_EVERY`) or find it expired. Nothing beyond this reading
-        without a board, under a mark taken while a write was in flight, or while another store
-        is watched for failure (`Runtime.require_stores`)."""
+        without the guard: while the board shows the mark they were confirmed under (no write
+        on either slot since, so the versions hold: `_read`'s argument,
+        `storage.version_board`) and before this guard's hit path would do more than compare
+        that mark — reach the store (`STORE_CONTACT_EVERY`), note the session as seen
+        (`TOUCH_EVERY`) or find it expired. Nothing beyond this reading without a board, under
+        a mark taken while a write was in flight, or while another store is watched for
+        failure (`Runtime.require_stores`)."""
         loaded = self._cached_live(key, context)
         if loaded is None:
             return None
