@@ -141,6 +141,23 @@ def test_release_after_other_attempts_only_takes_one_back(store: SqlStore) -> No
         consecutive=1, locked_until=NOW + 2)
 
 
+def test_settle_clears_some_keys_and_gives_the_others_back_at_once(store: SqlStore) -> None:
+    address, other = ip_key("198.51.100.4"), user_factor_key("u2", "totp")
+    earlier = store.throttle.record_failure(address, now=NOW)
+    store.throttle.record_failure(KEY, now=NOW)
+    store.throttle.record_failure(other, now=NOW)
+    reserved = store.throttle.reserve(check=[], count=[KEY, DEVICE, address], now=NOW + 1)
+    by_key = {one.key: one for one in reserved}
+    store.throttle.record_failure(DEVICE, now=NOW + 1)  # someone else's, after mine
+    store.throttle.settle(clear=[KEY], give_back=[by_key[address], by_key[DEVICE]])
+    assert store.throttle.state(KEY, now=NOW + 1) == ThrottleState()  # cleared
+    assert store.throttle.state(address, now=NOW + 1) == earlier  # mine given back
+    assert store.throttle.state(DEVICE, now=NOW + 1).consecutive == 1  # only mine taken back
+    assert store.throttle.state(other, now=NOW + 1).consecutive == 1  # not named: untouched
+    store.throttle.settle(clear=[], give_back=[])  # nothing to do
+    assert store.throttle.state(other, now=NOW + 1).consecutive == 1
+
+
 def test_the_per_user_ceiling_only_slows_after_its_free_failures(store: SqlStore) -> None:
     for i in range(10):
         assert not store.throttle.record_failure(KEY, now=NOW + i).locked(NOW + i)

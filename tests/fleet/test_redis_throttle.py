@@ -72,3 +72,5 @@ def test_an_unreachable_redis_fails_closed(tmp_path: Path) -> None:
         throttle.state(contract.KEY, now=1.0)
     with pytest.raises(StoreUnavailable):
         throttle.record_failure(contract.KEY, now=1.0)
+    with pytest.raises(StoreUnavailable):
+        throttle.settle(clear=[contract.KEY], give_back=[])

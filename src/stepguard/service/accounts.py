@@ -158,11 +158,12 @@ class Accounts:
     def sign_in(self, username: str, password: str, context: RequestContext) -> SignedIn:
         """Password sign-in: reserve-then-verify throttling, the same work and the same answers
         for unknown users (their attempts are counted under a digest of the name)."""
-        user = self.rt.store.users.by_username(username)
-        subject = user.id if user else unknown_subject(username)
+        with self.rt.store.snapshot():
+            user = self.rt.store.users.by_username(username)
+            subject = user.id if user else unknown_subject(username)
+            history = self.rt.store.history.load(subject)
         attempt = plan_attempt(subject=subject, factor="password", client_ip=context.client_ip,
-                               device_id=context.device_id,
-                               history=self.rt.store.history.load(subject))
+                               device_id=context.device_id, history=history)
         reserved = reserve(self.rt, attempt)
         try:
             self._check_password(user, password)
@@ -216,11 +217,12 @@ class Accounts:
             device_id=context.device_id,
             events=(event,),
         )
-        self.rt.store.sessions.add(session)
-        novelty = self._novelty(user, context)
-        self._remember(user, context)
-        trust_client(self.rt, user_id=user.id, factor=event.factor, client_ip=context.client_ip,
-                     device_id=context.device_id)
+        with self.rt.store.transaction():  # one write for the session and what it teaches
+            self.rt.store.sessions.add(session)
+            novelty = self._novelty(user, context)
+            self._remember(user, context)
+            trust_client(self.rt, user_id=user.id, factor=event.factor,
+                         client_ip=context.client_ip, device_id=context.device_id)
         self.rt.record(
             kind="session",
             subject=user.id,

@@ -33,12 +33,11 @@ def reserve(runtime: Runtime, attempt: Attempt) -> tuple[Reserved, ...]:
 
 
 def succeeded(runtime: Runtime, reserved: tuple[Reserved, ...]) -> None:
-    """The secret was right: the subject's failures end; the shared address gets it back."""
-    for one in reserved:
-        if cleared_by_success(one.key):
-            runtime.store.throttle.reset(one.key)
-        else:
-            runtime.store.throttle.release(one)
+    """The secret was right: the subject's failures end; the shared address gets it back
+    (one store write for all the keys)."""
+    runtime.store.throttle.settle(
+        clear=[one.key for one in reserved if cleared_by_success(one.key)],
+        give_back=[one for one in reserved if not cleared_by_success(one.key)])
 
 
 def failed(runtime: Runtime, *, user_id: str | None, reserved: tuple[Reserved, ...] = (),
@@ -60,8 +59,7 @@ def failed(runtime: Runtime, *, user_id: str | None, reserved: tuple[Reserved, .
 
 def abandoned(runtime: Runtime, reserved: tuple[Reserved, ...]) -> None:
     """No verdict (the store failed, the challenge was gone): give the attempt back."""
-    for one in reserved:
-        runtime.store.throttle.release(one)
+    runtime.store.throttle.settle(clear=(), give_back=reserved)
 
 
 def trust_client(runtime: Runtime, *, user_id: str, factor: str, client_ip: str,

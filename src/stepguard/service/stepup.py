@@ -191,6 +191,14 @@ class StepUp:
             raise ChallengeGone("This confirmation belongs to another session.")
         return challenge
 
+    def page(self, challenge_id: str, session: SessionRecord | None,
+             user_id: str) -> tuple[ChallengeRecord, list[str], PushRecord | None]:
+        """What the step-up page shows, read in one snapshot: the live challenge (`live`), the
+        methods it can be passed with (`methods_for`) and its waiting push (`current_push`)."""
+        with self.rt.store.snapshot():
+            challenge = self.live(challenge_id, session)
+            return challenge, self.methods_for(challenge, user_id), self.current_push(challenge)
+
     def passed(self, challenge_id: str, session: SessionRecord) -> ChallengeRecord | None:
         """This session's passed challenge (its held request waits for confirmation), or None."""
         challenge = self.rt.store.challenges.get(challenge_id)
@@ -246,8 +254,9 @@ class StepUp:
     def verify_totp(
         self, challenge_id: str, session: SessionRecord, code: str, *, client_ip: str
     ) -> Passed:
-        challenge = self._usable(challenge_id, session, "totp")
-        factors = self._factors(session.user_id, "totp", challenge)
+        with self.rt.store.snapshot():
+            challenge = self._usable(challenge_id, session, "totp")
+            factors = self._factors(session.user_id, "totp", challenge)
         return self._attempt(
             challenge, session, "totp", client_ip, lambda: self._check_totp(factors, code)
         )
@@ -525,12 +534,13 @@ class StepUp:
     # ------------------------------------------------------------------ shared
 
     def _usable(self, challenge_id: str, session: SessionRecord, method: str) -> ChallengeRecord:
-        challenge = self.live(challenge_id, session)
-        if challenge.session_id is None:
-            raise ChallengeGone("Sign in first.")
-        if method not in self.methods_for(challenge, session.user_id):
-            raise VerificationFailed(f"{method} cannot be used for this request.")
-        return challenge
+        with self.rt.store.snapshot():
+            challenge = self.live(challenge_id, session)
+            if challenge.session_id is None:
+                raise ChallengeGone("Sign in first.")
+            if method not in self.methods_for(challenge, session.user_id):
+                raise VerificationFailed(f"{method} cannot be used for this request.")
+            return challenge
 
     def _factors(self, user_id: str, kind: FactorKind,
                  challenge: ChallengeRecord) -> list[FactorRecord]:
@@ -560,6 +570,8 @@ class StepUp:
                 proved = verify()  # a factor whose proof varies returns its AuthEvent
                 passed = self._complete(challenge, session, factor, client_ip,
                                         proved if isinstance(proved, AuthEvent) else None)
+                trust_client(self.rt, user_id=session.user_id, factor=factor,
+                             client_ip=client_ip, device_id=session.device_id)
         except (VerificationFailed, Throttled) as exc:
             self._failed(session, factor, exc, challenge, reserved, client_ip)
             raise
@@ -567,8 +579,6 @@ class StepUp:
             abandoned(self.rt, reserved)
             raise
         succeeded(self.rt, reserved)
-        trust_client(self.rt, user_id=session.user_id, factor=factor, client_ip=client_ip,
-                     device_id=session.device_id)
         return passed
 
     def _failed(

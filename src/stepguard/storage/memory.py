@@ -434,18 +434,27 @@ class MemoryThrottle(_Role):
             return tuple(reserved)
 
     def release(self, reserved: Reserved) -> None:
+        self.settle(clear=(), give_back=(reserved,))
+
+    def settle(self, *, clear: Sequence[str], give_back: Sequence[Reserved]) -> None:
         with self._store.lock:
-            found = self._t.throttle.get(reserved.key)
-            if found is None:
-                return
-            state, at = found
-            if state.consecutive != reserved.consecutive:
-                self._t.throttle[reserved.key] = (
-                    replace(state, consecutive=max(0, state.consecutive - 1)), at)
-            elif reserved.prior.consecutive == 0:
-                del self._t.throttle[reserved.key]
-            else:
-                self._t.throttle[reserved.key] = (reserved.prior, at)
+            for key in clear:
+                self._t.throttle.pop(key, None)
+            for reserved in give_back:
+                self._give_back(reserved)
+
+    def _give_back(self, reserved: Reserved) -> None:
+        found = self._t.throttle.get(reserved.key)
+        if found is None:
+            return
+        state, at = found
+        if state.consecutive != reserved.consecutive:
+            self._t.throttle[reserved.key] = (
+                replace(state, consecutive=max(0, state.consecutive - 1)), at)
+        elif reserved.prior.consecutive == 0:
+            del self._t.throttle[reserved.key]
+        else:
+            self._t.throttle[reserved.key] = (reserved.prior, at)
 
     def record_failure(self, key: str, *, now: float) -> ThrottleState:
         (one,) = self.reserve(check=(), count=(key,), now=now)

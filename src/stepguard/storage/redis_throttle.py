@@ -167,11 +167,24 @@ class RedisThrottle:
 
     def release(self, reserved: Reserved) -> None:
         """Give a reserved attempt back (see `SqlThrottle.release`)."""
-        prior = reserved.prior
-        args: list[str | int] = [reserved.consecutive, prior.consecutive,
-                                 repr(prior.locked_until),
-                "1" if prior.hard_locked else "0"]
-        self._call(lambda: self._release(keys=[self._prefix + reserved.key], args=args))
+        self._call(lambda: self._release(keys=[self._prefix + reserved.key],
+                                         args=_release_args(reserved)))
+
+    def settle(self, *, clear: Sequence[str], give_back: Sequence[Reserved]) -> None:
+        """`SqlThrottle.settle` in one round trip (a MULTI/EXEC pipeline)."""
+        if not clear and not give_back:
+            return
+
+        def send() -> None:
+            pipe = self._client.pipeline(transaction=True)
+            if clear:
+                pipe.delete(*(self._prefix + key for key in clear))
+            for reserved in give_back:
+                self._release(keys=[self._prefix + reserved.key], args=_release_args(reserved),
+                              client=pipe)
+            pipe.execute()
+
+        self._call(send)
 
     def state(self, key: str, *, now: float) -> ThrottleState:
         fields = ("consecutive", "locked_until", "hard_locked", "last_failure")
@@ -208,6 +221,12 @@ class RedisThrottle:
     def _call(command: Callable[[], T]) -> T:
         with unavailable_on_redis_error():
             return command()
+
+
+def _release_args(reserved: Reserved) -> list[str | int]:
+    prior = reserved.prior
+    return [reserved.consecutive, prior.consecutive, repr(prior.locked_until),
+            "1" if prior.hard_locked else "0"]
 
 
 def _glob_escape(text: str) -> str:

@@ -66,22 +66,18 @@ class SqlThrottle:
     def release(self, reserved: Reserved) -> None:
         """Give a reserved attempt back: the prior state if nothing was counted since, else
         one failure fewer (the locks others caused stay)."""
+        self.settle(clear=(), give_back=(reserved,))
+
+    def settle(self, *, clear: Sequence[str], give_back: Sequence[Reserved]) -> None:
+        """One verdict's follow-up in one transaction: forget every `clear` key, give every
+        `give_back` attempt back (`release`)."""
+        if not clear and not give_back:
+            return
         with self._db.write() as connection:
-            row = connection.execute(
-                select(_T.consecutive).where(_T.key == reserved.key).with_for_update()
-            ).first()
-            if row is None:
-                return
-            where = update(t.throttle).where(_T.key == reserved.key)
-            prior = reserved.prior
-            if row.consecutive != reserved.consecutive:
-                connection.execute(where.values(consecutive=max(0, row.consecutive - 1)))
-            elif prior.consecutive == 0:
-                connection.execute(delete(t.throttle).where(_T.key == reserved.key))
-            else:
-                connection.execute(where.values(consecutive=prior.consecutive,
-                                                locked_until=prior.locked_until,
-                                                hard_locked=prior.hard_locked))
+            if clear:
+                connection.execute(delete(t.throttle).where(_T.key.in_(sorted(clear))))
+            for reserved in give_back:
+                _give_back(connection, reserved)
 
     def state(self, key: str, *, now: float) -> ThrottleState:
         with self._db.read() as connection:
@@ -113,6 +109,24 @@ class SqlThrottle:
     def _forget(self, key: str, now: float) -> float:
         before = forget_before(key, now=now, settings=self._settings)
         return _NEVER if before is None else before
+
+
+def _give_back(connection: Connection, reserved: Reserved) -> None:
+    row = connection.execute(
+        select(_T.consecutive).where(_T.key == reserved.key).with_for_update()
+    ).first()
+    if row is None:
+        return
+    where = update(t.throttle).where(_T.key == reserved.key)
+    prior = reserved.prior
+    if row.consecutive != reserved.consecutive:
+        connection.execute(where.values(consecutive=max(0, row.consecutive - 1)))
+    elif prior.consecutive == 0:
+        connection.execute(delete(t.throttle).where(_T.key == reserved.key))
+    else:
+        connection.execute(where.values(consecutive=prior.consecutive,
+                                        locked_until=prior.locked_until,
+                                        hard_locked=prior.hard_locked))
 
 
 def _check(reserved: Sequence[Reserved], checked: set[str], now: float) -> None:

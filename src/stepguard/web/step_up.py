@@ -103,9 +103,8 @@ class StepUpPages:
             return RedirectResponse(f"/login?rd={quote('/step-up/' + cid, safe='')}", 303)
         session, user = found
         try:
-            challenge = await run_in_threadpool(self.stepup.live, cid, session)
-            methods = await run_in_threadpool(self.stepup.methods_for, challenge, user.id)
-            push = await run_in_threadpool(self.stepup.current_push, challenge)
+            challenge, methods, push = await run_in_threadpool(
+                self.stepup.page, cid, session, user.id)
         except ChallengeGone as exc:
             return self.message(request, N_("Confirmation expired"), str(exc), 410, parent)
         flash = self.pages.flash(request)
