@@ -70,7 +70,7 @@ class SqlAgentTokens:
     def add(self, record: AgentTokenRecord) -> None:
         with self._db.write() as connection:
             try:
-                connection.execute(insert(agent_tokens).values(**_row(record)))
+                connection.execute(insert(agent_tokens), _row(record))
             except exc.IntegrityError as error:
                 if is_conflict(error):
                     raise Conflict("an agent token with this id already exists") from None

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Row, delete, func, insert, select, update
+from sqlalchemy import Row, bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import ColumnElement
@@ -75,7 +75,7 @@ class SqlAuditLog:
             if head is None:
                 raise _HeadMissing
             entries = seal_chain(events, after_seq=head.seq, prev_hash=head.hash)
-            connection.execute(insert(audit_entries), [_row(entry) for entry in entries])
+            connection.execute(_INSERT_ENTRIES, [_row(entry) for entry in entries])
             _move_head(connection, entries[-1])
             return entries
 
@@ -242,17 +242,22 @@ class _HeadMissing(Exception):
     """The head row does not exist yet (a store created without the migration's seed row)."""
 
 
+# Built once: every append runs these (building them per call cost about as much as running).
+_HEAD = (select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == HEAD_ID)
+         .with_for_update())
+_MOVE_HEAD = (update(audit_head).where(audit_head.c.id == HEAD_ID)
+              .values(seq=bindparam("to_seq"), hash=bindparam("to_hash")))
+_INSERT_ENTRIES = insert(audit_entries)
+
+
 def _lock_head(connection: Connection) -> ChainHead | None:
     """The chain head, locked until the transaction ends; None if the row does not exist."""
-    query = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == HEAD_ID)
-    row = connection.execute(query.with_for_update()).one_or_none()
+    row = connection.execute(_HEAD).one_or_none()
     return None if row is None else ChainHead(int(row[0]), str(row[1]))
 
 
 def _move_head(connection: Connection, last: AuditEntry) -> None:
-    connection.execute(
-        update(audit_head).where(audit_head.c.id == HEAD_ID).values(seq=last.seq, hash=last.hash)
-    )
+    connection.execute(_MOVE_HEAD, {"to_seq": last.seq, "to_hash": last.hash})
 
 
 def _verified_last(

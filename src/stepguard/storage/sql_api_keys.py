@@ -28,7 +28,7 @@ class SqlApiKeys:
     def add(self, record: ApiKeyRecord) -> None:
         with self._db.write() as connection:
             try:
-                connection.execute(insert(api_keys).values(**_row(record)))
+                connection.execute(insert(api_keys), _row(record))
             except exc.IntegrityError as error:
                 if is_conflict(error):
                     raise Conflict("an API key with this name or id already exists") from None

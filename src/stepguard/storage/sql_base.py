@@ -12,7 +12,7 @@ from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-from sqlalchemy import exc, update
+from sqlalchemy import bindparam, exc, update
 from sqlalchemy.engine import Connection, Engine
 
 from stepguard.core.errors import StoreUnavailable
@@ -122,11 +122,18 @@ def _apply_bumps(connection: Connection) -> set[str]:
     lock cycle (deadlock) can include them. The ids whose versions were raised."""
     users, sessions = _bumps(connection)
     connection.info.pop(_BUMPS_KEY, None)
-    for table, ids in ((tables.users, users), (tables.sessions, sessions)):
+    for statement, ids in ((_BUMP_USERS, users), (_BUMP_SESSIONS, sessions)):
         for chunk in _chunks(sorted(ids)):
-            connection.execute(update(table).where(table.c.id.in_(chunk))
-                               .values(version=table.c.version + 1))
+            connection.execute(statement, {"ids": chunk})
     return users | sessions
+
+
+def _bump(table: Any) -> Any:
+    return (update(table).where(table.c.id.in_(bindparam("ids", expanding=True)))
+            .values(version=table.c.version + 1))
+
+
+_BUMP_USERS, _BUMP_SESSIONS = _bump(tables.users), _bump(tables.sessions)  # built once
 
 
 def _chunks(ids: list[str], size: int = 500) -> list[list[str]]:

@@ -26,7 +26,7 @@ class SqlChallenges:
     def add(self, challenge: ChallengeRecord) -> None:
         with self._db.write() as connection:
             try:
-                connection.execute(insert(t.challenges).values(**_row(challenge)))
+                connection.execute(insert(t.challenges), _row(challenge))
             except exc.IntegrityError as error:
                 if is_conflict(error):
                     raise Conflict("a challenge with this id already exists") from None

@@ -47,7 +47,7 @@ class SqlDbTokens:
 
     def add(self, record: DbTokenRecord) -> None:
         with self._db.write() as connection:
-            connection.execute(insert(db_tokens).values(**_row(record)))
+            connection.execute(insert(db_tokens), _row(record))
 
     def get(self, token_id: str) -> DbTokenRecord | None:
         with self._db.read() as connection:

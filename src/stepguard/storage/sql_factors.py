@@ -25,7 +25,7 @@ class SqlFactors:
         """Insert a factor; raise `Conflict` if its id or WebAuthn credential id exists."""
         with self._db.write() as connection:
             try:
-                connection.execute(insert(t.factors).values(**_row(factor)))
+                connection.execute(insert(t.factors), _row(factor))
             except exc.IntegrityError as error:
                 if is_conflict(error):
                     raise Conflict("a factor with this id or credential already exists") from None

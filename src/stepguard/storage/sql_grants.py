@@ -23,7 +23,7 @@ class SqlGrants:
     def add(self, grant: Grant) -> None:
         with self._db.write() as connection:
             try:
-                connection.execute(insert(t.grants).values(**_row(grant)))
+                connection.execute(insert(t.grants), _row(grant))
                 bump_session(connection, grant.session_id)
             except exc.IntegrityError as error:
                 if is_conflict(error):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -18,6 +18,16 @@ FAILURE_WINDOW = 3600.0  # failures older than this (before the newest event) ar
 
 _H = t.risk_history.c
 Document = dict[str, Any]
+
+# Built once (every sign-in and step-up runs them; building them per call cost as much).
+_READ = select(_H.data).where(_H.user_id == bindparam("uid"))
+_READ_LOCKED = _READ.with_for_update()
+_WRITE = update(t.risk_history).where(_H.user_id == bindparam("uid")).values(
+    data=bindparam("doc"))
+_ENSURE = {name: dialect.insert(t.risk_history)
+           .values(user_id=bindparam("uid"), data="{}")
+           .on_conflict_do_nothing(index_elements=[_H.user_id])
+           for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))}
 
 
 class HistoryUpdates:
@@ -69,21 +79,17 @@ class SqlHistory(HistoryUpdates):
     def load(self, user_id: str) -> RiskHistory:
         """The user's history; an empty one for a user never seen."""
         with self._db.read() as connection:
-            text = connection.execute(select(_H.data).where(_H.user_id == user_id)).scalar()
+            text = connection.execute(_READ, {"uid": user_id}).scalar()
         return history_from_document(None if text is None else loads(text))
 
     def _change(self, user_id: str, change: Callable[[Document], None]) -> None:
         with self._db.write() as connection:
             bump_user(connection, user_id)  # deferred to the end of the transaction
             _ensure_row(connection, user_id)
-            text = connection.execute(
-                select(_H.data).where(_H.user_id == user_id).with_for_update()
-            ).scalar_one()
+            text = connection.execute(_READ_LOCKED, {"uid": user_id}).scalar_one()
             doc = loads(text)
             change(doc)
-            connection.execute(
-                update(t.risk_history).where(_H.user_id == user_id).values(data=dumps(doc))
-            )
+            connection.execute(_WRITE, {"uid": user_id, "doc": dumps(doc)})
 
 
 def add_success(doc: Document, *, device_id: str, network_prefix: str, country: str,
@@ -117,9 +123,8 @@ def add_failure(doc: Document, *, at: float) -> None:
 
 
 def _ensure_row(connection: Connection, user_id: str) -> None:
-    dialect: Any = postgresql if connection.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(t.risk_history).values(user_id=user_id, data="{}")
-    connection.execute(statement.on_conflict_do_nothing(index_elements=[_H.user_id]))
+    name = "postgresql" if connection.dialect.name == "postgresql" else "sqlite"
+    connection.execute(_ENSURE[name], {"uid": user_id})
 
 
 def _remember(doc: Document, name: str, value: str) -> None:

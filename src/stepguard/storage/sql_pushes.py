@@ -22,7 +22,7 @@ class SqlPushes:
     def add(self, push: PushRecord) -> None:
         with self._db.write() as connection:
             try:
-                connection.execute(insert(t.push_requests).values(**_row(push)))
+                connection.execute(insert(t.push_requests), _row(push))
             except exc.IntegrityError as error:
                 if is_conflict(error):
                     raise Conflict("a push with this id already exists") from None

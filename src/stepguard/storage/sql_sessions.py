@@ -28,7 +28,7 @@ class SqlSessions:
     def add(self, session: SessionRecord) -> None:
         with self._db.write() as connection:
             try:
-                connection.execute(insert(t.sessions).values(**_row(session)))
+                connection.execute(insert(t.sessions), _row(session))
             except exc.IntegrityError as error:
                 if is_conflict(error):
                     raise Conflict("a session with this id or token already exists") from None

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import case, delete, select, update
+from sqlalchemy import bindparam, case, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -31,6 +31,29 @@ from stepguard.storage.sql_base import Database
 
 _T = t.throttle.c
 _NEVER = float("-inf")
+
+
+def _upsert(dialect: Any) -> Any:
+    """INSERT ... ON CONFLICT DO UPDATE ... RETURNING, built once per dialect with bound
+    parameters (`k` key, `at` now, `forget`): building it per call cost more than running it."""
+    restart = case((_T.last_failure < bindparam("forget"), 1), else_=_T.consecutive + 1)
+    return (dialect.insert(t.throttle)
+            .values(key=bindparam("k"), consecutive=1, locked_until=0.0, hard_locked=False,
+                    last_failure=bindparam("at"))
+            .on_conflict_do_update(index_elements=[_T.key],
+                                   set_={"consecutive": restart, "last_failure": bindparam("at")})
+            .returning(_T.consecutive, _T.locked_until, _T.hard_locked))
+
+
+_UPSERT = {"postgresql": _upsert(postgresql), "sqlite": _upsert(sqlite)}
+_LOCK = (update(t.throttle).where(_T.key == bindparam("k"))
+         .values(locked_until=bindparam("until"), hard_locked=bindparam("hard")))
+_CONSECUTIVE = select(_T.consecutive).where(_T.key == bindparam("k")).with_for_update()
+_SET_COUNT = update(t.throttle).where(_T.key == bindparam("k")).values(
+    consecutive=bindparam("n"))
+_RESTORE = update(t.throttle).where(_T.key == bindparam("k")).values(
+    consecutive=bindparam("n"), locked_until=bindparam("until"), hard_locked=bindparam("hard"))
+_DELETE = delete(t.throttle).where(_T.key == bindparam("k"))
 
 
 class SqlThrottle:
@@ -51,11 +74,8 @@ class SqlThrottle:
             _check(reserved, set(check), now)
             for one in reserved:
                 after = state_after(one.key, one.consecutive, now=now, settings=self._settings)
-                connection.execute(
-                    update(t.throttle)
-                    .where(_T.key == one.key)
-                    .values(locked_until=after.locked_until, hard_locked=after.hard_locked)
-                )
+                connection.execute(_LOCK, {"k": one.key, "until": after.locked_until,
+                                           "hard": after.hard_locked})
         return reserved
 
     def record_failure(self, key: str, *, now: float) -> ThrottleState:
@@ -112,21 +132,18 @@ class SqlThrottle:
 
 
 def _give_back(connection: Connection, reserved: Reserved) -> None:
-    row = connection.execute(
-        select(_T.consecutive).where(_T.key == reserved.key).with_for_update()
-    ).first()
+    key = reserved.key
+    row = connection.execute(_CONSECUTIVE, {"k": key}).first()
     if row is None:
         return
-    where = update(t.throttle).where(_T.key == reserved.key)
     prior = reserved.prior
     if row.consecutive != reserved.consecutive:
-        connection.execute(where.values(consecutive=max(0, row.consecutive - 1)))
+        connection.execute(_SET_COUNT, {"k": key, "n": max(0, row.consecutive - 1)})
     elif prior.consecutive == 0:
-        connection.execute(delete(t.throttle).where(_T.key == reserved.key))
+        connection.execute(_DELETE, {"k": key})
     else:
-        connection.execute(where.values(consecutive=prior.consecutive,
-                                        locked_until=prior.locked_until,
-                                        hard_locked=prior.hard_locked))
+        connection.execute(_RESTORE, {"k": key, "n": prior.consecutive,
+                                      "until": prior.locked_until, "hard": prior.hard_locked})
 
 
 def _check(reserved: Sequence[Reserved], checked: set[str], now: float) -> None:
@@ -137,13 +154,6 @@ def _increment(connection: Connection, key: str, *, now: float,
                forget: float) -> tuple[int, float, bool]:
     """INSERT ... ON CONFLICT DO UPDATE ... RETURNING: the new count, and the lock the key had
     before (this statement leaves the lock columns as they were)."""
-    dialect: Any = postgresql if connection.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(t.throttle).values(
-        key=key, consecutive=1, locked_until=0.0, hard_locked=False, last_failure=now
-    )
-    restart = case((_T.last_failure < forget, 1), else_=_T.consecutive + 1)
-    statement = statement.on_conflict_do_update(
-        index_elements=[_T.key], set_={"consecutive": restart, "last_failure": now}
-    ).returning(_T.consecutive, _T.locked_until, _T.hard_locked)
-    row = connection.execute(statement).one()
+    statement = _UPSERT["postgresql" if connection.dialect.name == "postgresql" else "sqlite"]
+    row = connection.execute(statement, {"k": key, "at": now, "forget": forget}).one()
     return int(row[0]), float(row[1]), bool(row[2])
