@@ -74,3 +74,23 @@ def test_an_unreachable_redis_fails_closed(tmp_path: Path) -> None:
         throttle.record_failure(contract.KEY, now=1.0)
     with pytest.raises(StoreUnavailable):
         throttle.settle(clear=[contract.KEY], give_back=[])
+
+
+def test_settle_is_applied_whole_after_redis_lost_its_scripts(store: RedisBacked,
+                                                               redis_server: Redis) -> None:
+    """A verdict's follow-up is one script call: after Redis lost its scripts (SCRIPT FLUSH, a
+    restart, a failover to a replica with its own script cache) it is sent again whole, never
+    half applied. (A first form ran DEL and EVALSHA in one MULTI/EXEC, whose script check came
+    before MULTI: a loss in between applied the DEL alone and raised NOSCRIPT.)"""
+    throttle = store.throttle
+    address = ip_key("198.51.100.9")
+    throttle.record_failure(contract.KEY, now=1.0)
+    (reserved,) = throttle.reserve(check=[], count=[address], now=2.0)
+    other = client_for(redis_server)
+    try:
+        other.script_flush()  # the scripts this client loaded are gone
+        throttle.settle(clear=[contract.KEY], give_back=[reserved])
+    finally:
+        other.close()
+    assert throttle.state(contract.KEY, now=3.0).consecutive == 0  # cleared
+    assert throttle.state(address, now=3.0).consecutive == 0  # and given back

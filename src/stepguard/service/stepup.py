@@ -568,10 +568,12 @@ class StepUp:
             self.rt.store.challenges.record_attempt(challenge.id, now=self.rt.now())
             with self.rt.store.transaction():
                 proved = verify()  # a factor whose proof varies returns its AuthEvent
-                passed = self._complete(challenge, session, factor, client_ip,
-                                        proved if isinstance(proved, AuthEvent) else None)
+                # Trusted before the pass, whose audit entry is the transaction's last act:
+                # nothing after it can roll back a pass already audited.
                 trust_client(self.rt, user_id=session.user_id, factor=factor,
                              client_ip=client_ip, device_id=session.device_id)
+                passed = self._complete(challenge, session, factor, client_ip,
+                                        proved if isinstance(proved, AuthEvent) else None)
         except (VerificationFailed, Throttled) as exc:
             self._failed(session, factor, exc, challenge, reserved, client_ip)
             raise

@@ -86,16 +86,25 @@ return out
 """
 
 # KEYS[1] = the hash; ARGV = reserved count, prior count, prior locked_until, prior hard (1/0).
-_RELEASE = """
-local current = tonumber(redis.call('HGET', KEYS[1], 'consecutive'))
-if not current then return 0 end
-if current ~= tonumber(ARGV[1]) then
-  if current > 0 then redis.call('HSET', KEYS[1], 'consecutive', current - 1) end
-elseif tonumber(ARGV[2]) == 0 then
-  redis.call('DEL', KEYS[1])
-else
-  redis.call('HSET', KEYS[1], 'consecutive', ARGV[2], 'locked_until', ARGV[3],
-             'hard_locked', ARGV[4])
+# KEYS = the hashes to clear, then those to give an attempt back to; ARGV = how many to clear,
+# then per given-back key: the count it reserved, and its prior count, locked_until and
+# hard_locked. One script, so a verdict's follow-up is applied whole or not at all.
+_SETTLE = """
+local cleared = tonumber(ARGV[1])
+for i = 1, cleared do redis.call('DEL', KEYS[i]) end
+for i = cleared + 1, #KEYS do
+  local o = 1 + (i - cleared - 1) * 4
+  local current = tonumber(redis.call('HGET', KEYS[i], 'consecutive'))
+  if current then
+    if current ~= tonumber(ARGV[o + 1]) then
+      if current > 0 then redis.call('HSET', KEYS[i], 'consecutive', current - 1) end
+    elseif tonumber(ARGV[o + 2]) == 0 then
+      redis.call('DEL', KEYS[i])
+    else
+      redis.call('HSET', KEYS[i], 'consecutive', ARGV[o + 2], 'locked_until', ARGV[o + 3],
+                 'hard_locked', ARGV[o + 4])
+    end
+  end
 end
 return 1
 """
@@ -135,7 +144,7 @@ class RedisThrottle:
         self._settings = settings
         self._prefix = f"{prefix}throttle:"
         self._reserve = client.register_script(_RESERVE)
-        self._release = client.register_script(_RELEASE)
+        self._settle = client.register_script(_SETTLE)
 
     def reserve(
         self, *, check: Sequence[str], count: Sequence[str], now: float
@@ -167,24 +176,21 @@ class RedisThrottle:
 
     def release(self, reserved: Reserved) -> None:
         """Give a reserved attempt back (see `SqlThrottle.release`)."""
-        self._call(lambda: self._release(keys=[self._prefix + reserved.key],
-                                         args=_release_args(reserved)))
+        self.settle(clear=(), give_back=(reserved,))
 
     def settle(self, *, clear: Sequence[str], give_back: Sequence[Reserved]) -> None:
-        """`SqlThrottle.settle` in one round trip (a MULTI/EXEC pipeline)."""
+        """`SqlThrottle.settle` as one script call: atomic, and re-sent whole (redis-py loads
+        the script again) when Redis has lost its scripts."""
         if not clear and not give_back:
             return
-
-        def send() -> None:
-            pipe = self._client.pipeline(transaction=True)
-            if clear:
-                pipe.delete(*(self._prefix + key for key in clear))
-            for reserved in give_back:
-                self._release(keys=[self._prefix + reserved.key], args=_release_args(reserved),
-                              client=pipe)
-            pipe.execute()
-
-        self._call(send)
+        keys = [self._prefix + key for key in clear]
+        keys += [self._prefix + reserved.key for reserved in give_back]
+        args: list[str | int] = [len(clear)]
+        for reserved in give_back:
+            prior = reserved.prior
+            args += [reserved.consecutive, prior.consecutive, repr(prior.locked_until),
+                     "1" if prior.hard_locked else "0"]
+        self._call(lambda: self._settle(keys=keys, args=args))
 
     def state(self, key: str, *, now: float) -> ThrottleState:
         fields = ("consecutive", "locked_until", "hard_locked", "last_failure")
@@ -221,12 +227,6 @@ class RedisThrottle:
     def _call(command: Callable[[], T]) -> T:
         with unavailable_on_redis_error():
             return command()
-
-
-def _release_args(reserved: Reserved) -> list[str | int]:
-    prior = reserved.prior
-    return [reserved.consecutive, prior.consecutive, repr(prior.locked_until),
-            "1" if prior.hard_locked else "0"]
 
 
 def _glob_escape(text: str) -> str:

@@ -91,13 +91,19 @@ class SqlThrottle:
     def settle(self, *, clear: Sequence[str], give_back: Sequence[Reserved]) -> None:
         """One verdict's follow-up in one transaction: forget every `clear` key, give every
         `give_back` attempt back (`release`)."""
-        if not clear and not give_back:
+        work = sorted([(key, None) for key in clear]
+                      + [(reserved.key, reserved) for reserved in give_back],
+                      key=lambda item: item[0])
+        if not work:
             return
         with self._db.write() as connection:
-            if clear:
-                connection.execute(delete(t.throttle).where(_T.key.in_(sorted(clear))))
-            for reserved in give_back:
-                _give_back(connection, reserved)
+            # Rows in sorted key order, as `reserve` takes them: a settle and a parallel
+            # reservation of the same keys never wait on each other in a cycle.
+            for key, reserved in work:
+                if reserved is None:
+                    connection.execute(_DELETE, {"k": key})
+                else:
+                    _give_back(connection, reserved)
 
     def state(self, key: str, *, now: float) -> ThrottleState:
         with self._db.read() as connection:
