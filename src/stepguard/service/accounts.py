@@ -139,8 +139,9 @@ class Accounts:
         """A new password ends every session and agent token of the user (SECURITY.md:
         revoke-all) and lifts any throttle lock (the old password's guesses no longer
         matter)."""
+        hashed = hash_password(password)  # before the transaction: no lock held while hashing
         with self.rt.store.transaction():
-            changed = self.rt.store.users.set_password_hash(user_id, hash_password(password))
+            changed = self.rt.store.users.set_password_hash(user_id, hashed)
             self.rt.store.sessions.revoke_all_for_user(user_id, now=self.rt.now())
             agents = self._end_agents(user_id)
         self.rt.store.throttle.reset_user(user_id)
