@@ -337,3 +337,26 @@ def test_the_passed_entry_names_challenge_grant_and_level_and_never_the_address(
     assert entry.detail == {"challenge": world.challenge_id, "grant": passed.grant.id,
                             "level": "aal2", "ip": "present" if client_ip else ""}
     assert LAPTOP_IP not in str(entry.detail)
+
+
+def test_the_step_up_page_reads_its_challenge_methods_and_waiting_push(world: World) -> None:
+    challenge = world.rt.store.challenges.get(world.challenge_id)
+    assert world.stepup.page(world.challenge_id, world.laptop, world.user_id) == (
+        challenge, ["push"], None)
+    push = world.send()
+    assert world.stepup.page(world.challenge_id, world.laptop, world.user_id) == (
+        challenge, ["push"], push)
+    # The methods are the user's: another user with no factor has none.
+    assert world.stepup.page(world.challenge_id, world.laptop, "someone-else")[1] == []
+
+
+def test_the_step_up_page_of_another_session_or_a_dead_challenge_is_gone(world: World) -> None:
+    with pytest.raises(ChallengeGone, match="belongs to another session"):
+        world.stepup.page(world.challenge_id, world.phone, world.user_id)
+    with pytest.raises(ChallengeGone):
+        world.stepup.page(world.challenge_id, None, world.user_id)
+    with pytest.raises(ChallengeGone, match="expired"):
+        world.stepup.page("no-such-challenge", world.laptop, world.user_id)
+    world.clock.now += 301
+    with pytest.raises(ChallengeGone, match="expired"):
+        world.stepup.page(world.challenge_id, world.laptop, world.user_id)
