@@ -14,7 +14,7 @@ from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Error, Page, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Error, Page, expect, sync_playwright
 
 from tests.support.demo_server import CHROMIUM_HOST_RULES, DemoServer
 from tests.support.servers import REPO_ROOT, require_binaries
@@ -24,10 +24,23 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-sync", "--no-first-run",
                  CHROMIUM_HOST_RULES]
 TIMEOUT_MS = 10_000
+# `context.set_default_timeout` covers actions only; assertions keep Playwright's 5 s unless set.
+expect.set_options(timeout=TIMEOUT_MS)
 # Reports CSP violations to the console, where the error collector sees them.
 CSP_REPORTER = """document.addEventListener("securitypolicyviolation", function (e) {
   console.error("CSP violation: " + e.violatedDirective + " blocked " + e.blockedURI);
 });"""
+# Marks every form that got a submit listener (data-test-submit-handler), so that a test can wait
+# until a deferred or asynchronous script handles a form before it clicks its button.
+MARK_SUBMIT_HANDLERS = """(() => {
+  const add = EventTarget.prototype.addEventListener;
+  EventTarget.prototype.addEventListener = function (type, listener, options) {
+    if (type === "submit" && this instanceof HTMLFormElement) {
+      this.setAttribute("data-test-submit-handler", "");
+    }
+    return add.call(this, type, listener, options);
+  };
+})();"""
 
 
 @pytest.hookimpl(wrapper=True)
@@ -123,3 +136,13 @@ def shot(request: pytest.FixtureRequest) -> Callable[[Page, str], Path]:
         return path
 
     return take
+
+
+def answer_push(page: Page, number: str) -> None:
+    """Pick `number` on the push approval page (opened after `page.add_init_script(
+    MARK_SUBMIT_HANDLERS)`). Its answer forms are plain forms until stepguard.js has found this
+    browser's key in IndexedDB (asynchronously) and handles their submit by signing the answer:
+    a click before that would post the form unsigned. Wait for the handlers first."""
+    expect(page.locator("form[data-push-answer]")).not_to_have_count(0)
+    expect(page.locator("form[data-push-answer]:not([data-test-submit-handler])")).to_have_count(0)
+    page.get_by_role("button", name=number, exact=True).click()

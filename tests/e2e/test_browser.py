@@ -19,7 +19,13 @@ import pyotp
 import pytest
 from playwright.sync_api import Browser, CDPSession, Locator, Page, expect
 
-from tests.e2e.conftest import CSP_REPORTER, TIMEOUT_MS, PageProblems
+from tests.e2e.conftest import (
+    CSP_REPORTER,
+    MARK_SUBMIT_HANDLERS,
+    TIMEOUT_MS,
+    PageProblems,
+    answer_push,
+)
 from tests.support.demo_server import DemoServer, DemoUser
 
 pytestmark = pytest.mark.browser
@@ -241,6 +247,7 @@ def test_a_push_device_approves_a_transfer_from_another_browser(
         shot(laptop, "push-sent")
 
         # The phone sees where the request comes from and what it is for, and picks the number.
+        page.add_init_script(MARK_SUBMIT_HANDLERS)
         page.goto("/account")
         page.get_by_role("link", name="Review the request from another browser").click()
         expect(page.get_by_role("heading", name="Is this you?")).to_be_visible()
@@ -250,7 +257,7 @@ def test_a_push_device_approves_a_transfer_from_another_browser(
         expect(details).to_contain_text("Approve a transfer of 7000 to Dave")
         assert facts(page.locator("table.facts")) == {"Amount": "€7,000.00", "Payee": "Dave"}
         shot(page, "push-approve")
-        page.get_by_role("button", name=number, exact=True).click()
+        answer_push(page, number)
         expect(page).to_have_url(re.compile(r"/account\?m=Approved"))
 
         # The laptop's page notices the approval and goes on to the held transfer.

@@ -29,7 +29,13 @@ from playwright.sync_api import Browser, BrowserContext, FrameLocator, Page, exp
 from stepguard.config.load import load_config
 from stepguard.service.runtime import build_runtime
 from tests.e2e.accessibility import check_page, install_axe
-from tests.e2e.conftest import CSP_REPORTER, TIMEOUT_MS, PageProblems
+from tests.e2e.conftest import (
+    CSP_REPORTER,
+    MARK_SUBMIT_HANDLERS,
+    TIMEOUT_MS,
+    PageProblems,
+    answer_push,
+)
 from tests.support.gateway import Seeded, seed_user
 from tests.support.servers import (
     REPO_ROOT,
@@ -194,6 +200,13 @@ def send_transfer(page: Page, amount: str, payee: str) -> FrameLocator:
     return page.frame_locator("stepguard-step-up iframe")
 
 
+def frame_script_ready(page: Page) -> None:
+    """Until the framed step-up page's own script runs (it handles Escape there, then says
+    "ready" and its height): the dialog opens, and the frame's fields appear, before that."""
+    expect(page.locator("stepguard-step-up iframe")).to_have_attribute(
+        "style", re.compile(r"height"))
+
+
 def code_for(user: Seeded, *, step: int = 0) -> str:
     return pyotp.TOTP(user.totp_secret).at(time.time() + 30 * step)
 
@@ -253,6 +266,7 @@ def test_a_declined_step_up_sends_nothing(page: Page, site: Site) -> None:
     expect(page.locator("#result")).to_have_text("Not confirmed: the transfer was not sent.")
     # Escape declines too (from inside the frame).
     frame = send_transfer(page, "4001", "Mallory")
+    frame_script_ready(page)  # Escape in the frame is the frame's script's to hand on
     frame.get_by_label("6-digit code from your authenticator app").press("Escape")
     expect(page.get_by_role("dialog")).to_have_count(0)
     expect(page.locator("#result")).to_have_text("Not confirmed: the transfer was not sent.")
@@ -308,10 +322,11 @@ def test_push_approval_in_the_dialog(browser: Browser, page: Page, site: Site,
         frame.get_by_role("button", name="Send a push to my registered device").click()
         number = frame.locator(".push-number").inner_text().strip()
 
+        phone.add_init_script(MARK_SUBMIT_HANDLERS)
         phone.goto("/account")
         phone.get_by_role("link", name="Review the request from another browser").click()
         expect(phone.locator("dl.details")).to_contain_text("Approve a transfer of 7000 to Grace")
-        phone.get_by_role("button", name=number, exact=True).click()
+        answer_push(phone, number)
         expect(phone).to_have_url(re.compile(r"/account\?m=Approved"))
 
         expect(page.get_by_role("dialog")).to_have_count(0, timeout=CEREMONY_TIMEOUT_MS)
@@ -348,6 +363,8 @@ def test_the_dialog_passes_axe_and_works_with_the_keyboard_only(page: Page, site
     frank = site.users["frank"]
     sign_in(page, frank)
     before = len(site.sent())
+    # Enter submits only once bank.js has enabled the Send button (it starts disabled).
+    expect(page.get_by_role("button", name="Send")).to_be_enabled()
     page.get_by_label("Amount (EUR)").focus()
     page.keyboard.type("1500")
     page.keyboard.press("Tab")

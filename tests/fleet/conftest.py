@@ -10,7 +10,14 @@ import pytest
 from stepguard.config.load import load_config
 from stepguard.service.runtime import build_runtime
 from stepguard.storage.migrate import upgrade
-from tests.fleet.harness import Fleet, fleet_config, fleet_nginx, instance, start_all
+from tests.fleet.harness import (
+    TEST_BASE_DELAY,
+    Fleet,
+    fleet_config,
+    fleet_nginx,
+    instance,
+    start_all,
+)
 from tests.support.gateway import Seeded, seed_user
 from tests.support.postgres import create_database, running_postgres
 from tests.support.servers import Redis, UvicornServer, free_port, require_binaries
@@ -28,7 +35,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         nginx_port = free_port()
         public_url = f"http://localhost:{nginx_port}"
         config = fleet_config(workdir, store_url=store_url, redis_url=redis.redis_url,
-                              public_url=public_url)
+                              public_url=public_url, base_delay=TEST_BASE_DELAY)
         instances = [instance(workdir, config, name) for name in ("a", "b", "c")]
         start_all(instances)
         nginx = fleet_nginx(workdir, instances, app_port=app.port, listen=nginx_port)

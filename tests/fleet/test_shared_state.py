@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from stepguard.core.throttle import user_factor_key
-from tests.fleet.harness import Browser, Fleet, decision_paths
+from tests.fleet.harness import TEST_BASE_DELAY, Browser, Fleet, decision_paths
 from tests.support.gateway import Seeded
 
 pytestmark = [pytest.mark.postgres, pytest.mark.proxy]
@@ -115,17 +115,19 @@ def test_failed_sign_ins_are_counted_across_instances(fleet: Fleet, browser: Bro
                                                       user: Seeded) -> None:
     a, b, c = (i.url for i in fleet.instances)
     name = user.user.username
-    assert browser.sign_in(a, name, "wrong").status_code == 401  # failure 1 (locks 1 s)
+    # Failure 1 locks TEST_BASE_DELAY (3 s): B's attempt, after A hashed the wrong password
+    # and answered, lands inside it even on a slow machine.
+    assert browser.sign_in(a, name, "wrong").status_code == 401
     assert browser.sign_in(b, name, user.password).status_code == 429  # B sees A's lock
     counters = redis.Redis.from_url(fleet.redis.redis_url, decode_responses=True)
     key = "stepguard:throttle:" + user_factor_key(user.user.id, "password")
     assert counters.hget(key, "consecutive") == "1"
     import time
 
-    time.sleep(1.1)
-    assert browser.sign_in(c, name, "wrong").status_code == 401  # failure 2 on C (locks 2 s)
+    time.sleep(TEST_BASE_DELAY + 0.1)  # the lock began before A answered
+    assert browser.sign_in(c, name, "wrong").status_code == 401  # failure 2 on C (locks 2x)
     assert counters.hget(key, "consecutive") == "2"
     assert browser.sign_in(a, name, user.password).status_code == 429
-    time.sleep(2.1)
+    time.sleep(2 * TEST_BASE_DELAY + 0.1)
     assert browser.sign_in(b, name, user.password).status_code == 303
     assert counters.hget(key, "consecutive") is None  # a success resets the shared count

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -20,6 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from psycopg.conninfo import make_conninfo
 from typer.testing import CliRunner
 
 from stepguard.cli.main import app
@@ -59,6 +60,29 @@ def tls_door(tmp_path: Path, postgres_server: PostgresServer) -> Iterator[Door]:
     stop_door(made)
 
 
+def until_reloaded(loaded: Callable[[], bool], timeout: float = 10.0) -> None:
+    """pg_reload_conf() only signals the server: wait until new connections see the change."""
+    deadline = time.monotonic() + timeout
+    while not loaded():
+        assert time.monotonic() < deadline, "PostgreSQL did not load its new configuration"
+        time.sleep(0.05)
+
+
+def _show(server: PostgresServer, setting: str) -> str:
+    with psycopg.connect(server.url().replace("+psycopg", ""), autocommit=True) as fresh:
+        return str(fresh.execute(f"SHOW {setting}").fetchone()[0])  # type: ignore[index]
+
+
+def _refuses(server: PostgresServer, role: str, password: str) -> bool:
+    """A wrong password is refused (the server's `trust` no longer applies to `role`)."""
+    conninfo = make_conninfo(server.url().replace("+psycopg", ""), user=role, password=password)
+    try:
+        psycopg.connect(conninfo).close()
+    except psycopg.OperationalError:
+        return True
+    return False
+
+
 def test_tls_to_the_client_and_require_tls(tls_door: Door) -> None:
     with psycopg.connect(tls_door.url().replace("sslmode=disable", "sslmode=require"),
                          autocommit=True) as connection:
@@ -86,7 +110,7 @@ def test_tls_to_the_upstream(tmp_path: Path, postgres_server: PostgresServer) ->
     admin = psycopg.connect(postgres_server.url().replace("+psycopg", ""), autocommit=True)
     admin.execute("ALTER SYSTEM SET ssl = on")
     admin.execute("SELECT pg_reload_conf()")
-    time.sleep(0.5)
+    until_reloaded(lambda: _show(postgres_server, "ssl") == "on")
     door = make_door(tmp_path / "door", postgres_server, database_extra=", tls: require")
     try:
         assert door.runtime.config.postgres.listeners[0].databases[0].tls == "require"
@@ -202,7 +226,7 @@ def test_stepguard_signs_in_upstream_as_the_configured_role(
         admin.execute(f"DROP ROLE IF EXISTS {role}")
         admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'role-secret' SUPERUSER")
         admin.execute("SELECT pg_reload_conf()")
-        time.sleep(0.3)
+        until_reloaded(lambda: _refuses(postgres_server, role, "not-the-role-secret"))
         for password, works in (("role-secret", True), ("wrong", False)):
             folder = tmp_path / f"{method}-{works}"
             door = make_door(folder, postgres_server, user=role,

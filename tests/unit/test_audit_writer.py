@@ -48,9 +48,11 @@ class GatedSink:
 
     def __init__(self) -> None:
         self.gate = threading.Event()
+        self.writing = threading.Event()  # a batch was taken and waits at the gate
         self.entries: list[AuditEntry] = []
 
     def append_many(self, events: Sequence[AuditEvent]) -> list[AuditEntry]:
+        self.writing.set()
         self.gate.wait()
         last = self.entries[-1] if self.entries else None
         sealed = seal_chain(
@@ -107,7 +109,9 @@ def test_a_full_queue_blocks_the_producer_rather_than_dropping() -> None:
     sink = GatedSink()
     writer = AuditWriter(sink, capacity=3, batch_size=2)
     writer.submit(event(1), timeout=1)
-    time.sleep(0.05)  # the thread took event 1 and is stuck writing it
+    # The thread took event 1 alone and is stuck writing it (it lingers 20 ms for more first:
+    # had event 2 come meanwhile, both would go in one batch and the queue would not fill).
+    assert sink.writing.wait(5)
     for n in range(2, 5):  # the queue is now full
         writer.submit(event(n), timeout=1)
     started = time.monotonic()

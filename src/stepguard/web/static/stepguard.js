@@ -576,6 +576,9 @@
             showError((error && error.message) || t("This browser could not sign the answer."));
           });
         });
+        // Answerable only now: the buttons start disabled, so that a click before this
+        // handler exists cannot post an unsigned answer.
+        form.querySelectorAll("button").forEach(function (b) { b.disabled = false; });
       });
     }).catch(function () { disable(); });
   }
