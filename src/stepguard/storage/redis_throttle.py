@@ -85,7 +85,6 @@ end
 return out
 """
 
-# KEYS[1] = the hash; ARGV = reserved count, prior count, prior locked_until, prior hard (1/0).
 # KEYS = the hashes to clear, then those to give an attempt back to; ARGV = how many to clear,
 # then per given-back key: the count it reserved, and its prior count, locked_until and
 # hard_locked. One script, so a verdict's follow-up is applied whole or not at all.

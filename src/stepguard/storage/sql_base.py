@@ -7,12 +7,13 @@ Every role method runs inside `Database.write()` or `Database.read()`. When a ca
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
 from typing import Any
 
 from sqlalchemy import bindparam, exc, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from stepguard.core.errors import StoreUnavailable
@@ -79,6 +80,17 @@ def unavailable_on_driver_error() -> Iterator[None]:
         yield
     except _UNAVAILABLE as error:
         raise StoreUnavailable("the store is unavailable") from error
+
+
+def per_dialect(build: Callable[[Any], Any]) -> dict[str, Any]:
+    """A statement with dialect-specific syntax (`INSERT ... ON CONFLICT`), built once for
+    each store dialect from its module (`sqlalchemy.dialects.postgresql` / `.sqlite`)."""
+    return {"postgresql": build(postgresql), "sqlite": build(sqlite)}
+
+
+def on_dialect(connection: Connection, built: dict[str, Any]) -> Any:
+    """The `per_dialect` statement for this connection's database."""
+    return built["postgresql" if connection.dialect.name == "postgresql" else "sqlite"]
 
 
 def dumps(value: Any) -> str:

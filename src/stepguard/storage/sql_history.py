@@ -6,12 +6,11 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from stepguard.core.risk import EMPTY_HISTORY, Location, RiskHistory
 from stepguard.storage import tables as t
-from stepguard.storage.sql_base import Database, bump_user, dumps, loads
+from stepguard.storage.sql_base import Database, bump_user, dumps, loads, on_dialect, per_dialect
 
 HISTORY_ITEMS = 50  # newest devices, networks, countries and amounts kept per user
 FAILURE_WINDOW = 3600.0  # failures older than this (before the newest event) are dropped
@@ -24,10 +23,9 @@ _READ = select(_H.data).where(_H.user_id == bindparam("uid"))
 _READ_LOCKED = _READ.with_for_update()
 _WRITE = update(t.risk_history).where(_H.user_id == bindparam("uid")).values(
     data=bindparam("doc"))
-_ENSURE = {name: dialect.insert(t.risk_history)
-           .values(user_id=bindparam("uid"), data="{}")
-           .on_conflict_do_nothing(index_elements=[_H.user_id])
-           for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))}
+_ENSURE = per_dialect(lambda dialect: dialect.insert(t.risk_history)
+                      .values(user_id=bindparam("uid"), data="{}")
+                      .on_conflict_do_nothing(index_elements=[_H.user_id]))
 
 
 class HistoryUpdates:
@@ -123,8 +121,7 @@ def add_failure(doc: Document, *, at: float) -> None:
 
 
 def _ensure_row(connection: Connection, user_id: str) -> None:
-    name = "postgresql" if connection.dialect.name == "postgresql" else "sqlite"
-    connection.execute(_ENSURE[name], {"uid": user_id})
+    connection.execute(on_dialect(connection, _ENSURE), {"uid": user_id})
 
 
 def _remember(doc: Document, name: str, value: str) -> None:

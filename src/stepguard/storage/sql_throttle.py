@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, case, delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from stepguard.core.throttle import (
@@ -27,7 +26,7 @@ from stepguard.core.throttle import (
 )
 from stepguard.storage import tables as t
 from stepguard.storage.records import Reserved
-from stepguard.storage.sql_base import Database
+from stepguard.storage.sql_base import Database, on_dialect, per_dialect
 
 _T = t.throttle.c
 _NEVER = float("-inf")
@@ -45,7 +44,7 @@ def _upsert(dialect: Any) -> Any:
             .returning(_T.consecutive, _T.locked_until, _T.hard_locked))
 
 
-_UPSERT = {"postgresql": _upsert(postgresql), "sqlite": _upsert(sqlite)}
+_UPSERT = per_dialect(_upsert)
 _LOCK = (update(t.throttle).where(_T.key == bindparam("k"))
          .values(locked_until=bindparam("until"), hard_locked=bindparam("hard")))
 _CONSECUTIVE = select(_T.consecutive).where(_T.key == bindparam("k")).with_for_update()
@@ -118,7 +117,7 @@ class SqlThrottle:
 
     def reset(self, key: str) -> None:
         with self._db.write() as connection:
-            connection.execute(delete(t.throttle).where(_T.key == key))
+            connection.execute(_DELETE, {"k": key})
 
     def reset_user(self, subject: str) -> None:
         """Forget every key of one subject (an operator's unlock, a new password)."""
@@ -160,6 +159,6 @@ def _increment(connection: Connection, key: str, *, now: float,
                forget: float) -> tuple[int, float, bool]:
     """INSERT ... ON CONFLICT DO UPDATE ... RETURNING: the new count, and the lock the key had
     before (this statement leaves the lock columns as they were)."""
-    statement = _UPSERT["postgresql" if connection.dialect.name == "postgresql" else "sqlite"]
-    row = connection.execute(statement, {"k": key, "at": now, "forget": forget}).one()
+    row = connection.execute(on_dialect(connection, _UPSERT),
+                             {"k": key, "at": now, "forget": forget}).one()
     return int(row[0]), float(row[1]), bool(row[2])
