@@ -199,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(invalidation_report(invalidation(store_url, redis_server.redis_url)))
         if not args.skip_load:
             results = load(workdir, config, settings)
-            server = load_config(config).config.server.server
+            server = load_config(config).config.http_server()
             print(load_report(results, settings, server))
             valid = all(r.valid for r in results.values())
     return 0 if valid else 1

@@ -1,6 +1,7 @@
 """Gateway load benchmark (DESIGN.md §10), driven by wrk, each result beside its anchor.
 
-Every Python app runs under granian (Stepguard's default server), one worker, on 127.0.0.1.
+Every Python app runs under granian, one worker, on 127.0.0.1 — but for reverse-proxy mode,
+which Stepguard serves under uvicorn (its `server: auto`, chosen by the figures below).
 
 (a) **forward-auth vs the floor**: Stepguard's `GET /api/authz/forward-auth` for a signed-in
     user with a cached session (allowed, 200, identity headers) vs `bench/floor_app.py`, the
@@ -16,7 +17,8 @@ Every Python app runs under granian (Stepguard's default server), one worker, on
 (c) **reverse-proxy mode**: Stepguard proxying to the no-op app vs nginx `proxy_pass` to the
     same no-op app (target ≥ 0.5×), and the no-op app reached directly as a reference. A second
     reference, `bench/relay_floor_app.py`, is the least Python relay (Stepguard's own upstream
-    client, no decision, under granian): what this server and client cost before any gate.
+    client, no decision, under granian): what this server and client cost before any gate. The
+    same mode under granian is printed beside it (the server choice `auto` rests on).
 (d) **server choice** (reference): Stepguard's forward-auth under uvicorn (httptools + uvloop)
     beside granian's (`--no-uvicorn` skips it).
 
@@ -495,9 +497,13 @@ def reverse_proxy_mode(wrk: str, workdir: Path, workers: int, settings: WrkSetti
     """Stepguard as the reverse proxy in front of the no-op app vs nginx proxy_pass to it."""
     password = secrets.token_urlsafe(18)
     with ExitStack() as stack:
+        # `server: auto` (the default) is uvicorn in reverse-proxy mode; granian beside it.
         stepguard = stack.enter_context(start_stepguard(
             workdir / "stepguard-proxy", port=free_port(), workers=workers, password=password,
-            upstream_port=noop.port, server="granian"))
+            upstream_port=noop.port, server="auto"))
+        on_granian = stack.enter_context(start_stepguard(
+            workdir / "stepguard-proxy-granian", port=free_port(), workers=workers,
+            password=password, upstream_port=noop.port, server="granian"))
         nginx = stack.enter_context(proxy(workdir / "nginx-proxy-pass", plain_nginx_conf,
                                           noop.port))
         relay_floor = stack.enter_context(granian_app(
@@ -506,14 +512,22 @@ def reverse_proxy_mode(wrk: str, workdir: Path, workers: int, settings: WrkSetti
         cookies = obtain_session_cookie(stepguard.url, username=BENCH_USERNAME, password=password)
         headers = {"Accept": "text/html", "User-Agent": BROWSER, "Cookie": cookie_header(cookies)}
         check_allowed(stepguard.url + "/orders?page=2", headers, upstream=True)
+        granian_cookies = obtain_session_cookie(on_granian.url, username=BENCH_USERNAME,
+                                                password=password)
+        granian_headers = {**headers, "Cookie": cookie_header(granian_cookies)}
+        check_allowed(on_granian.url + "/orders?page=2", granian_headers, upstream=True)
         results = best_of_rounds(wrk, [
             Target("nginx proxy_pass", nginx, {"Host": SITE, **headers}, settings),
             Target("reverse-proxy mode", stepguard.url + "/orders?page=2", headers, settings),
+            Target("reverse-proxy mode (granian)", on_granian.url + "/orders?page=2",
+                   granian_headers, settings),
             Target("minimal Python relay", relay_floor.url + "/orders?page=2", headers, settings),
             Target("no-op app direct", noop.url + "/orders?page=2", {}, settings),
         ])
     return [Comparison("reverse-proxy mode vs nginx proxy_pass", results["reverse-proxy mode"],
                        results["nginx proxy_pass"], ratio_target=REVERSE_PROXY_RATIO_TARGET),
+            Comparison("(server choice) reverse-proxy mode: granian vs uvicorn (auto)",
+                       results["reverse-proxy mode (granian)"], results["reverse-proxy mode"]),
             Comparison("(reference) reverse-proxy mode vs a minimal Python relay",
                        results["reverse-proxy mode"], results["minimal Python relay"]),
             Comparison("(reference) the minimal Python relay vs nginx proxy_pass",

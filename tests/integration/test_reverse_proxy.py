@@ -390,6 +390,112 @@ def test_headers_named_in_connection_are_dropped_but_never_the_identity(proxy) -
     assert headers_named(echoed, "x-forwarded-for") == ["203.0.113.5"]
 
 
+# --- relayed answers: the upstream's `response_headers`, not the portal's page headers ---------
+
+PORTAL_ONLY = ("content-security-policy", "x-frame-options", "permissions-policy",
+               "cross-origin-opener-policy", "referrer-policy")
+
+
+def test_a_relayed_answer_gets_no_store_only_where_the_upstream_set_no_cache_control(proxy) -> None:  # type: ignore[no-untyped-def]
+    client, alice, _ = proxy
+    sign_in(client, alice)
+    bare = client.get("/dashboard", headers={"Accept": "text/html", "X-Answer-Cache-Control": ""})
+    assert bare.status_code == 200 and bare.headers.get_list("cache-control") == ["no-store"]
+    assert [name for name in PORTAL_ONLY if name in bare.headers] == []  # the app's own policy
+    own = client.get("/dashboard", headers={"Accept": "text/html",
+                                             "X-Answer-Cache-Control": "private, max-age=60"})
+    assert own.headers.get_list("cache-control") == ["private, max-age=60"]
+    client.cookies.clear()
+    stopped = client.get("/dashboard", headers={"Accept": "text/html"})  # Stepguard's answer
+    assert stopped.status_code == 302, stopped.text
+    assert "frame-ancestors 'none'" in stopped.headers["content-security-policy"]
+
+
+def test_an_upstreams_response_headers_replace_the_default(tmp_path: Path, upstream: str) -> None:
+    runtime = make_runtime(tmp_path, extra=f"""upstreams:
+  - host: "*"
+    url: "{upstream}"
+    response_headers: {{X-Frame-Options: SAMEORIGIN, Cache-Control: private}}
+""")
+    alice = seed_user(runtime)
+    try:
+        with TestClient(create_app(runtime), base_url=BASE, client=("203.0.113.5", 1000),
+                        follow_redirects=False) as client:
+            sign_in(client, alice)
+            bare = client.get("/dashboard", headers={"X-Answer-Cache-Control": ""})
+            assert bare.headers["x-frame-options"] == "SAMEORIGIN"
+            assert bare.headers.get_list("cache-control") == ["private"]
+            own = client.get("/dashboard", headers={"X-Answer-Cache-Control": "max-age=5"})
+            assert own.headers.get_list("cache-control") == ["max-age=5"]
+    finally:
+        runtime.close()
+
+
+def test_over_https_a_relayed_answer_gets_hsts_where_it_has_none(tmp_path: Path,
+                                                                  upstream: str) -> None:
+    from stepguard.adapters.proxy import ReverseProxy
+    from stepguard.service.guard import Guard
+    from stepguard.service.stepup import StepUp
+    from stepguard.web.security import HSTS
+
+    runtime = make_runtime(tmp_path, extra=f'upstreams: [{{host: "*", url: "{upstream}"}}]\n')
+    try:
+        relay = ReverseProxy(runtime, Guard(runtime), StepUp(runtime), https=True)
+        [target] = runtime.config.upstreams
+        answered = relay.answer_headers(target, [(b"content-type", b"text/plain")])
+        assert answered == [(b"content-type", b"text/plain"), (b"cache-control", b"no-store"),
+                            (b"strict-transport-security", HSTS.encode())]
+        own = [(b"strict-transport-security", b"max-age=60")]
+        assert relay.answer_headers(target, own)[0] == own[0] and len(
+            [k for k, _ in relay.answer_headers(target, own)
+             if k == b"strict-transport-security"]) == 1
+    finally:
+        runtime.close()
+
+
+def test_response_headers_stepguard_sets_itself_are_config_errors(tmp_path: Path) -> None:
+    from stepguard.config.load import load_config
+    from stepguard.core.errors import ConfigError
+    from tests.support.gateway import write_config
+
+    config = write_config(tmp_path, extra="""upstreams:
+  - host: "*"
+    url: "http://127.0.0.1:9"
+    response_headers: {Set-Cookie: "a=b"}
+  - host: "b.example"
+    url: "http://127.0.0.1:9"
+    response_headers: {"X-A": "1\\r\\nX-B: 2", "bad name": "1"}
+""")
+    with pytest.raises(ConfigError) as raised:
+        load_config(config)
+    said = str(raised.value)
+    for expected in ("upstreams[0].response_headers", "Set-Cookie is set by Stepguard itself",
+                     "upstreams[1].response_headers", "X-A holds a line break",
+                     "expected an HTTP header name, got 'bad name'"):
+        assert expected in said, said
+
+
+def test_empty_identity_headers_are_not_sent_and_forged_ones_never_reach_the_upstream(
+        tmp_path: Path, upstream: str) -> None:
+    runtime = make_runtime(tmp_path, extra=f'upstreams: [{{host: "*", url: "{upstream}"}}]\n')
+    password = "correct horse battery"  # bob has no e-mail, name or groups
+    Accounts(runtime).add_user("bob", password=password, display_name="", email="", groups=())
+    try:
+        with TestClient(create_app(runtime), base_url=BASE, client=("203.0.113.5", 1000),
+                        follow_redirects=False) as client:
+            page = client.get("/login")
+            assert client.post("/login", data={"username": "bob", "password": password,
+                                               "csrf_token": csrf(page.text)}).status_code == 303
+            echoed = client.get("/dashboard", headers={
+                "Accept": "text/html", "Remote-Email": "mallory@evil.example",
+                "remote_groups": "admins", "Remote-Name": "Mallory"}).json()
+    finally:
+        runtime.close()
+    for name in ("remote-email", "remote-groups", "remote-name"):
+        assert headers_named(echoed, name) == [], name  # no value: not sent, never forged
+    assert headers_named(echoed, "remote-user") == ["bob"]
+
+
 # --- issue 9 item 14: WebSockets in reverse-proxy mode, decided at the upgrade ------------------
 
 

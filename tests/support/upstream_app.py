@@ -33,7 +33,10 @@ async def echo(request: Request) -> Response:
                 for name, value in scope["headers"]
             ],
         },
-        headers={"Cache-Control": "no-store"},
+        # `X-Answer-Cache-Control` asks for another Cache-Control ("" for none): what a proxy
+        # adds to, or keeps of, an answer's headers can then be tested.
+        headers=({"Cache-Control": cache} if (cache := request.headers.get(
+            "x-answer-cache-control", "no-store")) else {}),
     )
 
 

@@ -164,3 +164,18 @@ def test_the_demo_ships_the_example_policy() -> None:
     packaged = ROOT / "src" / "stepguard" / "demo" / "policy.yaml"
     assert packaged.read_text() == (ROOT / "examples" / "policy.yaml").read_text(), \
         "copy examples/policy.yaml to src/stepguard/demo/policy.yaml"
+
+
+@pytest.mark.parametrize(("chosen", "upstreams", "served"), [
+    ("auto", [], "granian"),  # forward-auth and the portal: granian measured ~1.8x uvicorn
+    ("auto", [{"host": "*", "url": "http://127.0.0.1:9"}], "uvicorn"),  # reverse-proxy mode
+    ("granian", [{"host": "*", "url": "http://127.0.0.1:9"}], "granian"),
+    ("uvicorn", [], "uvicorn"),
+])
+def test_serve_runs_the_server_chosen_for_the_mode(chosen: str, upstreams: list[dict[str, str]],
+                                                   served: str) -> None:
+    from stepguard.config.schema import StepguardConfig
+
+    config = StepguardConfig.model_validate({"server": {"server": chosen},
+                                             "upstreams": upstreams})
+    assert config.http_server() == served

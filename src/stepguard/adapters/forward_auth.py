@@ -245,10 +245,12 @@ class ForwardAuth:
 class IdentityHeaders:
     """The identity headers of a decision as raw ASGI pairs, remembered per user record, level
     and amr (a pure function of them; the record is compared whole, so any change is a new
-    key). Forward-auth answers with them; the reverse proxy sends them upstream."""
+    key). Forward-auth answers with every one, empty or not (a proxy copies them over the
+    client's own); the reverse proxy, which drops the client's copies itself, sends upstream
+    only those with a value (`keep_empty=False`)."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
+    def __init__(self, runtime: Runtime, *, keep_empty: bool = True) -> None:
+        self.rt, self.keep_empty = runtime, keep_empty
         self._memo: Memo[tuple[object, ...], RawHeaders] = Memo(4096)
 
     def raw(self, check: Check) -> RawHeaders:
@@ -256,7 +258,8 @@ class IdentityHeaders:
         found = self._memo.get(key)
         if found is None:
             found = [(name.lower().encode("latin-1"), value.encode())
-                     for name, value in identity_headers(check, self.rt).items()]
+                     for name, value in identity_headers(check, self.rt).items()
+                     if value or self.keep_empty]
             self._memo.put(key, found)
         return found
 

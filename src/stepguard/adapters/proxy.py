@@ -52,7 +52,7 @@ from stepguard.service.guard import Check, Guard, with_attributes
 from stepguard.service.runtime import Runtime, token_key
 from stepguard.service.stepup import HeldRequest, HeldTooLarge, StepUp
 from stepguard.storage.records import HELD_BODY_LIMIT, ChallengeRecord, SessionRecord
-from stepguard.web.security import security_headers
+from stepguard.web.security import HSTS, security_headers
 
 INSPECT_LIMIT = HELD_BODY_LIMIT * 16  # bytes of a body read to find a route's attributes
 HOP_BY_HOP = {
@@ -144,15 +144,18 @@ class ReverseProxy:
         self.upstreams = list(runtime.config.upstreams)
         self.proxies = TrustedProxies.parse(runtime.config.server.trusted_proxies)
         self.honour_overrides = runtime.config.server.method_override == "honour"
-        # Stepguard's page headers on what it answers itself and on relayed answers that lack
-        # them, as before the raw path (a header the upstream set is kept).
-        self.page_headers = [(name.lower().encode("latin-1"), value.encode("latin-1"))
-                             for name, value in security_headers(https=https)]
+        # Stepguard's page headers on what it answers itself; on relayed answers, those the
+        # upstream's `response_headers` name (and HSTS over https) when it did not set them.
+        self.page_headers = _raw(security_headers(https=https))
+        self.relayed_headers = {id(u): _raw([*u.response_headers.items(),
+                                             *([("Strict-Transport-Security", HSTS)]
+                                               if https else [])])
+                                for u in self.upstreams}
         self.unavailable = unavailable
         self._hosts: Memo[str, str | None] = Memo()
         self._readings: Memo[tuple[object, ...], _Reading] = Memo(4096)
-        self._answers: Memo[tuple[tuple[bytes, bytes], ...], list[tuple[bytes, bytes]]] = Memo(256)
-        self.identities = IdentityHeaders(runtime)
+        self._answers: Memo[tuple[object, ...], list[tuple[bytes, bytes]]] = Memo(256)
+        self.identities = IdentityHeaders(runtime, keep_empty=False)
         # Stepguard's own cookies: never relayed to the application.
         self._ours = frozenset({*self.session_cookie.names, DEVICE_COOKIE, "stepguard_pre",
                                 "stepguard_enrol"})
@@ -183,7 +186,8 @@ class ReverseProxy:
 
         await answer(scope, receive, with_page_headers)
 
-    async def handle(self, scope: Scope, receive: Receive) -> tuple[Answer, str] | Response:
+    async def handle(self, scope: Scope,
+                     receive: Receive) -> tuple[Answer, str, Upstream] | Response:
         """Decide, then relay: the upstream's answer (with the method), or Stepguard's own.
         The body is read (bounded) only when it must be inspected: for the route's attributes,
         for a method override a framework would read from it, or to hold it across a step-up;
@@ -210,7 +214,8 @@ class ReverseProxy:
                 reading.target, reading.relayed,
                 body if body is not None else _body_stream(scope, receive, reading.headers),
                 reading.upstream, self.identities.raw(check))
-            return relayed if isinstance(relayed, Response) else (relayed, context.method)
+            return (relayed if isinstance(relayed, Response)
+                    else (relayed, context.method, reading.upstream))
         if check.decision.outcome is Outcome.DENY:
             return Response(" ".join(check.decision.reasons) + "\n", 403)
         if body is None:
@@ -295,11 +300,12 @@ class ReverseProxy:
                 self._hosts.put(host, known)
         return known
 
-    async def _send_relayed(self, send: Send, answer: Answer, method: str) -> None:
+    async def _send_relayed(self, send: Send, answer: Answer, method: str,
+                            upstream: Upstream) -> None:
         """The upstream's answer for the client, without hop-by-hop headers (and those its
         `Connection` names); a complete answer in one piece with its length, anything else
         streamed as it arrives."""
-        headers = self.answer_headers(answer.headers)
+        headers = self.answer_headers(upstream, answer.headers)
         if method == "HEAD":  # the upstream's Content-Length describes the body it did not send
             length = [(k, v) for k, v in answer.headers if k.lower() == b"content-length"]
             await send({"type": "http.response.start", "status": answer.status,
@@ -326,14 +332,15 @@ class ReverseProxy:
         finally:
             await rest.aclose()
 
-    def answer_headers(self, upstream: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-        """The upstream's headers as the client gets them (`_answer_headers`, then Stepguard's
-        page headers it lacks): a pure function of them, remembered (bounded). The caller
-        copies the list before it adds to it."""
-        key = tuple(upstream)
+    def answer_headers(self, upstream: Upstream,
+                       headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """The upstream's headers as the client gets them (`_answer_headers`, then those of
+        its `response_headers` it lacks): a pure function of them, remembered (bounded). The
+        caller copies the list before it adds to it."""
+        key = (id(upstream), *headers)
         found = self._answers.get(key)
         if found is None:
-            found = _merged(_answer_headers(upstream), self.page_headers)
+            found = _merged(_answer_headers(headers), self.relayed_headers[id(upstream)])
             self._answers.put(key, found)
         return found
 
@@ -540,6 +547,11 @@ def _answer_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, byt
              for token in v.split(b",")}
     return [(k, v) for k, v in headers
             if (low := k.lower()) not in RESPONSE_DROPPED and low not in named]
+
+
+def _raw(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """Header pairs as raw ASGI pairs, names lower-case."""
+    return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
 
 
 def _merged(headers: list[tuple[bytes, bytes]],

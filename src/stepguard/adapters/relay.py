@@ -222,11 +222,13 @@ class Relay:
         head = self._head(base_url, method, target, pool, headers, body)
         retry = retry and method in IDEMPOTENT and isinstance(body, bytes)
         while True:
-            try:
-                connection, reused = await self._connection(pool)
-            except (TimeoutError, OSError) as exc:  # refused, unresolvable, no answer in time
-                raise UpstreamError("the upstream cannot be reached: "
-                                    f"{str(exc) or type(exc).__name__}") from None
+            connection, reused = _pooled(pool), True
+            if connection is None:
+                try:
+                    connection, reused = await self._connect(pool), False
+                except (TimeoutError, OSError) as exc:  # refused, unresolvable, no answer
+                    raise UpstreamError("the upstream cannot be reached: "
+                                        f"{str(exc) or type(exc).__name__}") from None
             try:
                 return await self._exchange(connection, method, head, body)
             except (TimeoutError, OSError, UpstreamError) as exc:
@@ -265,19 +267,13 @@ class Relay:
             pool = self.pools[base_url] = _Pool(parts.hostname or "", port, tls)
         return pool
 
-    async def _connection(self, pool: _Pool) -> tuple[_Connection, bool]:
-        while pool.idle:
-            connection = pool.idle.pop()
-            if not connection.eof:
-                connection.start()
-                return connection, True
-            connection.close()
+    async def _connect(self, pool: _Pool) -> _Connection:
         loop = asyncio.get_running_loop()
         _, connection = await asyncio.wait_for(
             loop.create_connection(lambda: _Connection(pool, self.timeout), pool.host, pool.port,
                                    ssl=pool.tls, server_hostname=pool.host if pool.tls else None),
             self.timeout)
-        return connection, False
+        return connection
 
     async def _exchange(self, connection: _Connection, method: str, head: bytes,
                         body: bytes | AsyncIterator[bytes]) -> Answer:
@@ -292,7 +288,8 @@ class Relay:
                     transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
                     await connection.drain()
             transport.write(b"0\r\n\r\n")
-        await connection.drain()
+        if connection.eof or connection._writable is not None:
+            await connection.drain()
         while not connection.head_done:
             await connection.fill()
         if method == "HEAD" or connection.status in (204, 304):
@@ -310,6 +307,17 @@ class Relay:
     @staticmethod
     def _idle_of(connection: _Connection) -> list[_Connection]:
         return connection.pool.idle
+
+
+def _pooled(pool: _Pool) -> _Connection | None:
+    """An idle connection of the pool still open, started afresh; None when there is none."""
+    while pool.idle:
+        connection = pool.idle.pop()
+        if not connection.eof:
+            connection.start()
+            return connection
+        connection.close()
+    return None
 
 
 def _framed(headers: list[tuple[bytes, bytes]]) -> bool:

@@ -55,7 +55,8 @@ def serve(config: Path = CONFIG, host: str | None = None, port: int | None = Non
     """Run the gateway (forward-auth, portal, reverse proxy) under uvicorn or granian."""
     from stepguard.service.observe import configure_logging
 
-    settings = load(config).config.server
+    loaded = load(config).config
+    settings = loaded.server
     configure_logging(level=settings.log_level, json=settings.log_format == "json")
     bind_host, bind_port = host or settings.host, port or settings.port
     os.environ["STEPGUARD_CONFIG"] = str(config.resolve())
@@ -64,15 +65,15 @@ def serve(config: Path = CONFIG, host: str | None = None, port: int | None = Non
 
     door = start_beside_http(config)  # the database door, when postgres listeners are set
     try:
-        _serve_http(settings, bind_host, bind_port)
+        _serve_http(settings, loaded.http_server(), bind_host, bind_port)
     finally:
         if door is not None:
             door.terminate()
             door.wait(10)
 
 
-def _serve_http(settings: Any, bind_host: str, bind_port: int) -> None:
-    if settings.server == "granian":
+def _serve_http(settings: Any, server: str, bind_host: str, bind_port: int) -> None:
+    if server == "granian":
         from granian import Granian
         from granian.constants import Interfaces
 

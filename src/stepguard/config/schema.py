@@ -35,8 +35,10 @@ class ServerSettings(Section):
     trusted_proxies: list[str] = Field(
         default_factory=list,
         description="CIDRs whose X-Forwarded-* headers are honoured; empty = none")
-    server: Literal["uvicorn", "granian"] = Field(
-        "granian", description="ASGI server for `serve` (granian measured ~1.8x uvicorn here)"
+    server: Literal["auto", "uvicorn", "granian"] = Field(
+        "auto", description="ASGI server for `serve`: auto = uvicorn (httptools, uvloop) in "
+        "reverse-proxy mode (`upstreams` set: ~1.1x granian's req/s there, its relay and the "
+        "client share one thread) and granian otherwise (~1.8x uvicorn on forward-auth)"
     )
     workers: int = Field(1, ge=1, le=64, description="worker processes for `serve`")
     request_timeout: Duration = Field(30.0, description="upstream timeout in reverse-proxy mode")
@@ -170,10 +172,38 @@ class UpstreamRoute(Section):
         default_factory=dict, description="attribute -> query:name | form:name | json:path")
 
 
+# Not settable on an upstream's answers: the framing and hop-by-hop headers Stepguard sets or
+# drops itself, and cookies (a proxy-set cookie would reach every user of the upstream).
+FIXED_RESPONSE_HEADERS = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-connection", "te", "trailer",
+    "trailers", "transfer-encoding", "upgrade", "content-length", "set-cookie"})
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _check_response_headers(value: dict[str, str]) -> dict[str, str]:
+    problems = [problem for name, text in value.items() for problem in (
+        "" if _HEADER_NAME.fullmatch(name) else f"expected an HTTP header name, got {name!r}",
+        f"{name} is set by Stepguard itself (framing, hop-by-hop, cookies)"
+        if name.lower() in FIXED_RESPONSE_HEADERS else "",
+        f"the value of {name} holds a line break or NUL"
+        if any(ch in text for ch in "\r\n\0") else "") if problem]
+    if problems:
+        raise ValueError("; ".join(problems))
+    return value
+
+
 class Upstream(Section):
     host: str = Field(description="Host header this upstream serves ('*' = any)")
     url: str = Field(description="base URL of the upstream application")
     routes: list[UpstreamRoute] = Field(default_factory=list)
+    response_headers: dict[str, str] = Field(
+        default_factory=lambda: {"Cache-Control": "no-store"},
+        description="added to the upstream's answers that do not set them (the default keeps "
+                    "shared caches from storing what the gate let through); "
+                    "Strict-Transport-Security too when the public URL is https. The portal's "
+                    "page headers (its CSP, framing and permissions) are not: they are for "
+                    "Stepguard's pages, not the application's")
+    _response_headers = field_validator("response_headers")(_check_response_headers)
 
 
 ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
@@ -705,6 +735,12 @@ class StepguardConfig(Section):
                                          description="upstream MCP servers (the MCP door)")
     mcp: McpSection = McpSection()
     inline: InlineSection = InlineSection()
+
+    def http_server(self) -> Literal["uvicorn", "granian"]:
+        """The ASGI server `serve` runs (`server.server`, `auto` resolved by the mode)."""
+        if self.server.server != "auto":
+            return self.server.server
+        return "uvicorn" if self.upstreams else "granian"
 
 
 class ApiSection(Section):

@@ -40,6 +40,7 @@ __all__ = [
     "CSRF_HEADER",
     "CsrfRejected",
     "DomainEntry",
+    "HSTS",
     "SecurityHeadersMiddleware",
     "check_csrf",
     "cookie_attributes",
