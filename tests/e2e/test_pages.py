@@ -267,11 +267,15 @@ def test_passkey_first_sign_in(page: Page, demo: DemoServer, problems: PageProbl
     page.goto("/login?rd=/account", wait_until="commit")
     expect(page).to_have_url(re.compile(r"/account$"), timeout=CEREMONY_TIMEOUT_MS)
     expect(page.locator(".signed-in")).to_contain_text("Bob")
-    page.get_by_role("button", name="Sign out", exact=True).click()
 
-    # The button, where the browser offers no autofill.
+    # The button, where the browser offers no autofill: told before signing out, so that the
+    # login page the sign-out lands on starts no background ceremony of its own (one that
+    # ended after the next page loaded replaced that page's pre-session cookie: its CSRF
+    # token then no longer matched, "The page expired").
     page.add_init_script("PublicKeyCredential.isConditionalMediationAvailable ="
                          " async () => false;")
+    page.get_by_role("button", name="Sign out", exact=True).click()
+    expect(page).to_have_url(re.compile(r"/login"))
     page.goto("/login?rd=/account")
     expect(page.get_by_label("Username")).to_be_visible()
     page.get_by_role("button", name="Use a passkey").click()
