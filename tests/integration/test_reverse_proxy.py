@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import re
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 import uvicorn
 from starlette.testclient import TestClient
 
 from stepguard.adapters.proxy import cookies_header
+from stepguard.config.load import load_config
 from stepguard.service.accounts import Accounts
 from stepguard.web.app import create_app
 from tests.support.gateway import Clock, Seeded, make_runtime, seed_user
+from tests.support.servers import Process, free_port, python_env
 from tests.support.upstream_app import app as echo_app
 
 BASE = "http://localhost:9091"
@@ -464,13 +468,14 @@ def test_response_headers_stepguard_sets_itself_are_config_errors(tmp_path: Path
     response_headers: {Set-Cookie: "a=b"}
   - host: "b.example"
     url: "http://127.0.0.1:9"
-    response_headers: {"X-A": "1\\r\\nX-B: 2", "bad name": "1"}
+    response_headers: {"X-A": "1\\r\\nX-B: 2", "bad name": "1", cache-control: a, Cache-Control: b}
 """)
     with pytest.raises(ConfigError) as raised:
         load_config(config)
     said = str(raised.value)
     for expected in ("upstreams[0].response_headers", "Set-Cookie is set by Stepguard itself",
-                     "upstreams[1].response_headers", "X-A holds a line break",
+                     "upstreams[1].response_headers", "X-A holds a character a header cannot carry",
+                     "Cache-Control is named twice",
                      "expected an HTTP header name, got 'bad name'"):
         assert expected in said, said
 
@@ -494,6 +499,129 @@ def test_empty_identity_headers_are_not_sent_and_forged_ones_never_reach_the_ups
     for name in ("remote-email", "remote-groups", "remote-name"):
         assert headers_named(echoed, name) == [], name  # no value: not sent, never forged
     assert headers_named(echoed, "remote-user") == ["bob"]
+
+
+@pytest.mark.parametrize("path", ["/static-v2/app.js", "/accounting", "/administration",
+                                  "/login-help"])
+def test_an_app_path_that_looks_like_a_portal_path_gets_only_the_upstreams_headers(  # type: ignore[no-untyped-def]
+        proxy, path) -> None:
+    client, alice, _ = proxy
+    sign_in(client, alice)
+    answer = client.get(path, headers={"Accept": "text/html"})
+    assert answer.status_code == 200 and answer.json()["path"] == path  # relayed
+    assert [n for n in PORTAL_ONLY if n in answer.headers] == [], dict(answer.headers)
+
+
+def test_a_replayed_answer_gets_the_upstreams_response_headers_not_the_portals(
+        tmp_path: Path, upstream: str) -> None:
+    clock = Clock()
+    runtime = make_runtime(tmp_path, clock=clock, extra=f"""upstreams:
+  - host: "*"
+    url: "{upstream}"
+    response_headers: {{X-Frame-Options: SAMEORIGIN, Cache-Control: private}}
+    routes:
+      - paths: ["/transfers"]
+        action: payments.transfer
+        attributes: {{amount: "form:amount", payee: "form:payee"}}
+""")
+    alice = seed_user(runtime)
+    try:
+        with TestClient(create_app(runtime), base_url=BASE, client=("203.0.113.5", 1000),
+                        follow_redirects=False) as client:
+            sign_in(client, alice)
+            held = client.post("/transfers", data={"amount": "5000", "payee": "Bob"},
+                               headers={"Accept": "text/html", "X-Answer-Cache-Control": ""})
+            assert held.status_code == 303
+            page = client.get(held.headers["location"])
+            passed = client.post(held.headers["location"] + "/totp", data={
+                "code": alice.code(clock.now), "csrf_token": csrf(page.text)})
+            confirm = client.get(passed.headers["location"])
+            replayed = client.post(passed.headers["location"],
+                                   data={"csrf_token": csrf(confirm.text)})
+            assert replayed.status_code == 200 and replayed.json()["method"] == "POST"
+            assert replayed.headers.get("x-frame-options") == "SAMEORIGIN", replayed.headers
+            assert [n for n in PORTAL_ONLY if n in replayed.headers] == ["x-frame-options"]
+    finally:
+        runtime.close()
+
+
+def test_an_upstreams_own_hsts_replaces_stepguards(tmp_path: Path, upstream: str) -> None:
+    from stepguard.adapters.proxy import ReverseProxy
+    from stepguard.service.guard import Guard
+    from stepguard.service.stepup import StepUp
+
+    runtime = make_runtime(tmp_path, extra=f"""upstreams:
+  - host: "*"
+    url: "{upstream}"
+    response_headers: {{strict-transport-security: "max-age=300"}}
+""")
+    try:
+        relay = ReverseProxy(runtime, Guard(runtime), StepUp(runtime), https=True)
+        [target] = runtime.config.upstreams
+        answered = relay.answer_headers(target, [(b"content-type", b"text/plain")])
+        assert [v for k, v in answered if k == b"strict-transport-security"] == [b"max-age=300"]
+    finally:
+        runtime.close()
+
+
+@pytest.mark.parametrize("value", ["default-src \u2019self\u2019", "a\x0bb", "a\x7fb"])
+def test_a_response_header_value_no_server_can_send_is_a_config_error(tmp_path: Path,
+                                                                     value: str) -> None:
+    from stepguard.config.load import load_config
+    from stepguard.core.errors import ConfigError
+    from tests.support.gateway import write_config
+
+    escaped = value.encode("unicode_escape").decode()
+    config = write_config(tmp_path, extra=f"""upstreams:
+  - host: "*"
+    url: "http://127.0.0.1:9"
+    response_headers: {{X-Note: "{escaped}"}}
+""")
+    with pytest.raises(ConfigError):
+        load_config(config)
+
+
+def test_a_websocket_upgrade_sends_no_empty_identity_headers(tmp_path: Path, upstream: str) -> None:
+
+    runtime = make_runtime(tmp_path, extra=f'upstreams: [{{host: "*", url: "{upstream}"}}]\n')
+    password = "correct horse battery"
+    Accounts(runtime).add_user("bob", password=password, display_name="", email="", groups=())
+    try:
+        with TestClient(create_app(runtime), base_url=BASE, client=("203.0.113.5", 1000),
+                        follow_redirects=False) as client:
+            page = client.get("/login")
+            client.post("/login", data={"username": "bob", "password": password,
+                                        "csrf_token": csrf(page.text)})
+            with client.websocket_connect("ws://localhost:9091/live/feed") as ws:
+                hello = ws.receive_json()
+    finally:
+        runtime.close()
+    assert headers_named(hello, "remote-user") == ["bob"]
+    assert headers_named(hello, "remote-email") == []  # as for HTTP (docs/security.md)
+
+
+def test_served_in_reverse_proxy_mode_a_relayed_answer_has_one_date(tmp_path: Path,
+                                                                     upstream: str) -> None:
+    """`server: auto` serves reverse-proxy mode under uvicorn, told to add no Date of its
+    own: the upstream's is the only one (two would leave a cache to guess the age)."""
+    port = free_port()
+    runtime = make_runtime(tmp_path, public_url=f"http://localhost:{port}",
+                           extra=f'upstreams: [{{host: "*", url: "{upstream}"}}]\n')
+    alice = seed_user(runtime)
+    runtime.close()
+    assert load_config(tmp_path / "stepguard.yaml").config.http_server() == "uvicorn"
+    server = Process([sys.executable, "-m", "stepguard.cli.main", "serve", "-c",
+                      str(tmp_path / "stepguard.yaml"), "--host", "127.0.0.1", "--port",
+                      str(port)], port=port, workdir=tmp_path, name="stepguard",
+                     env=python_env(), ready_path="/healthz")
+    with server, httpx.Client(base_url=f"http://localhost:{port}", timeout=10) as client:
+        page = client.get("/login")
+        signed = client.post("/login", data={"username": "alice", "password": alice.password,
+                                             "csrf_token": csrf(page.text)})
+        assert signed.status_code == 303, signed.text
+        answer = client.get("/dashboard", headers={"Accept": "text/html"})
+    assert answer.status_code == 200 and answer.json()["path"] == "/dashboard"
+    assert len(answer.headers.get_list("date")) == 1, answer.headers
 
 
 # --- issue 9 item 14: WebSockets in reverse-proxy mode, decided at the upgrade ------------------

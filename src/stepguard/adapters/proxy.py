@@ -52,7 +52,7 @@ from stepguard.service.guard import Check, Guard, with_attributes
 from stepguard.service.runtime import Runtime, token_key
 from stepguard.service.stepup import HeldRequest, HeldTooLarge, StepUp
 from stepguard.storage.records import HELD_BODY_LIMIT, ChallengeRecord, SessionRecord
-from stepguard.web.security import HSTS, security_headers
+from stepguard.web.security import HSTS, RELAYED, security_headers
 
 INSPECT_LIMIT = HELD_BODY_LIMIT * 16  # bytes of a body read to find a route's attributes
 HOP_BY_HOP = {
@@ -147,9 +147,7 @@ class ReverseProxy:
         # Stepguard's page headers on what it answers itself; on relayed answers, those the
         # upstream's `response_headers` name (and HSTS over https) when it did not set them.
         self.page_headers = _raw(security_headers(https=https))
-        self.relayed_headers = {id(u): _raw([*u.response_headers.items(),
-                                             *([("Strict-Transport-Security", HSTS)]
-                                               if https else [])])
+        self.relayed_headers = {id(u): _raw(_with_hsts(u.response_headers, https))
                                 for u in self.upstreams}
         self.unavailable = unavailable
         self._hosts: Memo[str, str | None] = Memo()
@@ -175,6 +173,7 @@ class ReverseProxy:
         except BadRequest as exc:  # client input never causes a 500
             answer = Response(f"bad request: {exc}\n", 400, headers={"Cache-Control": "no-store"})
         if isinstance(answer, tuple):
+            scope[RELAYED] = True  # the application's answer (reached through Starlette too)
             await self._send_relayed(send, *answer)
             return
         page_headers = self.page_headers
@@ -385,7 +384,9 @@ class ReverseProxy:
                    if not k.lower().startswith("sec-websocket-")]
         kept = cookies_header(websocket.scope["headers"], self._ours)
         headers += [("cookie", kept.decode("latin-1"))] if kept else []
-        headers += [*identity_headers(check, self.rt).items(), *hop.headers()]
+        headers += [(name, value) for name, value in identity_headers(check, self.rt).items()
+                    if value]  # as on HTTP: the client's copies are dropped, empty ones unsent
+        headers += hop.headers()
         url = "ws" + upstream.url.rstrip("/").removeprefix("http") + _target(websocket.scope)
         try:
             async with websocket_connect(
@@ -467,8 +468,10 @@ class ReverseProxy:
             self.identities.raw(check),
             retry=False,  # exactly once: never sent a second time, even on a dead connection
         )
-        return relayed if isinstance(relayed, Response) else _relayed_response(relayed,
-                                                                                context.method)
+        if isinstance(relayed, Response):
+            return relayed
+        request.scope[RELAYED] = True
+        return _relayed_response(relayed, context.method, self.relayed_headers[id(upstream)])
 
     def _replay_context(
         self, request: HTTPConnection, upstream: Upstream, challenge: ChallengeRecord,
@@ -514,10 +517,12 @@ def _origin_and_prefix(url: str) -> tuple[str, str]:
     return f"{base.scheme}://{base.netloc}", base.path.rstrip("/")
 
 
-def _relayed_response(answer: Answer, method: str) -> Response:
+def _relayed_response(answer: Answer, method: str,
+                      extra: list[tuple[bytes, bytes]]) -> Response:
     """The upstream's answer for the client: without hop-by-hop headers (and those its
-    `Connection` names); a complete answer in one piece, anything else streamed."""
-    headers = _answer_headers(answer.headers)
+    `Connection` names), with those of `extra` it lacks; a complete answer in one piece,
+    anything else streamed."""
+    headers = _merged(_answer_headers(answer.headers), extra)
     if method == "HEAD":  # the upstream's Content-Length describes the body it did not send
         response = Response(b"", answer.status)
         length = [(k, v) for k, v in answer.headers if k.lower() == b"content-length"]
@@ -547,6 +552,14 @@ def _answer_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, byt
              for token in v.split(b",")}
     return [(k, v) for k, v in headers
             if (low := k.lower()) not in RESPONSE_DROPPED and low not in named]
+
+
+def _with_hsts(headers: Mapping[str, str], https: bool) -> list[tuple[str, str]]:
+    """An upstream's `response_headers`, with Stepguard's HSTS over https unless they name
+    their own."""
+    named = {name.lower() for name in headers}
+    hsts = https and "strict-transport-security" not in named
+    return [*headers.items(), *([("Strict-Transport-Security", HSTS)] if hsts else [])]
 
 
 def _raw(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:

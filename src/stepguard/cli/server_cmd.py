@@ -98,6 +98,9 @@ def _serve_http(settings: Any, server: str, bind_host: str, bind_port: int) -> N
         access_log=False,
         proxy_headers=False,
         server_header=False,
+        # No Date of its own (granian adds none either): a relayed answer keeps the
+        # upstream's, never two.
+        date_header=False,
         # C parser and event loop (uvicorn[standard]); the pure-Python h11 measured ~3.5x slower.
         http="httptools",
         loop="uvloop",

@@ -180,13 +180,23 @@ FIXED_RESPONSE_HEADERS = frozenset({
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")  # what every server sends as it is
+
+
 def _check_response_headers(value: dict[str, str]) -> dict[str, str]:
-    problems = [problem for name, text in value.items() for problem in (
-        "" if _HEADER_NAME.fullmatch(name) else f"expected an HTTP header name, got {name!r}",
-        f"{name} is set by Stepguard itself (framing, hop-by-hop, cookies)"
-        if name.lower() in FIXED_RESPONSE_HEADERS else "",
-        f"the value of {name} holds a line break or NUL"
-        if any(ch in text for ch in "\r\n\0") else "") if problem]
+    seen: set[str] = set()
+    problems = []
+    for name, text in value.items():
+        if not _HEADER_NAME.fullmatch(name):
+            problems.append(f"expected an HTTP header name, got {name!r}")
+        if name.lower() in FIXED_RESPONSE_HEADERS:
+            problems.append(f"{name} is set by Stepguard itself (framing, hop-by-hop, cookies)")
+        if name.lower() in seen:
+            problems.append(f"{name} is named twice (header names ignore case)")
+        if not _HEADER_VALUE.fullmatch(text):
+            problems.append(f"the value of {name} holds a character a header cannot carry "
+                            "(expected visible ASCII, spaces and tabs)")
+        seen.add(name.lower())
     if problems:
         raise ValueError("; ".join(problems))
     return value
@@ -200,7 +210,8 @@ class Upstream(Section):
         default_factory=lambda: {"Cache-Control": "no-store"},
         description="added to the upstream's answers that do not set them (the default keeps "
                     "shared caches from storing what the gate let through); "
-                    "Strict-Transport-Security too when the public URL is https. The portal's "
+                    "Strict-Transport-Security too when the public URL is https (unless named "
+                    "here). The portal's "
                     "page headers (its CSP, framing and permissions) are not: they are for "
                     "Stepguard's pages, not the application's")
     _response_headers = field_validator("response_headers")(_check_response_headers)

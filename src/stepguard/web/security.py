@@ -41,6 +41,7 @@ __all__ = [
     "CsrfRejected",
     "DomainEntry",
     "HSTS",
+    "RELAYED",
     "SecurityHeadersMiddleware",
     "check_csrf",
     "cookie_attributes",
@@ -107,8 +108,14 @@ def is_exempt_path(path: str) -> bool:
     return False
 
 
+# Set in an HTTP scope by the reverse proxy before it sends an upstream's answer: the answer is
+# the application's, with its upstream's `response_headers`, never the portal's page headers.
+RELAYED = "stepguard.relayed"
+
+
 class SecurityHeadersMiddleware:
-    """Pure ASGI middleware adding `security_headers` to every portal response."""
+    """Pure ASGI middleware adding `security_headers` to every portal response (not to an
+    upstream's answer relayed through it: `RELAYED`)."""
 
     def __init__(self, app: ASGIApp, *, https: bool) -> None:
         self.app = app
@@ -123,7 +130,7 @@ class SecurityHeadersMiddleware:
             return
 
         async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
+            if message["type"] == "http.response.start" and not scope.get(RELAYED):
                 message["headers"] = _merge(message.get("headers", ()), self.headers)
             await send(message)
 
