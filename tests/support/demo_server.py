@@ -10,11 +10,13 @@ tail of the server's output; `log_tail()` shows it after a failed test.
 
 from __future__ import annotations
 
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
+from stepguard.demo import postgres as demo_postgres
 from tests.support.servers import REPO_ROOT, Process, free_port, python_env
 
 CHROMIUM_HOST_RULES = "--host-resolver-rules=MAP localhost 127.0.0.1"
@@ -50,6 +52,17 @@ class DemoServer(Process):
         super().start()
         self.users = read_users(self.data / "users.txt")
         return self
+
+    def stop(self) -> None:
+        """Stop the demo, then its PostgreSQL cluster if the demo did not get to (a demo killed
+        before its own clean-up would leave the cluster running), and remove the cluster's
+        folder when it lies outside the test's own (as root: under the temp dir)."""
+        super().stop()
+        found, folder = demo_postgres.bindir(), demo_postgres.cluster_folder(self.data)
+        if found is not None and (folder / "data" / "postmaster.pid").exists():
+            demo_postgres.Cluster(found, folder, 0).stop()
+        if not folder.is_relative_to(self.data.resolve()):
+            shutil.rmtree(folder, ignore_errors=True)
 
     @property
     def postgres_port(self) -> int | None:

@@ -156,7 +156,10 @@ def run(data: Path = Path("data"), port: int = 9091, *, idp: bool = False) -> No
               "carol or dan;\n  how you sign in there (password, one-time code, passkey) sets "
               "the level Stepguard starts from.\n", flush=True)
     try:
-        uvicorn.run(create_app(runtime), host="127.0.0.1", port=port, log_level="warning")
+        # A browser tab long-polling a push would hold a graceful stop open: 3 s, then the
+        # database is stopped all the same.
+        uvicorn.run(create_app(runtime), host="127.0.0.1", port=port, log_level="warning",
+                    timeout_graceful_shutdown=3)
     finally:
         if cluster is not None:
             cluster.stop()
