@@ -27,7 +27,7 @@ from websockets.asyncio.client import connect as websocket_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from stepguard.adapters.cookies import DEVICE_COOKIE, DeviceCookies, SessionCookie, parse_cookies
-from stepguard.adapters.forward_auth import IdentityHeaders, identity_headers
+from stepguard.adapters.forward_auth import IdentityHeaders
 from stepguard.adapters.http_context import (
     Body,
     RequestHeaders,
@@ -52,7 +52,13 @@ from stepguard.service.guard import Check, Guard, with_attributes
 from stepguard.service.runtime import Runtime, token_key
 from stepguard.service.stepup import HeldRequest, HeldTooLarge, StepUp
 from stepguard.storage.records import HELD_BODY_LIMIT, ChallengeRecord, SessionRecord
-from stepguard.web.security import HSTS, RELAYED, security_headers
+from stepguard.web.security import (
+    HSTS,
+    RELAYED,
+    merge_headers,
+    raw_headers,
+    security_headers,
+)
 
 INSPECT_LIMIT = HELD_BODY_LIMIT * 16  # bytes of a body read to find a route's attributes
 HOP_BY_HOP = {
@@ -146,8 +152,8 @@ class ReverseProxy:
         self.honour_overrides = runtime.config.server.method_override == "honour"
         # Stepguard's page headers on what it answers itself; on relayed answers, those the
         # upstream's `response_headers` name (and HSTS over https) when it did not set them.
-        self.page_headers = _raw(security_headers(https=https))
-        self.relayed_headers = {id(u): _raw(_with_hsts(u.response_headers, https))
+        self.page_headers = raw_headers(security_headers(https=https))
+        self.relayed_headers = {id(u): raw_headers(_with_hsts(u.response_headers, https))
                                 for u in self.upstreams}
         self.unavailable = unavailable
         self._hosts: Memo[str, str | None] = Memo()
@@ -180,7 +186,7 @@ class ReverseProxy:
 
         async def with_page_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = _merged(list(message.get("headers", ())), page_headers)
+                message["headers"] = merge_headers(message.get("headers", ()), page_headers)
             await send(message)
 
         await answer(scope, receive, with_page_headers)
@@ -339,7 +345,7 @@ class ReverseProxy:
         key = (id(upstream), *headers)
         found = self._answers.get(key)
         if found is None:
-            found = _merged(_answer_headers(headers), self.relayed_headers[id(upstream)])
+            found = merge_headers(_answer_headers(headers), self.relayed_headers[id(upstream)])
             self._answers.put(key, found)
         return found
 
@@ -384,8 +390,8 @@ class ReverseProxy:
                    if not k.lower().startswith("sec-websocket-")]
         kept = cookies_header(websocket.scope["headers"], self._ours)
         headers += [("cookie", kept.decode("latin-1"))] if kept else []
-        headers += [(name, value) for name, value in identity_headers(check, self.rt).items()
-                    if value]  # as on HTTP: the client's copies are dropped, empty ones unsent
+        headers += [(name.decode("latin-1"), value.decode())  # as on HTTP: empty ones unsent
+                    for name, value in self.identities.raw(check)]
         headers += hop.headers()
         url = "ws" + upstream.url.rstrip("/").removeprefix("http") + _target(websocket.scope)
         try:
@@ -471,7 +477,8 @@ class ReverseProxy:
         if isinstance(relayed, Response):
             return relayed
         request.scope[RELAYED] = True
-        return _relayed_response(relayed, context.method, self.relayed_headers[id(upstream)])
+        return _relayed_response(relayed, context.method,
+                                 self.answer_headers(upstream, relayed.headers))
 
     def _replay_context(
         self, request: HTTPConnection, upstream: Upstream, challenge: ChallengeRecord,
@@ -518,11 +525,9 @@ def _origin_and_prefix(url: str) -> tuple[str, str]:
 
 
 def _relayed_response(answer: Answer, method: str,
-                      extra: list[tuple[bytes, bytes]]) -> Response:
-    """The upstream's answer for the client: without hop-by-hop headers (and those its
-    `Connection` names), with those of `extra` it lacks; a complete answer in one piece,
-    anything else streamed."""
-    headers = _merged(_answer_headers(answer.headers), extra)
+                      headers: list[tuple[bytes, bytes]]) -> Response:
+    """The upstream's answer for the client with `headers` (`ReverseProxy.answer_headers`,
+    not changed here); a complete answer in one piece, anything else streamed."""
     if method == "HEAD":  # the upstream's Content-Length describes the body it did not send
         response = Response(b"", answer.status)
         length = [(k, v) for k, v in answer.headers if k.lower() == b"content-length"]
@@ -560,18 +565,6 @@ def _with_hsts(headers: Mapping[str, str], https: bool) -> list[tuple[str, str]]
     named = {name.lower() for name in headers}
     hsts = https and "strict-transport-security" not in named
     return [*headers.items(), *([("Strict-Transport-Security", HSTS)] if hsts else [])]
-
-
-def _raw(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    """Header pairs as raw ASGI pairs, names lower-case."""
-    return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
-
-
-def _merged(headers: list[tuple[bytes, bytes]],
-            extra: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """`headers` plus those of `extra` it does not set itself (names lower-case)."""
-    present = {name.lower() for name, _ in headers}
-    return headers + [(name, value) for name, value in extra if name not in present]
 
 
 def _own_headers(response: Response) -> list[tuple[bytes, bytes]]:

@@ -149,6 +149,11 @@ class _Connection(asyncio.Protocol):
         self._buffered -= len(chunk)
         return chunk
 
+    @property
+    def must_drain(self) -> bool:
+        """`drain` has something to do: the upstream closed, or its socket buffer is full."""
+        return self.eof or self._writable is not None
+
     async def drain(self) -> None:
         """Wait while the upstream's socket buffer is full (request bodies stream in pace)."""
         if self.eof:
@@ -288,7 +293,7 @@ class Relay:
                     transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
                     await connection.drain()
             transport.write(b"0\r\n\r\n")
-        if connection.eof or connection._writable is not None:
+        if connection.must_drain:  # (no coroutine for the common case)
             await connection.drain()
         while not connection.head_done:
             await connection.fill()

@@ -69,7 +69,7 @@ from stepguard.adapters.rfc9470 import (
     token_challenge,
 )
 from stepguard.asgi.remote import RemoteDecider
-from stepguard.core.canonical import split_target, wire_host
+from stepguard.core.canonical import is_token, split_target, wire_host
 from stepguard.core.context import RequestContext
 from stepguard.core.decision import Outcome
 from stepguard.core.errors import BadRequest
@@ -392,7 +392,6 @@ def allowed_state(service: DecisionService, check: Check) -> StepguardState:
 
 
 _HOST = re.compile(r"[^\s/@\\]+")
-_METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _ACTION = re.compile(r"([A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*)?")
 _LIMITS = {"method": 16, "host": 261, "path": 4096, "query": 4096, "client_ip": 45,
@@ -433,7 +432,7 @@ def check_fields(fields: Mapping[str, Any]) -> str | None:
 
 @lru_cache(maxsize=256)
 def _is_method(text: str) -> bool:
-    return _METHOD.fullmatch(text) is not None
+    return is_token(text)
 
 
 @lru_cache(maxsize=4096)

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from stepguard.core.canonical import is_token
 from stepguard.core.durations import parse_duration
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -177,9 +178,6 @@ class UpstreamRoute(Section):
 FIXED_RESPONSE_HEADERS = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-connection", "te", "trailer",
     "trailers", "transfer-encoding", "upgrade", "content-length", "set-cookie"})
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-
-
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")  # what every server sends as it is
 
 
@@ -187,7 +185,7 @@ def _check_response_headers(value: dict[str, str]) -> dict[str, str]:
     seen: set[str] = set()
     problems = []
     for name, text in value.items():
-        if not _HEADER_NAME.fullmatch(name):
+        if not is_token(name):
             problems.append(f"expected an HTTP header name, got {name!r}")
         if name.lower() in FIXED_RESPONSE_HEADERS:
             problems.append(f"{name} is set by Stepguard itself (framing, hop-by-hop, cookies)")

@@ -152,9 +152,14 @@ def wire_host(raw: str) -> str:
     return canonical_host(raw)
 
 
+def is_token(text: str) -> bool:
+    """An RFC 9110 token (a method, a header name): one or more `tchar`."""
+    return bool(text) and set(text) <= _TOKEN
+
+
 def canonical_method(raw: str) -> str:
     """An HTTP method as an uppercase RFC 9110 token; anything else raises `BadRequest`."""
-    if not raw or not set(raw) <= _TOKEN:
+    if not is_token(raw):
         raise BadRequest("invalid request method")
     return raw.upper()
 

@@ -47,7 +47,9 @@ __all__ = [
     "cookie_attributes",
     "csrf_token",
     "is_exempt_path",
+    "merge_headers",
     "parse_domain_entry",
+    "raw_headers",
     "safe_return_url",
     "security_headers",
 ]
@@ -100,6 +102,11 @@ def security_headers(*, https: bool) -> list[tuple[str, str]]:
     return headers
 
 
+def raw_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """Header pairs as raw ASGI pairs, names lower-case."""
+    return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+
+
 def is_exempt_path(path: str) -> bool:
     """Paths whose replies stay minimal: forward-auth, metrics and health probes."""
     for prefix in (*EXEMPT_PREFIXES, *EXEMPT_PATHS):
@@ -119,10 +126,7 @@ class SecurityHeadersMiddleware:
 
     def __init__(self, app: ASGIApp, *, https: bool) -> None:
         self.app = app
-        self.headers = [
-            (name.lower().encode("latin-1"), value.encode("latin-1"))
-            for name, value in security_headers(https=https)
-        ]
+        self.headers = raw_headers(security_headers(https=https))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or is_exempt_path(scope.get("path", "")):
@@ -131,15 +135,17 @@ class SecurityHeadersMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start" and not scope.get(RELAYED):
-                message["headers"] = _merge(message.get("headers", ()), self.headers)
+                message["headers"] = merge_headers(message.get("headers", ()), self.headers)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
 
 
-def _merge(
+def merge_headers(
     existing: Iterable[tuple[bytes, bytes]], extra: list[tuple[bytes, bytes]]
 ) -> list[tuple[bytes, bytes]]:
+    """`existing` plus those of `extra` it does not set itself (raw pairs, names lower-case
+    in `extra`), as a new list."""
     headers = list(existing)
     present = {name.lower() for name, _ in headers}
     return headers + [(name, value) for name, value in extra if name not in present]
