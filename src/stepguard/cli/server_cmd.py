@@ -72,6 +72,22 @@ def serve(config: Path = CONFIG, host: str | None = None, port: int | None = Non
             door.wait(10)
 
 
+# How uvicorn serves the gateway (`serve`, and the demo): Stepguard reads forwarding headers
+# itself (`server.trusted_proxies`), so uvicorn must not rewrite the client from them.
+UVICORN_OPTIONS: dict[str, Any] = {
+    "log_level": "warning",
+    "access_log": False,
+    "proxy_headers": False,
+    "server_header": False,
+    # No Date of its own (granian adds none either): a relayed answer keeps the upstream's,
+    # never two.
+    "date_header": False,
+    # C parser and event loop (uvicorn[standard]); the pure-Python h11 measured ~3.5x slower.
+    "http": "httptools",
+    "loop": "uvloop",
+}
+
+
 def _serve_http(settings: Any, server: str, bind_host: str, bind_port: int) -> None:
     if server == "granian":
         from granian import Granian
@@ -94,16 +110,7 @@ def _serve_http(settings: Any, server: str, bind_host: str, bind_port: int) -> N
         host=bind_host,
         port=bind_port,
         workers=settings.workers,
-        log_level="warning",
-        access_log=False,
-        proxy_headers=False,
-        server_header=False,
-        # No Date of its own (granian adds none either): a relayed answer keeps the
-        # upstream's, never two.
-        date_header=False,
-        # C parser and event loop (uvicorn[standard]); the pure-Python h11 measured ~3.5x slower.
-        http="httptools",
-        loop="uvloop",
+        **UVICORN_OPTIONS,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 import pyotp
 import uvicorn
 
+from stepguard.cli.server_cmd import UVICORN_OPTIONS
 from stepguard.config.load import load_config
 from stepguard.demo import postgres as db
 from stepguard.demo.bank import create_bank
@@ -155,14 +157,19 @@ def run(data: Path = Path("data"), port: int = 9091, *, idp: bool = False) -> No
         print("  Identity provider: press \"Sign in with the demo identity provider\" and pick "
               "carol or dan;\n  how you sign in there (password, one-time code, passkey) sets "
               "the level Stepguard starts from.\n", flush=True)
+    # uvicorn stops gracefully on SIGTERM, then raises the signal again with the handler it
+    # found: make that an exit, so that the `finally` below still stops the database (the
+    # default handler would end the process at once and leave PostgreSQL running).
+    signal.signal(signal.SIGTERM, _exit)
     try:
-        # A browser tab long-polling a push would hold a graceful stop open: 3 s, then the
-        # database is stopped all the same.
-        uvicorn.run(create_app(runtime), host="127.0.0.1", port=port, log_level="warning",
-                    timeout_graceful_shutdown=3)
+        uvicorn.run(create_app(runtime), host="127.0.0.1", port=port, **UVICORN_OPTIONS)
     finally:
         if cluster is not None:
             cluster.stop()
+
+
+def _exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def current_code(data: Path, username: str, *, now: float | None = None) -> str:
